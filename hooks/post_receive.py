@@ -1,0 +1,74 @@
+"""The post-receive hook: starts the deploy detached and streams its log to the pusher.
+
+The deploy runs in its own session, writing ``deploys/<N>.log``; this hook only
+reads that log. So Ctrl-C in the pusher's terminal or a dropped SSH connection
+kills the reader, never the deploy half-way through.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from shipyard import history
+from shipyard.app import App
+from shipyard.config import load_host_config
+from shipyard.options import from_env, parse_options
+from shipyard.repo import hook_app
+
+ZERO = "0" * 40
+
+
+def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> subprocess.Popen:
+    """Spawn the deploy worker in a new session with the log as its only output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    args = [sys.executable, "-m", "shipyard", "--root", str(app.root), "run-deploy", app.name,
+            "--number", str(number), "--sha", sha, "--ref", ref]
+    for option in options:
+        args += ["--option", option]
+    with open(history.log_path(app, number), "ab") as log:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                cwd=app.dir, start_new_session=True)
+
+
+def follow(path, done, out=sys.stdout.buffer, poll: float = 0.02) -> bool:
+    """Copy the log to ``out`` until ``done()`` and the log is drained; False if out went away."""
+    with open(path, "rb") as log:
+        while True:
+            finished = done()
+            chunk = log.read()
+            if chunk:
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except (BrokenPipeError, OSError):
+                    return False
+            elif finished:
+                return True
+            else:
+                time.sleep(poll)
+
+
+def main() -> None:
+    app = hook_app()
+    host = load_host_config(app.config_file)
+    deploy_ref = f"refs/heads/{host.branch}"
+    options = from_env(dict(os.environ))
+    parse_options(options)  # already validated by proc-receive; fail loudly if not
+    for line in sys.stdin.read().splitlines():
+        old, new, ref = line.split()
+        if ref != deploy_ref:
+            print(f"shipyard ▸ stored {ref} (not deployed: this app deploys {host.branch})")
+            continue
+        if new == ZERO:
+            continue
+        number = history.claim_number(app)
+        worker = start(app, number, new, ref, options)
+        follow(history.log_path(app, number), lambda w=worker: w.poll() is not None)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

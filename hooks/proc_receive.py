@@ -1,0 +1,109 @@
+"""The proc-receive hook: git hands us the pushes to the deploy branch before any ref moves.
+
+Two jobs. Refuse cheap mistakes while nothing has changed yet (deleting the
+deploy branch, a broken shipyard.toml or Procfile, an unknown push option).
+And let ``git push production v1.2:main`` work for an annotated tag: git
+itself refuses to write a tag object to a branch, so we peel it to its commit,
+move the branch there ourselves, and report the commit back to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dulwich.protocol import Protocol
+
+from shipyard.app import App
+from shipyard.config import load_host_config, parse_app_config, parse_procfile
+from shipyard.errors import ShipyardError
+from shipyard.options import parse_options
+from shipyard.repo import hook_app
+
+ZERO = "0" * 40
+
+
+def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=check)
+
+
+def peel(new: str) -> tuple[str, str | None]:
+    """(commit, tag name) for a pushed object; refuses trees, blobs and tags of those."""
+    kind = git("cat-file", "-t", new).stdout.strip()
+    tag = None
+    if kind == "tag":
+        tag = git("cat-file", "tag", new).stdout.split("\ntag ", 1)[1].split("\n", 1)[0]
+        commit = git("rev-parse", "--verify", "--quiet", f"{new}^{{commit}}", check=False)
+        if commit.returncode:
+            raise ShipyardError(
+                f"tag {tag} does not point at a commit",
+                "push a tag of a commit (git tag -a NAME COMMIT)",
+            )
+        return commit.stdout.strip(), tag
+    if kind != "commit":
+        raise ShipyardError(f"{new[:7]} is a {kind}, not a commit", "push a branch or a tag")
+    return new, tag
+
+
+def check_commit(commit: str) -> None:
+    """Refuse a commit whose shipyard.toml or Procfile would fail the deploy anyway."""
+    for name, parse in (("shipyard.toml", parse_app_config), ("Procfile", parse_procfile)):
+        shown = git("show", f"{commit}:{name}", check=False)
+        if shown.returncode == 0:
+            parse(shown.stdout, name)
+
+
+def handle(app: App, old: str, new: str, ref: str, options: dict[str, str]) -> tuple[str, str | None]:
+    """Validate and apply one update of the deploy branch; returns (commit, tag)."""
+    branch = ref.removeprefix("refs/heads/")
+    if new == ZERO:
+        raise ShipyardError(
+            f"deleting the deploy branch {branch} is refused",
+            f"to take the app down, stop its processes; to roll back, `shipyard rollback {app.name}`",
+        )
+    commit, tag = peel(new)
+    check_commit(commit)
+    if tag:
+        (app.run / "tags").mkdir(parents=True, exist_ok=True)
+        (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
+    update = git("update-ref", "-m", f"push{' ' + tag if tag else ''}", ref, commit,
+                 old if old != ZERO else "", check=False)
+    if update.returncode:
+        raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
+    return commit, tag
+
+
+def main() -> None:
+    proto = Protocol(sys.stdin.buffer.read, sys.stdout.buffer.write)
+    list(proto.read_pkt_seq())
+    proto.write_pkt_line(b"version=1\0push-options")
+    proto.write_pkt_line(None)
+    commands = [line.decode().strip().split(" ", 2) for line in proto.read_pkt_seq()]
+    raw_options = [line.decode().rstrip("\n") for line in proto.read_pkt_seq()]
+    app = hook_app()
+    try:
+        options = parse_options(raw_options)
+        load_host_config(app.config_file)
+    except ShipyardError as exc:
+        for _old, _new, ref in commands:
+            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+        proto.write_pkt_line(None)
+        return
+    for old, new, ref in commands:
+        try:
+            commit, _tag = handle(app, old, new, ref, options)
+        except ShipyardError as exc:
+            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            continue
+        proto.write_pkt_line(f"ok {ref}".encode())
+        if commit != new:
+            proto.write_pkt_line(f"option new-oid {commit}".encode())
+        if old != ZERO and git("merge-base", "--is-ancestor", old, commit, check=False).returncode:
+            proto.write_pkt_line(b"option forced-update")
+    proto.write_pkt_line(None)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

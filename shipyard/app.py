@@ -1,0 +1,117 @@
+"""One app's place on a host: the deploy root layout from the design.
+
+``App`` only knows paths and names; it never touches the network or git.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AppError
+
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+RELEASE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{7,40}$")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("SHIPYARD_ROOT") or Path.home() / "apps")
+
+
+def check_app_name(name: str) -> str:
+    if not APP_NAME.match(name):
+        raise AppError(
+            f"invalid app name {name!r}",
+            "use lowercase letters, digits, '-' and '_' (at most 63, no '/', '..' or spaces)",
+        )
+    return name
+
+
+def check_release_id(release_id: str) -> str:
+    if not RELEASE_ID.match(release_id):
+        raise AppError(
+            f"invalid release name {release_id!r}",
+            "name a release as `shipyard releases APP` lists it, e.g. 20261129T013000Z-1a2b3c4",
+        )
+    return release_id
+
+
+@dataclass(frozen=True)
+class App:
+    root: Path
+    name: str
+
+    @classmethod
+    def at(cls, name: str, root: Path | str | None = None) -> App:
+        return cls(Path(root).absolute() if root else default_root().absolute(), check_app_name(name))
+
+    @classmethod
+    def from_repo(cls, git_dir: Path | str) -> App:
+        """The app whose bare repo is ``git_dir`` (hooks run with GIT_DIR set to it)."""
+        app_dir = Path(git_dir).absolute().resolve().parent
+        return cls(app_dir.parent, app_dir.name)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def repo(self) -> Path:
+        return self.dir / "repo.git"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "shipyard.toml"
+
+    @property
+    def releases(self) -> Path:
+        return self.dir / "releases"
+
+    @property
+    def venvs(self) -> Path:
+        return self.dir / "venvs"
+
+    @property
+    def shared(self) -> Path:
+        return self.dir / "shared"
+
+    @property
+    def current(self) -> Path:
+        return self.dir / "current"
+
+    @property
+    def deploys(self) -> Path:
+        return self.dir / "deploys"
+
+    @property
+    def run(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def history_file(self) -> Path:
+        return self.deploys / "deploys.jsonl"
+
+    def exists(self) -> bool:
+        return self.repo.is_dir() and self.config_file.is_file()
+
+    def require(self) -> App:
+        if not self.exists():
+            raise AppError(
+                f"no shipyard app at {self.dir}",
+                f"create it with `shipyard init {self.name} --root {self.root}`",
+            )
+        return self
+
+    def release_dir(self, release_id: str) -> Path:
+        return self.releases / check_release_id(release_id)
+
+    def live_release(self) -> str | None:
+        """The id of the release ``current`` points at, or None before the first deploy."""
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        release_id = Path(target).name
+        return release_id if (self.releases / release_id).is_dir() else None

@@ -1,0 +1,219 @@
+"""shipyard.toml (app side and host side) and Procfile: parsed, typed, validated.
+
+Both files are refused as a whole when anything in them is off, with the file,
+the line and what to write instead, because a half-understood config is how
+deploys go wrong silently.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# key -> (type, default); a dict value is a sub-table with its own schema.
+HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "path": (str, "/"),
+    "status": (int, 200),
+    "timeout": ((int, float), 30),
+    "retries": (int, 60),
+}
+APP_SCHEMA: dict[str, Any] = {
+    "requirements": (str, None),
+    "installer": (str, None),
+    "python": (str, None),
+    "build": (list, []),
+    "shared": (list, [".env"]),
+    "keep": (int, None),
+    "migrate": (str, None),
+    "migrate_check": (str, None),
+    "post_migrate": (str, None),
+    "migrate_timeout": ((int, float), 600),
+    "health": HEALTH_SCHEMA,
+    "processes": dict,
+}
+HOST_SCHEMA: dict[str, Any] = {
+    "branch": (str, "main"),
+    "keep": (int, 5),
+    "installer": (str, "uv"),
+    "port": (int, 8000),
+    "peers": (list, []),
+    "secret": (str, None),
+    "health": HEALTH_SCHEMA,
+}
+INSTALLERS = ("uv", "pip")
+
+
+@dataclass
+class AppConfig:
+    """What the app's repo asks for; every field has a default found by detection."""
+
+    requirements: str | None = None
+    installer: str | None = None
+    python: str | None = None
+    build: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=lambda: [".env"])
+    keep: int | None = None
+    migrate: str | None = None
+    migrate_check: str | None = None
+    post_migrate: str | None = None
+    migrate_timeout: float = 600
+    health: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class HostConfig:
+    """How this host runs the app: <root>/<app>/shipyard.toml, written by `shipyard init`."""
+
+    branch: str = "main"
+    keep: int = 5
+    installer: str = "uv"
+    port: int = 8000
+    peers: list[str] = field(default_factory=list)
+    secret: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+
+
+def _line_of(text: str, key: str, table: str | None) -> int:
+    """Best-effort line number of ``key`` (inside ``[table]`` when given), for error messages."""
+    lines = text.splitlines()
+    start = 0
+    if table:
+        for i, line in enumerate(lines):
+            if re.match(rf"^\s*\[\s*{re.escape(table)}\s*\]", line):
+                start = i + 1
+                break
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=|^\s*\[\s*{re.escape(key)}\s*\]")
+    for i in range(start, len(lines)):
+        if pattern.match(lines[i]):
+            return i + 1
+    return 1
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    if isinstance(expected, tuple):
+        return " or ".join(names[t] for t in expected)
+    return names[expected]
+
+
+def _validate(data: dict, schema: dict, text: str, source: str, table: str | None = None) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{source}:{_line_of(text, key, table)}"
+        dotted = f"{table}.{key}" if table else key
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{where}: unknown key {dotted!r}", f"known keys here: {known}")
+        spec = schema[key]
+        if spec is dict:
+            if not isinstance(value, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
+            ):
+                raise ConfigError(
+                    f"{where}: [{dotted}] must map process names to counts",
+                    "write e.g. `web = 2` under it",
+                )
+            out[key] = value
+        elif isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted!r} must be a table", f"write it as [{dotted}]")
+            out[key] = _validate(value, spec, text, source, dotted)
+        else:
+            expected = spec[0]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise ConfigError(
+                    f"{where}: {dotted!r} must be {_type_name(expected)}, not {type(value).__name__}",
+                    f"see `{dotted}` in docs/configuration.md",
+                )
+            if expected is list and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {dotted!r} must be a list of strings")
+            out[key] = value
+    return out
+
+
+def _load(text: str, source: str, schema: dict) -> dict:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        line = match.group(1) if match else "1"
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(
+            f"{source}:{line}: not valid TOML: {reason}",
+            "fix the syntax (see https://toml.io)",
+        ) from None
+    return _validate(data, schema, text, source)
+
+
+def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
+    data = _load(text, source, APP_SCHEMA)
+    installer = data.get("installer")
+    if installer is not None and installer not in INSTALLERS:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'installer', None)}: installer must be 'uv' or 'pip'"
+        )
+    if data.get("keep") is not None and data["keep"] < 1:
+        raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
+    for path in data.get("shared", []):
+        _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
+    if data.get("requirements"):
+        _check_relative(data["requirements"], f"{source}:{_line_of(text, 'requirements', None)}")
+    return AppConfig(**data)
+
+
+def parse_host_config(text: str, source: str) -> HostConfig:
+    data = _load(text, source, HOST_SCHEMA)
+    if data.get("installer", "uv") not in INSTALLERS:
+        raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
+    if data.get("keep", 5) < 1:
+        raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
+    return HostConfig(**data)
+
+
+def load_app_config(release_dir: Path) -> AppConfig:
+    path = release_dir / "shipyard.toml"
+    if not path.is_file():
+        return AppConfig()
+    return parse_app_config(path.read_text(errors="replace"))
+
+
+def load_host_config(path: Path) -> HostConfig:
+    return parse_host_config(path.read_text(), str(path))
+
+
+def _check_relative(path: str, where: str) -> None:
+    parts = Path(path).parts
+    if not path or Path(path).is_absolute() or ".." in parts:
+        raise ConfigError(
+            f"{where}: {path!r} must be a relative path inside the repository",
+            "remove any leading '/' and '..'",
+        )
+
+
+PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+)\s*:\s*(\S.*)$")
+
+
+def parse_procfile(text: str, source: str = "Procfile") -> dict[str, str]:
+    """``name: command`` per line, the convention Heroku, Dokku and Piku share."""
+    processes: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = PROCFILE_LINE.match(line)
+        if not match:
+            raise ConfigError(
+                f"{source}:{number}: cannot read {line[:60]!r}",
+                "each line must be `name: command`, e.g. `web: gunicorn mysite.wsgi`",
+            )
+        name, command = match.groups()
+        if name in processes:
+            raise ConfigError(f"{source}:{number}: process {name!r} is defined twice")
+        processes[name] = command
+    return processes

@@ -1,0 +1,283 @@
+"""A deploy: a short list of named phases, each with one job and, where it changes
+what is live, an undo.
+
+    checkout → link → venv → build → migrate → switch → restart → verify → finish
+
+Phases run in order; when one fails, the undos of those that ran are called in
+reverse (``revert``), the branch is set back to the live commit so a plain
+re-push retries, and the last line says what failed and what is still live.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import history, lock, migrate, release, supervise, venv
+from .app import App
+from .config import AppConfig, HostConfig, load_app_config, parse_procfile
+from .errors import PhaseError, ShipyardError
+from .report import Reporter, Skip
+
+ZERO = "0" * 40
+
+
+@dataclass
+class Deploy:
+    """Everything one deploy knows; phases read it and fill it in."""
+
+    app: App
+    host: HostConfig
+    number: int
+    sha: str
+    ref: str
+    out: Reporter
+    pusher: str = "unknown"
+    tag: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    release_id: str = ""
+    reused: bool = False
+    config: AppConfig = field(default_factory=AppConfig)
+    procfile: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    previous: str | None = None
+    venv_key: str | None = None
+    migrations: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: release.Manifest | None = None
+
+    @property
+    def release(self) -> Path:
+        return self.app.release_dir(self.release_id)
+
+    @property
+    def short(self) -> str:
+        label = f"{self.sha[:7]} ({self.tag})" if self.tag else self.sha[:7]
+        return label
+
+
+# --- the phases -------------------------------------------------------------
+
+
+def checkout(d: Deploy) -> str:
+    kept = release.find_good(d.app, d.sha)
+    if kept:
+        d.release_id, d.reused = kept, True
+        d.manifest = release.Manifest.load(d.release)
+        d.venv_key = d.manifest.venv if d.manifest else None
+    else:
+        d.release_id = release.new_release_id(d.sha)
+        release.checkout(d.app, d.sha, d.release_id)
+        d.manifest = release.Manifest(
+            sha=d.sha, ref=d.ref, release=d.release_id, deploy=d.number, pusher=d.pusher,
+            created=time.time(), tag=d.tag,
+        )
+        d.manifest.save(d.release)
+    d.config = load_app_config(d.release)
+    procfile = d.release / "Procfile"
+    d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
+    d.env = release.shared_env(d.app)
+    d.out.mask = d.out.mask.__class__(d.env)
+    if d.reused:
+        return f"reused releases/{d.release_id} (already built)"
+    return f"{release.count_files(d.release)} files → releases/{d.release_id}"
+
+
+def discard(d: Deploy) -> None:
+    if d.release_id and not d.reused:
+        release.remove(d.app, d.release_id)
+
+
+def link(d: Deploy) -> str:
+    if d.reused:
+        return Skip("reused release")
+    linked = release.link_shared(d.app, d.release, d.config.shared)
+    return ", ".join(linked) if linked else Skip("no shared paths present yet")
+
+
+def build_venv(d: Deploy) -> str:
+    if d.reused:
+        return Skip(f"reused {(d.venv_key or '?')[:6]} (release already built)")
+    the_plan = venv.plan(d.release, d.config, d.host.installer)
+    d.venv_key, reused = venv.ensure(d.app, d.release, the_plan)
+    d.manifest.venv = d.venv_key
+    d.manifest.save(d.release)
+    if reused:
+        return f"reused {d.venv_key[:6]} (requirements unchanged)"
+    return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
+
+
+def build(d: Deploy) -> str:
+    if d.reused:
+        return Skip("reused release")
+    if not d.config.build:
+        return Skip("no build steps")
+    for command in d.config.build:
+        run_in_release(d, command, f"build step `{command}`")
+    return f"{len(d.config.build)} step(s) ran"
+
+
+def switch(d: Deploy) -> str:
+    d.previous = release.switch(d.app, d.release_id)
+    return f"current → {d.release_id}"
+
+
+def switch_back(d: Deploy) -> None:
+    if d.previous:
+        release.switch(d.app, d.previous)
+    elif d.app.current.is_symlink():
+        d.app.current.unlink()
+
+
+def finish(d: Deploy) -> str:
+    d.manifest.state = "good"
+    d.manifest.save(d.release)
+    keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
+    removed = release.prune(d.app, keep)
+    used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
+    venv.prune(d.app, used)
+    return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    run: Callable[[Deploy], str]
+    undo: Callable[[Deploy], None] | None = None
+
+
+PHASES = [
+    Phase("checkout", checkout, discard),
+    Phase("link", link),
+    Phase("venv", build_venv),
+    Phase("build", build),
+    Phase("migrate", migrate.apply),
+    Phase("switch", switch, switch_back),
+    Phase("restart", supervise.restart, supervise.restart_previous),
+    Phase("verify", supervise.verify),
+    Phase("finish", finish),
+]
+
+
+# --- running them -----------------------------------------------------------
+
+
+def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = None) -> str:
+    """Run a shell command in the release with its venv and the app's .env; fail with its output."""
+    env = release.command_env(d.app, d.release, d.env)
+    try:
+        result = subprocess.run(
+            command, shell=True, cwd=d.release, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PhaseError(f"{what} did not finish within {timeout:.0f}s and was stopped",
+                         output=(exc.stdout or b"").decode(errors="replace")
+                         if isinstance(exc.stdout, bytes) else exc.stdout or "") from None
+    if result.returncode:
+        raise PhaseError(f"{what} failed (exit {result.returncode})", output=result.stdout)
+    return result.stdout
+
+
+def run(d: Deploy) -> bool:
+    """Run every phase; on failure revert what ran. Returns True when the release went live."""
+    started = time.monotonic()
+    done: list[Phase] = []
+    for phase in PHASES:
+        t0 = time.monotonic()
+        try:
+            with d.out.ticking(phase.name):
+                detail = phase.run(d)
+        except (ShipyardError, OSError) as exc:
+            d.timings[phase.name] = round(time.monotonic() - t0, 3)
+            fail(d, phase, done, exc)
+            return False
+        d.timings[phase.name] = round(time.monotonic() - t0, 3)
+        if isinstance(detail, Skip):
+            d.out.skip(phase.name, detail)
+        else:
+            d.out.ok(phase.name, d.timings[phase.name], detail)
+        done.append(phase)
+    elapsed = time.monotonic() - started
+    record(d, "live", elapsed)
+    d.out.final(f"live: {d.short} in {elapsed:.1f}s", good=True)
+    return True
+
+
+def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
+    message = exc.message if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    d.out.fail(phase.name, d.timings[phase.name], message)
+    output = getattr(exc, "output", "")
+    if output:
+        d.out.detail(output.rstrip().splitlines()[-20:])
+    if isinstance(exc, ShipyardError) and exc.hint:
+        d.out.line(f"    hint: {exc.hint}")
+    revert(d, done)
+    live = d.app.live_release()
+    reset_branch(d)
+    record(d, "failed", sum(d.timings.values()), failed_phase=phase.name, error=message)
+    still = f"still live: {live}" if live else "nothing is live yet"
+    d.out.final(f"failed at {phase.name}: {message}; {still}", good=False)
+
+
+def revert(d: Deploy, done: list[Phase]) -> None:
+    """The mirror of the deploy: undo, newest first, every phase that ran."""
+    for phase in reversed(done):
+        if phase.undo is None:
+            continue
+        try:
+            phase.undo(d)
+        except Exception as exc:  # an undo that fails must not hide the others
+            d.out.warn(f"undo of {phase.name} failed: {exc}")
+
+
+def reset_branch(d: Deploy) -> None:
+    """Set the branch back to the live commit (only if nobody pushed since), so a re-push retries."""
+    live = d.app.live_release()
+    manifest = release.Manifest.load(d.app.release_dir(live)) if live else None
+    args = ["update-ref", d.ref, manifest.sha, d.sha] if manifest else ["update-ref", "-d", d.ref, d.sha]
+    try:
+        release.git(d.app.repo, *args)
+    except ShipyardError:
+        pass
+
+
+def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
+    history.record(d.app, {
+        "deploy": d.number, "sha": d.sha, "ref": d.ref, "tag": d.tag, "pusher": d.pusher,
+        "release": d.release_id or None, "start": time.time() - seconds,
+        "duration": round(seconds, 3), "outcome": outcome, "phases": d.timings,
+        "options": d.options, "migrations": d.migrations, **extra,
+    })
+
+
+def branch_tip(app: App, ref: str) -> str | None:
+    try:
+        return release.git(app.repo, "rev-parse", "--verify", "--quiet", ref) or None
+    except ShipyardError:
+        return None
+
+
+def execute(d: Deploy) -> bool:
+    """Take the app's deploy lock and run the deploy, unless a newer push superseded it."""
+    d.out.title(f"deploy #{d.number}: {d.ref.removeprefix('refs/heads/')} {d.short} by {d.pusher}")
+    info = {"deploy": d.number, "sha": d.sha, "pusher": d.pusher, "since": time.time(),
+            "pid": os.getpid()}
+    with lock.exclusive(
+        d.app.run / "deploy.lock", info,
+        on_wait=lambda who: d.out.line(f"  … waiting for {lock.describe(who)}"),
+        on_still_waiting=lambda who, s: d.out.line(f"  … still waiting ({s:.0f}s) for {lock.describe(who)}"),
+        heartbeat=d.out.heartbeat,
+    ):
+        tip = branch_tip(d.app, d.ref)
+        if tip != d.sha:
+            record(d, "superseded", 0.0, superseded_by=tip)
+            d.out.final(f"superseded: {d.ref.removeprefix('refs/heads/')} is now "
+                        f"{(tip or 'deleted')[:7]}; the newest push deploys", good=True)
+            return True
+        return run(d)
+

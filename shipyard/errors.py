@@ -1,0 +1,38 @@
+"""The few exceptions shipyard raises on purpose.
+
+Each carries a message meant for the person at the terminal: what went wrong
+and, where there is one, what to do about it (``hint``). Anything else that
+escapes is a bug.
+"""
+
+
+class ShipyardError(Exception):
+    """Base class: a failure the user can act on."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ConfigError(ShipyardError):
+    """A shipyard.toml, Procfile or .env that cannot be used as it is."""
+
+
+class AppError(ShipyardError):
+    """An app name, deploy root or layout that is missing or not shipyard's."""
+
+
+class PhaseError(ShipyardError):
+    """A deploy phase failed; ``output`` holds the tail of what the failing command printed."""
+
+    def __init__(self, message: str, hint: str = "", output: str = "") -> None:
+        super().__init__(message, hint)
+        self.output = output
+
+
+class LockTimeout(ShipyardError):
+    """Another deploy held the app's lock for longer than we were willing to wait."""

@@ -1,0 +1,112 @@
+"""One deploy per app at a time, with flock(2).
+
+The kernel drops the lock when its holder dies, so there is never a stale lock
+file to clean up by hand. The holder writes who it is into the file so that a
+waiting push can say what it is waiting for.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LockTimeout
+
+
+def holder(path: Path) -> dict:
+    """What the current holder wrote about itself (empty if unknown)."""
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def is_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def exclusive(
+    path: Path,
+    info: dict,
+    on_wait: Callable[[dict], None] | None = None,
+    timeout: float | None = None,
+    heartbeat: float = 10.0,
+    on_still_waiting: Callable[[dict, float], None] | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` for the block, writing ``info`` into it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(holder(path))
+            started = time.monotonic()
+            next_beat = started + heartbeat
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if timeout is not None and now - started > timeout:
+                        who = holder(path)
+                        raise LockTimeout(
+                            f"gave up after {timeout:.0f}s waiting for {describe(who)}",
+                            "see `shipyard status` and try again",
+                        ) from None
+                    if on_still_waiting and now >= next_beat:
+                        on_still_waiting(holder(path), now - started)
+                        next_beat = now + heartbeat
+                    time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def describe(info: dict) -> str:
+    if not info:
+        return "another deploy"
+    since = info.get("since")
+    when = time.strftime("%H:%M:%S", time.gmtime(since)) + " UTC" if since else "?"
+    return (
+        f"deploy #{info.get('deploy', '?')} ({str(info.get('sha', '?'))[:7]} "
+        f"by {info.get('pusher', '?')}, since {when})"
+    )
+
+
+def owner_alive(name: str) -> bool:
+    """Work-in-progress dirs end in ``-<pid>``: is that process (other than us) still running?"""
+    pid = name.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

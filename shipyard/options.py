@@ -1,0 +1,46 @@
+"""Push options (``git push -o NAME[=VALUE]``): the few a deploy understands.
+
+An unknown option is refused before the branch moves, so a typo never deploys
+with a default the pusher did not mean.
+"""
+
+from __future__ import annotations
+
+from .errors import ShipyardError
+
+KNOWN = {
+    "skip-migrate": "do not run migrations for this deploy",
+    "no-restart": "switch the release but leave running processes alone",
+    "color": "never, always or auto",
+    "message": "a note recorded in the deploy history",
+}
+COLORS = ("never", "always", "auto")
+
+
+def parse_options(raw: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in raw:
+        name, _, value = item.partition("=")
+        if name not in KNOWN:
+            known = ", ".join(sorted(KNOWN))
+            raise ShipyardError(f"unknown push option {name!r}", f"known options: {known}")
+        if name == "color" and value not in COLORS:
+            raise ShipyardError(f"push option color={value!r} is not one of {', '.join(COLORS)}")
+        options[name] = value
+    return options
+
+
+def from_env(env: dict[str, str]) -> list[str]:
+    """The push options git passes to pre- and post-receive hooks in GIT_PUSH_OPTION_<n>."""
+    try:
+        count = int(env.get("GIT_PUSH_OPTION_COUNT", "0"))
+    except ValueError:
+        return []
+    return [env.get(f"GIT_PUSH_OPTION_{i}", "") for i in range(count)]
+
+
+def wants_color(options: dict[str, str], env: dict[str, str]) -> bool:
+    choice = options.get("color", "auto")
+    if choice != "auto":
+        return choice == "always"
+    return "NO_COLOR" not in env

@@ -1,0 +1,229 @@
+"""Releases: one immutable, materialised commit each, and the ``current`` link that picks one.
+
+A release is built in a hidden temporary directory and renamed into
+``releases/`` only once its files are all there, so a crash never leaves a
+directory that looks like a release but is not one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .app import RELEASE_ID, App
+from .errors import PhaseError
+from .lock import owner_alive
+
+MANIFEST = Path(".shipyard") / "release.json"
+GOOD_STATES = ("good",)
+
+
+def new_release_id(sha: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{stamp}-{sha[:7]}"
+
+
+def git(repo: Path, *args: str, input: bytes | None = None) -> str:
+    """Run git against the bare repo; a clean environment so hook variables never leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    result = subprocess.run(
+        ["git", "--git-dir", str(repo), *args], input=input, capture_output=True, env=env
+    )
+    if result.returncode:
+        raise PhaseError(f"git {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode().strip()
+
+
+def checkout(app: App, sha: str, release_id: str) -> Path:
+    """Materialise ``sha`` as ``releases/<release_id>`` with ``git archive | tar`` (no .git)."""
+    target = app.release_dir(release_id)
+    tmp = app.releases / f".tmp-{release_id}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        archive = subprocess.Popen(
+            ["git", "--git-dir", str(app.repo), "archive", "--format=tar", sha],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        untar = subprocess.run(
+            ["tar", "-x", "--no-same-owner", "-C", str(tmp)],
+            stdin=archive.stdout,
+            capture_output=True,
+        )
+        archive.stdout.close()
+        err = archive.stderr.read().decode(errors="replace")
+        if archive.wait() or untar.returncode:
+            detail = err.strip() or untar.stderr.decode(errors="replace").strip()
+            raise PhaseError(f"could not check out {sha[:7]}: {detail}", "is the disk full?")
+        check_symlinks(tmp)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def check_symlinks(tree: Path) -> None:
+    """Refuse a symlink in the repo that points outside the release: it would follow into the host."""
+    base = Path(os.path.abspath(tree))
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                continue
+            link = os.readlink(path)
+            resolved = Path(os.path.normpath(Path(dirpath) / link))
+            if os.path.isabs(link) or not resolved.is_relative_to(base):
+                rel = path.relative_to(tree)
+                raise PhaseError(
+                    f"symlink {rel} -> {link} points outside the release",
+                    "make it a relative link to a file inside the repository, or remove it",
+                )
+
+
+def count_files(tree: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(tree))
+
+
+def link_shared(app: App, release: Path, paths: list[str]) -> list[str]:
+    """Replace each shared path in the release with a relative link into ``shared/``."""
+    linked = []
+    for entry in paths:
+        is_dir = entry.endswith("/")
+        rel = Path(entry.rstrip("/"))
+        source = app.shared / rel
+        if is_dir:
+            source.mkdir(parents=True, exist_ok=True)
+        elif not source.exists():
+            continue
+        dest = release / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        elif dest.is_dir():
+            shutil.rmtree(dest)
+        os.symlink(os.path.relpath(source, dest.parent), dest)
+        linked.append(entry)
+    return linked
+
+
+def switch(app: App, release_id: str) -> str | None:
+    """Point ``current`` at the release atomically (symlink to a temp name, then rename(2)).
+
+    Returns what ``current`` pointed at before, so the caller can switch back.
+    """
+    previous = app.live_release()
+    tmp = app.dir / f".current-{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(Path("releases") / release_id, tmp)
+    os.rename(tmp, app.current)
+    return previous
+
+
+@dataclass
+class Manifest:
+    """``.shipyard/release.json``: what a release is and how its deploy went."""
+
+    sha: str
+    ref: str
+    release: str
+    deploy: int
+    pusher: str
+    created: float
+    tag: str | None = None
+    venv: str | None = None
+    state: str = "building"
+    migrations: list[str] | None = None
+
+    def save(self, release: Path) -> None:
+        path = release / MANIFEST
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        os.rename(tmp, path)
+
+    @classmethod
+    def load(cls, release: Path) -> Manifest | None:
+        try:
+            data = json.loads((release / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError:
+            return None
+
+
+def releases(app: App) -> list[tuple[str, Manifest | None]]:
+    """Every release on disk, oldest first, with its manifest (None if unreadable)."""
+    if not app.releases.is_dir():
+        return []
+    ids = sorted(p.name for p in app.releases.iterdir() if RELEASE_ID.match(p.name))
+    return [(rid, Manifest.load(app.releases / rid)) for rid in ids]
+
+
+def find_good(app: App, sha: str) -> str | None:
+    """The newest good release of ``sha`` still on disk, for a pinned push to reuse."""
+    for rid, manifest in reversed(releases(app)):
+        if manifest and manifest.sha == sha and manifest.state in GOOD_STATES:
+            return rid
+    return None
+
+
+def remove(app: App, release_id: str) -> None:
+    """Delete a release; renamed aside first so no half-deleted directory is ever listed."""
+    path = app.release_dir(release_id)
+    if not path.exists():
+        return
+    trash = app.releases / f".trash-{release_id}-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune(app: App, keep: int) -> list[str]:
+    """Keep the newest ``keep`` good releases plus the live one; drop the rest and stray temp dirs."""
+    live = app.live_release()
+    good = [rid for rid, m in releases(app) if m and m.state in GOOD_STATES]
+    kept = set(good[-keep:]) | ({live} if live else set())
+    removed = []
+    for rid, _ in releases(app):
+        if rid not in kept:
+            remove(app, rid)
+            removed.append(rid)
+    for stray in app.releases.glob(".t*-*"):
+        if not owner_alive(stray.name):
+            shutil.rmtree(stray, ignore_errors=True)
+    return removed
+
+
+
+def shared_env(app: App) -> dict[str, str]:
+    """The app's ``shared/.env``, parsed by python-dotenv (values are never printed)."""
+    path = app.shared / ".env"
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
+    """Environment for commands run in a release: its venv first on PATH, the app's .env loaded."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+    venv_dir = release / ".venv"
+    merged = {**base, **env}
+    merged["VIRTUAL_ENV"] = str(venv_dir)
+    merged["PATH"] = f"{venv_dir / 'bin'}:{base.get('PATH', '/usr/bin:/bin')}"
+    merged.pop("PYTHONHOME", None)
+    return merged

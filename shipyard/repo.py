@@ -1,0 +1,108 @@
+"""The app's bare repo: creating the layout, wiring the hooks, reading pushed commits."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+from .app import App
+from .config import HostConfig, load_host_config
+from .errors import AppError
+
+HOOKS = {"proc-receive": "shipyard.hooks.proc_receive", "post-receive": "shipyard.hooks.post_receive"}
+HOST_CONFIG = """\
+# Host-side settings for {name}; the app's own shipyard.toml lives in its repo.
+branch = "{branch}"
+keep = 5
+installer = "uv"
+port = {port}
+"""
+
+
+def hook_script(module: str) -> str:
+    """A hook is the interpreter shipyard is installed in, running one of its hook modules."""
+    return f"#!{sys.executable}\nfrom {module} import main\nmain()\n"
+
+
+def create(app: App, branch: str = "main", port: int = 8000) -> list[str]:
+    """Create or repair the app's layout, bare repo and hooks. Returns what it changed."""
+    import git
+
+    changed: list[str] = []
+    if app.dir.exists() and not app.exists() and any(app.dir.iterdir()):
+        known = {"repo.git", "shipyard.toml", "releases", "venvs", "shared", "current", "deploys", "run"}
+        if not {p.name for p in app.dir.iterdir()} & known:
+            raise AppError(
+                f"{app.dir} exists and is not a shipyard app",
+                "choose another app name or --root, or move that directory away",
+            )
+    for path in (app.releases, app.venvs, app.shared, app.deploys, app.run):
+        if not path.is_dir():
+            path.mkdir(parents=True)
+            changed.append(f"created {path.relative_to(app.root)}/")
+    if not (app.repo / "HEAD").is_file():
+        git.Repo.init(app.repo, bare=True, initial_branch=branch)
+        changed.append(f"created bare repo {app.repo.relative_to(app.root)}")
+    if not app.config_file.is_file():
+        app.config_file.write_text(HOST_CONFIG.format(name=app.name, branch=branch, port=port))
+        changed.append("wrote shipyard.toml")
+    host = load_host_config(app.config_file)
+    changed += configure(app, host)
+    changed += install_hooks(app)
+    return changed
+
+
+def configure(app: App, host: HostConfig) -> list[str]:
+    import git
+
+    wanted = {
+        ("receive", "procReceiveRefs"): f"refs/heads/{host.branch}",
+        ("receive", "advertisePushOptions"): "true",
+        ("receive", "denyDeletes"): "false",
+        ("receive", "denyNonFastForwards"): "false",
+        ("core", "logAllRefUpdates"): "true",
+    }
+    repo = git.Repo(app.repo)
+    changed = []
+    with repo.config_writer("repository") as config:
+        for (section, option), value in wanted.items():
+            current = config.get_value(section, option) if config.has_option(section, option) else ""
+            if str(current).lower() != value.lower():
+                config.set_value(section, option, value)
+                changed.append(f"set {section}.{option} = {value}")
+    return changed
+
+
+def install_hooks(app: App) -> list[str]:
+    changed = []
+    hooks = app.repo / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for name, module in HOOKS.items():
+        path = hooks / name
+        script = hook_script(module)
+        current = path.read_text() if path.is_file() else None
+        if current != script or not os.access(path, os.X_OK):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(script)
+            tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+            os.rename(tmp, path)
+            changed.append(f"installed hooks/{name}")
+    return changed
+
+
+def remote_lines(app: App) -> list[str]:
+    user = os.environ.get("USER") or "deploy"
+    home = Path.home()
+    ssh_path = app.repo.relative_to(home) if app.repo.is_relative_to(home) else app.repo
+    return [
+        f"git remote add production {app.repo}",
+        f"git remote add production ssh://{user}@HOST/{'~/' if ssh_path != app.repo else ''}"
+        f"{str(ssh_path).lstrip('/')}",
+    ]
+
+
+def hook_app() -> App:
+    """The app whose hook is running: git runs hooks with the bare repo as GIT_DIR or cwd."""
+    return App.from_repo(os.environ.get("GIT_DIR") or os.getcwd())

@@ -1,0 +1,209 @@
+"""Content-addressed virtualenvs: releases whose requirements did not change share one.
+
+``venvs/<key>`` with key = hash(python, installer, requirement bytes). A venv is
+built in a temporary directory and renamed into place when complete, so a venv
+under its key is always whole. uv builds it (relocatable, from uv's shared
+cache); pip is the fallback installer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .app import App
+from .config import AppConfig
+from .errors import ConfigError, PhaseError
+from .lock import owner_alive
+
+DETECTED = ("uv.lock", "requirements.txt", "pyproject.toml")
+INCLUDE = re.compile(r"^\s*-[rc]\s*(\S+)|^\s*--(?:requirement|constraint)[= ]\s*(\S+)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to install and how: everything the key is made of."""
+
+    requirements: Path
+    installer: str
+    python: str
+    inputs: tuple[Path, ...]
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"{self.python}\0{self.installer}\0".encode())
+        for path in self.inputs:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+def uv_bin() -> str:
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+def python_spec(config: AppConfig) -> str:
+    if config.python:
+        return config.python
+    return f"{platform.python_implementation().lower()}-{platform.python_version()}"
+
+
+def plan(release: Path, config: AppConfig, installer: str) -> Plan:
+    """Find the requirements (configured or detected) and the files that define the venv."""
+    if config.requirements:
+        requirements = release / config.requirements
+        if not requirements.is_file():
+            raise ConfigError(
+                f"shipyard.toml: requirements file {config.requirements!r} is not in the commit",
+                "add it, or point `requirements` at the right file",
+            )
+    else:
+        found = [release / name for name in DETECTED if (release / name).is_file()]
+        if not found:
+            raise ConfigError(
+                "no requirements: the commit has no uv.lock, requirements.txt or pyproject.toml",
+                "add a requirements.txt listing what the app needs (e.g. django, gunicorn)",
+            )
+        requirements = found[0]
+    inputs = [requirements]
+    if requirements.name == "uv.lock" and (release / "pyproject.toml").is_file():
+        inputs.append(release / "pyproject.toml")
+    if requirements.suffix == ".txt":
+        inputs.extend(_included(requirements, release))
+    return Plan(requirements, config.installer or installer, python_spec(config), tuple(inputs))
+
+
+def _included(requirements: Path, release: Path, seen: set[Path] | None = None) -> list[Path]:
+    """Files pulled in by ``-r``/``-c`` lines: they are part of what the venv is."""
+    seen = seen if seen is not None else {requirements}
+    found = []
+    for line in requirements.read_text(errors="replace").splitlines():
+        match = INCLUDE.match(line)
+        if not match:
+            continue
+        path = (requirements.parent / (match.group(1) or match.group(2))).resolve()
+        if path in seen or not path.is_file() or not path.is_relative_to(release.resolve()):
+            continue
+        seen.add(path)
+        found.append(path)
+        found.extend(_included(path, release, seen))
+    return found
+
+
+def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
+    """Link ``release/.venv`` to the venv for the plan, building it if needed.
+
+    Returns (key, reused).
+    """
+    key = the_plan.key
+    target = app.venvs / key
+    reused = target.is_dir()
+    if not reused:
+        build(target, release, the_plan)
+    link = release / ".venv"
+    if link.is_symlink() or link.exists():
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+    os.symlink(os.path.relpath(target, release), link)
+    return key, reused
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
+    result = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if result.returncode:
+        raise PhaseError(
+            f"{what} failed (exit {result.returncode})",
+            "fix the requirements and push again; the live release is untouched",
+            output=result.stdout,
+        )
+
+
+def build(target: Path, release: Path, the_plan: Plan) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+    uv = uv_bin()
+    python = the_plan.python
+    interpreter = sys.executable if "-" in python else python
+    req = the_plan.requirements
+    try:
+        if the_plan.installer == "uv":
+            _run([uv, "venv", "--quiet", "--relocatable", "--python", interpreter, str(tmp)],
+                 release, env, "creating the virtualenv")
+            if req.name == "uv.lock":
+                env_sync = {**env, "UV_PROJECT_ENVIRONMENT": str(tmp)}
+                _run([uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
+                     req.parent, env_sync, "uv sync")
+            else:
+                _run([uv, "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python"),
+                      "-r", str(req)], release, env, "installing requirements")
+        else:
+            _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
+            pip_req = _pip_requirements(req, tmp, env)
+            _run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                  "-r", str(pip_req)], release, env, "pip install")
+            _rewrite_shebangs(tmp, target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pip_requirements(req: Path, tmp: Path, env: dict[str, str]) -> Path:
+    """pip reads only requirements files: derive one from uv.lock or pyproject.toml."""
+    if req.suffix == ".txt":
+        return req
+    out = tmp / "requirements.txt"
+    if req.name == "uv.lock":
+        _run([uv_bin(), "export", "--frozen", "--no-dev", "--no-hashes", "--quiet", "-o", str(out)],
+             req.parent, env, "uv export")
+    else:
+        deps = tomllib.loads(req.read_text()).get("project", {}).get("dependencies", [])
+        out.write_text("\n".join(deps) + "\n")
+    return out
+
+
+def _rewrite_shebangs(tmp: Path, target: Path) -> None:
+    """pip writes absolute shebangs; point them at the venv's final place before the rename."""
+    old, new = str(tmp).encode(), str(target).encode()
+    for script in (tmp / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        head = script.read_bytes()
+        if head.startswith(b"#!") and old in head.split(b"\n", 1)[0]:
+            first, _, rest = head.partition(b"\n")
+            script.write_bytes(first.replace(old, new) + b"\n" + rest)
+
+
+def prune(app: App, keep_keys: set[str]) -> list[str]:
+    """Remove venvs that no kept release links to (and stray half-built ones)."""
+    removed = []
+    if not app.venvs.is_dir():
+        return removed
+    for path in app.venvs.iterdir():
+        if path.name.startswith(".tmp-"):
+            if not owner_alive(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        if path.name not in keep_keys:
+            trash = app.venvs / f".tmp-trash-{path.name}-{os.getpid()}"
+            os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Debian packages the end-to-end tests use; installed only when missing (needs root).
+set -euo pipefail
+need=()
+command -v git >/dev/null || need+=(git)
+command -v tar >/dev/null || need+=(tar)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2
+  exit 1
+fi
+apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
