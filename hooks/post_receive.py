@@ -24,13 +24,33 @@ ZERO = "0" * 40
 def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> subprocess.Popen:
     """Spawn the deploy worker in a new session with the log as its only output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    args = [sys.executable, "-m", "shipyard", "--root", str(app.root), "run-deploy", app.name,
-            "--number", str(number), "--sha", sha, "--ref", ref]
+    args = [
+        sys.executable,
+        "-m",
+        "shipyard",
+        "--root",
+        str(app.root),
+        "run-deploy",
+        app.name,
+        "--number",
+        str(number),
+        "--sha",
+        sha,
+        "--ref",
+        ref,
+    ]
     for option in options:
         args += ["--option", option]
     with open(history.log_path(app, number), "ab") as log:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                cwd=app.dir, start_new_session=True)
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=app.dir,
+            start_new_session=True,
+        )
 
 
 def follow(path, done, out=sys.stdout.buffer, poll: float = 0.02) -> bool:

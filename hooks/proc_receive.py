@@ -54,21 +54,30 @@ def check_commit(commit: str) -> None:
             parse(shown.stdout, name)
 
 
-def handle(app: App, old: str, new: str, ref: str, options: dict[str, str]) -> tuple[str, str | None]:
+def handle(
+    app: App, old: str, new: str, ref: str, options: dict[str, str]
+) -> tuple[str, str | None]:
     """Validate and apply one update of the deploy branch; returns (commit, tag)."""
     branch = ref.removeprefix("refs/heads/")
     if new == ZERO:
         raise ShipyardError(
             f"deleting the deploy branch {branch} is refused",
-            f"to take the app down, stop its processes; to roll back, `shipyard rollback {app.name}`",
+            f"to roll back, run `shipyard rollback {app.name}` on the host",
         )
     commit, tag = peel(new)
     check_commit(commit)
     if tag:
         (app.run / "tags").mkdir(parents=True, exist_ok=True)
         (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
-    update = git("update-ref", "-m", f"push{' ' + tag if tag else ''}", ref, commit,
-                 old if old != ZERO else "", check=False)
+    update = git(
+        "update-ref",
+        "-m",
+        f"push{' ' + tag if tag else ''}",
+        ref,
+        commit,
+        old if old != ZERO else "",
+        check=False,
+    )
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
     return commit, tag

@@ -45,7 +45,9 @@ class App:
 
     @classmethod
     def at(cls, name: str, root: Path | str | None = None) -> App:
-        return cls(Path(root).absolute() if root else default_root().absolute(), check_app_name(name))
+        return cls(
+            Path(root).absolute() if root else default_root().absolute(), check_app_name(name)
+        )
 
     @classmethod
     def from_repo(cls, git_dir: Path | str) -> App:

@@ -22,8 +22,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     changed = repo.create(app, branch=args.branch, port=args.port)
     for line in changed:
         print(f"  {line}")
-    print(f"shipyard ▸ {app.name} is ready at {app.dir}" if changed else
-          f"shipyard ▸ {app.name} at {app.dir} is already complete; nothing to do")
+    print(
+        f"shipyard ▸ {app.name} is ready at {app.dir}"
+        if changed
+        else f"shipyard ▸ {app.name} at {app.dir} is already complete; nothing to do"
+    )
     print("Add it as a git remote in your project, then push:")
     for line in repo.remote_lines(app):
         print(f"  {line}")
@@ -62,9 +65,15 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
     options = parse_options(args.option or [])
     out = Reporter(sys.stdout, color=wants_color(options, dict(os.environ)))
     d = Deploy(
-        app=app, host=load_host_config(app.config_file), number=args.number, sha=args.sha,
-        ref=args.ref, out=out, pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
-        tag=pushed_tag(app, args.sha), options=options,
+        app=app,
+        host=load_host_config(app.config_file),
+        number=args.number,
+        sha=args.sha,
+        ref=args.ref,
+        out=out,
+        pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
+        tag=pushed_tag(app, args.sha),
+        options=options,
     )
     return 0 if execute(d) else 1
 
@@ -72,8 +81,9 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="deploy root (default: $SHIPYARD_ROOT or ~/apps)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="deploy root (default: $SHIPYARD_ROOT or ~/apps)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")

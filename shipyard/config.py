@@ -128,7 +128,8 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             expected = spec[0]
             if isinstance(value, bool) or not isinstance(value, expected):
                 raise ConfigError(
-                    f"{where}: {dotted!r} must be {_type_name(expected)}, not {type(value).__name__}",
+                    f"{where}: {dotted!r} must be {_type_name(expected)}, "
+                    f"not {type(value).__name__}",
                     f"see `{dotted}` in docs/configuration.md",
                 )
             if expected is list and not all(isinstance(v, str) for v in value):

@@ -10,6 +10,7 @@ re-push retries, and the last line says what failed and what is still live.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -73,8 +74,13 @@ def checkout(d: Deploy) -> str:
         d.release_id = release.new_release_id(d.sha)
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
-            sha=d.sha, ref=d.ref, release=d.release_id, deploy=d.number, pusher=d.pusher,
-            created=time.time(), tag=d.tag,
+            sha=d.sha,
+            ref=d.ref,
+            release=d.release_id,
+            deploy=d.number,
+            pusher=d.pusher,
+            created=time.time(),
+            tag=d.tag,
         )
         d.manifest.save(d.release)
     d.config = load_app_config(d.release)
@@ -171,13 +177,23 @@ def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = N
     env = release.command_env(d.app, d.release, d.env)
     try:
         result = subprocess.run(
-            command, shell=True, cwd=d.release, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+            command,
+            shell=True,
+            cwd=d.release,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        raise PhaseError(f"{what} did not finish within {timeout:.0f}s and was stopped",
-                         output=(exc.stdout or b"").decode(errors="replace")
-                         if isinstance(exc.stdout, bytes) else exc.stdout or "") from None
+        raise PhaseError(
+            f"{what} did not finish within {timeout:.0f}s and was stopped",
+            output=(exc.stdout or b"").decode(errors="replace")
+            if isinstance(exc.stdout, bytes)
+            else exc.stdout or "",
+        ) from None
     if result.returncode:
         raise PhaseError(f"{what} failed (exit {result.returncode})", output=result.stdout)
     return result.stdout
@@ -236,23 +252,40 @@ def revert(d: Deploy, done: list[Phase]) -> None:
 
 
 def reset_branch(d: Deploy) -> None:
-    """Set the branch back to the live commit (only if nobody pushed since), so a re-push retries."""
+    """Set the branch back to the live commit, so a plain re-push retries.
+
+    Compare-and-swap on our own commit: if somebody pushed since, their push stands.
+    """
     live = d.app.live_release()
     manifest = release.Manifest.load(d.app.release_dir(live)) if live else None
-    args = ["update-ref", d.ref, manifest.sha, d.sha] if manifest else ["update-ref", "-d", d.ref, d.sha]
-    try:
+    args = (
+        ["update-ref", d.ref, manifest.sha, d.sha]
+        if manifest
+        else ["update-ref", "-d", d.ref, d.sha]
+    )
+    with contextlib.suppress(ShipyardError):
         release.git(d.app.repo, *args)
-    except ShipyardError:
-        pass
 
 
 def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
-    history.record(d.app, {
-        "deploy": d.number, "sha": d.sha, "ref": d.ref, "tag": d.tag, "pusher": d.pusher,
-        "release": d.release_id or None, "start": time.time() - seconds,
-        "duration": round(seconds, 3), "outcome": outcome, "phases": d.timings,
-        "options": d.options, "migrations": d.migrations, **extra,
-    })
+    history.record(
+        d.app,
+        {
+            "deploy": d.number,
+            "sha": d.sha,
+            "ref": d.ref,
+            "tag": d.tag,
+            "pusher": d.pusher,
+            "release": d.release_id or None,
+            "start": time.time() - seconds,
+            "duration": round(seconds, 3),
+            "outcome": outcome,
+            "phases": d.timings,
+            "options": d.options,
+            "migrations": d.migrations,
+            **extra,
+        },
+    )
 
 
 def branch_tip(app: App, ref: str) -> str | None:
@@ -265,19 +298,29 @@ def branch_tip(app: App, ref: str) -> str | None:
 def execute(d: Deploy) -> bool:
     """Take the app's deploy lock and run the deploy, unless a newer push superseded it."""
     d.out.title(f"deploy #{d.number}: {d.ref.removeprefix('refs/heads/')} {d.short} by {d.pusher}")
-    info = {"deploy": d.number, "sha": d.sha, "pusher": d.pusher, "since": time.time(),
-            "pid": os.getpid()}
+    info = {
+        "deploy": d.number,
+        "sha": d.sha,
+        "pusher": d.pusher,
+        "since": time.time(),
+        "pid": os.getpid(),
+    }
     with lock.exclusive(
-        d.app.run / "deploy.lock", info,
+        d.app.run / "deploy.lock",
+        info,
         on_wait=lambda who: d.out.line(f"  … waiting for {lock.describe(who)}"),
-        on_still_waiting=lambda who, s: d.out.line(f"  … still waiting ({s:.0f}s) for {lock.describe(who)}"),
+        on_still_waiting=lambda who, s: d.out.line(
+            f"  … still waiting ({s:.0f}s) for {lock.describe(who)}"
+        ),
         heartbeat=d.out.heartbeat,
     ):
         tip = branch_tip(d.app, d.ref)
         if tip != d.sha:
             record(d, "superseded", 0.0, superseded_by=tip)
-            d.out.final(f"superseded: {d.ref.removeprefix('refs/heads/')} is now "
-                        f"{(tip or 'deleted')[:7]}; the newest push deploys", good=True)
+            d.out.final(
+                f"superseded: {d.ref.removeprefix('refs/heads/')} is now "
+                f"{(tip or 'deleted')[:7]}; the newest push deploys",
+                good=True,
+            )
             return True
         return run(d)
-

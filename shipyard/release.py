@@ -73,7 +73,7 @@ def checkout(app: App, sha: str, release_id: str) -> Path:
 
 
 def check_symlinks(tree: Path) -> None:
-    """Refuse a symlink in the repo that points outside the release: it would follow into the host."""
+    """Refuse a symlink that points outside the release: following it would reach into the host."""
     base = Path(os.path.abspath(tree))
     for dirpath, dirnames, filenames in os.walk(tree):
         for name in dirnames + filenames:
@@ -192,7 +192,7 @@ def remove(app: App, release_id: str) -> None:
 
 
 def prune(app: App, keep: int) -> list[str]:
-    """Keep the newest ``keep`` good releases plus the live one; drop the rest and stray temp dirs."""
+    """Keep the newest ``keep`` good releases and the live one; drop the rest and stray temps."""
     live = app.live_release()
     good = [rid for rid, m in releases(app) if m and m.state in GOOD_STATES]
     kept = set(good[-keep:]) | ({live} if live else set())
@@ -205,7 +205,6 @@ def prune(app: App, keep: int) -> list[str]:
         if not owner_alive(stray.name):
             shutil.rmtree(stray, ignore_errors=True)
     return removed
-
 
 
 def shared_env(app: App) -> dict[str, str]:

@@ -11,7 +11,10 @@ from .app import App
 from .config import HostConfig, load_host_config
 from .errors import AppError
 
-HOOKS = {"proc-receive": "shipyard.hooks.proc_receive", "post-receive": "shipyard.hooks.post_receive"}
+HOOKS = {
+    "proc-receive": "shipyard.hooks.proc_receive",
+    "post-receive": "shipyard.hooks.post_receive",
+}
 HOST_CONFIG = """\
 # Host-side settings for {name}; the app's own shipyard.toml lives in its repo.
 branch = "{branch}"
@@ -32,7 +35,16 @@ def create(app: App, branch: str = "main", port: int = 8000) -> list[str]:
 
     changed: list[str] = []
     if app.dir.exists() and not app.exists() and any(app.dir.iterdir()):
-        known = {"repo.git", "shipyard.toml", "releases", "venvs", "shared", "current", "deploys", "run"}
+        known = {
+            "repo.git",
+            "shipyard.toml",
+            "releases",
+            "venvs",
+            "shared",
+            "current",
+            "deploys",
+            "run",
+        }
         if not {p.name for p in app.dir.iterdir()} & known:
             raise AppError(
                 f"{app.dir} exists and is not a shipyard app",
@@ -68,7 +80,9 @@ def configure(app: App, host: HostConfig) -> list[str]:
     changed = []
     with repo.config_writer("repository") as config:
         for (section, option), value in wanted.items():
-            current = config.get_value(section, option) if config.has_option(section, option) else ""
+            current = (
+                config.get_value(section, option) if config.has_option(section, option) else ""
+            )
             if str(current).lower() != value.lower():
                 config.set_value(section, option, value)
                 changed.append(f"set {section}.{option} = {value}")

@@ -143,20 +143,53 @@ def build(target: Path, release: Path, the_plan: Plan) -> None:
     req = the_plan.requirements
     try:
         if the_plan.installer == "uv":
-            _run([uv, "venv", "--quiet", "--relocatable", "--python", interpreter, str(tmp)],
-                 release, env, "creating the virtualenv")
+            _run(
+                [uv, "venv", "--quiet", "--relocatable", "--python", interpreter, str(tmp)],
+                release,
+                env,
+                "creating the virtualenv",
+            )
             if req.name == "uv.lock":
                 env_sync = {**env, "UV_PROJECT_ENVIRONMENT": str(tmp)}
-                _run([uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
-                     req.parent, env_sync, "uv sync")
+                _run(
+                    [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
+                    req.parent,
+                    env_sync,
+                    "uv sync",
+                )
             else:
-                _run([uv, "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python"),
-                      "-r", str(req)], release, env, "installing requirements")
+                _run(
+                    [
+                        uv,
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--python",
+                        str(tmp / "bin" / "python"),
+                        "-r",
+                        str(req),
+                    ],
+                    release,
+                    env,
+                    "installing requirements",
+                )
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)
-            _run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                  "-r", str(pip_req)], release, env, "pip install")
+            _run(
+                [
+                    str(tmp / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "-r",
+                    str(pip_req),
+                ],
+                release,
+                env,
+                "pip install",
+            )
             _rewrite_shebangs(tmp, target)
         os.rename(tmp, target)
     except BaseException:
@@ -170,8 +203,12 @@ def _pip_requirements(req: Path, tmp: Path, env: dict[str, str]) -> Path:
         return req
     out = tmp / "requirements.txt"
     if req.name == "uv.lock":
-        _run([uv_bin(), "export", "--frozen", "--no-dev", "--no-hashes", "--quiet", "-o", str(out)],
-             req.parent, env, "uv export")
+        _run(
+            [uv_bin(), "export", "--frozen", "--no-dev", "--no-hashes", "--quiet", "-o", str(out)],
+            req.parent,
+            env,
+            "uv export",
+        )
     else:
         deps = tomllib.loads(req.read_text()).get("project", {}).get("dependencies", [])
         out.write_text("\n".join(deps) + "\n")
@@ -206,4 +243,3 @@ def prune(app: App, keep_keys: set[str]) -> list[str]:
             shutil.rmtree(trash, ignore_errors=True)
             removed.append(path.name)
     return removed
-

@@ -1,6 +1,6 @@
 from django.http import HttpResponse, JsonResponse
-
 from mysite.version import GREETING
+
 from polls.models import Question
 
 

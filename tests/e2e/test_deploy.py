@@ -1,0 +1,232 @@
+"""Single-host push-to-deploy with the real git client, real uv, the real example app."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from conftest import Host, Work, make_work, run, shipyard
+
+
+def manifest(host: Host) -> dict:
+    return json.loads((host.live() / ".shipyard" / "release.json").read_text())
+
+
+def history(host: Host) -> list[dict]:
+    path = host.dir / "deploys" / "deploys.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_init_creates_layout_and_is_repeatable(host: Host):
+    for name in ("repo.git", "releases", "venvs", "shared", "deploys", "run", "shipyard.toml"):
+        assert (host.dir / name).exists(), name
+    for hook in ("proc-receive", "post-receive"):
+        assert os.access(host.repo / "hooks" / hook, os.X_OK)
+    config = run("git", "--git-dir", host.repo, "config", "receive.procReceiveRefs").stdout
+    assert config.strip() == "refs/heads/main"
+    (host.repo / "hooks" / "post-receive").unlink()
+    again = shipyard("--root", host.root, "init", "mysite")
+    assert "installed hooks/post-receive" in again.stdout
+    assert f"git remote add production {host.repo}" in again.stdout
+    assert "ssh://" in again.stdout
+    assert "nothing to do" in shipyard("--root", host.root, "init", "mysite").stdout
+
+
+def test_init_refuses_a_directory_that_is_not_an_app(tmp_path):
+    (tmp_path / "apps" / "blog").mkdir(parents=True)
+    (tmp_path / "apps" / "blog" / "notes.txt").write_text("mine")
+    result = shipyard("--root", tmp_path / "apps", "init", "blog", check=False)
+    assert result.returncode == 1
+    assert "exists and is not a shipyard app" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert (tmp_path / "apps" / "blog" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "apps" / "blog" / "repo.git").exists()
+
+
+def test_first_push_goes_live_then_code_change_reuses_venv(host: Host, work: Work):
+    first = work.push()
+    assert "shipyard ▸ deploy #1: main" in first.out
+    for phase in ("checkout", "link", "venv", "build", "switch", "finish"):
+        assert f"✓ {phase}" in first.out, phase
+    sha = work.git("rev-parse", "HEAD").stdout.strip()
+    assert f"shipyard ▸ live: {sha[:7]}" in first.out
+    release = host.live()
+    assert release.parent == host.dir / "releases"
+    assert release.name.endswith(f"-{sha[:7]}")
+    assert (release / "manage.py").is_file() and not (release / ".git").exists()
+    assert (release / "static" / "polls" / "style.css").is_file()  # collectstatic ran
+    assert (release / "media").is_symlink()
+    venv = (release / ".venv").resolve()
+    assert venv.parent == host.dir / "venvs" and (venv / "bin" / "gunicorn").exists()
+    django = run(
+        release / ".venv" / "bin" / "python",
+        "-c",
+        "import django, os; print(os.path.realpath(django.__file__))",
+    )
+    assert str(host.dir / "venvs") in django.stdout
+    assert manifest(host)["sha"] == sha and manifest(host)["state"] == "good"
+    assert history(host)[-1]["outcome"] == "live"
+
+    work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from mysite v2"\n'})
+    second = work.push()
+    assert "requirements unchanged" in second.out
+    assert (host.live() / ".venv").resolve() == venv
+    assert "v2" in (host.live() / "mysite" / "version.py").read_text()
+    assert len(host.releases()) == 2
+
+    work.commit(
+        "deps",
+        **{
+            "requirements.txt": (work.path / "requirements.txt").read_text()
+            + "python-dotenv>=1.0\n"
+        },
+    )
+    third = work.push()
+    assert "built" in third.out.split("✓ venv")[1].splitlines()[0]
+    assert (host.live() / ".venv").resolve() != venv
+    assert [e["outcome"] for e in history(host)] == ["live", "live", "live"]
+
+
+def test_prune_keeps_last_n_good_releases_and_their_venvs(host: Host, work: Work):
+    host.set_host_config(keep=2)
+    work.write("shipyard.toml", "")  # no build step: faster pushes
+    for i in range(4):
+        work.commit(f"c{i}", **{"mysite/version.py": f'GREETING = "v{i}"\n'})
+        work.push()
+    releases = host.releases()
+    assert len(releases) == 2 and host.live().name == releases[-1]
+    assert len(list((host.dir / "venvs").iterdir())) == 1
+
+
+def test_failing_build_step_leaves_live_release_and_retry_works(host: Host, work: Work):
+    work.push()
+    live, good_sha = host.live(), host.branch()
+    bad = work.commit("bad", **{"shipyard.toml": 'build = ["echo building; exit 3"]\n'})
+    result = work.push()
+    assert "✗ build" in result.out and "exit 3" in result.out and "building" in result.out
+    assert f"still live: {live.name}" in result.out.splitlines()[-3] or "still live" in result.out
+    assert host.live() == live
+    assert host.branch() == good_sha  # reset, so a plain re-push retries
+    assert not any(r.endswith(bad[:7]) for r in host.releases())
+    assert history(host)[-1]["outcome"] == "failed"
+    work.git("commit", "-q", "--amend", "-m", "fixed", "--no-edit")
+    work.write("shipyard.toml", "build = []\n")
+    work.git("commit", "-qam", "fix build")
+    retry = work.push()
+    assert "shipyard ▸ live" in retry.out and host.live() != live
+
+
+def test_concurrent_pushes_end_with_the_newest_live(tmp_path, host: Host, work: Work):
+    work.write("shipyard.toml", 'build = ["sleep 2"]\n')
+    work.commit("slow build")
+    work.push()
+    other = make_work(tmp_path / "other", host)
+    other.git("fetch", "-q", "production")
+    other.git("reset", "-q", "--hard", "production/main")
+    a = work.commit("a", **{"mysite/version.py": 'GREETING = "a"\n'})
+    first = subprocess.Popen(
+        ["git", "push", "production", "main"],
+        cwd=work.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    other.commit("b", **{"mysite/other.py": "B = 1\n"})
+    other.git("pull", "-q", "--rebase", "production", "main")
+    b = other.git("rev-parse", "HEAD").stdout.strip()
+    second = other.push()
+    out_a = first.communicate(timeout=120)[0]
+    assert a[:7] in out_a and b[:7] in second.out
+    assert "waiting for deploy" in second.out
+    assert host.live().name.endswith(b[:7])
+    outcomes = {e["sha"][:7]: e["outcome"] for e in history(host)}
+    assert outcomes[a[:7]] == "live" and outcomes[b[:7]] == "live"
+
+
+def test_killed_push_client_does_not_stop_the_deploy(host: Host, work: Work):
+    work.write("shipyard.toml", 'build = ["sleep 3"]\n')
+    sha = work.commit("slow")
+    client = subprocess.Popen(
+        ["git", "push", "production", "main"],
+        cwd=work.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    seen = b""
+    while b"build" not in seen and b"venv" not in seen:
+        seen += client.stdout.read1(1024)
+    os.killpg(client.pid, signal.SIGKILL)
+    client.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (host.dir / "current").exists():
+        time.sleep(0.2)
+    while (
+        time.monotonic() < deadline and (host.dir / "deploys" / "deploys.jsonl").exists() is False
+    ):
+        time.sleep(0.2)
+    assert host.live().name.endswith(sha[:7])
+    assert history(host)[-1]["outcome"] == "live"
+    assert "shipyard ▸ live" in (host.dir / "deploys" / "1.log").read_text()
+
+
+def test_other_branches_are_stored_not_deployed(host: Host, work: Work):
+    work.git("checkout", "-q", "-b", "feature")
+    result = work.push("feature")
+    assert "stored refs/heads/feature (not deployed: this app deploys main)" in result.out
+    assert not (host.dir / "current").exists()
+    assert host.branch("feature")
+
+
+def test_deleting_the_deploy_branch_is_refused(host: Host, work: Work):
+    work.push()
+    sha = host.branch()
+    result = work.push(":main", check=False)
+    assert result.returncode != 0
+    assert "deleting the deploy branch main is refused" in result.out
+    assert host.branch() == sha
+
+
+def test_invalid_shipyard_toml_refused_before_the_ref_moves(host: Host, work: Work):
+    work.push()
+    sha = host.branch()
+    work.commit("syntax", **{"shipyard.toml": "build = [\n"})
+    result = work.push(check=False)
+    assert (
+        result.returncode != 0 and "shipyard.toml:" in result.out and "not valid TOML" in result.out
+    )
+    assert host.branch() == sha
+    work.commit("unknown", **{"shipyard.toml": 'biuld = ["x"]\n'})
+    result = work.push(check=False)
+    assert "shipyard.toml:1: unknown key 'biuld'" in result.out
+    assert host.branch() == sha and "deploy #" not in result.out
+
+
+def test_requirement_problems_fail_cleanly(host: Host, work: Work):
+    work.push()
+    live = host.live()
+    work.commit("missing", **{"shipyard.toml": 'requirements = "reqs/prod.txt"\n'})
+    result = work.push()
+    assert "requirements file 'reqs/prod.txt' is not in the commit" in result.out
+    work.commit(
+        "uninstallable",
+        **{"shipyard.toml": "", "requirements.txt": "shipyard-no-such-package-xyz==1.0\n"},
+    )
+    result = work.push()
+    assert "✗ venv" in result.out and "shipyard-no-such-package-xyz" in result.out
+    assert host.live() == live
+    assert not [p for p in (host.dir / "venvs").iterdir() if p.name.startswith(".tmp")]
+    assert len(list((host.dir / "venvs").iterdir())) == 1
+
+
+def test_symlink_out_of_the_release_is_refused(host: Host, work: Work):
+    (work.path / "secrets").symlink_to("../../../../etc/passwd")
+    work.commit("sneaky")
+    result = work.push()
+    assert "symlink secrets -> ../../../../etc/passwd points outside the release" in result.out
+    assert not (host.dir / "current").exists() and host.releases() == []
+    assert host.branch() is None

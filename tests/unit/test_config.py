@@ -1,0 +1,68 @@
+import pytest
+
+from shipyard.config import parse_app_config, parse_host_config, parse_procfile
+from shipyard.errors import ConfigError
+
+
+def test_defaults_when_empty():
+    config = parse_app_config("")
+    assert config.shared == [".env"] and config.build == [] and config.requirements is None
+
+
+def test_syntax_error_names_file_and_line():
+    with pytest.raises(ConfigError) as err:
+        parse_app_config('build = ["ok"]\nkeep = = 3\n')
+    assert str(err.value).startswith("shipyard.toml:2: not valid TOML")
+
+
+def test_unknown_key_names_line_and_known_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_app_config('keep = 3\n\n[health]\npath = "/"\ncolour = "red"\n')
+    assert "shipyard.toml:5: unknown key 'health.colour'" in str(err.value)
+    assert "known keys here: path, retries, status, timeout" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('keep = "3"', "'keep' must be an integer, not str"),
+        ("build = 'x'", "'build' must be a list, not str"),
+        ("build = [1]", "'build' must be a list of strings"),
+        ("keep = true", "'keep' must be an integer, not bool"),
+        ("keep = 0", "keep must be at least 1"),
+        ('installer = "conda"', "installer must be 'uv' or 'pip'"),
+        ('shared = ["../etc"]', "must be a relative path inside the repository"),
+        ('requirements = "/etc/passwd"', "must be a relative path inside the repository"),
+        ('[processes]\nweb = "two"', "[processes] must map process names to counts"),
+    ],
+)
+def test_wrong_types_refused(text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_app_config(text)
+    assert message in str(err.value)
+
+
+def test_host_config():
+    host = parse_host_config('branch = "prod"\nkeep = 2\n', "host.toml")
+    assert (host.branch, host.keep, host.installer, host.port) == ("prod", 2, "uv", 8000)
+
+
+def test_procfile():
+    assert parse_procfile("# c\nweb: gunicorn x\n\nworker:  python w.py\n") == {
+        "web": "gunicorn x",
+        "worker": "python w.py",
+    }
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("web gunicorn", "Procfile:1: cannot read"),
+        ("web: a\nweb: b", "Procfile:2: process 'web' is defined twice"),
+        ("we b: x", "Procfile:1: cannot read"),
+    ],
+)
+def test_procfile_errors(text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_procfile(text)
+    assert message in str(err.value)
