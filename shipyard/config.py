@@ -48,6 +48,19 @@ HOST_SCHEMA: dict[str, Any] = {
 INSTALLERS = ("uv", "pip")
 
 
+@dataclass(frozen=True)
+class BuildStep:
+    """A build command; with ``inputs`` and ``outputs`` its outputs are reused while inputs hold."""
+
+    run: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def cacheable(self) -> bool:
+        return bool(self.inputs and self.outputs)
+
+
 @dataclass
 class AppConfig:
     """What the app's repo asks for; every field has a default found by detection."""
@@ -55,7 +68,7 @@ class AppConfig:
     requirements: str | None = None
     installer: str | None = None
     python: str | None = None
-    build: list[str] = field(default_factory=list)
+    build: list[BuildStep] = field(default_factory=list)
     shared: list[str] = field(default_factory=lambda: [".env"])
     keep: int | None = None
     migrate: str | None = None
@@ -132,6 +145,9 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
                     f"not {type(value).__name__}",
                     f"see `{dotted}` in docs/configuration.md",
                 )
+            if key == "build" and not table:
+                out[key] = [_build_step(v, f"{source}:{_line_of(text, key, table)}") for v in value]
+                continue
             if expected is list and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {dotted!r} must be a list of strings")
             out[key] = value
@@ -150,6 +166,30 @@ def _load(text: str, source: str, schema: dict) -> dict:
             "fix the syntax (see https://toml.io)",
         ) from None
     return _validate(data, schema, text, source)
+
+
+def _build_step(value: object, where: str) -> BuildStep:
+    hint = 'write a command, or { run = "...", inputs = ["glob"], outputs = ["dir"] }'
+    if isinstance(value, str):
+        return BuildStep(value)
+    if not isinstance(value, dict) or not isinstance(value.get("run"), str):
+        raise ConfigError(f"{where}: each build step must be a command or a table with `run`", hint)
+    unknown = set(value) - {"run", "inputs", "outputs"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} in a build step", hint)
+    lists = {}
+    for key in ("inputs", "outputs"):
+        items = value.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where}: build step {key!r} must be a list of strings", hint)
+        for item in items:
+            _check_relative(item, where)
+        lists[key] = tuple(items)
+    if bool(lists["inputs"]) != bool(lists["outputs"]):
+        raise ConfigError(
+            f"{where}: a build step needs both `inputs` and `outputs`, or neither", hint
+        )
+    return BuildStep(value["run"], lists["inputs"], lists["outputs"])
 
 
 def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import history, lock, migrate, release, supervise, venv
+from . import build, history, lock, migrate, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -117,14 +117,31 @@ def build_venv(d: Deploy) -> str:
     return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
 
 
-def build(d: Deploy) -> str:
+def build_steps(d: Deploy) -> str:
     if d.reused:
         return Skip("reused release")
     if not d.config.build:
         return Skip("no build steps")
-    for command in d.config.build:
-        run_in_release(d, command, f"build step `{command}`")
-    return f"{len(d.config.build)} step(s) ran"
+    live = d.app.live_release()
+    before = release.Manifest.load(d.app.release_dir(live)) if live else None
+    ran, reused = 0, 0
+    d.manifest.builds = {}
+    for step in d.config.build:
+        key = build.input_key(step, d.release, d.venv_key) if step.cacheable else None
+        if (
+            key
+            and before
+            and (before.builds or {}).get(step.run) == key
+            and build.reuse_outputs(step, d.app.release_dir(live), d.release)
+        ):
+            reused += 1
+        else:
+            run_in_release(d, step.run, f"build step `{step.run}`")
+            ran += 1
+        if key:
+            d.manifest.builds[step.run] = key
+    d.manifest.save(d.release)
+    return f"{ran} ran" + (f", {reused} reused (inputs unchanged)" if reused else "")
 
 
 def switch(d: Deploy) -> str:
@@ -160,7 +177,7 @@ PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
     Phase("venv", build_venv),
-    Phase("build", build),
+    Phase("build", build_steps),
     Phase("migrate", migrate.apply),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),

@@ -144,6 +144,7 @@ class Manifest:
     venv: str | None = None
     state: str = "building"
     migrations: list[str] | None = None
+    builds: dict[str, str] | None = None
 
     def save(self, release: Path) -> None:
         path = release / MANIFEST

@@ -133,59 +133,30 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
 
 
 def build(target: Path, release: Path, the_plan: Plan) -> None:
+    """Build the venv beside its final place, then rename it in: never a half-built venv."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    uv = uv_bin()
-    python = the_plan.python
-    interpreter = sys.executable if "-" in python else python
-    req = the_plan.requirements
+    env["UV_COMPILE_BYTECODE"] = "1"  # compile once here, not in every process's first start
+    interpreter = sys.executable if "-" in the_plan.python else the_plan.python
+    req, python = the_plan.requirements, str(tmp / "bin" / "python")
     try:
         if the_plan.installer == "uv":
-            _run(
-                [uv, "venv", "--quiet", "--relocatable", "--python", interpreter, str(tmp)],
-                release,
-                env,
-                "creating the virtualenv",
-            )
+            uv = uv_bin()
+            create = [uv, "venv", "--quiet", "--relocatable", "--python", interpreter, str(tmp)]
+            _run(create, release, env, "creating the virtualenv")
             if req.name == "uv.lock":
-                env_sync = {**env, "UV_PROJECT_ENVIRONMENT": str(tmp)}
-                _run(
-                    [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
-                    req.parent,
-                    env_sync,
-                    "uv sync",
-                )
+                sync = [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"]
+                _run(sync, req.parent, {**env, "UV_PROJECT_ENVIRONMENT": str(tmp)}, "uv sync")
             else:
-                _run(
-                    [
-                        uv,
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--python",
-                        str(tmp / "bin" / "python"),
-                        "-r",
-                        str(req),
-                    ],
-                    release,
-                    env,
-                    "installing requirements",
-                )
+                install = [uv, "pip", "install", "--quiet", "--python", python, "-r", str(req)]
+                _run(install, release, env, "installing requirements")
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)
             _run(
-                [
-                    str(tmp / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "-r",
-                    str(pip_req),
-                ],
+                [python, "-m", "pip", "install", "--quiet", "-r", str(pip_req)],
                 release,
                 env,
                 "pip install",

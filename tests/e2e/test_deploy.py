@@ -230,3 +230,18 @@ def test_symlink_out_of_the_release_is_refused(host: Host, work: Work):
     assert "symlink secrets -> ../../../../etc/passwd points outside the release" in result.out
     assert not (host.dir / "current").exists() and host.releases() == []
     assert host.branch() is None
+
+
+def test_build_outputs_reused_while_inputs_unchanged(host: Host, work: Work):
+    work.push()
+    first = host.live()
+    work.commit("code", **{"mysite/version.py": 'GREETING = "code only"\n'})
+    code_only = work.push()
+    assert "0 ran, 1 reused (inputs unchanged)" in code_only.out
+    css = "static/polls/style.css"
+    assert (host.live() / css).stat().st_ino == (first / css).stat().st_ino
+    work.commit("style", **{"polls/static/polls/style.css": "body { color: red; }\n"})
+    restyled = work.push()
+    assert "✓ build" in restyled.out and "1 ran" in restyled.out
+    assert "red" in (host.live() / css).read_text()
+    assert "sans-serif" in (first / css).read_text()  # the old release is untouched

@@ -27,7 +27,10 @@ def test_unknown_key_names_line_and_known_keys():
     [
         ('keep = "3"', "'keep' must be an integer, not str"),
         ("build = 'x'", "'build' must be a list, not str"),
-        ("build = [1]", "'build' must be a list of strings"),
+        ("build = [1]", "each build step must be a command or a table with `run`"),
+        ("build = [{ run = 'x', inputs = ['a'] }]", "needs both `inputs` and `outputs`"),
+        ("build = [{ run = 'x', input = ['a'] }]", "unknown key 'input' in a build step"),
+        ("build = [{ run = 'x', inputs = ['../a'], outputs = ['b'] }]", "relative path inside"),
         ("keep = true", "'keep' must be an integer, not bool"),
         ("keep = 0", "keep must be at least 1"),
         ('installer = "conda"', "installer must be 'uv' or 'pip'"),
@@ -66,3 +69,12 @@ def test_procfile_errors(text, message):
     with pytest.raises(ConfigError) as err:
         parse_procfile(text)
     assert message in str(err.value)
+
+
+def test_build_steps_plain_and_cached():
+    config = parse_app_config(
+        'build = ["make", { run = "collect", inputs = ["*/static/**"], outputs = ["static"] }]'
+    )
+    assert [s.run for s in config.build] == ["make", "collect"]
+    assert not config.build[0].cacheable and config.build[1].cacheable
+    assert config.build[1].outputs == ("static",)

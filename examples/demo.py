@@ -1,0 +1,85 @@
+"""`make demo`: deploy the example app by a real `git push` to a local deploy root.
+
+Everything lives under ./demo (git-ignored): the deploy root, and a developer's
+clone of examples/mysite with `production` pointing at the app's bare repo.
+Running it again pushes a new commit, so every run shows a deploy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TOP = HERE.parent / "demo"
+ROOT = TOP / "apps"
+WORK = TOP / "mysite"
+BIN = Path(sys.executable).parent
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    "GIT_AUTHOR_NAME": "Demo",
+    "GIT_AUTHOR_EMAIL": "demo@localhost",
+    "GIT_COMMITTER_NAME": "Demo",
+    "GIT_COMMITTER_EMAIL": "demo@localhost",
+}
+
+
+def sh(*args: str | Path, cwd: Path | None = None, show: bool = False) -> str:
+    if show:
+        print(f"$ {' '.join(str(a) for a in args)}", flush=True)
+    result = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=ENV,
+        text=True,
+        stdout=None if show else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    if result.returncode:
+        sys.exit(f"demo: {' '.join(str(a) for a in args)} failed:\n{result.stdout or ''}")
+    return result.stdout or ""
+
+
+def main() -> None:
+    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", show=True)
+    env_file = ROOT / "mysite" / "shared" / ".env"
+    if not env_file.exists():
+        env_file.write_text(
+            f"DATABASE_URL=sqlite:///{ROOT / 'mysite' / 'shared' / 'db.sqlite3'}\n"
+            f"SECRET_KEY=demo-{os.urandom(8).hex()}\n"
+        )
+    fresh = not (WORK / ".git").is_dir()
+    shutil.copytree(
+        HERE / "mysite",
+        WORK,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__", ".venv", "db.sqlite3"),
+    )
+    if fresh:
+        sh("git", "init", "-q", "-b", "main", cwd=WORK)
+        sh("git", "remote", "add", "production", ROOT / "mysite" / "repo.git", cwd=WORK)
+    sh("git", "add", "-A", cwd=WORK)
+    sh(
+        "git",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        f"demo deploy {time.strftime('%H:%M:%S')}",
+        cwd=WORK,
+    )
+    print()
+    sh("git", "push", "production", "main", cwd=WORK, show=True)
+    current = ROOT / "mysite" / "current"
+    print(f"\nlive release: {current} -> {os.readlink(current)}")
+    print(f"deploy root:  {ROOT / 'mysite'}")
+    print(f"your clone:   {WORK}  (edit, commit, `git push production main`)")
+
+
+if __name__ == "__main__":
+    main()
