@@ -63,10 +63,11 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = App.at(args.app, args.root).require()
     options = parse_options(args.option or [])
-    out = Reporter(sys.stdout, color=wants_color(options, dict(os.environ)))
+    host = load_host_config(app.config_file)
+    out = Reporter(sys.stdout, wants_color(options, dict(os.environ)), heartbeat=host.heartbeat)
     d = Deploy(
         app=app,
-        host=load_host_config(app.config_file),
+        host=host,
         number=args.number,
         sha=args.sha,
         ref=args.ref,

@@ -43,6 +43,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "port": (int, 8000),
     "peers": (list, []),
     "secret": (str, None),
+    "heartbeat": ((int, float), 10),
     "health": HEALTH_SCHEMA,
 }
 INSTALLERS = ("uv", "pip")
@@ -89,6 +90,7 @@ class HostConfig:
     port: int = 8000
     peers: list[str] = field(default_factory=list)
     secret: str | None = None
+    heartbeat: float = 10
     health: dict[str, Any] = field(default_factory=dict)
 
 

@@ -245,3 +245,48 @@ def test_build_outputs_reused_while_inputs_unchanged(host: Host, work: Work):
     assert "✓ build" in restyled.out and "1 ran" in restyled.out
     assert "red" in (host.live() / css).read_text()
     assert "sans-serif" in (first / css).read_text()  # the old release is untouched
+
+
+def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):
+    work.write("shipyard.toml", 'build = ["sleep 3"]\n')
+    work.commit("slow build")
+    work.push()
+    other = make_work(tmp_path / "other", host)
+
+    def background(clone: Work) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["git", "push", "production", "main"],
+            cwd=clone.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    work.commit("a", **{"mysite/version.py": 'GREETING = "a"\n'})
+    a = background(work)
+    time.sleep(1.0)
+    other.git("fetch", "-q", "production")
+    other.git("reset", "-q", "--hard", "production/main")
+    b_sha = other.commit("b", **{"mysite/b.py": "B = 1\n"})
+    b = background(other)
+    time.sleep(0.5)
+    c_sha = other.commit("c", **{"mysite/c.py": "C = 1\n"})
+    c = other.push()
+    out_a, out_b = a.communicate(timeout=120)[0], b.communicate(timeout=120)[0]
+    assert "shipyard ▸ live" in out_a
+    assert "waiting for deploy" in out_b and f"superseded: main is now {c_sha[:7]}" in out_b
+    assert f"shipyard ▸ live: {c_sha[:7]}" in c.out
+    assert host.live().name.endswith(c_sha[:7])
+    outcomes = {e["sha"]: e["outcome"] for e in history(host)}
+    assert outcomes[b_sha] == "superseded" and outcomes[c_sha] == "live"
+
+
+def test_heartbeat_during_a_long_step(host: Host, work: Work):
+    work.write("shipyard.toml", 'build = ["sleep 2.5"]\n')
+    work.commit("slow")
+    (host.dir / "shipyard.toml").write_text(
+        (host.dir / "shipyard.toml").read_text() + "heartbeat = 1\n"
+    )
+    result = work.push()
+    beats = [ln for ln in result.out.splitlines() if "… build" in ln and "still running" in ln]
+    assert len(beats) >= 2
