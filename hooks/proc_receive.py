@@ -83,8 +83,14 @@ def handle(
     return commit, tag
 
 
+def _write(data: bytes) -> None:
+    # git waits for each reply before it sends more: never leave one in a buffer
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def main() -> None:
-    proto = Protocol(sys.stdin.buffer.read, sys.stdout.buffer.write)
+    proto = Protocol(sys.stdin.buffer.read, _write)
     list(proto.read_pkt_seq())
     proto.write_pkt_line(b"version=1\0push-options")
     proto.write_pkt_line(None)

@@ -4,6 +4,9 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v tar >/dev/null || need+=(tar)
+# ssh tests (tests/e2e/test_ssh.py): a private sshd on loopback, the ssh client, ssh-keygen
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2

@@ -1,0 +1,881 @@
+"""`shipyard provision`: set up a fresh Debian/Ubuntu host to receive pushes over SSH.
+
+Run once as root. Each step looks before it acts, so a second run changes
+nothing and says so, and ``--dry-run`` prints what a run would do:
+
+1. the deploy user (default ``deploy``) with a home, ``~/apps`` and ``~/.ssh``;
+2. shipyard installed for it in ``~/.shipyard/venv`` (root-owned: the deploy
+   user runs it but cannot change it in place), from the source this shipyard
+   runs from, or ``--source``;
+3. ``~/.ssh/authorized_keys``: one line per named key, each with the forced
+   command ``shipyard ssh-command NAME`` (see ``provision/shell.py``) and no
+   forwarding, no pty;
+4. supervisord: with the Debian ``supervisor`` package, a program that runs the
+   deploy user's own supervisord (see ``configure_supervisor``); without it,
+   every app runs shipyard's embedded supervisord;
+5. optionally apps (``--app``), created with ``shipyard init`` as the deploy user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import shipyard
+from shipyard.app import check_app_name
+from shipyard.errors import ShipyardError
+
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc,restrict"
+SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
+SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
+MIN_PYTHON = (3, 11)
+SOURCE_PACKAGES = ("shipyard", "hooks", "receiver", "provision")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ProvisionError(ShipyardError):
+    """Bad input or a host that cannot be provisioned as asked."""
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: str
+    blob: str
+    comment: str = ""
+
+    def line(self, shipyard_bin: Path) -> str:
+        command = f"{shipyard_bin} ssh-command {self.name}"
+        comment = f" {self.comment}" if self.comment else ""
+        return f'command="{command}",{KEY_OPTIONS} {self.kind} {self.blob}{comment}'
+
+
+@dataclass
+class Layout:
+    """Where things go for one deploy user."""
+
+    user: str
+    home: Path
+
+    @property
+    def apps(self) -> Path:
+        return self.home / "apps"
+
+    @property
+    def ssh(self) -> Path:
+        return self.home / ".ssh"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.ssh / "authorized_keys"
+
+    @property
+    def state(self) -> Path:
+        return self.home / ".shipyard"
+
+    @property
+    def venv(self) -> Path:
+        return self.state / "venv"
+
+    @property
+    def shipyard_bin(self) -> Path:
+        return self.venv / "bin" / "shipyard"
+
+    @property
+    def stamp(self) -> Path:
+        return self.venv / "shipyard-install.json"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.state / "supervisord.conf"
+
+    @property
+    def supervisord_socket(self) -> Path:
+        return self.state / "supervisord.sock"
+
+
+@dataclass
+class Options:
+    user: str = "deploy"
+    keys: list[Key] = field(default_factory=list)
+    source: str | None = None
+    python: str | None = None
+    apps: list[str] = field(default_factory=list)
+    supervisor: str = "auto"  # auto | system | none
+    dry_run: bool = False
+    supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def check_user_name(name: str) -> str:
+    if not USER_NAME.match(name):
+        raise ProvisionError(
+            f"invalid user name {name!r}",
+            "use lowercase letters, digits, '_' and '-', starting with a letter (at most 32)",
+        )
+    if name == "root":
+        raise ProvisionError("refusing to provision root as the deploy user", "use e.g. deploy")
+    return name
+
+
+def parse_key_spec(spec: str) -> tuple[str, Path]:
+    """``NAME=FILE`` as given to ``--key``."""
+    name, sep, file = spec.partition("=")
+    if not sep or not file:
+        raise ProvisionError(f"--key {spec!r}: expected NAME=FILE", "e.g. --key alice=alice.pub")
+    if not KEY_NAME.match(name):
+        raise ProvisionError(
+            f"--key {spec!r}: invalid key name {name!r}",
+            "use letters, digits, '.', '_', '-' and '@' (no spaces), at most 64",
+        )
+    return name, Path(file)
+
+
+def read_key(name: str, path: Path) -> Key:
+    """One OpenSSH public key from ``path``; refuses private keys and anything with options."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProvisionError(f"--key {name}={path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"--key {name}={path}: cannot read it ({exc})") from None
+    if "PRIVATE KEY" in text:
+        raise ProvisionError(
+            f"--key {name}={path}: this is a private key",
+            f"give the public key instead ({path}.pub)",
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if len(lines) != 1:
+        raise ProvisionError(
+            f"--key {name}={path}: expected exactly one public key line, found {len(lines)}",
+            "give one key per --key (one NAME per person or machine)",
+        )
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or parts[0] not in KEY_TYPES:
+        raise ProvisionError(
+            f"--key {name}={path}: not an OpenSSH public key",
+            "expected a line like `ssh-ed25519 AAAA… comment` (the .pub file of ssh-keygen)",
+        )
+    kind, blob = parts[0], parts[1]
+    if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", blob):
+        raise ProvisionError(f"--key {name}={path}: the key data is not base64")
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except binascii.Error:
+        raise ProvisionError(f"--key {name}={path}: the key data is not base64") from None
+    if raw[4 : 4 + int.from_bytes(raw[:4], "big")] != kind.encode():
+        raise ProvisionError(f"--key {name}={path}: the key data does not match its type {kind}")
+    comment = re.sub(r"[^\w.@+:-]", "_", parts[2])[:80] if len(parts) > 2 else ""
+    return Key(name, kind, blob, comment)
+
+
+def read_keys(specs: list[str]) -> list[Key]:
+    keys: list[Key] = []
+    for spec in specs:
+        name, path = parse_key_spec(spec)
+        key = read_key(name, path)
+        for other in keys:
+            if other.name == name:
+                raise ProvisionError(f"--key {name} is given twice", "give each name once")
+            if other.blob == key.blob:
+                raise ProvisionError(
+                    f"--key {name} and --key {other.name} are the same key",
+                    "a key records one person or machine: give it one name",
+                )
+        keys.append(key)
+    return keys
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise ProvisionError(
+            "shipyard provision must run as root (it creates a user and writes /etc)",
+            "run it with sudo",
+        )
+
+
+# ---------------------------------------------------------------- the source
+
+
+def default_source() -> str:
+    """The source this shipyard runs from: its checkout, the file it was installed from, or PyPI."""
+    package_dir = Path(shipyard.__file__).resolve().parent
+    checkout = package_dir.parent
+    pyproject = checkout / "pyproject.toml"
+    if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"shipyard"', pyproject.read_text()):
+        return str(checkout)
+    try:
+        from importlib.metadata import distribution
+
+        direct = distribution("shipyard").read_text("direct_url.json")
+    except Exception:  # noqa: BLE001 - no metadata: fall back to the published name
+        direct = None
+    if direct:
+        url = json.loads(direct).get("url", "")
+        if url.startswith("file://") and Path(url[7:]).exists():
+            return url[7:]
+    return f"shipyard=={shipyard.__version__}"
+
+
+def fingerprint(source: str) -> str:
+    """What the installed copy must match: the source files' hash, a file's hash, or the spec."""
+    path = Path(source)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        files = [path / "pyproject.toml"]
+        for package in SOURCE_PACKAGES:
+            files += sorted(
+                p for p in (path / package).rglob("*.py") if "__pycache__" not in p.parts
+            )
+        for file in files:
+            if file.is_file():
+                digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+        return "dir:" + digest.hexdigest()[:16]
+    if path.is_file():
+        digest.update(path.read_bytes())
+        return "file:" + digest.hexdigest()[:16]
+    return "spec:" + source
+
+
+def usable_by_others(path: Path) -> bool:
+    """Whether a user in no special group can execute ``path`` (every parent searchable)."""
+    try:
+        real = path.resolve(strict=True)
+    except OSError:
+        return False
+    if not real.stat().st_mode & stat.S_IXOTH:
+        return False
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
+
+
+def python_version(interpreter: str | Path) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(
+            [str(interpreter), "-c", "import sys, venv; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except OSError:
+        return None
+    if out.returncode:
+        return None
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def choose_python(explicit: str | None) -> Path:
+    """An interpreter ≥ 3.11 the deploy user can run (root's pyenv under /root is not one)."""
+    candidates = [Path(explicit)] if explicit else []
+    if not explicit:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        for name in (base, shutil.which("python3", path=PATH), "/usr/bin/python3"):
+            if name and Path(name) not in candidates:
+                candidates.append(Path(name))
+    tried = []
+    for candidate in candidates:
+        version = python_version(candidate) if usable_by_others(candidate) else None
+        if version and version >= MIN_PYTHON:
+            return candidate.resolve()
+        tried.append(f"{candidate} ({'.'.join(map(str, version)) if version else 'not usable'})")
+    raise ProvisionError(
+        f"no Python ≥ {'.'.join(map(str, MIN_PYTHON))} that the deploy user can run: "
+        + ", ".join(tried),
+        "install python3 (Debian 12 / Ubuntu 24.04 have 3.11+) or pass --python PATH",
+    )
+
+
+# ---------------------------------------------------------------- the steps
+
+
+class Provisioner:
+    """Runs the steps; ``changes`` collects what was (or, dry, would be) done."""
+
+    def __init__(self, options: Options, out=None) -> None:
+        self.o = options
+        self.out = out or sys.stdout
+        self.changes: list[str] = []
+        self.notes: list[str] = []
+        self.layout: Layout | None = None
+
+    def change(self, text: str) -> None:
+        self.changes.append(text)
+        prefix = "would " if self.o.dry_run else ""
+        print(f"  {prefix}{text}", file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  · {text}", file=self.out, flush=True)
+
+    def run(self, *args: str | Path, user: bool = False, **kw) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        env = kw.pop("env", None)
+        if user:
+            assert self.layout
+            argv = ["runuser", "-u", self.layout.user, "--", *argv]
+            env = {
+                "HOME": str(self.layout.home),
+                "USER": self.layout.user,
+                "LOGNAME": self.layout.user,
+                "PATH": PATH,
+                "LANG": "C.UTF-8",
+                **(env or {}),
+            }
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, **kw)
+        if result.returncode:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            raise ProvisionError(
+                f"`{shlex.join(argv)}` failed (exit {result.returncode}): " + " / ".join(tail)
+            )
+        return result
+
+    # 1. the user
+
+    def user(self) -> None:
+        name = self.o.user
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            entry = None
+        if entry is None:
+            home = Path("/home") / name
+            self.layout = Layout(name, home)
+            self.change(f"create user {name} (home {home}, shell /bin/sh)")
+            if not self.o.dry_run:
+                self.run(
+                    "useradd",
+                    "--create-home",
+                    "--user-group",
+                    "--shell",
+                    "/bin/sh",
+                    "--comment",
+                    "shipyard deploy user",
+                    name,
+                )
+                entry = pwd.getpwnam(name)
+        else:
+            if entry.pw_uid == 0:
+                raise ProvisionError(f"user {name} has uid 0", "choose another deploy user")
+            if entry.pw_uid < 1000:
+                raise ProvisionError(
+                    f"user {name} is a system account (uid {entry.pw_uid})",
+                    "choose another name for the deploy user, e.g. deploy",
+                )
+            self.layout = Layout(name, Path(entry.pw_dir))
+            if Path(entry.pw_shell).name in ("nologin", "false", "git-shell"):
+                self.change(f"set {name}'s shell to /bin/sh (sshd runs the forced command with it)")
+                if not self.o.dry_run:
+                    self.run("usermod", "--shell", "/bin/sh", name)
+        if entry is not None and self.password_locked(name):
+            # sshd without PAM refuses every login of an account whose password starts with '!'
+            self.change(f"unlock {name} for key logins (password '*': no password login)")
+            if not self.o.dry_run:
+                self.run("usermod", "--password", "*", name)
+        self.directories(entry)
+
+    @staticmethod
+    def password_locked(name: str) -> bool:
+        try:
+            for line in Path("/etc/shadow").read_text().splitlines():
+                fields = line.split(":")
+                if fields[0] == name:
+                    return fields[1].startswith("!")
+        except OSError:
+            return False
+        return False
+
+    def directories(self, entry: pwd.struct_passwd | None) -> None:
+        assert self.layout
+        lay = self.layout
+        wanted = [
+            (lay.home, 0o755, True),
+            (lay.apps, 0o750, True),
+            (lay.ssh, 0o700, True),
+            (lay.state, 0o755, True),
+        ]
+        for path, mode, owned in wanted:
+            if path == lay.home and entry is None:
+                continue  # useradd creates it
+            if not path.is_dir():
+                self.change(f"create {path} (mode {mode:o})")
+                if not self.o.dry_run:
+                    path.mkdir(mode=mode, exist_ok=True)
+                    path.chmod(mode)
+                    if owned and entry:
+                        os.chown(path, entry.pw_uid, entry.pw_gid)
+                continue
+            st = path.stat()
+            if path == lay.home:
+                # StrictModes: a home others can write makes sshd ignore authorized_keys
+                if st.st_mode & 0o022:
+                    self.change(f"remove group/other write from {path} (sshd StrictModes)")
+                    if not self.o.dry_run:
+                        path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
+            elif stat.S_IMODE(st.st_mode) != mode:
+                self.change(f"chmod {mode:o} {path}")
+                if not self.o.dry_run:
+                    path.chmod(mode)
+            if owned and entry and (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
+                self.change(f"chown {lay.user}: {path}")
+                if not self.o.dry_run:
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    # 2. shipyard itself
+
+    def install(self) -> None:
+        assert self.layout
+        lay = self.layout
+        source = self.o.source or default_source()
+        if not self.o.source and source.startswith("shipyard=="):
+            self.note(f"installing {source} from the package index (pass --source to override)")
+        if Path(source).exists():
+            source = str(Path(source).resolve())
+        python = choose_python(self.o.python)
+        wanted = {"source": source, "fingerprint": fingerprint(source), "python": str(python)}
+        try:
+            have = json.loads(lay.stamp.read_text())
+        except (OSError, ValueError):
+            have = None
+        working = lay.shipyard_bin.is_file() and (lay.venv / "bin" / "python").exists()
+        if have == wanted and working:
+            return
+        what = "install" if have is None else "update"
+        self.change(f"{what} shipyard from {source} in {lay.venv} (python {python})")
+        if self.o.dry_run:
+            return
+        uv = _uv()
+        if have is None or have.get("python") != str(python) or not working:
+            shutil.rmtree(lay.venv, ignore_errors=True)
+            if uv:
+                self.run(uv, "venv", "--quiet", "--python", python, lay.venv)
+            else:
+                self.run(python, "-m", "venv", lay.venv)
+        py = lay.venv / "bin" / "python"
+        env = {**os.environ, "VIRTUAL_ENV": str(lay.venv)}
+        if uv:
+            self.run(
+                uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                py,
+                "--compile-bytecode",
+                "--reinstall-package",
+                "shipyard",
+                source,
+                env=env,
+            )
+        else:
+            self.run(py, "-m", "pip", "install", "--quiet", "--force-reinstall", source, env=env)
+        lay.stamp.write_text(json.dumps(wanted, indent=1) + "\n")
+        # the deploy user must be able to run it: fail here, not at the first push
+        self.run(lay.shipyard_bin, "--version", user=True)
+
+    # 3. authorized_keys
+
+    def authorized_keys(self) -> None:
+        assert self.layout
+        lay = self.layout
+        path = lay.authorized_keys
+        current = path.read_text() if path.is_file() else ""
+        text, changes = merge_authorized_keys(current, self.o.keys, lay.shipyard_bin)
+        for change in changes:
+            self.change(change)
+        for number, line in unrestricted_lines(text):
+            self.note(
+                f"{path}:{number} has no forced command: that key gets a shell "
+                f"({line[:40]}…); remove it or re-add it with --key NAME=FILE"
+            )
+        entry = pwd.getpwnam(lay.user)
+        if text != current:
+            if not self.o.dry_run:
+                tmp = path.with_name(".authorized_keys.tmp")
+                tmp.write_text(text)
+                tmp.chmod(0o600)
+                os.chown(tmp, entry.pw_uid, entry.pw_gid)
+                os.rename(tmp, path)
+        elif path.exists():
+            st = path.stat()
+            if stat.S_IMODE(st.st_mode) & 0o022 or st.st_uid not in (0, entry.pw_uid):
+                self.change(f"chmod 600 and chown {lay.user} {path} (sshd StrictModes)")
+                if not self.o.dry_run:
+                    path.chmod(0o600)
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+        if not self.o.keys and not managed_names(text):
+            self.note("no keys yet: add one with --key NAME=FILE (e.g. --key alice=alice.pub)")
+
+    # 4. supervisord
+
+    def supervisor(self) -> None:
+        assert self.layout
+        for change in configure_supervisor(
+            self.layout,
+            mode=self.o.supervisor,
+            conf_dir=self.o.supervisor_conf_dir,
+            dry_run=self.o.dry_run,
+            note=self.note,
+        ):
+            self.change(change)
+
+    # 5. apps
+
+    def apps(self) -> None:
+        assert self.layout
+        for name in self.o.apps:
+            app_dir = self.layout.apps / name
+            if self.o.dry_run:
+                if not (app_dir / "repo.git").is_dir():
+                    self.change(f"create app {name} (shipyard init {name})")
+                continue
+            result = self.run(self.layout.shipyard_bin, "init", name, user=True)
+            if "nothing to do" not in result.stdout:
+                self.change(f"create app {name} at {app_dir} (shipyard init {name})")
+
+    def provision(self) -> int:
+        verb = "dry run for" if self.o.dry_run else "provisioning"
+        print(f"shipyard provision ▸ {verb} deploy user {self.o.user}", file=self.out, flush=True)
+        self.user()
+        if self.layout is None:
+            raise AssertionError("no layout")
+        if self.o.dry_run and not pwd_exists(self.o.user):
+            self.change(f"install shipyard in {self.layout.venv}")
+            if self.o.keys:
+                self.change(
+                    f"authorise {len(self.o.keys)} key(s) in {self.layout.authorized_keys}: "
+                    + ", ".join(k.name for k in self.o.keys)
+                )
+            for name in self.o.apps:
+                self.change(f"create app {name} (shipyard init {name})")
+        else:
+            self.install()
+            self.authorized_keys()
+            self.apps()
+        self.supervisor()
+        self.summary()
+        return 0
+
+    def summary(self) -> None:
+        assert self.layout
+        lay, n = self.layout, len(self.changes)
+        user = lay.user
+        if self.o.dry_run:
+            print(
+                f"shipyard provision ▸ dry run: {n} change(s) would be made; nothing was changed"
+                if n
+                else f"shipyard provision ▸ dry run: {user} is already provisioned; nothing to do",
+                file=self.out,
+            )
+            return
+        print(
+            f"shipyard provision ▸ {user} provisioned ({n} change(s))"
+            if n
+            else f"shipyard provision ▸ {user} is already provisioned; nothing to do",
+            file=self.out,
+        )
+        app = self.o.apps[0] if self.o.apps else "mysite"
+        host = socket.getfqdn()
+        names = (
+            managed_names(lay.authorized_keys.read_text()) if lay.authorized_keys.exists() else []
+        )
+        steps = []
+        if not self.o.apps:
+            steps.append(f"create an app:   shipyard provision --user {user} --app {app}")
+        if not names:
+            steps.append(f"authorise a key: shipyard provision --user {user} --key alice=alice.pub")
+        steps += [
+            "on your machine, in the app's repository:",
+            f"  git remote add production {user}@{host}:apps/{app}/repo.git",
+            "  git push production main",
+            f"check the host:  ssh {user}@{host} shipyard doctor {app}",
+        ]
+        print("Next steps:", file=self.out)
+        for step in steps:
+            print(f"  {step}", file=self.out)
+        if names:
+            print(f"Authorised keys: {', '.join(names)}", file=self.out)
+
+
+def pwd_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _uv() -> str | None:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except Exception:  # noqa: BLE001 - no uv: fall back to venv + pip
+        return shutil.which("uv")
+
+
+# ---------------------------------------------------------------- authorized_keys
+
+MANAGED = re.compile(r'^command="[^"]*\bshipyard ssh-command ([^" ]+)"')
+
+
+def managed_names(text: str) -> list[str]:
+    return [m.group(1) for line in text.splitlines() if (m := MANAGED.match(line.strip()))]
+
+
+def _blob(line: str) -> str | None:
+    for i, word in enumerate(line.split()):
+        if word in KEY_TYPES or word.endswith(tuple(f",{t}" for t in KEY_TYPES)):
+            rest = line.split()[i + 1 : i + 2]
+            return rest[0] if rest else None
+    # options may contain quoted spaces: fall back to the token after the type anywhere
+    match = re.search(r"(?:^|\s)(?:" + "|".join(map(re.escape, KEY_TYPES)) + r")\s+(\S+)", line)
+    return match.group(1) if match else None
+
+
+def unrestricted_lines(text: str) -> list[tuple[int, str]]:
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and "command=" not in stripped:
+            found.append((number, stripped))
+    return found
+
+
+def merge_authorized_keys(current: str, keys: list[Key], shipyard_bin: Path) -> tuple[str, list]:
+    """The new authorized_keys text and what changed; other lines are kept as they are."""
+    lines = current.splitlines()
+    changes: list[str] = []
+    by_name = {}
+    for index, line in enumerate(lines):
+        match = MANAGED.match(line.strip())
+        if match:
+            by_name[match.group(1)] = index
+    for key in keys:
+        wanted = key.line(shipyard_bin)
+        for number, line in enumerate(lines, 1):
+            match = MANAGED.match(line.strip())
+            if _blob(line) == key.blob and (not match or match.group(1) != key.name):
+                owner = f"as {match.group(1)}" if match else "without shipyard's forced command"
+                raise ProvisionError(
+                    f"the key for {key.name} is already in authorized_keys line {number} {owner}",
+                    "remove that line first (one key, one name)",
+                )
+        if key.name in by_name:
+            index = by_name[key.name]
+            if lines[index] != wanted:
+                same_key = _blob(lines[index]) == key.blob
+                lines[index] = wanted
+                changes.append(
+                    f"update the entry of key {key.name}"
+                    if same_key
+                    else f"replace the key of {key.name}"
+                )
+        else:
+            if HEADER not in lines:
+                lines.insert(0, HEADER)
+                by_name = {name: index + 1 for name, index in by_name.items()}
+            lines.append(wanted)
+            by_name[key.name] = len(lines) - 1
+            changes.append(f"authorise key {key.name} ({key.kind}) with the forced command")
+    text = "\n".join(lines) + "\n" if lines else ""
+    return text, changes
+
+
+HEADER = (
+    "# shipyard: keys added by `shipyard provision --key NAME=FILE` may only push and run "
+    "shipyard commands"
+)
+
+
+# ---------------------------------------------------------------- supervisord
+
+
+def supervisord_conf(lay: Layout) -> str:
+    """The deploy user's own supervisord: runs as the user, includes its apps' programs."""
+    return f"""\
+; written by `shipyard provision`: {lay.user}'s supervisord, run by the system supervisord
+[unix_http_server]
+file = {lay.supervisord_socket}
+chmod = 0700
+
+[supervisord]
+logfile = {lay.state}/supervisord.log
+pidfile = {lay.state}/supervisord.pid
+childlogdir = {lay.state}
+nodaemon = true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl = unix://{lay.supervisord_socket}
+
+[include]
+files = {lay.apps}/*/run/programs.conf
+"""
+
+
+def system_program(lay: Layout) -> str:
+    """/etc/supervisor/conf.d/shipyard-<user>.conf: one program, the user's supervisord.
+
+    The system supervisord runs as root and honours ``user=`` in every file it
+    includes, so it must never include files the deploy user can write (that
+    would hand root to anything the user runs, e.g. a pushed build step). It
+    runs the deploy user's own supervisord instead, as that user, which
+    includes the apps' generated ``run/programs.conf``.
+    """
+    supervisord = lay.venv / "bin" / "supervisord"
+    return f"""\
+; written by `shipyard provision`; remove with the user {lay.user}
+[program:shipyard-{lay.user}]
+command = {supervisord} -c {lay.supervisord_conf}
+user = {lay.user}
+directory = {lay.home}
+environment = HOME="{lay.home}",USER="{lay.user}"
+autostart = true
+autorestart = true
+stopasgroup = true
+killasgroup = true
+stopwaitsecs = 30
+"""
+
+
+def configure_supervisor(
+    lay: Layout,
+    mode: str = "auto",
+    conf_dir: Path = SUPERVISOR_CONF_DIR,
+    dry_run: bool = False,
+    note=print,
+) -> list[str]:
+    """Write and enable the supervisord configuration for the deploy user; returns the changes.
+
+    ``mode``: ``system`` needs the Debian ``supervisor`` package (``conf_dir``);
+    ``auto`` uses it when present; ``none`` (or auto without it) leaves each app
+    to shipyard's embedded supervisord, started by its deploys.
+    """
+    if mode not in ("auto", "system", "none"):
+        raise ProvisionError(f"--supervisor {mode!r}", "use auto, system or none")
+    if mode == "none" or (mode == "auto" and not conf_dir.is_dir()):
+        note(
+            "no system supervisord (no "
+            f"{conf_dir}): each app runs shipyard's own supervisord, started by its deploys"
+            if mode == "auto"
+            else "supervisord not configured (--supervisor none)"
+        )
+        return []
+    if not conf_dir.is_dir():
+        raise ProvisionError(
+            f"--supervisor system: {conf_dir} does not exist",
+            "install Debian's supervisor package (apt-get install supervisor) or use auto",
+        )
+    changes = []
+    files = [
+        (lay.supervisord_conf, supervisord_conf(lay)),
+        (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
+    ]
+    for path, text in files:
+        if path.is_file() and path.read_text() == text:
+            continue
+        changes.append(f"write {path}")
+        if not dry_run:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            os.rename(tmp, path)
+    if changes and not dry_run:
+        enabled = enable_supervisor_program()
+        changes.append(enabled)
+    return changes
+
+
+def enable_supervisor_program(socket_path: Path = SUPERVISOR_SOCKET) -> str:
+    """Tell a running system supervisord to pick the new program up (reread + update)."""
+    ctl = shutil.which("supervisorctl", path=PATH)
+    if not ctl or not socket_path.exists():
+        return "supervisord is not running: the program starts with it (service supervisor start)"
+    result = subprocess.run([ctl, "update"], capture_output=True, text=True)
+    if result.returncode:
+        return f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}"
+    return "enabled it (supervisorctl update)"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def main(args) -> int:
+    """``shipyard provision`` (argparse namespace from the CLI)."""
+    check_user_name(args.user)
+    keys = read_keys(args.key or [])
+    for app in args.app or []:
+        check_app_name(app)
+    if args.source and not (
+        Path(args.source).exists() or re.match(r"^[A-Za-z0-9][\w.\-\[\],=<>!~ ]*$", args.source)
+    ):
+        raise ProvisionError(
+            f"--source {args.source!r}: no such path and not a package requirement",
+            "give a shipyard checkout, a wheel/sdist, or a requirement like shipyard==0.1.0",
+        )
+    require_root()
+    options = Options(
+        user=args.user,
+        keys=keys,
+        source=args.source,
+        python=args.python,
+        apps=args.app or [],
+        supervisor=args.supervisor,
+        dry_run=args.dry_run,
+    )
+    return Provisioner(options).provision()
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "provision", help="set up this host (as root): deploy user, shipyard, SSH keys"
+    )
+    p.add_argument("--user", default="deploy", help="the deploy user (default: deploy)")
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="NAME=FILE",
+        help="authorise a public key; deploys pushed with it are recorded as by NAME",
+    )
+    p.add_argument("--app", action="append", metavar="APP", help="also create this app")
+    p.add_argument(
+        "--source", help="what to install: a checkout, wheel/sdist, or requirement (default: this)"
+    )
+    p.add_argument("--python", help="the interpreter for the deploy user's shipyard")
+    p.add_argument(
+        "--supervisor",
+        choices=("auto", "system", "none"),
+        default="auto",
+        help="supervisord: the system's (Debian package) when present, or shipyard's own",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.set_defaults(func=main)

@@ -1,0 +1,171 @@
+"""The forced command of every key `shipyard provision` adds: what an SSH login may run.
+
+sshd runs ``shipyard ssh-command NAME`` instead of whatever the client asked
+for, and puts the client's request in ``SSH_ORIGINAL_COMMAND``. This module
+parses that request strictly (shlex, no shell), allows only
+
+* ``git-receive-pack PATH`` / ``git-upload-pack PATH`` where PATH is the bare
+  repo of an existing app under the deploy root (``~/apps/<app>/repo.git``);
+* ``shipyard COMMAND ARGS…`` for the operator commands in ``OPERATOR_COMMANDS``;
+
+and execs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
+pushed it. Anything else gets one line on stderr, a non-zero exit and a line
+in ``~/.shipyard/ssh.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipyard.app import APP_NAME, App, default_root
+
+GIT_COMMANDS = {"git-receive-pack": "receive-pack", "git-upload-pack": "upload-pack"}
+# Read-only or deploy-shaped commands an operator may run over SSH; never init, provision,
+# run-deploy or anything that takes a path.
+OPERATOR_COMMANDS = ("status", "releases", "history", "log", "rollback", "deploy", "doctor")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
+REFUSED_EXIT = 126
+ALLOWED = (
+    "git push/fetch of ~/apps/APP/repo.git and `shipyard " + "|".join(OPERATOR_COMMANDS) + " APP`"
+)
+
+
+class Refused(Exception):
+    """The request is not allowed; the message says why, on one line."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    argv: list[str]
+    what: str  # for the log: the app or command it was about
+
+
+def log_path(home: Path) -> Path:
+    return home / ".shipyard" / "ssh.log"
+
+
+def resolve_repo(raw: str, home: Path, root: Path) -> App:
+    """The app whose bare repo ``raw`` names, as git clients send it; Refused otherwise.
+
+    Clients send ``apps/mysite/repo.git`` (scp-like ``host:apps/…``),
+    ``~/apps/mysite/repo.git`` (``ssh://host/~/apps/…``) or an absolute path.
+    """
+    if not raw or "\0" in raw or "\n" in raw:
+        raise Refused("empty or malformed repository path")
+    path = raw
+    if path.startswith("~/"):
+        path = path[2:]
+    elif path.startswith("~"):
+        raise Refused(f"repository path {raw!r}: only ~/ (this account's home) is allowed")
+    if ".." in Path(path).parts:
+        raise Refused(f"repository path {raw!r} contains '..'")
+    candidate = Path(path) if Path(path).is_absolute() else home / path
+    candidate = Path(os.path.normpath(candidate))
+    if candidate.name != "repo.git" or candidate.parent.parent != root:
+        raise Refused(f"{raw!r} is not an app repository ({root}/APP/repo.git)")
+    name = candidate.parent.name
+    if not APP_NAME.match(name):
+        raise Refused(f"{raw!r}: invalid app name {name!r}")
+    app = App(root, name)
+    if not app.exists():
+        raise Refused(f"no app {name!r} on this host (create it with `shipyard init {name}`)")
+    # no symlink may lead the repo out of the deploy root
+    if app.repo.resolve() != root.resolve() / name / "repo.git":
+        raise Refused(f"{raw!r} does not resolve inside {root}")
+    return app
+
+
+def decide(command: str | None, home: Path, root: Path, shipyard_argv: list[str]) -> Decision:
+    """What to exec for the client's ``command``; raises Refused for anything not allowed."""
+    if command is None or not command.strip():
+        raise Refused("interactive logins are disabled for this key")
+    if len(command) > 4096:
+        raise Refused("command too long")
+    try:
+        words = shlex.split(command, comments=False, posix=True)
+    except ValueError as exc:
+        raise Refused(f"cannot parse the command ({exc})") from None
+    if not words:
+        raise Refused("empty command")
+    head, args = words[0], words[1:]
+    if head in GIT_COMMANDS:
+        if len(args) != 1:
+            raise Refused(f"{head} takes exactly one repository path")
+        app = resolve_repo(args[0], home, root)
+        git = shutil.which("git") or "/usr/bin/git"
+        return Decision([git, GIT_COMMANDS[head], str(app.repo)], f"{head} {app.name}")
+    if head == "shipyard":
+        if not args or args[0] not in OPERATOR_COMMANDS:
+            given = f"shipyard {args[0]}" if args else "shipyard without a command"
+            raise Refused(f"{given} is not allowed over SSH")
+        for arg in args[1:]:
+            if not SAFE_ARG.match(arg) or arg.startswith("--root") or ".." in arg:
+                raise Refused(f"argument {arg!r} is not allowed")
+        return Decision(
+            [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2])
+        )
+    raise Refused(f"{head!r} is not allowed")
+
+
+def record(home: Path, name: str, command: str | None, verdict: str) -> None:
+    """One line per request in ~/.shipyard/ssh.log (and syslog's auth facility)."""
+    client = (os.environ.get("SSH_CLIENT") or "-").split(" ")[0]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = f"{stamp} key={name} from={client} {verdict}: {command!r}"
+    try:
+        path = log_path(home)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as log:
+            log.write(line + "\n")
+    except OSError:
+        pass
+    try:
+        import syslog
+
+        syslog.openlog("shipyard-ssh", 0, syslog.LOG_AUTH)
+        syslog.syslog(syslog.LOG_NOTICE if verdict == "allowed" else syslog.LOG_WARNING, line)
+    except Exception:  # noqa: BLE001 - logging must never stop a push
+        pass
+
+
+def main(name: str, root: Path | None = None) -> int:
+    """Entry point: ``shipyard ssh-command NAME`` (the forced command)."""
+    home = Path(os.environ.get("HOME") or Path.home())
+    root = (root or default_root()).absolute()
+    command = os.environ.get("SSH_ORIGINAL_COMMAND")
+    if not KEY_NAME.match(name):
+        print(f"shipyard: refused: this key's name {name!r} is invalid", file=sys.stderr)
+        return REFUSED_EXIT
+    try:
+        decision = decide(command, home, root, [sys.executable, "-m", "shipyard"])
+    except Refused as exc:
+        record(home, name, command, f"refused ({exc})")
+        print(f"shipyard: refused: {exc}; this key may only run {ALLOWED}", file=sys.stderr)
+        return REFUSED_EXIT
+    record(home, name, command, "allowed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SHIPYARD_"))}
+    if os.environ.get("GIT_PROTOCOL"):  # protocol v2 negotiation, when sshd accepts it
+        env["GIT_PROTOCOL"] = os.environ["GIT_PROTOCOL"]
+    env["SHIPYARD_PUSHER"] = name
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(decision.argv[0], decision.argv, env)
+    return 0  # not reached
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ssh-command",
+        help="the forced command of provisioned SSH keys (reads SSH_ORIGINAL_COMMAND)",
+    )
+    p.add_argument("name", help="the key's name, recorded as the pusher")
+    p.set_defaults(func=lambda args: main(args.name, args.root))

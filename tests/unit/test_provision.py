@@ -1,0 +1,139 @@
+"""`shipyard provision`: input checks, authorized_keys merging, supervisord files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import shipyard
+from shipyard.provision import host
+from shipyard.provision.host import (
+    Key,
+    Layout,
+    ProvisionError,
+    configure_supervisor,
+    merge_authorized_keys,
+    read_key,
+    read_keys,
+)
+
+BIN = Path("/home/deploy/.shipyard/venv/bin/shipyard")
+
+
+def keygen(path: Path, comment: str = "alice@laptop") -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+    )
+    return path.with_suffix(".pub")
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> Path:
+    return keygen(tmp_path / "alice")
+
+
+@pytest.fixture
+def bob(tmp_path: Path) -> Path:
+    return keygen(tmp_path / "bob", "bob@ci")
+
+
+def one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("shipyard: error: ") and result.stderr.count("\n") == 1
+    assert text in result.stderr, result.stderr
+
+
+def test_bad_input_is_refused_before_anything_happens(tmp_path: Path, alice: Path):
+    missing = shipyard("provision", "--key", f"alice={tmp_path}/nope.pub", check=False)
+    one_line_error(missing, f"--key alice={tmp_path}/nope.pub: no such file")
+    spaced = shipyard("provision", "--key", f"al ice={alice}", check=False)
+    one_line_error(spaced, "invalid key name 'al ice'")
+    no_name = shipyard("provision", "--key", str(alice), check=False)
+    one_line_error(no_name, "expected NAME=FILE")
+    private = shipyard("provision", "--key", f"alice={alice.with_suffix('')}", check=False)
+    one_line_error(private, "this is a private key")
+    for user in ("Bad User", "root", "-x", "a" * 40, "../etc"):
+        bad = shipyard("provision", f"--user={user}", "--key", f"alice={alice}", check=False)
+        one_line_error(bad, "root" if user == "root" else "invalid user name")
+    twice = shipyard("provision", "--key", f"a={alice}", "--key", f"b={alice}", check=False)
+    one_line_error(twice, "are the same key")
+    bad_app = shipyard("provision", "--app", "My App", check=False)
+    one_line_error(bad_app, "invalid app name")
+
+
+def test_not_root_is_refused_in_one_line(monkeypatch, alice: Path):
+    monkeypatch.setattr(host.os, "geteuid", lambda: 1000)
+    with pytest.raises(ProvisionError, match="must run as root") as info:
+        host.require_root()
+    assert "\n" not in str(info.value)
+
+
+def test_key_files_are_checked(tmp_path: Path, alice: Path):
+    key = read_key("alice", alice)
+    assert key.kind == "ssh-ed25519" and key.comment == "alice@laptop"
+    for text, error in [
+        ("", "expected exactly one public key line, found 0"),
+        ("hello world\n", "not an OpenSSH public key"),
+        (alice.read_text() * 2, "found 2"),
+        ("ssh-ed25519 AAAA!!!\n", "not base64"),
+        ("ssh-rsa " + alice.read_text().split()[1] + "\n", "does not match its type"),
+        ('command="sh" ' + alice.read_text(), "not an OpenSSH public key"),
+    ]:
+        bad = tmp_path / "bad.pub"
+        bad.write_text(text)
+        with pytest.raises(ProvisionError, match=error):
+            read_key("x", bad)
+
+
+def test_authorized_keys_merge_is_idempotent_and_keeps_other_lines(alice: Path, bob: Path):
+    a, b = read_keys([f"alice={alice}", f"bob={bob}"])
+    admin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOadminadminadminadminadminadminadminadminad admin"
+    text, changes = merge_authorized_keys(admin + "\n", [a], BIN)
+    assert changes == ["authorise key alice (ssh-ed25519) with the forced command"]
+    line = next(ln for ln in text.splitlines() if "alice" in ln)
+    assert line.startswith(f'command="{BIN} ssh-command alice",no-port-forwarding,')
+    assert "no-pty" in line and "no-agent-forwarding" in line and "no-X11-forwarding" in line
+    assert admin in text.splitlines()
+    assert merge_authorized_keys(text, [a], BIN) == (text, [])
+    text2, changes = merge_authorized_keys(text, [b], BIN)
+    assert changes == ["authorise key bob (ssh-ed25519) with the forced command"]
+    assert host.managed_names(text2) == ["alice", "bob"]
+    assert merge_authorized_keys(text2, [a, b], BIN) == (text2, [])
+    replaced = Key("alice", b.kind, "AAAAC3NzaC1lZDI1NTE5AAAAIOtherother", "new")
+    text3, changes = merge_authorized_keys(text2, [replaced], BIN)
+    assert changes == ["replace the key of alice"] and host.managed_names(text3) == ["alice", "bob"]
+    with pytest.raises(ProvisionError, match="already in authorized_keys line 4 as bob"):
+        merge_authorized_keys(text2, [Key("carol", b.kind, b.blob)], BIN)
+    plain = b.kind + " " + b.blob + " bob\n"
+    with pytest.raises(ProvisionError, match="without shipyard's forced command"):
+        merge_authorized_keys(plain, [b], BIN)
+
+
+def test_supervisor_without_the_system_package_is_left_to_shipyard(tmp_path: Path):
+    lay = Layout("deploy", tmp_path / "home")
+    notes: list[str] = []
+    changes = configure_supervisor(lay, conf_dir=tmp_path / "none", note=notes.append)
+    assert changes == [] and "each app runs shipyard's own supervisord" in notes[0]
+    with pytest.raises(ProvisionError, match="does not exist"):
+        configure_supervisor(lay, mode="system", conf_dir=tmp_path / "none")
+
+
+def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
+    conf_dir = tmp_path / "conf.d"
+    conf_dir.mkdir()
+    lay = Layout("deploy", tmp_path / "home")
+    lay.state.mkdir(parents=True)
+    monkeypatch.setattr(host, "enable_supervisor_program", lambda: "enabled it")
+    dry = configure_supervisor(lay, conf_dir=conf_dir, dry_run=True)
+    assert dry == [f"write {lay.supervisord_conf}", f"write {conf_dir}/shipyard-deploy.conf"]
+    assert not list(conf_dir.iterdir())
+    changes = configure_supervisor(lay, conf_dir=conf_dir)
+    assert changes[-1] == "enabled it"
+    program = (conf_dir / "shipyard-deploy.conf").read_text()
+    assert "[program:shipyard-deploy]" in program and "user = deploy" in program
+    assert "[include]" not in program  # root's supervisord never reads files deploy can write
+    user_conf = lay.supervisord_conf.read_text()
+    assert f"files = {lay.apps}/*/run/programs.conf" in user_conf
+    assert configure_supervisor(lay, conf_dir=conf_dir) == []

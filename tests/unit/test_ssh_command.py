@@ -1,0 +1,135 @@
+"""The forced command's decisions: what an SSH_ORIGINAL_COMMAND may run (no sshd needed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run
+from shipyard.provision.shell import Refused, decide, main
+
+from shipyard import repo
+from shipyard.app import App
+
+SHIPYARD = [sys.executable, "-m", "shipyard"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """One deploy root for the module: the decisions only read it."""
+    home = tmp_path_factory.mktemp("home")
+    repo.create(App.at("mysite", home / "apps"))
+    return home
+
+
+def allowed(command: str, home: Path) -> list[str]:
+    return decide(command, home, home / "apps", SHIPYARD).argv
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "apps/mysite/repo.git",
+        "'apps/mysite/repo.git'",
+        "~/apps/mysite/repo.git",
+        "'~/apps/mysite/repo.git'",
+        "apps/mysite/repo.git/",
+        "{home}/apps/mysite/repo.git",
+    ],
+)
+@pytest.mark.parametrize("verb", ["git-receive-pack", "git-upload-pack"])
+def test_git_commands_on_app_repos_are_allowed(home: Path, verb: str, path: str):
+    argv = allowed(f"{verb} {path.format(home=home)}", home)
+    assert argv[1:] == [verb.removeprefix("git-"), str(home / "apps" / "mysite" / "repo.git")]
+    assert argv[0].endswith("git")
+
+
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        (None, "interactive logins are disabled"),
+        ("", "interactive logins are disabled"),
+        ("id", "'id' is not allowed"),
+        ("sh -c id", "'sh' is not allowed"),
+        ("/bin/bash", "'/bin/bash' is not allowed"),
+        ("git-receive-pack '../etc'", "contains '..'"),
+        ("git-receive-pack 'apps/mysite/repo.git/../../../etc'", "contains '..'"),
+        ("git-receive-pack apps/../apps/mysite/repo.git", "contains '..'"),
+        ("git-upload-pack /etc", "is not an app repository"),
+        ("git-upload-pack apps/mysite", "is not an app repository"),
+        ("git-upload-pack apps/other/repo.git", "no app 'other' on this host"),
+        ("git-upload-pack apps/My Site/repo.git", "takes exactly one repository path"),
+        ("git-upload-pack 'apps/My Site/repo.git'", "invalid app name"),
+        ("git-upload-pack ~root/apps/mysite/repo.git", "only ~/"),
+        ("git-receive-pack apps/mysite/repo.git extra", "takes exactly one"),
+        ("git-receive-pack", "takes exactly one"),
+        ("git-receive-pack 'unterminated", "cannot parse"),
+        ("git receive-pack apps/mysite/repo.git", "'git' is not allowed"),
+        ("git-upload-archive apps/mysite/repo.git", "not allowed"),
+        ("git-receive-pack '$(id)'", "is not an app repository"),
+        ("shipyard", "shipyard without a command is not allowed"),
+        ("shipyard init evil", "shipyard init is not allowed"),
+        ("shipyard provision --user x", "shipyard provision is not allowed"),
+        ("shipyard run-deploy mysite", "shipyard run-deploy is not allowed"),
+        ("shipyard ssh-command bob", "shipyard ssh-command is not allowed"),
+        ("shipyard --root / status mysite", "shipyard --root is not allowed"),
+        ("shipyard status ../../etc", "is not allowed"),
+        ("shipyard log mysite --root=/", "is not allowed"),
+        ("shipyard status 'my site'", "is not allowed"),
+        ("shipyard status /etc/passwd", "is not allowed"),
+    ],
+)
+def test_everything_else_is_refused(home: Path, command: str | None, reason: str):
+    with pytest.raises(Refused, match=reason.replace("(", r"\(").replace("$", r"\$")):
+        decide(command, home, home / "apps", SHIPYARD)
+
+
+def test_symlinked_app_out_of_the_root_is_refused(tmp_path: Path):
+    elsewhere = App.at("secret", tmp_path / "elsewhere")
+    repo.create(elsewhere)
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "link").symlink_to(elsewhere.dir)
+    with pytest.raises(Refused, match="does not resolve inside"):
+        allowed("git-upload-pack apps/link/repo.git", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["status", "releases", "history", "log", "rollback", "doctor"])
+def test_operator_commands_run_shipyard_on_the_deploy_root(home: Path, command: str):
+    argv = allowed(f"shipyard {command} mysite", home)
+    assert argv == [*SHIPYARD, "--root", str(home / "apps"), command, "mysite"]
+    assert allowed("shipyard deploy mysite main", home)[-3:] == ["deploy", "mysite", "main"]
+    assert allowed("shipyard log mysite 3", home)[-1] == "3"
+
+
+def test_main_refuses_in_one_line_and_logs_it(tmp_path: Path, monkeypatch, capsys):
+    home = tmp_path
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "cat /etc/shadow")
+    monkeypatch.setenv("SSH_CLIENT", "192.0.2.7 50000 22")
+    assert main("alice", home / "apps") == 126
+    err = capsys.readouterr().err
+    assert err.startswith("shipyard: refused: 'cat' is not allowed") and err.count("\n") == 1
+    log = (home / ".shipyard" / "ssh.log").read_text()
+    assert "key=alice from=192.0.2.7 refused ('cat' is not allowed): 'cat /etc/shadow'" in log
+    assert (home / ".shipyard" / "ssh.log").stat().st_mode & 0o077 == 0
+
+
+def test_forced_command_execs_git_with_the_pusher(home: Path):
+    """Through the real CLI: SHIPYARD_PUSHER reaches git (and so the hooks)."""
+    env = {
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "SSH_ORIGINAL_COMMAND": "git-upload-pack 'apps/mysite/repo.git'",
+    }
+    result = run(
+        sys.executable,
+        "-m",
+        "shipyard",
+        "ssh-command",
+        "alice",
+        env=env,
+        input="0000",  # a flush: the client wants nothing
+    )
+    assert "capabilities" in result.stdout or result.stdout.startswith("0000")
+    assert "allowed" in (home / ".shipyard" / "ssh.log").read_text()
