@@ -853,29 +853,3 @@ def main(args) -> int:
         dry_run=args.dry_run,
     )
     return Provisioner(options).provision()
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "provision", help="set up this host (as root): deploy user, shipyard, SSH keys"
-    )
-    p.add_argument("--user", default="deploy", help="the deploy user (default: deploy)")
-    p.add_argument(
-        "--key",
-        action="append",
-        metavar="NAME=FILE",
-        help="authorise a public key; deploys pushed with it are recorded as by NAME",
-    )
-    p.add_argument("--app", action="append", metavar="APP", help="also create this app")
-    p.add_argument(
-        "--source", help="what to install: a checkout, wheel/sdist, or requirement (default: this)"
-    )
-    p.add_argument("--python", help="the interpreter for the deploy user's shipyard")
-    p.add_argument(
-        "--supervisor",
-        choices=("auto", "system", "none"),
-        default="auto",
-        help="supervisord: the system's (Debian package) when present, or shipyard's own",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    p.set_defaults(func=main)

@@ -160,12 +160,3 @@ def main(name: str, root: Path | None = None) -> int:
     sys.stderr.flush()
     os.execve(decision.argv[0], decision.argv, env)
     return 0  # not reached
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "ssh-command",
-        help="the forced command of provisioned SSH keys (reads SSH_ORIGINAL_COMMAND)",
-    )
-    p.add_argument("name", help="the key's name, recorded as the pusher")
-    p.set_defaults(func=lambda args: main(args.name, args.root))

@@ -100,19 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True)
     p.add_argument("--option", action="append")
     p.set_defaults(func=cmd_run_deploy)
-    register_host_commands(sub)
+    from .hostcli import register as register_host_commands
+
+    register_host_commands(sub)  # provision, ssh-command, doctor
     return parser
-
-
-def register_host_commands(sub) -> None:
-    """provision, ssh-command (the forced command of provisioned keys) and doctor."""
-    from .doctor import register as doctor
-    from .provision.host import register as provision
-    from .provision.shell import register as ssh_command
-
-    provision(sub)
-    ssh_command(sub)
-    doctor(sub)
 
 
 def main(argv: list[str] | None = None) -> None:

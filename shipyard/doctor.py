@@ -352,9 +352,3 @@ def report(app: App, results: list[Check], out=sys.stdout) -> int:
 def main(args) -> int:
     app = App.at(args.app, args.root)
     return report(app, run_checks(app, root_given=app.root != default_root().absolute()))
-
-
-def register(sub) -> None:
-    p = sub.add_parser("doctor", help="check this host for an app: git, hooks, permissions, …")
-    p.add_argument("app")
-    p.set_defaults(func=main)

@@ -59,14 +59,18 @@ def keygen(path: Path, comment: str) -> Path:
 
 
 def user_pids(uid: int) -> list[int]:
+    """The live processes of ``uid`` (zombies are gone already; only their parent can reap them)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except OSError:
+                if entry.stat().st_uid != uid:
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
+            if state != "Z":
+                pids.append(int(entry.name))
     return pids
 
 
