@@ -32,9 +32,10 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,6 +265,11 @@ class Ran:
     output: str
     seconds: float
     timed_out: bool = False
+    errors: str = ""
+
+    @property
+    def everything(self) -> str:
+        return f"{self.output}{self.errors}"
 
 
 def run_command(
@@ -272,29 +278,44 @@ def run_command(
     timeout: float,
     on_text: Callable[[str, float], None] | None = None,
     extra_env: dict[str, str] | None = None,
+    stderr_apart: bool = False,
 ) -> Ran:
     """Run in the release with its venv and .env; stream output to ``on_text``; enforce timeout.
 
     The command gets its own process group, so a timeout stops the whole tree (a shell and
-    the Python it started), not just the shell.
+    the Python it started), not just the shell. With ``stderr_apart``, ``output`` is stdout
+    only and stderr lands in ``errors`` (for commands whose stdout is parsed).
     """
     env = release.command_env(d.app, d.release, d.env)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra_env or {})
+    with ExitStack() as stack:
+        errors = stack.enter_context(tempfile.TemporaryFile()) if stderr_apart else None
+        try:
+            proc = subprocess.Popen(
+                command,
+                shell=isinstance(command, str),
+                cwd=d.release,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors if errors else subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            return Ran(127, f"{command[0]}: not found\n", 0.0)
+        ran = follow(proc, timeout, on_text)
+        if errors:
+            errors.seek(0)
+            ran.errors = errors.read().decode(errors="replace")
+        return ran
+
+
+def follow(
+    proc: subprocess.Popen, timeout: float, on_text: Callable[[str, float], None] | None
+) -> Ran:
+    """Read the command's output as it comes until it exits or its time is up."""
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            command,
-            shell=isinstance(command, str),
-            cwd=d.release,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        return Ran(127, f"{command[0]}: not found\n", 0.0)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     chunks: list[str] = []
     deadline = started + timeout
@@ -484,9 +505,11 @@ def alembic_status(d: Deploy, timeout: float) -> Status:
 
 
 def command_status(d: Deploy, check: str, timeout: float) -> Status:
-    """``migrate_check`` prints the pending migrations, one per line (nothing: none pending)."""
-    ran = run_command(d, check, timeout)
+    """``migrate_check`` prints the pending migrations on stdout, one per line (nothing: none
+    pending); what it writes to stderr is shown only when it fails."""
+    ran = run_command(d, check, timeout, stderr_apart=True)
     if ran.code or ran.timed_out:
+        ran.output = ran.everything
         raise probe_failure(d, f"migrate_check `{check}`", ran, timeout)
     pending = [line.strip() for line in ran.output.splitlines() if line.strip()]
     return Status([], pending)

@@ -1,5 +1,7 @@
-"""Fixtures for the migration tests (import them by name): a throw-away PostgreSQL cluster: initdb in a temp dir, one free
-loopback port, password authentication, stopped and removed at the end of the session.
+"""Fixtures for the migration tests (import them by name): a throw-away PostgreSQL cluster.
+
+initdb in a temp dir, one free loopback port, password authentication; stopped and removed
+at the end of the session.
 
 PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user
 (created by the Debian package), in a temp dir that user can reach.
@@ -8,6 +10,7 @@ PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -66,8 +69,15 @@ class Cluster:
 def postgres(request) -> Cluster:
     bindir = pg_bindir()
     if bindir is None:
-        pytest.fail("PostgreSQL is not installed: run `make system-deps` (Debian package postgresql)")
+        pytest.fail(
+            "PostgreSQL is not installed: run `make system-deps` (Debian package postgresql)"
+        )
     as_root = os.geteuid() == 0
+    if as_root:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("PostgreSQL refuses to run as root and there is no `postgres` user")
     run_as: dict = {"user": "postgres", "group": "postgres", "extra_groups": []} if as_root else {}
     tmp = Path(tempfile.mkdtemp(prefix="shipyard-pg-"))
     os.chmod(tmp, 0o755)

@@ -4,6 +4,10 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v tar >/dev/null || need+=(tar)
+# PostgreSQL server binaries (initdb, pg_ctl): the migration tests start a throw-away cluster
+# (as root, as the postgres user this package creates).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+  || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2

@@ -6,13 +6,13 @@ import json
 
 from conftest import Host
 
-MIGRATION_0003 = '''from django.db import migrations, models
+MIGRATION_0003 = """from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
     dependencies = [("polls", "0002_choice")]
     operations = [migrations.AddField("choice", "votes", models.IntegerField(default=0))]
-'''
+"""
 
 
 def python_migration(name: str, after: str, body: str) -> dict[str, str]:
