@@ -211,7 +211,7 @@ def database_lock(d: Deploy, db: Database, what: str = "deploy") -> Iterator[Any
     conn = pg_connect(db, session_name(d, what), d.out.mask)
     try:
         key = lock_key(d.app.name)
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        got = try_lock(conn, key, db, d.out.mask)
         if not got:
             started = time.monotonic()
             limit = float(d.config.migrate_timeout)
@@ -235,13 +235,25 @@ def database_lock(d: Deploy, db: Database, what: str = "deploy") -> Iterator[Any
                         f"{lock_holder(conn, key)}"
                     )
                     next_beat = now + d.out.heartbeat
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+                got = try_lock(conn, key, db, d.out.mask)
             waited = time.monotonic() - started
             d.out.line(f"  … migrate: database migration lock taken after {waited:.1f}s")
         yield conn
     finally:
         with suppress(Exception):
             conn.close()  # ends the session, and with it the lock
+
+
+def try_lock(conn: Any, key: int, db: Database, mask: Callable[[str], str]) -> bool:
+    import psycopg
+
+    try:
+        return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+    except psycopg.Error as exc:
+        raise PhaseError(
+            f"database unreachable: lost the connection to {db.where}: {mask(one_line(exc))}",
+            "the live release is untouched; push again once the database is back",
+        ) from None
 
 
 def terminate_sessions(conn: Any, application_name: str) -> None:
@@ -496,8 +508,9 @@ def alembic_status(d: Deploy, timeout: float) -> Status:
     answer = None
     for line in ran.output.splitlines():
         if line.startswith(PROBE_MARK):
-            answer = json.loads(line[len(PROBE_MARK) :])
-    if answer is None:
+            with suppress(ValueError):
+                answer = json.loads(line[len(PROBE_MARK) :])
+    if not isinstance(answer, dict) or not {"current", "heads", "pending"} <= answer.keys():
         raise PhaseError(f"{what} gave no answer", output=ran.output)
     pending = [p["revision"] for p in answer["pending"]]
     labels = {p["revision"]: f"{p['revision']} ({p['doc']})" for p in answer["pending"] if p["doc"]}
@@ -635,6 +648,13 @@ def inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
     """What decides the set of migrations, apart from the database: None when unknown."""
     if plan.check is not None or plan.kind not in ("django", "alembic"):
         return None
+    try:
+        return _inputs_fingerprint(d, plan)
+    except (OSError, ValueError):
+        return None  # unreadable: no fast path, the tool is asked
+
+
+def _inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
     digest = hashlib.sha256(f"v1\0{plan.kind}\0{plan.command}\0{d.venv_key}\0".encode())
     if plan.kind == "django":
         settings = settings_files(d)
@@ -688,7 +708,15 @@ def digest_of(names: set[str]) -> str:
 
 
 def save_state(d: Deploy, plan: Plan, db: Database, conn: Any, now: Status) -> None:
-    """Remember, in the release, that nothing was pending and what the database held."""
+    """Remember, in the release, that nothing was pending and what the database held.
+
+    Best effort: without it the next deploy just asks the tool.
+    """
+    with suppress(OSError):
+        _save_state(d, plan, db, conn, now)
+
+
+def _save_state(d: Deploy, plan: Plan, db: Database, conn: Any, now: Status) -> None:
     path = d.release / STATE
     with suppress(OSError):
         path.unlink()
@@ -732,8 +760,9 @@ def unchanged(d: Deploy, plan: Plan, db: Database, conn: Any) -> str | None:
     rows = recorded_in_database(plan, db, conn, d.release)
     if rows is None or digest_of(rows) != state.get("database"):
         return None
-    save_state_copy(d, state)
-    applied = state["applied"]
+    with suppress(OSError):
+        save_state_copy(d, state)
+    applied = state.get("applied", "?")
     if isinstance(applied, list):
         held = f"at {', '.join(applied) or 'base'}"
     else:
@@ -897,7 +926,7 @@ def apply(d: Deploy) -> str:
                 f"{len(before.pending)} pending but no migrate command to apply them",
                 "set migrate in shipyard.toml",
             )
-        applied, after, ran = migrate_run(d, plan, plan.command, before, conn, "migrate")
+        applied, after, _ = migrate_run(d, plan, plan.command, before, conn, "migrate")
         record(d, applied)
         if after is not None:
             save_state(d, plan, db, conn, after)
