@@ -7,7 +7,7 @@ import time
 
 import psycopg
 from conftest import Host, Work, make_host
-from helpers import (
+from migrate_helpers import (
     MIGRATION_0003,
     applied_in,
     history,

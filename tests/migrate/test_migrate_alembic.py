@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 from conftest import Host, make_work
-from helpers import history, manifest, phase_line, set_env
+from migrate_helpers import history, manifest, phase_line, set_env
 from pgcluster import PASSWORD, pg_url, postgres  # noqa: F401  (fixtures)
 
 REVISION_0003 = '''"""add priority

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from conftest import Host, Work
-from helpers import MIGRATION_0003, history, manifest, phase_line, set_env
+from migrate_helpers import MIGRATION_0003, history, manifest, phase_line, set_env
 
 from shipyard.app import App
 from shipyard.migrate import applied_between
