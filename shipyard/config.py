@@ -203,6 +203,12 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
         )
     if data.get("keep") is not None and data["keep"] < 1:
         raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
+    if data.get("migrate_timeout", 1) <= 0:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'migrate_timeout', None)}: migrate_timeout must be "
+            "a number of seconds above 0",
+            "e.g. migrate_timeout = 600",
+        )
     for path in data.get("shared", []):
         _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
     if data.get("requirements"):

@@ -1,11 +1,14 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → migrate → switch → restart → verify → finish
+    checkout → link → venv → build → migrate → switch → restart → verify
+             → post-migrate → finish
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
 re-push retries, and the last line says what failed and what is still live.
+A phase that runs once the new release is live and verified (post-migrate) is
+not fatal: its failure is reported and recorded, and the new release stays.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Deploy:
     previous: str | None = None
     venv_key: str | None = None
     migrations: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
 
@@ -171,6 +175,7 @@ class Phase:
     name: str
     run: Callable[[Deploy], str]
     undo: Callable[[Deploy], None] | None = None
+    fatal: bool = True  # False: a failure is reported, the deploy goes on
 
 
 PHASES = [
@@ -182,6 +187,7 @@ PHASES = [
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
+    Phase("post-migrate", migrate.post_apply, fatal=False),
     Phase("finish", finish),
 ]
 
@@ -227,6 +233,9 @@ def run(d: Deploy) -> bool:
                 detail = phase.run(d)
         except (ShipyardError, OSError) as exc:
             d.timings[phase.name] = round(time.monotonic() - t0, 3)
+            if not phase.fatal:
+                d.problems.append(f"{phase.name}: {explain(d, phase, exc)}")
+                continue
             fail(d, phase, done, exc)
             return False
         d.timings[phase.name] = round(time.monotonic() - t0, 3)
@@ -236,19 +245,30 @@ def run(d: Deploy) -> bool:
             d.out.ok(phase.name, d.timings[phase.name], detail)
         done.append(phase)
     elapsed = time.monotonic() - started
+    if d.problems:
+        record(d, "live", elapsed, problems=d.problems)
+        d.out.final(f"live: {d.short} in {elapsed:.1f}s, but {'; '.join(d.problems)}", good=False)
+        return True
     record(d, "live", elapsed)
     d.out.final(f"live: {d.short} in {elapsed:.1f}s", good=True)
     return True
 
 
-def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
+def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
+    """Print a phase's failure (its ✗ line, the command's output, the hint); return the message."""
     message = exc.message if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    message = d.out.mask(message)
     d.out.fail(phase.name, d.timings[phase.name], message)
     output = getattr(exc, "output", "")
     if output:
         d.out.detail(output.rstrip().splitlines()[-20:])
     if isinstance(exc, ShipyardError) and exc.hint:
         d.out.line(f"    hint: {exc.hint}")
+    return message
+
+
+def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
+    message = explain(d, phase, exc)
     revert(d, done)
     live = d.app.live_release()
     reset_branch(d)

@@ -7,6 +7,7 @@ directory that looks like a release but is not one.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import RELEASE_ID, App
-from .errors import PhaseError
+from .errors import ConfigError, PhaseError
 from .lock import owner_alive
 
 MANIFEST = Path(".shipyard") / "release.json"
@@ -214,8 +215,22 @@ def shared_env(app: App) -> dict[str, str]:
     if not path.is_file():
         return {}
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    # python-dotenv only logs a warning for a line it cannot parse and then drops it, which
+    # would deploy with a variable silently missing: refuse instead, without echoing the line.
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"{path}:{binding.original.line}: cannot parse this line of .env "
+                "(not shown: it may hold a secret)",
+                "write KEY=value, one per line; quote a value that has spaces, '#' or quotes",
+            )
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:

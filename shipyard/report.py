@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
+from urllib.parse import unquote
 
 GREEN, RED, YELLOW, DIM, BOLD, RESET = (
     "\033[32m",
@@ -35,11 +36,13 @@ class Masker:
     """Hides secret values (from the app's .env) in anything we echo."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.values = sorted(
-            (v for k, v in (env or {}).items() if v and len(v) >= 4 and SECRET_KEY.search(k)),
-            key=len,
-            reverse=True,
-        )
+        secrets = {v for k, v in (env or {}).items() if v and len(v) >= 4 and SECRET_KEY.search(k)}
+        # a password inside a URL (DATABASE_URL) may be echoed on its own, e.g. by a driver
+        for value in (env or {}).values():
+            for match in URL_PASSWORD.finditer(value or ""):
+                password = match.group(2)
+                secrets.update(p for p in (password, unquote(password)) if len(p) >= 4)
+        self.values = sorted(secrets, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self.values:

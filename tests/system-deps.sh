@@ -7,6 +7,10 @@ command -v tar >/dev/null || need+=(tar)
 # ssh tests (tests/e2e/test_ssh.py): a private sshd on loopback, the ssh client, ssh-keygen
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
+# PostgreSQL server binaries (initdb, pg_ctl): the migration tests start a throw-away cluster
+# (as root, as the postgres user this package creates).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+  || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2

@@ -15,6 +15,7 @@ WSGI_APPLICATION = "mysite.wsgi.application"
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "static"
 USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 
 def database(url: str) -> dict:

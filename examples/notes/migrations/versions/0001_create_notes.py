@@ -1,0 +1,25 @@
+"""create notes
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "notes",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("text", sa.String(200), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("notes")
