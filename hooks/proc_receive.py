@@ -66,9 +66,6 @@ def handle(
         )
     commit, tag = peel(new)
     check_commit(commit)
-    if tag:
-        (app.run / "tags").mkdir(parents=True, exist_ok=True)
-        (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
     update = git(
         "update-ref",
         "-m",
@@ -80,6 +77,11 @@ def handle(
     )
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
+    # Only an annotated tag names itself; the deploy worker picks this up (cli.pushed_tag).
+    # Written after the ref moved, so a refused update never leaves a stale name behind.
+    if tag:
+        (app.run / "tags").mkdir(parents=True, exist_ok=True)
+        (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
     return commit, tag
 
 
