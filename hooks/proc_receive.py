@@ -54,10 +54,26 @@ def check_commit(commit: str) -> None:
             parse(shown.stdout, name)
 
 
+def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
+    """A tag named like the deploy branch: deleting one is fine, creating one is refused."""
+    name = ref.removeprefix("refs/tags/")
+    if new != ZERO:
+        raise ShipyardError(
+            f"refusing to create a tag named {name}: it would make the deploy branch ambiguous",
+            f"to deploy a tag to a host with no {name} branch yet, push TAG:refs/heads/{name}",
+        )
+    update = git("update-ref", "-d", ref, old, check=False)
+    if update.returncode:
+        raise ShipyardError(f"could not delete tag {name}: {update.stderr.strip()}")
+    return new, None
+
+
 def handle(
     app: App, old: str, new: str, ref: str, options: dict[str, str]
 ) -> tuple[str, str | None]:
     """Validate and apply one update of the deploy branch; returns (commit, tag)."""
+    if ref.startswith("refs/tags/"):
+        return guard_tag(app, old, new, ref)
     branch = ref.removeprefix("refs/heads/")
     if new == ZERO:
         raise ShipyardError(
@@ -110,7 +126,10 @@ def main() -> None:
         proto.write_pkt_line(f"ok {ref}".encode())
         if commit != new:
             proto.write_pkt_line(f"option new-oid {commit}".encode())
-        if old != ZERO and git("merge-base", "--is-ancestor", old, commit, check=False).returncode:
+        if (
+            ZERO not in (old, commit)
+            and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
+        ):
             proto.write_pkt_line(b"option forced-update")
     proto.write_pkt_line(None)
     sys.stdout.flush()

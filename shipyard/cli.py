@@ -163,7 +163,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     app = existing_app(args)
     options = push_options(args.option)
-    ref = args.ref or load_host_config(app.config_file).branch
+    ref = args.ref or f"refs/heads/{load_host_config(app.config_file).branch}"
     sha, tag = operate.resolve(app, ref)
     return 0 if operate.run_foreground(app, sha, tag, "deploy", options) else 1
 
