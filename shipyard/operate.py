@@ -152,7 +152,8 @@ def rollback_target(app: App) -> str | None:
         if entry.get("kind") == "rollback" and entry.get("previous"):
             left.add(entry["previous"])
     # No history to go by (an app deployed before history, or a lost deploys.jsonl).
-    older = [rid for rid, _ in release.releases(app) if live is None or rid < live]
+    ordered = [rid for rid, _ in release.releases(app)]
+    older = ordered[: ordered.index(live)] if live in ordered else ordered
     for rid in reversed(older):
         if rid not in left and usable(app, rid):
             return rid
@@ -176,15 +177,22 @@ def migrations_between(app: App, from_release: str | None, to_release: str) -> l
     ask = getattr(migrate, "applied_between", None)
     if callable(ask):
         return list(ask(app, from_release, to_release))
-    if not from_release or from_release <= to_release:
+    kept = release.releases(app)
+    created = {rid: m.created for rid, m in kept if m}
+
+    def rank(rid: str) -> tuple[str, float]:  # build order, as release.releases sorts
+        return rid[:16], created.get(rid, 0.0)
+
+    if not from_release or rank(from_release) <= rank(to_release):
         return []
+    low, high = rank(to_release), rank(from_release)
     applied: list[str] = []
-    for rid, manifest in release.releases(app):
-        if to_release < rid <= from_release and manifest and manifest.migrations:
+    for rid, manifest in kept:
+        if low < rank(rid) <= high and manifest and manifest.migrations:
             applied += manifest.migrations
-    for entry in history.entries(app):
+    for entry in history.entries(app):  # also releases pruned since
         rid = entry.get("release") or ""
-        if to_release < rid <= from_release and entry.get("outcome") == "live":
+        if rid and low < rank(rid) <= high and entry.get("outcome") == "live":
             applied += entry.get("migrations") or []
     return list(dict.fromkeys(applied))
 

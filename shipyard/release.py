@@ -168,11 +168,16 @@ class Manifest:
 
 
 def releases(app: App) -> list[tuple[str, Manifest | None]]:
-    """Every release on disk, oldest first, with its manifest (None if unreadable)."""
+    """Every release on disk, oldest first, with its manifest (None if unreadable).
+
+    Ids order by their UTC stamp; releases built within the same second order by
+    their manifests' creation time (the short sha after the stamp is no order).
+    """
     if not app.releases.is_dir():
         return []
-    ids = sorted(p.name for p in app.releases.iterdir() if RELEASE_ID.match(p.name))
-    return [(rid, Manifest.load(app.releases / rid)) for rid in ids]
+    found = [(p.name, Manifest.load(p)) for p in app.releases.iterdir() if RELEASE_ID.match(p.name)]
+    found.sort(key=lambda item: (item[0][:16], item[1].created if item[1] else 0.0, item[0]))
+    return found
 
 
 def find_good(app: App, sha: str) -> str | None:
