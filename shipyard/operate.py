@@ -271,7 +271,7 @@ def run_foreground(
             number=number,
             sha=sha,
             ref=ref,
-            out=Reporter(Tee(log, term), color=color),
+            out=Reporter(Tee(log, term), color=color, heartbeat=host.heartbeat),
             pusher=pusher(),
             tag=tag,
             options=options,
