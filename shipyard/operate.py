@@ -127,9 +127,15 @@ def missing(app: App, name: str, was: object) -> str:
     hint = f"see `shipyard releases {app.name}` for what is kept"
     if gone:
         entry = gone[-1]
+        again = f"deploy its commit again: shipyard deploy {app.name} {entry['sha'][:12]}"
+        if not any(e.get("outcome") == "live" for e in gone):
+            raise ShipyardError(
+                f"release {entry['release']} never went live (deploy #{entry['deploy']} "
+                f"{entry.get('outcome')}) and is not kept",
+                again,
+            )
         raise ShipyardError(
-            f"release {entry['release']} is no longer on disk (pruned or deleted)",
-            f"deploy its commit again: shipyard deploy {app.name} {entry['sha'][:12]}",
+            f"release {entry['release']} is no longer on disk (pruned or deleted)", again
         )
     raise ShipyardError(f"no release {name!r} in {app.name}", hint)
 

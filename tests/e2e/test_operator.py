@@ -412,3 +412,19 @@ app = App.at("mysite", Path(sys.argv[1]))
 sha, tag = operate.resolve(app, "staging")
 operate.run_foreground(app, sha, tag, "deploy", {})
 """
+
+
+def test_rollback_to_a_failed_deploy_is_refused(host: Host, work: Work):
+    work.commit("fast", **{"shipyard.toml": ""})
+    work.push()
+    live = host.live()
+    bad = work.commit("bad", **{"shipyard.toml": 'build = ["exit 3"]\n'})
+    work.push()
+    failed = history(host)[-1]
+    assert failed["outcome"] == "failed" and failed["release"].endswith(bad[:7])
+    for name in (failed["release"], bad[:7]):
+        refused = sy(host, "rollback", "mysite", name, check=False)
+        assert refused.returncode == 1
+        assert f"release {failed['release']} never went live (deploy #2 failed)" in refused.stderr
+        assert f"shipyard deploy mysite {bad[:12]}" in refused.stderr
+    assert host.live() == live
