@@ -41,7 +41,9 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> subp
     ]
     for option in options:
         args += ["--option", option]
-    with open(history.log_path(app, number), "ab") as log:
+    # The worker inherits the log, and with it the hold that tells `shipyard status`
+    # it is alive; once the worker dies (even by SIGKILL) the deploy shows as interrupted.
+    with history.open_log(app, number) as log:
         return subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -71,6 +73,18 @@ def follow(path, done, out=sys.stdout.buffer, poll: float = 0.02) -> bool:
                 time.sleep(poll)
 
 
+def report_lost(app: App, number: int, code: int | None) -> None:
+    """A worker that died without recording an outcome (killed) must not end the push silently."""
+    if any(entry.get("deploy") == number for entry in history.entries(app)):
+        return
+    live = app.live_release()
+    print(
+        f"shipyard ▸ deploy #{number} stopped without an outcome (worker exit {code}); "
+        f"{'live: ' + live if live else 'nothing is live'}; "
+        f"retry with `shipyard deploy {app.name}` on the host"
+    )
+
+
 def main() -> None:
     app = hook_app()
     host = load_host_config(app.config_file)
@@ -79,6 +93,10 @@ def main() -> None:
     parse_options(options)  # already validated by proc-receive; fail loudly if not
     for line in sys.stdin.read().splitlines():
         old, new, ref = line.split()
+        if ref.startswith("refs/tags/"):
+            if new != ZERO:
+                print(f"shipyard ▸ stored tag {ref.removeprefix('refs/tags/')}")
+            continue
         if ref != deploy_ref:
             print(f"shipyard ▸ stored {ref} (not deployed: this app deploys {host.branch})")
             continue
@@ -86,7 +104,8 @@ def main() -> None:
             continue
         number = history.claim_number(app)
         worker = start(app, number, new, ref, options)
-        follow(history.log_path(app, number), lambda w=worker: w.poll() is not None)
+        if follow(history.log_path(app, number), lambda w=worker: w.poll() is not None):
+            report_lost(app, number, worker.returncode)
     sys.stdout.flush()
 
 

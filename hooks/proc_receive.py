@@ -54,10 +54,26 @@ def check_commit(commit: str) -> None:
             parse(shown.stdout, name)
 
 
+def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
+    """A tag named like the deploy branch: deleting one is fine, creating one is refused."""
+    name = ref.removeprefix("refs/tags/")
+    if new != ZERO:
+        raise ShipyardError(
+            f"refusing to create a tag named {name}: it would make the deploy branch ambiguous",
+            f"to deploy a tag to a host with no {name} branch yet, push TAG:refs/heads/{name}",
+        )
+    update = git("update-ref", "-d", ref, old, check=False)
+    if update.returncode:
+        raise ShipyardError(f"could not delete tag {name}: {update.stderr.strip()}")
+    return new, None
+
+
 def handle(
     app: App, old: str, new: str, ref: str, options: dict[str, str]
 ) -> tuple[str, str | None]:
     """Validate and apply one update of the deploy branch; returns (commit, tag)."""
+    if ref.startswith("refs/tags/"):
+        return guard_tag(app, old, new, ref)
     branch = ref.removeprefix("refs/heads/")
     if new == ZERO:
         raise ShipyardError(
@@ -66,9 +82,6 @@ def handle(
         )
     commit, tag = peel(new)
     check_commit(commit)
-    if tag:
-        (app.run / "tags").mkdir(parents=True, exist_ok=True)
-        (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
     update = git(
         "update-ref",
         "-m",
@@ -80,6 +93,11 @@ def handle(
     )
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
+    # Only an annotated tag names itself; the deploy worker picks this up (cli.pushed_tag).
+    # Written after the ref moved, so a refused update never leaves a stale name behind.
+    if tag:
+        (app.run / "tags").mkdir(parents=True, exist_ok=True)
+        (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
     return commit, tag
 
 
@@ -114,7 +132,10 @@ def main() -> None:
         proto.write_pkt_line(f"ok {ref}".encode())
         if commit != new:
             proto.write_pkt_line(f"option new-oid {commit}".encode())
-        if old != ZERO and git("merge-base", "--is-ancestor", old, commit, check=False).returncode:
+        if (
+            ZERO not in (old, commit)
+            and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
+        ):
             proto.write_pkt_line(b"option forced-update")
     proto.write_pkt_line(None)
     sys.stdout.flush()

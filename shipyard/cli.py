@@ -35,17 +35,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def pushed_tag(app: App, sha: str) -> str | None:
-    """The tag a push named (recorded by proc-receive), else a tag on the commit."""
-    from .release import git
+    """The tag a push named, else a tag in the repo that points at the commit.
+
+    An annotated tag pushed as ``v1.2:main`` names itself (proc-receive peels it
+    and records the name). A lightweight tag is just a commit on the wire: the
+    server only knows its name if the tag was pushed too (``git push production
+    v1.2 v1.2:main``, ``--tags`` or ``--follow-tags`` for annotated tags).
+    """
+    from .release import tag_for
 
     record = app.run / "tags" / sha
     if record.is_file():
         try:
             return json.loads(record.read_text()).get("tag")
+        except ValueError:
+            pass
         finally:
             record.unlink(missing_ok=True)
-    tags = git(app.repo, "tag", "--points-at", sha).split()
-    return tags[-1] if tags else None
+    return tag_for(app, sha)
 
 
 def cmd_run_deploy(args: argparse.Namespace) -> int:
@@ -75,8 +82,97 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
         pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
         tag=pushed_tag(app, args.sha),
         options=options,
+        kind="push",
     )
     return 0 if execute(d) else 1
+
+
+def existing_app(args: argparse.Namespace) -> App:
+    return App.at(args.app, args.root).require()
+
+
+def emit(data: object, text: str, as_json: bool) -> int:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import views
+
+    data = views.status(existing_app(args))
+    return emit(data, views.render_status(data), args.json)
+
+
+def cmd_releases(args: argparse.Namespace) -> int:
+    from . import views
+
+    data = views.releases(existing_app(args))
+    return emit(data, views.render_releases(data), args.json)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from . import views
+
+    data = views.deploy_history(existing_app(args), args.limit)
+    return emit(data, views.render_history(data), args.json)
+
+
+def deploy_number(text: str) -> int:
+    digits = text.removeprefix("#")
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a deploy number (e.g. 42 or #42)")
+    return int(digits)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from . import history
+    from .hooks.post_receive import follow
+
+    app = existing_app(args)
+    number = args.deploy or history.last_number(app)
+    if not number:
+        raise ShipyardError(f"{app.name} has no deploys yet")
+    path = history.log_path(app, number)
+    if not path.is_file():
+        last = history.last_number(app)
+        raise ShipyardError(
+            f"no deploy #{number} in {app.name}",
+            f"deploys are numbered 1 to {last}" if last else "nothing was deployed yet",
+        )
+
+    def finished() -> bool:
+        entry = history.find(app, number)
+        return entry is None or entry.get("outcome") not in ("running", "waiting")
+
+    follow(path, finished if args.follow else lambda: True, poll=0.1)
+    entry = history.find(app, number) or {}
+    if entry.get("outcome") == "interrupted":
+        print(f"shipyard ▸ deploy #{number} was interrupted: it stopped without an outcome")
+    return 0
+
+
+def push_options(raw: list[str] | None) -> dict[str, str]:
+    from .options import parse_options
+
+    return parse_options(raw or [])
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import operate
+    from .config import load_host_config
+
+    app = existing_app(args)
+    options = push_options(args.option)
+    ref = args.ref or f"refs/heads/{load_host_config(app.config_file).branch}"
+    sha, tag = operate.resolve(app, ref)
+    return 0 if operate.run_foreground(app, sha, tag, "deploy", options) else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from . import operate
+
+    app = existing_app(args)
+    return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +188,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
     p.add_argument("--port", type=int, default=8000, help="where the web process listens")
     p.set_defaults(func=cmd_init)
+
+    option_help = "as `git push -o`: skip-migrate, no-restart, color=…, message=…"
+
+    p = sub.add_parser("status", help="what is live, whether a deploy is running, processes")
+    p.add_argument("app")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("releases", help="the kept releases, the live one marked")
+    p.add_argument("app")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_releases)
+
+    p = sub.add_parser("history", help="recent deploys and their outcomes")
+    p.add_argument("app")
+    p.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("log", help="replay a deploy's log (the latest by default)")
+    p.add_argument("app")
+    p.add_argument("deploy", nargs="?", type=deploy_number, help="deploy number, e.g. 42")
+    p.add_argument("-f", "--follow", action="store_true", help="tail a running deploy to its end")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("deploy", help="deploy a ref already in the repo, here and now")
+    p.add_argument("app")
+    p.add_argument("ref", nargs="?", help="branch, tag or commit (default: the deploy branch)")
+    p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", help="make a kept release live again (the previous one)")
+    p.add_argument("app")
+    p.add_argument("release", nargs="?", help="release id, commit or tag (default: previous)")
+    p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

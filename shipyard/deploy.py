@@ -43,7 +43,9 @@ class Deploy:
     pusher: str = "unknown"
     tag: str | None = None
     options: dict[str, str] = field(default_factory=dict)
-    release_id: str = ""
+    kind: str = "push"  # push | deploy (`shipyard deploy`) | rollback
+    release_id: str = ""  # preset: make exactly this kept release live (a rollback)
+    notes: list[str] = field(default_factory=list)  # warnings shown under the title
     reused: bool = False
     config: AppConfig = field(default_factory=AppConfig)
     procfile: dict[str, str] = field(default_factory=dict)
@@ -69,7 +71,11 @@ class Deploy:
 
 
 def checkout(d: Deploy) -> str:
-    kept = release.find_good(d.app, d.sha)
+    if d.release_id:  # a rollback names its release; it must still be there and good
+        problem = release.unusable(d.app, d.release_id)
+        if problem:
+            raise PhaseError(problem, f"see `shipyard releases {d.app.name}`")
+    kept = d.release_id or release.find_good(d.app, d.sha)
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)
@@ -162,6 +168,9 @@ def switch_back(d: Deploy) -> None:
 
 def finish(d: Deploy) -> str:
     d.manifest.state = "good"
+    d.manifest.live_at = time.time()
+    if d.manifest.migrations is None and not d.reused:
+        d.manifest.migrations = list(d.migrations)
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
     removed = release.prune(d.app, keep)
@@ -178,6 +187,18 @@ class Phase:
     fatal: bool = True  # False: a failure is reported, the deploy goes on
 
 
+def unless(option: str, step: Callable[[Deploy], object]) -> Callable[[Deploy], object]:
+    """``step``, skipped when the deploy was given the push option ``option`` (its undo too)."""
+
+    def guarded(d: Deploy) -> object:
+        if option in d.options:
+            return Skip(f"skipped ({option})")
+        return step(d)
+
+    guarded.__name__ = getattr(step, "__name__", option)
+    return guarded
+
+
 PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
@@ -185,8 +206,12 @@ PHASES = [
     Phase("build", build_steps),
     Phase("migrate", migrate.apply),
     Phase("switch", switch, switch_back),
-    Phase("restart", supervise.restart, supervise.restart_previous),
-    Phase("verify", supervise.verify),
+    Phase(
+        "restart",
+        unless("no-restart", supervise.restart),
+        unless("no-restart", supervise.restart_previous),
+    ),
+    Phase("verify", unless("no-restart", supervise.verify)),
     Phase("post-migrate", migrate.post_apply, fatal=False),
     Phase("finish", finish),
 ]
@@ -250,7 +275,8 @@ def run(d: Deploy) -> bool:
         d.out.final(f"live: {d.short} in {elapsed:.1f}s, but {'; '.join(d.problems)}", good=False)
         return True
     record(d, "live", elapsed)
-    d.out.final(f"live: {d.short} in {elapsed:.1f}s", good=True)
+    was = f" (rolled back from {d.previous})" if d.kind == "rollback" and d.previous else ""
+    d.out.final(f"live: {d.short} in {elapsed:.1f}s{was}", good=True)
     return True
 
 
@@ -309,11 +335,14 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         d.app,
         {
             "deploy": d.number,
+            "kind": d.kind,
             "sha": d.sha,
             "ref": d.ref,
             "tag": d.tag,
             "pusher": d.pusher,
             "release": d.release_id or None,
+            "previous": d.previous,
+            "reused": d.reused,
             "start": time.time() - seconds,
             "duration": round(seconds, 3),
             "outcome": outcome,
@@ -332,9 +361,18 @@ def branch_tip(app: App, ref: str) -> str | None:
         return None
 
 
+def title(d: Deploy) -> str:
+    what = "rollback" if d.kind == "rollback" else "deploy"
+    text = f"{what} #{d.number}: {d.ref.removeprefix('refs/heads/')} {d.short} by {d.pusher}"
+    message = d.options.get("message")
+    return f"{text}: {message}" if message else text
+
+
 def execute(d: Deploy) -> bool:
     """Take the app's deploy lock and run the deploy, unless a newer push superseded it."""
-    d.out.title(f"deploy #{d.number}: {d.ref.removeprefix('refs/heads/')} {d.short} by {d.pusher}")
+    d.out.title(title(d))
+    for note in d.notes:
+        d.out.warn(note)
     info = {
         "deploy": d.number,
         "sha": d.sha,

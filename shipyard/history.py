@@ -3,17 +3,27 @@
 A deploy's number is claimed by creating its log with O_EXCL, so two pushes
 arriving at once can never get the same number. History is append-only JSON
 lines, one per finished deploy (or per deploy that never started its phases).
+
+Whoever runs deploy N holds a flock on ``deploys/N.log`` for as long as it
+lives (the worker inherits it through its stdout). A claimed log with no
+history line is therefore ``running`` (its process holds the deploy lock),
+``waiting`` (its log is held, the deploy lock is not its), or ``interrupted``
+(nobody holds its log: the process died, e.g. SIGKILL, without an outcome).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
+from typing import IO
 
+from . import lock
 from .app import App
 
 OUTCOMES = ("live", "failed", "rolled-back", "superseded", "interrupted")
+UNFINISHED = ("running", "waiting", "interrupted")
 
 
 def log_path(app: App, number: int) -> Path:
@@ -32,6 +42,33 @@ def claim_number(app: App) -> int:
             continue
         os.close(fd)
         return number
+
+
+def open_log(app: App, number: int) -> IO[bytes]:
+    """Open a claimed log for appending and hold it for the life of the deploy's process.
+
+    The flock belongs to the open file, so a child given this file as its output
+    keeps holding it after the opener closes its copy; it is dropped only when
+    the last process with the file dies.
+    """
+    log = open(log_path(app, number), "ab")  # noqa: SIM115 - the caller owns it
+    fcntl.flock(log.fileno(), fcntl.LOCK_SH)
+    return log
+
+
+def log_held(app: App, number: int) -> bool:
+    """Is some live process still running (or waiting to run) deploy ``number``?"""
+    try:
+        fd = os.open(log_path(app, number), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def last_number(app: App) -> int:
@@ -66,5 +103,57 @@ def entries(app: App) -> list[dict]:
 def last_live(app: App) -> dict | None:
     for entry in reversed(entries(app)):
         if entry.get("outcome") == "live":
+            return entry
+    return None
+
+
+def deploy_lock(app: App) -> Path:
+    return app.run / "deploy.lock"
+
+
+def numbers(app: App) -> list[int]:
+    return sorted(int(p.stem) for p in app.deploys.glob("*.log") if p.stem.isdigit())
+
+
+def deploys(app: App) -> list[dict]:
+    """Every claimed deploy, oldest first: its history line, or what became of it.
+
+    A deploy with no history line gets ``outcome`` ``running``, ``waiting`` or
+    ``interrupted`` (see the module docstring); never ``live``.
+    """
+    recorded: dict[int, dict] = {}
+    for entry in entries(app):
+        if isinstance(entry.get("deploy"), int):
+            recorded[entry["deploy"]] = entry
+    held = lock.is_held(deploy_lock(app))
+    # The holder's note survives a holder killed by SIGKILL: it says what that deploy was.
+    holder = lock.holder(deploy_lock(app))
+    out = []
+    for number in sorted(set(numbers(app)) | set(recorded)):
+        if number in recorded:
+            out.append(recorded[number])
+            continue
+        if held and holder.get("deploy") == number:
+            entry = {"deploy": number, "outcome": "running", **holder}
+        elif log_held(app, number):
+            entry = {"deploy": number, "outcome": "waiting"}
+        else:
+            entry = {"deploy": number, "outcome": "interrupted"}
+            if holder.get("deploy") == number:
+                entry.update({k: holder[k] for k in ("sha", "pusher") if k in holder})
+        if "since" in entry:
+            entry["start"] = entry["since"]
+        else:
+            try:  # when its log was last written: about when it stopped
+                entry["start"] = log_path(app, number).stat().st_mtime
+            except OSError:
+                entry["start"] = None
+        out.append(entry)
+    return out
+
+
+def find(app: App, number: int) -> dict | None:
+    for entry in deploys(app):
+        if entry.get("deploy") == number:
             return entry
     return None

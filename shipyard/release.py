@@ -146,6 +146,7 @@ class Manifest:
     state: str = "building"
     migrations: list[str] | None = None
     builds: dict[str, str] | None = None
+    live_at: float | None = None  # when a deploy last made it live (pinned pushes, rollbacks)
 
     def save(self, release: Path) -> None:
         path = release / MANIFEST
@@ -168,19 +169,54 @@ class Manifest:
 
 
 def releases(app: App) -> list[tuple[str, Manifest | None]]:
-    """Every release on disk, oldest first, with its manifest (None if unreadable)."""
+    """Every release on disk, oldest first, with its manifest (None if unreadable).
+
+    Ids order by their UTC stamp; releases built within the same second order by
+    their manifests' creation time (the short sha after the stamp is no order).
+    """
     if not app.releases.is_dir():
         return []
-    ids = sorted(p.name for p in app.releases.iterdir() if RELEASE_ID.match(p.name))
-    return [(rid, Manifest.load(app.releases / rid)) for rid in ids]
+    found = [(p.name, Manifest.load(p)) for p in app.releases.iterdir() if RELEASE_ID.match(p.name)]
+    found.sort(key=lambda item: (item[0][:16], item[1].created if item[1] else 0.0, item[0]))
+    return found
 
 
 def find_good(app: App, sha: str) -> str | None:
     """The newest good release of ``sha`` still on disk, for a pinned push to reuse."""
     for rid, manifest in reversed(releases(app)):
-        if manifest and manifest.sha == sha and manifest.state in GOOD_STATES:
+        if manifest and manifest.sha == sha and unusable(app, rid, manifest) is None:
             return rid
     return None
+
+
+def unusable(app: App, release_id: str, manifest: Manifest | None = None) -> str | None:
+    """Why a kept release cannot be made live again as it is (None when it can)."""
+    path = app.release_dir(release_id)
+    if not path.is_dir():
+        return f"release {release_id} is not on disk (pruned or deleted)"
+    manifest = manifest or Manifest.load(path)
+    if manifest is None:
+        return f"release {release_id} has no readable {MANIFEST}"
+    if manifest.state not in GOOD_STATES:
+        return f"release {release_id} is {manifest.state}, not a good release"
+    venv = path / ".venv"
+    if venv.is_symlink() and not venv.exists():
+        return f"release {release_id}'s virtualenv venvs/{(manifest.venv or '?')} is gone"
+    return None
+
+
+def recency(manifest: Manifest) -> float:
+    """When a release was last live, else when it was built: what ``keep`` counts by."""
+    return manifest.live_at or manifest.created
+
+
+def tag_for(app: App, sha: str) -> str | None:
+    """A tag in the repo that points at ``sha`` (the highest version if several)."""
+    try:
+        tags = git(app.repo, "tag", "--points-at", sha, "--sort=-v:refname").split()
+    except PhaseError:
+        return None
+    return tags[0] if tags else None
 
 
 def remove(app: App, release_id: str) -> None:
@@ -194,9 +230,20 @@ def remove(app: App, release_id: str) -> None:
 
 
 def prune(app: App, keep: int) -> list[str]:
-    """Keep the newest ``keep`` good releases and the live one; drop the rest and stray temps."""
+    """Keep the ``keep`` most recently live good releases and the live one; drop the rest.
+
+    Recency, not build time: a release made live again by a pinned push or a
+    rollback counts as new, so the release it replaced is the one kept for the
+    next rollback.
+    """
     live = app.live_release()
-    good = [rid for rid, m in releases(app) if m and m.state in GOOD_STATES]
+    good = [
+        rid
+        for rid, m in sorted(
+            ((rid, m) for rid, m in releases(app) if m and m.state in GOOD_STATES),
+            key=lambda item: (recency(item[1]), item[0]),
+        )
+    ]
     kept = set(good[-keep:]) | ({live} if live else set())
     removed = []
     for rid, _ in releases(app):

@@ -86,7 +86,31 @@ def configure(app: App, host: HostConfig) -> list[str]:
             if str(current).lower() != value.lower():
                 config.set_value(section, option, value)
                 changed.append(f"set {section}.{option} = {value}")
+    changed += guard_branch_name(app, host)
     return changed
+
+
+def guard_branch_name(app: App, host: HostConfig) -> list[str]:
+    """Also hand pushes to ``refs/tags/<branch>`` to proc-receive, which refuses them.
+
+    On a host with no deploy branch yet, git reads ``git push production v1.2:main``
+    as "create tag main" (an unqualified destination takes the source's kind);
+    that tag would make ``main`` ambiguous for every later push.
+    """
+    import git
+
+    wanted = [f"refs/tags/{host.branch}", f"refs/heads/{host.branch}"]
+    repo = git.Repo(app.repo)
+    try:
+        current = repo.git.config("--get-all", "receive.procReceiveRefs").split()
+    except git.GitCommandError:
+        current = []
+    if current == wanted:
+        return []
+    repo.git.config("--unset-all", "receive.procReceiveRefs")
+    for value in wanted:
+        repo.git.config("--add", "receive.procReceiveRefs", value)
+    return [f"set receive.procReceiveRefs = {', '.join(wanted)}"]
 
 
 def install_hooks(app: App) -> list[str]:

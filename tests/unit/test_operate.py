@@ -1,0 +1,133 @@
+"""Rollback bookkeeping without git: target choice, migration warnings, adapters, names."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from shipyard import history, migrate, operate, release, supervise, views
+from shipyard.app import App
+from shipyard.errors import AppError, ShipyardError
+
+
+def make_release(app: App, rid: str, state: str = "good", migrations=None) -> None:
+    path = app.releases / rid
+    path.mkdir(parents=True)
+    release.Manifest(
+        sha=rid[-7:] + "0" * 33,
+        ref="refs/heads/main",
+        release=rid,
+        deploy=1,
+        pusher="alice",
+        created=time.time(),
+        state=state,
+        migrations=migrations,
+    ).save(path)
+
+
+def live(app: App, rid: str) -> None:
+    (app.dir / "current").unlink(missing_ok=True)
+    (app.dir / "current").symlink_to(f"releases/{rid}")
+
+
+@pytest.fixture
+def app(tmp_path) -> App:
+    app = App.at("mysite", tmp_path)
+    for path in (app.releases, app.deploys, app.run):
+        path.mkdir(parents=True)
+    return app
+
+
+A, B, C = (f"2026112{n}T000000Z-{n}aaaaaa" for n in (1, 2, 3))
+
+
+def record(app: App, number: int, rid: str, kind: str = "push", previous=None, **extra):
+    history.log_path(app, number).touch()
+    entry = {"deploy": number, "release": rid, "kind": kind, "previous": previous}
+    history.record(app, {**entry, "outcome": "live", "sha": rid[-7:], **extra})
+
+
+def test_rollback_target_walks_back_and_never_returns_to_a_release_it_left(app):
+    for rid in (A, B, C):
+        make_release(app, rid)
+    record(app, 1, A)
+    record(app, 2, B, previous=A)
+    record(app, 3, C, previous=B)
+    live(app, C)
+    assert operate.rollback_target(app) == B
+    record(app, 4, B, kind="rollback", previous=C)
+    live(app, B)
+    assert operate.rollback_target(app) == A
+    record(app, 5, C, kind="rollback", previous=B)  # named: forward again
+    live(app, C)
+    assert operate.rollback_target(app) == A  # B was rolled back from, after it was live
+
+
+def test_rollback_target_without_history_uses_older_releases_on_disk(app):
+    make_release(app, A)
+    make_release(app, B, state="building")
+    make_release(app, C)
+    live(app, C)
+    assert operate.rollback_target(app) == A
+    live(app, A)
+    assert operate.rollback_target(app) is None
+
+
+def test_migrations_between_uses_manifests_or_the_migrate_module(app, monkeypatch):
+    make_release(app, A, migrations=["p.0001"])
+    make_release(app, B, migrations=["p.0002"])
+    make_release(app, C, migrations=["p.0003", "p.0004"])
+    assert operate.migrations_between(app, C, A) == ["p.0002", "p.0003", "p.0004"]
+    assert operate.migrations_between(app, C, B) == ["p.0003", "p.0004"]
+    assert operate.migrations_between(app, A, C) == []  # forward: nothing left behind
+    monkeypatch.setattr(migrate, "applied_between", lambda a, f, t: [f"{f}>{t}"], raising=False)
+    assert operate.migrations_between(app, C, A) == [f"{C}>{A}"]
+
+
+def test_process_status_adapter(app, monkeypatch):
+    monkeypatch.delattr(supervise, "status", raising=False)
+    assert views.processes(app) is None
+    assert views.render_processes(None) == ["  processes  n/a"]
+    monkeypatch.setattr(supervise, "status", lambda a: {"web": "RUNNING"}, raising=False)
+    assert views.processes(app) == {"web": "RUNNING"}
+    assert views.render_processes({"web": "RUNNING"}) == ["  processes  web: RUNNING"]
+
+    def broken(a):
+        raise RuntimeError("no socket")
+
+    monkeypatch.setattr(supervise, "status", broken, raising=False)
+    assert views.processes(app) == {"error": "RuntimeError: no socket"}
+    json.dumps(views.status(app))  # always serialisable
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../b", "/etc", "-f", ".hidden", "a b", "x\n", ""])
+def test_release_names_that_could_be_paths_are_refused(app, name):
+    with pytest.raises(AppError, match="invalid release name"):
+        operate.find_release(app, name)
+
+
+def test_release_names_resolve_by_id_sha_and_tag(app):
+    make_release(app, A)
+    make_release(app, B)
+    edit = release.Manifest.load(app.releases / B)
+    edit.tag = "v2"
+    edit.save(app.releases / B)
+    assert operate.find_release(app, A) == A
+    assert operate.find_release(app, f"releases/{A}") == A
+    assert operate.find_release(app, "2aaaaaa") == B
+    assert operate.find_release(app, "v2") == B
+    with pytest.raises(ShipyardError, match="no release 'v9'"):
+        operate.find_release(app, "v9")
+
+
+def test_unfinished_deploys_are_running_waiting_or_interrupted(app):
+    history.log_path(app, 1).touch()
+    history.record(app, {"deploy": 1, "outcome": "live"})
+    history.claim_number(app)  # 2: claimed, nobody holds it
+    assert [e["outcome"] for e in history.deploys(app)] == ["live", "interrupted"]
+    number = history.claim_number(app)
+    with history.open_log(app, number):
+        assert history.deploys(app)[-1]["outcome"] == "waiting"
+    assert history.deploys(app)[-1]["outcome"] == "interrupted"
