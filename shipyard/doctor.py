@@ -143,12 +143,12 @@ def git_config_check(ctx: Context) -> Check:
     wrong = []
     for key, value in wanted.items():
         result = subprocess.run(
-            ["git", "config", "--file", str(ctx.app.repo / "config"), "--get", key],
+            ["git", "config", "--file", str(ctx.app.repo / "config"), "--get-all", key],
             capture_output=True,
             text=True,
         )
         have = result.stdout.strip()
-        if have.lower() != value.lower():
+        if value.lower() not in have.lower().split():
             wrong.append(f"{key} is {have or 'unset'}, not {value}")
     if wrong:
         return Check("git config", FAIL, "; ".join(wrong), ctx.init_command)

@@ -280,11 +280,21 @@ def shared_env(app: App) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
+def layout_env(app: App, release: Path) -> dict[str, str]:
+    """Where things are, for the app's commands and processes: e.g. SQLite in SHIPYARD_SHARED."""
+    return {
+        "SHIPYARD_APP": app.name,
+        "SHIPYARD_RELEASE": str(release),
+        "SHIPYARD_SHARED": str(app.shared),
+    }
+
+
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
     """Environment for commands run in a release: its venv first on PATH, the app's .env loaded."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
     venv_dir = release / ".venv"
     merged = {**base, **env}
+    merged.update(layout_env(app, release))
     merged["VIRTUAL_ENV"] = str(venv_dir)
     merged["PATH"] = f"{venv_dir / 'bin'}:{base.get('PATH', '/usr/bin:/bin')}"
     merged.pop("PYTHONHOME", None)

@@ -70,7 +70,6 @@ def configure(app: App, host: HostConfig) -> list[str]:
     import git
 
     wanted = {
-        ("receive", "procReceiveRefs"): f"refs/heads/{host.branch}",
         ("receive", "advertisePushOptions"): "true",
         ("receive", "denyDeletes"): "false",
         ("receive", "denyNonFastForwards"): "false",
@@ -107,7 +106,8 @@ def guard_branch_name(app: App, host: HostConfig) -> list[str]:
         current = []
     if current == wanted:
         return []
-    repo.git.config("--unset-all", "receive.procReceiveRefs")
+    if current:
+        repo.git.config("--unset-all", "receive.procReceiveRefs")
     for value in wanted:
         repo.git.config("--add", "receive.procReceiveRefs", value)
     return [f"set receive.procReceiveRefs = {', '.join(wanted)}"]

@@ -257,9 +257,30 @@ def test_rollback_refuses_bad_names_and_unusable_releases(three):
     assert bad_app.returncode == 1 and "invalid app name" in bad_app.stderr
 
 
+MIGRATION = """from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("polls", "{previous}")]
+    operations = [migrations.AddField("question", "{field}", models.IntegerField(default=0))]
+"""
+
+
 def test_rollback_warns_about_migrations_it_leaves_applied(three):
-    host, _, releases = three
-    edit_manifest(host, releases[2], migrations=["polls.0003_votes", "polls.0004_closed"])
+    host, work, _ = three
+    work.commit(
+        "two migrations",
+        **{
+            "polls/migrations/0003_votes.py": MIGRATION.format(
+                previous="0002_choice", field="votes"
+            ),
+            "polls/migrations/0004_closed.py": MIGRATION.format(
+                previous="0003_votes", field="closed"
+            ),
+        },
+    )
+    pushed = work.push()
+    assert "polls.0003_votes" in pushed.out and "polls.0004_closed" in pushed.out
     out = sy(host, "rollback", "mysite").stdout
     warning = out.splitlines()[1]
     assert warning.startswith("  ! 2 migration(s) applied since")

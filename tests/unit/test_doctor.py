@@ -50,7 +50,7 @@ def test_broken_hooks(host: Host):
 
 
 def test_git_config(host: Host):
-    run("git", "--git-dir", host.repo, "config", "--unset", "receive.procReceiveRefs")
+    run("git", "--git-dir", host.repo, "config", "--unset-all", "receive.procReceiveRefs")
     result = check(host, "git config")
     assert result.status == "fail" and "receive.procReceiveRefs is unset" in result.detail
 

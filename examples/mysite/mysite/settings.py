@@ -33,6 +33,9 @@ def database(url: str) -> dict:
     }
 
 
+# Deployed by shipyard without a DATABASE_URL, SQLite lives in the app's shared/ dir, so that
+# every release sees the same database.
+DATA_DIR = Path(os.environ.get("SHIPYARD_SHARED", BASE_DIR))
 DATABASES = {
-    "default": database(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
+    "default": database(os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"))
 }
