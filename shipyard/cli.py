@@ -78,6 +78,23 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
     return 0 if execute(d) else 1
 
 
+def cmd_processes(args: argparse.Namespace) -> int:
+    """Show what runs (pid, uptime, release); --start / --stop the app's supervisord."""
+    from . import supervise
+
+    app = App.at(args.app, args.root).require()
+    if args.stop:
+        stopped = supervise.shutdown(app)
+        print(f"shipyard ▸ {app.name}: {'stopped' if stopped else 'nothing was running'}")
+        return 0
+    if args.start:
+        how = supervise.start(app)
+        print(f"shipyard ▸ {app.name}: supervisord {how}")
+    for line in supervise.format_status(app, supervise.status(app)):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -91,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
     p.add_argument("--port", type=int, default=8000, help="where the web process listens")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")
+    p.add_argument("app")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--start", action="store_true", help="start the app's supervisord (after a reboot)"
+    )
+    what.add_argument(
+        "--stop", action="store_true", help="stop the processes and the app's own supervisord"
+    )
+    p.set_defaults(func=cmd_processes)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

@@ -1,7 +1,7 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → migrate → switch → restart → verify → finish
+    checkout → link → venv → build → migrate → release → switch → restart → verify → finish
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
@@ -50,6 +50,7 @@ class Deploy:
     migrations: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
+    processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
 
     @property
     def release(self) -> Path:
@@ -162,6 +163,7 @@ PHASES = [
     Phase("venv", build_venv),
     Phase("build", build),
     Phase("migrate", migrate.apply),
+    Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
