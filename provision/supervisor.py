@@ -62,14 +62,6 @@ class Settings:
     def embedded(self) -> bool:
         return self.mode == "embedded"
 
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-
-def run_dir(app: App) -> Path:
-    return app.run
-
 
 def logs_dir(app: App) -> Path:
     return app.dir / "logs"

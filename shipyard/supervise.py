@@ -5,12 +5,14 @@ Everything goes through supervisord's XML-RPC interface on its unix socket
 
 restart
     The web process is handed over blue/green: the new release starts as the
-    *other* colour on the same port (gunicorn ``--reuse-port``), is probed on
-    a private loopback port until the health check passes, and only then is the
-    old colour sent TERM (gunicorn drains in-flight requests; KILL after
-    ``stop_grace``). Other types are stopped (TERM, KILL after ``stop_grace``)
-    and started on the new release. If anything fails, the processes are put
-    back as they were before the phase reports the failure.
+    *other* colour, taking connections from the same listening socket (held
+    by the port's ``listen`` program, see provision/listen.py), is probed on
+    its private unix socket until the health check passes, and only then is
+    the old colour sent TERM (gunicorn drains in-flight requests; what is still
+    queued goes to the new one; KILL after ``stop_grace``). Other types are
+    stopped (TERM, KILL after ``stop_grace``) and started on the new release.
+    If anything fails, the processes are put back as they were before the
+    phase reports the failure.
 verify
     Every process must be RUNNING with the pid restart saw, in the new release
     (``/proc/<pid>/cwd``) with the release's virtualenv (the interpreter it was
@@ -138,7 +140,12 @@ class Supervisor:
         prov.logs_dir(app).mkdir(parents=True, exist_ok=True)
         prov.write_programs(app, self.settings, self.load_state(), self.listeners)
         prov.write_main(app, self.settings)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+        # The deploy's own variables (GIT_*, SHIPYARD_PUSHER, …) are no business of the app's.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("GIT_", "VIRTUAL_ENV", "SHIPYARD_"))
+        }
         out = app.run / "supervisord.out"
         with open(out, "ab") as log:
             result = subprocess.run(
@@ -215,6 +222,11 @@ class Supervisor:
         try:
             self.call("addProcessGroup", group)
         except xmlrpc.client.Fault as fault:
+            if fault.faultCode == Faults.BAD_NAME:
+                raise PhaseError(
+                    f"supervisord does not know {group} after re-reading its config",
+                    f"does its [include] list {self.settings.include}?",
+                ) from None
             if fault.faultCode != Faults.ALREADY_ADDED:
                 raise PhaseError(f"supervisord refused {group}: {fault.faultString}") from None
             self.stop(program)
@@ -248,6 +260,12 @@ class Supervisor:
             except xmlrpc.client.Fault as fault:
                 if fault.faultCode != Faults.BAD_NAME:
                     raise PhaseError(f"could not remove {group}: {fault.faultString}") from None
+        for program in programs:  # gunicorn leaves inherited sockets' paths behind
+            if isinstance(program, Program):
+                for i in range(1, program.count + 1):
+                    path = program.socket(self.app, i)
+                    if path is not None:
+                        path.unlink(missing_ok=True)
 
     def is_up(self, program: Program | Listener) -> bool:
         infos = self.infos()
@@ -265,17 +283,36 @@ def _size(path: Path) -> int:
 
 
 def tail(path: Path, offset: int, lines: int = LOG_TAIL) -> str:
-    """The last lines of a log written since ``offset`` (the Reporter masks them when shown)."""
+    """What a process logged since ``offset``, cut to ``lines`` (the Reporter masks it)."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             start = offset if offset <= size else 0
-            start = max(start, size - 64 * 1024)
+            start = max(start, size - 256 * 1024)
             f.seek(start)
             data = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(data.rstrip().splitlines()[-lines:])
+    return excerpt(data.rstrip().splitlines(), lines)
+
+
+def excerpt(text: list[str], lines: int = LOG_TAIL) -> str:
+    """The last ``lines`` lines; when the first traceback (the cause, usually) scrolled out of
+    them, its last frame and exception line first, then the end."""
+    if len(text) <= lines:
+        return "\n".join(text)
+    cause: list[str] = []
+    for i, line in enumerate(text):
+        if line.startswith("Traceback (most recent call last):"):
+            end = i + 1
+            while end < len(text) and text[end].startswith((" ", "\t")):
+                end += 1
+            frames = text[max(i + 1, end - 2) : end]
+            cause = [line, *frames, *text[end : end + 1]]
+            break
+    if not cause or len(text) - text.index(cause[0]) <= lines:
+        return "\n".join(text[-lines:])
+    return "\n".join([*cause, "…", *text[-(lines - len(cause) - 1) :]])
 
 
 # --- health -------------------------------------------------------------------
