@@ -403,12 +403,12 @@ def port_owner(port: int) -> str:
     return ""
 
 
-def check_port_free(app: App, port: int) -> None:
+def check_port_free(app: App, port: int, host: str = "0.0.0.0") -> None:
     """Before the first web process: is the port taken by something that is not ours?"""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("0.0.0.0", port))
+        probe.bind((host, port))
     except OSError as exc:
         owner = port_owner(port)
         by = f" by {owner}" if owner else ""
@@ -631,7 +631,7 @@ def ensure_listener(sv: Supervisor, running: list[Program], want: Listener) -> N
         return
     if existing is not None:
         sv.stop(existing)
-    check_port_free(sv.app, want.port)
+    check_port_free(sv.app, want.port, want.host)
     sv.apply(running, [x for x in sv.listeners if x != want] + [want])
     offsets = sv.start(want)
     deadline = time.monotonic() + START_TIMEOUT

@@ -199,21 +199,31 @@ def test_no_restart_switches_but_leaves_processes(site: Site):
 
 
 def test_web_crashing_on_start_is_switched_back(site: Site):
-    live = site.host.live()
+    live, serving = site.host.live(), greeting(site.port)
     web = rows(site.host)["web.1"]["pid"]
+    env = site.host.dir / "shared" / ".env"
+    env.write_text("SECRET_KEY=topsecret-0123456789\n")
     wsgi = (site.work.path / "mysite" / "wsgi.py").read_text()
-    boom = 'raise RuntimeError("boom: MYSITE_QUEUE is not set")\n'
+    boom = (
+        "import os\n"
+        'raise RuntimeError("boom: MYSITE_QUEUE is not set; key " + os.environ["SECRET_KEY"])\n'
+    )
     site.work.commit("broken", **{"mysite/wsgi.py": boom + wsgi})
-    out = site.work.push().out
+    try:
+        out = site.work.push().out
+    finally:
+        env.unlink()
     assert re.search(r"✗ restart .* web\.1 on releases/\S+ exited on start \(exit status", out)
-    assert "RuntimeError: boom: MYSITE_QUEUE is not set" in out  # the new process's log
+    # the new process's log, with the app's secrets masked
+    assert "RuntimeError: boom: MYSITE_QUEUE is not set; key ********" in out
+    assert "topsecret" not in out
     assert f"still live: {live.name}" in out
-    assert site.host.live() == live and greeting(site.port) == "Hello from mysite v3"
+    assert site.host.live() == live and greeting(site.port) == serving
     assert rows(site.host)["web.1"]["pid"] == web  # the old one never stopped serving
 
 
 def test_worker_crashing_on_start_switches_the_web_back_too(site: Site):
-    live = site.host.live()
+    live, serving = site.host.live(), greeting(site.port)
     site.work.commit(
         "bad worker",
         **{
@@ -225,13 +235,13 @@ def test_worker_crashing_on_start_switches_the_web_back_too(site: Site):
     assert re.search(r"worker\.1 on releases/\S+ exited on start \(", out)
     assert "worker: cannot reach the queue" in out
     assert "the previous release kept serving" in out
-    assert site.host.live() == live and greeting(site.port) == "Hello from mysite v3"
+    assert site.host.live() == live and greeting(site.port) == serving
     for row in rows(site.host).values():
         assert row["state"] == "RUNNING" and cwd(row["pid"]) == str(live)
 
 
 def test_failing_health_check_is_switched_back(site: Site):
-    live = site.host.live()
+    live, serving = site.host.live(), greeting(site.port)
     views = (site.work.path / "polls" / "views.py").read_text()
     site.work.commit(
         "unhealthy",
@@ -250,13 +260,13 @@ def test_failing_health_check_is_switched_back(site: Site):
     failed = re.search(r"health check \(GET /healthz: got 503, wanted 200, after (\S+)s", out)
     assert failed, out
     record("health_fail_detected_after_s", float(failed.group(1)))
-    assert site.host.live() == live and greeting(site.port) == "Hello from mysite v3"
+    assert site.host.live() == live and greeting(site.port) == serving
     assert cwd(rows(site.host)["web.1"]["pid"]) == str(live)
 
 
 def test_failing_verify_hands_the_processes_back(site: Site):
     """Healthy on its private port, broken on the public one: verify fails, restart is undone."""
-    live = site.host.live()
+    live, serving = site.host.live(), greeting(site.port)
     views = (site.work.path / "polls" / "views.py").read_text()
     site.work.commit(
         "broken on the public port",
@@ -274,7 +284,7 @@ def test_failing_verify_hands_the_processes_back(site: Site):
     assert "✓ restart" in out and "✗ verify" in out
     assert f"port {site.port} answers GET /healthz with 500" in out
     assert re.search(rf"↩ processes back on releases/{live.name}: web ×1 healthy", out)
-    assert site.host.live() == live and greeting(site.port) == "Hello from mysite v3"
+    assert site.host.live() == live and greeting(site.port) == serving
     for row in rows(site.host).values():
         assert cwd(row["pid"]) == str(live)
 
@@ -385,7 +395,7 @@ def test_zero_downtime_under_load(site: Site):
 
 
 def test_processes_stop_and_start(site: Site):
-    root = site.host.root
+    root, serving = site.host.root, greeting(site.port)
     assert "stopped" in shipyard("--root", root, "processes", "mysite", "--stop").stdout
     with pytest.raises(OSError):
         fetch(site.port, timeout=2)
@@ -401,7 +411,7 @@ def test_processes_stop_and_start(site: Site):
     deadline = time.monotonic() + 30
     while True:
         try:
-            assert greeting(site.port) == "Hello from load 3"
+            assert greeting(site.port) == serving
             break
         except (OSError, AssertionError):
             if time.monotonic() > deadline:
