@@ -564,9 +564,16 @@ def converge(
         health = _health_of(app, host, new_web.release)
         want = new_web.listener()  # None: not gunicorn, no handover
         # Whatever holds the new port otherwise (an old non-handover web, a socket on another
-        # address) must go first: a short interruption, only when that setup changes.
-        clash = [p for p in old_web if p.port == new_web.port and p.listener() != want]
-        clash_sockets = [x for x in sv.listeners if x.port == new_web.port and x != want]
+        # address, web instances whose socket holder died) must go first: a short
+        # interruption, only when that setup changes or broke.
+        holder_lost = any(x == want and not sv.is_up(x) for x in sv.listeners)
+        clash = [
+            p for p in old_web if p.port == new_web.port and (p.listener() != want or holder_lost)
+        ]
+        clash_sockets = [
+            x for x in sv.listeners if x.port == new_web.port and (x != want or holder_lost)
+        ]
+        interrupted = bool(clash and any(sv.is_up(p) for p in clash))
         if clash or clash_sockets:
             sv.stop(*clash, *clash_sockets)
             running = [p for p in running if p not in clash]
@@ -595,6 +602,9 @@ def converge(
         leaving = [p for p in running if p.type == "web"]
         running.append(program)
         how = f" on {color}" if want else " (restarted: not gunicorn, no handover)"
+        if interrupted and want:
+            why = "its socket holder had died" if holder_lost else "the port's set-up changed"
+            how += f" (stop-then-start: {why})"
         summary.append(f"web ×{program.count} healthy ({health}){how}")
 
     # 2. the old web (TERM: it drains) and every other type stop together, gracefully;
@@ -728,6 +738,8 @@ def verify(d: Deploy) -> str:
     """The processes run the new release with its venv, and the public port answers."""
     running: list[Program] = d.processes.get("running", [])
     if not running:
+        if "no-restart" in d.options and d.procfile:
+            return Skip("-o no-restart: processes not checked")
         return Skip("no processes to check")
     sv = Supervisor(d.app, d.host)
     infos = sv.infos()

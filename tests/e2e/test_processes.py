@@ -283,7 +283,9 @@ def test_failing_verify_hands_the_processes_back(site: Site):
     out = site.work.push().out
     assert "✓ restart" in out and "✗ verify" in out
     assert f"port {site.port} answers GET /healthz with 500" in out
-    assert re.search(rf"↩ processes back on releases/{live.name}: web ×1 healthy", out)
+    back = re.search(rf"↩ processes back on releases/{live.name}: web ×1 healthy.* in (\S+)s", out)
+    assert back, out
+    record("verify_fail_switch_back_s", float(back.group(1)))
     assert site.host.live() == live and greeting(site.port) == serving
     for row in rows(site.host).values():
         assert cwd(row["pid"]) == str(live)
