@@ -36,10 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shipyard.app import App
-from shipyard.config import HostConfig
+from shipyard.config import SUPERVISOR_MODES, HostConfig
 from shipyard.errors import ConfigError
 
-MODES = ("embedded", "system")
 SYSTEM_SOCKET = "/var/run/supervisor.sock"
 COLORS = ("blue", "green")
 RELEASE_TYPE = "release"
@@ -86,7 +85,7 @@ def state_file(app: App) -> Path:
 def settings(app: App, host: HostConfig) -> Settings:
     table = getattr(host, "supervisor", None) or {}
     mode = table.get("mode", "embedded")
-    if mode not in MODES:
+    if mode not in SUPERVISOR_MODES:
         raise ConfigError(
             f"{app.config_file}: [supervisor] mode must be 'embedded' or 'system', not {mode!r}"
         )

@@ -127,6 +127,7 @@ class Supervisor:
     def ensure(self) -> str:
         """Make sure supervisord answers; start the embedded one if it is not running yet."""
         prov.check_socket_path(self.settings.socket, "supervisord socket")
+        prov.check_socket_path(prov.listen_socket(self.app, 65535), "web socket")
         if self.reachable():
             return "running"
         if not self.settings.embedded:
@@ -568,7 +569,9 @@ def converge(
         # interruption, only when that setup changes or broke.
         holder_lost = any(x == want and not sv.is_up(x) for x in sv.listeners)
         clash = [
-            p for p in old_web if p.port == new_web.port and (p.listener() != want or holder_lost)
+            p
+            for p in old_web
+            if p.port == new_web.port and (want is None or p.listener() != want or holder_lost)
         ]
         clash_sockets = [
             x for x in sv.listeners if x.port == new_web.port and (x != want or holder_lost)
@@ -604,7 +607,7 @@ def converge(
         how = f" on {color}" if want else " (restarted: not gunicorn, no handover)"
         if interrupted and want:
             why = "its socket holder had died" if holder_lost else "the port's set-up changed"
-            how += f" (stop-then-start: {why})"
+            how += f" (stopped first: {why})"
         summary.append(f"web ×{program.count} healthy ({health}){how}")
 
     # 2. the old web (TERM: it drains) and every other type stop together, gracefully;
