@@ -19,6 +19,7 @@ from shipyard.app import App
 from shipyard.config import load_host_config, parse_app_config, parse_procfile
 from shipyard.errors import ShipyardError
 from shipyard.options import parse_options
+from shipyard.provision.supervisor import check_counts
 from shipyard.repo import hook_app
 
 ZERO = "0" * 40
@@ -48,10 +49,14 @@ def peel(new: str) -> tuple[str, str | None]:
 
 def check_commit(commit: str) -> None:
     """Refuse a commit whose shipyard.toml or Procfile would fail the deploy anyway."""
+    parsed = {}
     for name, parse in (("shipyard.toml", parse_app_config), ("Procfile", parse_procfile)):
         shown = git("show", f"{commit}:{name}", check=False)
         if shown.returncode == 0:
-            parse(shown.stdout, name)
+            parsed[name] = parse(shown.stdout, name)
+    config = parsed.get("shipyard.toml")
+    if config is not None and config.processes:
+        check_counts(parsed.get("Procfile", {}), config.processes, "shipyard.toml")
 
 
 def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:

@@ -175,6 +175,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
 
 
+def cmd_processes(args: argparse.Namespace) -> int:
+    """Show what runs (pid, uptime, release); --start / --stop the app's supervisord."""
+    from . import supervise
+
+    app = App.at(args.app, args.root).require()
+    if args.stop:
+        stopped = supervise.shutdown(app)
+        print(f"shipyard ▸ {app.name}: {'stopped' if stopped else 'nothing was running'}")
+        return 0
+    if args.start:
+        how = supervise.start(app)
+        print(f"shipyard ▸ {app.name}: supervisord {how}")
+    for line in supervise.format_status(app, supervise.status(app)):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -224,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release", nargs="?", help="release id, commit or tag (default: previous)")
     p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")
+    p.add_argument("app")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--start", action="store_true", help="start the app's supervisord (after a reboot)"
+    )
+    what.add_argument(
+        "--stop", action="store_true", help="stop the processes and the app's own supervisord"
+    )
+    p.set_defaults(func=cmd_processes)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

@@ -35,7 +35,16 @@ APP_SCHEMA: dict[str, Any] = {
     "migrate_timeout": ((int, float), 600),
     "health": HEALTH_SCHEMA,
     "processes": dict,
+    "stop_grace": ((int, float), 30),
 }
+# Host side: which supervisord runs the app's processes (see docs/processes.md).
+SUPERVISOR_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "mode": (str, "embedded"),
+    "socket": (str, None),
+    "include": (str, None),
+    "user": (str, None),
+}
+SUPERVISOR_MODES = ("embedded", "system")
 HOST_SCHEMA: dict[str, Any] = {
     "branch": (str, "main"),
     "keep": (int, 5),
@@ -45,6 +54,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
     "health": HEALTH_SCHEMA,
+    "supervisor": SUPERVISOR_SCHEMA,
 }
 INSTALLERS = ("uv", "pip")
 
@@ -78,6 +88,7 @@ class AppConfig:
     migrate_timeout: float = 600
     health: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
+    stop_grace: float = 30
 
 
 @dataclass
@@ -92,6 +103,7 @@ class HostConfig:
     secret: str | None = None
     heartbeat: float = 10
     health: dict[str, Any] = field(default_factory=dict)
+    supervisor: dict[str, Any] = field(default_factory=dict)
 
 
 def _line_of(text: str, key: str, table: str | None) -> int:
@@ -209,6 +221,8 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
             "a number of seconds above 0",
             "e.g. migrate_timeout = 600",
         )
+    if data.get("stop_grace", 30) < 0:
+        raise ConfigError(f"{source}:{_line_of(text, 'stop_grace', None)}: stop_grace must be >= 0")
     for path in data.get("shared", []):
         _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
     if data.get("requirements"):
@@ -222,6 +236,14 @@ def parse_host_config(text: str, source: str) -> HostConfig:
         raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
     if data.get("keep", 5) < 1:
         raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
+    if not 0 < data.get("port", 8000) < 65536:
+        raise ConfigError(f"{source}:{_line_of(text, 'port', None)}: port must be 1-65535")
+    mode = data.get("supervisor", {}).get("mode", "embedded")
+    if mode not in SUPERVISOR_MODES:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'mode', 'supervisor')}: "
+            f"supervisor.mode must be 'embedded' or 'system', not {mode!r}"
+        )
     return HostConfig(**data)
 
 

@@ -1,7 +1,7 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → migrate → switch → restart → verify
+    checkout → link → venv → build → migrate → release → switch → restart → verify
              → post-migrate → finish
 
 Phases run in order; when one fails, the undos of those that ran are called in
@@ -56,6 +56,7 @@ class Deploy:
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
+    processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
 
     @property
     def release(self) -> Path:
@@ -205,6 +206,7 @@ PHASES = [
     Phase("venv", build_venv),
     Phase("build", build_steps),
     Phase("migrate", migrate.apply),
+    Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
     Phase(
         "restart",

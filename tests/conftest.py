@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,11 +30,36 @@ GIT_ENV = {
 
 @pytest.fixture(autouse=True, scope="session")
 def _environment():
-    """shipyard and git on PATH; one uv cache for the whole run, so each venv downloads once."""
+    """shipyard and git on PATH; one uv cache for the whole run, so each venv downloads once.
+
+    At the end, stop every app's supervisord any test left running.
+    """
     os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"
     os.environ.setdefault("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))
     os.environ.update(GIT_ENV)
     os.environ.pop("SHIPYARD_ROOT", None)
+    yield
+    for host in list(HOSTS):
+        host.stop_processes()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (the kernel's pick); tests never use fixed ports."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_under(root: Path) -> list[int]:
+    """Pids of processes running in (a release under) ``root``: the ones a test started."""
+    base = os.path.realpath(root)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if (cwd == base or cwd.startswith(base + "/")) and int(pid) != os.getpid():
+                found.append(int(pid))
+    return found
 
 
 def run(
@@ -76,14 +104,36 @@ class Host:
         result = run("git", "--git-dir", self.repo, "rev-parse", "--verify", "-q", ref, check=False)
         return result.stdout.strip() or None
 
+    @property
+    def port(self) -> int:
+        for line in (self.dir / "shipyard.toml").read_text().splitlines():
+            if line.split("=")[0].strip() == "port":
+                return int(line.split("=")[1])
+        return 8000
+
     def set_host_config(self, **values: object) -> None:
+        """Set top-level keys (written above any [table], where TOML wants them)."""
         path = self.dir / "shipyard.toml"
         lines = [
             ln for ln in path.read_text().splitlines() if ln.split("=")[0].strip() not in values
         ]
-        for key, value in values.items():
-            lines.append(f"{key} = {value!r}".replace("'", '"'))
+        first_table = next((i for i, ln in enumerate(lines) if ln.startswith("[")), len(lines))
+        new = [f"{key} = {value!r}".replace("'", '"') for key, value in values.items()]
+        lines[first_table:first_table] = new
         path.write_text("\n".join(lines) + "\n")
+
+    def stop_processes(self) -> None:
+        """Stop the app's supervisord and its programs; then anything left in the root."""
+        from shipyard import supervise
+        from shipyard.app import App
+
+        with contextlib.suppress(Exception):
+            supervise.shutdown(App(self.root, self.name))
+        for pid in processes_under(self.root):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ValueError):
+            HOSTS.remove(self)
 
 
 @dataclass
@@ -116,9 +166,15 @@ class Work:
         return result
 
 
+HOSTS: list[Host] = []
+
+
 def make_host(root: Path, name: str = "mysite") -> Host:
-    shipyard("--root", root, "init", name)
-    return Host(root, name)
+    """`shipyard init`, with the web port set to a free one; its processes stop at session end."""
+    shipyard("--root", root, "init", name, "--port", str(free_port()))
+    host = Host(root, name)
+    HOSTS.append(host)
+    return host
 
 
 def make_work(path: Path, host: Host, example: str = "mysite") -> Work:
@@ -137,7 +193,10 @@ def make_work(path: Path, host: Host, example: str = "mysite") -> Work:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
-    return make_host(tmp_path / "apps")
+    """A fresh app; its supervisord (if a deploy started one) is stopped after the test."""
+    made = make_host(tmp_path / "apps")
+    yield made
+    made.stop_processes()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shipyard
+
 from shipyard.provision import host
 from shipyard.provision.host import (
     Key,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from conftest import run
-from shipyard.provision.shell import Refused, decide, main
 
 from shipyard import repo
 from shipyard.app import App
+from shipyard.provision.shell import Refused, decide, main
 
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 

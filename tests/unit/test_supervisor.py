@@ -1,0 +1,215 @@
+"""Rendering supervisor programs, reading Procfile commands, the socket hand-over, /proc checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from shipyard.app import App
+from shipyard.config import HostConfig, parse_app_config, parse_host_config
+from shipyard.errors import ConfigError
+from shipyard.provision import launch, listen
+from shipyard.provision import supervisor as prov
+from shipyard.supervise import check_process, excerpt, health_for
+
+APP = App(Path("/srv/apps"), "mysite")
+RELEASE = "20261129T013000Z-1a2b3c4"
+
+
+def test_plan_one_program_per_type_release_is_no_program():
+    procfile = {
+        "web": "gunicorn mysite.wsgi --bind 127.0.0.1:$PORT",
+        "worker": "python worker.py",
+        "beat": "celery beat",
+        "release": "python manage.py migrate",
+    }
+    programs = prov.plan(procfile, {"worker": 3, "beat": 0}, RELEASE, 8123, 12)
+    assert set(programs) == {"web", "worker"}
+    web, worker = programs["web"], programs["worker"]
+    assert (web.count, web.port, web.host, web.handover) == (1, 8123, "127.0.0.1", True)
+    assert (worker.count, worker.port, worker.handover, worker.stop_grace) == (3, None, False, 12)
+    assert worker.processes() == ["worker.1", "worker.2", "worker.3"]
+    assert web.listener() == prov.Listener("127.0.0.1", 8123)
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ({"beat": 1}, "[processes] beat = 1, but the Procfile has no `beat:` (its types: web)"),
+        ({"release": 1}, "the release command runs once per deploy and takes no count"),
+    ],
+)
+def test_counts_must_name_procfile_types(counts, message):
+    with pytest.raises(ConfigError) as err:
+        prov.check_counts({"web": "gunicorn x", "release": "true"}, counts, "shipyard.toml")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "command, gunicorn, compound",
+    [
+        ("gunicorn mysite.wsgi --workers 2 --bind 127.0.0.1:$PORT", True, False),
+        ("DJANGO_DEBUG=0 .venv/bin/gunicorn mysite.wsgi", True, False),
+        ("python -m gunicorn mysite.wsgi 2>&1", True, False),
+        ("uvicorn app:app --port $PORT", False, False),
+        ("cd src && gunicorn app:app", False, True),
+        ("gunicorn app:app | tee log", False, True),
+        ("python worker.py; sleep 1", False, True),
+        ("python worker.py &", False, True),
+        ("gunicorn $(cat args)", False, True),
+    ],
+)
+def test_command_kinds(command, gunicorn, compound):
+    assert prov.is_compound(command) is compound
+    assert (prov.is_gunicorn(command) and not prov.is_compound(command)) is gunicorn
+
+
+def test_simple_commands_are_execd_assignments_kept():
+    assert prov.shell_script("gunicorn x") == "exec gunicorn x"
+    assert prov.shell_script('A="b c" D=1 python w.py') == 'A="b c" D=1 exec python w.py'
+    assert prov.shell_script("a && b") == "a && b"
+    assert prov.shell_script("gunicorn x", " --flag") == "exec gunicorn x --flag"
+
+
+@pytest.mark.parametrize(
+    "command, host",
+    [
+        ("gunicorn x --bind 127.0.0.1:$PORT", "127.0.0.1"),
+        ("gunicorn x -b unix:/tmp/s --bind=localhost:${PORT}", "127.0.0.1"),
+        ("gunicorn x -b[::1]:$PORT", "::1"),
+        ("gunicorn x", "0.0.0.0"),
+        ("gunicorn x -b :$PORT", "0.0.0.0"),
+    ],
+)
+def test_bind_host(command, host):
+    assert prov.bind_host(command) == host
+
+
+def test_render_programs_pins_releases_and_keeps_secrets_out():
+    web = prov.Program("web", RELEASE, 2, 45, port=8123, host="127.0.0.1", handover=True)
+    web = web.__class__(**{**web.to_dict(), "color": "green"})
+    worker = prov.Program("worker", RELEASE, 1, 10, compound=True)
+    text = prov.render_programs(APP, [web, worker], [web.listener()], user="deploy")
+    assert "[program:mysite-listen-8123]" in text
+    assert "shipyard.provision.listen /srv/apps/mysite --host 127.0.0.1 --port 8123" in text
+    assert "[program:mysite-web-green]" in text and "[program:mysite-worker]" in text
+    assert f"directory = /srv/apps/mysite/releases/{RELEASE}" in text
+    assert (
+        f"-m shipyard.provision.launch /srv/apps/mysite {RELEASE} web --index "
+        "'%(process_num)d' --color green --port 8123"
+    ) in text
+    assert "numprocs = 2" in text and "stopwaitsecs = 45" in text
+    assert "process_name = web.%(process_num)d" in text
+    assert "stdout_logfile = /srv/apps/mysite/logs/web-green.%(process_num)d.log" in text
+    assert "stopasgroup = true" in text.split("[program:mysite-worker]")[1]
+    assert text.count("user = deploy") == 3
+    assert "environment" not in text  # .env is read by the launcher at start
+
+
+def test_percent_in_paths_is_escaped():
+    app = App(Path("/srv/100%apps"), "mysite")
+    text = prov.render_programs(app, [prov.Program("worker", RELEASE, 1)])
+    assert "directory = /srv/100%%apps/mysite/releases/" in text
+
+
+def test_render_main_embedded(tmp_path):
+    app = App(tmp_path, "mysite")
+    sv = prov.settings(app, HostConfig())
+    text = prov.render_main(app, sv)
+    assert f"file = {tmp_path}/mysite/run/supervisord.sock" in text
+    assert f"pidfile = {tmp_path}/mysite/run/supervisord.pid" in text
+    assert "files = programs.conf" in text
+
+
+def test_settings_modes():
+    embedded = prov.settings(APP, HostConfig())
+    assert embedded.embedded and embedded.socket == Path("/srv/apps/mysite/run/supervisord.sock")
+    host = parse_host_config('[supervisor]\nmode = "system"\nuser = "deploy"\n', "host.toml")
+    system = prov.settings(APP, host)
+    assert not system.embedded and system.socket == Path("/var/run/supervisor.sock")
+    assert system.include == Path("/srv/apps/mysite/run/programs.conf") and system.user == "deploy"
+    custom = parse_host_config('[supervisor]\nsocket = "run/s.sock"\n', "host.toml")
+    assert prov.settings(APP, custom).socket == Path("/srv/apps/mysite/run/s.sock")
+
+
+def test_long_socket_paths_refused():
+    with pytest.raises(ConfigError, match="unix sockets allow 107"):
+        prov.check_socket_path(Path("/" + "x" * 120), "supervisord socket")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[supervisor]\nmode = "docker"', "supervisor.mode must be 'embedded' or 'system'"),
+        ("[supervisor]\nsokcet = 1", "unknown key 'supervisor.sokcet'"),
+        ("port = 70000", "port must be 1-65535"),
+    ],
+)
+def test_host_config_refusals(text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_host_config(text, "host.toml")
+
+
+def test_stop_grace_and_health_merge():
+    config = parse_app_config('stop_grace = 5\n[health]\npath = "healthz"\ntimeout = 3\n')
+    assert config.stop_grace == 5
+    with pytest.raises(ConfigError, match="stop_grace must be >= 0"):
+        parse_app_config("stop_grace = -1")
+    host = parse_host_config("[health]\nstatus = 204\n", "host.toml")
+    health = health_for(config.health, host)
+    assert (health.path, health.status, health.timeout, health.retries) == ("/healthz", 204, 3, 60)
+    assert str(health) == "GET /healthz 204" and health.interval == 0.1
+
+
+def test_check_process_on_this_process():
+    venv = Path(sys.prefix).resolve()
+    here = Path.cwd()
+    if not Path(sys.argv[0]).resolve().is_relative_to(venv) and sys.prefix == sys.base_prefix:
+        pytest.skip("not running from a virtualenv")
+    assert check_process(os.getpid(), here, venv, compound=False) == ""
+    assert check_process(os.getpid(), Path("/"), venv, compound=False).startswith(
+        f"runs in {here}, not in /"
+    )
+    problem = check_process(os.getpid(), here, Path("/nonexistent/venv"), compound=False)
+    assert "not the release's virtualenv /nonexistent/venv" in problem
+
+
+def test_holder_hands_out_its_very_socket(tmp_path):
+    listener = listen.bind("127.0.0.1", 0)
+    path = tmp_path / "listen.sock"
+    threading.Thread(target=listen.serve, args=(listener, path), daemon=True).start()
+    fd = launch.fetch_listener(path, wait=5)
+    with socket.socket(fileno=fd) as shared:
+        assert shared.getsockname() == listener.getsockname()
+        client = socket.create_connection(listener.getsockname())
+        conn, _ = shared.accept()  # the queue is one: accepted through the handed-over fd
+        conn.close()
+        client.close()
+    listener.close()
+
+
+def test_process_env(tmp_path):
+    app = App(tmp_path, "mysite")
+    (app.shared).mkdir(parents=True)
+    (app.shared / ".env").write_text("SECRET_KEY=s3cret\n")
+    release = app.releases / RELEASE
+    env = launch.process_env(app, release, "web", 2, 8123)
+    assert env["PORT"] == "8123" and env["SECRET_KEY"] == "s3cret"
+    assert env["SHIPYARD_PROCESS"] == "web.2" and env["SHIPYARD_RELEASE"] == RELEASE
+    assert env["PATH"].startswith(f"{release}/.venv/bin:")
+    assert "PORT" not in launch.process_env(app, release, "worker", 1, None)
+
+
+def test_log_excerpt_keeps_the_cause_when_it_scrolled_out():
+    cause = ["Traceback (most recent call last):", '  File "wsgi.py", line 1, in <module>']
+    cause += ['    raise RuntimeError("boom")', "RuntimeError: boom"]
+    log = ["booting", *cause, *(f"gunicorn says {i}" for i in range(30))]
+    lines = excerpt(log, 20).splitlines()
+    assert len(lines) == 20 and lines[:4] == cause and lines[4] == "…"
+    assert lines[-1] == "gunicorn says 29"
+    assert excerpt(log[:10], 20).splitlines() == log[:10]
