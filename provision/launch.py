@@ -52,8 +52,6 @@ def process_env(app: App, release: Path, kind: str, index: int, port: int | None
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_FD"):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
-    env["SHIPYARD_APP"] = app.name
-    env["SHIPYARD_RELEASE"] = release.name
     env["SHIPYARD_PROCESS"] = f"{kind}.{index}"
     if port is not None:
         env["PORT"] = str(port)

@@ -209,24 +209,19 @@ def permissions_check(ctx: Context) -> Check:
 
 
 def supervisor_check(ctx: Context) -> Check:
-    """Adapter to the processes feature: is this app's supervisord reachable?
-
-    Uses ``shipyard.supervise.Supervisor`` (``reachable()``) when that feature is
-    present; otherwise says supervisord is not configured.
-    """
+    """Is the supervisord that runs this app's processes reachable?"""
     from . import supervise
 
-    supervisor_class = getattr(supervise, "Supervisor", None)
-    if supervisor_class is None or ctx.host is None:
-        return Check("supervisord", SKIP, "not configured (processes not managed by this shipyard)")
+    if ctx.host is None:
+        return Check("supervisord", SKIP, "host shipyard.toml unreadable")
     live = ctx.app.live_release()
     if not live or not (ctx.app.releases / live / "Procfile").is_file():
         return Check("supervisord", SKIP, "not configured (no Procfile in the live release)")
     try:
-        sv = supervisor_class(ctx.app, ctx.host)
+        sv = supervise.Supervisor(ctx.app, ctx.host)
         if sv.reachable():
             return Check("supervisord", OK, f"reachable at {sv.settings.socket}")
-        where = getattr(getattr(sv, "settings", None), "socket", "its socket")
+        where = sv.settings.socket
         return Check(
             "supervisord",
             FAIL,

@@ -284,7 +284,7 @@ def layout_env(app: App, release: Path) -> dict[str, str]:
     """Where things are, for the app's commands and processes: e.g. SQLite in SHIPYARD_SHARED."""
     return {
         "SHIPYARD_APP": app.name,
-        "SHIPYARD_RELEASE": str(release),
+        "SHIPYARD_RELEASE": release.name,
         "SHIPYARD_SHARED": str(app.shared),
     }
 

@@ -43,12 +43,9 @@ def ended(entry: dict) -> float | None:
 
 
 def processes(app: App) -> object:
-    """``supervise.status(app)`` when the process layer provides it, else None ("n/a")."""
-    report = getattr(supervise, "status", None)
-    if not callable(report):
-        return None
+    """What ``supervise.status`` reports; an error there is shown, never raised."""
     try:
-        return report(app)
+        return supervise.status(app)
     except Exception as exc:  # a broken process view must not hide what is live
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -171,6 +168,16 @@ def render_status(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _process_line(row: dict) -> str:
+    """One row of ``supervise.status``: name, state, pid, and whether it runs the live release."""
+    where = (
+        ""
+        if row.get("release") is None
+        else (" live" if row.get("live") else f" on {row['release']} (NOT LIVE)")
+    )
+    return f"{row['process']}: {row['state']} pid {row.get('pid') or '-'}{where}"
+
+
 def render_processes(report: object) -> list[str]:
     if report is None:
         return ["  processes  n/a"]
@@ -178,10 +185,8 @@ def render_processes(report: object) -> list[str]:
         return [fit(f"  processes  {report}", WIDTH)]
     if isinstance(report, dict):
         items = [f"{k}: {v}" for k, v in report.items()]
-    elif isinstance(report, list | tuple):
-        items = [str(item) for item in report]
     else:
-        items = [str(report)]
+        items = [_process_line(row) for row in report]
     if not items:
         return ["  processes  none"]
     heads = ["processes"] + [""] * (len(items) - 1)

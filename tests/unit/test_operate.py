@@ -86,13 +86,18 @@ def test_migrations_between_uses_manifests_or_the_migrate_module(app, monkeypatc
     assert operate.migrations_between(app, C, A) == [f"{C}>{A}"]
 
 
-def test_process_status_adapter(app, monkeypatch):
-    monkeypatch.delattr(supervise, "status", raising=False)
-    assert views.processes(app) is None
+def test_process_status_view(app, monkeypatch):
     assert views.render_processes(None) == ["  processes  n/a"]
-    monkeypatch.setattr(supervise, "status", lambda a: {"web": "RUNNING"}, raising=False)
-    assert views.processes(app) == {"web": "RUNNING"}
-    assert views.render_processes({"web": "RUNNING"}) == ["  processes  web: RUNNING"]
+    rows = [
+        {"process": "web-blue.0", "state": "RUNNING", "pid": 42, "release": "r1", "live": True},
+        {"process": "worker.0", "state": "FATAL", "pid": 0, "release": "r0", "live": False},
+    ]
+    monkeypatch.setattr(supervise, "status", lambda a: rows)
+    assert views.processes(app) == rows
+    assert views.render_processes(rows) == [
+        "  processes  web-blue.0: RUNNING pid 42 live",
+        "             worker.0: FATAL pid - on r0 (NOT LIVE)",
+    ]
 
     def broken(a):
         raise RuntimeError("no socket")
