@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-e2e bench lint clean system-deps
+.PHONY: venv demo demo-stop test test-unit test-e2e bench lint clean system-deps
 
 venv: $(STAMP)
 
@@ -30,5 +30,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-clean:
+demo-stop: venv
+	@test ! -d demo/apps/mysite || $(BIN)/shipyard --root demo/apps processes mysite --stop
+
+clean: demo-stop
 	rm -rf demo bench/work .pytest_cache
