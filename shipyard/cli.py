@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True)
     p.add_argument("--option", action="append")
     p.set_defaults(func=cmd_run_deploy)
+
+    from .peers import add_commands  # many hosts: receiver, peers, sync
+
+    add_commands(sub)
     return parser
 
 

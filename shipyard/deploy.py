@@ -1,7 +1,9 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → migrate → switch → restart → verify → finish
+    checkout → link → venv → build → prepare-peers → migrate → switch → restart → verify → finish
+
+(with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
@@ -17,8 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import build, history, lock, migrate, release, supervise, venv
+from . import build, history, lock, migrate, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -50,6 +53,8 @@ class Deploy:
     migrations: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
+    cluster: Any = None  # peers.Cluster while peers are prepared and switched
+    switched_at: float | None = None  # wall clock when `current` moved (switch skew)
 
     @property
     def release(self) -> Path:
@@ -66,12 +71,14 @@ class Deploy:
 
 def checkout(d: Deploy) -> str:
     kept = release.find_good(d.app, d.sha)
+    if d.release_id and kept != d.release_id:  # a peer builds the release id its primary chose
+        kept = None
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)
         d.venv_key = d.manifest.venv if d.manifest else None
     else:
-        d.release_id = release.new_release_id(d.sha)
+        d.release_id = d.release_id or release.new_release_id(d.sha)
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
             sha=d.sha,
@@ -178,6 +185,7 @@ PHASES = [
     Phase("link", link),
     Phase("venv", build_venv),
     Phase("build", build_steps),
+    Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
@@ -220,7 +228,7 @@ def run(d: Deploy) -> bool:
     """Run every phase; on failure revert what ran. Returns True when the release went live."""
     started = time.monotonic()
     done: list[Phase] = []
-    for phase in PHASES:
+    for phase in peers.phases(d, PHASES):  # with peers: switch/restart/verify → rollout
         t0 = time.monotonic()
         try:
             with d.out.ticking(phase.name):
