@@ -73,7 +73,7 @@ class Peer:
                     )
                     sent = True
                     conn.request(method, path, body=body, headers=headers)
-                    return self._answer(conn.getresponse(), headers[auth.H_NONCE], on_line)
+                    return self._answer(conn.getresponse(), headers[auth.H_NONCE], on_line, action)
                 finally:
                     conn.close()
             except PeerError:
@@ -84,7 +84,7 @@ class Peer:
                     raise PeerError(self.describe(exc, action, sent)) from None
                 time.sleep(0.3 * attempt)
 
-    def _answer(self, resp: http.client.HTTPResponse, nonce: str, on_line) -> dict:
+    def _answer(self, resp: http.client.HTTPResponse, nonce: str, on_line, action: str) -> dict:
         if resp.status != 200:
             raw = resp.read(64 * 1024)
             try:
@@ -96,7 +96,9 @@ class Peer:
         while True:
             line = resp.readline(1024 * 1024)
             if not line:
-                raise PeerError(f"{self.address} closed the connection before answering")
+                raise PeerError(
+                    f"{self.address}: connection lost during {action} (receiver stopped?)"
+                )
             if line.startswith(b"R "):
                 _, mac, result = line.rstrip(b"\n").split(b" ", 2)
                 expected = auth.result_mac(self.secret, nonce, before, result)
