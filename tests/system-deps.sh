@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v tar >/dev/null || need+=(tar)
+command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2
