@@ -111,6 +111,12 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 30  # reading a request (headers and body) never waits longer
     server_version = f"shipyard-receiver/{__version__}"
 
+    def setup(self) -> None:
+        super().setup()
+        # progress goes out as many small writes: without this, Nagle's algorithm and the
+        # primary's delayed ACKs hold each one back by up to 40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # we log each request ourselves, with its outcome
 
@@ -350,7 +356,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_abort(self, app, host, query, spool, stream) -> dict:
         rid = check_release_id(str(self.body(spool).get("release", "")))
         try:
-            with lock.exclusive(app.run / "deploy.lock", {"deploy": "abort"}, timeout=10):
+            with lock.exclusive(app.run / "deploy.lock", {"deploy": "abort"}, timeout=2):
                 m = release.Manifest.load(app.release_dir(rid))
                 if app.live_release() != rid and (m is None or m.state != "good"):
                     release.remove(app, rid)

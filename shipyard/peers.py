@@ -18,6 +18,7 @@ import io
 import os
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class PeerState:
     error: str | None = None
     objects: int = 0
     bytes_sent: int = 0
+    aborted: bool = False
+    task: threading.Thread | None = None
 
     @property
     def label(self) -> str:
@@ -146,6 +149,10 @@ class Cluster:
     drained: list[str]
     local_done: list = field(default_factory=list)
     skew: float = 0.0
+    packs: dict = field(default_factory=dict)
+    packing: threading.Lock = field(default_factory=threading.Lock)
+    error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
+    cancelled: bool = False
 
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:
@@ -184,7 +191,11 @@ def send_objects(d: Deploy, p: PeerState, out: Reporter) -> None:
         out.line(f"  [{p.label}] - {'objects':<14}    -    has {d.sha[:7]} already")
         return
     t0 = time.monotonic()
-    p.objects, pack = objects.pack_missing(d.app.repo, d.sha, list(info.get("refs", {}).values()))
+    haves = frozenset(info.get("refs", {}).values())
+    with d.cluster.packing:  # peers at the same commit (the usual case) share one pack
+        if haves not in d.cluster.packs:
+            d.cluster.packs[haves] = objects.pack_missing(d.app.repo, d.sha, sorted(haves))
+        p.objects, pack = d.cluster.packs[haves]
     p.client.call("POST", "objects", pack, query={"want": d.sha})
     p.bytes_sent = len(pack)
     seconds = time.monotonic() - t0
@@ -199,6 +210,8 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
 
     try:
         send_objects(d, p, out)
+        if d.cluster.cancelled:
+            return
         result = p.client.call(
             "POST",
             "prepare",
@@ -222,15 +235,33 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
         p.error = result.get("error") or "prepare failed"
 
 
+def begin(d: Deploy) -> None:
+    """Start every peer's prepare in the background, as soon as the release id is known:
+    the peers fetch, check out and build while the primary links and builds its own."""
+    try:
+        d.cluster = cluster = Cluster.load(d.app, d.host)
+    except ShipyardError as exc:
+        d.cluster = Cluster([], [], error=exc)
+        return
+    out = d.out
+    for p in cluster.peers:  # daemon threads: a failed deploy never waits for a slow peer
+        p.task = threading.Thread(target=prepare_one, args=(d, p, out), daemon=True)
+        p.task.start()
+
+
 def prepare(d: Deploy) -> str:
-    """Phase ``prepare-peers``: every peer fetches, checks out, links, builds; all or none."""
-    d.cluster = cluster = Cluster.load(d.app, d.host)
+    """Phase ``prepare-peers``: wait until every peer has prepared; all or none."""
+    if d.cluster is None:
+        begin(d)
+    cluster: Cluster = d.cluster
+    if cluster.error:
+        raise cluster.error
     for address in cluster.drained:
         d.out.warn(f"peer {address} is drained: skipped (remove it from `drained` to deploy it)")
     if not cluster.peers:
         return Skip("all peers drained" if cluster.drained else "no peers")
-    out = d.out
-    parallel(lambda p: prepare_one(d, p, out), cluster.peers)
+    for p in cluster.peers:
+        p.task.join()
     failed = [p for p in cluster.peers if p.error]
     if failed:
         abort(d)
@@ -246,25 +277,45 @@ def prepare(d: Deploy) -> str:
 
 
 def abort(d: Deploy) -> None:
-    """Undo of prepare-peers: every peer discards the release it prepared for this deploy."""
+    """Undo of prepare-peers: every peer discards the release it prepared (or is preparing)
+    for this deploy; one still building discards it when done."""
     from shipyard.receiver.client import PeerError
 
-    cluster = getattr(d, "cluster", None)
+    cluster = d.cluster
     if not cluster or not d.release_id:
         return
+    cluster.cancelled = True
 
     def one(p: PeerState) -> None:
-        if p.prepared or p.error:
-            try:
-                p.client.call("POST", "abort", {"release": d.release_id})
-                p.prepared = False
-            except PeerError as exc:
-                d.out.warn(
-                    f"{p.label}: could not discard {d.release_id} ({exc.message}); "
-                    "its next deploy prunes it"
-                )
+        if p.aborted:
+            return
+        try:
+            p.client.call("POST", "abort", {"release": d.release_id})
+            p.prepared, p.aborted = False, True
+        except PeerError as exc:
+            d.out.warn(
+                f"{p.label}: could not discard {d.release_id} ({exc.message}); "
+                "its next deploy prunes it"
+            )
 
     parallel(one, cluster.peers)
+
+
+def with_peers(checkout: Phase) -> Phase:
+    """The checkout phase, which with peers also starts their prepare (and aborts it on undo)."""
+    from .deploy import Phase
+
+    def run(d: Deploy) -> str:
+        detail = checkout.run(d)
+        begin(d)
+        return detail
+
+    def undo(d: Deploy) -> None:
+        abort(d)
+        if checkout.undo:
+            checkout.undo(d)
+
+    return Phase(checkout.name, run, undo)
 
 
 def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
@@ -370,7 +421,8 @@ def rollback(d: Deploy) -> None:
 
 
 def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
-    """The deploy's phases: with peers, switch/restart/verify become one ``rollout``."""
+    """The deploy's phases: with peers, checkout also starts the peers' prepare (which
+    ``prepare-peers`` waits for), and switch/restart/verify become one ``rollout``."""
     from .deploy import Phase
 
     if not active_peers(d.host):
@@ -378,7 +430,8 @@ def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
     names = [p.name for p in all_phases]
     first = names.index(ROLLOUT[0])
     rest = [p for p in all_phases[first:] if p.name not in ROLLOUT]
-    return [*all_phases[:first], Phase("rollout", rollout, rollback), *rest]
+    before = [with_peers(p) if p.name == "checkout" else p for p in all_phases[:first]]
+    return [*before, Phase("rollout", rollout, rollback), *rest]
 
 
 # --- status and sync (outside deploys) --------------------------------------

@@ -198,6 +198,7 @@ class Cluster:
 
     def __init__(self, net: Net, base: Path, bin_dir: Path, app: str = "mysite") -> None:
         self.net, self.base, self.bin, self.app = net, base, bin_dir, app
+        base.mkdir(parents=True, exist_ok=True)
         self.secret_file = base / "cluster.secret"
         self.secret_file.write_text(SECRET + "\n")
         self.secret_file.chmod(0o600)

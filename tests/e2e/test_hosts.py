@@ -131,6 +131,19 @@ def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster
     now = run("git", "--git-dir", cluster.dir / "repo.git", "rev-parse", "main").stdout
     assert now == good.stdout  # reset, so a plain re-push retries
 
+    # the primary's own build fails while the peers prepare: they discard what they made
+    (peers[1].dir / "shared" / "fail-build").unlink()
+    (cluster.dir / "shared" / "fail-build").write_text("")
+    work.git("commit", "-q", "--amend", "-m", "v2 again")
+    sha = work.git("rev-parse", "HEAD").stdout.strip()
+    result = work.push()
+    assert "✗ build" in result.out and f"still live: {live}" in result.out
+    deadline = time.monotonic() + 20
+    while any(r.endswith(sha[:7]) for p in peers for r in releases(p.dir)):
+        assert time.monotonic() < deadline, [releases(p.dir) for p in peers]
+        time.sleep(0.2)
+    assert cluster.live() == live and {p.name: p.live() for p in peers} == before
+
 
 def test_a_receiver_killed_during_prepare_aborts_the_deploy(tmp_path, cluster):
     peers = [cluster.add_peer(), cluster.add_peer()]
