@@ -36,6 +36,7 @@ from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, read_secret
 from shipyard.deploy import Deploy, discard, revert
 from shipyard.errors import ShipyardError
+from shipyard.options import parse_options
 from shipyard.report import Reporter
 
 from . import auth, objects
@@ -263,6 +264,10 @@ class Handler(BaseHTTPRequestHandler):
         number = data.get("number", 0)
         if not isinstance(number, int):
             raise ValueError("number must be an integer")
+        options = data.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+            raise ValueError("options must map names to strings")
+        options = parse_options([f"{k}={v}" if v else k for k, v in options.items()])
         return Deploy(
             app=app,
             host=host,
@@ -272,6 +277,7 @@ class Handler(BaseHTTPRequestHandler):
             out=Reporter(stream, color=False),
             pusher=str(data.get("pusher") or "unknown")[:100],
             tag=str(data["tag"])[:200] if data.get("tag") else None,
+            options=options,
             release_id=check_release_id(str(data.get("release", ""))),
         )
 

@@ -222,6 +222,7 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
                 "number": d.number,
                 "pusher": d.pusher,
                 "tag": d.tag,
+                "options": d.options,
             },
             on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
             idempotent=False,
@@ -326,8 +327,11 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
         result = p.client.call(
             "POST",
             "switch",
-            {"release": d.release_id, "sha": d.sha},
+            {"release": d.release_id, "sha": d.sha, "options": d.options},
             on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
+            # not repeated once sent: a lost answer leaves it unknown, and revert uses the
+            # live release the peer reported before the deploy
+            idempotent=False,
         )
     except PeerError as exc:
         p.error = exc.message
