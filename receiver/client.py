@@ -26,7 +26,13 @@ CONNECT_TIMEOUT = 3.0
 
 
 class PeerError(ShipyardError):
-    """A peer could not be reached, refused a call, or answered something we cannot trust."""
+    """A peer could not be reached, refused a call, or answered something we cannot trust.
+
+    ``sent`` is False when the request never left (nothing can have happened there)."""
+
+    def __init__(self, message: str, hint: str = "", sent: bool = True) -> None:
+        super().__init__(message, hint)
+        self.sent = sent
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -43,6 +49,7 @@ class Peer:
         self.app = app
         self.secret = secret
         self.timeout = timeout
+        self.down = False  # the last call could not reach it: do not insist on the next ones
 
     def call(
         self,
@@ -58,6 +65,7 @@ class Peer:
         body = payload if isinstance(payload, bytes) else json.dumps(payload or {}).encode()
         path = f"{API}/{self.app}/{action}" + (f"?{urlencode(query)}" if query else "")
         attempt = 0
+        retries = 0 if self.down else retries
         while True:
             sent = False
             try:
@@ -73,7 +81,9 @@ class Peer:
                     )
                     sent = True
                     conn.request(method, path, body=body, headers=headers)
-                    return self._answer(conn.getresponse(), headers[auth.H_NONCE], on_line, action)
+                    resp = conn.getresponse()
+                    self.down = False
+                    return self._answer(resp, headers[auth.H_NONCE], on_line, action)
                 finally:
                     conn.close()
             except PeerError:
@@ -81,7 +91,8 @@ class Peer:
             except (OSError, http.client.HTTPException) as exc:
                 attempt += 1
                 if attempt > retries or (sent and not idempotent):
-                    raise PeerError(self.describe(exc, action, sent)) from None
+                    self.down = True
+                    raise PeerError(self.describe(exc, action, sent), sent=sent) from None
                 time.sleep(0.3 * attempt)
 
     def _answer(self, resp: http.client.HTTPResponse, nonce: str, on_line, action: str) -> dict:

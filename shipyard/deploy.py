@@ -71,8 +71,9 @@ class Deploy:
 
 def checkout(d: Deploy) -> str:
     kept = release.find_good(d.app, d.sha)
-    if d.release_id and kept != d.release_id:  # a peer builds the release id its primary chose
-        kept = None
+    if d.release_id:  # a peer builds the release id its primary chose (peers.py)
+        m = release.Manifest.load(d.release) if d.release.is_dir() else None
+        kept = d.release_id if m and m.sha == d.sha and m.state in release.GOOD_STATES else None
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)

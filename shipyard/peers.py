@@ -230,6 +230,9 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
     except PeerError as exc:
         p.error = exc.message
         return
+    except Exception as exc:  # in a thread: anything unexpected must still fail the deploy
+        p.error = f"{type(exc).__name__}: {exc}"
+        return
     if result.get("ok"):
         p.prepared, p.reused = True, bool(result.get("reused"))
     else:
@@ -263,12 +266,12 @@ def prepare(d: Deploy) -> str:
         return Skip("all peers drained" if cluster.drained else "no peers")
     for p in cluster.peers:
         p.task.join()
-    failed = [p for p in cluster.peers if p.error]
+    failed = [p for p in cluster.peers if p.error or not p.prepared]
     if failed:
         abort(d)
         names = ", ".join(p.label for p in failed)
         raise PhaseError(
-            "; ".join(f"{p.label} ({p.address}): {p.error}" for p in failed),
+            "; ".join(f"{p.label} ({p.address}): {p.error or 'not prepared'}" for p in failed),
             f"nothing switched anywhere; fix {names} and push again, or drain it "
             f'(drained = ["{failed[0].address}"] in {d.app.config_file})',
         )
@@ -335,6 +338,10 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
         )
     except PeerError as exc:
         p.error = exc.message
+        p.switched = None if exc.sent else False  # unknown, or certainly not
+        return
+    except Exception as exc:
+        p.error = f"{type(exc).__name__}: {exc}"
         return
     p.switched = bool(result.get("switched"))
     p.switched_at = result.get("switched_at")
@@ -371,7 +378,10 @@ def rollout(d: Deploy) -> str:
 
         def one(h: PeerState | None) -> str | None:
             if h is None:
-                error = switch_local(d, local)
+                try:
+                    error = switch_local(d, local)
+                except Exception as exc:  # never leave the other hosts switched
+                    error = f"{type(exc).__name__}: {exc}"
                 return f"{local} (this host): {error}" if error else None
             switch_one(d, h, out)
             return f"{h.label} ({h.address}): {h.error}" if h.error else None
