@@ -153,6 +153,7 @@ class Cluster:
     packing: threading.Lock = field(default_factory=threading.Lock)
     error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
     cancelled: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:
@@ -210,6 +211,7 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
 
     try:
         send_objects(d, p, out)
+        d.cluster.ready.wait()  # the primary's checkout has chosen the release id
         if d.cluster.cancelled:
             return
         result = p.client.call(
@@ -239,14 +241,17 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
         p.error = result.get("error") or "prepare failed"
 
 
-def begin(d: Deploy) -> None:
-    """Start every peer's prepare in the background, as soon as the release id is known:
-    the peers fetch, check out and build while the primary links and builds its own."""
+def begin(d: Deploy, ready: bool = True) -> None:
+    """Start every peer's prepare in the background: objects go out at once, the prepare
+    itself once the release id is known (``cluster.ready``), so the peers fetch, check out
+    and build while the primary checks out, links and builds its own."""
     try:
         d.cluster = cluster = Cluster.load(d.app, d.host)
     except ShipyardError as exc:
         d.cluster = Cluster([], [], error=exc)
         return
+    if ready:
+        cluster.ready.set()
     out = d.out
     for p in cluster.peers:  # daemon threads: a failed deploy never waits for a slow peer
         p.task = threading.Thread(target=prepare_one, args=(d, p, out), daemon=True)
@@ -310,8 +315,14 @@ def with_peers(checkout: Phase) -> Phase:
     from .deploy import Phase
 
     def run(d: Deploy) -> str:
-        detail = checkout.run(d)
-        begin(d)
+        begin(d, ready=False)
+        try:
+            detail = checkout.run(d)
+        except BaseException:
+            d.cluster.cancelled = True  # nothing was prepared: the threads just stop
+            raise
+        finally:
+            d.cluster.ready.set()
         return detail
 
     def undo(d: Deploy) -> None:
@@ -505,6 +516,7 @@ def sync(app: App, out: Reporter) -> bool:
         m = release.Manifest.load(app.release_dir(live))
         d = Deploy(app, host, m.deploy, m.sha, m.ref, out, m.pusher, m.tag, release_id=live)
         d.cluster = cluster = Cluster.load(app, host)
+        cluster.ready.set()
         for address in cluster.drained:
             out.warn(f"peer {address} is drained: skipped")
 
