@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# --compile-bytecode: every push starts fresh Python processes (hooks, deploy worker); without
+# .pyc files (PYTHONDONTWRITEBYTECODE is common) each one recompiles dulwich and friends.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv

@@ -1,8 +1,14 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
+<<<<<<< HEAD
     checkout → link → venv → build → migrate → release → switch → restart → verify
              → post-migrate → finish
+=======
+    checkout → link → venv → build → prepare-peers → migrate → switch → restart → verify → finish
+
+(with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
+>>>>>>> hosts
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
@@ -20,8 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import build, history, lock, migrate, release, supervise, venv
+from . import build, history, lock, migrate, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -56,7 +63,12 @@ class Deploy:
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
+<<<<<<< HEAD
     processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
+=======
+    cluster: Any = None  # peers.Cluster while peers are prepared and switched
+    switched_at: float | None = None  # wall clock when `current` moved (switch skew)
+>>>>>>> hosts
 
     @property
     def release(self) -> Path:
@@ -72,17 +84,24 @@ class Deploy:
 
 
 def checkout(d: Deploy) -> str:
+<<<<<<< HEAD
     if d.release_id:  # a rollback names its release; it must still be there and good
         problem = release.unusable(d.app, d.release_id)
         if problem:
             raise PhaseError(problem, f"see `shipyard releases {d.app.name}`")
     kept = d.release_id or release.find_good(d.app, d.sha)
+=======
+    kept = release.find_good(d.app, d.sha)
+    if d.release_id:  # a peer builds the release id its primary chose (peers.py)
+        m = release.Manifest.load(d.release) if d.release.is_dir() else None
+        kept = d.release_id if m and m.sha == d.sha and m.state in release.GOOD_STATES else None
+>>>>>>> hosts
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)
         d.venv_key = d.manifest.venv if d.manifest else None
     else:
-        d.release_id = release.new_release_id(d.sha)
+        d.release_id = d.release_id or release.new_release_id(d.sha)
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
             sha=d.sha,
@@ -205,6 +224,7 @@ PHASES = [
     Phase("link", link),
     Phase("venv", build_venv),
     Phase("build", build_steps),
+    Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
@@ -253,7 +273,7 @@ def run(d: Deploy) -> bool:
     """Run every phase; on failure revert what ran. Returns True when the release went live."""
     started = time.monotonic()
     done: list[Phase] = []
-    for phase in PHASES:
+    for phase in peers.phases(d, PHASES):  # with peers: switch/restart/verify → rollout
         t0 = time.monotonic()
         try:
             with d.out.ticking(phase.name):
