@@ -259,16 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True)
     p.add_argument("--option", action="append")
     p.set_defaults(func=cmd_run_deploy)
-<<<<<<< HEAD
     from .hostcli import register as register_host_commands
 
     register_host_commands(sub)  # provision, ssh-command, doctor
-=======
 
     from .peers import add_commands  # many hosts: receiver, peers, sync
 
     add_commands(sub)
->>>>>>> hosts
     return parser
 
 

@@ -54,9 +54,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "port": (int, 8000),
     "peers": (list, []),
     "secret": (str, None),
-<<<<<<< HEAD
     "heartbeat": ((int, float), 10),
-=======
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     "secret_file": (str, None),
     "name": (str, None),
@@ -64,7 +62,6 @@ HOST_SCHEMA: dict[str, Any] = {
     "rolling": (int, 0),
     "peer_timeout": ((int, float), 15),
     # ---
->>>>>>> hosts
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
 }
@@ -113,9 +110,7 @@ class HostConfig:
     port: int = 8000
     peers: list[str] = field(default_factory=list)
     secret: str | None = None
-<<<<<<< HEAD
     heartbeat: float = 10
-=======
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     secret_file: str | None = None
     name: str | None = None
@@ -123,7 +118,6 @@ class HostConfig:
     rolling: int = 0
     peer_timeout: float = 15
     # ---
->>>>>>> hosts
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
 
@@ -258,7 +252,6 @@ def parse_host_config(text: str, source: str) -> HostConfig:
         raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
     if data.get("keep", 5) < 1:
         raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
-<<<<<<< HEAD
     if not 0 < data.get("port", 8000) < 65536:
         raise ConfigError(f"{source}:{_line_of(text, 'port', None)}: port must be 1-65535")
     mode = data.get("supervisor", {}).get("mode", "embedded")
@@ -267,9 +260,7 @@ def parse_host_config(text: str, source: str) -> HostConfig:
             f"{source}:{_line_of(text, 'mode', 'supervisor')}: "
             f"supervisor.mode must be 'embedded' or 'system', not {mode!r}"
         )
-=======
     _check_peers(data, text, source)
->>>>>>> hosts
     return HostConfig(**data)
 
 

@@ -1,14 +1,10 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-<<<<<<< HEAD
-    checkout → link → venv → build → migrate → release → switch → restart → verify
-             → post-migrate → finish
-=======
-    checkout → link → venv → build → prepare-peers → migrate → switch → restart → verify → finish
+    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
+             → verify → post-migrate → finish
 
 (with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
->>>>>>> hosts
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
@@ -63,12 +59,9 @@ class Deploy:
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
-<<<<<<< HEAD
     processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
-=======
     cluster: Any = None  # peers.Cluster while peers are prepared and switched
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
->>>>>>> hosts
 
     @property
     def release(self) -> Path:
@@ -84,18 +77,16 @@ class Deploy:
 
 
 def checkout(d: Deploy) -> str:
-<<<<<<< HEAD
-    if d.release_id:  # a rollback names its release; it must still be there and good
+    if d.kind == "rollback":  # a rollback names its release; it must still be there and good
         problem = release.unusable(d.app, d.release_id)
         if problem:
             raise PhaseError(problem, f"see `shipyard releases {d.app.name}`")
-    kept = d.release_id or release.find_good(d.app, d.sha)
-=======
-    kept = release.find_good(d.app, d.sha)
-    if d.release_id:  # a peer builds the release id its primary chose (peers.py)
+        kept = d.release_id
+    elif d.release_id:  # a peer builds the release id its primary chose (peers.py)
         m = release.Manifest.load(d.release) if d.release.is_dir() else None
         kept = d.release_id if m and m.sha == d.sha and m.state in release.GOOD_STATES else None
->>>>>>> hosts
+    else:
+        kept = release.find_good(d.app, d.sha)
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)

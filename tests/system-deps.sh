@@ -4,7 +4,6 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v tar >/dev/null || need+=(tar)
-<<<<<<< HEAD
 # ssh tests (tests/e2e/test_ssh.py): a private sshd on loopback, the ssh client, ssh-keygen
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
@@ -12,9 +11,8 @@ command -v ssh >/dev/null || need+=(openssh-client)
 # (as root, as the postgres user this package creates).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || need+=(postgresql)
-=======
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
->>>>>>> hosts
+
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2
