@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Host, make_work, shipyard
-from shipyard.receiver.server import Receiver
 
 from shipyard import deploy
 from shipyard.errors import PhaseError
+from shipyard.receiver.server import Receiver
 
 sys.path.insert(0, str(REPO / "tests"))
 import netns  # noqa: E402

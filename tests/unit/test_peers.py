@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from shipyard.receiver import auth, objects
 
 from shipyard.config import HostConfig, load_host_config, parse_host_config, read_secret
 from shipyard.deploy import PHASES, Deploy
 from shipyard.errors import ConfigError
 from shipyard.peers import Prefixed, phases
+from shipyard.receiver import auth, objects
 from shipyard.report import Reporter
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -170,6 +170,8 @@ def test_with_peers_switch_restart_verify_become_one_rollout(tmp_path: Path):
         "build",
         "prepare-peers",
         "migrate",
+        "release",
         "rollout",
+        "post-migrate",
         "finish",
     ]
