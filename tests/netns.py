@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import HOSTS, Host, free_port
+
 LOCK = Path("/tmp/shipyard-netns.lock")
 NAME = re.compile(r"^sy-(\d+)-(\d+)$")
 
@@ -203,7 +205,8 @@ class Cluster:
         self.secret_file.write_text(SECRET + "\n")
         self.secret_file.chmod(0o600)
         self.root = base / "web1"
-        self.init(self.root, "web1")
+        self.init(self.root, "web1", port=free_port())
+        HOSTS.append(Host(self.root, app))  # its supervisord is stopped at session end
         self.peers: list[PeerHost] = []
         self.env = {
             **os.environ,
@@ -219,9 +222,9 @@ class Cluster:
     def config(self) -> Path:
         return self.dir / "shipyard.toml"
 
-    def init(self, root: Path, name: str) -> None:
+    def init(self, root: Path, name: str, port: int = 8000) -> None:
         subprocess.run(
-            [self.bin / "shipyard", "--root", root, "init", self.app],
+            [self.bin / "shipyard", "--root", root, "init", self.app, "--port", str(port)],
             check=True,
             capture_output=True,
         )

@@ -22,16 +22,6 @@ SLOW_IF_MARKED = "if [ -e ../../shared/slow ]; then sleep 6; fi"
 FAIL_IF_MARKED = "if [ -e ../../shared/fail-build ]; then echo marker found; exit 7; fi"
 
 
-def processes_available() -> bool:
-    """True once supervise.py does more than the stubs (the processes feature is merged)."""
-    from shipyard import supervise
-
-    own = [
-        n for n, v in vars(supervise).items() if callable(v) and v.__module__ == supervise.__name__
-    ]
-    return bool(set(own) - {"restart", "restart_previous", "verify"})
-
-
 @pytest.fixture
 def net():
     network = netns.Net()
@@ -103,10 +93,11 @@ def test_a_push_deploys_every_host_and_sends_only_new_objects(tmp_path, cluster)
     status = json.loads(shipyard("--root", cluster.root, "peers", "mysite", "--json").stdout)
     assert [r["state"] for r in status] == ["live", "in sync", "in sync"]
     assert {r["host"] for r in status} == {"web1", "web2", "web3"}
-    if processes_available():  # after the processes feature is merged: each host serves v2
-        for peer in peers:
-            page = run(*peer.node.cmd(sys.executable, "-c", FETCH)).stdout
-            assert "v2" in page
+    for peer in peers:  # each host serves v2
+        page = run(*peer.node.cmd(sys.executable, "-c", FETCH)).stdout
+        assert "v2" in page
+    status = shipyard("--root", cluster.root, "status", "mysite").stdout
+    assert "hosts      web1 (primary)" in status and f"web2 ({peers[0].address})" in status
 
 
 FETCH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/').read())"
@@ -237,7 +228,6 @@ def test_added_and_drained_peers_converge(tmp_path, cluster):
     assert again.stdout.count("✓ in sync") == 2
 
 
-@pytest.mark.skipif(not processes_available(), reason="needs processes")
 def test_rolling_batches_switch_back_when_the_second_host_fails_verify(tmp_path, cluster):
     peers = [cluster.add_peer(), cluster.add_peer()]
     netns.set_config(cluster.config, rolling=1)
