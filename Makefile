@@ -23,7 +23,7 @@ demo: venv
 	@$(BIN)/python examples/demo.py
 
 test: venv system-deps
-	$(BIN)/python -m pytest -q -x --durations=10
+	$(BIN)/python -m pytest -q -rfE --durations=15
 
 bench: venv
 	$(BIN)/python bench/run.py
