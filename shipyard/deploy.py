@@ -198,18 +198,6 @@ class Phase:
     fatal: bool = True  # False: a failure is reported, the deploy goes on
 
 
-def unless(option: str, step: Callable[[Deploy], object]) -> Callable[[Deploy], object]:
-    """``step``, skipped when the deploy was given the push option ``option`` (its undo too)."""
-
-    def guarded(d: Deploy) -> object:
-        if option in d.options:
-            return Skip(f"skipped ({option})")
-        return step(d)
-
-    guarded.__name__ = getattr(step, "__name__", option)
-    return guarded
-
-
 PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
@@ -219,12 +207,8 @@ PHASES = [
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
-    Phase(
-        "restart",
-        unless("no-restart", supervise.restart),
-        unless("no-restart", supervise.restart_previous),
-    ),
-    Phase("verify", unless("no-restart", supervise.verify)),
+    Phase("restart", supervise.restart, supervise.restart_previous),
+    Phase("verify", supervise.verify),
     Phase("post-migrate", migrate.post_apply, fatal=False),
     Phase("finish", finish),
 ]

@@ -1,8 +1,8 @@
 """Switching many hosts when one fails its health check: everyone who switched goes back.
 
-The processes feature (supervise.verify) is still a stub, so these tests run the
-peers' receivers in this process, on loopback, with a verify phase that fails
-where the host's shared/ holds a marker. The primary is a real push.
+These tests run the peers' receivers in this process, on loopback, with a verify
+phase that fails where the host's shared/ holds a marker, and an app without a
+Procfile (real processes are covered in test_hosts.py). The primary is a real push.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Host, make_work, shipyard
+from conftest import REPO, make_host, make_work
 
 from shipyard import deploy
 from shipyard.errors import PhaseError
@@ -40,8 +40,7 @@ def hosts(tmp_path: Path, monkeypatch):
     secret.chmod(0o600)
     servers, all_hosts = [], []
     for name in ("web1", "web2", "web3"):
-        host = Host(tmp_path / name)
-        shipyard("--root", host.root, "init", "mysite")
+        host = make_host(tmp_path / name)
         netns.set_config(host.dir / "shipyard.toml", secret_file=str(secret), name=name)
         all_hosts.append(host)
         if name != "web1":
@@ -61,7 +60,8 @@ def test_rolling_batches_of_one_switch_the_first_host_back(tmp_path, hosts):
     netns.set_config(primary.dir / "shipyard.toml", rolling=1)
     work = make_work(tmp_path / "work", primary)
     work.write("shipyard.toml", "")
-    work.commit("no build step")
+    work.git("rm", "-q", "Procfile")
+    work.commit("no build step, no processes")
     work.push()
     live = primary.live()
     assert web2.live().name == web3.live().name == live.name
@@ -83,7 +83,8 @@ def test_all_at_once_every_host_goes_back_when_one_fails(tmp_path, hosts):
     primary, web2, web3 = hosts
     work = make_work(tmp_path / "work", primary)
     work.write("shipyard.toml", "")
-    work.commit("no build step")
+    work.git("rm", "-q", "Procfile")
+    work.commit("no build step, no processes")
     work.push()
     live = primary.live()
     (web3.dir / "shared" / "fail-verify").write_text("")
