@@ -46,7 +46,9 @@ def sh(*args: str | Path, cwd: Path | None = None, show: bool = False) -> str:
 
 
 def main() -> None:
-    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", show=True)
+    # a throwaway demo host: as root (a container), deploys must be allowed to run as root
+    as_root = ["--allow-root"] if os.geteuid() == 0 else []
+    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", *as_root, show=True)
     env_file = ROOT / "mysite" / "shared" / ".env"
     if not env_file.exists():
         env_file.write_text(

@@ -53,6 +53,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "peers": (list, []),
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
+    "allow_root": (bool, False),
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
 }
@@ -102,6 +103,7 @@ class HostConfig:
     peers: list[str] = field(default_factory=list)
     secret: str | None = None
     heartbeat: float = 10
+    allow_root: bool = False  # deploy even as root (tests, throwaway containers)
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
 
@@ -123,7 +125,14 @@ def _line_of(text: str, key: str, table: str | None) -> int:
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+        bool: "true or false",
+    }
     if isinstance(expected, tuple):
         return " or ".join(names[t] for t in expected)
     return names[expected]
@@ -153,7 +162,9 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             out[key] = _validate(value, spec, text, source, dotted)
         else:
             expected = spec[0]
-            if isinstance(value, bool) or not isinstance(value, expected):
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(
+                value, expected
+            ):
                 raise ConfigError(
                     f"{where}: {dotted!r} must be {_type_name(expected)}, "
                     f"not {type(value).__name__}",
@@ -255,7 +266,20 @@ def load_app_config(release_dir: Path) -> AppConfig:
 
 
 def load_host_config(path: Path) -> HostConfig:
-    return parse_host_config(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text", "rewrite it as UTF-8 TOML") from None
+    config = parse_host_config(text, str(path))
+    if config.secret is not None:
+        mode = path.stat().st_mode
+        if mode & 0o004:
+            raise ConfigError(
+                f"{path} holds the receivers' secret and is readable by every user "
+                f"(mode {mode & 0o777:04o}): refusing to use it",
+                f"run `chmod 600 {path}`",
+            )
+    return config
 
 
 def _check_relative(path: str, where: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, history, lock, migrate, release, supervise, venv
+from . import build, faults, history, lock, migrate, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -57,6 +57,8 @@ class Deploy:
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
     processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
+    journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
+    recovery: dict | None = None  # set when this run completes an interrupted deploy
 
     @property
     def release(self) -> Path:
@@ -83,6 +85,10 @@ def checkout(d: Deploy) -> str:
         d.venv_key = d.manifest.venv if d.manifest else None
     else:
         d.release_id = release.new_release_id(d.sha)
+        if d.release.exists() and d.release_id != d.app.live_release():
+            release.remove(
+                d.app, d.release_id
+            )  # left by a deploy of this commit killed this second
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
             sha=d.sha,
@@ -200,6 +206,8 @@ def unless(option: str, step: Callable[[Deploy], object]) -> Callable[[Deploy], 
     return guarded
 
 
+AFTER_SWITCH = ("switch", "restart", "verify", "post-migrate", "finish")
+
 PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
@@ -249,16 +257,28 @@ def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = N
     return result.stdout
 
 
-def run(d: Deploy) -> bool:
-    """Run every phase; on failure revert what ran. Returns True when the release went live."""
+def progress(d: Deploy, phase: str, when: str = "start") -> None:
+    """Note in the deploy lock how far the deploy got, for whoever recovers it if it dies."""
+    if d.journal is not None:
+        d.journal.update(phase=phase, release=d.release_id or None, reused=d.reused)
+    faults.point(d.app.run, phase, when, d.number)
+
+
+def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
+    """Run every phase; on failure revert what ran. Returns True when the release went live.
+
+    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    """
     started = time.monotonic()
-    done: list[Phase] = []
-    for phase in PHASES:
+    done = list(done or [])
+    for phase in PHASES if phases is None else phases:
         t0 = time.monotonic()
+        progress(d, phase.name)
         try:
             with d.out.ticking(phase.name):
                 detail = phase.run(d)
-        except (ShipyardError, OSError) as exc:
+            progress(d, phase.name, "end")
+        except Exception as exc:  # noqa: BLE001 - even a bug in a phase must be undone
             d.timings[phase.name] = round(time.monotonic() - t0, 3)
             if not phase.fatal:
                 d.problems.append(f"{phase.name}: {explain(d, phase, exc)}")
@@ -278,13 +298,20 @@ def run(d: Deploy) -> bool:
         return True
     record(d, "live", elapsed)
     was = f" (rolled back from {d.previous})" if d.kind == "rollback" and d.previous else ""
+    if d.recovery:
+        was += f" (deploy #{d.number}, completed after it was interrupted at {d.recovery['phase']})"
     d.out.final(f"live: {d.short} in {elapsed:.1f}s{was}", good=True)
     return True
 
 
 def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     """Print a phase's failure (its ✗ line, the command's output, the hint); return the message."""
-    message = exc.message if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ShipyardError):
+        message = exc.message
+    elif isinstance(exc, OSError):
+        message = f"{type(exc).__name__}: {exc}"
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc} (a bug: please report it)"
     message = d.out.mask(message)
     d.out.fail(phase.name, d.timings[phase.name], message)
     output = getattr(exc, "output", "")
@@ -333,6 +360,10 @@ def reset_branch(d: Deploy) -> None:
 
 
 def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
+    if d.recovery:
+        extra = {"recovered": d.recovery, **extra}
+    if isinstance(extra.get("error"), str):
+        extra["error"] = d.out.mask(extra["error"])
     history.record(
         d.app,
         {
@@ -349,7 +380,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
             "duration": round(seconds, 3),
             "outcome": outcome,
             "phases": d.timings,
-            "options": d.options,
+            "options": {k: d.out.mask(v) for k, v in d.options.items()},
             "migrations": d.migrations,
             **extra,
         },
@@ -370,27 +401,59 @@ def title(d: Deploy) -> str:
     return f"{text}: {message}" if message else text
 
 
-def execute(d: Deploy) -> bool:
-    """Take the app's deploy lock and run the deploy, unless a newer push superseded it."""
-    d.out.title(title(d))
-    for note in d.notes:
-        d.out.warn(note)
-    info = {
+def journal_info(d: Deploy) -> dict:
+    """The deploy lock's note: who holds it, and what a recovery needs to finish the deploy."""
+    from . import recover
+
+    return {
         "deploy": d.number,
         "sha": d.sha,
         "pusher": d.pusher,
         "since": time.time(),
         "pid": os.getpid(),
+        # a detached worker leads its own session: a recovery stops what it left running
+        "session": os.getsid(0) == os.getpid(),
+        "boot": recover.boot_id(),
+        "kind": d.kind,
+        "ref": d.ref,
+        "tag": d.tag,
+        "options": d.options,
+        "previous": d.app.live_release(),
+        "phase": None,
     }
+
+
+def execute(d: Deploy) -> bool:
+    """Take the app's deploy lock and run the deploy, unless a newer push superseded it.
+
+    A deploy that died holding the lock left its note there: it is finished or
+    cleaned up first (``recover``), so this one starts from a consistent host.
+    """
+    from . import guard, recover
+
+    d.out.title(title(d))
+    problem = guard.root_problem(d.app, d.host)
+    if problem:  # proc-receive and `shipyard deploy` refuse first; this is the last word
+        d.out.line(f"    hint: {guard.root_hint(d.app)}")
+        reset_branch(d)
+        record(d, "failed", 0.0, error=problem)
+        d.out.final(f"refused: {problem}", good=False)
+        return False
+    for note in d.notes:
+        d.out.warn(note)
     with lock.exclusive(
         d.app.run / "deploy.lock",
-        info,
+        journal_info(d),
         on_wait=lambda who: d.out.line(f"  … waiting for {lock.describe(who)}"),
         on_still_waiting=lambda who, s: d.out.line(
             f"  … still waiting ({s:.0f}s) for {lock.describe(who)}"
         ),
         heartbeat=d.out.heartbeat,
-    ):
+    ) as held:
+        if held.stale:
+            recover.resume(d.app, d.host, held, d.out, by=f"deploy #{d.number}")
+        held.replace(journal_info(d))  # `previous` as it is now that the lock is ours
+        d.journal = held
         tip = branch_tip(d.app, d.ref)
         if tip != d.sha:
             record(d, "superseded", 0.0, superseded_by=tip)

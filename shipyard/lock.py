@@ -40,6 +40,40 @@ def is_held(path: Path) -> bool:
     return False
 
 
+class Held:
+    """A held lock: what an earlier holder left behind, and a way to update our own note.
+
+    A holder that ends normally empties the file; one killed (SIGKILL, a crash, a
+    power cut) leaves its note, which the next holder finds in ``stale``.
+    """
+
+    def __init__(self, fd: int, info: dict, stale: dict) -> None:
+        self.fd = fd
+        self.info = dict(info)
+        self.stale = stale
+        self._size = os.fstat(fd).st_size
+
+    def replace(self, info: dict) -> None:
+        """Start a new note (e.g. a recovery writes the note of the deploy it finishes)."""
+        self.info = {}
+        self.update(**info)
+
+    def update(self, **values: object) -> None:
+        """Rewrite the note; never unreadable, even if the process dies half-way.
+
+        The new JSON is padded with spaces to the old length before the file is cut
+        to it, so a reader (or a next holder after a SIGKILL) always parses one
+        whole note.
+        """
+        self.info.update(values)
+        data = json.dumps(self.info).encode()
+        if len(data) < self._size:
+            data += b" " * (self._size - len(data))
+        os.pwrite(self.fd, data, 0)
+        self._size = len(data.rstrip(b" "))
+        os.ftruncate(self.fd, self._size)
+
+
 @contextmanager
 def exclusive(
     path: Path,
@@ -48,7 +82,7 @@ def exclusive(
     timeout: float | None = None,
     heartbeat: float = 10.0,
     on_still_waiting: Callable[[dict, float], None] | None = None,
-) -> Iterator[None]:
+) -> Iterator[Held]:
     """Hold an exclusive flock on ``path`` for the block, writing ``info`` into it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -76,15 +110,27 @@ def exclusive(
                         on_still_waiting(holder(path), now - started)
                         next_beat = now + heartbeat
                     time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        stale = _note(fd)
+        held = Held(fd, info, stale)
+        if not stale:  # a dead holder's note stays until the new holder replaces it
+            held.update()
         try:
-            yield
+            yield held
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _note(fd: int) -> dict:
+    """What the file holds now (a previous holder's note if it died holding the lock)."""
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        note = json.loads(data or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def describe(info: dict) -> str:

@@ -705,7 +705,7 @@ def restart(d: Deploy) -> str:
     if "no-restart" in d.options:
         return Skip("-o no-restart: processes left as they were")
     sv.ensure()
-    d.processes["before"] = before
+    d.processes.setdefault("before", before)  # a recovery presets the previous release's
     try:
         running, summary = converge(sv, wanted)
     except ShipyardError as exc:
