@@ -180,18 +180,24 @@ def push_options(raw: list[str] | None) -> dict[str, str]:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from . import operate
     from .config import load_host_config
+    from .guard import check_not_root
 
     app = existing_app(args)
+    host = load_host_config(app.config_file)
+    check_not_root(app, host)
     options = push_options(args.option)
-    ref = args.ref or f"refs/heads/{load_host_config(app.config_file).branch}"
+    ref = args.ref or f"refs/heads/{host.branch}"
     sha, tag = operate.resolve(app, ref)
     return 0 if operate.run_foreground(app, sha, tag, "deploy", options) else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from . import operate
+    from .config import load_host_config
+    from .guard import check_not_root
 
     app = existing_app(args)
+    check_not_root(app, load_host_config(app.config_file))
     return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
 
 

@@ -14,6 +14,7 @@ not fatal: its failure is reported and recorded, and the new release stays.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -25,7 +26,7 @@ from . import build, faults, history, lock, migrate, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
-from .report import Reporter, Skip
+from .report import Masker, Reporter, Skip
 
 ZERO = "0" * 40
 
@@ -314,12 +315,25 @@ def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
         message = f"internal error: {type(exc).__name__}: {exc} (a bug: please report it)"
     message = d.out.mask(message)
     d.out.fail(phase.name, d.timings[phase.name], message)
-    output = getattr(exc, "output", "")
+    output = getattr(exc, "output", "") or ""
     if output:
         d.out.detail(output.rstrip().splitlines()[-20:])
-    if isinstance(exc, ShipyardError) and exc.hint:
+    if disk_full(exc, output):
+        d.out.line(
+            f"    hint: the disk is full (No space left on device): free space on the "
+            f"filesystem of {d.app.dir} (`df -h {d.app.dir}`), then push again"
+        )
+    elif isinstance(exc, ShipyardError) and exc.hint:
         d.out.line(f"    hint: {exc.hint}")
     return message
+
+
+def disk_full(exc: Exception, output: str = "") -> bool:
+    """Did the phase fail because a filesystem is full (ENOSPC, or a tool saying so)?"""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = f"{exc}\n{output[-20000:]}".lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
 
 
 def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
@@ -431,6 +445,8 @@ def execute(d: Deploy) -> bool:
     """
     from . import guard, recover
 
+    with contextlib.suppress(ShipyardError, OSError):  # checkout reports a .env that won't parse
+        d.out.mask = Masker(release.shared_env(d.app))  # e.g. a secret pasted into -o message=
     d.out.title(title(d))
     problem = guard.root_problem(d.app, d.host)
     if problem:  # proc-receive and `shipyard deploy` refuse first; this is the last word

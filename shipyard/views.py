@@ -13,6 +13,7 @@ import time
 from . import history, lock, release, supervise
 from .app import App
 from .config import load_host_config
+from .errors import ShipyardError
 
 SCHEMA = 1
 WIDTH = 80
@@ -108,17 +109,23 @@ def status(app: App) -> dict:
     lock_file = history.deploy_lock(app)
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
     branch = None
-    with contextlib.suppress(Exception):
+    config_problem = None
+    try:
         host = load_host_config(app.config_file)
         from .deploy import branch_tip
 
         branch = {"name": host.branch, "sha": branch_tip(app, f"refs/heads/{host.branch}")}
+    except ShipyardError as exc:  # deploys refuse it: say why here too
+        config_problem = {"message": exc.message, "hint": exc.hint}
+    except Exception:  # noqa: BLE001 - status shows what it can
+        pass
     return {
         "schema": SCHEMA,
         "app": app.name,
         "dir": str(app.dir),
         "live": live,
         "current_missing": current_missing,
+        "config_problem": config_problem,
         "deploying": deploying,
         "waiting": [e["deploy"] for e in deploys if e.get("outcome") == "waiting"],
         "last": deploys[-1] if deploys else None,
@@ -185,6 +192,11 @@ def render_status(s: dict) -> str:
             if missing["last_live"]:
                 lines.append(fit(f"  ! last live: releases/{missing['last_live']}", WIDTH))
             lines.append(fit(f"  ! the next deploy sets it: shipyard deploy {s['app']}", WIDTH))
+    problem = s.get("config_problem")
+    if problem:
+        lines.append(fit(f"  ! {problem['message']}", WIDTH))
+        if problem["hint"]:
+            lines.append(fit(f"  ! fix: {problem['hint']}", WIDTH))
     d = s["deploying"]
     if d:
         who = lock.describe(d) if d.get("deploy") else "a deploy (starting)"
@@ -206,6 +218,23 @@ def render_status(s: dict) -> str:
             lines.append(
                 fit(f"  note       interrupted at {how.get('phase')}, then completed", WIDTH)
             )
+    branch = s.get("branch") or {}
+    live_sha = (live or {}).get("sha")
+    if (
+        branch.get("sha")
+        and branch["sha"] != live_sha
+        and not d
+        and not s["waiting"]
+        and not (last and last.get("outcome") == "interrupted" and last.get("sha") == branch["sha"])
+    ):
+        # e.g. a push cut off after the branch moved and before its deploy started
+        lines.append(
+            fit(
+                f"  ! branch {branch['name']} is at {branch['sha'][:7]}, not what is live; "
+                f"deploy it: shipyard deploy {s['app']}",
+                WIDTH,
+            )
+        )
     if s["rollback_to"]:
         lines.append(f"  rollback   → {s['rollback_to']}")
     lines += render_processes(s["processes"])
