@@ -73,7 +73,7 @@ def test_status_shows_what_is_live_in_80_columns_and_as_json(three):
     assert out.splitlines()[0] == f"mysite: live {sha[:7]} (v3)"
     assert f"release    releases/{releases[-1]}" in out
     assert "deployed   deploy #3 by " in out
-    assert "deploying  no" in out and "processes  n/a" in out
+    assert "deploying  no" in out and "web.1: RUNNING pid " in out
     assert f"rollback   → {releases[-2]}" in out
     assert all(len(line) <= 80 for line in out.splitlines())
 
@@ -85,7 +85,8 @@ def test_status_shows_what_is_live_in_80_columns_and_as_json(three):
     assert live["state"] == "good" and live["deploy"] == 3 and live["kind"] == "push"
     assert isinstance(live["since"], float) and live["since"] <= time.time()
     assert data["deploying"] is None and data["waiting"] == []
-    assert data["processes"] is None and data["rollback_to"] == releases[-2]
+    web = next(row for row in data["processes"] if row["process"] == "web.1")
+    assert web["live"] and data["rollback_to"] == releases[-2]
     assert data["branch"] == {"name": "main", "sha": sha}
 
 
