@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-e2e bench lint clean system-deps
+.PHONY: venv demo test test-unit test-e2e bench lint clean system-deps reliability
 
 venv: $(STAMP)
 
@@ -23,6 +23,15 @@ demo: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q -x --durations=10
 
+# The fault and bad-input suite, recorded; docs/reliability.md rendered from the records.
+reliability: venv system-deps
+	mkdir -p build
+	rm -f build/reliability.jsonl
+	SHIPYARD_RELIABILITY=$(CURDIR)/build/reliability.jsonl $(BIN)/python -m pytest -q \
+		--durations=5 tests/faults; status=$$?; \
+	$(BIN)/python tests/faults/render.py build/reliability.jsonl > docs/reliability.md; \
+	exit $$status
+
 bench: venv
 	$(BIN)/python bench/run.py
 
@@ -31,4 +40,4 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf demo bench/work .pytest_cache
+	rm -rf demo bench/work .pytest_cache build

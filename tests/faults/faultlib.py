@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Host, Work, shipyard
+from conftest import Host, Work, processes_under, shipyard  # noqa: F401 - re-exported
 
 from shipyard import faults, history, lock, supervise
 from shipyard.app import App
@@ -169,7 +169,8 @@ def check_invariants(host: Host, served: bool = True) -> str:
         status, body = fetch(host.port)
         assert status == 200 and body.strip() == greeting_of(release), body
         rows = [r for r in supervise.status(app) if r["release"] is not None]
-        assert rows and all(r["state"] == "RUNNING" and r["live"] for r in rows), rows
+        # STARTING: up and healthy, but not yet for startsecs
+        assert rows and all(r["state"] in ("RUNNING", "STARTING") and r["live"] for r in rows), rows
         for row in rows:
             assert os.readlink(f"/proc/{row['pid']}/cwd") == str(release)
     return live
