@@ -434,6 +434,7 @@ def journal_info(d: Deploy) -> dict:
         "options": d.options,
         "previous": d.app.live_release(),
         "phase": None,
+        "recoverable": True,  # if this process dies holding the lock, the next holder resumes
     }
 
 

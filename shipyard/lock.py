@@ -41,20 +41,25 @@ def is_held(path: Path) -> bool:
 
 
 class Held:
-    """A held lock: what an earlier holder left behind, and a way to update our own note.
+    """A held lock: what a dead holder left to finish, and a way to update our own note.
 
-    A holder that ends normally empties the file; one killed (SIGKILL, a crash, a
-    power cut) leaves its note, which the next holder finds in ``stale``.
+    A holder whose note says ``recoverable`` (a deploy) and that is killed (SIGKILL,
+    a crash, a power cut) leaves its note behind; the next holder finds it in
+    ``stale``. Until a holder takes it over (``replace``, or ``handled = True``), it
+    is kept in the file under ``"stale"``, through any number of holders that do not
+    know what to do with it, for one that does.
     """
 
     def __init__(self, fd: int, info: dict, stale: dict) -> None:
         self.fd = fd
         self.info = dict(info)
         self.stale = stale
+        self.handled = not stale
         self._size = os.fstat(fd).st_size
 
     def replace(self, info: dict) -> None:
-        """Start a new note (e.g. a recovery writes the note of the deploy it finishes)."""
+        """Start a new note, taking over the stale one (e.g. a recovery resuming it)."""
+        self.handled = True
         self.info = {}
         self.update(**info)
 
@@ -66,12 +71,23 @@ class Held:
         whole note.
         """
         self.info.update(values)
-        data = json.dumps(self.info).encode()
+        self._write({**self.info, **({} if self.handled else {"stale": self.stale})})
+
+    def _write(self, note: dict) -> None:
+        data = json.dumps(note).encode() if note else b""
         if len(data) < self._size:
             data += b" " * (self._size - len(data))
         os.pwrite(self.fd, data, 0)
         self._size = len(data.rstrip(b" "))
         os.ftruncate(self.fd, self._size)
+
+
+def pending(note: dict) -> dict:
+    """The note of a dead holder still to be recovered, found in what the lock file holds."""
+    if note.get("recoverable"):
+        return note
+    stale = note.get("stale")
+    return stale if isinstance(stale, dict) and stale.get("recoverable") else {}
 
 
 @contextmanager
@@ -110,14 +126,13 @@ def exclusive(
                         on_still_waiting(holder(path), now - started)
                         next_beat = now + heartbeat
                     time.sleep(0.05)
-        stale = _note(fd)
-        held = Held(fd, info, stale)
-        if not stale:  # a dead holder's note stays until the new holder replaces it
-            held.update()
+        held = Held(fd, info, pending(_note(fd)))
+        held.update()
         try:
             yield held
         finally:
-            os.ftruncate(fd, 0)
+            # empty when all is done; a stale note nobody took over stays for the next holder
+            held._write({} if held.handled else {"stale": held.stale})
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -143,8 +143,10 @@ def resume(
     stale = held.stale
     number = stale.get("deploy")
     if not isinstance(number, int) or not stale.get("sha"):
+        held.handled = True  # nothing anyone could resume
         return None
     if any(e.get("deploy") == number for e in history.entries(app)):
+        held.handled = True
         return None  # it recorded its outcome and died just before letting go of the lock
     # From now on the note is ours; if we die too, the next holder resumes the same deploy.
     held.replace(
@@ -156,6 +158,17 @@ def resume(
             "recovering": by,
         }
     )
+    try:
+        return _resume(app, host, held, out, by, into_log, stale)
+    except BaseException:
+        held.handled = False  # leave it to the next holder, as we found it
+        raise
+
+
+def _resume(
+    app: App, host: HostConfig, held: lock.Held, out: Reporter, by: str, into_log: bool, stale: dict
+) -> str:
+    number = stale["deploy"]
     phase = stale.get("phase") or "start"
     rid = stale.get("release")
     stopped = stop_leftovers(stale)
