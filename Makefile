@@ -4,10 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-e2e bench lint clean system-deps reliability
+.PHONY: venv demo demo-stop test test-unit test-e2e bench lint clean system-deps reliability
 
 venv: $(STAMP)
 
+# --compile-bytecode: every push starts fresh Python processes (hooks, deploy worker); without
+# .pyc files (PYTHONDONTWRITEBYTECODE is common) each one recompiles dulwich and friends.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
@@ -21,7 +23,7 @@ demo: venv
 	@$(BIN)/python examples/demo.py
 
 test: venv system-deps
-	$(BIN)/python -m pytest -q -x --durations=10
+	$(BIN)/python -m pytest -q -rfE --durations=15
 
 # The fault and bad-input suite, recorded; docs/reliability.md rendered from the records.
 reliability: venv system-deps
@@ -39,5 +41,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-clean:
+demo-stop: venv
+	@test ! -d demo/apps/mysite || $(BIN)/shipyard --root demo/apps processes mysite --stop
+
+clean: demo-stop
 	rm -rf demo bench/work .pytest_cache build

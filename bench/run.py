@@ -1,7 +1,8 @@
 """`make bench`: how fast shipyard ships the example app, measured side by side in one run.
 
 Prints a table (median (min–max) of N runs) and writes bench/results.md and
-bench/results.json. Machines are noisy: read the ratios, not the absolutes.
+bench/results.json (BENCH_ONLY=hosts,push runs only those sections). Machines are
+noisy: read the ratios, not the absolutes.
 """
 
 from __future__ import annotations
@@ -70,15 +71,20 @@ def row(
     base: float | None = None,
     goal: str = "",
     met: bool | None = None,
+    unit: str = "s",
 ) -> dict:
     entry = {"group": group, "name": name, **summary(samples), "goal": goal, "met": met}
+    if unit != "s":
+        entry["unit"] = unit
     if base:
         entry["ratio"] = entry["median"] / base
     rows.append(entry)
     ratio = f"{entry['ratio']:.2f}×" if base else ""
     verdict = "" if met is None else ("met" if met else "NOT MET")
+    number = "7.3f" if unit == "s" else "7.0f"
     print(
-        f"  {name:<46} {entry['median']:7.3f}s ({entry['min']:.3f}–{entry['max']:.3f})"
+        f"  {name:<46} {entry['median']:{number}}{unit} "
+        f"({entry['min']:{number[1:]}}–{entry['max']:{number[1:]}})"
         f" {ratio:>7}  {goal} {verdict}".rstrip(),
         flush=True,
     )
@@ -246,6 +252,78 @@ def bench_venv(work: Path) -> None:
         base = base or entry["median"]
 
 
+def bench_hosts(work: Path) -> None:
+    """A primary and up to 7 peers, each peer a network namespace with its own receiver."""
+    sys.path.insert(0, str(TOP / "tests"))
+    import netns
+
+    print("\nmany hosts (peers in network namespaces, code-only change)")
+    why = netns.available()
+    if why:
+        print(f"  skipped: {why}")
+        return
+    net = netns.Net()
+    try:
+        cluster = netns.Cluster(net, work / "hosts", BIN)
+        peers = [cluster.add_peer(join=False) for _ in range(7)]
+        app = App(work / "hosts-app")
+        # App() leaves out every static/ dir; the build step's inputs live in polls/static,
+        # and without them collectstatic can never be reused (it reruns on every host).
+        shutil.copytree(EXAMPLE / "polls" / "static", app.work / "polls" / "static")
+        sh("git", "add", "-A", cwd=app.work)
+        sh("git", "commit", "-qm", "static sources", cwd=app.work)
+        sh("git", "remote", "set-url", "production", cluster.dir / "repo.git", cwd=app.work)
+        netns.set_config(cluster.config, peers=[p.address for p in peers])
+        app.push("production")  # every host builds its virtualenv once
+        counts = (1, 2, 4, 8)
+        samples: dict[int, list[float]] = {n: [] for n in counts}
+        skews: dict[int, list[float]] = {n: [] for n in counts}
+        for _ in range(RUNS):  # round-robin, so load drifting over the run hits every count alike
+            for hosts in counts:
+                netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
+                app.change()
+                t0 = time.perf_counter()
+                out = app.push("production")
+                samples[hosts].append(time.perf_counter() - t0)
+                skews[hosts] += [
+                    float(line.split("switch skew")[1].split()[0])
+                    for line in out.splitlines()
+                    if "switch skew" in line
+                ]
+        objects_sent: list[float] = []
+        for _ in range(RUNS):  # every peer has the previous commit: one change's worth
+            app.change()
+            out = app.push("production")
+            objects_sent += [
+                float(line.split(",")[1].split()[0])
+                for line in out.splitlines()
+                if "✓ objects" in line
+            ]
+        base = row("hosts", "code-only deploy, 1 host", samples[1])["median"]
+        for hosts in counts[1:]:
+            ratio = statistics.median(samples[hosts]) / base
+            row(
+                "hosts",
+                f"code-only deploy, {hosts} hosts",
+                samples[hosts],
+                base,
+                goal="goal ≤ 1.5× of 1 host" if hosts == 8 else "",
+                met=ratio <= 1.5 if hosts == 8 else None,
+            )
+        row("hosts", "objects sent per peer, one-line change", objects_sent, unit=" B")
+        for hosts in counts[1:]:
+            row(
+                "hosts",
+                f"switch skew, {hosts} hosts (first to last)",
+                skews[hosts],
+                unit=" ms",
+                goal="goal < 200 ms" if hosts == 8 else "",
+                met=max(skews[hosts]) < 200 if hosts == 8 else None,
+            )
+    finally:
+        net.close()
+
+
 def write_results() -> None:
     (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
@@ -255,10 +333,11 @@ def write_results() -> None:
     for r in rows:
         ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""
         verdict = "" if r["met"] is None else (" — met" if r["met"] else " — NOT MET")
-        lines.append(
-            f"| {r['group']} | {r['name']} | {r['median']:.3f} | "
-            f"{r['min']:.3f}–{r['max']:.3f} | {ratio} | {r['goal']}{verdict} |"
-        )
+        if r.get("unit"):
+            numbers = f"{r['median']:.0f}{r['unit']} | {r['min']:.0f}–{r['max']:.0f}{r['unit']}"
+        else:
+            numbers = f"{r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f}"
+        lines.append(f"| {r['group']} | {r['name']} | {numbers} | {ratio} | {r['goal']}{verdict} |")
     header = (
         f"# shipyard benchmark\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores, median of {RUNS} runs; ratios are to the first row "
@@ -271,9 +350,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
     try:
         print(f"shipyard benchmark: median (min–max) of {RUNS} runs, ratio to the group's baseline")
-        bench_push(work)
-        bench_checkout(work)
-        bench_venv(work)
+        sections = {
+            "push": bench_push,
+            "checkout": bench_checkout,
+            "venv": bench_venv,
+            "hosts": bench_hosts,
+        }
+        only = os.environ.get("BENCH_ONLY", "").split(",")  # e.g. BENCH_ONLY=hosts
+        for name, section in sections.items():
+            if only == [""] or name in only:
+                section(work)
         write_results()
         print(f"\nwritten: {HERE / 'results.md'}, {HERE / 'results.json'}")
     finally:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,10 +47,30 @@ def sh(*args: str | Path, cwd: Path | None = None, show: bool = False) -> str:
     return result.stdout or ""
 
 
+def free_port(preferred: int = 8000) -> int:
+    """8000 when nobody listens there, else any free loopback port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise SystemExit("demo: no free port on 127.0.0.1")
+
+
+def port_of(config: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config.read_text()).get("port", 8000))
+
+
 def main() -> None:
+    config = ROOT / "mysite" / "shipyard.toml"
+    port = port_of(config) if config.exists() else free_port()
     # a throwaway demo host: as root (a container), deploys must be allowed to run as root
     as_root = ["--allow-root"] if os.geteuid() == 0 else []
-    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", *as_root, show=True)
+    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", "--port", str(port), *as_root, show=True)
     env_file = ROOT / "mysite" / "shared" / ".env"
     if not env_file.exists():
         env_file.write_text(
@@ -78,9 +100,14 @@ def main() -> None:
     print()
     sh("git", "push", "production", "main", cwd=WORK, show=True)
     current = ROOT / "mysite" / "current"
+    url = f"http://127.0.0.1:{port}/"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        served = response.read().decode().strip()
     print(f"\nlive release: {current} -> {os.readlink(current)}")
+    print(f"serving:      {url}  ->  {served!r}")
     print(f"deploy root:  {ROOT / 'mysite'}")
     print(f"your clone:   {WORK}  (edit, commit, `git push production main`)")
+    print(f"processes:    {BIN / 'shipyard'} --root {ROOT} processes mysite [--stop]")
 
 
 if __name__ == "__main__":

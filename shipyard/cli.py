@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .hostcli import register as register_host_commands
 
     register_host_commands(sub)  # provision, ssh-command, doctor
+
+    from .peers import add_commands  # many hosts: receiver, peers, sync
+
+    add_commands(sub)
     return parser
 
 

@@ -7,7 +7,9 @@ deploys go wrong silently.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,13 @@ HOST_SCHEMA: dict[str, Any] = {
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
     "allow_root": (bool, False),
+    # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
+    "secret_file": (str, None),
+    "name": (str, None),
+    "drained": (list, []),
+    "rolling": (int, 0),
+    "peer_timeout": ((int, float), 15),
+    # ---
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
 }
@@ -104,6 +113,13 @@ class HostConfig:
     secret: str | None = None
     heartbeat: float = 10
     allow_root: bool = False  # deploy even as root (tests, throwaway containers)
+    # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
+    secret_file: str | None = None
+    name: str | None = None
+    drained: list[str] = field(default_factory=list)
+    rolling: int = 0
+    peer_timeout: float = 15
+    # ---
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
 
@@ -255,6 +271,7 @@ def parse_host_config(text: str, source: str) -> HostConfig:
             f"{source}:{_line_of(text, 'mode', 'supervisor')}: "
             f"supervisor.mode must be 'embedded' or 'system', not {mode!r}"
         )
+    _check_peers(data, text, source)
     return HostConfig(**data)
 
 
@@ -270,16 +287,9 @@ def load_host_config(path: Path) -> HostConfig:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text", "rewrite it as UTF-8 TOML") from None
-    config = parse_host_config(text, str(path))
-    if config.secret is not None:
-        mode = path.stat().st_mode
-        if mode & 0o004:
-            raise ConfigError(
-                f"{path} holds the receivers' secret and is readable by every user "
-                f"(mode {mode & 0o777:04o}): refusing to use it",
-                f"run `chmod 600 {path}`",
-            )
-    return config
+    host = parse_host_config(text, str(path))
+    check_secret_access(host, path)
+    return host
 
 
 def _check_relative(path: str, where: str) -> None:
@@ -312,3 +322,71 @@ def parse_procfile(text: str, source: str = "Procfile") -> dict[str, str]:
             raise ConfigError(f"{source}:{number}: process {name!r} is defined twice")
         processes[name] = command
     return processes
+
+
+# --- many hosts: peer addresses and the cluster secret (docs/hosts.md) -------
+
+PEER_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+def _check_peers(data: dict, text: str, source: str) -> None:
+    for key in ("peers", "drained"):
+        for address in data.get(key, []):
+            match = PEER_ADDRESS.match(address)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                raise ConfigError(
+                    f"{source}:{_line_of(text, key, None)}: {address!r} is not a peer address",
+                    'write HOST:PORT, e.g. "10.0.0.2:7070"',
+                )
+    if len(set(data.get("peers", []))) != len(data.get("peers", [])):
+        raise ConfigError(f"{source}:{_line_of(text, 'peers', None)}: a peer is listed twice")
+    if data.get("rolling", 0) < 0:
+        raise ConfigError(f"{source}:{_line_of(text, 'rolling', None)}: rolling must be >= 0")
+    if data.get("peer_timeout", 15) <= 0:
+        raise ConfigError(f"{source}:{_line_of(text, 'peer_timeout', None)}: must be > 0")
+    if data.get("secret") is not None and data.get("secret_file") is not None:
+        raise ConfigError(f"{source}: set `secret` or `secret_file`, not both")
+
+
+def secret_path(host: HostConfig, config_file: Path) -> Path | None:
+    """The file that holds the cluster secret: ``secret_file``, or the host config itself."""
+    if host.secret_file:
+        path = Path(host.secret_file)
+        return path if path.is_absolute() else config_file.parent / path
+    return config_file if host.secret is not None else None
+
+
+def check_secret_access(host: HostConfig, config_file: Path) -> None:
+    """Refuse a cluster secret that anyone but the deploy user can read."""
+    path = secret_path(host, config_file)
+    if path is None:
+        return
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(
+            f"{config_file}: secret_file {str(path)!r} cannot be read: {exc.strerror}",
+            "create it with the cluster secret (e.g. `openssl rand -hex 32`) and chmod 600 it",
+        ) from None
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 or info.st_uid != os.getuid():
+        what = "holds `secret`" if path == config_file else "holds the cluster secret"
+        alt = "; or move the secret to a file named by `secret_file`" if path == config_file else ""
+        raise ConfigError(
+            f"{path} {what} but others can read it (mode {mode:04o}, owner uid {info.st_uid})",
+            f"make it the deploy user's alone: chmod 600 {path}{alt}",
+        )
+
+
+def read_secret(host: HostConfig, config_file: Path) -> bytes | None:
+    """The cluster secret's bytes (load_host_config has checked who can read it)."""
+    path = secret_path(host, config_file)
+    if path is None:
+        return None
+    value = path.read_text().strip() if host.secret_file else (host.secret or "").strip()
+    if len(value) < 16:
+        raise ConfigError(
+            f"{config_file}: the cluster secret is too short ({len(value)} characters)",
+            "use at least 16 random characters, e.g. `openssl rand -hex 32`",
+        )
+    return value.encode()

@@ -1,8 +1,10 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → migrate → release → switch → restart → verify
-             → post-migrate → finish
+    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
+             → verify → post-migrate → finish
+
+(with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
 Phases run in order; when one fails, the undos of those that ran are called in
 reverse (``revert``), the branch is set back to the live commit so a plain
@@ -21,8 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import build, faults, history, lock, migrate, release, supervise, venv
+from . import build, faults, history, lock, migrate, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -58,6 +61,8 @@ class Deploy:
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
     processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
+    cluster: Any = None  # peers.Cluster while peers are prepared and switched
+    switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
 
@@ -75,21 +80,25 @@ class Deploy:
 
 
 def checkout(d: Deploy) -> str:
-    if d.release_id:  # a rollback names its release; it must still be there and good
+    if d.kind == "rollback":  # a rollback names its release; it must still be there and good
         problem = release.unusable(d.app, d.release_id)
         if problem:
             raise PhaseError(problem, f"see `shipyard releases {d.app.name}`")
-    kept = d.release_id or release.find_good(d.app, d.sha)
+        kept = d.release_id
+    elif d.release_id:  # a peer builds the release id its primary chose (peers.py)
+        m = release.Manifest.load(d.release) if d.release.is_dir() else None
+        kept = d.release_id if m and m.sha == d.sha and m.state in release.GOOD_STATES else None
+    else:
+        kept = release.find_good(d.app, d.sha)
     if kept:
         d.release_id, d.reused = kept, True
         d.manifest = release.Manifest.load(d.release)
         d.venv_key = d.manifest.venv if d.manifest else None
     else:
-        d.release_id = release.new_release_id(d.sha)
+        d.release_id = d.release_id or release.new_release_id(d.sha)
         if d.release.exists() and d.release_id != d.app.live_release():
-            release.remove(
-                d.app, d.release_id
-            )  # left by a deploy of this commit killed this second
+            # a half-made release of this id, e.g. by a deploy of this commit killed this second
+            release.remove(d.app, d.release_id)
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
             sha=d.sha,
@@ -214,6 +223,7 @@ PHASES = [
     Phase("link", link),
     Phase("venv", build_venv),
     Phase("build", build_steps),
+    Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
@@ -272,7 +282,8 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
     """
     started = time.monotonic()
     done = list(done or [])
-    for phase in PHASES if phases is None else phases:
+    # with peers: switch/restart/verify → rollout
+    for phase in peers.phases(d, PHASES) if phases is None else phases:
         t0 = time.monotonic()
         progress(d, phase.name)
         try:

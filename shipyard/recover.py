@@ -36,6 +36,16 @@ from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
 from .report import Masker, Reporter
 
+BEFORE_SWITCH = (
+    "start",
+    "checkout",
+    "link",
+    "venv",
+    "build",
+    "prepare-peers",
+    "migrate",
+    "release",
+)
 # where a deploy interrupted after its switch picks up again
 RESUME_AT = {
     "switch": "restart",
@@ -205,6 +215,13 @@ def _resume(
     }
     history.record(app, entry)
     still = f"still live: {live}" if live else "nothing is live"
+    if rid and live == rid and phase not in BEFORE_SWITCH:
+        # e.g. killed during a many-host `rollout`: the other hosts are not ours to finish
+        out.line(
+            f"  ↻ it had switched current to {rid} but cannot be completed here; "
+            f"recorded as interrupted at {phase}: redeploy with `shipyard deploy {app.name}`"
+        )
+        return "interrupted"
     out.line(f"  ↻ nothing of it went live ({still}); recorded as interrupted at {phase}")
     if not into_log:
         _log_line(app, number, f"shipyard ▸ interrupted at {phase}; closed by {by}; {still}")

@@ -108,13 +108,17 @@ def status(app: App) -> dict:
             }
     lock_file = history.deploy_lock(app)
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
-    branch = None
+    branch, hosts = None, None
     config_problem = None
     try:
         host = load_host_config(app.config_file)
         from .deploy import branch_tip
 
         branch = {"name": host.branch, "sha": branch_tip(app, f"refs/heads/{host.branch}")}
+        if host.peers:
+            from .peers import peers_status
+
+            hosts = peers_status(app)
     except ShipyardError as exc:  # deploys refuse it: say why here too
         config_problem = {"message": exc.message, "hint": exc.hint}
     except Exception:  # noqa: BLE001 - status shows what it can
@@ -132,6 +136,7 @@ def status(app: App) -> dict:
         "branch": branch,
         "rollback_to": rollback_target(app),
         "processes": processes(app),
+        "hosts": hosts,
     }
 
 
@@ -238,6 +243,13 @@ def render_status(s: dict) -> str:
     if s["rollback_to"]:
         lines.append(f"  rollback   → {s['rollback_to']}")
     lines += render_processes(s["processes"])
+    for i, row in enumerate(s.get("hosts") or []):
+        state = row.get("state") or ""
+        where = row["address"] if row["role"] == "peer" else "primary"
+        text = f"{row.get('host') or '?'} ({where}) {row.get('live') or 'nothing live'} {state}"
+        if row.get("error"):
+            text += f": {row['error']}"
+        lines.append(fit(f"  {'hosts' if i == 0 else '':<10} {text}", WIDTH))
     return "\n".join(lines)
 
 

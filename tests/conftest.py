@@ -38,6 +38,9 @@ def _environment():
     os.environ.setdefault("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))
     os.environ.update(GIT_ENV)
     os.environ.pop("SHIPYARD_ROOT", None)
+    # As on a real host: hooks must flush their own output, and bytecode is written.
+    os.environ.pop("PYTHONUNBUFFERED", None)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     yield
     for host in list(HOSTS):
         host.stop_processes()

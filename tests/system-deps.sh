@@ -11,6 +11,8 @@ command -v ssh >/dev/null || need+=(openssh-client)
 # (as root, as the postgres user this package creates).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || need+=(postgresql)
+command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
+
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${need[*]} (install them with apt-get as root)" >&2

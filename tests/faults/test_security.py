@@ -116,7 +116,7 @@ def test_receiver_secret_readable_by_others(site, observe):
         result = work.push(check=False)
         assert result.returncode != 0 and host.branch() == tip and len(entries(host)) == n
         line = next(ln for ln in result.out.splitlines() if "[remote rejected]" in ln)
-        assert "holds the receivers' secret and is readable by every user (mode 0644)" in line
+        assert "holds `secret` but others can read it (mode 0644" in line
         assert f"chmod 600 {config}" in line and "s3cr3t" not in result.out
         status = sy(host, "status", "mysite").stdout  # read-only: still shows what is live
         assert "! fix: run `chmod 600 " in status and "mysite: live" in status

@@ -1,0 +1,599 @@
+"""Many hosts: the primary drives its peers' receivers through a two-phase deploy.
+
+    … build → prepare-peers → migrate → rollout (switch → restart → verify on every host) → finish
+
+``prepare-peers`` sends each peer the objects it lacks and has it run the same
+checkout/link/venv/build phases the primary ran (deploy.PHASES, run by its
+receiver); if any peer fails, every prepared release is discarded and nothing
+has switched. ``rollout`` then runs the switch, restart and verify phases on
+every host, all at once or in batches of ``rolling`` hosts; when a host fails,
+every host that switched goes back. Protocol and failure handling: docs/hosts.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import release
+from .app import App
+from .config import HostConfig, load_host_config, read_secret
+from .errors import PhaseError, ShipyardError
+from .report import Reporter, Skip
+
+if TYPE_CHECKING:
+    from .deploy import Deploy, Phase
+
+PREPARE = ("checkout", "link", "venv", "build")
+ROLLOUT = ("switch", "restart", "verify")
+ON_PEER_SWITCH = (*ROLLOUT, "finish")
+
+
+# --- running the deploy's own phases (on the primary and in receivers) ------
+
+
+def phase(name: str) -> Phase:
+    from .deploy import PHASES
+
+    return next(p for p in PHASES if p.name == name)
+
+
+def run_phases(d: Deploy, names: tuple[str, ...], done: list[Phase] | None = None) -> str | None:
+    """Run the named phases of ``deploy.PHASES`` as a deploy does; on failure undo those that
+    ran and return ``"<phase> failed: <message>"`` (None when all went well)."""
+    from .deploy import revert
+
+    done = [] if done is None else done
+    for step in [phase(n) for n in names]:
+        t0 = time.monotonic()
+        try:
+            with d.out.ticking(step.name):
+                detail = step.run(d)
+        except (ShipyardError, OSError) as exc:
+            seconds = d.timings[step.name] = round(time.monotonic() - t0, 3)
+            message = exc.message if isinstance(exc, ShipyardError) else f"{exc}"
+            d.out.fail(step.name, seconds, message)
+            output = getattr(exc, "output", "")
+            if output:
+                d.out.detail(output.rstrip().splitlines()[-20:])
+            if isinstance(exc, ShipyardError) and exc.hint:
+                d.out.line(f"    hint: {exc.hint}")
+            revert(d, done)
+            done.clear()
+            return f"{step.name} failed: {message}"
+        d.timings[step.name] = round(time.monotonic() - t0, 3)
+        if step.name == "switch":
+            d.switched_at = time.time()
+        if isinstance(detail, Skip):
+            d.out.skip(step.name, detail)
+        else:
+            d.out.ok(step.name, d.timings[step.name], detail)
+        done.append(step)
+    return None
+
+
+def load_release(d: Deploy) -> None:
+    """Fill in what checkout would have for a release already on disk (d.release_id set)."""
+    from .config import load_app_config, parse_procfile
+
+    d.manifest = release.Manifest.load(d.release)
+    d.venv_key = d.manifest.venv if d.manifest else None
+    d.config = load_app_config(d.release)
+    procfile = d.release / "Procfile"
+    d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
+    d.env = release.shared_env(d.app)
+    d.out.mask = d.out.mask.__class__(d.env)
+
+
+class Prefixed(io.TextIOBase):
+    """A stream that hands each complete line to another Reporter, tagged ``[host]``."""
+
+    def __init__(self, out: Reporter, label: str) -> None:
+        self.target, self.label, self.buf = out, label, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self.target.line(f"  [{self.label}] {line.strip()}")
+        return len(text)
+
+
+# --- the cluster as the primary sees it -------------------------------------
+
+
+def local_name(host: HostConfig) -> str:
+    return host.name or socket.gethostname()
+
+
+def active_peers(host: HostConfig) -> list[str]:
+    return [p for p in host.peers if p not in host.drained]
+
+
+@dataclass
+class PeerState:
+    """One peer during one deploy."""
+
+    client: object
+    address: str
+    name: str = ""
+    live_before: str | None = None
+    prepared: bool = False
+    reused: bool = False
+    switched: bool | None = False  # None: unknown (the answer to switch was lost)
+    switched_at: float | None = None
+    previous: str | None = None
+    error: str | None = None
+    objects: int = 0
+    bytes_sent: int = 0
+    aborted: bool = False
+    task: threading.Thread | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.address
+
+
+@dataclass
+class Cluster:
+    peers: list[PeerState]
+    drained: list[str]
+    local_done: list = field(default_factory=list)
+    skew: float = 0.0
+    packs: dict = field(default_factory=dict)
+    packing: threading.Lock = field(default_factory=threading.Lock)
+    error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
+    cancelled: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def load(cls, app: App, host: HostConfig) -> Cluster:
+        from shipyard.receiver.client import Peer
+
+        active = active_peers(host)
+        secret = read_secret(host, app.config_file) if active else None
+        if active and not secret:
+            raise PhaseError(
+                f"{app.config_file} lists peers but no cluster secret",
+                "set secret_file (a file only the deploy user can read) on every host; "
+                "see docs/hosts.md",
+            )
+        peers = [PeerState(Peer(a, app.name, secret, host.peer_timeout), a) for a in active]
+        return cls(peers, [p for p in host.drained if p in host.peers])
+
+
+def parallel(fn, items: list) -> list:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n >> 20} MiB"
+
+
+def send_objects(d: Deploy, p: PeerState, out: Reporter) -> None:
+    """Info (what the peer has), then a pack of only the objects it lacks."""
+    from shipyard.receiver import objects
+
+    info = p.client.call("GET", "info", query={"want": d.sha})
+    p.name, p.live_before = info.get("name") or "", info.get("live")
+    if info.get("has_want"):
+        out.line(f"  [{p.label}] - {'objects':<14}    -    has {d.sha[:7]} already")
+        return
+    t0 = time.monotonic()
+    haves = frozenset(info.get("refs", {}).values())
+    with d.cluster.packing:  # peers at the same commit (the usual case) share one pack
+        if haves not in d.cluster.packs:
+            d.cluster.packs[haves] = objects.pack_missing(d.app.repo, d.sha, sorted(haves))
+        p.objects, pack = d.cluster.packs[haves]
+    p.client.call("POST", "objects", pack, query={"want": d.sha})
+    p.bytes_sent = len(pack)
+    seconds = time.monotonic() - t0
+    out.line(
+        f"  [{p.label}] ✓ {'objects':<14} {seconds:5.2f}s  {p.objects} objects, "
+        f"{size(p.bytes_sent)} sent"
+    )
+
+
+def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
+    from shipyard.receiver.client import PeerError
+
+    try:
+        send_objects(d, p, out)
+        d.cluster.ready.wait()  # the primary's checkout has chosen the release id
+        if d.cluster.cancelled:
+            return
+        result = p.client.call(
+            "POST",
+            "prepare",
+            {
+                "sha": d.sha,
+                "ref": d.ref,
+                "release": d.release_id,
+                "number": d.number,
+                "pusher": d.pusher,
+                "tag": d.tag,
+                "options": d.options,
+            },
+            on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
+            idempotent=False,
+        )
+    except PeerError as exc:
+        p.error = exc.message
+        return
+    except Exception as exc:  # in a thread: anything unexpected must still fail the deploy
+        p.error = f"{type(exc).__name__}: {exc}"
+        return
+    if result.get("ok"):
+        p.prepared, p.reused = True, bool(result.get("reused"))
+    else:
+        p.error = result.get("error") or "prepare failed"
+
+
+def begin(d: Deploy, ready: bool = True) -> None:
+    """Start every peer's prepare in the background: objects go out at once, the prepare
+    itself once the release id is known (``cluster.ready``), so the peers fetch, check out
+    and build while the primary checks out, links and builds its own."""
+    try:
+        d.cluster = cluster = Cluster.load(d.app, d.host)
+    except ShipyardError as exc:
+        d.cluster = Cluster([], [], error=exc)
+        return
+    if ready:
+        cluster.ready.set()
+    out = d.out
+    for p in cluster.peers:  # daemon threads: a failed deploy never waits for a slow peer
+        p.task = threading.Thread(target=prepare_one, args=(d, p, out), daemon=True)
+        p.task.start()
+
+
+def prepare(d: Deploy) -> str:
+    """Phase ``prepare-peers``: wait until every peer has prepared; all or none."""
+    if d.cluster is None:
+        begin(d)
+    cluster: Cluster = d.cluster
+    if cluster.error:
+        raise cluster.error
+    for address in cluster.drained:
+        d.out.warn(f"peer {address} is drained: skipped (remove it from `drained` to deploy it)")
+    if not cluster.peers:
+        return Skip("all peers drained" if cluster.drained else "no peers")
+    for p in cluster.peers:
+        p.task.join()
+    failed = [p for p in cluster.peers if p.error or not p.prepared]
+    if failed:
+        abort(d)
+        names = ", ".join(p.label for p in failed)
+        raise PhaseError(
+            "; ".join(f"{p.label} ({p.address}): {p.error or 'not prepared'}" for p in failed),
+            f"nothing switched anywhere; fix {names} and push again, or drain it "
+            f'(drained = ["{failed[0].address}"] in {d.app.config_file})',
+        )
+    sent = sum(p.bytes_sent for p in cluster.peers)
+    names = ", ".join(p.label for p in cluster.peers)
+    return f"{len(cluster.peers)} ready: {names} ({size(sent)} of objects sent)"
+
+
+def abort(d: Deploy) -> None:
+    """Undo of prepare-peers: every peer discards the release it prepared (or is preparing)
+    for this deploy; one still building discards it when done."""
+    from shipyard.receiver.client import PeerError
+
+    cluster = d.cluster
+    if not cluster or not d.release_id:
+        return
+    cluster.cancelled = True
+
+    def one(p: PeerState) -> None:
+        if p.aborted:
+            return
+        try:
+            p.client.call("POST", "abort", {"release": d.release_id})
+            p.prepared, p.aborted = False, True
+        except PeerError as exc:
+            d.out.warn(
+                f"{p.label}: could not discard {d.release_id} ({exc.message}); "
+                "its next deploy prunes it"
+            )
+
+    parallel(one, cluster.peers)
+
+
+def with_peers(checkout: Phase) -> Phase:
+    """The checkout phase, which with peers also starts their prepare (and aborts it on undo)."""
+    from .deploy import Phase
+
+    def run(d: Deploy) -> str:
+        begin(d, ready=False)
+        try:
+            detail = checkout.run(d)
+        except BaseException:
+            d.cluster.cancelled = True  # nothing was prepared: the threads just stop
+            raise
+        finally:
+            d.cluster.ready.set()
+        return detail
+
+    def undo(d: Deploy) -> None:
+        abort(d)
+        if checkout.undo:
+            checkout.undo(d)
+
+    return Phase(checkout.name, run, undo)
+
+
+def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
+    from shipyard.receiver.client import PeerError
+
+    p.switched = None
+    try:
+        result = p.client.call(
+            "POST",
+            "switch",
+            {"release": d.release_id, "sha": d.sha, "options": d.options},
+            on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
+            # not repeated once sent: a lost answer leaves it unknown, and revert uses the
+            # live release the peer reported before the deploy
+            idempotent=False,
+        )
+    except PeerError as exc:
+        p.error = exc.message
+        p.switched = None if exc.sent else False  # unknown, or certainly not
+        return
+    except Exception as exc:
+        p.error = f"{type(exc).__name__}: {exc}"
+        return
+    p.switched = bool(result.get("switched"))
+    p.switched_at = result.get("switched_at")
+    p.previous = result.get("previous")
+    if not result.get("ok"):
+        p.error = result.get("error") or "switch failed"
+
+
+def switch_local(d: Deploy, label: str) -> str | None:
+    """The primary's own switch → restart → verify, its lines tagged like a peer's."""
+    out = d.out
+    d.out = Reporter(Prefixed(out, label), color=out.color, heartbeat=out.heartbeat)
+    d.out.mask = out.mask
+    try:
+        return run_phases(d, ROLLOUT, d.cluster.local_done)
+    finally:
+        d.out = out
+
+
+def rollout(d: Deploy) -> str:
+    """Phase ``rollout``: switch, restart and verify every host, at once or in batches."""
+    cluster: Cluster = d.cluster
+    local = local_name(d.host)
+    hosts: list[PeerState | None] = [None, *cluster.peers]  # None: this host
+    per = d.host.rolling or len(hosts)
+    batches = [hosts[i : i + per] for i in range(0, len(hosts), per)]
+    out = d.out
+    failures: list[str] = []
+    times: list[float] = []
+    for number, batch in enumerate(batches, 1):
+        if len(batches) > 1:
+            labels = ", ".join(local if h is None else h.label for h in batch)
+            out.line(f"  … batch {number}/{len(batches)}: {labels}")
+
+        def one(h: PeerState | None) -> str | None:
+            if h is None:
+                try:
+                    error = switch_local(d, local)
+                except Exception as exc:  # never leave the other hosts switched
+                    error = f"{type(exc).__name__}: {exc}"
+                return f"{local} (this host): {error}" if error else None
+            switch_one(d, h, out)
+            return f"{h.label} ({h.address}): {h.error}" if h.error else None
+
+        failures = [f for f in parallel(one, batch) if f]
+        times += [d.switched_at for h in batch if h is None and d.switched_at]
+        times += [h.switched_at for h in batch if h is not None and h.switched_at]
+        if failures:
+            rollback(d)
+            raise PhaseError(
+                "; ".join(failures),
+                "every host that switched went back; nothing else changed",
+            )
+    cluster.skew = skew = (max(times) - min(times)) * 1000 if times else 0.0
+    how = "at once" if len(batches) == 1 else f"in {len(batches)} batches of {per}"
+    return f"{len(hosts)} hosts on {d.release_id} {how}, switch skew {skew:.0f} ms"
+
+
+def rollback(d: Deploy) -> None:
+    """Undo of rollout: every host that switched (or may have) goes back to its previous."""
+    from shipyard.receiver.client import PeerError
+
+    from .deploy import revert
+
+    cluster: Cluster = d.cluster
+    revert(d, cluster.local_done)
+    cluster.local_done.clear()
+    live = d.app.live_release()
+
+    def one(p: PeerState) -> None:
+        if p.switched is False:
+            return
+        try:
+            p.client.call(
+                "POST",
+                "revert",
+                {
+                    "release": d.release_id,
+                    "previous": p.previous if p.switched else p.live_before,
+                    "discard": not p.reused,
+                },
+            )
+            p.switched = False
+        except PeerError as exc:
+            d.out.warn(
+                f"{p.label}: could not switch back ({exc.message}); it converges to "
+                f"{live or 'the live release'} on the next deploy or `shipyard sync {d.app.name}`"
+            )
+
+    parallel(one, cluster.peers)
+
+
+def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
+    """The deploy's phases: with peers, checkout also starts the peers' prepare (which
+    ``prepare-peers`` waits for), and switch/restart/verify become one ``rollout``."""
+    from .deploy import Phase
+
+    if not active_peers(d.host):
+        return all_phases
+    names = [p.name for p in all_phases]
+    first = names.index(ROLLOUT[0])
+    rest = [p for p in all_phases[first:] if p.name not in ROLLOUT]
+    before = [with_peers(p) if p.name == "checkout" else p for p in all_phases[:first]]
+    return [*before, Phase("rollout", rollout, rollback), *rest]
+
+
+# --- status and sync (outside deploys) --------------------------------------
+
+
+def peers_status(app: App) -> list[dict]:
+    """Every host of the app with its live release and health; the primary first."""
+    from shipyard.receiver.client import Peer, PeerError
+
+    host = load_host_config(app.config_file)
+    live = app.live_release()
+    manifest = release.Manifest.load(app.release_dir(live)) if live else None
+    rows = [
+        {
+            "host": local_name(host),
+            "address": "this host",
+            "role": "primary",
+            "live": live,
+            "sha": manifest.sha if manifest else None,
+            "state": "live" if live else "nothing live",
+            "error": None,
+        }
+    ]
+    secret = read_secret(host, app.config_file) if host.peers else None
+
+    def one(address: str) -> dict:
+        row = {"host": "", "address": address, "role": "peer", "live": None, "sha": None}
+        if address in host.drained:
+            row.update(state="drained", error=None)
+        try:
+            info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5)).call(
+                "GET", "info", retries=1
+            )
+        except (PeerError, ShipyardError) as exc:
+            if address not in host.drained:
+                row.update(state="unreachable", error=exc.message)
+            return row
+        row.update(host=info.get("name") or "", live=info.get("live"), sha=info.get("live_sha"))
+        if address not in host.drained:
+            row.update(state="in sync" if info.get("live") == live else "differs", error=None)
+        return row
+
+    return rows + parallel(one, list(host.peers))
+
+
+def sync(app: App, out: Reporter) -> bool:
+    """Bring every peer (not drained) to the primary's live release; True if all are there."""
+    from . import lock
+    from .deploy import Deploy
+
+    host = load_host_config(app.config_file)
+    with lock.exclusive(app.run / "deploy.lock", {"deploy": "sync", "pusher": "shipyard sync"}):
+        live = app.live_release()
+        if not live:
+            out.final("nothing is live on this host yet: push first", good=False)
+            return False
+        m = release.Manifest.load(app.release_dir(live))
+        d = Deploy(app, host, m.deploy, m.sha, m.ref, out, m.pusher, m.tag, release_id=live)
+        d.cluster = cluster = Cluster.load(app, host)
+        cluster.ready.set()
+        for address in cluster.drained:
+            out.warn(f"peer {address} is drained: skipped")
+
+        def one(p: PeerState) -> None:
+            from shipyard.receiver.client import PeerError
+
+            try:
+                info = p.client.call("GET", "info", query={"want": d.sha})
+            except PeerError as exc:
+                p.error = exc.message
+                return
+            p.name = info.get("name") or ""
+            if info.get("live") == live:
+                out.line(f"  [{p.label}] ✓ in sync        {live}")
+                return
+            prepare_one(d, p, out)
+            if not p.error:
+                switch_one(d, p, out)  # a peer that fails here has switched itself back
+            if p.error and p.prepared and not p.reused:
+                with contextlib.suppress(PeerError):
+                    p.client.call("POST", "abort", {"release": live})
+
+        parallel(one, cluster.peers)
+    failed = [p for p in cluster.peers if p.error]
+    for p in failed:
+        out.line(f"  ✗ {p.label} ({p.address}): {p.error}")
+    if failed:
+        out.final(f"{len(failed)} of {len(cluster.peers)} peers not on {live}", good=False)
+        return False
+    out.final(f"every host is on {live}", good=True)
+    return True
+
+
+# --- commands ---------------------------------------------------------------
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    import json
+
+    app = App.at(args.app, args.root).require()
+    rows = peers_status(app)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        name = r["host"] or "?"
+        print(
+            f"{name:<16} {r['address']:<22} {r['role']:<8} {r['state']:<12} "
+            f"{r['live'] or '-'}" + (f"  ({r['error']})" if r.get("error") else "")
+        )
+    return 0 if all(r["state"] not in ("unreachable", "differs") for r in rows) else 1
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .options import wants_color
+
+    app = App.at(args.app, args.root).require()
+    out = Reporter(sys.stdout, color=wants_color({}, dict(os.environ)) and sys.stdout.isatty())
+    return 0 if sync(app, out) else 1
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from shipyard.receiver.server import serve
+
+    return serve(args.listen, args.root, max_pack=args.max_pack << 20)
+
+
+def add_commands(sub) -> None:
+    """`shipyard receiver`, `shipyard peers APP`, `shipyard sync APP` (called by cli.py)."""
+    p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
+    p.add_argument("--listen", required=True, metavar="ADDR:PORT")
+    p.add_argument("--max-pack", type=int, default=512, metavar="MiB", help="largest pack taken")
+    p.set_defaults(func=cmd_receiver)
+    p = sub.add_parser("peers", help="every host of an app with its live release")
+    p.add_argument("app")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_peers)
+    p = sub.add_parser("sync", help="bring every peer to this host's live release")
+    p.add_argument("app")
+    p.set_defaults(func=cmd_sync)
