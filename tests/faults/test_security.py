@@ -7,6 +7,7 @@ import importlib.util
 import os
 import stat
 import subprocess
+import time
 
 import faultlib
 import pytest
@@ -119,7 +120,8 @@ def test_receiver_secret_readable_by_others(site, observe):
         assert "holds `secret` but others can read it (mode 0644" in line
         assert f"chmod 600 {config}" in line and "s3cr3t" not in result.out
         status = sy(host, "status", "mysite").stdout  # read-only: still shows what is live
-        assert "! fix: run `chmod 600 " in status and "mysite: live" in status
+        assert "! fix: make it the deploy user's alone: chmod 600" in status
+        assert "mysite: live" in status
         config.chmod(0o600)
         assert "shipyard ▸ live" in work.push().out
         row["outcome"] = (
@@ -136,10 +138,55 @@ def test_init_writes_the_host_config_private(site):
     assert stat.S_IMODE((host.dir / "shipyard.toml").stat().st_mode) == 0o600
 
 
-def test_receiver_refuses_unsigned_requests(observe):
-    row = observe("security", "a receiver request that is not signed")
+def test_receiver_refuses_unsigned_requests(tmp_path, observe):
+    row = observe("security", "receiver requests unsigned, mis-signed, stale, replayed")
     if importlib.util.find_spec("shipyard.receiver.server") is None:
         row["outcome"] = "not tried: this branch has no receiver (shipyard.receiver)"
-        pytest.skip("no receiver in this branch: the many-hosts work brings it")
-    row["outcome"] = "see tests of shipyard.receiver"
-    pytest.skip("the receiver's own tests cover signing")
+        pytest.skip("no receiver in this branch")
+    import http.client
+    import threading
+
+    from shipyard.receiver import auth
+    from shipyard.receiver.server import Receiver
+
+    host = make_host(tmp_path / "apps")
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("fault-suite-secret-0123456789abcdef\n")
+    secret.chmod(0o600)
+    with open(host.dir / "shipyard.toml", "a") as config:
+        config.write(f'secret_file = "{secret}"\nname = "web2"\n')
+    server = Receiver(("127.0.0.1", 0), host.root, 1 << 20)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = "/v1/apps/mysite/info"
+
+    def get(headers: dict) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    key = secret.read_text().strip().encode()
+    try:
+        seen = {}
+        seen["unsigned"] = get({})
+        seen["mis-signed"] = get(auth.sign(b"not-the-cluster-secret-at-all!!", "GET", path, b""))
+        seen["stale"] = get(auth.sign(key, "GET", path, b"", now=time.time() - 3600))
+        headers = auth.sign(key, "GET", path, b"")
+        seen["signed"] = get(headers)
+        seen["replayed"] = get(headers)
+        assert seen["signed"][0] == 200, seen["signed"]
+        for what in ("unsigned", "mis-signed", "stale", "replayed"):
+            assert seen[what][0] == 401, (what, seen[what])
+        assert "unsigned request" in seen["unsigned"][1]
+        assert "bad signature" in seen["mis-signed"][1]
+        assert "stale request" in seen["stale"][1] and "replayed" in seen["replayed"][1]
+    finally:
+        server.shutdown()
+        server.server_close()
+    row["outcome"] = (
+        "401 for each (`unsigned request`, `bad signature`, `stale request`, `replayed`); "
+        "the signed one 200"
+    )
