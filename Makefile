@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-stop test test-unit test-e2e bench lint clean system-deps
+.PHONY: venv demo demo-stop test test-unit test-e2e bench lint clean system-deps reliability
 
 venv: $(STAMP)
 
@@ -25,6 +25,15 @@ demo: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q -rfE --durations=15
 
+# The fault and bad-input suite, recorded; docs/reliability.md rendered from the records.
+reliability: venv system-deps
+	mkdir -p build
+	rm -f build/reliability.jsonl
+	SHIPYARD_RELIABILITY=$(CURDIR)/build/reliability.jsonl $(BIN)/python -m pytest -q \
+		--durations=5 tests/faults; status=$$?; \
+	$(BIN)/python tests/faults/render.py build/reliability.jsonl > docs/reliability.md; \
+	exit $$status
+
 bench: venv
 	$(BIN)/python bench/run.py
 
@@ -36,4 +45,4 @@ demo-stop: venv
 	@test ! -d demo/apps/mysite || $(BIN)/shipyard --root demo/apps processes mysite --stop
 
 clean: demo-stop
-	rm -rf demo bench/work .pytest_cache
+	rm -rf demo bench/work .pytest_cache build

@@ -68,7 +68,9 @@ def port_of(config: Path) -> int:
 def main() -> None:
     config = ROOT / "mysite" / "shipyard.toml"
     port = port_of(config) if config.exists() else free_port()
-    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", "--port", str(port), show=True)
+    # a throwaway demo host: as root (a container), deploys must be allowed to run as root
+    as_root = ["--allow-root"] if os.geteuid() == 0 else []
+    sh(BIN / "shipyard", "--root", ROOT, "init", "mysite", "--port", str(port), *as_root, show=True)
     env_file = ROOT / "mysite" / "shared" / ".env"
     if not env_file.exists():
         env_file.write_text(

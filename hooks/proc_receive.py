@@ -15,18 +15,38 @@ import sys
 
 from dulwich.protocol import Protocol
 
+from shipyard import faults
 from shipyard.app import App
-from shipyard.config import load_host_config, parse_app_config, parse_procfile
+from shipyard.config import AppConfig, load_host_config, parse_app_config, parse_procfile
 from shipyard.errors import ShipyardError
+from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options
 from shipyard.provision.supervisor import check_counts
+from shipyard.release import shared_env
 from shipyard.repo import hook_app
+from shipyard.venv import DETECTED
 
 ZERO = "0" * 40
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=check)
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, errors="replace", check=check
+    )
+
+
+def show(commit: str, name: str) -> str | None:
+    """A file of the commit as text (None if absent); refuses one that is not UTF-8 text."""
+    shown = subprocess.run(["git", "show", f"{commit}:{name}"], capture_output=True, check=False)
+    if shown.returncode:
+        return None
+    try:
+        return shown.stdout.decode()
+    except UnicodeDecodeError as exc:
+        line = shown.stdout[: exc.start].count(b"\n") + 1
+        raise ShipyardError(
+            f"{name}:{line}: not UTF-8 text (a binary file?)", f"write {name} as UTF-8 text"
+        ) from None
 
 
 def peel(new: str) -> tuple[str, str | None]:
@@ -47,16 +67,53 @@ def peel(new: str) -> tuple[str, str | None]:
     return new, tag
 
 
-def check_commit(commit: str) -> None:
-    """Refuse a commit whose shipyard.toml or Procfile would fail the deploy anyway."""
+def check_commit(app: App, commit: str) -> None:
+    """Refuse a commit whose deploy would fail anyway, or take the app down by mistake."""
     parsed = {}
     for name, parse in (("shipyard.toml", parse_app_config), ("Procfile", parse_procfile)):
-        shown = git("show", f"{commit}:{name}", check=False)
-        if shown.returncode == 0:
-            parsed[name] = parse(shown.stdout, name)
+        text = show(commit, name)
+        if text is not None:
+            parsed[name] = parse(text, name)
     config = parsed.get("shipyard.toml")
     if config is not None and config.processes:
         check_counts(parsed.get("Procfile", {}), config.processes, "shipyard.toml")
+    check_requirements(commit, config)
+    if "Procfile" not in parsed:
+        check_keeps_processes(app, commit)
+    shared_env(app)  # a host .env that does not parse would fail the deploy at checkout
+
+
+def check_requirements(commit: str, config: AppConfig | None) -> None:
+    """The venv phase needs something to install; say so before the branch moves."""
+    wanted = [config.requirements] if config and config.requirements else list(DETECTED)
+    for name in wanted:
+        kind = git("cat-file", "-t", f"{commit}:{name}", check=False).stdout.strip()
+        if kind == "blob":
+            return
+    if config and config.requirements:
+        raise ShipyardError(
+            f"shipyard.toml: requirements file {config.requirements!r} is not in the commit",
+            "add it, or point `requirements` at the right file",
+        )
+    raise ShipyardError(
+        "no requirements: the commit has no uv.lock, requirements.txt or pyproject.toml",
+        "add a requirements.txt listing what the app needs (e.g. django, gunicorn)",
+    )
+
+
+def check_keeps_processes(app: App, commit: str) -> None:
+    """A commit without a Procfile would stop every process the app runs: refuse it."""
+    try:
+        state = json.loads((app.run / "processes.json").read_text())
+    except (OSError, ValueError):
+        return
+    running = sorted({p.get("type", "?") for p in state.get("programs", [])})
+    if running:
+        raise ShipyardError(
+            f"{commit[:7]} has no Procfile: deploying it would stop {', '.join(running)}",
+            "restore the Procfile (git checkout HEAD~1 -- Procfile); to stop a process type "
+            "on purpose, set its count to 0 under [processes] in shipyard.toml",
+        )
 
 
 def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
@@ -86,7 +143,7 @@ def handle(
             f"to roll back, run `shipyard rollback {app.name}` on the host",
         )
     commit, tag = peel(new)
-    check_commit(commit)
+    check_commit(app, commit)
     update = git(
         "update-ref",
         "-m",
@@ -98,6 +155,7 @@ def handle(
     )
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
+    faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py
     # Only an annotated tag names itself; the deploy worker picks this up (cli.pushed_tag).
     # Written after the ref moved, so a refused update never leaves a stale name behind.
     if tag:
@@ -120,9 +178,10 @@ def main() -> None:
     commands = [line.decode().strip().split(" ", 2) for line in proto.read_pkt_seq()]
     raw_options = [line.decode().rstrip("\n") for line in proto.read_pkt_seq()]
     app = hook_app()
+    safe_umask()
     try:
         options = parse_options(raw_options)
-        load_host_config(app.config_file)
+        check_not_root(app, load_host_config(app.config_file))
     except ShipyardError as exc:
         for _old, _new, ref in commands:
             proto.write_pkt_line(f"ng {ref} {exc}".encode())

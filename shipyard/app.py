@@ -12,8 +12,9 @@ from pathlib import Path
 
 from .errors import AppError
 
-APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-RELEASE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{7,40}$")
+# \Z, not $: "$" also matches before a trailing newline, and "mysite\n" is not a name
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+RELEASE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{7,40}\Z")
 
 
 def default_root() -> Path:

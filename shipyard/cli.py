@@ -17,11 +17,17 @@ from .errors import ShipyardError
 
 def cmd_init(args: argparse.Namespace) -> int:
     from . import repo
+    from .config import load_host_config
 
     app = App.at(args.app, args.root)
-    changed = repo.create(app, branch=args.branch, port=args.port)
+    changed = repo.create(app, branch=args.branch, port=args.port, allow_root=args.allow_root)
     for line in changed:
         print(f"  {line}")
+    if os.geteuid() == 0 and not load_host_config(app.config_file).allow_root:
+        print(
+            "  note: you are root, and deploys refuse to run as root; push as an unprivileged "
+            "user (`shipyard provision`), or run `shipyard init --allow-root` on a throwaway host"
+        )
     print(
         f"shipyard ▸ {app.name} is ready at {app.dir}"
         if changed
@@ -85,6 +91,20 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
         kind="push",
     )
     return 0 if execute(d) else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Complete or close a deploy that was killed (the post-receive hook runs this too)."""
+    from . import guard, recover
+    from .config import load_host_config
+    from .options import wants_color
+    from .report import Reporter
+
+    app = existing_app(args)
+    host = load_host_config(app.config_file)
+    guard.check_not_root(app, host)
+    out = Reporter(sys.stdout, wants_color({}, dict(os.environ)), heartbeat=host.heartbeat)
+    return 0 if recover.run(app, host, out, into_log=args.into_log) else 1
 
 
 def existing_app(args: argparse.Namespace) -> App:
@@ -160,18 +180,24 @@ def push_options(raw: list[str] | None) -> dict[str, str]:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from . import operate
     from .config import load_host_config
+    from .guard import check_not_root
 
     app = existing_app(args)
+    host = load_host_config(app.config_file)
+    check_not_root(app, host)
     options = push_options(args.option)
-    ref = args.ref or f"refs/heads/{load_host_config(app.config_file).branch}"
+    ref = args.ref or f"refs/heads/{host.branch}"
     sha, tag = operate.resolve(app, ref)
     return 0 if operate.run_foreground(app, sha, tag, "deploy", options) else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from . import operate
+    from .config import load_host_config
+    from .guard import check_not_root
 
     app = existing_app(args)
+    check_not_root(app, load_host_config(app.config_file))
     return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
 
 
@@ -185,6 +211,9 @@ def cmd_processes(args: argparse.Namespace) -> int:
         print(f"shipyard ▸ {app.name}: {'stopped' if stopped else 'nothing was running'}")
         return 0
     if args.start:
+        from . import guard
+
+        guard.check_not_root(app, supervise._host(app))
         how = supervise.start(app)
         print(f"shipyard ▸ {app.name}: supervisord {how}")
     for line in supervise.format_status(app, supervise.status(app)):
@@ -204,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
     p.add_argument("--port", type=int, default=8000, help="where the web process listens")
+    p.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="let deploys run as root (writes allow_root = true; throwaway hosts, tests)",
+    )
     p.set_defaults(func=cmd_init)
 
     option_help = "as `git push -o`: skip-migrate, no-restart, color=…, message=…"
@@ -241,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release", nargs="?", help="release id, commit or tag (default: previous)")
     p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "recover", help="complete (after its switch) or close a deploy that was killed"
+    )
+    p.add_argument("app")
+    p.add_argument("--into-log", action="store_true", help=argparse.SUPPRESS)  # post-receive
+    p.set_defaults(func=cmd_recover)
+
     p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")
     p.add_argument("app")
     what = p.add_mutually_exclusive_group()
@@ -270,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .guard import safe_umask
+
+    safe_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.root is None and os.environ.get("SHIPYARD_ROOT"):

@@ -55,6 +55,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "peers": (list, []),
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
+    "allow_root": (bool, False),
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     "secret_file": (str, None),
     "name": (str, None),
@@ -111,6 +112,7 @@ class HostConfig:
     peers: list[str] = field(default_factory=list)
     secret: str | None = None
     heartbeat: float = 10
+    allow_root: bool = False  # deploy even as root (tests, throwaway containers)
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     secret_file: str | None = None
     name: str | None = None
@@ -139,7 +141,14 @@ def _line_of(text: str, key: str, table: str | None) -> int:
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+        bool: "true or false",
+    }
     if isinstance(expected, tuple):
         return " or ".join(names[t] for t in expected)
     return names[expected]
@@ -169,7 +178,9 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             out[key] = _validate(value, spec, text, source, dotted)
         else:
             expected = spec[0]
-            if isinstance(value, bool) or not isinstance(value, expected):
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(
+                value, expected
+            ):
                 raise ConfigError(
                     f"{where}: {dotted!r} must be {_type_name(expected)}, "
                     f"not {type(value).__name__}",
@@ -272,7 +283,11 @@ def load_app_config(release_dir: Path) -> AppConfig:
 
 
 def load_host_config(path: Path) -> HostConfig:
-    host = parse_host_config(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text", "rewrite it as UTF-8 TOML") from None
+    host = parse_host_config(text, str(path))
     check_secret_access(host, path)
     return host
 

@@ -16,6 +16,7 @@ not fatal: its failure is reported and recorded, and the new release stays.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -24,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, history, lock, migrate, peers, release, supervise, venv
+from . import build, faults, history, lock, migrate, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
-from .report import Reporter, Skip
+from .report import Masker, Reporter, Skip
 
 ZERO = "0" * 40
 
@@ -62,6 +63,8 @@ class Deploy:
     processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
     cluster: Any = None  # peers.Cluster while peers are prepared and switched
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
+    journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
+    recovery: dict | None = None  # set when this run completes an interrupted deploy
 
     @property
     def release(self) -> Path:
@@ -93,6 +96,9 @@ def checkout(d: Deploy) -> str:
         d.venv_key = d.manifest.venv if d.manifest else None
     else:
         d.release_id = d.release_id or release.new_release_id(d.sha)
+        if d.release.exists() and d.release_id != d.app.live_release():
+            # a half-made release of this id, e.g. by a deploy of this commit killed this second
+            release.remove(d.app, d.release_id)
         release.checkout(d.app, d.sha, d.release_id)
         d.manifest = release.Manifest(
             sha=d.sha,
@@ -198,6 +204,8 @@ class Phase:
     fatal: bool = True  # False: a failure is reported, the deploy goes on
 
 
+AFTER_SWITCH = ("switch", "restart", "verify", "post-migrate", "finish")
+
 PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
@@ -244,16 +252,29 @@ def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = N
     return result.stdout
 
 
-def run(d: Deploy) -> bool:
-    """Run every phase; on failure revert what ran. Returns True when the release went live."""
+def progress(d: Deploy, phase: str, when: str = "start") -> None:
+    """Note in the deploy lock how far the deploy got, for whoever recovers it if it dies."""
+    if d.journal is not None:
+        d.journal.update(phase=phase, release=d.release_id or None, reused=d.reused)
+    faults.point(d.app.run, phase, when, d.number)
+
+
+def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
+    """Run every phase; on failure revert what ran. Returns True when the release went live.
+
+    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    """
     started = time.monotonic()
-    done: list[Phase] = []
-    for phase in peers.phases(d, PHASES):  # with peers: switch/restart/verify → rollout
+    done = list(done or [])
+    # with peers: switch/restart/verify → rollout
+    for phase in peers.phases(d, PHASES) if phases is None else phases:
         t0 = time.monotonic()
+        progress(d, phase.name)
         try:
             with d.out.ticking(phase.name):
                 detail = phase.run(d)
-        except (ShipyardError, OSError) as exc:
+            progress(d, phase.name, "end")
+        except Exception as exc:  # noqa: BLE001 - even a bug in a phase must be undone
             d.timings[phase.name] = round(time.monotonic() - t0, 3)
             if not phase.fatal:
                 d.problems.append(f"{phase.name}: {explain(d, phase, exc)}")
@@ -273,21 +294,41 @@ def run(d: Deploy) -> bool:
         return True
     record(d, "live", elapsed)
     was = f" (rolled back from {d.previous})" if d.kind == "rollback" and d.previous else ""
+    if d.recovery:
+        was += f" (deploy #{d.number}, completed after it was interrupted at {d.recovery['phase']})"
     d.out.final(f"live: {d.short} in {elapsed:.1f}s{was}", good=True)
     return True
 
 
 def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     """Print a phase's failure (its ✗ line, the command's output, the hint); return the message."""
-    message = exc.message if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ShipyardError):
+        message = exc.message
+    elif isinstance(exc, OSError):
+        message = f"{type(exc).__name__}: {exc}"
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc} (a bug: please report it)"
     message = d.out.mask(message)
     d.out.fail(phase.name, d.timings[phase.name], message)
-    output = getattr(exc, "output", "")
+    output = getattr(exc, "output", "") or ""
     if output:
         d.out.detail(output.rstrip().splitlines()[-20:])
-    if isinstance(exc, ShipyardError) and exc.hint:
+    if disk_full(exc, output):
+        d.out.line(
+            f"    hint: the disk is full (No space left on device): free space on the "
+            f"filesystem of {d.app.dir} (`df -h {d.app.dir}`), then push again"
+        )
+    elif isinstance(exc, ShipyardError) and exc.hint:
         d.out.line(f"    hint: {exc.hint}")
     return message
+
+
+def disk_full(exc: Exception, output: str = "") -> bool:
+    """Did the phase fail because a filesystem is full (ENOSPC, or a tool saying so)?"""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = f"{exc}\n{output[-20000:]}".lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
 
 
 def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
@@ -328,6 +369,10 @@ def reset_branch(d: Deploy) -> None:
 
 
 def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
+    if d.recovery:
+        extra = {"recovered": d.recovery, **extra}
+    if isinstance(extra.get("error"), str):
+        extra["error"] = d.out.mask(extra["error"])
     history.record(
         d.app,
         {
@@ -344,7 +389,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
             "duration": round(seconds, 3),
             "outcome": outcome,
             "phases": d.timings,
-            "options": d.options,
+            "options": {k: d.out.mask(v) for k, v in d.options.items()},
             "migrations": d.migrations,
             **extra,
         },
@@ -365,27 +410,62 @@ def title(d: Deploy) -> str:
     return f"{text}: {message}" if message else text
 
 
-def execute(d: Deploy) -> bool:
-    """Take the app's deploy lock and run the deploy, unless a newer push superseded it."""
-    d.out.title(title(d))
-    for note in d.notes:
-        d.out.warn(note)
-    info = {
+def journal_info(d: Deploy) -> dict:
+    """The deploy lock's note: who holds it, and what a recovery needs to finish the deploy."""
+    from . import recover
+
+    return {
         "deploy": d.number,
         "sha": d.sha,
         "pusher": d.pusher,
         "since": time.time(),
         "pid": os.getpid(),
+        # a detached worker leads its own session: a recovery stops what it left running
+        "session": os.getsid(0) == os.getpid(),
+        "boot": recover.boot_id(),
+        "kind": d.kind,
+        "ref": d.ref,
+        "tag": d.tag,
+        "options": d.options,
+        "previous": d.app.live_release(),
+        "phase": None,
+        "recoverable": True,  # if this process dies holding the lock, the next holder resumes
     }
+
+
+def execute(d: Deploy) -> bool:
+    """Take the app's deploy lock and run the deploy, unless a newer push superseded it.
+
+    A deploy that died holding the lock left its note there: it is finished or
+    cleaned up first (``recover``), so this one starts from a consistent host.
+    """
+    from . import guard, recover
+
+    with contextlib.suppress(ShipyardError, OSError):  # checkout reports a .env that won't parse
+        d.out.mask = Masker(release.shared_env(d.app))  # e.g. a secret pasted into -o message=
+    d.out.title(title(d))
+    problem = guard.root_problem(d.app, d.host)
+    if problem:  # proc-receive and `shipyard deploy` refuse first; this is the last word
+        d.out.line(f"    hint: {guard.root_hint(d.app)}")
+        reset_branch(d)
+        record(d, "failed", 0.0, error=problem)
+        d.out.final(f"refused: {problem}", good=False)
+        return False
+    for note in d.notes:
+        d.out.warn(note)
     with lock.exclusive(
         d.app.run / "deploy.lock",
-        info,
+        journal_info(d),
         on_wait=lambda who: d.out.line(f"  … waiting for {lock.describe(who)}"),
         on_still_waiting=lambda who, s: d.out.line(
             f"  … still waiting ({s:.0f}s) for {lock.describe(who)}"
         ),
         heartbeat=d.out.heartbeat,
-    ):
+    ) as held:
+        if held.stale:
+            recover.resume(d.app, d.host, held, d.out, by=f"deploy #{d.number}")
+        held.replace(journal_info(d))  # `previous` as it is now that the lock is ours
+        d.journal = held
         tip = branch_tip(d.app, d.ref)
         if tip != d.sha:
             record(d, "superseded", 0.0, superseded_by=tip)

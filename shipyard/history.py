@@ -126,8 +126,11 @@ def deploys(app: App) -> list[dict]:
         if isinstance(entry.get("deploy"), int):
             recorded[entry["deploy"]] = entry
     held = lock.is_held(deploy_lock(app))
-    # The holder's note survives a holder killed by SIGKILL: it says what that deploy was.
-    holder = lock.holder(deploy_lock(app))
+    # The holder's note survives a holder killed by SIGKILL: it says what that deploy was
+    # (kept under "stale" while a holder that cannot resume it holds the lock).
+    note = lock.holder(deploy_lock(app))
+    holder = note if held else (lock.pending(note) or note)
+    dead = lock.pending(note)
     out = []
     for number in sorted(set(numbers(app)) | set(recorded)):
         if number in recorded:
@@ -139,8 +142,8 @@ def deploys(app: App) -> list[dict]:
             entry = {"deploy": number, "outcome": "waiting"}
         else:
             entry = {"deploy": number, "outcome": "interrupted"}
-            if holder.get("deploy") == number:
-                entry.update({k: holder[k] for k in ("sha", "pusher") if k in holder})
+            if dead.get("deploy") == number:
+                entry.update({k: dead[k] for k in ("sha", "pusher") if k in dead})
         if "since" in entry:
             entry["start"] = entry["since"]
         else:

@@ -40,6 +40,56 @@ def is_held(path: Path) -> bool:
     return False
 
 
+class Held:
+    """A held lock: what a dead holder left to finish, and a way to update our own note.
+
+    A holder whose note says ``recoverable`` (a deploy) and that is killed (SIGKILL,
+    a crash, a power cut) leaves its note behind; the next holder finds it in
+    ``stale``. Until a holder takes it over (``replace``, or ``handled = True``), it
+    is kept in the file under ``"stale"``, through any number of holders that do not
+    know what to do with it, for one that does.
+    """
+
+    def __init__(self, fd: int, info: dict, stale: dict) -> None:
+        self.fd = fd
+        self.info = dict(info)
+        self.stale = stale
+        self.handled = not stale
+        self._size = os.fstat(fd).st_size
+
+    def replace(self, info: dict) -> None:
+        """Start a new note, taking over the stale one (e.g. a recovery resuming it)."""
+        self.handled = True
+        self.info = {}
+        self.update(**info)
+
+    def update(self, **values: object) -> None:
+        """Rewrite the note; never unreadable, even if the process dies half-way.
+
+        The new JSON is padded with spaces to the old length before the file is cut
+        to it, so a reader (or a next holder after a SIGKILL) always parses one
+        whole note.
+        """
+        self.info.update(values)
+        self._write({**self.info, **({} if self.handled else {"stale": self.stale})})
+
+    def _write(self, note: dict) -> None:
+        data = json.dumps(note).encode() if note else b""
+        if len(data) < self._size:
+            data += b" " * (self._size - len(data))
+        os.pwrite(self.fd, data, 0)
+        self._size = len(data.rstrip(b" "))
+        os.ftruncate(self.fd, self._size)
+
+
+def pending(note: dict) -> dict:
+    """The note of a dead holder still to be recovered, found in what the lock file holds."""
+    if note.get("recoverable"):
+        return note
+    stale = note.get("stale")
+    return stale if isinstance(stale, dict) and stale.get("recoverable") else {}
+
+
 @contextmanager
 def exclusive(
     path: Path,
@@ -48,7 +98,7 @@ def exclusive(
     timeout: float | None = None,
     heartbeat: float = 10.0,
     on_still_waiting: Callable[[dict, float], None] | None = None,
-) -> Iterator[None]:
+) -> Iterator[Held]:
     """Hold an exclusive flock on ``path`` for the block, writing ``info`` into it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -76,15 +126,26 @@ def exclusive(
                         on_still_waiting(holder(path), now - started)
                         next_beat = now + heartbeat
                     time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        held = Held(fd, info, pending(_note(fd)))
+        held.update()
         try:
-            yield
+            yield held
         finally:
-            os.ftruncate(fd, 0)
+            # empty when all is done; a stale note nobody took over stays for the next holder
+            held._write({} if held.handled else {"stale": held.stale})
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _note(fd: int) -> dict:
+    """What the file holds now (a previous holder's note if it died holding the lock)."""
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        note = json.loads(data or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def describe(info: dict) -> str:

@@ -312,7 +312,9 @@ def run_command(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=errors if errors else subprocess.STDOUT,
-                start_new_session=True,
+                # its own process group (a timeout stops the whole tree), but the deploy's
+                # session: if the deploy is killed, its recovery stops what it left running
+                process_group=0,
             )
         except FileNotFoundError:
             return Ran(127, f"{command[0]}: not found\n", 0.0)

@@ -265,8 +265,11 @@ def run_foreground(
     term: TextIO | None = None,
 ) -> bool:
     """Run one deploy here and now, printing what a push would; True when it went live."""
+    from .guard import check_not_root
+
     term = sys.stdout if term is None else term
     host = load_host_config(app.config_file)
+    check_not_root(app, host)
     ref = f"refs/heads/{host.branch}"
     number = history.claim_number(app)
     with history.open_log(app, number) as log:

@@ -49,7 +49,9 @@ def checkout(app: App, sha: str, release_id: str) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         archive = subprocess.Popen(
-            ["git", "--git-dir", str(app.repo), "archive", "--format=tar", sha],
+            # modes 0755/0644 whatever the repo or umask say (tar as root keeps the archive's)
+            ["git", "-c", "tar.umask=0022", "--git-dir", str(app.repo), "archive", "--format=tar"]
+            + [sha],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -63,7 +65,10 @@ def checkout(app: App, sha: str, release_id: str) -> Path:
         err = archive.stderr.read().decode(errors="replace")
         if archive.wait() or untar.returncode:
             detail = err.strip() or untar.stderr.decode(errors="replace").strip()
-            raise PhaseError(f"could not check out {sha[:7]}: {detail}", "is the disk full?")
+            first = (detail.splitlines() or ["git archive | tar failed"])[0]
+            if nearly_full(tmp) or "Wrote only" in detail:  # tar's word for a short write
+                first = f"No space left on device ({first})"
+            raise PhaseError(f"could not check out {sha[:7]}: {first}", output=detail)
         check_symlinks(tmp)
         os.chmod(tmp, 0o755)
         os.rename(tmp, target)
@@ -71,6 +76,15 @@ def checkout(app: App, sha: str, release_id: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def nearly_full(path: Path) -> bool:
+    """Is the filesystem of ``path`` out of space (less than 1 MiB or no inodes left)?"""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20) or (st.f_files > 0 and st.f_favail == 0)
 
 
 def check_symlinks(tree: Path) -> None:

@@ -21,7 +21,7 @@ branch = "{branch}"
 keep = 5
 installer = "uv"
 port = {port}
-"""
+{extra}"""
 
 
 def hook_script(module: str) -> str:
@@ -29,7 +29,7 @@ def hook_script(module: str) -> str:
     return f"#!{sys.executable}\nfrom {module} import main\nmain()\n"
 
 
-def create(app: App, branch: str = "main", port: int = 8000) -> list[str]:
+def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = False) -> list[str]:
     """Create or repair the app's layout, bare repo and hooks. Returns what it changed."""
     import git
 
@@ -58,8 +58,15 @@ def create(app: App, branch: str = "main", port: int = 8000) -> list[str]:
         git.Repo.init(app.repo, bare=True, initial_branch=branch)
         changed.append(f"created bare repo {app.repo.relative_to(app.root)}")
     if not app.config_file.is_file():
-        app.config_file.write_text(HOST_CONFIG.format(name=app.name, branch=branch, port=port))
-        changed.append("wrote shipyard.toml")
+        extra = "# deploys run as root: only for throwaway hosts and tests\nallow_root = true\n"
+        text = HOST_CONFIG.format(
+            name=app.name, branch=branch, port=port, extra=extra if allow_root else ""
+        )
+        # 0600: it may get the receivers' secret, which must not be readable by others
+        fd = os.open(app.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        changed.append("wrote shipyard.toml" + (" (allow_root = true)" if allow_root else ""))
     host = load_host_config(app.config_file)
     changed += configure(app, host)
     changed += install_hooks(app)

@@ -28,6 +28,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,7 +133,10 @@ class Supervisor:
             return "running"
         if not self.settings.embedded:
             self.call("getState")  # raises the unreachable error with its reason
+        orphans = stop_orphans(self.app)
         self.start_embedded()
+        if orphans:
+            return f"started (the previous one had died; stopped {orphans} process(es) it left)"
         return "started"
 
     def start_embedded(self) -> None:
@@ -704,8 +708,8 @@ def restart(d: Deploy) -> str:
         return Skip("no Procfile processes")
     if "no-restart" in d.options:
         return Skip("-o no-restart: processes left as they were")
-    sv.ensure()
-    d.processes["before"] = before
+    how = sv.ensure()
+    d.processes.setdefault("before", before)  # a recovery presets the previous release's
     try:
         running, summary = converge(sv, wanted)
     except ShipyardError as exc:
@@ -719,6 +723,8 @@ def restart(d: Deploy) -> str:
         raise
     d.processes["running"] = running
     d.processes["pids"] = _pids(sv, running)
+    if how.startswith("started ("):
+        summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
 
 
@@ -964,6 +970,52 @@ def shutdown(app: App, timeout: float = 60) -> bool:
             return True
         time.sleep(0.05)
     raise AppError(f"supervisord for {app.name} (pid {pid}) did not stop in {timeout:.0f}s")
+
+
+def _session(pid: str | int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[3])
+
+
+def orphans(app: App) -> list[int]:
+    """Processes an embedded supervisord that died (SIGKILL, OOM) left running.
+
+    supervisord leads its own session and its programs stay in it: with the leader
+    (run/supervisord.pid) dead, what is left of that session in the app's directory
+    is its orphans — the web port's socket holder and the app's processes, still
+    holding the port, and invisible to a new supervisord.
+    """
+    pid = _read_pid(prov.pid_file(app))
+    if pid is None or _alive(pid):
+        return []
+    base = os.path.realpath(app.dir)
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        if int(name) == os.getpid() or _session(name) != pid:
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        if cwd == base or cwd.startswith(base + "/"):
+            found.append(int(name))
+    return found
+
+
+def stop_orphans(app: App, grace: float = 5.0) -> int:
+    """TERM (gunicorn drains), then KILL, what a dead supervisord left; how many there were."""
+    found = orphans(app)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in found):
+            time.sleep(0.05)
+    return len(found)
 
 
 def _read_pid(path: Path) -> int | None:

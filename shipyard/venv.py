@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tomllib
@@ -162,10 +163,21 @@ def build(target: Path, release: Path, the_plan: Plan) -> None:
                 "pip install",
             )
             _rewrite_shebangs(tmp, target)
+        not_world_writable(tmp)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def not_world_writable(tree: Path) -> None:
+    """Clear o+w everywhere (uv makes its ``.lock`` 0666 whatever the umask)."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if mode & stat.S_IWOTH and not stat.S_ISLNK(mode):
+                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
 
 
 def _pip_requirements(req: Path, tmp: Path, env: dict[str, str]) -> Path:

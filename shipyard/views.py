@@ -13,6 +13,7 @@ import time
 from . import history, lock, release, supervise
 from .app import App
 from .config import load_host_config
+from .errors import ShipyardError
 
 SCHEMA = 1
 WIDTH = 80
@@ -93,11 +94,23 @@ def status(app: App) -> dict:
             "kind": entry.get("kind", "push") if entry else None,
             "pusher": entry.get("pusher") if entry else (manifest.pusher if manifest else None),
             "message": ((entry or {}).get("options") or {}).get("message"),
+            "recovered": (entry or {}).get("recovered"),
         }
+    current_missing = None
+    if live_id is None:
+        # current deleted by hand (or pointing at a release that is gone): say so, and
+        # what was live last, rather than a plain "nothing is live"
+        last_live = next((e for e in reversed(deploys) if e.get("outcome") == "live"), None)
+        if last_live or os.path.lexists(app.current):
+            current_missing = {
+                "dangling": os.readlink(app.current) if os.path.islink(app.current) else None,
+                "last_live": (last_live or {}).get("release"),
+            }
     lock_file = history.deploy_lock(app)
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
     branch, hosts = None, None
-    with contextlib.suppress(Exception):
+    config_problem = None
+    try:
         host = load_host_config(app.config_file)
         from .deploy import branch_tip
 
@@ -106,11 +119,17 @@ def status(app: App) -> dict:
             from .peers import peers_status
 
             hosts = peers_status(app)
+    except ShipyardError as exc:  # deploys refuse it: say why here too
+        config_problem = {"message": exc.message, "hint": exc.hint}
+    except Exception:  # noqa: BLE001 - status shows what it can
+        pass
     return {
         "schema": SCHEMA,
         "app": app.name,
         "dir": str(app.dir),
         "live": live,
+        "current_missing": current_missing,
+        "config_problem": config_problem,
         "deploying": deploying,
         "waiting": [e["deploy"] for e in deploys if e.get("outcome") == "waiting"],
         "last": deploys[-1] if deploys else None,
@@ -123,8 +142,10 @@ def status(app: App) -> dict:
 
 def outcome_text(entry: dict) -> str:
     outcome = entry.get("outcome", "?")
-    if outcome == "failed" and entry.get("failed_phase"):
-        return f"failed at {entry['failed_phase']}"
+    if outcome in ("failed", "interrupted") and entry.get("failed_phase"):
+        return f"{outcome} at {entry['failed_phase']}"
+    if outcome == "live" and entry.get("recovered"):
+        return "live (recovered)"
     return outcome
 
 
@@ -149,8 +170,38 @@ def render_status(s: dict) -> str:
             lines.append(
                 "  ! its deploy was interrupted after the switch: not finished, not verified"
             )
+            lines.append(
+                fit(
+                    f"  ! complete it (or undo it if that fails): shipyard recover {s['app']}",
+                    WIDTH,
+                )
+            )
+        if live.get("recovered"):
+            how = live["recovered"]
+            lines.append(
+                fit(
+                    f"  note       interrupted at {how.get('phase')}, completed by {how.get('by')}",
+                    WIDTH,
+                )
+            )
     else:
         lines.append(f"{s['app']}: nothing is live")
+        missing = s.get("current_missing")
+        if missing:
+            what = (
+                f"current points at {missing['dangling']}, which is gone"
+                if missing["dangling"]
+                else "current is missing (deleted by hand?)"
+            )
+            lines.append(fit(f"  ! {what}", WIDTH))
+            if missing["last_live"]:
+                lines.append(fit(f"  ! last live: releases/{missing['last_live']}", WIDTH))
+            lines.append(fit(f"  ! the next deploy sets it: shipyard deploy {s['app']}", WIDTH))
+    problem = s.get("config_problem")
+    if problem:
+        lines.append(fit(f"  ! {problem['message']}", WIDTH))
+        if problem["hint"]:
+            lines.append(fit(f"  ! fix: {problem['hint']}", WIDTH))
     d = s["deploying"]
     if d:
         who = lock.describe(d) if d.get("deploy") else "a deploy (starting)"
@@ -167,6 +218,28 @@ def render_status(s: dict) -> str:
         lines.append(fit(f"  last       {text}", WIDTH))
         if last.get("outcome") == "interrupted":
             lines.append(f"  ! it stopped without an outcome; retry: shipyard deploy {s['app']}")
+        elif last.get("recovered") and last.get("outcome") == "live":
+            how = last["recovered"]
+            lines.append(
+                fit(f"  note       interrupted at {how.get('phase')}, then completed", WIDTH)
+            )
+    branch = s.get("branch") or {}
+    live_sha = (live or {}).get("sha")
+    if (
+        branch.get("sha")
+        and branch["sha"] != live_sha
+        and not d
+        and not s["waiting"]
+        and not (last and last.get("outcome") == "interrupted" and last.get("sha") == branch["sha"])
+    ):
+        # e.g. a push cut off after the branch moved and before its deploy started
+        lines.append(
+            fit(
+                f"  ! branch {branch['name']} is at {branch['sha'][:7]}, not what is live; "
+                f"deploy it: shipyard deploy {s['app']}",
+                WIDTH,
+            )
+        )
     if s["rollback_to"]:
         lines.append(f"  rollback   → {s['rollback_to']}")
     lines += render_processes(s["processes"])

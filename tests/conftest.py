@@ -173,8 +173,12 @@ HOSTS: list[Host] = []
 
 
 def make_host(root: Path, name: str = "mysite") -> Host:
-    """`shipyard init`, with the web port set to a free one; its processes stop at session end."""
-    shipyard("--root", root, "init", name, "--port", str(free_port()))
+    """`shipyard init`, with the web port set to a free one; its processes stop at session end.
+
+    The suite runs as root in CI, and deploys refuse to run as root unless the host
+    allows it: these test hosts do (`--allow-root`).
+    """
+    shipyard("--root", root, "init", name, "--port", str(free_port()), "--allow-root")
     host = Host(root, name)
     HOSTS.append(host)
     return host

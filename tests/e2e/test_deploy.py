@@ -210,7 +210,8 @@ def test_requirement_problems_fail_cleanly(host: Host, work: Work):
     work.push()
     live = host.live()
     work.commit("missing", **{"shipyard.toml": 'requirements = "reqs/prod.txt"\n'})
-    result = work.push()
+    result = work.push(check=False)  # refused before the branch moves
+    assert result.returncode != 0 and host.branch() != work.git("rev-parse", "HEAD").stdout.strip()
     assert "requirements file 'reqs/prod.txt' is not in the commit" in result.out
     work.commit(
         "uninstallable",

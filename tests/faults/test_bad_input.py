@@ -1,0 +1,324 @@
+"""Bad input: each gets one clear line saying what to do, a non-zero status where there is
+one, and nothing is lost (the branch and what is live stay as they were).
+
+One deployed app for the module; a refused push leaves the clone's tip ahead of the host,
+so each case resets the clone to the host's branch first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import faultlib
+import pytest
+from conftest import make_host, make_work
+from faultlib import check_invariants, entries, last_line, phase_line, sy
+
+observe = faultlib.observe
+FAST_TOML = """\
+shared = [".env", "media/"]
+
+[health]
+path = "/healthz"
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad")
+    host = make_host(base / "apps")
+    work = make_work(base / "work", host)
+    work.commit("no build step", **{"shipyard.toml": FAST_TOML})
+    try:
+        work.push()
+        yield host, work, base
+    finally:
+        host.stop_processes()
+
+
+@pytest.fixture
+def clean(site):
+    """The clone at the host's branch, the host serving it, before and after the case."""
+    host, work, base = site
+    work.git("reset", "-q", "--hard", host.branch())
+    before = check_invariants(host)
+    yield host, work, before
+    work.git("reset", "-q", "--hard", host.branch())
+
+
+def remote_lines(out: str) -> list[str]:
+    return [ln.removeprefix("remote: ").rstrip() for ln in out.splitlines()]
+
+
+def refused(host, work, before: str, out_check) -> str:
+    """Push; it must be refused before the ref moves, with nothing changed."""
+    tip = host.branch()
+    n = len(entries(host))
+    result = work.push(check=False)
+    assert result.returncode != 0, result.out
+    assert host.branch() == tip and len(entries(host)) == n
+    assert check_invariants(host) == before
+    line = next(ln for ln in result.out.splitlines() if "[remote rejected]" in ln)
+    out_check(line)
+    return re.sub(r"^.*\[remote rejected\] main -> main \(", "", line).rstrip(")")
+
+
+def test_no_requirements(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "an app repo without any requirements file")
+    work.git("rm", "-q", "requirements.txt")
+    work.commit("no requirements")
+
+    def check(line):
+        assert "no requirements: the commit has no uv.lock, requirements.txt or pyproject" in line
+        assert "add a requirements.txt" in line
+
+    row["outcome"] = f"push refused: `{refused(host, work, before, check)}`"
+
+
+@pytest.mark.parametrize(
+    ("procfile", "expected"),
+    [
+        ("web gunicorn mysite.wsgi\n", "Procfile:1: cannot read 'web gunicorn mysite.wsgi'"),
+        ("web: gunicorn\nweb: gunicorn\n", "Procfile:2: process 'web' is defined twice"),
+        ("web: gunicorn\n\xff\xfe\n", "Procfile:2: not UTF-8 text"),
+    ],
+    ids=["no colon", "defined twice", "not UTF-8"],
+)
+def test_procfile_syntax_error(clean, observe, procfile, expected):
+    host, work, before = clean
+    row = observe("bad input", f"a Procfile with a syntax error ({expected.split(': ', 1)[1]})")
+    (work.path / "Procfile").write_bytes(procfile.encode("latin-1"))
+    work.commit("bad Procfile")
+
+    def check(line):
+        assert expected in line, line
+
+    row["outcome"] = f"push refused: `{refused(host, work, before, check)}`"
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('keep = "5"\n', "shipyard.toml:1: 'keep' must be an integer, not str"),
+        ('build = "collectstatic"\n', "shipyard.toml:1: 'build' must be a list, not str"),
+        ("python = 3.12\n", "shipyard.toml:1: 'python' must be a string, not float"),
+        ('\n[health]\ntimeout = "30s"\n', "shipyard.toml:3: 'health.timeout' must be an integer"),
+        ("[processes]\nweb = -1\n", "shipyard.toml:1: [processes] must map process names"),
+        ("shared = [1, 2]\n", "shipyard.toml:1: 'shared' must be a list of strings"),
+        ("keep = true\n", "shipyard.toml:1: 'keep' must be an integer, not bool"),
+    ],
+    ids=[
+        "keep str",
+        "build str",
+        "python float",
+        "health str",
+        "count negative",
+        "shared ints",
+        "bool",
+    ],
+)
+def test_shipyard_toml_wrong_types(clean, observe, toml, expected):
+    host, work, before = clean
+    row = observe("bad input", f"shipyard.toml with a wrong type: `{toml.strip()}`")
+    work.commit("wrong type", **{"shipyard.toml": toml})
+
+    def check(line):
+        assert expected in line, line
+
+    row["outcome"] = f"push refused: `{refused(host, work, before, check)}`"
+
+
+def test_binary_and_50mb_files(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "a binary file and a 50 MB file in the push")
+    blob = os.urandom(50 * 1024 * 1024)
+    (work.path / "big.bin").write_bytes(blob)
+    (work.path / "image.png").write_bytes(bytes(range(256)) * 64 + b"\0\xff")
+    sha = work.commit("big")
+    started = time.monotonic()
+    out = work.push().out
+    seconds = time.monotonic() - started
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    live = host.dir / "releases" / check_invariants(host)
+    assert (live / "big.bin").read_bytes() == blob
+    assert (live / "image.png").read_bytes() == (work.path / "image.png").read_bytes()
+    row["outcome"] = (
+        f"deployed byte-identical in {seconds:.1f}s (push included); "
+        f"`{phase_line(out, 'checkout').strip()}`"
+    )
+    work.git("rm", "-q", "big.bin", "image.png")
+    work.commit("drop the big files")
+    work.push()
+
+
+BAD_NAMES = ["../etc", "a/b", "my app", "café", "mysite\n", "-rf", ""]
+
+
+def test_bad_app_names(site, observe):
+    host, _, _ = site
+    row = observe("bad input", "an app name with `../`, `/`, spaces, unicode, a newline, `-`")
+    seen = []
+    for name in BAD_NAMES:
+        for command in (["init", name], ["status", name], ["deploy", name], ["rollback", name]):
+            if command[0] in ("init", "status") or name:
+                args = [*command[:1], "--", *command[1:]]
+                result = sy(host, *args, check=False)
+                assert result.returncode in (1, 2), (command, result)
+                assert result.stderr.count("\n") == 1 or result.returncode == 2, result.stderr
+                if result.returncode == 1:
+                    assert "invalid app name" in result.stderr and "use lowercase" in result.stderr
+                    seen.append(result.stderr.strip())
+    assert sorted(p.name for p in host.root.iterdir()) == ["mysite"]  # nothing created
+    row["outcome"] = f"status 1, one line, nothing created: `{seen[0]}`"
+
+
+def test_bad_release_names(site, observe):
+    host, _, _ = site
+    row = observe("bad input", "a release name with `../`, `/`, spaces, unicode, a newline")
+    lines = []
+    for name in ["../../etc", "releases/../x", "a b", "café", "x\n", "/etc/passwd", "..", "-x"]:
+        result = sy(host, "rollback", "mysite", "--", name, check=False)
+        assert result.returncode == 1, (name, result)
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "invalid release name" in result.stderr or "no release" in result.stderr
+        lines.append(result.stderr.strip())
+    for number in ["../1", "1/2", "é", "-1"]:
+        result = sy(host, "log", "mysite", "--", number, check=False)
+        assert result.returncode == 2 and "is not a deploy number" in result.stderr
+    check_invariants(host)
+    row["outcome"] = f"status 1, one line, nothing changed: `{lines[0]}`; `log` numbers refused"
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [("/etc/passwd", "passwd"), ("../../../../../../etc", "up"), ("../shared/.env", "env")],
+    ids=["absolute", "relative escape", "into shared"],
+)
+def test_symlink_out_of_the_release(clean, observe, target, name):
+    host, work, before = clean
+    row = observe("bad input", f"a symlink in the repo pointing outside the release (`{target}`)")
+    (work.path / name).symlink_to(target)
+    sneaky = work.commit("sneaky link")
+    n = len(entries(host))
+    out = work.push().out
+    line = next(ln for ln in remote_lines(out) if "✗ checkout" in ln)
+    assert f"symlink {name} -> {target} points outside the release" in line
+    assert "hint: make it a relative link to a file inside the repository" in out
+    assert check_invariants(host) == before
+    assert entries(host)[n]["outcome"] == "failed"
+    assert not [p for p in (host.dir / "releases").iterdir() if p.name.endswith(sneaky[:7])]
+    assert host.branch() != sneaky  # reset: fixing the link and pushing again retries
+    row["outcome"] = f"deploy failed at checkout, nothing followed: `{line.split('  ', 2)[-1]}`"
+
+
+def test_env_that_does_not_parse(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "a shared `.env` that does not parse")
+    env = host.dir / "shared" / ".env"
+    env.write_text("GOOD=1\nSECRET_KEY='unterminated value s3cr3t\n")
+    try:
+        work.commit("any change", **{"mysite/version.py": 'GREETING = "env"\n'})
+
+        def check(line):
+            assert f"{env}:2: cannot parse this line of .env" in line, line
+            assert "s3cr3t" not in line
+
+        row["outcome"] = f"push refused: `{refused(host, work, before, check)}`"
+    finally:
+        env.unlink()
+
+
+def test_commit_removing_the_procfile(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "a commit on the deploy branch that removes the Procfile")
+    work.git("rm", "-q", "Procfile")
+    work.commit("no Procfile")
+
+    def check(line):
+        assert "has no Procfile: deploying it would stop web" in line, line
+        assert "restore the Procfile" in line and "set its count to 0" in line
+
+    row["outcome"] = f"push refused: `{refused(host, work, before, check)}`"
+
+
+SECRETS = {
+    "SECRET_KEY": "django-insecure-7x#k2s3cr3tvalue",
+    "API_TOKEN": "tok_live_abcdef123456",
+    "SMTP_URL": "smtp://mailer:pa55w0rd-mail@mail.example.com:587",
+}
+
+
+def test_output_with_env_values_is_masked(clean, observe):
+    host, work, before = clean
+    row = observe("security", "hook output containing the `.env` values (build step and release)")
+    env = host.dir / "shared" / ".env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    try:
+        echo = "echo key=$SECRET_KEY token=$API_TOKEN url=$SMTP_URL pw=pa55w0rd-mail"
+        work.commit(
+            "echo secrets",
+            **{"shipyard.toml": FAST_TOML.replace("shared", f'build = ["{echo}; exit 3"]\nshared')},
+        )
+        n = len(entries(host)) + 1
+        out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main").out
+        assert "✗ build" in out and "key=********" in out and "token=********" in out
+        assert re.search(r"by \S+: deploying \*{8}", out)
+        assert "url=******** pw=********" in out  # a *_URL value whole, and its password
+        assert check_invariants(host) == before
+        leaks = leaked(host, out)
+        assert not leaks, leaks
+        row["outcome"] = (
+            "masked in the push output, deploys/N.log, deploys.jsonl (error, message) and run/: "
+            f"`{next(ln for ln in remote_lines(out) if 'key=' in ln).strip()}`"
+        )
+        assert entries(host)[n - 1]["options"]["message"] == "deploying ********"
+    finally:
+        env.unlink()
+
+
+def leaked(host, out: str) -> list[str]:
+    """Where a secret value appears: the push output, logs, history, run/, the lock note."""
+    found = []
+    values = [*SECRETS.values(), "pa55w0rd-mail"]
+    places = {"push output": out}
+    for path in [*(host.dir / "deploys").iterdir(), *(host.dir / "run").rglob("*")]:
+        if path.is_file() and not path.name.endswith(".sock"):
+            places[str(path.relative_to(host.dir))] = path.read_text(errors="replace")
+    for where, text in places.items():
+        found += [f"{where}: {v[:6]}…" for v in values if v in text]
+    return found
+
+
+def test_extremely_long_output_lines(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "a build step printing a 2 MB line and 50,000 lines, then failing")
+    step = (
+        "python -c \\\"import sys; print('x' * 2_000_000); "
+        'print(*range(50_000), sep=chr(10)); sys.exit(4)\\"'
+    )
+    work.commit("noisy", **{"shipyard.toml": f'build = ["{step}"]\n' + FAST_TOML})
+    started = time.monotonic()
+    out = work.push().out
+    seconds = time.monotonic() - started
+    lines = remote_lines(out)
+    assert "✗ build" in out and "exit 4" in out
+    assert max(len(ln) for ln in lines) < 500
+    assert sum("│" in ln for ln in lines) <= 20
+    assert check_invariants(host) == before
+    log = (host.dir / "deploys" / f"{entries(host)[-1]['deploy']}.log").read_text()
+    assert max(len(ln) for ln in log.splitlines()) < 500
+    row["outcome"] = (
+        f"failed in {seconds:.1f}s; the pusher got {len(lines)} lines, the longest "
+        f"{max(len(ln) for ln in lines)} characters (last 20 of the output, each cut at 400)"
+    )
+
+
+def test_status_json_after_bad_input(site):
+    """Everything above left the app as it was: one live release, nothing running."""
+    host, _, _ = site
+    data = json.loads(sy(host, "status", "mysite", "--json").stdout)
+    assert data["live"]["state"] == "good" and data["deploying"] is None

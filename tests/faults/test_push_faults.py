@@ -1,0 +1,278 @@
+"""Faults around the deploy: the pusher goes away, pushes race, supervisord is down,
+`current` is deleted by hand. One deployed app for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import faultlib
+import pytest
+from conftest import make_host, make_work
+from faultlib import (
+    app_of,
+    arm,
+    background_push,
+    check_invariants,
+    entries,
+    kill_client,
+    last_line,
+    paused,
+    phase_line,
+    resume,
+    settled,
+    sy,
+)
+
+from shipyard import supervise
+from shipyard.provision import supervisor as prov
+
+observe = faultlib.observe
+FAST_TOML = """\
+shared = [".env", "media/"]
+
+[health]
+path = "/healthz"
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    base = tmp_path_factory.mktemp("push")
+    host = make_host(base / "apps")
+    work = make_work(base / "work", host)
+    work.commit("no build step", **{"shipyard.toml": FAST_TOML})
+    try:
+        work.push()
+        yield host, work, base
+    finally:
+        host.stop_processes()
+
+
+def greet(work, text: str) -> str:
+    return work.commit(text, **{"mysite/version.py": f'GREETING = "{text}"\n'})
+
+
+CLIENT_PHASES = ["checkout", "venv", "migrate", "switch", "restart", "verify", "finish"]
+
+
+@pytest.mark.parametrize("phase", CLIENT_PHASES)
+def test_client_killed_mid_push(site, observe, phase):
+    """Ctrl-C or a dropped connection at any phase never stops the deploy half-way."""
+    host, work, _ = site
+    check_invariants(host)
+    row = observe("fault", f"pushing client (git, receive-pack, hooks) SIGKILLed during {phase}")
+    sha = greet(work, f"client gone at {phase}")
+    arm(host, {"at": phase, "action": "pause"})
+    client = background_push(work)
+    paused(host)
+    kill_client(client)
+    resume(host)
+    settled(host)
+    entry = entries(host)[-1]
+    assert entry["sha"] == sha and entry["outcome"] == "live", entry
+    live = check_invariants(host)
+    assert live.endswith(sha[:7])
+    log = (host.dir / "deploys" / f"{entry['deploy']}.log").read_text()
+    assert f"shipyard ▸ live: {sha[:7]}" in log
+    row["outcome"] = f"deploy went on detached: #{entry['deploy']} live, its log complete"
+
+
+def test_client_killed_after_the_branch_moved(site, observe):
+    """Cut off between proc-receive moving the branch and post-receive starting the deploy."""
+    host, work, _ = site
+    before = check_invariants(host)
+    row = observe(
+        "fault", "pushing client SIGKILLed after proc-receive moved the branch, before post-receive"
+    )
+    n = len(entries(host))
+    sha = greet(work, "cut off")
+    arm(host, {"at": "receive", "when": "end", "action": "pause"})
+    client = background_push(work)
+    paused(host)
+    kill_client(client)
+    resume(host)
+    time.sleep(0.5)
+    assert host.branch() == sha and len(entries(host)) == n  # moved, never deployed
+    status = sy(host, "status", "mysite").stdout
+    assert f"! branch main is at {sha[:7]}, not what is live" in status
+    assert check_invariants(host) == before
+    again = work.push(check=False)
+    assert "Everything up-to-date" in again.out  # git has nothing to send
+    retry = sy(host, "deploy", "mysite").stdout
+    assert f"shipyard ▸ live: {sha[:7]}" in retry
+    assert check_invariants(host).endswith(sha[:7])
+    row["outcome"] = (
+        "branch moved, nothing deployed, `current` untouched; `shipyard status` says "
+        f"`branch main is at {sha[:7]}, not what is live`; `shipyard deploy` deploys it"
+    )
+
+
+def test_five_pushes_race(site, observe):
+    host, work, base = site
+    check_invariants(host)
+    row = observe("fault", "5 pushes from 5 clones racing (each a new commit on the same tip)")
+    clones = []
+    for i in range(5):
+        path = base / f"racer{i}"
+        clone = faultlib.Work(path) if path.exists() else make_work(path, host)
+        clone.git("fetch", "-q", "production")
+        clone.git("reset", "-q", "--hard", "production/main")
+        clones.append(clone)
+    shas = [greet(c, f"racer {i}") for i, c in enumerate(clones)]
+    n = len(entries(host))
+    pushes = [background_push(c, "-f", "main") for c in clones]
+    outs = [p.communicate(timeout=300)[0] for p in pushes]
+    accepted = [s for s, p in zip(shas, pushes, strict=True) if p.returncode == 0]
+    refused = [o for p, o in zip(pushes, outs, strict=True) if p.returncode]
+    for out in refused:
+        assert "push again" in out or "fetch first" in out or "stale info" in out, out
+    settled(host)
+    new = entries(host)[n:]
+    assert sorted(e["sha"] for e in new) == sorted(accepted)  # every deploy recorded
+    tip = host.branch()
+    assert tip in accepted
+    live = check_invariants(host)
+    assert live.endswith(tip[:7])  # the newest push is live
+    outcomes = sorted(e["outcome"] for e in new)
+    assert set(outcomes) <= {"live", "superseded"}
+    row["outcome"] = (
+        f"{len(accepted)} accepted, {len(refused)} refused with `push again` (the branch "
+        f"moved under them; nothing recorded for them); history: {', '.join(outcomes)}; "
+        "live = the branch tip"
+    )
+    work.git("fetch", "-q", "production")
+    work.git("reset", "-q", "--hard", "production/main")
+
+
+def test_supervisord_stopped_at_restart(site, observe):
+    host, work, _ = site
+    check_invariants(host)
+    row = observe("fault", "supervisord stopped (cleanly) while the deploy waits to restart")
+    sha = greet(work, "supervisord was stopped")
+    arm(host, {"at": "restart", "action": "pause"})
+    client = background_push(work)
+    paused(host)
+    sy(host, "processes", "mysite", "--stop")
+    resume(host)
+    out = client.communicate(timeout=180)[0]
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    assert check_invariants(host).endswith(sha[:7])
+    row["outcome"] = f"restart started it again: `{phase_line(out, 'restart').strip()[:70]}…`"
+
+
+def test_supervisord_killed_at_restart(site, observe):
+    host, work, _ = site
+    check_invariants(host)
+    row = observe(
+        "fault", "supervisord SIGKILLed while the deploy waits to restart (its children orphaned)"
+    )
+    sha = greet(work, "supervisord was killed")
+    arm(host, {"at": "restart", "action": "pause"})
+    client = background_push(work)
+    paused(host)
+    pid = int((host.dir / "run" / "supervisord.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    resume(host)
+    out = client.communicate(timeout=180)[0]
+    row["outcome"] = f"`{phase_line(out, 'restart').strip()[:90]}`; `{last_line(out)[:80]}`"
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    assert check_invariants(host).endswith(sha[:7])
+    orphans = [
+        p for p in faultlib.processes_under(host.dir / "releases") if not supervised(host, p)
+    ]
+    assert not orphans, f"processes of the killed supervisord still run: {orphans}"
+    row["outcome"] += "; no orphan left"
+
+
+def supervised(host, pid: int) -> bool:
+    """Is ``pid`` (or an ancestor) a child of the app's supervisord?"""
+    sv = int((host.dir / "run" / "supervisord.pid").read_text())
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        pid = int(stat[1])
+        if pid == sv:
+            return True
+    return False
+
+
+def test_current_deleted_by_hand(site, observe):
+    host, work, _ = site
+    before = check_invariants(host)
+    row = observe("fault", "`current` deleted by hand, then a push")
+    (host.dir / "current").unlink()
+    status = sy(host, "status", "mysite").stdout
+    assert "mysite: nothing is live" in status
+    assert "! current is missing (deleted by hand?)" in status
+    assert f"! last live: releases/{before}" in status
+    sha = greet(work, "after current was deleted")
+    out = work.push().out
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    assert check_invariants(host).endswith(sha[:7])
+    row["outcome"] = (
+        "`status`: `nothing is live` + `current is missing (deleted by hand?)`, the last live "
+        "release and the fix; the next push deployed normally and replaced the old processes"
+    )
+
+
+def test_current_dangling(site, observe):
+    host, work, _ = site
+    check_invariants(host)
+    row = observe("fault", "`current` pointing at a release directory that was deleted")
+    link = host.dir / "current"
+    link.unlink()
+    link.symlink_to("releases/20200101T000000Z-deadbee")
+    status = sy(host, "status", "mysite").stdout
+    assert "current points at releases/20200101T000000Z-deadbee, which is gone" in status
+    sha = greet(work, "after a dangling current")
+    out = work.push().out
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    assert check_invariants(host).endswith(sha[:7])
+    row["outcome"] = "`status` names the missing target; the next push deployed normally"
+
+
+def test_supervisord_state_survives(site):
+    """Sanity for the module: what runs is what processes.json says."""
+    host, _, _ = site
+    state = json.loads(prov.state_file(app_of(host)).read_text())
+    rows = [r for r in supervise.status(app_of(host)) if r["release"]]
+    assert {r["release"] for r in rows} == {p["release"] for p in state["programs"]}
+
+
+def test_pause_never_reachable_from_a_push(site, observe):
+    """The fault file is the only switch: an environment variable or push option does nothing."""
+    host, work, _ = site
+    row = observe("security", "fault injection reachable from a push (env, push option, commit)")
+    sha = work.commit(
+        "try to arm faults", **{"run/faults.json": '[{"at": "checkout", "action": "kill"}]'}
+    )
+    env = {**os.environ, "SHIPYARD_FAULTS": "checkout", "SHIPYARD_FAULT": "kill"}
+    result = subprocess.run(
+        ["git", "push", "production", "main"],
+        cwd=work.path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    out = result.stdout + result.stderr
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    world = host.dir / "run" / "faults.json"
+    world.write_text('[{"at": "checkout", "action": "kill"}]')
+    world.chmod(0o666)  # writable by others: not trusted
+    sha = greet(work, "a world-writable fault file is ignored")
+    out = work.push().out
+    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
+    world.unlink()
+    check_invariants(host)
+    row["outcome"] = (
+        "no effect: faults are armed only by run/faults.json owned by the deploy user and "
+        "writable by no one else (a file in the commit, SHIPYARD_* variables, a world-writable "
+        "file: all ignored)"
+    )
