@@ -193,7 +193,7 @@ def unless(option: str, step: Callable[[Deploy], object]) -> Callable[[Deploy], 
 
     def guarded(d: Deploy) -> object:
         if option in d.options:
-            return Skip(f"skipped ({option})")
+            return Skip(f"skipped (-o {option})")
         return step(d)
 
     guarded.__name__ = getattr(step, "__name__", option)
