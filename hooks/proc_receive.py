@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
-from dulwich.protocol import Protocol
+from collections.abc import Iterator
 
 from shipyard.app import App
 from shipyard.config import load_host_config, parse_app_config, parse_procfile
@@ -106,14 +105,33 @@ def handle(
     return commit, tag
 
 
-def _write(data: bytes) -> None:
-    # git waits for each reply before it sends more: never leave one in a buffer
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+class PktLines:
+    """git's pkt-line framing on stdin/stdout: a 4-hex-digit length (itself included), then
+    the data; ``0000`` (flush) ends a sequence. Small enough not to import a git library
+    into every push."""
+
+    def __init__(self, read=sys.stdin.buffer.read, out=sys.stdout.buffer) -> None:
+        self.read = read
+        self.out = out
+
+    def read_pkt_seq(self) -> Iterator[bytes]:
+        while True:
+            head = self.read(4)
+            if len(head) < 4:
+                raise ShipyardError("git closed the hook's input mid-conversation")
+            size = int(head, 16)
+            if size == 0:
+                return
+            yield self.read(size - 4)
+
+    def write_pkt_line(self, data: bytes | None) -> None:
+        # git waits for each reply before it sends more: never leave one in a buffer
+        self.out.write(b"0000" if data is None else b"%04x" % (len(data) + 4) + data)
+        self.out.flush()
 
 
 def main() -> None:
-    proto = Protocol(sys.stdin.buffer.read, _write)
+    proto = PktLines()
     list(proto.read_pkt_seq())
     proto.write_pkt_line(b"version=1\0push-options")
     proto.write_pkt_line(None)

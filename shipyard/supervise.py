@@ -1,7 +1,8 @@
 """The app's processes under supervisord: restart onto the new release, verify, switch back.
 
 Everything goes through supervisord's XML-RPC interface on its unix socket
-(``supervisor.xmlrpc.SupervisorTransport``), never through ``supervisorctl``.
+(the standard library's ``xmlrpc.client`` over a unix-socket connection), never
+through ``supervisorctl``.
 
 restart
     The web process is handed over blue/green: the new release starts as the
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from supervisor.states import STOPPED_STATES, ProcessStates
-from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from .app import App
 from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
@@ -63,25 +63,27 @@ BOOT_POLL = 0.05  # seconds between probes while a new web instance is not liste
 # --- talking to supervisord ---------------------------------------------------
 
 
-class _UnixConnection(UnixStreamHTTPConnection):
-    def connect(self) -> None:  # pragma: no cover - exercised by every e2e test
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socketfile)
+class Faults:
+    """supervisord's XML-RPC fault codes we act on (``supervisor.xmlrpc.Faults``: importing that
+    module pulls in supervisord's whole HTTP server, a cost every deploy would pay)."""
+
+    BAD_NAME = 10
+    ALREADY_ADDED = 90
 
 
-class _Transport(SupervisorTransport):
-    """supervisor's own transport, with a timeout so a wedged supervisord cannot hang a deploy."""
+class _Transport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's unix socket, with a timeout so a wedged supervisord cannot
+    hang a deploy."""
 
     def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__(None, None, f"unix://{path}")
+        super().__init__()
+        self.path = path
+        self.timeout = timeout
 
-        def connect() -> _UnixConnection:
-            conn = _UnixConnection("localhost", timeout=timeout)
-            conn.socketfile = str(path)
-            return conn
-
-        self._get_connection = connect
+    def make_connection(self, host: object) -> http.client.HTTPConnection:
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        self._connection = host, conn
+        return conn
 
 
 class Supervisor:
