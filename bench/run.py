@@ -1,28 +1,49 @@
-"""`make bench`: how fast shipyard ships the example app, measured side by side in one run.
+"""`make bench`: where shipyard stands against the usual way, measured side by side in one run.
 
-Prints a table (median (min–max) of N runs) and writes bench/results.md and
-bench/results.json (BENCH_ONLY=hosts,push runs only those sections). Machines are
-noisy: read the ratios, not the absolutes.
+Prints one table and writes bench/results.md and bench/results.json. Every figure is the
+median (min–max) of BENCH_RUNS (default 5) runs, and every shipyard figure is also given as a
+ratio to the classic script deploy (bench/baseline.sh) measured in the same run, on the same
+host, with the same example app: machines are noisy, read the ratios rather than the seconds.
+
+Sections, one function each (all share ``row``):
+
+- ``bench_baseline``  the classic script deploy: code-only and changed-requirement deploys;
+- ``bench_shipyard``  first deploy, code-only, changed requirement, pinned push, rollback,
+                      a failing deploy;
+- ``bench_processes`` push → new code served and failed requests under load during deploys;
+- ``bench_hosts``     1/2/4/8 hosts (peers in network namespaces), switch skew, bytes per peer;
+- ``bench_checkout``, ``bench_venv``  details: checkout methods, uv against pip.
+
+Everything runs on 127.0.0.1 on free ports, in a temporary directory removed at the end; every
+supervisord and gunicorn started here is stopped, every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
 EXAMPLE = TOP / "examples" / "mysite"
 BIN = Path(sys.executable).parent
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+RUNS = max(1, int(os.environ.get("BENCH_RUNS", "5")))
+DETAILS = os.environ.get("BENCH_DETAILS", "1") != "0"  # checkout methods, uv against pip
+SERVE_TIMEOUT = 60.0  # seconds a deploy's code has to be served after it returns
 ENV = {
     **os.environ,
     "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
@@ -30,21 +51,32 @@ ENV = {
     "GIT_AUTHOR_EMAIL": "bench@localhost",
     "GIT_COMMITTER_NAME": "Bench",
     "GIT_COMMITTER_EMAIL": "bench@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
     "NO_COLOR": "1",
 }
+ENV.pop("SHIPYARD_ROOT", None)
 rows: list[dict] = []
+goals: list[dict] = []
+cleanups: list[Callable[[], None]] = []  # run at exit, newest first
 
 
-def sh(*args: str | Path, cwd: Path | None = None, env: dict | None = None) -> str:
+# --- helpers ----------------------------------------------------------------------
+
+
+def sh(
+    *args: str | Path, cwd: Path | None = None, env: dict | None = None, check: bool = True
+) -> str:
     result = subprocess.run(
         [str(a) for a in args],
         cwd=cwd,
         env=env or ENV,
         text=True,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        timeout=600,
     )
-    if result.returncode:
+    if check and result.returncode:
         sys.exit(f"bench: {' '.join(map(str, args))} failed:\n{result.stdout}")
     return result.stdout
 
@@ -53,6 +85,43 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fetch(port: int, path: str = "/", timeout: float = 10) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read().decode().strip()
+    finally:
+        conn.close()
+
+
+def serving(port: int) -> str:
+    """What GET / answers now ('' when nothing answers)."""
+    try:
+        status, body = fetch(port, timeout=5)
+    except (OSError, http.client.HTTPException):
+        return ""
+    return body if status == 200 else f"HTTP {status}"
+
+
+def wait_served(port: int, greeting: str, timeout: float = SERVE_TIMEOUT) -> None:
+    """Poll GET / until it answers ``greeting`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = serving(port)
+        if seen == greeting:
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: :{port} never served {greeting!r} (last: {seen!r})")
+        time.sleep(0.01)
 
 
 def summary(samples: list[float]) -> dict:
@@ -72,26 +141,355 @@ def row(
     goal: str = "",
     met: bool | None = None,
     unit: str = "s",
+    base_name: str = "",
 ) -> dict:
-    entry = {"group": group, "name": name, **summary(samples), "goal": goal, "met": met}
-    if unit != "s":
-        entry["unit"] = unit
+    """One line of the table: median (min–max) of ``samples``; ``ratio`` = median / ``base``."""
+    entry = {
+        "group": group,
+        "name": name,
+        "unit": unit,
+        **summary(samples),
+        "goal": goal,
+        "met": met,
+    }
     if base:
         entry["ratio"] = entry["median"] / base
+        entry["base"] = base_name
     rows.append(entry)
-    ratio = f"{entry['ratio']:.2f}×" if base else ""
-    verdict = "" if met is None else ("met" if met else "NOT MET")
-    number = "7.3f" if unit == "s" else "7.0f"
-    print(
-        f"  {name:<46} {entry['median']:{number}}{unit} "
-        f"({entry['min']:{number[1:]}}–{entry['max']:{number[1:]}})"
-        f" {ratio:>7}  {goal} {verdict}".rstrip(),
-        flush=True,
-    )
+    print(f"  {format_row(entry)}", flush=True)
     return entry
 
 
-class App:
+def format_figure(entry: dict) -> str:
+    if entry["unit"] == "s":
+        return f"{entry['median']:.3f}s ({entry['min']:.3f}–{entry['max']:.3f})"
+    return f"{entry['median']:g} ({entry['min']:g}–{entry['max']:g}) {entry['unit']}"
+
+
+def format_ratio(entry: dict) -> str:
+    if "ratio" not in entry:
+        return ""
+    ratio = entry["ratio"]
+    faster = f" = {1 / ratio:.1f}× faster" if 0 < ratio < 1 else ""
+    return f"{ratio:.3f}×{faster}"
+
+
+def format_row(entry: dict) -> str:
+    verdict = "" if entry["met"] is None else ("met" if entry["met"] else "NOT MET")
+    goal = f"{entry['goal']}: {verdict}" if entry["goal"] and verdict else entry["goal"]
+    return (
+        f"{entry['name']:<48} {format_figure(entry):>26} {format_ratio(entry):>22}  {goal}"
+    ).rstrip()
+
+
+def goal(text: str, figure: str, met: bool | None) -> None:
+    """A goal of issue 9: met, not met, or (None) not measured in this build."""
+    goals.append({"goal": text, "figure": figure, "met": met})
+
+
+def greeting_file(n: int | str) -> str:
+    return f'GREETING = "Hello, bench {n}"\n'
+
+
+# --- the example app, pushed ----------------------------------------------------
+
+
+class Clone:
+    """A developer's clone of the example app, with one remote."""
+
+    def __init__(self, path: Path, remote: Path) -> None:
+        self.path = path
+        shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "static"))
+        sh("git", "init", "-q", "-b", "main", cwd=path)
+        sh("git", "add", "-A", cwd=path)
+        sh("git", "commit", "-qm", "initial", cwd=path)
+        sh("git", "remote", "add", "origin", remote, cwd=path)
+        self.requirements = (path / "requirements.txt").read_text()
+        self.n = 0
+
+    def greeting(self) -> str:
+        text = (self.path / "mysite" / "version.py").read_text()
+        return text.split("=", 1)[1].strip().strip('"')
+
+    def change(self, requirement: str | None = None, **files: str) -> str:
+        """Commit a code change (and a requirement added, if given); returns the new greeting."""
+        self.n += 1
+        files.setdefault("mysite/version.py", greeting_file(f"{self.path.name} {self.n}"))
+        if requirement:
+            files["requirements.txt"] = self.requirements + requirement + "\n"
+        for name, text in files.items():
+            (self.path / name).write_text(text)
+        sh("git", "commit", "-qam", f"change {self.n}", cwd=self.path)
+        return self.greeting()
+
+    def sha(self) -> str:
+        return sh("git", "rev-parse", "HEAD", cwd=self.path).strip()
+
+    def push(self, *args: str, check: bool = True) -> str:
+        return sh("git", "push", "-f", "origin", *(args or ("main",)), cwd=self.path, check=check)
+
+
+def env_file(shared: Path) -> None:
+    """The app's settings, as an operator writes them: SQLite in shared/, a secret key."""
+    shared.mkdir(parents=True, exist_ok=True)
+    (shared / ".env").write_text(
+        f"DATABASE_URL=sqlite:///{shared / 'db.sqlite3'}\nSECRET_KEY=bench-{os.urandom(8).hex()}\n"
+    )
+
+
+# --- baseline: the classic script deploy --------------------------------------------
+
+
+class Baseline:
+    """bench/baseline.sh deploying the example app to a directory, gunicorn on a free port."""
+
+    def __init__(self, base: Path) -> None:
+        self.dir = base / "deploy"
+        self.repo = base / "app.git"
+        self.port = free_port()
+        sh("git", "init", "-q", "--bare", self.repo)
+        env_file(self.dir / "shared")
+        self.clone = Clone(base / "clone", self.repo)
+        cleanups.append(self.stop)
+
+    def deploy(self) -> str:
+        """git push, then the script (as its user runs it), until the new code is served."""
+        self.clone.push()
+        sh("bash", HERE / "baseline.sh", self.dir, self.repo, "main", self.port)
+        wait_served(self.port, self.clone.greeting())
+        return self.clone.greeting()
+
+    def stop(self) -> None:
+        pidfile = self.dir / "gunicorn.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def bench_baseline(work: Path) -> dict[str, float]:
+    print("\nbaseline: bench/baseline.sh (git archive, python -m venv + pip, migrate,")
+    print("collectstatic, symlink, gunicorn stop/start), push → new code served")
+    b = Baseline(work / "baseline")
+    b.deploy()  # first deploy: the database, pip's cache
+    code, reqs = [], []
+    for _ in range(RUNS):
+        b.clone.change()
+        code.append(timed(b.deploy))
+    for i in range(RUNS):
+        b.clone.change(requirement=f"six>=1.{10 + i}")
+        reqs.append(timed(b.deploy))
+    b.stop()
+    return {
+        "code": row("baseline", "baseline: code-only deploy", code)["median"],
+        "reqs": row("baseline", "baseline: changed-requirement deploy", reqs)["median"],
+    }
+
+
+# --- shipyard -----------------------------------------------------------------------
+
+
+class Shipyard:
+    """A deploy root with the example app (``shipyard init``), and a clone pushing to it."""
+
+    def __init__(self, base: Path, keep: int = 5) -> None:
+        self.root = base / "apps"
+        self.port = free_port()
+        sh(BIN / "shipyard", "--root", self.root, "init", "mysite", "--port", str(self.port))
+        self.dir = self.root / "mysite"
+        config = self.dir / "shipyard.toml"
+        config.write_text(config.read_text().replace("keep = 5", f"keep = {keep}"))
+        env_file(self.dir / "shared")
+        cleanups.append(self.stop)
+        self.clone = Clone(base / "clone", self.dir / "repo.git")
+
+    def push(self, *args: str) -> str:
+        out = self.clone.push(*args)
+        if "shipyard ▸ live" not in out:
+            sys.exit(f"bench: deploy failed:\n{out}")
+        return out
+
+    def deploy(self, *args: str) -> None:
+        """git push (the deploy runs in it), until the new code is served."""
+        self.push(*args)
+        wait_served(self.port, self.clone.greeting())
+
+    def last(self) -> dict:
+        lines = (self.dir / "deploys" / "deploys.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])
+
+    def live_greeting(self) -> str:
+        text = (self.dir / "current" / "mysite" / "version.py").read_text()
+        return text.split("=", 1)[1].strip().strip('"')
+
+    def stop(self) -> None:
+        if (self.dir / "run" / "supervisord.conf").exists():
+            sh(BIN / "shipyard", "--root", self.root, "processes", "mysite", "--stop", check=False)
+
+
+def bench_shipyard(work: Path, base: dict[str, float]) -> dict[str, list[float]]:
+    print("\nshipyard: git push → new code served (example app: Django + gunicorn under")
+    print("supervisord; uv's cache is warm)")
+    code_base, reqs_base = base["code"], base["reqs"]
+    vs = "baseline code-only"
+    app = Shipyard(work / "shipyard", keep=3 * RUNS + 5)
+    first = [timed(app.deploy)]
+    code, phases = [], []
+    for i in range(RUNS):
+        app.clone.change()
+        sh("git", "tag", "-a", f"v{i}", "-m", f"v{i}", cwd=app.clone.path)
+        code.append(timed(app.deploy))
+        phases.append(app.last()["phases"])
+    reqs = []
+    for i in range(RUNS):
+        app.clone.change(requirement=f"six>=1.{10 + i}")
+        reqs.append(timed(app.deploy))
+    pinned = []
+    for i in range(RUNS):
+        greeting = greeting_file(f"clone {i + 1}").split("=", 1)[1].strip().strip('"')
+        t0 = time.perf_counter()
+        out = app.push(f"v{i}:main")
+        wait_served(app.port, greeting)
+        pinned.append(time.perf_counter() - t0)
+        if "reused releases/" not in out:
+            sys.exit(f"bench: pinned push of v{i} did not reuse its release:\n{out}")
+    rollback = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        sh(BIN / "shipyard", "--root", app.root, "rollback", "mysite")
+        wait_served(app.port, app.live_greeting())
+        rollback.append(time.perf_counter() - t0)
+    failed = []
+    settings = (app.clone.path / "mysite" / "settings.py").read_text()
+    for i in range(RUNS):
+        before = serving(app.port)
+        app.clone.change(
+            **{"mysite/settings.py": settings + f'raise RuntimeError("bench: broken build {i}")\n'}
+        )
+        t0 = time.perf_counter()
+        out = app.clone.push(check=False)
+        failed.append(time.perf_counter() - t0)
+        if "failed at build" not in out or serving(app.port) != before:
+            sys.exit(f"bench: the failing deploy did not fail at build, old code served:\n{out}")
+        sh("git", "reset", "-q", "--hard", "HEAD~1", cwd=app.clone.path)
+    for i in range(RUNS - 1):
+        fresh = Shipyard(work / f"first-{i}")
+        first.append(timed(fresh.deploy))
+        fresh.stop()
+
+    print(f"  (ratios to the baseline measured above; 'vs' is the {vs} deploy unless named)")
+    entry = row("shipyard", "code-only redeploy", code, code_base, base_name=vs)
+    speed = code_base / entry["median"]
+    goal("code-only redeploy ≥ 10× faster than the baseline", f"{speed:.1f}×", speed >= 10)
+    entry = row(
+        "shipyard",
+        "changed-requirement redeploy",
+        reqs,
+        reqs_base,
+        base_name="baseline changed-requirement",
+    )
+    speed = reqs_base / entry["median"]
+    goal("changed-requirement redeploy ≥ 3× faster", f"{speed:.1f}×", speed >= 3)
+    row("shipyard", "first deploy (new deploy root)", first, code_base, base_name=vs)
+    row("shipyard", "pinned push of a kept release", pinned, code_base, base_name=vs)
+    row("shipyard", "rollback (command → old code served)", rollback, code_base, base_name=vs)
+    row(
+        "shipyard",
+        "failing build: push returns, old release serving",
+        failed,
+        code_base,
+        base_name=vs,
+    )
+    return {"phases": phases}
+
+
+# --- with processes: zero downtime --------------------------------------------------
+
+
+@dataclass
+class Load:
+    """About ``rate`` GETs a second on loopback; stops by itself at ``seconds`` or ``limit``."""
+
+    port: int
+    rate: float = 50
+    seconds: float = 120
+    limit: int = 6000
+    results: list[tuple[float, int | str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        started = time.monotonic()
+        next_at = started
+        while not self.stop.is_set() and len(self.results) < self.limit:
+            now = time.monotonic()
+            if now - started > self.seconds:
+                break
+            if now < next_at:
+                time.sleep(next_at - now)
+            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
+            try:
+                status, _ = fetch(self.port, timeout=30)
+            except (OSError, http.client.HTTPException) as exc:
+                status = f"{type(exc).__name__}: {exc}"
+            self.results.append((time.monotonic() - started, status))
+
+    def failures(self) -> list[tuple[float, int | str]]:
+        return [r for r in self.results if r[1] != 200]
+
+
+def bench_processes(work: Path, base: dict[str, float]) -> None:
+    deploys = max(3, RUNS)
+    print(f"\nwith processes: {deploys} deploys (one with a changed requirement) under a load of")
+    print("~50 requests/s on loopback, push → new code served")
+    app = Shipyard(work / "processes")
+    app.deploy()
+    load = Load(app.port)
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    served = []
+    try:
+        time.sleep(1)
+        for i in range(deploys):
+            app.clone.change(requirement="python-dotenv>=1.0" if i == 1 else None)
+            served.append(timed(app.deploy))
+        time.sleep(1)
+    finally:
+        load.stop.set()
+        thread.join(timeout=60)
+    app.stop()
+    row(
+        "processes",
+        "push → new code served, under load",
+        served,
+        base["code"],
+        base_name="baseline code-only",
+    )
+    failed = load.failures()
+    total = len(load.results)
+    row(
+        "processes",
+        f"requests failed under load ({total} sent)",
+        [len(failed)],
+        unit="failed",
+        goal="0 failed",
+        met=not failed,
+    )
+    goal("0 failed requests during deploys under load", f"{len(failed)} of {total}", not failed)
+    for when, status in failed[:5]:
+        print(f"    failed at {when:.2f}s: {status}")
+
+
+# --- many hosts ---------------------------------------------------------------------
+
+
+class PushApp:
     """A deploy root with the example app, and a clone with two remotes: deploying and plain."""
 
     def __init__(self, base: Path, name: str = "mysite") -> None:
@@ -122,36 +520,81 @@ class App:
         return out
 
 
-def bench_push(work: Path) -> None:
-    print("\npush to live (example app, uv cache warm)")
-    app = App(work / "push")
-    app.push("plain")
-    first = [timed(lambda: app.push("production"))]
-    plain, code = [], []
-    for _ in range(RUNS):
-        app.change()
-        plain.append(timed(lambda: app.push("plain")))
-        code.append(timed(lambda: app.push("production")))
-    base = row("push", "bare git push (hooks disabled)", plain)["median"]
-    overhead = statistics.median(c - p for c, p in zip(code, plain, strict=True))
-    row(
-        "push",
-        "code-only redeploy",
-        code,
-        base,
-        goal=f"adds {overhead:.2f}s (goal < 1 s)",
-        met=overhead < 1.0,
-    )
-    reqs = []
-    original = (app.work / "requirements.txt").read_text()
-    for i in range(RUNS):
-        app.change("requirements.txt", original + f"six>=1.{10 + i}\n")
-        reqs.append(timed(lambda: app.push("production")))
-    row("push", "changed requirement redeploy", reqs, base)
-    for i in range(RUNS - 1):
-        fresh = App(work / f"first-{i}")
-        first.append(timed(lambda f=fresh: f.push("production")))
-    row("push", "first deploy (new deploy root)", first, base)
+def bench_hosts(work: Path) -> None:
+    """A primary and up to 7 peers, each peer a network namespace with its own receiver."""
+    sys.path.insert(0, str(TOP / "tests"))
+    import netns
+
+    print("\nmany hosts (peers in network namespaces, code-only change)")
+    why = netns.available()
+    if why:
+        print(f"  skipped: {why}")
+        return
+    net = netns.Net()
+    try:
+        cluster = netns.Cluster(net, work / "hosts", BIN)
+        peers = [cluster.add_peer(join=False) for _ in range(7)]
+        app = PushApp(work / "hosts-app")
+        # App() leaves out every static/ dir; the build step's inputs live in polls/static,
+        # and without them collectstatic can never be reused (it reruns on every host).
+        shutil.copytree(EXAMPLE / "polls" / "static", app.work / "polls" / "static")
+        sh("git", "add", "-A", cwd=app.work)
+        sh("git", "commit", "-qm", "static sources", cwd=app.work)
+        sh("git", "remote", "set-url", "production", cluster.dir / "repo.git", cwd=app.work)
+        netns.set_config(cluster.config, peers=[p.address for p in peers])
+        app.push("production")  # every host builds its virtualenv once
+        counts = (1, 2, 4, 8)
+        samples: dict[int, list[float]] = {n: [] for n in counts}
+        skews: dict[int, list[float]] = {n: [] for n in counts}
+        for _ in range(RUNS):  # round-robin, so load drifting over the run hits every count alike
+            for hosts in counts:
+                netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
+                app.change()
+                t0 = time.perf_counter()
+                out = app.push("production")
+                samples[hosts].append(time.perf_counter() - t0)
+                skews[hosts] += [
+                    float(line.split("switch skew")[1].split()[0])
+                    for line in out.splitlines()
+                    if "switch skew" in line
+                ]
+        objects_sent: list[float] = []
+        for _ in range(RUNS):  # every peer has the previous commit: one change's worth
+            app.change()
+            out = app.push("production")
+            objects_sent += [
+                float(line.split(",")[1].split()[0])
+                for line in out.splitlines()
+                if "✓ objects" in line
+            ]
+        base = row("hosts", "code-only deploy, 1 host", samples[1])["median"]
+        for hosts in counts[1:]:
+            ratio = statistics.median(samples[hosts]) / base
+            row(
+                "hosts",
+                f"code-only deploy, {hosts} hosts",
+                samples[hosts],
+                base,
+                goal="goal ≤ 1.5× of 1 host" if hosts == 8 else "",
+                met=ratio <= 1.5 if hosts == 8 else None,
+            )
+        eight = statistics.median(samples[8]) / base
+        goal("8 hosts ≤ 1.5× one host", f"{eight:.2f}×", eight <= 1.5)
+        row("hosts", "objects sent per peer, one-line change", objects_sent, unit="B")
+        for hosts in counts[1:]:
+            row(
+                "hosts",
+                f"switch skew, {hosts} hosts (first to last)",
+                skews[hosts],
+                unit="ms",
+                goal="goal < 200 ms" if hosts == 8 else "",
+                met=max(skews[hosts]) < 200 if hosts == 8 else None,
+            )
+    finally:
+        net.close()
+
+
+# --- details: how the pieces compare ----------------------------------------------
 
 
 def make_tree(path: Path, files: int) -> str:
@@ -197,7 +640,7 @@ def checkout_dulwich(repo: Path, sha: str, dest: Path) -> None:
 
 
 def bench_checkout(work: Path) -> None:
-    print("\ncheckout methods (materialise one commit, no .git)")
+    print("\ndetail: checkout methods (materialise one commit, no .git)")
     trees = {"example app": None, "3,000 files": 3000}
     methods = {
         "git archive | tar": checkout_archive,
@@ -222,12 +665,14 @@ def bench_checkout(work: Path) -> None:
                 dest = work / f"co-{label[:3]}-{name[:5]}-{i}"
                 samples.append(timed(lambda d=dest, f=fn, r=repo, s=sha: f(r, s, d)))
                 shutil.rmtree(dest)
-            entry = row("checkout", f"{label}: {name}", samples, base)
+            entry = row(
+                "checkout", f"{label}: {name}", samples, base, base_name="git archive | tar"
+            )
             base = base or entry["median"]
 
 
 def bench_venv(work: Path) -> None:
-    print("\nvirtualenv build, example requirements (uv's cache is warm; pip's never warms here)")
+    print("\ndetail: virtualenv build, example requirements (uv's cache is warm)")
     req = EXAMPLE / "requirements.txt"
     uv = str(BIN / "uv")
 
@@ -239,130 +684,98 @@ def bench_venv(work: Path) -> None:
         sh(sys.executable, "-m", "venv", dest)
         sh(dest / "bin" / "python", "-m", "pip", "install", "-q", "-r", req)
 
-    runs = max(3, RUNS - 2)
     base = None
     builders = (("python -m venv + pip install", with_pip), ("uv venv + uv pip install", with_uv))
     for name, fn in builders:
         samples = []
-        for i in range(runs):
+        for i in range(RUNS):
             dest = work / f"venv-{name[:3]}-{i}"
             samples.append(timed(lambda d=dest, f=fn: f(d)))
             shutil.rmtree(dest)
-        entry = row("venv", name, samples, base)
+        entry = row("venv", name, samples, base, base_name="pip")
         base = base or entry["median"]
 
 
-def bench_hosts(work: Path) -> None:
-    """A primary and up to 7 peers, each peer a network namespace with its own receiver."""
-    sys.path.insert(0, str(TOP / "tests"))
-    import netns
-
-    print("\nmany hosts (peers in network namespaces, code-only change)")
-    why = netns.available()
-    if why:
-        print(f"  skipped: {why}")
-        return
-    net = netns.Net()
-    try:
-        cluster = netns.Cluster(net, work / "hosts", BIN)
-        peers = [cluster.add_peer(join=False) for _ in range(7)]
-        app = App(work / "hosts-app")
-        # App() leaves out every static/ dir; the build step's inputs live in polls/static,
-        # and without them collectstatic can never be reused (it reruns on every host).
-        shutil.copytree(EXAMPLE / "polls" / "static", app.work / "polls" / "static")
-        sh("git", "add", "-A", cwd=app.work)
-        sh("git", "commit", "-qm", "static sources", cwd=app.work)
-        sh("git", "remote", "set-url", "production", cluster.dir / "repo.git", cwd=app.work)
-        netns.set_config(cluster.config, peers=[p.address for p in peers])
-        app.push("production")  # every host builds its virtualenv once
-        counts = (1, 2, 4, 8)
-        samples: dict[int, list[float]] = {n: [] for n in counts}
-        skews: dict[int, list[float]] = {n: [] for n in counts}
-        for _ in range(RUNS):  # round-robin, so load drifting over the run hits every count alike
-            for hosts in counts:
-                netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
-                app.change()
-                t0 = time.perf_counter()
-                out = app.push("production")
-                samples[hosts].append(time.perf_counter() - t0)
-                skews[hosts] += [
-                    float(line.split("switch skew")[1].split()[0])
-                    for line in out.splitlines()
-                    if "switch skew" in line
-                ]
-        objects_sent: list[float] = []
-        for _ in range(RUNS):  # every peer has the previous commit: one change's worth
-            app.change()
-            out = app.push("production")
-            objects_sent += [
-                float(line.split(",")[1].split()[0])
-                for line in out.splitlines()
-                if "✓ objects" in line
-            ]
-        base = row("hosts", "code-only deploy, 1 host", samples[1])["median"]
-        for hosts in counts[1:]:
-            ratio = statistics.median(samples[hosts]) / base
-            row(
-                "hosts",
-                f"code-only deploy, {hosts} hosts",
-                samples[hosts],
-                base,
-                goal="goal ≤ 1.5× of 1 host" if hosts == 8 else "",
-                met=ratio <= 1.5 if hosts == 8 else None,
-            )
-        row("hosts", "objects sent per peer, one-line change", objects_sent, unit=" B")
-        for hosts in counts[1:]:
-            row(
-                "hosts",
-                f"switch skew, {hosts} hosts (first to last)",
-                skews[hosts],
-                unit=" ms",
-                goal="goal < 200 ms" if hosts == 8 else "",
-                met=max(skews[hosts]) < 200 if hosts == 8 else None,
-            )
-    finally:
-        net.close()
+# --- the results --------------------------------------------------------------------
 
 
-def write_results() -> None:
-    (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+def phase_medians(phases: list[dict]) -> dict[str, float]:
+    names = sorted({n for p in phases for n in p}, key=lambda n: list(phases[0]).index(n))
+    return {n: statistics.median(p.get(n, 0.0) for p in phases) for n in names}
+
+
+def write_results(started: float, extra: dict) -> None:
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cores": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 2),
+        "runs": RUNS,
+        "seconds": round(time.monotonic() - started),
+    }
+    data = {"meta": meta, "rows": rows, "goals": goals, **extra}
+    (HERE / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
-        "| group | measurement | median s | min–max s | ratio | goal |",
-        "|---|---|---:|---:|---:|---|",
+        "# shipyard benchmark",
+        "",
+        f"{meta['date']}, {meta['cores']} cores (load average {meta['load_average']} at the "
+        f"end), median (min–max) of {RUNS} runs, {meta['seconds']} s in all. A ratio is the "
+        "median over the median of the row it names (baseline rows: the classic script deploy, "
+        "bench/baseline.sh, measured in the same run). Written by `make bench`.",
+        "",
+        "| group | measurement | median | min–max | ratio | vs | goal |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""
+        unit = "s" if r["unit"] == "s" else f" {r['unit']}"
+        fig = (lambda v, u=unit: f"{v:.3f}{u}") if r["unit"] == "s" else (lambda v: f"{v:g}")
         verdict = "" if r["met"] is None else (" — met" if r["met"] else " — NOT MET")
-        if r.get("unit"):
-            numbers = f"{r['median']:.0f}{r['unit']} | {r['min']:.0f}–{r['max']:.0f}{r['unit']}"
-        else:
-            numbers = f"{r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f}"
-        lines.append(f"| {r['group']} | {r['name']} | {numbers} | {ratio} | {r['goal']}{verdict} |")
-    header = (
-        f"# shipyard benchmark\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{os.cpu_count()} cores, median of {RUNS} runs; ratios are to the first row "
-        "of each group, measured in the same run.\n\n"
-    )
-    (HERE / "results.md").write_text(header + "\n".join(lines) + "\n")
+        lines.append(
+            f"| {r['group']} | {r['name']} | {fig(r['median'])} | "
+            f"{fig(r['min'])}–{fig(r['max'])} | {format_ratio(r)} | {r.get('base', '')} | "
+            f"{r['goal']}{verdict} |"
+        )
+    lines += ["", "## Goals", "", "| goal | figure | |", "|---|---|---|"]
+    for g in goals:
+        verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT MET")
+        lines.append(f"| {g['goal']} | {g['figure']} | {verdict} |")
+    if extra.get("code_only_phases"):
+        lines += [
+            "",
+            "## Code-only redeploy, by phase",
+            "",
+            "Medians from `deploys/deploys.jsonl` of the code-only redeploys above (the rest of",
+            "the push is git, the hooks and the worker starting: see docs/performance.md).",
+            "",
+            "| phase | median s |",
+            "|---|---:|",
+        ]
+        lines += [f"| {n} | {v:.3f} |" for n, v in extra["code_only_phases"].items()]
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
+    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
     try:
-        print(f"shipyard benchmark: median (min–max) of {RUNS} runs, ratio to the group's baseline")
-        sections = {
-            "push": bench_push,
-            "checkout": bench_checkout,
-            "venv": bench_venv,
-            "hosts": bench_hosts,
-        }
-        only = os.environ.get("BENCH_ONLY", "").split(",")  # e.g. BENCH_ONLY=hosts
-        for name, section in sections.items():
-            if only == [""] or name in only:
-                section(work)
-        write_results()
-        print(f"\nwritten: {HERE / 'results.md'}, {HERE / 'results.json'}")
+        print(f"shipyard benchmark: median (min–max) of {RUNS} runs; ratio = median / its base")
+        base = bench_baseline(work)
+        found = bench_shipyard(work, base)
+        bench_processes(work, base)
+        bench_hosts(work)
+        if DETAILS:
+            bench_checkout(work)
+            bench_venv(work)
+        print("\ngoals")
+        for g in goals:
+            verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT MET")
+            print(f"  {g['goal']:<52} {g['figure']:>28}  {verdict}")
+        write_results(started, {"code_only_phases": phase_medians(found["phases"])})
+        took = time.monotonic() - started
+        print(f"\nwritten: {HERE / 'results.md'}, {HERE / 'results.json'} ({took:.0f}s)")
     finally:
+        for cleanup in reversed(cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
         shutil.rmtree(work, ignore_errors=True)
 
 

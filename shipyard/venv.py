@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import re
 import shutil
 import stat
@@ -56,7 +55,9 @@ def uv_bin() -> str:
 def python_spec(config: AppConfig) -> str:
     if config.python:
         return config.python
-    return f"{platform.python_implementation().lower()}-{platform.python_version()}"
+    # what platform.python_implementation().lower() and .python_version() say, without
+    # importing platform (a noticeable part of a deploy's start)
+    return f"{sys.implementation.name}-{sys.version.split()[0]}"
 
 
 def plan(release: Path, config: AppConfig, installer: str) -> Plan:
@@ -110,7 +111,8 @@ def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
     target = app.venvs / key
     reused = target.is_dir()
     if not reused:
-        build(target, release, the_plan)
+        live = app.current / ".venv"
+        build(target, release, the_plan, bytecode_from=live.resolve() if live.is_dir() else None)
     link = release / ".venv"
     if link.is_symlink() or link.exists():
         if link.is_dir() and not link.is_symlink():
@@ -133,14 +135,24 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
         )
 
 
-def build(target: Path, release: Path, the_plan: Plan) -> None:
-    """Build the venv beside its final place, then rename it in: never a half-built venv."""
+def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | None = None) -> None:
+    """Build the venv beside its final place, then rename it in: never a half-built venv.
+
+    Bytecode is compiled here, once, not in every process's first start. With
+    ``bytecode_from`` (the live release's venv), the compiled files of every source
+    file the two venvs share (uv hard-links both from its cache) are linked rather
+    than compiled again: adding one requirement compiles that package only.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    env["UV_COMPILE_BYTECODE"] = "1"  # compile once here, not in every process's first start
     interpreter = sys.executable if "-" in the_plan.python else the_plan.python
+    # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
+    reuse = bytecode_from is not None and interpreter == sys.executable
+    reuse = reuse and the_plan.installer == "uv"
+    if not reuse:
+        env["UV_COMPILE_BYTECODE"] = "1"
     req, python = the_plan.requirements, str(tmp / "bin" / "python")
     try:
         if the_plan.installer == "uv":
@@ -153,6 +165,8 @@ def build(target: Path, release: Path, the_plan: Plan) -> None:
             else:
                 install = [uv, "pip", "install", "--quiet", "--python", python, "-r", str(req)]
                 _run(install, release, env, "installing requirements")
+            if reuse:
+                compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)
@@ -178,6 +192,58 @@ def not_world_writable(tree: Path) -> None:
             mode = os.lstat(path).st_mode
             if mode & stat.S_IWOTH and not stat.S_ISLNK(mode):
                 os.chmod(path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
+
+
+def link_bytecode(source: Path, venv: Path) -> list[str]:
+    """Hard-link ``source``'s compiled files into ``venv`` for the .py files both venvs hold as
+    the very same file (same device and inode: both linked from uv's cache), so their bytecode
+    is valid as is. Python replaces a .pyc by renaming, never in place: sharing is safe.
+    Returns the .py files left to compile."""
+    tag = sys.implementation.cache_tag
+    todo = []
+    for site in venv.glob("lib/python*/site-packages"):
+        other_site = source / site.relative_to(venv)
+        for dirpath, dirnames, filenames in os.walk(site):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            other = other_site / os.path.relpath(dirpath, site)
+            cache = os.path.join(dirpath, "__pycache__")
+            for name in filenames:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    mine, theirs = os.stat(path), os.stat(other / name)
+                    if (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev):
+                        pyc = f"{name[:-3]}.{tag}.pyc"
+                        os.makedirs(cache, exist_ok=True)
+                        os.link(other / "__pycache__" / pyc, os.path.join(cache, pyc))
+                        continue
+                except OSError:
+                    pass  # not there, or no bytecode there: compiled below
+                todo.append(path)
+    return todo
+
+
+COMPILE_ONE_BY_ONE = 300  # up to this many files, one process; more: compileall's workers
+
+
+def compile_bytecode(python: str, venv: Path, env: dict[str, str], files: list[str]) -> None:
+    """Compile ``files`` (if many: everything without valid bytecode). Best effort, as an
+    installer does it: a file that does not compile fails at import, not here."""
+    if not files:
+        return
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    if len(files) <= COMPILE_ONE_BY_ONE:
+        listed = "\n".join(files) + "\n"
+        compile_list = [python, "-m", "compileall", "-q", "-i", "-"]
+        subprocess.run(compile_list, input=listed.encode(), **quiet)
+        return
+    for site in venv.glob("lib/python*/site-packages"):
+        subprocess.run(
+            [python, "-m", "compileall", "-q", "-j", "0", str(site)],
+            stdin=subprocess.DEVNULL,
+            **quiet,
+        )
 
 
 def _pip_requirements(req: Path, tmp: Path, env: dict[str, str]) -> Path:
