@@ -48,7 +48,11 @@ def render(rows: list[dict]) -> str:
     out = [INTRO]
     total = sum(1 for _ in rows)
     passed = sum(1 for r in rows if r.get("status") == "passed")
-    out.append(f"{total} cases, {passed} as expected.\n")
+    seconds = sum({(r["module"], r["case"]): r.get("seconds", 0) for r in rows}.values())
+    out.append(
+        f"{total} cases, {passed} as expected; {seconds:.0f}s in the cases themselves "
+        "(module set-up, e.g. the first deploy and its venv, not counted).\n"
+    )
     for kind, title in KINDS:
         mine = [r for r in rows if r.get("kind") == kind]
         if not mine:

@@ -274,7 +274,7 @@ def test_output_with_env_values_is_masked(clean, observe):
         assert not leaks, leaks
         row["outcome"] = (
             "masked in the push output, deploys/N.log, deploys.jsonl (error, message) and run/: "
-            f"`{next(ln for ln in remote_lines(out) if 'key=' in ln).strip()}`"
+            f"`{next(ln for ln in remote_lines(out) if '│ key=' in ln).strip()}`"
         )
         assert entries(host)[n - 1]["options"]["message"] == "deploying ********"
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -51,6 +52,11 @@ def site(tmp_path_factory):
         yield host, work, base
     finally:
         host.stop_processes()
+
+
+def said(line: str) -> str:
+    """What a phase line says after its mark, name and time."""
+    return re.sub(r"^.*[✓✗] \S+\s+\d+\.\d+s\s+", "", line).strip()
 
 
 def greet(work, text: str) -> str:
@@ -203,10 +209,7 @@ def worker_of(host, number: int) -> int | None:
     return None
 
 
-def test_five_pushes_race(site, observe):
-    host, work, base = site
-    check_invariants(host)
-    row = observe("fault", "5 pushes from 5 clones racing (each a new commit on the same tip)")
+def racers(host, base) -> list:
     clones = []
     for i in range(5):
         path = base / f"racer{i}"
@@ -214,6 +217,15 @@ def test_five_pushes_race(site, observe):
         clone.git("fetch", "-q", "production")
         clone.git("reset", "-q", "--hard", "production/main")
         clones.append(clone)
+    return clones
+
+
+def test_five_pushes_race_at_once(site, observe):
+    """Five pushes of the same tip at the same instant: git's compare-and-swap picks one."""
+    host, work, base = site
+    check_invariants(host)
+    row = observe("fault", "5 pushes from 5 clones at once, each a new commit on the same tip")
+    clones = racers(host, base)
     shas = [greet(c, f"racer {i}") for i, c in enumerate(clones)]
     n = len(entries(host))
     pushes = [background_push(c, "-f", "main") for c in clones]
@@ -227,14 +239,51 @@ def test_five_pushes_race(site, observe):
     assert sorted(e["sha"] for e in new) == sorted(accepted)  # every deploy recorded
     tip = host.branch()
     assert tip in accepted
-    live = check_invariants(host)
-    assert live.endswith(tip[:7])  # the newest push is live
+    assert check_invariants(host).endswith(tip[:7])  # the newest push is live
     outcomes = sorted(e["outcome"] for e in new)
     assert set(outcomes) <= {"live", "superseded"}
     row["outcome"] = (
         f"{len(accepted)} accepted, {len(refused)} refused with `push again` (the branch "
-        f"moved under them; nothing recorded for them); history: {', '.join(outcomes)}; "
-        "live = the branch tip"
+        f"moved under them; nothing claimed or recorded for them); history: "
+        f"{', '.join(outcomes)}; live = the branch tip"
+    )
+    work.git("fetch", "-q", "production")
+    work.git("reset", "-q", "--hard", "production/main")
+
+
+def test_five_pushes_race_while_deploying(site, observe):
+    """Five forced pushes in quick succession while the first deploy is still running."""
+    host, work, base = site
+    check_invariants(host)
+    row = observe("fault", "5 forced pushes one after another while the first one deploys")
+    clones = racers(host, base)
+    shas = [greet(c, f"queued racer {i}") for i, c in enumerate(clones)]
+    n = len(entries(host)) + 1
+    arm(host, {"at": "build", "action": "pause", "deploy": n})
+    pushes = [background_push(clones[0], "-f", "main")]
+    paused(host)  # the first deploy holds the lock, past its check of the branch
+    for clone, sha in zip(clones[1:], shas[1:], strict=True):
+        pushes.append(background_push(clone, "-f", "main"))
+        faultlib.wait_for(lambda s=sha: host.branch() == s, 60, "the branch to move")
+    faultlib.wait_for(
+        lambda: all((host.dir / "deploys" / f"{n + i}.log").exists() for i in range(5)),
+        60,
+        "every push to claim its deploy",
+    )
+    resume(host)
+    outs = [p.communicate(timeout=300)[0] for p in pushes]
+    assert all(p.returncode == 0 for p in pushes), outs
+    settled(host)
+    new = {e["deploy"]: e for e in entries(host) if e["deploy"] >= n}
+    assert sorted(new) == list(range(n, n + 5))  # every deploy recorded
+    assert new[n]["outcome"] == "live"  # the one running when the others came
+    newest = next(e for e in new.values() if e["sha"] == shas[-1])
+    assert newest["outcome"] == "live" and check_invariants(host).endswith(shas[-1][:7])
+    others = [e["outcome"] for d, e in sorted(new.items()) if e["sha"] not in (shas[0], shas[-1])]
+    assert set(others) == {"superseded"}, new
+    row["outcome"] = (
+        f"all 5 accepted and recorded: #{n} (running) live, {len(others)} superseded "
+        "(`superseded: main is now …`), the newest live; `current` = the last push"
     )
     work.git("fetch", "-q", "production")
     work.git("reset", "-q", "--hard", "production/main")
@@ -253,7 +302,7 @@ def test_supervisord_stopped_at_restart(site, observe):
     out = client.communicate(timeout=180)[0]
     assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
     assert check_invariants(host).endswith(sha[:7])
-    row["outcome"] = f"restart started it again: `{phase_line(out, 'restart').strip()[:70]}…`"
+    row["outcome"] = f"restart started it again: `{said(phase_line(out, 'restart'))}`"
 
 
 def test_supervisord_killed_at_restart(site, observe):
@@ -270,7 +319,7 @@ def test_supervisord_killed_at_restart(site, observe):
     os.kill(pid, signal.SIGKILL)
     resume(host)
     out = client.communicate(timeout=180)[0]
-    row["outcome"] = f"`{phase_line(out, 'restart').strip()[:90]}`; `{last_line(out)[:80]}`"
+    row["outcome"] = f"restart: `{said(phase_line(out, 'restart'))}`; `{last_line(out)}`"
     assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
     assert check_invariants(host).endswith(sha[:7])
     orphans = [
