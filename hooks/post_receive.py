@@ -111,7 +111,12 @@ def main() -> None:
         if lost(app, number):
             # Complete (after its switch) or close (before) what the killed worker left,
             # detached like the worker, so the pusher going away does not stop it either.
-            recovery = spawn(app, number, ["recover", app.name, "--into-log"])
+            recovery = spawn(
+                app,
+                number,
+                ["recover", app.name, "--into-log", "--number", str(number)]
+                + ["--sha", new, "--ref", ref],
+            )
             if offset is not None:
                 report_lost(app, number, worker.returncode)
                 follow(log, lambda r=recovery: r.poll() is not None, start=offset)

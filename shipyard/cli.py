@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -104,7 +105,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     host = load_host_config(app.config_file)
     guard.check_not_root(app, host)
     out = Reporter(sys.stdout, wants_color({}, dict(os.environ)), heartbeat=host.heartbeat)
-    return 0 if recover.run(app, host, out, into_log=args.into_log) else 1
+    lost = None
+    if args.number:
+        lost = {"deploy": args.number, "sha": args.sha, "ref": args.ref, "since": time.time()}
+    return 0 if recover.run(app, host, out, into_log=args.into_log, lost=lost) else 1
 
 
 def existing_app(args: argparse.Namespace) -> App:
@@ -280,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         "recover", help="complete (after its switch) or close a deploy that was killed"
     )
     p.add_argument("app")
-    p.add_argument("--into-log", action="store_true", help=argparse.SUPPRESS)  # post-receive
+    # from post-receive: the output goes to the deploy's log; which deploy's worker died
+    p.add_argument("--into-log", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--number", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--sha", help=argparse.SUPPRESS)
+    p.add_argument("--ref", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")

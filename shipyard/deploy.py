@@ -373,6 +373,13 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         extra = {"recovered": d.recovery, **extra}
     if isinstance(extra.get("error"), str):
         extra["error"] = d.out.mask(extra["error"])
+    try:
+        _record(d, outcome, seconds, extra)
+    except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
+        d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+
+
+def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
     history.record(
         d.app,
         {

@@ -271,20 +271,62 @@ def complete(
 
 
 def run(
-    app: App, host: HostConfig, out: Reporter, by: str = "shipyard recover", into_log: bool = False
+    app: App,
+    host: HostConfig,
+    out: Reporter,
+    by: str = "shipyard recover",
+    into_log: bool = False,
+    lost: dict | None = None,
 ) -> bool:
-    """``shipyard recover APP``: resume what a killed deploy left, if the lock is free."""
+    """``shipyard recover APP``: resume what a killed deploy left, if the lock is free.
+
+    ``lost`` (from the post-receive hook: number, sha, ref) names the deploy whose
+    worker just died. If it left no note to resume (it died waiting for the lock,
+    or before it), it is recorded here, so that every deploy has an outcome.
+    """
     try:
         with lock.exclusive(
             history.deploy_lock(app), {"pid": os.getpid(), "since": time.time()}, timeout=0
         ) as held:
             outcome = resume(app, host, held, out, by, into_log) if held.stale else None
-            if outcome is None:
+            if outcome is None and not lost:
                 out.line(f"shipyard ▸ {app.name}: no interrupted deploy to recover")
-            return outcome != "failed"
     except LockTimeout:
-        who = lock.describe(lock.holder(history.deploy_lock(app)))
-        out.line(
-            f"shipyard ▸ {who} holds the deploy lock; it recovers any interrupted deploy first"
+        outcome = None
+        if not lost:
+            who = lock.describe(lock.holder(history.deploy_lock(app)))
+            out.line(f"shipyard ▸ {who} holds the deploy lock; it recovers what was interrupted")
+    if lost:
+        record_lost(app, lost, out)
+    return outcome != "failed"
+
+
+def record_lost(app: App, lost: dict, out: Reporter) -> None:
+    """Record a deploy whose process ended without an outcome and without a note to resume."""
+    number = lost["deploy"]
+    if any(e.get("deploy") == number for e in history.entries(app)):
+        return
+    if lock.pending(lock.holder(history.deploy_lock(app))).get("deploy") == number:
+        return  # its note waits in the lock: whoever takes it next resumes it
+    with contextlib.suppress(OSError):  # a full disk: it stays "interrupted", unrecorded
+        history.record(
+            app,
+            {
+                "deploy": number,
+                "kind": "push",
+                "sha": lost.get("sha"),
+                "ref": lost.get("ref"),
+                "start": lost.get("since"),
+                "duration": None,
+                "outcome": "interrupted",
+                "failed_phase": "start",
+                "error": "its process ended without an outcome before its first phase "
+                "(killed while waiting for the deploy lock, or failed to start)",
+                "options": {},
+                "migrations": [],
+            },
         )
-        return True
+        out.line(
+            f"shipyard ▸ deploy #{number} ended before its first phase; recorded as interrupted; "
+            f"nothing of it went live"
+        )

@@ -62,6 +62,7 @@ class Reporter:
         self.color = color
         self.heartbeat = heartbeat
         self.mask = Masker()
+        self.lost = 0  # lines that could not be written
         self._lock = threading.Lock()
 
     def _paint(self, text: str, code: str) -> str:
@@ -69,8 +70,12 @@ class Reporter:
 
     def line(self, text: str = "") -> None:
         with self._lock:
-            self.out.write(clip(self.mask(text)) + "\n")
-            self.out.flush()
+            try:
+                self.out.write(clip(self.mask(text)) + "\n")
+                self.out.flush()
+            except OSError:
+                # a full disk under the log: the deploy (and its undo) must go on regardless
+                self.lost += 1
 
     def title(self, text: str) -> None:
         self.line(self._paint(f"shipyard ▸ {text}", BOLD))

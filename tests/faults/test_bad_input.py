@@ -212,7 +212,8 @@ def test_symlink_out_of_the_release(clean, observe, target, name):
     assert entries(host)[n]["outcome"] == "failed"
     assert not [p for p in (host.dir / "releases").iterdir() if p.name.endswith(sneaky[:7])]
     assert host.branch() != sneaky  # reset: fixing the link and pushing again retries
-    row["outcome"] = f"deploy failed at checkout, nothing followed: `{line.split('  ', 2)[-1]}`"
+    said = re.sub(r"^.*✗ checkout\s+\d+\.\d+s\s+", "", line)
+    row["outcome"] = f"deploy failed at checkout, nothing followed: `{said}`"
 
 
 def test_env_that_does_not_parse(clean, observe):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 
 import faultlib
@@ -63,6 +64,18 @@ def fill(mount, leave_mb: float) -> None:
             size -= len(chunk)
 
 
+def top_up(mount) -> None:
+    """Fill whatever is still free (a few pages), until the disk refuses."""
+    fd = os.open(mount / "filler", os.O_WRONLY | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def free_up(mount) -> None:
     with contextlib.suppress(FileNotFoundError):
         (mount / "filler").unlink()
@@ -76,6 +89,11 @@ def clean(disk):
     work.git("reset", "-q", "--hard", host.branch())
     yield host, work, mount
     free_up(mount)
+
+
+def detail(line: str) -> str:
+    """What a phase line says after its mark, name and time."""
+    return re.sub(r"^.*[✓✗] \S+\s+\d+\.\d+s\s+", "", line).strip()
 
 
 def after_checks(host, before: str) -> None:
@@ -107,7 +125,7 @@ def test_disk_full_during_checkout(clean, observe):
     retry = work.push().out
     assert last_line(retry).startswith(f"shipyard ▸ live: {sha[:7]}"), retry
     row["outcome"] = (
-        f"failed at checkout: `{line.split('  ', 2)[-1].strip()[:120]}`; half checkout removed, "
+        f"failed at checkout: `{detail(line)[:120]}`; half checkout removed, "
         "recorded `failed`, branch reset; with space freed the re-push deployed"
     )
     work.git("rm", "-q", "zeros.bin")
@@ -136,8 +154,9 @@ def test_disk_full_during_venv_build(clean, observe):
     python = host.live() / ".venv" / "bin" / "python"
     assert run(python, "-c", "import django, dotenv").returncode == 0
     row["outcome"] = (
-        f"failed at venv: `{line.split('  ', 2)[-1].strip()[:100]}`; the half-built venv removed "
-        "(never renamed into venvs/); with space freed the re-push built it whole"
+        f"failed at venv: `{detail(line)[:100]}` + the hint `the disk is full`; the "
+        "half-built venv removed (never renamed into venvs/); with space freed the re-push "
+        "built it whole"
     )
 
 
@@ -160,3 +179,39 @@ def test_disk_full_when_the_push_arrives(clean, observe):
     row["outcome"] = f"git refused the push (status {result.returncode}): `{reason.strip()[:100]}`"
     retry = work.push().out
     assert "shipyard ▸ live" in retry
+
+
+def test_disk_full_at_finish(clean, observe):
+    """After the switch: the undo must run even though nothing can be written any more."""
+    host, work, mount = clean
+    row = observe("fault", "disk completely full at finish (after the switch; logs unwritable)")
+    before = host.live().name
+    n = len(entries(host)) + 1
+    sha = work.commit("full at finish", **{"app.py": "print('full')\n"})
+    faultlib.arm(host, {"at": "finish", "action": "pause"})
+    client = faultlib.background_push(work)
+    faultlib.paused(host)
+    fill(mount, 0)
+    faultlib.resume(host)  # frees the pause file's page: take it back before the worker wakes
+    top_up(mount)
+    try:
+        out = client.communicate(timeout=180)[0]
+    finally:
+        free_up(mount)
+    faultlib.settled(host)
+    assert host.live().name == before, out
+    assert host.branch() != sha or entries(host)[-1]["deploy"] != n
+    status = sy(host, "status", "mysite").stdout
+    recorded = [e for e in entries(host) if e["deploy"] == n]
+    row["outcome"] = (
+        f"`current` back on the previous release; the push read `{last_line(out)[:90]}`; "
+        + (
+            f"recorded `{recorded[0]['outcome']}`"
+            if recorded
+            else "no history line could be written (`status` infers `interrupted`)"
+        )
+    )
+    assert f"#{n} " in status
+    retry = work.push().out
+    assert last_line(retry).startswith(f"shipyard ▸ live: {sha[:7]}"), retry
+    row["outcome"] += "; with space freed the re-push deployed"

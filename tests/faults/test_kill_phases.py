@@ -216,4 +216,6 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
         )
     if phase == "migrate":
         assert "polls.0003_slow" in phase_line(result.out, "migrate")
+    releases = json.loads(sy(host, "releases", "mysite", "--json").stdout)["releases"]
+    assert all(r["state"] == "good" for r in releases), releases  # the half one was pruned
     row["outcome"] += "; next push live"

@@ -112,6 +112,97 @@ def test_client_killed_after_the_branch_moved(site, observe):
     )
 
 
+def test_worker_and_client_killed_after_the_switch(site, observe):
+    """Nobody left to recover at once: status tells the truth until the next deploy does."""
+    host, work, _ = site
+    before = check_invariants(host)
+    row = observe("fault", "worker SIGKILLed just after the switch, and the pushing client with it")
+    n = len(entries(host)) + 1
+    sha = greet(work, "orphaned switch")
+    arm(host, {"at": "switch", "when": "end", "action": "pause"})
+    client = background_push(work)
+    who = paused(host)
+    kill_client(client)
+    os.kill(who["pid"], signal.SIGKILL)
+    resume(host)
+    data = json.loads(sy(host, "status", "mysite", "--json").stdout)
+    assert data["live"]["state"] == "interrupted" and data["live"]["deploy"] == n
+    assert data["last"]["outcome"] == "interrupted"
+    text = sy(host, "status", "mysite").stdout
+    assert "[INTERRUPTED]" in text.splitlines()[0] and "shipyard recover mysite" in text
+    assert faultlib.fetch(host.port)[1].strip() != "orphaned switch"  # old processes serve
+    after = greet(work, "next push after an orphaned switch")
+    out = work.push().out
+    assert f"deploy #{n} ({sha[:7]} by " in out and "completing it" in out
+    assert last_line(out).startswith(f"shipyard ▸ live: {after[:7]}"), out
+    assert check_invariants(host).endswith(after[:7])
+    recovered = next(e for e in entries(host) if e["deploy"] == n)
+    assert recovered["outcome"] == "live" and recovered["recovered"]["by"] == f"deploy #{n + 1}"
+    row["outcome"] = (
+        f"until a deploy ran, `status` said `[INTERRUPTED]` for #{n} (not live, not good) with "
+        f"`shipyard recover`, while {before[-7:]}'s processes served; the next push completed "
+        f"#{n} first (history `live (recovered)`), then deployed itself"
+    )
+
+
+def test_queued_deploy_killed_while_waiting(site, observe):
+    """A push waiting for the lock is killed: recorded, and the running deploy is unaffected."""
+    host, work, base = site
+    check_invariants(host)
+    row = observe("fault", "SIGKILL of a deploy waiting for the lock behind another")
+    n = len(entries(host)) + 1
+    first = greet(work, "first of two")
+    arm(host, {"at": "build", "action": "pause", "deploy": n})
+    a = background_push(work)
+    paused(host)
+    other = base / "queued"
+    clone = faultlib.Work(other) if other.exists() else make_work(other, host)
+    clone.git("fetch", "-q", "production")
+    clone.git("reset", "-q", "--hard", first)
+    second = greet(clone, "second, killed while queued")
+    b = background_push(clone)
+    worker = faultlib.wait_for(lambda: worker_of(host, n + 1), 60, "the second worker")
+    faultlib.wait_for(
+        lambda: "waiting for deploy" in (host.dir / "deploys" / f"{n + 1}.log").read_text(),
+        60,
+        "the second deploy to wait",
+    )
+    os.kill(worker, signal.SIGKILL)
+    out_b = b.communicate(timeout=120)[0]
+    resume(host)
+    out_a = a.communicate(timeout=180)[0]
+    assert f"deploy #{n + 1} stopped without an outcome" in out_b
+    assert f"deploy #{n + 1} ended before its first phase; recorded as interrupted" in out_b
+    assert last_line(out_a).startswith(f"shipyard ▸ live: {first[:7]}"), out_a
+    assert check_invariants(host).endswith(first[:7])
+    killed = next(e for e in entries(host) if e["deploy"] == n + 1)
+    assert killed["outcome"] == "interrupted" and killed["sha"] == second
+    status = sy(host, "status", "mysite").stdout
+    assert f"last       #{n + 1} interrupted at start" in status
+    assert "retry: shipyard deploy mysite" in status
+    retry = sy(host, "deploy", "mysite").stdout
+    assert f"shipyard ▸ live: {second[:7]}" in retry
+    work.git("fetch", "-q", "production")
+    work.git("reset", "-q", "--hard", "production/main")
+    row["outcome"] = (
+        f"the running deploy went live; #{n + 1} recorded `interrupted at start` by its push's "
+        "recovery; `status` says so with `retry: shipyard deploy`, which deployed it"
+    )
+
+
+def worker_of(host, number: int) -> int | None:
+    """The pid of the worker running deploy ``number`` of this host's app."""
+    wanted = f"--root {host.root} run-deploy mysite --number {number} "
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if wanted in cmd:
+            return int(pid)
+    return None
+
+
 def test_five_pushes_race(site, observe):
     host, work, base = site
     check_invariants(host)
