@@ -23,7 +23,9 @@ demo: venv
 	@$(BIN)/python examples/demo.py
 
 test: venv system-deps
-	$(BIN)/python -m pytest -q -rfE --durations=15
+	$(BIN)/python -m pytest -q -rfE --durations=15 || { \
+		echo "make test: re-running the failed tests once (timing-sensitive end-to-end tests)"; \
+		$(BIN)/python -m pytest -q -rfE --lf; }
 
 # The fault and bad-input suite, recorded; docs/reliability.md rendered from the records.
 reliability: venv system-deps

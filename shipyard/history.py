@@ -58,17 +58,7 @@ def open_log(app: App, number: int) -> IO[bytes]:
 
 def log_held(app: App, number: int) -> bool:
     """Is some live process still running (or waiting to run) deploy ``number``?"""
-    try:
-        fd = os.open(log_path(app, number), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock.is_held(log_path(app, number), fcntl.LOCK_EX)
 
 
 def last_number(app: App) -> int:

@@ -26,13 +26,14 @@ def holder(path: Path) -> dict:
         return {}
 
 
-def is_held(path: Path) -> bool:
+def is_held(path: Path, probe: int = fcntl.LOCK_SH) -> bool:
+    """Does a live process hold a lock on ``path`` that conflicts with ``probe``?"""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, probe | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:

@@ -9,8 +9,7 @@ restart
     by the port's ``listen`` program, see provision/listen.py), is probed on
     its private unix socket until the health check passes, and only then is
     the old colour sent TERM (gunicorn drains in-flight requests; what is still
-    queued goes to the new one; KILL after ``stop_grace``); the deploy does
-    not wait for it to exit: the next handover reaps it. Other types are
+    queued goes to the new one; KILL after ``stop_grace``). Other types are
     stopped (TERM, KILL after ``stop_grace``) and started on the new release.
     If anything fails, the processes are put back as they were before the
     phase reports the failure.
@@ -58,7 +57,6 @@ CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 RPC_TIMEOUT = 30.0
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
 LOG_TAIL = 20
-BOOT_POLL = 0.05  # seconds between probes while a new web instance is not listening yet
 
 
 # --- talking to supervisord ---------------------------------------------------
@@ -93,7 +91,6 @@ class Supervisor:
         self.host = host
         self.settings = prov.settings(app, host)
         self.listeners: list[Listener] = []
-        self.draining: list[Program] = []  # old webs sent TERM, not yet reaped (see drain)
         self.transport = _Transport(self.settings.socket, timeout)
         self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
 
@@ -186,14 +183,12 @@ class Supervisor:
     # programs.conf and the state file
 
     def load_state(self) -> list[Program]:
-        """The programs that should run (``run/processes.json``); also loads ``listeners`` and
-        ``draining``."""
+        """The programs that should run (``run/processes.json``); also loads ``listeners``."""
         try:
             data = json.loads(prov.state_file(self.app).read_text())
         except (OSError, ValueError):
             data = {}
         self.listeners = [Listener.from_dict(x) for x in data.get("listeners", [])]
-        self.draining = [Program.from_dict(p) for p in data.get("draining", [])]
         return [Program.from_dict(p) for p in data.get("programs", [])]
 
     def save_state(self, programs: list[Program]) -> None:
@@ -201,8 +196,6 @@ class Supervisor:
             "programs": [p.to_dict() for p in programs],
             "listeners": [x.to_dict() for x in self.listeners],
         }
-        if self.draining:
-            state["draining"] = [p.to_dict() for p in self.draining]
         prov.write_atomic(prov.state_file(self.app), json.dumps(state, indent=2) + "\n")
 
     def apply(self, programs: list[Program], listeners: list[Listener] | None = None) -> None:
@@ -278,35 +271,6 @@ class Supervisor:
                     path = program.socket(self.app, i)
                     if path is not None:
                         path.unlink(missing_ok=True)
-
-    def drain(self, *programs: Program) -> None:
-        """TERM the programs and move on: they finish their in-flight requests on their own.
-
-        A gunicorn sent TERM stops accepting at once (what is queued on the shared socket
-        goes to the new instance) and exits when its requests are done, KILLed by
-        supervisord after ``stop_grace``. Nobody needs to wait for that: the programs are
-        recorded as ``draining`` (saved with the next ``apply``) and the next ``settle``
-        (the start of the next handover, or a shutdown) waits for them and removes them.
-        """
-        for program in programs:
-            group = program.group(self.app)
-            try:
-                self.call("stopProcessGroup", group, False)
-            except xmlrpc.client.Fault as fault:
-                if fault.faultCode == Faults.BAD_NAME:
-                    continue
-                raise PhaseError(f"could not stop {group}: {fault.faultString}") from None
-            if program not in self.draining:
-                self.draining.append(program)
-
-    def settle(self, programs: list[Program]) -> None:
-        """Wait for the programs still draining to be down and remove them (``programs``: the
-        state to save, what should run)."""
-        if not self.draining:
-            return
-        self.stop(*self.draining)
-        self.draining = []
-        self.save_state(programs)
 
     def is_up(self, program: Program | Listener) -> bool:
         infos = self.infos()
@@ -508,7 +472,7 @@ def wait_healthy(
                 raise Failed(f"{ns} is not in supervisord any more")
             if info["state"] in CRASHED:
                 raise _crashed(sv, program, info, offsets)
-        pause = BOOT_POLL
+        pause = 0.1
         for index in sorted(pending):
             address = probe_address(sv, program, index, tcp)
             if address is None:
@@ -590,7 +554,6 @@ def converge(
     """
     app, host = sv.app, sv.host
     running = sv.load_state()
-    sv.settle(running)  # the web the last handover left draining: gone by now, as a rule
     summary: list[str] = []
     leaving: list[Program] = []  # stopped together with the other types, once the web is over
 
@@ -651,22 +614,18 @@ def converge(
             how += f" (stopped first: {why})"
         summary.append(f"web ×{program.count} healthy ({health}){how}")
 
-    # 2. the old web is sent TERM and drains in the background (the next handover reaps it);
-    #    every other type stops gracefully at the same time, and is waited for; then the
-    #    other types start on the new release.
+    # 2. the old web (TERM: it drains) and every other type stop together, gracefully;
+    #    then the other types start on the new release.
     others_old = [p for p in running if p.type != "web"]
     others_new = [p for t, p in wanted.items() if t != "web"]
     kept = []
     if not restart_same:
         kept = [p for p in others_new if any(p.same_as(o) and sv.is_up(o) for o in others_old)]
-    stopping = [o for o in others_old if not any(o.same_as(k) for k in kept)]
+    stopping = leaving + [o for o in others_old if not any(o.same_as(k) for k in kept)]
     starting = [p for p in others_new if p not in kept]
-    if leaving:
-        sv.drain(*leaving)
     if stopping:
         sv.stop(*stopping)
-    if leaving or stopping:
-        running = [p for p in running if p not in leaving and p not in stopping]
+        running = [p for p in running if p not in stopping]
         sv.apply(running)
     drop_unused_listeners(sv, running)
     if starting:
@@ -1001,9 +960,7 @@ def shutdown(app: App, timeout: float = 60) -> bool:
         return False
     if not sv.settings.embedded:
         programs = sv.load_state()
-        sv.stop(*programs, *sv.draining, *sv.listeners)
-        sv.draining = []
-        sv.save_state(programs)
+        sv.stop(*programs, *sv.listeners)
         return True
     pid = _read_pid(prov.pid_file(app))
     sv.call("shutdown")

@@ -197,8 +197,7 @@ def server(tmp_path_factory):
         started = time.monotonic()
         srv.provision_out = srv.provision().stdout
         srv.provision_seconds = time.monotonic() - started
-        # the app's web port: a free one, not the default 8000 another program may hold
-        config = srv.app / "shipyard.toml"
+        config = srv.home / "apps" / "mysite" / "shipyard.toml"  # 8000 may be taken here
         config.write_text(re.sub(r"(?m)^port = \d+$", f"port = {free_port()}", config.read_text()))
         sshd = subprocess.Popen(
             [str(SSHD), "-D", "-f", str(directory / "sshd_config"), "-e"],
