@@ -30,8 +30,9 @@ push option, the commit, an environment variable) can reach it. "In" a phase mea
 test waited until the phase was visibly at work (uv writing the venv, the build step or
 the migration running, the new web process started) and then sent the worker SIGKILL.
 
-What happens to a killed deploy (see [architecture.md](architecture.md#interrupted-deploys-recovery-and-faults)):
-the post-receive hook sees its worker die without an outcome and starts `shipyard
+What happens to a killed deploy (see
+[architecture.md](architecture.md#interrupted-deploys-recovery-and-faults)): the
+post-receive hook sees its worker die without an outcome and starts `shipyard
 recover`; had the hook died too, the next deploy does the same first. Before the
 switch, nothing of the deploy went live: it is recorded `interrupted`. From the switch
 on, the deploy is completed (restart, verify, post-migrate, finish), with the usual
