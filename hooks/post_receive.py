@@ -7,14 +7,17 @@ kills the reader, never the deploy half-way through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import traceback
 
 from shipyard import history
 from shipyard.app import App
 from shipyard.config import load_host_config
+from shipyard.errors import ShipyardError
 from shipyard.guard import safe_umask
 from shipyard.options import from_env, parse_options
 from shipyard.repo import hook_app
@@ -22,12 +25,58 @@ from shipyard.repo import hook_app
 ZERO = "0" * 40
 
 
-def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> subprocess.Popen:
-    """Spawn the deploy worker in a new session with the log as its only output."""
-    args = ["run-deploy", app.name, "--number", str(number), "--sha", sha, "--ref", ref]
-    for option in options:
-        args += ["--option", option]
-    return spawn(app, number, args)
+class Worker:
+    """The forked deploy worker, polled like a ``subprocess.Popen``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Worker:
+    """Fork the deploy worker into a new session with the log as its only output.
+
+    A fork, not a new interpreter: no second Python start per push, and the modules this
+    hook already imported are not imported again.
+    """
+    from shipyard import cli  # the worker's code, loaded before the fork
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker inherits the log, and with it the hold that tells `shipyard status`
+    # it is alive; once the worker dies (even by SIGKILL) the deploy shows as interrupted.
+    with history.open_log(app, number) as log:
+        pid = os.fork()
+        if pid:
+            return Worker(pid)
+        code = 1
+        try:
+            os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            os.closerange(3, 1 << 16)  # nothing of git's is kept open
+            os.chdir(app.dir)
+            for name in [k for k in os.environ if k.startswith("GIT_")]:
+                del os.environ[name]
+            try:
+                code = cli.run_deploy(app.root, app.name, number, sha, ref, options)
+            except ShipyardError as exc:
+                print(f"shipyard: error: {exc}", file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
 
 def spawn(app: App, number: int, command: list[str]) -> subprocess.Popen:

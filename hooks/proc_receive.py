@@ -35,15 +35,31 @@ def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     )
 
 
-def show(commit: str, name: str) -> str | None:
-    """A file of the commit as text (None if absent); refuses one that is not UTF-8 text."""
-    shown = subprocess.run(["git", "show", f"{commit}:{name}"], capture_output=True, check=False)
-    if shown.returncode:
-        return None
+def read_blobs(commit: str, names: list[str]) -> dict[str, bytes]:
+    """The content of each of ``names`` that is a file in ``commit``: one git process for all."""
+    query = "".join(f"{commit}:{name}\n" for name in names).encode()
+    out = subprocess.run(
+        ["git", "cat-file", "--batch"], input=query, capture_output=True, check=True
+    ).stdout
+    found, pos = {}, 0
+    for name in names:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()  # "<oid> <type> <size>", or "<name> missing"
+        pos = end + 1
+        if header[-1] not in (b"missing", b"ambiguous"):
+            size = int(header[2])
+            if header[1] == b"blob":
+                found[name] = out[pos : pos + size]
+            pos += size + 1
+    return found
+
+
+def as_text(name: str, data: bytes) -> str:
+    """A file of the commit as text; refuses one that is not UTF-8 text."""
     try:
-        return shown.stdout.decode()
+        return data.decode()
     except UnicodeDecodeError as exc:
-        line = shown.stdout[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise ShipyardError(
             f"{name}:{line}: not UTF-8 text (a binary file?)", f"write {name} as UTF-8 text"
         ) from None
@@ -69,32 +85,33 @@ def peel(new: str) -> tuple[str, str | None]:
 
 def check_commit(app: App, commit: str) -> None:
     """Refuse a commit whose deploy would fail anyway, or take the app down by mistake."""
-    parsed = {}
-    for name, parse in (("shipyard.toml", parse_app_config), ("Procfile", parse_procfile)):
-        text = show(commit, name)
-        if text is not None:
-            parsed[name] = parse(text, name)
+    parsers = {"shipyard.toml": parse_app_config, "Procfile": parse_procfile}
+    blobs = read_blobs(commit, [*parsers, *DETECTED])
+    parsed = {
+        name: parse(as_text(name, blobs[name]), name)
+        for name, parse in parsers.items()
+        if name in blobs
+    }
     config = parsed.get("shipyard.toml")
     if config is not None and config.processes:
         check_counts(parsed.get("Procfile", {}), config.processes, "shipyard.toml")
-    check_requirements(commit, config)
+    check_requirements(commit, config, blobs)
     if "Procfile" not in parsed:
         check_keeps_processes(app, commit)
     shared_env(app)  # a host .env that does not parse would fail the deploy at checkout
 
 
-def check_requirements(commit: str, config: AppConfig | None) -> None:
+def check_requirements(commit: str, config: AppConfig | None, blobs: dict[str, bytes]) -> None:
     """The venv phase needs something to install; say so before the branch moves."""
-    wanted = [config.requirements] if config and config.requirements else list(DETECTED)
-    for name in wanted:
-        kind = git("cat-file", "-t", f"{commit}:{name}", check=False).stdout.strip()
-        if kind == "blob":
-            return
     if config and config.requirements:
+        if config.requirements in blobs or read_blobs(commit, [config.requirements]):
+            return
         raise ShipyardError(
             f"shipyard.toml: requirements file {config.requirements!r} is not in the commit",
             "add it, or point `requirements` at the right file",
         )
+    if any(name in blobs for name in DETECTED):
+        return
     raise ShipyardError(
         "no requirements: the commit has no uv.lock, requirements.txt or pyproject.toml",
         "add a requirements.txt listing what the app needs (e.g. django, gunicorn)",

@@ -113,11 +113,13 @@ def listen_socket(app: App, port: int) -> Path:
     return app.run / f"listen-{port}.sock"
 
 
-def check_socket_path(path: Path, what: str) -> None:
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+def check_socket_path(path: Path, what: str, reserve: int = 0) -> None:
+    """Refuse a socket path the kernel would refuse (``reserve``: bytes a binder appends)."""
+    size = len(os.fsencode(path))
+    if size + reserve > MAX_SOCKET_PATH:
         raise ConfigError(
-            f"{what} path {path} is {len(os.fsencode(path))} bytes; unix sockets allow "
-            f"{MAX_SOCKET_PATH}",
+            f"{what} path {path} is {size} bytes; unix sockets allow "
+            f"{MAX_SOCKET_PATH - reserve} here",
             "use a shorter deploy root (--root / SHIPYARD_ROOT)",
         )
 

@@ -20,7 +20,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from . import repo
     from .config import load_host_config
 
+    from .provision.supervisor import check_socket_path, listen_socket
+
     app = App.at(args.app, args.root)
+    # before anything is created: the first deploy would fail at restart on such a root
+    check_socket_path(app.run / "supervisord.sock", "supervisord socket", reserve=8)
+    check_socket_path(listen_socket(app, 65535), "web socket")
     changed = repo.create(app, branch=args.branch, port=args.port, allow_root=args.allow_root)
     for line in changed:
         print(f"  {line}")
@@ -63,7 +68,14 @@ def pushed_tag(app: App, sha: str) -> str | None:
 
 
 def cmd_run_deploy(args: argparse.Namespace) -> int:
-    """The detached deploy worker started by the post-receive hook."""
+    """The detached deploy worker, as a command (the post-receive hook forks into run_deploy)."""
+    return run_deploy(args.root, args.app, args.number, args.sha, args.ref, args.option or [])
+
+
+def run_deploy(
+    root: Path | None, name: str, number: int, sha: str, ref: str, raw_options: list[str]
+) -> int:
+    """Run deploy ``number`` of ``sha``: the detached worker's body; its output is the log."""
     from .config import load_host_config
     from .deploy import Deploy, execute
     from .options import parse_options, wants_color
@@ -75,19 +87,19 @@ def cmd_run_deploy(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    app = App.at(args.app, args.root).require()
-    options = parse_options(args.option or [])
+    app = App.at(name, root).require()
+    options = parse_options(raw_options)
     host = load_host_config(app.config_file)
     out = Reporter(sys.stdout, wants_color(options, dict(os.environ)), heartbeat=host.heartbeat)
     d = Deploy(
         app=app,
         host=host,
-        number=args.number,
-        sha=args.sha,
-        ref=args.ref,
+        number=number,
+        sha=sha,
+        ref=ref,
         out=out,
         pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
-        tag=pushed_tag(app, args.sha),
+        tag=pushed_tag(app, sha),
         options=options,
         kind="push",
     )

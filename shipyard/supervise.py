@@ -127,7 +127,8 @@ class Supervisor:
 
     def ensure(self) -> str:
         """Make sure supervisord answers; start the embedded one if it is not running yet."""
-        prov.check_socket_path(self.settings.socket, "supervisord socket")
+        # supervisord binds "<socket>.<pid>" first, then links it into place
+        prov.check_socket_path(self.settings.socket, "supervisord socket", reserve=8)
         prov.check_socket_path(prov.listen_socket(self.app, 65535), "web socket")
         if self.reachable():
             return "running"

@@ -197,15 +197,14 @@ def test_queued_deploy_killed_while_waiting(site, observe):
 
 
 def worker_of(host, number: int) -> int | None:
-    """The pid of the worker running deploy ``number`` of this host's app."""
-    wanted = f"--root {host.root} run-deploy mysite --number {number} "
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    """The pid of the worker running deploy ``number``: the session leader writing its log."""
+    log = os.path.realpath(host.dir / "deploys" / f"{number}.log")
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if os.readlink(f"/proc/{pid}/fd/1") == log and os.getsid(pid) == pid:
+                return pid
         except OSError:
             continue
-        if wanted in cmd:
-            return int(pid)
     return None
 
 
