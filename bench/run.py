@@ -768,7 +768,11 @@ def write_results(started: float, extra: dict) -> None:
     ]
     for r in rows:
         unit = "s" if r["unit"] == "s" else f" {r['unit']}"
-        fig = (lambda v, u=unit: f"{v:.3f}{u}") if r["unit"] == "s" else (lambda v: f"{v:g}")
+        fig = (
+            (lambda v, u=unit: f"{v:.3f}{u}")
+            if r["unit"] == "s"
+            else (lambda v, u=unit: f"{v:g}{u}")
+        )
         verdict = "" if r["met"] is None else (" — met" if r["met"] else " — NOT MET")
         lines.append(
             f"| {r['group']} | {r['name']} | {fig(r['median'])} | "
