@@ -338,8 +338,7 @@ class Shipyard:
         return text.split("=", 1)[1].strip().strip('"')
 
     def stop(self) -> None:
-        if (self.dir / "run" / "supervisord.conf").exists():
-            sh(BIN / "shipyard", "--root", self.root, "processes", "mysite", "--stop", check=False)
+        stop_processes(self.root, "mysite")
 
 
 def bench_redeploys(work: Path) -> dict:
@@ -530,6 +529,12 @@ def bench_processes(work: Path, base: dict[str, float]) -> None:
 # --- many hosts ---------------------------------------------------------------------
 
 
+def stop_processes(root: Path, app: str) -> None:
+    """Stop an app's supervisord and what it runs (the peers' go with their namespaces)."""
+    if (root / app / "run" / "supervisord.conf").exists():
+        sh(BIN / "shipyard", "--root", root, "processes", app, "--stop", check=False)
+
+
 def sent_bytes(line: str) -> float:
     """The bytes of a peer's ``✓ objects … 8 objects, 1.2 KiB sent`` line."""
     number, unit = line.split(",")[1].split()[:2]
@@ -560,6 +565,7 @@ def bench_hosts(work: Path) -> None:
     for source, label in ((HELLO, "small app"), (EXAMPLE, "Django example")):
         cluster = netns.Cluster(net, work / f"hosts-{source.name}", BIN, app=source.name)
         peers = [cluster.add_peer(join=False) for _ in range(7)]
+        cleanups.append(lambda root=cluster.root, app=source.name: stop_processes(root, app))
         env_file(cluster.dir / "shared")
         hosts_of(
             cluster,
