@@ -125,6 +125,8 @@ class Options:
     apps: list[str] = field(default_factory=list)
     supervisor: str = "auto"  # auto | system | none
     dry_run: bool = False
+    receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
+    sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -140,6 +142,17 @@ def check_user_name(name: str) -> str:
     if name == "root":
         raise ProvisionError("refusing to provision root as the deploy user", "use e.g. deploy")
     return name
+
+
+def check_listen_address(address: str) -> str:
+    """ADDR:PORT for the receiver, checked before anything changes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+        raise ProvisionError(
+            f"--receiver {address!r}: not an address to listen on",
+            "write ADDR:PORT, e.g. --receiver 10.0.0.2:7070",
+        )
+    return address
 
 
 def parse_key_spec(spec: str) -> tuple[str, Path]:
@@ -542,6 +555,8 @@ class Provisioner:
             conf_dir=self.o.supervisor_conf_dir,
             dry_run=self.o.dry_run,
             note=self.note,
+            receiver=self.o.receiver,
+            sync=self.o.sync,
         ):
             self.change(change)
 
@@ -717,8 +732,41 @@ HEADER = (
 # ---------------------------------------------------------------- supervisord
 
 
-def supervisord_conf(lay: Layout) -> str:
-    """The deploy user's own supervisord: runs as the user, includes its apps' programs."""
+def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] = ()) -> str:
+    """The deploy user's own supervisord: runs as the user, includes its apps' programs.
+
+    With many hosts it also runs, as the user, a peer's receiver (``receiver``:
+    ADDR:PORT) and, on a primary, one ``shipyard sync APP --every 30`` per app in
+    ``sync``: a peer that was down or drained, or newly added, converges to the
+    live release within 30 seconds of answering again, without a push.
+    """
+    programs = []
+    if receiver:
+        programs.append(
+            _user_program(lay, "shipyard-receiver", f"receiver --listen {receiver}", "receiver")
+        )
+    for app in sync:
+        programs.append(
+            _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
+        )
+    return _supervisord_base(lay) + "".join(programs)
+
+
+def _user_program(lay: Layout, name: str, command: str, log: str) -> str:
+    return f"""
+[program:{name}]
+command = {lay.shipyard_bin} --root {lay.apps} {command}
+directory = {lay.home}
+autostart = true
+autorestart = true
+stopasgroup = true
+stopwaitsecs = 60
+redirect_stderr = true
+stdout_logfile = {lay.state}/{log}.log
+"""
+
+
+def _supervisord_base(lay: Layout) -> str:
     return f"""\
 ; written by `shipyard provision`: {lay.user}'s supervisord, run by the system supervisord
 [unix_http_server]
@@ -773,6 +821,8 @@ def configure_supervisor(
     conf_dir: Path = SUPERVISOR_CONF_DIR,
     dry_run: bool = False,
     note=print,
+    receiver: str | None = None,
+    sync: list[str] = (),
 ) -> list[str]:
     """Write and enable the supervisord configuration for the deploy user; returns the changes.
 
@@ -789,6 +839,10 @@ def configure_supervisor(
             if mode == "auto"
             else "supervisord not configured (--supervisor none)"
         )
+        if receiver:
+            note(f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver}")
+        for app in sync:
+            note(f"run the sync: shipyard --root {lay.apps} sync {app} --every 30")
         return []
     if not conf_dir.is_dir():
         raise ProvisionError(
@@ -797,9 +851,12 @@ def configure_supervisor(
         )
     changes = []
     files = [
-        (lay.supervisord_conf, supervisord_conf(lay)),
+        (lay.supervisord_conf, supervisord_conf(lay, receiver, sync)),
         (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
     ]
+    user_conf_changed = not (
+        lay.supervisord_conf.is_file() and lay.supervisord_conf.read_text() == files[0][1]
+    )
     for path, text in files:
         if path.is_file() and path.read_text() == text:
             continue
@@ -812,6 +869,8 @@ def configure_supervisor(
     if changes and not dry_run:
         enabled = enable_supervisor_program()
         changes.append(enabled)
+        if user_conf_changed and lay.supervisord_socket.exists():
+            changes.append(enable_supervisor_program(lay.supervisord_socket))
     return changes
 
 
@@ -820,7 +879,9 @@ def enable_supervisor_program(socket_path: Path = SUPERVISOR_SOCKET) -> str:
     ctl = shutil.which("supervisorctl", path=PATH)
     if not ctl or not socket_path.exists():
         return "supervisord is not running: the program starts with it (service supervisor start)"
-    result = subprocess.run([ctl, "update"], capture_output=True, text=True)
+    result = subprocess.run(
+        [ctl, "-s", f"unix://{socket_path}", "update"], capture_output=True, text=True
+    )
     if result.returncode:
         return f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}"
     return "enabled it (supervisorctl update)"
@@ -833,8 +894,10 @@ def main(args) -> int:
     """``shipyard provision`` (argparse namespace from the CLI)."""
     check_user_name(args.user)
     keys = read_keys(args.key or [])
-    for app in args.app or []:
+    for app in [*(args.app or []), *(args.sync or [])]:
         check_app_name(app)
+    if args.receiver:
+        check_listen_address(args.receiver)
     if args.source and not (
         Path(args.source).exists() or re.match(r"^[A-Za-z0-9][\w.\-\[\],=<>!~ ]*$", args.source)
     ):
@@ -851,5 +914,7 @@ def main(args) -> int:
         apps=args.app or [],
         supervisor=args.supervisor,
         dry_run=args.dry_run,
+        receiver=args.receiver,
+        sync=args.sync or [],
     )
     return Provisioner(options).provision()

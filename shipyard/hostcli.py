@@ -50,6 +50,17 @@ def register(sub) -> None:
         default="auto",
         help="supervisord: the system's (Debian package) when present, or shipyard's own",
     )
+    p.add_argument(
+        "--receiver",
+        metavar="ADDR:PORT",
+        help="many hosts, on a peer: run `shipyard receiver --listen ADDR:PORT` under supervisord",
+    )
+    p.add_argument(
+        "--sync",
+        action="append",
+        metavar="APP",
+        help="many hosts, on the primary: keep APP's peers on its live release (every 30 s)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.set_defaults(func=_provision)
 

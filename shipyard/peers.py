@@ -550,6 +550,42 @@ def sync(app: App, out: Reporter) -> bool:
     return True
 
 
+def behind(app: App) -> list[str]:
+    """The peers (not drained) that answer with another live release than this host's."""
+    live = app.live_release()
+    if not live:
+        return []
+    return [
+        r["host"] or r["address"]
+        for r in peers_status(app)
+        if r["role"] == "peer" and r["state"] == "differs"
+    ]
+
+
+def keep_in_sync(app: App, out: Reporter, every: float, stop: threading.Event) -> None:
+    """Every ``every`` seconds, sync the peers that are behind (`shipyard sync --every`).
+
+    A peer that was down or drained during a deploy, or was just added, converges to
+    the live release as soon as it answers again, without a push. A round is skipped
+    while a deploy holds the lock: the deploy itself brings every peer along.
+    """
+    import fcntl
+
+    from . import lock
+
+    while not stop.is_set():
+        try:
+            host = load_host_config(app.config_file)
+            if active_peers(host) and not lock.is_held(app.run / "deploy.lock", fcntl.LOCK_EX):
+                late = behind(app)
+                if late:
+                    out.line(f"{time.strftime('%H:%M:%S')} behind: {', '.join(late)}")
+                    sync(app, out)
+        except ShipyardError as exc:
+            out.line(f"{time.strftime('%H:%M:%S')} sync: {exc}")
+        stop.wait(every)
+
+
 # --- commands ---------------------------------------------------------------
 
 
@@ -575,7 +611,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     app = App.at(args.app, args.root).require()
     out = Reporter(sys.stdout, color=wants_color({}, dict(os.environ)) and sys.stdout.isatty())
-    return 0 if sync(app, out) else 1
+    if args.every is None:
+        return 0 if sync(app, out) else 1
+    if not args.every > 0:  # also NaN
+        raise ShipyardError(f"--every {args.every:g}: not a number of seconds above 0")
+    import signal
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a sync under way finishes first
+        signal.signal(signum, lambda *_: stop.set())
+    keep_in_sync(app, out, args.every, stop)
+    return 0
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
@@ -596,4 +642,10 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_peers)
     p = sub.add_parser("sync", help="bring every peer to this host's live release")
     p.add_argument("app")
+    p.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep doing it: sync the peers that are behind every SECONDS (until stopped)",
+    )
     p.set_defaults(func=cmd_sync)

@@ -228,6 +228,45 @@ def test_added_and_drained_peers_converge(tmp_path, cluster):
     assert again.stdout.count("✓ in sync") == 2
 
 
+def test_a_peer_back_after_a_deploy_converges_without_a_push(tmp_path, cluster):
+    """`shipyard sync APP --every N` (what `provision --sync APP` runs): no push needed."""
+    web2 = cluster.add_peer()
+    work = work_for(tmp_path, cluster)
+    work.push()
+    first = cluster.live()
+    cluster.kill(web2)  # down: the operator drains it so that deploys go on
+    netns.set_config(cluster.config, drained=[web2.address])
+    work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from v2"\n'})
+    work.push()
+    assert web2.live() == first != cluster.live()
+    log = tmp_path / "sync.log"
+    with open(log, "w") as out:
+        watcher = subprocess.Popen(
+            [BIN / "shipyard", "--root", cluster.root, "sync", "mysite", "--every", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(2)  # rounds with web2 drained and down: nothing to do
+        assert "behind" not in log.read_text() and web2.live() == first
+        cluster.start(web2)
+        netns.wait_listening(web2.node.address, netns.PORT)
+        netns.set_config(cluster.config, drained=[])
+        deadline = time.monotonic() + 90
+        while web2.live() != cluster.live():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        watcher.terminate()
+        code = watcher.wait(timeout=90)
+    assert code == 0, log.read_text()
+    text = log.read_text()
+    assert "behind: web2" in text and "[web2] ✓ switch" in text and "every host is on" in text
+    assert "v2" in run(*web2.node.cmd(sys.executable, "-c", FETCH)).stdout
+    bad = shipyard("--root", cluster.root, "sync", "mysite", "--every", "0", check=False)
+    assert bad.returncode == 1 and "--every 0: not a number of seconds above 0" in bad.stderr
+
+
 def test_rolling_batches_switch_back_when_the_second_host_fails_verify(tmp_path, cluster):
     peers = [cluster.add_peer(), cluster.add_peer()]
     netns.set_config(cluster.config, rolling=1)

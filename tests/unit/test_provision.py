@@ -138,3 +138,30 @@ def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
     user_conf = lay.supervisord_conf.read_text()
     assert f"files = {lay.apps}/*/run/programs.conf" in user_conf
     assert configure_supervisor(lay, conf_dir=conf_dir) == []
+
+
+def test_many_hosts_programs_run_as_the_deploy_user(tmp_path: Path, monkeypatch):
+    conf_dir = tmp_path / "conf.d"
+    conf_dir.mkdir()
+    lay = Layout("deploy", tmp_path / "home")
+    lay.state.mkdir(parents=True)
+    monkeypatch.setattr(host, "enable_supervisor_program", lambda *_: "enabled it")
+    configure_supervisor(lay, conf_dir=conf_dir, receiver="10.0.0.2:7070", sync=["mysite"])
+    user_conf = lay.supervisord_conf.read_text()
+    assert "[program:shipyard-receiver]" in user_conf
+    assert f"--root {lay.apps} receiver --listen 10.0.0.2:7070" in user_conf
+    assert "[program:shipyard-sync-mysite]" in user_conf
+    assert f"--root {lay.apps} sync mysite --every 30" in user_conf
+    root_conf = (conf_dir / "shipyard-deploy.conf").read_text()
+    assert "receiver" not in root_conf and "sync" not in root_conf  # never run by root
+    notes: list[str] = []
+    configure_supervisor(lay, mode="none", receiver="10.0.0.2:7070", note=notes.append)
+    assert any("receiver --listen 10.0.0.2:7070" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    "address", ["7070", "10.0.0.2", "10.0.0.2:http", "10.0.0.2:70700", ":7070"]
+)
+def test_a_receiver_address_that_is_not_one_is_refused(address: str):
+    with pytest.raises(ProvisionError, match="write ADDR:PORT"):
+        host.check_listen_address(address)
