@@ -57,10 +57,10 @@ def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = 
     if not (app.repo / "HEAD").is_file():
         git.Repo.init(app.repo, bare=True, initial_branch=branch)
         changed.append(f"created bare repo {app.repo.relative_to(app.root)}")
+    root_note = "# deploys run as root: only for throwaway hosts and tests\nallow_root = true\n"
     if not app.config_file.is_file():
-        extra = "# deploys run as root: only for throwaway hosts and tests\nallow_root = true\n"
         text = HOST_CONFIG.format(
-            name=app.name, branch=branch, port=port, extra=extra if allow_root else ""
+            name=app.name, branch=branch, port=port, extra=root_note if allow_root else ""
         )
         # 0600: it may get the receivers' secret, which must not be readable by others
         fd = os.open(app.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -68,9 +68,25 @@ def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = 
             f.write(text)
         changed.append("wrote shipyard.toml" + (" (allow_root = true)" if allow_root else ""))
     host = load_host_config(app.config_file)
+    if allow_root and not host.allow_root:  # asked for again on an app made without it
+        allow_root_in(app.config_file, root_note)
+        host = load_host_config(app.config_file)
+        changed.append("set allow_root = true in shipyard.toml")
     changed += configure(app, host)
     changed += install_hooks(app)
     return changed
+
+
+def allow_root_in(path: Path, note: str) -> None:
+    """Set ``allow_root = true`` at the top level (above any [table]), atomically."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.split("=")[0].strip() != "allow_root"]
+    first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    lines[first_table:first_table] = note.rstrip("\n").splitlines()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.rename(tmp, path)
 
 
 def configure(app: App, host: HostConfig) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -33,6 +34,20 @@ def test_init_creates_layout_and_is_repeatable(host: Host):
     assert f"git remote add production {host.repo}" in again.stdout
     assert "ssh://" in again.stdout
     assert "nothing to do" in shipyard("--root", host.root, "init", "mysite").stdout
+
+
+def test_init_again_with_allow_root_sets_it(tmp_path):
+    root = tmp_path / "apps"
+    shipyard("--root", root, "init", "blog", "--port", "8123")
+    config = root / "blog" / "shipyard.toml"
+    config.write_text(config.read_text() + '\n[health]\npath = "/up"\n')
+    again = shipyard("--root", root, "init", "blog", "--allow-root")
+    assert "set allow_root = true in shipyard.toml" in again.stdout
+    text = config.read_text()
+    assert text.index("allow_root = true") < text.index("[health]")  # top level, not in a table
+    assert "port = 8123" in text and 'path = "/up"' in text
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "nothing to do" in shipyard("--root", root, "init", "blog", "--allow-root").stdout
 
 
 def test_init_refuses_a_directory_that_is_not_an_app(tmp_path):
