@@ -34,11 +34,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
+sys.path.insert(0, str(TOP / "tests"))  # the load generator and network namespaces
 EXAMPLE = TOP / "examples" / "mysite"
 BIN = Path(sys.executable).parent
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "5")))
@@ -55,6 +55,8 @@ ENV = {
     "NO_COLOR": "1",
 }
 ENV.pop("SHIPYARD_ROOT", None)
+from httpload import Load, fetch  # noqa: E402
+
 rows: list[dict] = []
 goals: list[dict] = []
 cleanups: list[Callable[[], None]] = []  # run at exit, newest first
@@ -93,23 +95,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def fetch(port: int, path: str = "/", timeout: float = 10) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read().decode().strip()
-    finally:
-        conn.close()
-
-
 def serving(port: int) -> str:
     """What GET / answers now ('' when nothing answers)."""
     try:
         status, body = fetch(port, timeout=5)
     except (OSError, http.client.HTTPException):
         return ""
-    return body if status == 200 else f"HTTP {status}"
+    return body.strip() if status == 200 else f"HTTP {status}"
 
 
 def wait_served(port: int, greeting: str, timeout: float = SERVE_TIMEOUT) -> None:
@@ -444,44 +436,13 @@ def bench_shipyard(work: Path, found: dict) -> None:
 # --- with processes: zero downtime --------------------------------------------------
 
 
-@dataclass
-class Load:
-    """About ``rate`` GETs a second on loopback; stops by itself at ``seconds`` or ``limit``."""
-
-    port: int
-    rate: float = 50
-    seconds: float = 120
-    limit: int = 6000
-    results: list[tuple[float, int | str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        started = time.monotonic()
-        next_at = started
-        while not self.stop.is_set() and len(self.results) < self.limit:
-            now = time.monotonic()
-            if now - started > self.seconds:
-                break
-            if now < next_at:
-                time.sleep(next_at - now)
-            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
-            try:
-                status, _ = fetch(self.port, timeout=30)
-            except (OSError, http.client.HTTPException) as exc:
-                status = f"{type(exc).__name__}: {exc}"
-            self.results.append((time.monotonic() - started, status))
-
-    def failures(self) -> list[tuple[float, int | str]]:
-        return [r for r in self.results if r[1] != 200]
-
-
 def bench_processes(work: Path, base: dict[str, float]) -> None:
     deploys = max(3, RUNS)
     print(f"\nwith processes: {deploys} deploys (one with a changed requirement) under a load of")
     print("~50 requests/s on loopback, push → new code served")
     app = Shipyard(work / "processes")
     app.deploy()
-    load = Load(app.port)
+    load = Load(app.port, seconds=120, limit=6000)
     thread = threading.Thread(target=load.run, daemon=True)
     thread.start()
     served = []
@@ -513,7 +474,7 @@ def bench_processes(work: Path, base: dict[str, float]) -> None:
         met=not failed,
     )
     goal("0 failed requests during deploys under load", f"{len(failed)} of {total}", not failed)
-    for when, status in failed[:5]:
+    for when, _, status, _ in failed[:5]:
         print(f"    failed at {when:.2f}s: {status}")
 
 
@@ -542,7 +503,6 @@ def bench_hosts(work: Path) -> None:
     share this machine's cores, so with Django eight app boots at once compete for them; the
     small app shows what shipyard itself adds per host, as on separate machines.
     """
-    sys.path.insert(0, str(TOP / "tests"))
     import netns
 
     print("\nmany hosts (peers in network namespaces, code-only change)")

@@ -7,18 +7,18 @@ resets the clone to the good commit.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import Host, Work, make_host, make_work, shipyard
+from httpload import Load, fetch
 
 from shipyard import supervise
 from shipyard.app import App
@@ -30,16 +30,6 @@ while True:
     time.sleep(1)
 """
 FIGURES = Path(os.environ.get("SHIPYARD_FIGURES", "/dev/null"))
-
-
-def fetch(port: int, path: str = "/", timeout: float = 10) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 def greeting(port: int) -> str:
@@ -318,38 +308,6 @@ def test_bad_process_counts_and_procfile_refused_before_the_ref_moves(site: Site
     out = site.work.push(check=False).out
     assert "Procfile:1: cannot read 'web gunicorn mysite.wsgi'" in out
     assert site.host.branch() == good
-
-
-@dataclass
-class Load:
-    """A bounded stream of GETs (about ``rate``/s); stops by itself at ``seconds`` or ``limit``."""
-
-    port: int
-    rate: float = 50
-    seconds: float = 90
-    limit: int = 4500
-    results: list[tuple[float, float, int | str, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        started = time.monotonic()
-        next_at = started
-        while not self.stop.is_set() and len(self.results) < self.limit:
-            now = time.monotonic()
-            if now - started > self.seconds:
-                break
-            if now < next_at:
-                time.sleep(next_at - now)
-            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
-            t0 = time.monotonic()
-            try:
-                status, body = fetch(self.port, timeout=30)
-            except (OSError, http.client.HTTPException) as exc:
-                status, body = f"{type(exc).__name__}: {exc}", ""
-            self.results.append((t0 - started, time.monotonic() - t0, status, body.strip()))
-
-    def failures(self) -> list[tuple]:
-        return [r for r in self.results if r[2] != 200]
 
 
 def test_zero_downtime_under_load(site: Site):

@@ -19,12 +19,29 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Host, Work, processes_under, shipyard  # noqa: F401 - re-exported
+from conftest import Host, Work, make_host, make_work, processes_under, shipyard  # noqa: F401
+from httpload import fetch  # noqa: F401 - re-exported
 
 from shipyard import faults, history, lock, supervise
 from shipyard.app import App
 
 RECORD = os.environ.get("SHIPYARD_RELIABILITY")
+# The example app without its build step: faster pushes for cases that are not about builds.
+NO_BUILD = 'shared = [".env", "media/"]\n\n[health]\npath = "/healthz"\n'
+
+
+@contextlib.contextmanager
+def deployed(base: Path, push: bool = True):
+    """(host, work): a deploy root and a clone of the example app (NO_BUILD), pushed once."""
+    host = make_host(base / "apps")
+    work = make_work(base / "work", host)
+    work.commit("no build step", **{"shipyard.toml": NO_BUILD})
+    try:
+        if push:
+            work.push()
+        yield host, work
+    finally:
+        host.stop_processes()
 
 
 @pytest.fixture
@@ -123,18 +140,6 @@ def kill_client(proc: subprocess.Popen) -> None:
 def greeting_of(release: Path) -> str:
     text = (release / "mysite" / "version.py").read_text()
     return re.search(r'GREETING = "(.*)"', text).group(1)
-
-
-def fetch(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 def settled(host: Host) -> None:

@@ -14,29 +14,16 @@ import time
 
 import faultlib
 import pytest
-from conftest import make_host, make_work
 from faultlib import check_invariants, entries, last_line, phase_line, sy
 
 observe = faultlib.observe
-FAST_TOML = """\
-shared = [".env", "media/"]
-
-[health]
-path = "/healthz"
-"""
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("bad")
-    host = make_host(base / "apps")
-    work = make_work(base / "work", host)
-    work.commit("no build step", **{"shipyard.toml": FAST_TOML})
-    try:
-        work.push()
+    with faultlib.deployed(base) as (host, work):
         yield host, work, base
-    finally:
-        host.stop_processes()
 
 
 @pytest.fixture
@@ -262,7 +249,11 @@ def test_output_with_env_values_is_masked(clean, observe):
         echo = "echo key=$SECRET_KEY token=$API_TOKEN url=$SMTP_URL pw=pa55w0rd-mail"
         work.commit(
             "echo secrets",
-            **{"shipyard.toml": FAST_TOML.replace("shared", f'build = ["{echo}; exit 3"]\nshared')},
+            **{
+                "shipyard.toml": faultlib.NO_BUILD.replace(
+                    "shared", f'build = ["{echo}; exit 3"]\nshared'
+                )
+            },
         )
         n = len(entries(host)) + 1
         out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main").out
@@ -301,7 +292,7 @@ def test_extremely_long_output_lines(clean, observe):
         "python -c \\\"import sys; print('x' * 2_000_000); "
         'print(*range(50_000), sep=chr(10)); sys.exit(4)\\"'
     )
-    work.commit("noisy", **{"shipyard.toml": f'build = ["{step}"]\n' + FAST_TOML})
+    work.commit("noisy", **{"shipyard.toml": f'build = ["{step}"]\n' + faultlib.NO_BUILD})
     started = time.monotonic()
     out = work.push().out
     seconds = time.monotonic() - started

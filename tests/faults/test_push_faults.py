@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faultlib
 import pytest
-from conftest import make_host, make_work
+from conftest import make_work
 from faultlib import (
     app_of,
     arm,
@@ -33,25 +33,13 @@ from shipyard import supervise
 from shipyard.provision import supervisor as prov
 
 observe = faultlib.observe
-FAST_TOML = """\
-shared = [".env", "media/"]
-
-[health]
-path = "/healthz"
-"""
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("push")
-    host = make_host(base / "apps")
-    work = make_work(base / "work", host)
-    work.commit("no build step", **{"shipyard.toml": FAST_TOML})
-    try:
-        work.push()
+    with faultlib.deployed(base) as (host, work):
         yield host, work, base
-    finally:
-        host.stop_processes()
 
 
 def said(line: str) -> str:

@@ -10,18 +10,17 @@ import time
 
 import faultlib
 import pytest
-from conftest import HOSTS, Host, make_host, make_work, shipyard
+from conftest import HOSTS, Host, free_port, make_host, make_work, shipyard
 from faultlib import check_invariants, entries, last_line, sy
 
 observe = faultlib.observe
-NO_BUILD = 'shared = [".env", "media/"]\n\n[health]\npath = "/healthz"\n'
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the refusal is of deploys as root")
 def test_deploys_refuse_to_run_as_root(tmp_path, observe):
     row = observe("security", "a deploy as root on a host that does not allow it")
     root = tmp_path / "apps"
-    init = shipyard("--root", root, "init", "mysite", "--port", str(faultlib_port()))
+    init = shipyard("--root", root, "init", "mysite", "--port", str(free_port()))
     assert "note: you are root, and deploys refuse to run as root" in init.stdout
     host = Host(root)
     HOSTS.append(host)
@@ -47,22 +46,10 @@ def test_deploys_refuse_to_run_as_root(tmp_path, observe):
     host.stop_processes()
 
 
-def faultlib_port() -> int:
-    from conftest import free_port
-
-    return free_port()
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    base = tmp_path_factory.mktemp("sec")
-    host = make_host(base / "apps")
-    work = make_work(base / "work", host)
-    work.commit("no build step", **{"shipyard.toml": NO_BUILD})
-    try:
+    with faultlib.deployed(tmp_path_factory.mktemp("sec"), push=False) as (host, work):
         yield host, work
-    finally:
-        host.stop_processes()
 
 
 def world_writable(*tops) -> list[str]:
