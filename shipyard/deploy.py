@@ -204,8 +204,6 @@ class Phase:
     fatal: bool = True  # False: a failure is reported, the deploy goes on
 
 
-AFTER_SWITCH = ("switch", "restart", "verify", "post-migrate", "finish")
-
 PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
@@ -282,10 +280,7 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
             fail(d, phase, done, exc)
             return False
         d.timings[phase.name] = round(time.monotonic() - t0, 3)
-        if isinstance(detail, Skip):
-            d.out.skip(phase.name, detail)
-        else:
-            d.out.ok(phase.name, d.timings[phase.name], detail)
+        report(d, phase, detail)
         done.append(phase)
     elapsed = time.monotonic() - started
     if d.problems:
@@ -298,6 +293,14 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
         was += f" (deploy #{d.number}, completed after it was interrupted at {d.recovery['phase']})"
     d.out.final(f"live: {d.short} in {elapsed:.1f}s{was}", good=True)
     return True
+
+
+def report(d: Deploy, phase: Phase, detail: str | Skip) -> None:
+    """A phase's ✓ line (or its - line when it had nothing to do)."""
+    if isinstance(detail, Skip):
+        d.out.skip(phase.name, detail)
+    else:
+        d.out.ok(phase.name, d.timings[phase.name], detail)
 
 
 def explain(d: Deploy, phase: Phase, exc: Exception) -> str:

@@ -28,7 +28,7 @@ from . import release
 from .app import App
 from .config import HostConfig, load_host_config, read_secret
 from .errors import PhaseError, ShipyardError
-from .report import Reporter, Skip
+from .report import Masker, Reporter, Skip
 
 if TYPE_CHECKING:
     from .deploy import Deploy, Phase
@@ -50,7 +50,7 @@ def phase(name: str) -> Phase:
 def run_phases(d: Deploy, names: tuple[str, ...], done: list[Phase] | None = None) -> str | None:
     """Run the named phases of ``deploy.PHASES`` as a deploy does; on failure undo those that
     ran and return ``"<phase> failed: <message>"`` (None when all went well)."""
-    from .deploy import revert
+    from .deploy import explain, report, revert
 
     done = [] if done is None else done
     for step in [phase(n) for n in names]:
@@ -59,24 +59,15 @@ def run_phases(d: Deploy, names: tuple[str, ...], done: list[Phase] | None = Non
             with d.out.ticking(step.name):
                 detail = step.run(d)
         except (ShipyardError, OSError) as exc:
-            seconds = d.timings[step.name] = round(time.monotonic() - t0, 3)
-            message = exc.message if isinstance(exc, ShipyardError) else f"{exc}"
-            d.out.fail(step.name, seconds, message)
-            output = getattr(exc, "output", "")
-            if output:
-                d.out.detail(output.rstrip().splitlines()[-20:])
-            if isinstance(exc, ShipyardError) and exc.hint:
-                d.out.line(f"    hint: {exc.hint}")
+            d.timings[step.name] = round(time.monotonic() - t0, 3)
+            message = explain(d, step, exc)
             revert(d, done)
             done.clear()
             return f"{step.name} failed: {message}"
         d.timings[step.name] = round(time.monotonic() - t0, 3)
         if step.name == "switch":
             d.switched_at = time.time()
-        if isinstance(detail, Skip):
-            d.out.skip(step.name, detail)
-        else:
-            d.out.ok(step.name, d.timings[step.name], detail)
+        report(d, step, detail)
         done.append(step)
     return None
 
@@ -91,7 +82,7 @@ def load_release(d: Deploy) -> None:
     procfile = d.release / "Procfile"
     d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
     d.env = release.shared_env(d.app)
-    d.out.mask = d.out.mask.__class__(d.env)
+    d.out.mask = Masker(d.env)
 
 
 class Prefixed(io.TextIOBase):

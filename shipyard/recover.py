@@ -29,23 +29,16 @@ import signal
 import time
 from pathlib import Path
 
-from . import deploy, history, lock, release
+from . import deploy, history, lock, peers
 from .app import App
 from .config import HostConfig, load_app_config, parse_procfile
 from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
-from .report import Masker, Reporter
+from .report import Reporter
 
-BEFORE_SWITCH = (
-    "start",
-    "checkout",
-    "link",
-    "venv",
-    "build",
-    "prepare-peers",
-    "migrate",
-    "release",
-)
+_NAMES = [p.name for p in deploy.PHASES]
+# where a deploy interrupted before its switch was (``start``: still waiting for the lock)
+BEFORE_SWITCH = ("start", *_NAMES[: _NAMES.index("switch")])
 # where a deploy interrupted after its switch picks up again
 RESUME_AT = {
     "switch": "restart",
@@ -253,21 +246,14 @@ def complete(
     d.processes["before"] = planned(app, host, d.previous)
     done = [p for p in deploy.PHASES if p.name in ("checkout", "switch")]
     try:
-        d.manifest = release.Manifest.load(d.release)
+        peers.load_release(d)
         if d.manifest is None:
             raise ShipyardError(f"release {d.release_id} has no readable manifest")
-        d.venv_key = d.manifest.venv
-        d.config = load_app_config(d.release)
-        procfile = d.release / "Procfile"
-        d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
-        d.env = release.shared_env(app)
-        d.out.mask = Masker(d.env)
     except (ShipyardError, OSError) as exc:
         d.timings["switch"] = 0.0
         deploy.fail(d, done[-1], done, exc)
         return False
-    names = [p.name for p in deploy.PHASES]
-    return deploy.run(d, deploy.PHASES[names.index(RESUME_AT[phase]) :], done)
+    return deploy.run(d, deploy.PHASES[_NAMES.index(RESUME_AT[phase]) :], done)
 
 
 def run(
