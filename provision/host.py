@@ -34,6 +34,7 @@ from pathlib import Path
 
 import shipyard
 from shipyard.app import check_app_name
+from shipyard.config import parse_address
 from shipyard.errors import ShipyardError
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -146,8 +147,7 @@ def check_user_name(name: str) -> str:
 
 def check_listen_address(address: str) -> str:
     """ADDR:PORT for the receiver, checked before anything changes."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+    if parse_address(address) is None:
         raise ProvisionError(
             f"--receiver {address!r}: not an address to listen on",
             "write ADDR:PORT, e.g. --receiver 10.0.0.2:7070",

@@ -33,14 +33,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from shipyard import __version__, lock, peers, release
 from shipyard.app import App, check_release_id
-from shipyard.config import load_host_config, read_secret
+from shipyard.config import load_host_config, parse_address, read_secret
 from shipyard.deploy import Deploy, discard, revert
 from shipyard.errors import ShipyardError
 from shipyard.options import parse_options
 from shipyard.report import Reporter
 
 from . import auth, objects
-from .client import split_address
 
 ROUTE = re.compile(r"^/v1/apps/([^/]+)/(info|status|objects|prepare|switch|revert|abort)$")
 METHODS = {"info": "GET", "status": "GET"}
@@ -388,10 +387,9 @@ class Receiver(ThreadingHTTPServer):
 def serve(listen: str, root: Path | None, max_pack: int = 512 << 20) -> int:
     from shipyard.app import default_root
 
-    try:
-        address = split_address(listen)
-    except ValueError:
-        raise ShipyardError(f"--listen {listen!r} is not ADDR:PORT", "e.g. 10.0.0.2:7070") from None
+    address = parse_address(listen)
+    if address is None:
+        raise ShipyardError(f"--listen {listen!r} is not ADDR:PORT", "e.g. 10.0.0.2:7070")
     root = (root or default_root()).absolute()
     server = Receiver(address, root, max_pack)
 

@@ -329,11 +329,18 @@ def parse_procfile(text: str, source: str = "Procfile") -> dict[str, str]:
 PEER_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
 
 
+def parse_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` (a name, an IPv4 or an [IPv6] address); None if it is not."""
+    match = PEER_ADDRESS.match(address)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        return None
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
 def _check_peers(data: dict, text: str, source: str) -> None:
     for key in ("peers", "drained"):
         for address in data.get(key, []):
-            match = PEER_ADDRESS.match(address)
-            if not match or not 0 < int(match.group(2)) < 65536:
+            if parse_address(address) is None:
                 raise ConfigError(
                     f"{source}:{_line_of(text, key, None)}: {address!r} is not a peer address",
                     'write HOST:PORT, e.g. "10.0.0.2:7070"',
