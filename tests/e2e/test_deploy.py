@@ -285,7 +285,10 @@ def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):
     other.git("reset", "-q", "--hard", "production/main")
     b_sha = other.commit("b", **{"mysite/b.py": "B = 1\n"})
     b = background(other)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60  # c goes on top of b: b's ref must have moved first
+    while host.branch() != b_sha:
+        assert time.monotonic() < deadline, "push b never moved main"
+        time.sleep(0.05)
     c_sha = other.commit("c", **{"mysite/c.py": "C = 1\n"})
     c = other.push()
     out_a, out_b = a.communicate(timeout=120)[0], b.communicate(timeout=120)[0]
