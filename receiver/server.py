@@ -35,7 +35,8 @@ from shipyard import __version__, lock, peers, release
 from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, parse_address, read_secret
 from shipyard.deploy import Deploy, discard, revert
-from shipyard.errors import ShipyardError
+from shipyard.errors import RootRefused, ShipyardError
+from shipyard.guard import check_not_root
 from shipyard.options import parse_options
 from shipyard.report import Reporter
 
@@ -157,10 +158,13 @@ class Handler(BaseHTTPRequestHandler):
             self.server.verifier.check_fresh(self.headers)
             spool, digest = self.read_body(action)
             nonce = self.server.verifier.verify(secret, method, self.path, self.headers, digest)
+            check_not_root(app, host)  # a receiver run as root runs nothing for this app
         except BadRequest as exc:
             return self.refuse(exc.status, str(exc))
         except auth.Refused as exc:
             return self.refuse(401, str(exc))
+        except RootRefused as exc:
+            return self.refuse(403, str(exc))
         except ShipyardError as exc:
             return self.refuse(400 if "invalid" in exc.message else 500, str(exc))
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}

@@ -304,7 +304,13 @@ def layout_env(app: App, release: Path) -> dict[str, str]:
 
 
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
-    """Environment for commands run in a release: its venv first on PATH, the app's .env loaded."""
+    """Environment for commands run in a release: its venv first on PATH, the app's .env loaded.
+
+    Every pushed command runs in it, so it is also the root guard's last word.
+    """
+    from .guard import check_not_root
+
+    check_not_root(app)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
     venv_dir = release / ".venv"
     merged = {**base, **env}

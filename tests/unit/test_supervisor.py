@@ -197,6 +197,7 @@ def test_process_env(tmp_path):
     app = App(tmp_path, "mysite")
     (app.shared).mkdir(parents=True)
     (app.shared / ".env").write_text("SECRET_KEY=s3cret\n")
+    app.config_file.write_text("allow_root = true\n")  # commands refuse root without it
     release = app.releases / RELEASE
     env = launch.process_env(app, release, "web", 2, 8123)
     assert env["PORT"] == "8123" and env["SECRET_KEY"] == "s3cret"
