@@ -28,10 +28,12 @@ Two ways to run supervisord (``[supervisor]`` in the host's shipyard.toml):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -495,10 +497,24 @@ def write_atomic(path: Path, text: str) -> bool:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.rename(tmp, path)
+    replace_file(path, text)
     return True
+
+
+def replace_file(path: Path | str, text: str, mode: int = 0o644) -> None:
+    """A new file of ``mode`` renamed over ``path``: its temp file is new (``O_EXCL``), so a
+    link planted under a temp name is never written through."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_programs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_authorized_keys_merge_is_idempotent_and_keeps_other_lines(alice: Path, 
 
 
 def test_supervisor_without_the_system_package_is_left_to_shipyard(tmp_path: Path):
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     notes: list[str] = []
     changes = configure_supervisor(lay, conf_dir=tmp_path / "none", note=notes.append)
     assert changes == [] and "each app runs shipyard's own supervisord" in notes[0]
@@ -124,7 +125,7 @@ def test_supervisor_without_the_system_package_is_left_to_shipyard(tmp_path: Pat
 def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     lay.state.mkdir(parents=True)
     monkeypatch.setattr(host, "enable_supervisor_program", lambda: "enabled it")
     dry = configure_supervisor(lay, conf_dir=conf_dir, dry_run=True)
@@ -143,7 +144,7 @@ def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
 def test_many_hosts_programs_run_as_the_deploy_user(tmp_path: Path, monkeypatch):
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     lay.state.mkdir(parents=True)
     monkeypatch.setattr(host, "enable_supervisor_program", lambda *_: "enabled it")
     configure_supervisor(lay, conf_dir=conf_dir, receiver="10.0.0.2:7070", sync=["mysite"])
