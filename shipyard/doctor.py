@@ -3,6 +3,10 @@
 Run on the host as the deploy user (or over SSH: ``ssh deploy@host shipyard doctor APP``).
 Exit status 1 when any check fails; warnings do not fail.
 
+Run as root, it runs its checks as the app's owner (``owner.first_owner``):
+some checks run the deploy user's files (a hook's ``#!`` interpreter), and
+root runs nothing the deploy user could have written.
+
 Two checks depend on features that live elsewhere and go through an adapter
 each, so they can follow those features without touching the rest:
 ``supervisor_check`` (the processes feature, ``shipyard.supervise``) and
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import owner
 from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
@@ -121,6 +126,10 @@ def hooks_check(ctx: Context) -> Check:
             continue
         if module not in text:
             problems.append(f"hooks/{name} is not shipyard's (does not run {module})")
+            continue
+        changeable = owner.untrusted(path) + owner.untrusted(Path(interpreter))
+        if os.geteuid() == 0 and changeable:
+            problems.append(f"hooks/{name}: {interpreter} not run as root ({changeable[0]})")
             continue
         probe = subprocess.run(
             [interpreter, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
@@ -346,4 +355,8 @@ def report(app: App, results: list[Check], out=sys.stdout) -> int:
 
 def main(args) -> int:
     app = App.at(args.app, args.root)
-    return report(app, run_checks(app, root_given=app.root != default_root().absolute()))
+    root_given = app.root != default_root().absolute()
+    user = owner.first_owner(app.dir) if os.geteuid() == 0 else None
+    if user is not None:  # root: check as the app's owner
+        return owner.call_as(user, lambda: report(app, run_checks(app, root_given=root_given)))
+    return report(app, run_checks(app, root_given=root_given))

@@ -289,3 +289,31 @@ def test_the_system_supervisord_step_writes_through_no_planted_temp(
         "the root file unchanged; the user's supervisord.conf written by the deploy user, "
         "root's program file through a new temp file in root's directory"
     )
+
+
+def test_doctor_as_root_runs_no_interpreter_the_deploy_user_wrote(deployer, observe):
+    row = observe(
+        "security",
+        "`shipyard doctor` as root after a push rewrote the hook's `#!` "
+        "to a program that records its uid",
+    )
+    marker = deployer.home / "marker"
+    hook = deployer.home / "apps" / "mysite" / "repo.git" / "hooks" / "post-receive"
+    original = hook.read_text()
+    deployer.sh(
+        f"""printf '#!/bin/sh\\nid -u >> {marker}\\nexit 1\\n' > evil; chmod 755 evil
+        sed -i '1s|.*|#!{deployer.home}/evil|' {hook}"""
+    )
+    try:
+        result = shipyard("--root", deployer.home / "apps", "doctor", "mysite", check=False)
+        assert 0 not in uids_in(marker), "root ran the hook's interpreter"
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "✗ hooks" in result.stdout and "cannot import" in result.stdout, result.stdout
+        assert uids_in(marker) == [deployer.uid] * len(uids_in(marker))
+    finally:
+        deployer.sh("rm -f evil marker")
+        hook.write_text(original)
+    row["outcome"] = (
+        f"the interpreter ran as the deploy user only (marker: uid {deployer.uid}): doctor as "
+        "root runs its checks as the app's owner; `✗ hooks … cannot import`, exit 1"
+    )
