@@ -554,6 +554,12 @@ class Provisioner:
             self.note(f"installing {source} from the package index (pass --source to override)")
         if Path(source).exists():
             source = str(Path(source).resolve())
+            changeable = owner.untrusted(Path(source))
+            if changeable:  # root builds and installs it: its build backend runs as root
+                raise ProvisionError(
+                    f"--source {source} can be changed by others ({changeable[0]})",
+                    "give a checkout or wheel that is root's alone (chown root:, chmod go-w)",
+                )
         python = choose_python(self.o.python)
         wanted = {"source": source, "fingerprint": fingerprint(source), "python": str(python)}
         self.venv_home()

@@ -317,3 +317,15 @@ def test_doctor_as_root_runs_no_interpreter_the_deploy_user_wrote(deployer, obse
         f"the interpreter ran as the deploy user only (marker: uid {deployer.uid}): doctor as "
         "root runs its checks as the app's owner; `✗ hooks … cannot import`, exit 1"
     )
+
+
+def test_provision_builds_no_source_others_can_change(deployer, observe):
+    row = observe("security", "`shipyard provision --source DIR`, DIR in the deploy user's home")
+    deployer.sh("mkdir -p src && printf '[project]\\nname = \"shipyard\"\\n' > src/pyproject.toml")
+    stamp = deployer.home / ".shipyard" / "venv" / "shipyard-install.json"
+    before = stamp.read_bytes()
+    result = deployer.provision("--source", str(deployer.home / "src"), check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result
+    assert f"is owned by {deployer.name}" in result.stderr and "root's alone" in result.stderr
+    assert stamp.read_bytes() == before  # nothing was built or installed
+    row["outcome"] = f"exit 1: `{result.stderr.strip()[:150]}…`; the installed venv unchanged"
