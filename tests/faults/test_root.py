@@ -42,6 +42,11 @@ def snapshot(*paths: Path) -> dict:
     return seen
 
 
+def recorder(marker: Path, path: str) -> str:
+    """Shell that plants at ``path`` a program that appends its uid to ``marker`` and fails."""
+    return f"printf '#!/bin/sh\\nid -u >> {marker}\\nexit 1\\n' > {path}; chmod 755 {path}"
+
+
 def uids_in(marker: Path) -> list[int]:
     return [int(x) for x in marker.read_text().split()] if marker.exists() else []
 
@@ -239,9 +244,9 @@ def test_provision_runs_no_venv_the_deploy_user_swapped_in(deployer, observe):
     stamp["fingerprint"] = "dir:changed"
     deployer.sh(
         f"""mv .shipyard/venv .shipyard/venv.orig; mkdir -p .shipyard/venv/bin
-        printf '#!/bin/sh\\nid -u >> {marker}\\nexit 1\\n' > .shipyard/venv/bin/python
+        {recorder(marker, ".shipyard/venv/bin/python")}
         cp .shipyard/venv/bin/python .shipyard/venv/bin/shipyard
-        chmod 755 .shipyard/venv/bin/python .shipyard/venv/bin/shipyard
+        chmod 755 .shipyard/venv/bin/shipyard
         echo '{json.dumps(stamp)}' > .shipyard/venv/shipyard-install.json"""
     )
     try:
@@ -301,7 +306,7 @@ def test_doctor_as_root_runs_no_interpreter_the_deploy_user_wrote(deployer, obse
     hook = deployer.home / "apps" / "mysite" / "repo.git" / "hooks" / "post-receive"
     original = hook.read_text()
     deployer.sh(
-        f"""printf '#!/bin/sh\\nid -u >> {marker}\\nexit 1\\n' > evil; chmod 755 evil
+        f"""{recorder(marker, "evil")}
         sed -i '1s|.*|#!{deployer.home}/evil|' {hook}"""
     )
     try:
