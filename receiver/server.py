@@ -617,8 +617,8 @@ def main(args: argparse.Namespace) -> int:
             raise ShipyardError("--make-cert needs --tls-cert FILE and --tls-key FILE")
         made = tls.make_cert(args.tls_cert, args.tls_key, args.listen)
         pin = tls.file_fingerprint(args.tls_cert)
-        print(f"{'made' if made else 'kept'} {args.tls_cert}; pin it on the primary:")
-        print(f'[peer_tls]\n"{args.listen}" = "{pin}"')
+        print(f"{'made' if made else 'kept'} {args.tls_cert}; pin it in the primary's host config:")
+        print(f'peer_tls = {{ "{args.listen}" = "{pin}" }}')
         return 0
     context = tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     return serve(

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, Host, make_work, run
+from conftest import BIN, REPO, Host, free_port, make_work, run, shipyard
 
 from shipyard.receiver import auth, objects
 from shipyard.receiver.client import Peer
@@ -194,3 +194,98 @@ def test_connections_past_the_cap_and_slow_clients_are_turned_away(cluster):
                 sock.close()
     # and the receiver still serves what is signed
     assert Peer(peer.address, "mysite", SECRET).call("GET", "info")["ok"]
+
+
+def make_cert(peer_dir: Path, address: str) -> tuple[Path, Path, str]:
+    """What `shipyard provision --receiver ADDR` runs as the deploy user; (cert, key, pin)."""
+    cert, key = peer_dir / "tls" / "cert.pem", peer_dir / "tls" / "key.pem"
+    made = shipyard(
+        "receiver", "--listen", address, "--tls-cert", cert, "--tls-key", key, "--make-cert"
+    ).stdout
+    assert made.startswith(f"made {cert}") and oct(key.stat().st_mode)[-3:] == "600"
+    line = made.splitlines()[-1]
+    assert line.startswith(f'peer_tls = {{ "{address}" = "sha256:'), made
+    return cert, key, line.split('"')[3]
+
+
+def pin(cluster: netns.Cluster, pins: dict[str, str]) -> None:
+    text = "".join(
+        ln + "\n" for ln in cluster.config.read_text().splitlines() if "peer_tls" not in ln
+    )
+    table = ", ".join(f'"{address}" = "{value}"' for address, value in pins.items())
+    cluster.config.write_text(text + f"peer_tls = {{ {table} }}\n")
+
+
+def test_hosts_talk_tls_to_a_pinned_certificate(tmp_path, cluster):
+    node = cluster.net.add()  # the certificate is made before the receiver first starts
+    address = f"{node.address}:{netns.PORT}"
+    cert, key, fingerprint = make_cert(tmp_path / "web2-tls", address)
+    web2 = netns_peer(cluster, node, ("--tls-cert", str(cert), "--tls-key", str(key)))
+    assert "listening on" in web2.log.read_text() and "(TLS;" in web2.log.read_text()
+
+    # without a pin the primary speaks plain HTTP, which a TLS receiver does not answer
+    rows = json.loads(
+        shipyard("--root", cluster.root, "peers", "mysite", "--json", check=False).stdout
+    )
+    assert rows[1]["state"] == "unreachable", rows
+    pin(cluster, {web2.address: fingerprint})
+    work = make_work(tmp_path / "work", Host(cluster.root))
+    first = work.push()
+    assert "[web2] ✓ switch" in first.out, first.out
+    assert web2.live() == cluster.live()
+    assert "Hello" in run(*web2.node.cmd(sys.executable, "-c", FETCH)).stdout
+
+    # what crosses the network is ciphertext: no path, no release id, no JSON
+    relay = Relay((web2.node.address, netns.PORT))
+    release = f"20300101T000000Z-{cluster.live()[-7:]}"
+    assert relay.client(web2, fingerprint).call("POST", "abort", {"release": release})["ok"]
+    assert relay.sent and b"/v1/apps" not in relay.sent and release.encode() not in relay.sent
+
+    # another certificate (a receiver replaced, someone in between) is refused, never retried
+    _, _, other = make_cert(tmp_path / "other-tls", address)
+    pin(cluster, {web2.address: other})
+    work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from v2"\n'})
+    second = work.push()
+    assert f"{web2.address} presented the certificate {fingerprint}, not the pinned {other}" in (
+        second.out
+    ), second.out
+    assert "✗ prepare-peers" in second.out and web2.live() == cluster.live()
+    # the certificate file itself may be pinned instead of its fingerprint
+    pin(cluster, {web2.address: str(cert)})
+    rows = json.loads(shipyard("--root", cluster.root, "peers", "mysite", "--json").stdout)
+    assert [r["state"] for r in rows] == ["live", "in sync"], rows
+
+
+def netns_peer(cluster: netns.Cluster, node: netns.Node, args: tuple[str, ...]) -> netns.PeerHost:
+    """A peer on an existing namespace (whose address its certificate was made for)."""
+    name = f"web{len(cluster.peers) + 2}"
+    root = cluster.base / name
+    cluster.init(root, name)
+    peer = netns.PeerHost(node, root, name, cluster.app, cluster.base / f"{name}.log", args=args)
+    cluster.peers.append(peer)
+    cluster.start(peer)
+    cluster.join(peer)
+    return peer
+
+
+def test_a_receiver_on_every_interface_is_refused_unless_asked_for(tmp_path):
+    port = free_port()
+    for listen in (f"0.0.0.0:{port}", f"[::]:{port}"):
+        # bounded: a receiver that did start would be stopped by the timeout, and fail the test
+        refused = shipyard(
+            "--root", tmp_path, "receiver", "--listen", listen, check=False, timeout=60
+        )
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "refusing to listen on every interface" in refused.stderr
+        assert "--all-interfaces" in refused.stderr
+    nameless = shipyard(
+        "--root",
+        tmp_path,
+        "receiver",
+        "--listen",
+        f"0.0.0.0:{port}",
+        "--all-interfaces",
+        check=False,
+        timeout=60,
+    )
+    assert nameless.returncode == 1 and "add --alias ADDR:PORT" in nameless.stderr
