@@ -174,14 +174,16 @@ def test_an_unauthenticated_upload_is_refused_before_its_body_is_sent(cluster):
 
 def test_connections_past_the_cap_and_slow_clients_are_turned_away(cluster):
     peer = cluster.add_peer(args=("--max-connections", "3", "--request-timeout", "3"))
-    idle = [open_to(peer) for _ in range(3)]  # connected, never sending a byte
+    # one more connection than the cap, none sending a byte (a slot may still be held by the
+    # start-up probe for a moment: then two are refused, which is as good)
+    idle = [open_to(peer) for _ in range(4)]
     slow = None
     try:
-        with open_to(peer) as extra:  # one more than the cap: answered 503 and closed at once
-            assert answer_of(extra).startswith(b"HTTP/1.0 503"), peer.log.read_text()
+        answers = [answer_of(sock) for sock in idle]
+        refused = [a for a in answers if a]
+        assert refused and all(a.startswith(b"HTTP/1.0 503") for a in refused), answers
+        assert b"" in answers  # the others: closed by the receiver after --request-timeout
         assert "connections open already" in peer.log.read_text()
-        for sock in idle:  # idle past --request-timeout: closed by the receiver, not held
-            assert answer_of(sock) == b""
         slow = open_to(peer)  # slowloris: a header byte every 0.2 s never ends the request
         head = b"GET /v1/apps/mysite/info HTTP/1.0\r\nX-Padding: " + b"x" * 200
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
