@@ -77,7 +77,7 @@ def sign(
 def declared_length(headers) -> int:
     """The body's length as the request declares it (0 for a body-less GET)."""
     raw = headers.get("Content-Length") or "0"
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise Refused("malformed Content-Length")
     return int(raw)
 

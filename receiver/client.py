@@ -206,5 +206,8 @@ class Peer:
         if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{where}: no route to host"
         if sent:
-            return f"{self.address}: connection lost during {action} ({exc or type(exc).__name__})"
+            lost = f"{self.address}: connection lost during {action} ({exc or type(exc).__name__})"
+            if isinstance(exc, http.client.RemoteDisconnected) and not self.pin:
+                lost += "; if it serves TLS, pin its certificate in peer_tls"  # closed unanswered
+            return lost
         return f"{where}: {exc or type(exc).__name__}"

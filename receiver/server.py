@@ -232,7 +232,7 @@ class Handler(BaseHTTPRequestHandler):
             if length and self.headers.get("Expect", "").lower() == "100-continue":
                 self.wfile.write(auth.CONTINUE)
                 self.wfile.flush()
-            spool = self.read_body(length)
+            spool = self.read_body()
         except BadRequest as exc:
             return self.refuse(exc.status, str(exc))
         except auth.Refused as exc:
@@ -267,14 +267,14 @@ class Handler(BaseHTTPRequestHandler):
                 raw = "0"
             else:
                 raise BadRequest(411, "Content-Length required")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise BadRequest(400, "bad Content-Length")
         self.unread = int(raw)
         if self.unread > limit:
             raise BadRequest(413, f"body of {self.unread} bytes is over the limit of {limit}")
         return self.unread
 
-    def read_body(self, length: int):
+    def read_body(self):
         """The body, spooled and hashed as it comes; refused (and dropped) unless it is the
         one whose digest the request signed."""
         spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 (caller closes)

@@ -14,30 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, Host, free_port, make_work, run, shipyard
+from conftest import REPO, Host, free_port, make_work, run, shipyard
 
 from shipyard.receiver import auth, objects
 from shipyard.receiver.client import Peer
 
 sys.path.insert(0, str(REPO / "tests"))
 import netns  # noqa: E402
+import test_hosts  # noqa: E402
+
+net, cluster = test_hosts.net, test_hosts.cluster  # fixtures: a primary, peers in namespaces
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 
 SECRET = netns.SECRET.encode()
-FETCH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/').read())"
-
-
-@pytest.fixture
-def net():
-    network = netns.Net()
-    yield network
-    network.close()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, net: netns.Net) -> netns.Cluster:
-    return netns.Cluster(net, tmp_path, BIN)
+FETCH = test_hosts.FETCH
 
 
 class Relay:

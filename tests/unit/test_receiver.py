@@ -3,6 +3,8 @@ config may pin, what provision sets up for TLS."""
 
 from __future__ import annotations
 
+import io
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,23 @@ def test_provision_runs_the_receiver_with_its_certificate(tmp_path: Path, monkey
     for everywhere in ("0.0.0.0:7070", "[::]:7070"):
         with pytest.raises(ProvisionError, match="it would be every interface"):
             host.check_listen_address(everywhere)
+
+
+def test_provision_has_the_deploy_user_make_the_certificate(tmp_path: Path, monkeypatch):
+    ran = []
+
+    def run(self, *args, user=False, **kw):
+        ran.append(([str(a) for a in args], user))
+        out = 'made CERT; pin it:\npeer_tls = { "10.0.0.2:7070" = "sha256:AB" }\n'
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(host.Provisioner, "run", run)
+    p = host.Provisioner(host.Options(receiver="10.0.0.2:7070"), out=io.StringIO())
+    p.layout = Layout("deploy", tmp_path / "home")
+    p.receiver_cert()
+    (argv, as_user), cert = ran[0], p.layout.receiver_tls[0]
+    assert as_user and argv[1:4] == ["receiver", "--listen", "10.0.0.2:7070"]
+    assert "--make-cert" in argv and str(cert) in argv
+    assert p.changes == [f"make the receiver's TLS certificate {cert}"]
+    pin = 'peer_tls = { "10.0.0.2:7070" = "sha256:AB" }'
+    assert p.notes == [f"pin it in the primary's shipyard.toml: {pin}"]
