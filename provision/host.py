@@ -148,6 +148,11 @@ class Layout:
     def supervisord_socket(self) -> Path:
         return self.state / "supervisord.sock"
 
+    @property
+    def receiver_tls(self) -> tuple[Path, Path]:
+        """The receiver's self-signed certificate and its key (receiver/tls.py)."""
+        return self.state / "receiver" / "cert.pem", self.state / "receiver" / "key.pem"
+
 
 @dataclass
 class Options:
@@ -179,10 +184,12 @@ def check_user_name(name: str) -> str:
 
 def check_listen_address(address: str) -> str:
     """ADDR:PORT for the receiver, checked before anything changes."""
-    if parse_address(address) is None:
+    parsed = parse_address(address)
+    if parsed is None or parsed[0] in ("0.0.0.0", "::"):
         raise ProvisionError(
-            f"--receiver {address!r}: not an address to listen on",
-            "write ADDR:PORT, e.g. --receiver 10.0.0.2:7070",
+            f"--receiver {address!r}: not an address to listen on"
+            + (" (it would be every interface)" if parsed else ""),
+            "write ADDR:PORT, the address the primary reaches, e.g. --receiver 10.0.0.2:7070",
         )
     return address
 
@@ -706,6 +713,8 @@ class Provisioner:
 
     def supervisor(self) -> None:
         assert self.layout
+        if self.o.receiver:
+            self.receiver_cert()
         for change in configure_supervisor(
             self.layout,
             mode=self.o.supervisor,
@@ -716,6 +725,22 @@ class Provisioner:
             sync=self.o.sync,
         ):
             self.change(change)
+
+    def receiver_cert(self) -> None:
+        """The receiver serves TLS with a certificate made by (and for) the deploy user."""
+        assert self.layout and self.o.receiver
+        cert, key = self.layout.receiver_tls
+        if self.o.dry_run:
+            if not cert.exists():
+                self.change(f"make the receiver's TLS certificate {cert}")
+            return
+        options = ["--listen", self.o.receiver, "--tls-cert", cert, "--tls-key", key]
+        lines = self.run(
+            self.layout.shipyard_bin, "receiver", *options, "--make-cert", user=True
+        ).stdout.splitlines()
+        if lines[0].startswith("made"):
+            self.change(f"make the receiver's TLS certificate {cert}")
+        self.note(f"pin it in the primary's shipyard.toml: {lines[-1]}")
 
     # 5. apps
 
@@ -911,9 +936,9 @@ def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] =
     """
     programs = []
     if receiver:
-        programs.append(
-            _user_program(lay, "shipyard-receiver", f"receiver --listen {receiver}", "receiver")
-        )
+        cert, key = lay.receiver_tls
+        command = f"receiver --listen {receiver} --tls-cert {cert} --tls-key {key}"
+        programs.append(_user_program(lay, "shipyard-receiver", command, "receiver"))
     for app in sync:
         programs.append(
             _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
@@ -1009,7 +1034,11 @@ def configure_supervisor(
             else "supervisord not configured (--supervisor none)"
         )
         if receiver:
-            note(f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver}")
+            cert, key = lay.receiver_tls
+            note(
+                f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver} "
+                f"--tls-cert {cert} --tls-key {key}"
+            )
         for app in sync:
             note(f"run the sync: shipyard --root {lay.apps} sync {app} --every 30")
         return []

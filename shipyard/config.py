@@ -62,6 +62,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "drained": (list, []),
     "rolling": (int, 0),
     "peer_timeout": ((int, float), 15),
+    "peer_tls": (dict, {}),  # peer address → pinned certificate (receiver/tls.py)
     # ---
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
@@ -119,6 +120,7 @@ class HostConfig:
     drained: list[str] = field(default_factory=list)
     rolling: int = 0
     peer_timeout: float = 15
+    peer_tls: dict[str, str] = field(default_factory=dict)
     # ---
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
@@ -326,6 +328,7 @@ def parse_procfile(text: str, source: str = "Procfile") -> dict[str, str]:
 
 # --- many hosts: peer addresses and the cluster secret (docs/hosts.md) -------
 
+PIN = re.compile(r"^sha256:[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$")  # as receiver/tls.py takes
 PEER_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
 
 
@@ -353,6 +356,18 @@ def _check_peers(data: dict, text: str, source: str) -> None:
         raise ConfigError(f"{source}:{_line_of(text, 'peer_timeout', None)}: must be > 0")
     if data.get("secret") is not None and data.get("secret_file") is not None:
         raise ConfigError(f"{source}: set `secret` or `secret_file`, not both")
+    for address, pin in data.get("peer_tls", {}).items():
+        where = f"{source}:{_line_of(text, address, 'peer_tls')}"
+        if address not in data.get("peers", []):
+            raise ConfigError(
+                f"{where}: peer_tls names {address!r}, which is not in `peers`",
+                "write the peer's address exactly as `peers` lists it",
+            )
+        if not isinstance(pin, str) or not (PIN.match(pin) or Path(pin).is_absolute()):
+            raise ConfigError(
+                f'{where}: peer_tls for {address} must be "sha256:…" or a certificate\'s path',
+                "copy the pin `shipyard provision --receiver` printed on that peer",
+            )
 
 
 def secret_path(host: HostConfig, config_file: Path) -> Path | None:

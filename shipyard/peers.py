@@ -158,7 +158,10 @@ class Cluster:
                 "set secret_file (a file only the deploy user can read) on every host; "
                 "see docs/hosts.md",
             )
-        peers = [PeerState(Peer(a, app.name, secret, host.peer_timeout), a) for a in active]
+        peers = [
+            PeerState(Peer(a, app.name, secret, host.peer_timeout, host.peer_tls.get(a)), a)
+            for a in active
+        ]
         return cls(peers, [p for p in host.drained if p in host.peers])
 
 
@@ -478,7 +481,8 @@ def peers_status(app: App) -> list[dict]:
         if address in host.drained:
             row.update(state="drained", error=None)
         try:
-            info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5)).call(
+            pin = host.peer_tls.get(address)
+            info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5), pin).call(
                 "GET", "info", retries=1
             )
         except (PeerError, ShipyardError) as exc:
@@ -616,16 +620,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from shipyard.receiver.server import serve
+    from shipyard.receiver.server import main
 
-    return serve(args.listen, args.root, max_pack=args.max_pack << 20)
+    return main(args)
 
 
 def add_commands(sub) -> None:
     """`shipyard receiver`, `shipyard peers APP`, `shipyard sync APP` (called by cli.py)."""
+    from shipyard.receiver.server import add_arguments
+
     p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
-    p.add_argument("--listen", required=True, metavar="ADDR:PORT")
-    p.add_argument("--max-pack", type=int, default=512, metavar="MiB", help="largest pack taken")
+    add_arguments(p)
     p.set_defaults(func=cmd_receiver)
     p = sub.add_parser("peers", help="every host of an app with its live release")
     p.add_argument("app")

@@ -179,6 +179,7 @@ class PeerHost:
     app: str
     log: Path
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()  # more `shipyard receiver` options (TLS, limits)
 
     @property
     def address(self) -> str:
@@ -233,12 +234,12 @@ class Cluster:
         config = root / self.app / "shipyard.toml"
         set_config(config, secret_file=str(self.secret_file), name=name, peer_timeout=5)
 
-    def add_peer(self, join: bool = True) -> PeerHost:
+    def add_peer(self, join: bool = True, args: tuple[str, ...] = ()) -> PeerHost:
         node = self.net.add()
         name = f"web{len(self.peers) + 2}"
         root = self.base / name
         self.init(root, name)
-        peer = PeerHost(node, root, name, self.app, self.base / f"{name}-receiver.log")
+        peer = PeerHost(node, root, name, self.app, self.base / f"{name}-receiver.log", args=args)
         self.peers.append(peer)
         self.start(peer)
         if join:
@@ -262,6 +263,7 @@ class Cluster:
             "receiver",
             "--listen",
             peer.address,
+            *peer.args,
             log=peer.log,
             env=self.env,
         )

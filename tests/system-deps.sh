@@ -12,6 +12,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || need+=(postgresql)
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
+command -v openssl >/dev/null || need+=(openssl)  # the receiver's TLS certificate (receiver/tls.py)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -285,7 +285,7 @@ def test_rolling_batches_switch_back_when_the_second_host_fails_verify(tmp_path,
 def signed_call(peer: netns.PeerHost, path: str, body: bytes = b"{}", **change) -> tuple:
     from shipyard.receiver import auth
 
-    headers = auth.sign(netns.SECRET.encode(), "POST", path, body)
+    headers = auth.sign(netns.SECRET.encode(), "POST", path, body, to=peer.address)
     headers.update(change.pop("headers", {}))
     conn = http.client.HTTPConnection(peer.node.address, netns.PORT, timeout=5)
     conn.request("POST", path, body=change.pop("send", body), headers=headers)
@@ -306,9 +306,11 @@ def test_forged_stale_and_replayed_requests_are_refused(cluster):
     replay = conn.getresponse()
     assert replay.status == 401 and "replayed" in replay.read().decode()
     assert signed_call(peer, path, body, headers={auth.H_TIME: "1"})[0] == 401  # breaks the MAC
-    stale = auth.sign(netns.SECRET.encode(), "POST", path, body, now=time.time() - 120)
+    stale = auth.sign(
+        netns.SECRET.encode(), "POST", path, body, now=time.time() - 120, to=peer.address
+    )
     assert "stale request" in signed_call(peer, path, body, headers=stale)[1]
-    forged = auth.sign(b"not-the-cluster-secret-at-all!!", "POST", path, body)
+    forged = auth.sign(b"not-the-cluster-secret-at-all!!", "POST", path, body, to=peer.address)
     assert "bad signature" in signed_call(peer, path, body, headers=forged)[1]
     assert "bad signature" in signed_call(peer, path, body, send=body.replace(b"1a", b"2b"))[1]
     unsigned = http.client.HTTPConnection(peer.node.address, netns.PORT, timeout=5)
