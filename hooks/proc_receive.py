@@ -24,6 +24,7 @@ from shipyard.options import parse_options
 from shipyard.provision.supervisor import check_counts
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
+from shipyard.report import escape
 from shipyard.venv import DETECTED
 
 ZERO = "0" * 40
@@ -201,14 +202,14 @@ def main() -> None:
         check_not_root(app, load_host_config(app.config_file))
     except ShipyardError as exc:
         for _old, _new, ref in commands:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
         proto.write_pkt_line(None)
         return
     for old, new, ref in commands:
         try:
             commit, _tag = handle(app, old, new, ref, options)
         except ShipyardError as exc:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
             continue
         proto.write_pkt_line(f"ok {ref}".encode())
         if commit != new:

@@ -1,8 +1,11 @@
 """What the pusher reads: one line per phase, timed, and one last line that says what is live.
 
-Output is line-based (git prefixes each line with ``remote:`` and newer clients
-mask control characters such as ``\\r``), coloured only when wanted, and
-written to the deploy's log, which the post-receive hook streams.
+Output is line-based (git prefixes each line with ``remote:``), coloured only
+when wanted, and written to the deploy's log, which the post-receive hook
+streams. Everything a reporter prints that it did not write itself (file names,
+command output, messages, tags, push options, a peer's lines) is masked and
+then escaped (``escape``): a control character shows as ``\\x1b`` or ``\\n``
+and is never acted on, so the only colour and the only new lines are shipyard's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ GREEN, RED, YELLOW, DIM, BOLD, RESET = (
 SECRET_KEY = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|DSN|DATABASE_URL|_URL$", re.I)
 URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)([^@\s]+)(@)")
 MAX_LINE = 400
+# What a terminal acts on rather than shows: C0 controls but tab (ESC starts colour and cursor
+# moves, CR and LF start a line), DEL, C1 controls (U+009B is a one-character ESC [), the line
+# and paragraph separators and the bidi overrides and isolates (they reorder what is shown).
+UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
 class Skip(str):
@@ -50,6 +58,20 @@ class Masker:
         return URL_PASSWORD.sub(r"\1********\3", text)
 
 
+def escape(text: str) -> str:
+    """Untrusted text as it must reach a terminal: each control character written out.
+
+    Printable text, UTF-8 included (é, ✓), is kept as it is.
+    """
+
+    def spell(match: re.Match) -> str:
+        char = match.group()
+        code = ord(char)
+        return NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return UNSAFE.sub(spell, text)
+
+
 def clip(line: str, limit: int = MAX_LINE) -> str:
     return line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit} more characters)"
 
@@ -68,38 +90,49 @@ class Reporter:
     def _paint(self, text: str, code: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
 
-    def line(self, text: str = "") -> None:
+    def safe(self, text: str) -> str:
+        """``text`` made fit to print: secrets masked, control characters escaped, clipped."""
+        return clip(escape(self.mask(text)))
+
+    def _write(self, line: str) -> None:
         with self._lock:
             try:
-                self.out.write(clip(self.mask(text)) + "\n")
+                self.out.write(line + "\n")
                 self.out.flush()
             except OSError:
                 # a full disk under the log: the deploy (and its undo) must go on regardless
                 self.lost += 1
 
+    def line(self, text: str = "") -> None:
+        self._write(self.safe(text))
+
+    def relay(self, line: str) -> None:
+        """A line another reporter of this process already made safe (``peers.Prefixed``)."""
+        self._write(clip(line, 2 * MAX_LINE))
+
     def title(self, text: str) -> None:
-        self.line(self._paint(f"shipyard ▸ {text}", BOLD))
+        self._write(self._paint(f"shipyard ▸ {self.safe(text)}", BOLD))
 
     def ok(self, phase: str, seconds: float, detail: str = "") -> None:
         mark = self._paint("✓", GREEN)
-        self.line(f"  {mark} {phase:<14} {seconds:5.2f}s  {detail}".rstrip())
+        self._write(f"  {mark} {phase:<14} {seconds:5.2f}s  {self.safe(detail)}".rstrip())
 
     def skip(self, phase: str, detail: str) -> None:
-        self.line(f"  {self._paint('-', DIM)} {phase:<14}    -    {detail}".rstrip())
+        self._write(f"  {self._paint('-', DIM)} {phase:<14}    -    {self.safe(detail)}".rstrip())
 
     def fail(self, phase: str, seconds: float, detail: str) -> None:
         mark = self._paint("✗", RED)
-        self.line(f"  {mark} {phase:<14} {seconds:5.2f}s  {detail}".rstrip())
+        self._write(f"  {mark} {phase:<14} {seconds:5.2f}s  {self.safe(detail)}".rstrip())
 
     def warn(self, text: str) -> None:
-        self.line(self._paint(f"  ! {text}", YELLOW))
+        self._write(self._paint(f"  ! {self.safe(text)}", YELLOW))
 
     def detail(self, lines: Iterable[str], prefix: str = "    │ ") -> None:
         for text in lines:
             self.line(f"{prefix}{text}")
 
     def final(self, text: str, good: bool) -> None:
-        self.line(self._paint(f"shipyard ▸ {text}", GREEN if good else RED))
+        self._write(self._paint(f"shipyard ▸ {self.safe(text)}", GREEN if good else RED))
 
     @contextmanager
     def ticking(self, phase: str) -> Iterator[None]:

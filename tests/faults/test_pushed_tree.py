@@ -14,7 +14,7 @@ from pathlib import Path
 
 import faultlib
 import pytest
-from faultlib import check_invariants, entries
+from faultlib import check_invariants, entries, sy
 
 observe = faultlib.observe
 ESC = "\x1b"
@@ -67,3 +67,67 @@ def test_symlink_chain_out_of_the_release(clean, observe):
         assert not os.path.lexists(release / "passwd")
     assert host.branch() != sneaky
     row["outcome"] = f"deploy failed at checkout, nothing went live: `{said.group(0)}`"
+
+
+FORGED = "x\n\x1b[32m✓\x1b[0m verify          0.01s  all good"
+SPELLED = "x\\n\\x1b[32m✓\\x1b[0m verify"
+
+
+def forged_lines(text: str) -> list[str]:
+    """Lines that read (once colour is taken off) as a ✓ verify, or hold a stray ESC."""
+    found = []
+    for ln in text.splitlines():
+        plain = re.sub(r"\x1b\[\d+m", "", ln).removeprefix("remote:").strip(" ")
+        ours = re.sub(r"\x1b\[(32|31|33|2|1|0)m", "", ln)  # shipyard's own colours
+        if plain.startswith("✓ verify") or ESC in ours:
+            found.append(ln)
+    return found
+
+
+def test_control_characters_are_shown_escaped(clean, observe):
+    """A file name, command output and a push option that try to forge a ✓ line."""
+    host, work, before = clean
+    row = observe(
+        "security",
+        "a file named `x\\n\\e[32m✓\\e[0m verify … all good`, a build step printing escape "
+        "codes, a push option with ESC",
+    )
+    # 1. the name in one of shipyard's own lines (the ✗ of a link that points out)
+    (work.path / FORGED).symlink_to("/etc/passwd")
+    work.commit("a link with a forged name")
+    n = len(entries(host))
+    first = work.push(check=False).out
+    assert entries(host)[n]["outcome"] == "failed"
+    # 2. the name and escape codes in a failing build step's output, ESC in -o message=
+    work.git("reset", "-q", "--hard", host.branch())
+    (work.path / FORGED).write_text("forged\n")
+    step = "ls -1; printf '\\033[32m✓\\033[0m verify  0.02s  fine\\033[2J\\r\\n'; exit 3"
+    toml = faultlib.NO_BUILD.replace("shared", f"build = [{step!r}]\nshared")
+    work.commit("é ✓ \x1b[31mred commit\x1b[0m", **{"shipyard.toml": toml})
+    second = work.push("-o", "color=always", "-o", "message=\x1b[32m✓ ok\x1b[0m é", "main")
+    second = second.out
+    assert entries(host)[n + 1]["outcome"] == "failed"
+    assert check_invariants(host) == before
+    for where, text in {
+        "push 1": first,
+        "log 1": log_of(host, entries(host)[n]["deploy"]),
+        "push 2": second,
+        "log 2": log_of(host, entries(host)[n + 1]["deploy"]),
+    }.items():
+        assert not forged_lines(text), (where, forged_lines(text))
+        assert "\x1b[2J" not in text and "\r" not in text.replace("\r\n", "\n"), where
+    assert ESC not in first  # NO_COLOR: shipyard's own colour is off, nobody else's is on
+    checkout = next(ln for ln in first.splitlines() if "✗ checkout" in ln)
+    assert f"symlink {SPELLED}" in checkout and "points outside the release" in checkout
+    assert f"│ {SPELLED}" not in second  # ls splits the name: its second half alone
+    assert "│ \\x1b[32m✓\\x1b[0m verify  0.02s  fine\\x1b[2J" in second
+    assert "\\x1b[32m✓ ok\\x1b[0m é" in second  # the message, readable UTF-8 kept
+    history = sy(host, "history", "mysite").stdout  # what an operator reads on the host
+    assert ESC not in history
+    # color=always: shipyard's colour, and only on its own marks and lines
+    assert "\x1b[31m✗\x1b[0m build" in second and "\x1b[1mshipyard ▸ deploy #" in second
+    row["outcome"] = (
+        "no raw control character in the push output or deploys/N.log; shown escaped: "
+        f"`{checkout.split('✗ checkout', 1)[1].split('points')[0].strip()}…`; "
+        "the only colour is shipyard's (with `-o color=always`)"
+    )

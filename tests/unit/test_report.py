@@ -54,3 +54,24 @@ def test_push_options():
     assert not wants_color({"color": "never"}, {})
     assert not wants_color({}, {"NO_COLOR": "1"})
     assert wants_color({"color": "always"}, {"NO_COLOR": "1"})
+
+
+def test_escape_spells_out_control_characters_and_keeps_utf8():
+    from shipyard.report import escape
+
+    assert (
+        escape("x\n\x1b[32m✓\x1b[0m ok\r\x00\x7f\x9b")
+        == "x\\n\\x1b[32m✓\\x1b[0m ok\\r\\x00\\x7f\\x9b"
+    )
+    assert escape("café ✓ tab\there") == "café ✓ tab\there"
+    assert escape("a\u202eb\u2028c") == "a\\u202eb\\u2028c"
+
+
+def test_reporter_colours_only_its_own_marks():
+    out = io.StringIO()
+    reporter = Reporter(out, color=True)
+    reporter.ok("build", 0.1, "x\n\x1b[32m✓\x1b[0m verify")
+    reporter.final("live: \x1b[31mred", good=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  \x1b[32m✓\x1b[0m build           0.10s  x\\n\\x1b[32m✓\\x1b[0m verify"
+    assert lines[1] == "\x1b[32mshipyard ▸ live: \\x1b[31mred\x1b[0m" and len(lines) == 2
