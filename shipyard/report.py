@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 GREEN, RED, YELLOW, DIM, BOLD, RESET = (
     "\033[32m",
@@ -27,7 +27,12 @@ GREEN, RED, YELLOW, DIM, BOLD, RESET = (
     "\033[0m",
 )
 SECRET_KEY = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|DSN|DATABASE_URL|_URL$", re.I)
-URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)([^@\s]+)(@)")
+# scheme://[user]:password@host: the user may be empty (redis://:pw@host); the password runs
+# to the authority's last "@" (a raw "@" in it is common), never past a "/" or a space.
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^/\s]+)(@)")
+# password=… as a URL's query (?password=…) or a libpq keyword string (host=db password=…)
+KEYWORD_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)=)('[^']*'|[^\s&#;'\"]+)", re.I)
+MIN_SECRET = 4  # shorter fragments are masked only where a pattern above finds them
 MAX_LINE = 400
 # What a terminal acts on rather than shows: C0 controls but tab (ESC starts colour and cursor
 # moves, CR and LF start a line), DEL, C1 controls (U+009B is a one-character ESC [), the line
@@ -41,21 +46,32 @@ class Skip(str):
 
 
 class Masker:
-    """Hides secret values (from the app's .env) in anything we echo."""
+    """Hides secret values (from the app's .env) in anything we echo.
+
+    Masked: the value of every secret-looking key; every line of every multi-line
+    value (a PEM key is printed line by line); every password found in a value's
+    URLs or ``password=`` settings, as written, percent-decoded and -encoded; and,
+    in any text, whatever stands in a URL's or a ``password=`` password place.
+    """
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        secrets = {v for k, v in (env or {}).items() if v and len(v) >= 4 and SECRET_KEY.search(k)}
-        # a password inside a URL (DATABASE_URL) may be echoed on its own, e.g. by a driver
-        for value in (env or {}).values():
-            for match in URL_PASSWORD.finditer(value or ""):
-                password = match.group(2)
-                secrets.update(p for p in (password, unquote(password)) if len(p) >= 4)
-        self.values = sorted(secrets, key=len, reverse=True)
+        secrets: set[str] = set()
+        for key, value in (env or {}).items():
+            value = value or ""
+            if SECRET_KEY.search(key) or "\n" in value:
+                secrets.add(value)
+                secrets.update(line.strip() for line in value.splitlines())
+            # a password inside a URL (DATABASE_URL) may be echoed on its own, e.g. by a driver
+            for match in [*URL_PASSWORD.finditer(value), *KEYWORD_PASSWORD.finditer(value)]:
+                password = match.group(2).strip("'")
+                secrets.update((password, unquote(password), quote(password, safe="")))
+        self.values = sorted((v for v in secrets if len(v) >= MIN_SECRET), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self.values:
             text = text.replace(value, "********")
-        return URL_PASSWORD.sub(r"\1********\3", text)
+        text = URL_PASSWORD.sub(r"\1********\3", text)
+        return KEYWORD_PASSWORD.sub(r"\1********", text)
 
 
 def escape(text: str) -> str:

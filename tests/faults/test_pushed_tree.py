@@ -131,3 +131,60 @@ def test_control_characters_are_shown_escaped(clean, observe):
         f"`{checkout.split('✗ checkout', 1)[1].split('points')[0].strip()}…`; "
         "the only colour is shipyard's (with `-o color=always`)"
     )
+
+
+PEM_BODY = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "Zm9vYmFyYmF6cXV4"]
+ENV = (
+    'SIGNING_KEY="-----BEGIN PRIVATE KEY-----\n'
+    + "\n".join(PEM_BODY)
+    + '\n-----END PRIVATE KEY-----"\n'
+    "REDIS_URL=redis://:Pw@127.0.0.1:6379/0\n"
+    "CACHE_LOCATION=redis://cache:c4che-pw0rd@127.0.0.1:6379/1\n"
+    "BACKUP=postgres://app:s%40fe-pass@db.example.com/app\n"
+)
+PRINTS = [
+    'echo "$SIGNING_KEY"',  # a PEM key, line by line
+    "echo redis://:Pw@127.0.0.1:6379",  # an empty user, and not the value as written
+    "echo AUTH c4che-pw0rd",  # the password of a URL under a name that is not secret-looking
+    "echo password s@fe-pass",  # percent-decoded
+    "echo mysql://root:t00r-pw@db/x",  # a URL the .env does not hold
+]
+
+
+def test_secrets_masked_in_every_form(clean, observe):
+    host, work, before = clean
+    row = observe(
+        "security",
+        "a build step printing a multi-line `.env` value (a PEM key) and URL passwords "
+        "(empty user, under a plain name, percent-encoded, not in .env)",
+    )
+    env = host.dir / "shared" / ".env"
+    env.write_text(ENV)
+    try:
+        step = "; ".join([*PRINTS, "exit 3"])
+        toml = faultlib.NO_BUILD.replace("shared", f"build = [{step!r}]\nshared")
+        work.commit("print secrets", **{"shipyard.toml": toml})
+        n = len(entries(host))
+        out = work.push(check=False).out
+        assert entries(host)[n]["outcome"] == "failed" and "✗ build" in out
+        assert check_invariants(host) == before
+        shown = [ln.split("│ ", 1)[1].strip() for ln in out.splitlines() if "│ " in ln]
+        assert shown == ["********"] * 4 + [
+            "redis://:********@127.0.0.1:6379",
+            "AUTH ********",
+            "password ********",
+            "mysql://root:********@db/x",
+        ], shown
+        places = {"push output": out}
+        for path in [*(host.dir / "deploys").iterdir(), *(host.dir / "run").rglob("*")]:
+            if path.is_file() and not path.name.endswith(".sock"):
+                places[str(path.relative_to(host.dir))] = path.read_text(errors="replace")
+        values = [*PEM_BODY, "Pw@", "c4che-pw0rd", "s@fe-pass", "s%40fe-pass", "t00r-pw"]
+        leaks = [f"{where}: {v}" for where, text in places.items() for v in values if v in text]
+        assert not leaks, leaks
+        row["outcome"] = (
+            "every line of the key and every password masked in the push output, "
+            f"deploys/N.log, deploys.jsonl and run/: `{' | '.join(shown[3:])}`"
+        )
+    finally:
+        env.unlink()

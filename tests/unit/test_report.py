@@ -75,3 +75,40 @@ def test_reporter_colours_only_its_own_marks():
     lines = out.getvalue().splitlines()
     assert lines[0] == "  \x1b[32m✓\x1b[0m build           0.10s  x\\n\\x1b[32m✓\\x1b[0m verify"
     assert lines[1] == "\x1b[32mshipyard ▸ live: \\x1b[31mred\x1b[0m" and len(lines) == 2
+
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----"
+
+
+def test_masker_hides_every_line_of_a_multiline_value():
+    mask = Masker({"SIGNING_KEY": PEM, "BANNER": "first line here\nsecond line here"})
+    for line in PEM.splitlines():
+        assert mask(f"    │ {line}") == "    │ ********"
+    assert mask(PEM) == "********"
+    assert "second line" not in mask("x second line here y")  # multi-line, whatever its name
+
+
+@pytest.mark.parametrize(
+    ("env", "printed", "hidden"),
+    [
+        ({"REDIS_URL": "redis://:Pw@127.0.0.1:6379/0"}, "redis://:Pw@127.0.0.1:6379", "Pw@"),
+        ({"CACHE": "redis://cache:c4che-pw@h:6379"}, "AUTH c4che-pw failed", "c4che-pw"),
+        ({"X": "postgres://app:s%40fe-pass@db/app"}, "password s@fe-pass wrong", "s@fe-pass"),
+        ({"X": "postgres://app:s@fe-pass@db/app"}, "dsn app:s%40fe-pass@db", "s%40fe-pass"),
+        ({"X": "amqp://u:p@ss-word@mq/vhost"}, "amqp://u:p@ss-word@mq/vhost", "ss-word"),
+        ({"X": "postgres://db/app?password=qu3ry-pw"}, "using qu3ry-pw", "qu3ry-pw"),
+        ({"X": "host=db password='lib pq pw'"}, "auth 'lib pq pw'", "lib pq pw"),
+        ({}, "connect mysql://root:toor@db:3306/x", "toor"),
+        ({}, "connect redis://:x@db:6379/0", ":x@"),
+        ({}, "url https://db/app?sslmode=require&password=hunter2", "hunter2"),
+    ],
+)
+def test_masker_hides_url_passwords_in_any_form(env, printed, hidden):
+    masked = Masker(env)(printed)
+    assert hidden not in masked and "********" in masked, masked
+
+
+def test_masker_leaves_urls_without_passwords_alone():
+    mask = Masker({})
+    for text in ("http://localhost:8000/healthz", "see https://example.com:443/a@b", "a@b:c"):
+        assert mask(text) == text
