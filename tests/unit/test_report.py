@@ -77,7 +77,10 @@ def test_reporter_colours_only_its_own_marks():
     assert lines[1] == "\x1b[32mshipyard ▸ live: \\x1b[31mred\x1b[0m" and len(lines) == 2
 
 
-PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----"
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+    "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----"
+)
 
 
 def test_masker_hides_every_line_of_a_multiline_value():
