@@ -143,7 +143,12 @@ def switch(app: App, release_id: str) -> str | None:
 
     Returns what ``current`` pointed at before, so the caller can switch back.
     """
-    previous = app.live_release()
+    previous = app.live_release()  # None also when current is no release: replaced as new
+    if os.path.isdir(app.current) and not os.path.islink(app.current):
+        raise PhaseError(
+            f"{app.current} is a directory, not a link to a release: the switch would replace it",
+            f"move it away (mv {app.current} {app.current}.old), then deploy again",
+        )
     tmp = app.dir / f".current-{os.getpid()}"
     if tmp.is_symlink():
         tmp.unlink()
