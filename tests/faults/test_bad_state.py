@@ -104,3 +104,77 @@ def test_current_that_is_a_directory(clean, observe):
         f"failed at switch: `{line.split('✗ switch', 1)[1].split('0s', 1)[-1].strip()[:90]}…`, "
         "the directory kept, the old processes serving"
     )
+
+
+WORKER_ONLY = "worker: sleep 100000\n"
+
+
+def rejected_line(out: str) -> str:
+    return next(ln for ln in out.splitlines() if "[remote rejected]" in ln)
+
+
+def without_web_setting(host) -> None:
+    config = host.dir / "shipyard.toml"
+    lines = config.read_text().splitlines()
+    config.write_text("".join(f"{ln}\n" for ln in lines if ln.split("=")[0].strip() != "web"))
+
+
+def test_procfile_without_web_while_web_runs(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "a Procfile with only `worker:` while web runs")
+    work.commit("worker only", Procfile=WORKER_ONLY)
+    tip, n = host.branch(), len(entries(host))
+    result = work.push(check=False)
+    assert result.returncode != 0, result.out
+    line = rejected_line(result.out)
+    assert "Procfile has no `web:` line: deploying it would stop web" in line, line
+    assert (
+        f"add a `web:` line to the Procfile, or set `web = 0` in {host.dir}/shipyard.toml" in line
+    )
+    assert host.branch() == tip and len(entries(host)) == n
+    assert check_invariants(host) == before  # the site still answers, on the same release
+    said = line.split("(", 1)[1].rsplit(")", 1)[0]
+    # on purpose: the host says it runs without web
+    host.set_host_config(web=0)
+    try:
+        out = work.push().out
+        assert last_line(out).startswith("shipyard ▸ live:"), out
+        assert "web stopped" in out and "worker ×1 running" in out
+        rows = [r for r in faultlib.supervise.status(faultlib.app_of(host)) if r["release"]]
+        assert [r["process"].split(".")[0] for r in rows if r["live"]] == ["worker"], rows
+    finally:
+        without_web_setting(host)
+    work.git("checkout", "-q", tip, "--", "Procfile")
+    sha = work.commit("web again")
+    assert last_line(work.push().out).startswith(f"shipyard ▸ live: {sha[:7]}")
+    check_invariants(host)
+    row["outcome"] = (
+        f"push refused before the branch moved, the site still served: `{said}`; "
+        "with `web = 0` in the host's shipyard.toml it deploys (web stopped, worker running)"
+    )
+
+
+def test_first_deploy_without_web(tmp_path, observe):
+    row = observe("bad input", "a first deploy whose Procfile has only `worker:`")
+    host = faultlib.make_host(tmp_path / "apps")
+    work = faultlib.make_work(tmp_path / "work", host)
+    try:
+        work.commit("worker only", Procfile=WORKER_ONLY, **{"shipyard.toml": faultlib.NO_BUILD})
+        result = work.push(check=False)
+        assert result.returncode != 0, result.out
+        line = rejected_line(result.out)
+        assert f"would leave port {host.port} with no web process" in line, line
+        assert host.branch() is None and not (host.dir / "current").exists()
+        # on purpose, app side: [processes] web = 0
+        work.commit(
+            "no web here", **{"shipyard.toml": faultlib.NO_BUILD + "\n[processes]\nweb = 0\n"}
+        )
+        out = work.push().out
+        assert last_line(out).startswith("shipyard ▸ live:"), out
+        assert "worker ×1 running" in out
+    finally:
+        host.stop_processes()
+    row["outcome"] = (
+        f"push refused, nothing created: `{line.split('(', 1)[1].split(';')[0]}`; "
+        "with `[processes] web = 0` in the app's shipyard.toml it deploys"
+    )
