@@ -15,22 +15,7 @@ import pytest
 from conftest import run
 from faultlib import check_invariants, entries, fetch, greeting_of, last_line, sy
 
-observe = faultlib.observe
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with faultlib.deployed(tmp_path_factory.mktemp("state")) as (host, work):
-        yield host, work
-
-
-@pytest.fixture
-def clean(site):
-    host, work = site
-    work.git("reset", "-q", "--hard", host.branch())
-    before = check_invariants(host)
-    yield host, work, before
-    work.git("reset", "-q", "--hard", host.branch())
+observe, site, clean = faultlib.observe, faultlib.site, faultlib.clean
 
 
 def greet(work, text: str) -> str:

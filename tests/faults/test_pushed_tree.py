@@ -13,28 +13,10 @@ import re
 from pathlib import Path
 
 import faultlib
-import pytest
 from faultlib import check_invariants, entries, sy
 
-observe = faultlib.observe
+observe, site, clean = faultlib.observe, faultlib.site, faultlib.clean
 ESC = "\x1b"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with faultlib.deployed(tmp_path_factory.mktemp("tree")) as (host, work):
-        yield host, work
-
-
-@pytest.fixture
-def clean(site):
-    host, work = site
-    work.git("reset", "-q", "--hard", host.branch())
-    work.git("clean", "-q", "-fdx")
-    before = check_invariants(host)
-    yield host, work, before
-    work.git("reset", "-q", "--hard", host.branch())
-    work.git("clean", "-q", "-fdx")
 
 
 def log_of(host, number: int) -> str:
