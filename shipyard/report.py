@@ -31,7 +31,7 @@ SECRET_KEY = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|DSN|DATABA
 # to the authority's last "@" (a raw "@" in it is common), never past a "/" or a space.
 URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^/\s]+)(@)")
 # password=… as a URL's query (?password=…) or a libpq keyword string (host=db password=…)
-KEYWORD_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)=)('[^']*'|[^\s&#;'\"]+)", re.I)
+KEYWORD_PASSWORD = re.compile(r"(\b(?:password|passwd)=)('[^']*'|[^\s&#;'\"]+)", re.I)
 MIN_SECRET = 4  # shorter fragments are masked only where a pattern above finds them
 MAX_LINE = 400
 # What a terminal acts on rather than shows: C0 controls but tab (ESC starts colour and cursor

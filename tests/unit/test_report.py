@@ -113,5 +113,5 @@ def test_masker_hides_url_passwords_in_any_form(env, printed, hidden):
 
 def test_masker_leaves_urls_without_passwords_alone():
     mask = Masker({})
-    for text in ("http://localhost:8000/healthz", "see https://example.com:443/a@b", "a@b:c"):
+    for text in ("http://localhost:8000/healthz", "https://example.com:443/a@b", "PWD=/srv"):
         assert mask(text) == text
