@@ -110,7 +110,7 @@ def test_control_characters_are_shown_escaped(clean, observe):
     assert "\x1b[31m✗\x1b[0m build" in second and "\x1b[1mshipyard ▸ deploy #" in second
     row["outcome"] = (
         "no raw control character in the push output or deploys/N.log; shown escaped: "
-        f"`{checkout.split('✗ checkout', 1)[1].split('points')[0].strip()}…`; "
+        f"`{re.sub(r'^.*✗ checkout +[0-9.]+s +', '', checkout).split(' points')[0]}…`; "
         "the only colour is shipyard's (with `-o color=always`)"
     )
 
