@@ -21,9 +21,10 @@ from shipyard.config import AppConfig, load_host_config, parse_app_config, parse
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options
-from shipyard.provision.supervisor import check_counts
+from shipyard.provision.supervisor import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
+from shipyard.report import escape
 from shipyard.venv import DETECTED
 
 ZERO = "0" * 40
@@ -98,6 +99,7 @@ def check_commit(app: App, commit: str) -> None:
     check_requirements(commit, config, blobs)
     if "Procfile" not in parsed:
         check_keeps_processes(app, commit)
+    check_keeps_web(app, parsed.get("Procfile"), config.processes if config else {}, commit)
     shared_env(app)  # a host .env that does not parse would fail the deploy at checkout
 
 
@@ -201,14 +203,14 @@ def main() -> None:
         check_not_root(app, load_host_config(app.config_file))
     except ShipyardError as exc:
         for _old, _new, ref in commands:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
         proto.write_pkt_line(None)
         return
     for old, new, ref in commands:
         try:
             commit, _tag = handle(app, old, new, ref, options)
         except ShipyardError as exc:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
             continue
         proto.write_pkt_line(f"ok {ref}".encode())
         if commit != new:

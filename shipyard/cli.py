@@ -127,7 +127,11 @@ def existing_app(args: argparse.Namespace) -> App:
 
 
 def emit(data: object, text: str, as_json: bool) -> int:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+    """Print a view; a message or tag from a push shows its control characters spelled out."""
+    from .report import escape
+
+    safe = "\n".join(escape(line) for line in text.split("\n"))
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else safe)
     return 0
 
 

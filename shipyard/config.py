@@ -56,6 +56,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
     "allow_root": (bool, False),
+    "web": (int, None),  # 0: this host runs the app without a web process, on purpose
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     "secret_file": (str, None),
     "name": (str, None),
@@ -114,6 +115,7 @@ class HostConfig:
     secret: str | None = None
     heartbeat: float = 10
     allow_root: bool = False  # deploy even as root (tests, throwaway containers)
+    web: int | None = None  # 0: no web process here (a worker host); a web-less Procfile is fine
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     secret_file: str | None = None
     name: str | None = None
@@ -267,6 +269,12 @@ def parse_host_config(text: str, source: str) -> HostConfig:
         raise ConfigError(f"{source}:{_line_of(text, 'keep', None)}: keep must be at least 1")
     if not 0 < data.get("port", 8000) < 65536:
         raise ConfigError(f"{source}:{_line_of(text, 'port', None)}: port must be 1-65535")
+    if data.get("web", 0) != 0:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'web', None)}: web = {data['web']}: the only value is 0 "
+            "(run the app here without a web process)",
+            "set the number of web processes under [processes] in the app's shipyard.toml",
+        )
     mode = data.get("supervisor", {}).get("mode", "embedded")
     if mode not in SUPERVISOR_MODES:
         raise ConfigError(

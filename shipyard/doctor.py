@@ -94,13 +94,16 @@ def layout_check(ctx: Context) -> Check:
             load_host_config(app.config_file)
         except ShipyardError as exc:
             return Check("layout", FAIL, str(exc.message), exc.hint or "fix shipyard.toml")
-    if app.current.is_symlink() and app.live_release() is None:
-        target = os.readlink(app.current)
+    problem = app.current_problem()
+    if problem:
+        fix = f"the next deploy replaces it (push again, or `shipyard deploy {app.name}`)"
+        if not app.current.is_symlink():
+            fix = f"move it away (mv {app.current} {app.current}.old); then {fix}"
         return Check(
             "layout",
             FAIL,
-            f"current -> {target}, which is not a release",
-            f"push again, or point current at a release in {app.releases}",
+            f"no valid live release: {problem}",
+            f"{fix}; or point it at a release: ln -sfn releases/<id> {app.current}",
         )
     live = app.live_release()
     return Check("layout", OK, f"live: {live}" if live else "complete; nothing deployed yet")

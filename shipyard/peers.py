@@ -95,7 +95,7 @@ class Prefixed(io.TextIOBase):
         self.buf += text
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
-            self.target.line(f"  [{self.label}] {line.strip()}")
+            self.target.relay(f"  [{self.label}] {line.strip()}")  # made safe by its reporter
         return len(text)
 
 

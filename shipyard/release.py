@@ -88,19 +88,26 @@ def nearly_full(path: Path) -> bool:
 
 
 def check_symlinks(tree: Path) -> None:
-    """Refuse a symlink that points outside the release: following it would reach into the host."""
-    base = Path(os.path.abspath(tree))
+    """Refuse a symlink that resolves outside the release: following it would reach the host.
+
+    Each link is resolved on the real filesystem, every link along its chain
+    included: ``s -> .`` and ``up -> s/..`` each look inside when read as text,
+    yet ``up`` is the release's parent.
+    """
+    base = os.path.realpath(tree)
     for dirpath, dirnames, filenames in os.walk(tree):
         for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
                 continue
             link = os.readlink(path)
-            resolved = Path(os.path.normpath(Path(dirpath) / link))
-            if os.path.isabs(link) or not resolved.is_relative_to(base):
-                rel = path.relative_to(tree)
+            resolved = os.path.realpath(path)
+            inside = resolved == base or resolved.startswith(base + os.sep)
+            if os.path.isabs(link) or not inside:
+                rel = os.path.relpath(path, tree)
+                where = os.path.relpath(resolved, base) if inside else resolved
                 raise PhaseError(
-                    f"symlink {rel} -> {link} points outside the release",
+                    f"symlink {rel} -> {link} points outside the release (it resolves to {where})",
                     "make it a relative link to a file inside the repository, or remove it",
                 )
 
@@ -136,7 +143,12 @@ def switch(app: App, release_id: str) -> str | None:
 
     Returns what ``current`` pointed at before, so the caller can switch back.
     """
-    previous = app.live_release()
+    previous = app.live_release()  # None also when current is no release: replaced as new
+    if os.path.isdir(app.current) and not os.path.islink(app.current):
+        raise PhaseError(
+            f"{app.current} is a directory, not a link to a release: the switch would replace it",
+            f"move it away (mv {app.current} {app.current}.old), then deploy again",
+        )
     tmp = app.dir / f".current-{os.getpid()}"
     if tmp.is_symlink():
         tmp.unlink()

@@ -688,7 +688,8 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
-    return prov.plan(d.procfile, d.config.processes, d.release_id, d.host.port, d.config.stop_grace)
+    counts = {**d.config.processes, **({"web": 0} if d.host.web == 0 else {})}  # a worker host
+    return prov.plan(d.procfile, counts, d.release_id, d.host.port, d.config.stop_grace)
 
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:

@@ -104,6 +104,7 @@ def status(app: App) -> dict:
         if last_live or os.path.lexists(app.current):
             current_missing = {
                 "dangling": os.readlink(app.current) if os.path.islink(app.current) else None,
+                "problem": app.current_problem(),  # e.g. current -> ../../.., not a release
                 "last_live": (last_live or {}).get("release"),
             }
     lock_file = history.deploy_lock(app)
@@ -185,15 +186,13 @@ def render_status(s: dict) -> str:
                 )
             )
     else:
-        lines.append(f"{s['app']}: nothing is live")
-        missing = s.get("current_missing")
+        missing = s.get("current_missing") or {}
+        problem = missing.get("problem")
+        lines.append(
+            f"{s['app']}: nothing is live" + (" (no valid live release)" if problem else "")
+        )
         if missing:
-            what = (
-                f"current points at {missing['dangling']}, which is gone"
-                if missing["dangling"]
-                else "current is missing (deleted by hand?)"
-            )
-            lines.append(fit(f"  ! {what}", WIDTH))
+            lines.append(fit(f"  ! {problem or 'current is missing (deleted by hand?)'}", WIDTH))
             if missing["last_live"]:
                 lines.append(fit(f"  ! last live: releases/{missing['last_live']}", WIDTH))
             lines.append(fit(f"  ! the next deploy sets it: shipyard deploy {s['app']}", WIDTH))

@@ -90,7 +90,7 @@ def test_permissions(host: Host):
 def test_layout(host: Host):
     (host.dir / "current").symlink_to("releases/20990101T000000Z-abcdef0")
     result = check(host, "layout")
-    assert result.status == "fail" and "which is not a release" in result.detail
+    assert result.status == "fail" and "no valid live release: current points at" in result.detail
     (host.dir / "current").unlink()
     (host.dir / "deploys").rmdir()
     assert check(host, "layout").detail == "missing: deploys/"

@@ -214,3 +214,13 @@ def test_log_excerpt_keeps_the_cause_when_it_scrolled_out():
     assert len(lines) == 20 and lines[:4] == cause and lines[4] == "…"
     assert lines[-1] == "gunicorn says 29"
     assert excerpt(log[:10], 20).splitlines() == log[:10]
+
+
+def test_web_zero_needs_no_web_line():
+    """`[processes] web = 0` is how an app says it runs without web; other types keep the check."""
+    prov.check_counts({"worker": "sleep 9"}, {"web": 0}, "shipyard.toml")
+    assert set(prov.plan({"worker": "sleep 9"}, {"web": 0}, RELEASE, 8123, 12)) == {"worker"}
+    with pytest.raises(ConfigError, match="web = 1, but the Procfile has no `web:`"):
+        prov.check_counts({"worker": "sleep 9"}, {"web": 1}, "shipyard.toml")
+    with pytest.raises(ConfigError, match="beat = 0, but the Procfile has no `beat:`"):
+        prov.check_counts({"worker": "sleep 9"}, {"beat": 0}, "shipyard.toml")
