@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from shipyard import __version__, lock, peers, release
 from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, parse_address, read_secret
-from shipyard.deploy import Deploy, discard, revert
+from shipyard.deploy import Deploy, attempt, discard, revert
 from shipyard.errors import ShipyardError
 from shipyard.options import parse_options
 from shipyard.report import Reporter
@@ -47,6 +47,7 @@ MAX_JSON = 64 * 1024
 KEEPALIVE = 2.0
 LOCK_WAIT = 120.0
 REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._/-]{1,200}$")
+KINDS = ("push", "deploy", "rollback")
 
 
 def log(message: str) -> None:
@@ -267,6 +268,9 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
             raise ValueError("options must map names to strings")
         options = parse_options([f"{k}={v}" if v else k for k, v in options.items()])
+        kind = str(data.get("kind") or "push")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         return Deploy(
             app=app,
             host=host,
@@ -277,19 +281,21 @@ class Handler(BaseHTTPRequestHandler):
             pusher=str(data.get("pusher") or "unknown")[:100],
             tag=str(data["tag"])[:200] if data.get("tag") else None,
             options=options,
+            kind=kind,
             release_id=check_release_id(str(data.get("release", ""))),
         )
 
     @contextlib.contextmanager
     def locked(self, app: App, what: str):
         info = {"deploy": f"receiver {what}", "pusher": "primary", "since": time.time()}
-        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT):
-            yield
+        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT) as held:
+            yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
         d = self.deploy_for(app, host, self.body(spool), stream)
         key = (app.name, d.release_id)
-        with self.locked(app, "prepare"):
+        with self.locked(app, "prepare") as held:
+            d.journal = held
             self.server.aborted.discard(key)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
@@ -299,9 +305,9 @@ class Handler(BaseHTTPRequestHandler):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
             if not objects.has(app.repo, d.sha):
                 return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
-            error = peers.run_phases(d, peers.PREPARE)
-            if error:
-                return {"ok": False, "error": error}
+            failure = attempt(d, peers.plan(peers.PREPARE))
+            if failure:
+                return {"ok": False, "error": str(failure)}
             if not d.reused:
                 d.manifest.state = "prepared"
                 d.manifest.save(d.release)
@@ -314,7 +320,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_switch(self, app, host, query, spool, stream) -> dict:
         data = self.body(spool)
         d = self.deploy_for(app, host, data, stream)
-        with self.locked(app, "switch"):
+        with self.locked(app, "switch") as held:
             manifest = release.Manifest.load(d.release) if d.release.is_dir() else None
             if not manifest or manifest.sha != d.sha or manifest.state not in ("prepared", "good"):
                 return {
@@ -323,11 +329,18 @@ class Handler(BaseHTTPRequestHandler):
                     "error": f"{d.release_id} is not prepared on this host",
                 }
             d.reused = manifest.state == "good"
+            d.journal = held
+            d.committed = False  # until every host has verified, it may be sent back
             peers.load_release(d)
             previous = app.live_release()
-            error = peers.run_phases(d, peers.ON_PEER_SWITCH)
-            if error:
-                return {"ok": False, "switched": False, "error": error, "previous": previous}
+            failure = attempt(d, peers.plan(peers.ON_PEER_SWITCH))
+            if failure:  # undone here; "switched" says where its undo left it
+                return {
+                    "ok": False,
+                    "switched": app.live_release() == d.release_id,
+                    "error": str(failure),
+                    "previous": previous,
+                }
             objects.set_ref(app.repo, f"refs/heads/{host.branch}", d.sha)
         return {
             "ok": True,
@@ -338,17 +351,24 @@ class Handler(BaseHTTPRequestHandler):
         }
 
     def on_revert(self, app, host, query, spool, stream) -> dict:
+        """Back from ``release`` if it is live here, as its switch and restart wrote down (the
+        previous release and the programs that ran): not from the primary's memory."""
         data = self.body(spool)
         rid = check_release_id(str(data.get("release", "")))
-        previous = data.get("previous")
-        previous = check_release_id(str(previous)) if previous else None
+        asked = data.get("previous")
+        asked = check_release_id(str(asked)) if asked else None
         with self.locked(app, "revert"):
             if app.live_release() == rid:
                 m = release.Manifest.load(app.release_dir(rid))
                 d = self.deploy_for(app, host, {"sha": m.sha, "release": rid}, stream)
-                peers.load_release(d)
-                has_previous = previous and app.release_dir(previous).is_dir()
-                d.previous = previous if has_previous else None
+                d.previous = asked
+                peers.load_undo(d)
+                if d.previous and not app.release_dir(d.previous).is_dir():
+                    return {
+                        "ok": False,
+                        "live": rid,
+                        "error": f"cannot go back: release {d.previous} is not on this host",
+                    }
                 revert(d, [peers.phase("switch"), peers.phase("restart")])
                 back = release.Manifest.load(app.release_dir(d.previous)) if d.previous else None
                 if back:

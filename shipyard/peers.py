@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import release
+from . import faults, release
 from .app import App
 from .config import HostConfig, load_host_config, read_secret
 from .errors import PhaseError, ShipyardError
@@ -47,29 +47,9 @@ def phase(name: str) -> Phase:
     return next(p for p in PHASES if p.name == name)
 
 
-def run_phases(d: Deploy, names: tuple[str, ...], done: list[Phase] | None = None) -> str | None:
-    """Run the named phases of ``deploy.PHASES`` as a deploy does; on failure undo those that
-    ran and return ``"<phase> failed: <message>"`` (None when all went well)."""
-    from .deploy import explain, report, revert
-
-    done = [] if done is None else done
-    for step in [phase(n) for n in names]:
-        t0 = time.monotonic()
-        try:
-            with d.out.ticking(step.name):
-                detail = step.run(d)
-        except (ShipyardError, OSError) as exc:
-            d.timings[step.name] = round(time.monotonic() - t0, 3)
-            message = explain(d, step, exc)
-            revert(d, done)
-            done.clear()
-            return f"{step.name} failed: {message}"
-        d.timings[step.name] = round(time.monotonic() - t0, 3)
-        if step.name == "switch":
-            d.switched_at = time.time()
-        report(d, step, detail)
-        done.append(step)
-    return None
+def plan(names: tuple[str, ...]) -> list[Phase]:
+    """The named phases of ``deploy.PHASES``, for ``deploy.attempt`` (receivers, the rollout)."""
+    return [phase(n) for n in names]
 
 
 def load_release(d: Deploy) -> None:
@@ -83,6 +63,14 @@ def load_release(d: Deploy) -> None:
     d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
     d.env = release.shared_env(d.app)
     d.out.mask = Masker(d.env)
+
+
+def load_undo(d: Deploy) -> None:
+    """Fill in the release (as ``load_release``) and what its switch wrote down for its undo."""
+    from .deploy import load_undo
+
+    load_release(d)
+    load_undo(d)
 
 
 class Prefixed(io.TextIOBase):
@@ -127,11 +115,34 @@ class PeerState:
     objects: int = 0
     bytes_sent: int = 0
     aborted: bool = False
+    error_reverting: str | None = None
     task: threading.Thread | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.address
+
+    def note(self) -> dict:
+        """What the journal keeps of it: enough to send it back after the primary died."""
+        return {
+            "address": self.address,
+            "name": self.name,
+            "live_before": self.live_before,
+            "reused": self.reused,
+        }
+
+    @classmethod
+    def from_note(cls, note: dict, app: App, secret: bytes | None, timeout: float) -> PeerState:
+        from shipyard.receiver.client import Peer
+
+        address = str(note.get("address"))
+        return cls(
+            Peer(address, app.name, secret or b"", timeout),
+            address,
+            name=str(note.get("name") or ""),
+            live_before=note.get("live_before"),
+            reused=bool(note.get("reused")),
+        )
 
 
 @dataclass
@@ -216,6 +227,7 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
                 "pusher": d.pusher,
                 "tag": d.tag,
                 "options": d.options,
+                "kind": d.kind,  # a rollback: the peer must have this release, good, as it is
             },
             on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
             idempotent=False,
@@ -355,12 +367,15 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
 def switch_local(d: Deploy, label: str) -> str | None:
     """The primary's own switch → restart → verify, its lines tagged like a peer's."""
     out = d.out
+    from .deploy import attempt
+
     d.out = Reporter(Prefixed(out, label), color=out.color, heartbeat=out.heartbeat)
     d.out.mask = out.mask
     try:
-        return run_phases(d, ROLLOUT, d.cluster.local_done)
+        failure = attempt(d, plan(ROLLOUT), d.cluster.local_done)
     finally:
         d.out = out
+    return str(failure) if failure else None
 
 
 def rollout(d: Deploy) -> str:
@@ -373,7 +388,10 @@ def rollout(d: Deploy) -> str:
     out = d.out
     failures: list[str] = []
     times: list[float] = []
+    if d.journal is not None:  # whoever recovers this deploy if it dies sends every host back
+        d.journal.update(peers=[p.note() for p in cluster.peers])
     for number, batch in enumerate(batches, 1):
+        faults.point(d.app.run, f"batch-{number}", "start", d.number)
         if len(batches) > 1:
             labels = ", ".join(local if h is None else h.label for h in batch)
             out.line(f"  … batch {number}/{len(batches)}: {labels}")
@@ -404,36 +422,47 @@ def rollout(d: Deploy) -> str:
 
 def rollback(d: Deploy) -> None:
     """Undo of rollout: every host that switched (or may have) goes back to its previous."""
-    from shipyard.receiver.client import PeerError
-
     from .deploy import revert
 
     cluster: Cluster = d.cluster
     revert(d, cluster.local_done)
     cluster.local_done.clear()
-    live = d.app.live_release()
 
     def one(p: PeerState) -> None:
-        if p.switched is False:
-            return
-        try:
-            p.client.call(
-                "POST",
-                "revert",
-                {
-                    "release": d.release_id,
-                    "previous": p.previous if p.switched else p.live_before,
-                    "discard": not p.reused,
-                },
-            )
-            p.switched = False
-        except PeerError as exc:
-            d.out.warn(
-                f"{p.label}: could not switch back ({exc.message}); it converges to "
-                f"{live or 'the live release'} on the next deploy or `shipyard sync {d.app.name}`"
-            )
+        if p.switched is not False:
+            revert_peer(d.app, p, d.release_id, p.previous if p.switched else p.live_before, d.out)
+            if not p.error_reverting:
+                p.switched = False
 
     parallel(one, cluster.peers)
+
+
+def revert_peer(app: App, p: PeerState, rid: str, previous: str | None, out: Reporter) -> None:
+    """Have a peer go back from ``rid`` (if live there) and discard it unless it was kept."""
+    from shipyard.receiver.client import PeerError
+
+    try:
+        result = p.client.call(
+            "POST", "revert", {"release": rid, "previous": previous, "discard": not p.reused}
+        )
+        p.error_reverting = None if result.get("ok") else str(result.get("error"))
+    except PeerError as exc:
+        p.error_reverting = exc.message
+    if p.error_reverting:
+        out.warn(
+            f"{p.label}: could not switch back ({p.error_reverting}); it converges to "
+            f"{app.live_release() or 'the live release'} on the next deploy or "
+            f"`shipyard sync {app.name}`"
+        )
+
+
+def go_back(app: App, host: HostConfig, rid: str, noted: list[dict], out: Reporter) -> list[str]:
+    """Every peer of an interrupted rollout (as its journal noted them) goes back from ``rid``;
+    returns the labels of those that could not be reached."""
+    secret = read_secret(host, app.config_file) if noted else None
+    states = [PeerState.from_note(n, app, secret, host.peer_timeout) for n in noted]
+    parallel(lambda p: revert_peer(app, p, rid, p.live_before, out), states)
+    return [p.label for p in states if p.error_reverting]
 
 
 def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:

@@ -711,6 +711,10 @@ def restart(d: Deploy) -> str:
         return Skip("-o no-restart: processes left as they were")
     how = sv.ensure()
     d.processes.setdefault("before", before)  # a recovery presets the previous release's
+    if d.manifest is not None:  # the undo's half of the journal: see deploy.load_undo
+        undo = d.manifest.undo or {}
+        d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes["before"]]}
+        d.manifest.save(d.release)
     try:
         running, summary = converge(sv, wanted)
     except ShipyardError as exc:
@@ -727,6 +731,13 @@ def restart(d: Deploy) -> str:
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
+
+
+def load_undo(d: Deploy, undo: dict) -> None:
+    """The processes restart handed over, as its manifest note says (another process's undo)."""
+    if "processes" in undo:
+        d.processes["before"] = [Program.from_dict(p) for p in undo["processes"]]
+        d.processes["running"] = Supervisor(d.app, d.host).load_state()  # what runs now
 
 
 def restart_previous(d: Deploy) -> None:

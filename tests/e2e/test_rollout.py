@@ -1,99 +1,273 @@
-"""Switching many hosts when one fails its health check: everyone who switched goes back.
+"""Many hosts going back: when a rollout fails anywhere, every host serves the old release.
 
-These tests run the peers' receivers in this process, on loopback, with a verify
-phase that fails where the host's shared/ holds a marker, and an app without a
-Procfile (real processes are covered in test_hosts.py). The primary is a real push.
+One primary and two peers (each peer a real network namespace with its receiver and
+its own supervisord) for the whole module, deploying the smallest WSGI app (gunicorn):
+each test starts with every host serving one good release, breaks one host, pushes,
+and checks what every host *serves* (GET / over HTTP) and which release its processes
+run (/proc/<pid>/cwd), not only where ``current`` points; then it repairs the host and
+leaves the cluster on one good release again.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_host, make_work
+from conftest import BIN, REPO, Work, processes_under, run, shipyard
+from httpload import fetch
 
-from shipyard import deploy
-from shipyard.errors import PhaseError
-from shipyard.receiver.server import Receiver
+from shipyard import faults
 
 sys.path.insert(0, str(REPO / "tests"))
 import netns  # noqa: E402
 
+pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 
-def verify_unless_marked(d: deploy.Deploy) -> str:
-    if (d.app.shared / "fail-verify").exists():
-        raise PhaseError("GET /healthz answered 500 (marker fail-verify)")
-    return "healthy"
+APP = """\
+import os
+
+from version import GREETING
+
+if os.environ.get("BROKEN"):  # set in a host's shared/.env: its web cannot start
+    raise SystemExit("BROKEN is set on this host")
+
+
+def app(environ, start_response):
+    body = b"ok" if environ.get("PATH_INFO") == "/healthz" else GREETING.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+FILES = {
+    "app.py": APP,
+    "version.py": 'GREETING = "v0"\n',
+    "requirements.txt": "gunicorn>=23\n",
+    "Procfile": "web: gunicorn app:app --workers 1 --bind 127.0.0.1:$PORT\n",
+    "shipyard.toml": 'shared = [".env"]\n\n[health]\npath = "/healthz"\n',
+}
+FETCH = (
+    "import urllib.request, sys; "
+    "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=10).read().decode())"
+)
+
+
+class Hosts:
+    """The module's cluster: the primary (``hosts[0]``) and its two peers, and the clone."""
+
+    def __init__(self, base: Path, net: netns.Net) -> None:
+        self.cluster = netns.Cluster(net, base, BIN)
+        self.peers = [self.cluster.add_peer(), self.cluster.add_peer()]
+        self.work = Work(base / "work")
+        self.work.path.mkdir()
+        self.work.git("init", "-q", "-b", "main")
+        self.version = 0
+        self.work.commit("the smallest WSGI app", **FILES)
+        self.work.git("remote", "add", "production", str(self.cluster.dir / "repo.git"))
+        self.port = int(
+            next(
+                ln.split("=")[1]
+                for ln in self.cluster.config.read_text().splitlines()
+                if ln.split("=")[0].strip() == "port"
+            )
+        )
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        return {"web1": self.cluster.dir, **{p.name: p.dir for p in self.peers}}
+
+    def peer(self, name: str) -> netns.PeerHost:
+        return next(p for p in self.peers if p.name == name)
+
+    def next_version(self) -> str:
+        self.version += 1
+        text = f"v{self.version}"
+        self.work.commit(text, **{"version.py": f'GREETING = "{text}"\n'})
+        return text
+
+    def push(self) -> str:
+        result = self.work.push()
+        return result.out
+
+    def serves(self, name: str) -> str:
+        if name == "web1":
+            status, body = fetch(self.port)
+            assert status == 200, body
+            return body
+        return run(*self.peer(name).node.cmd(sys.executable, "-c", FETCH)).stdout
+
+    def running(self, name: str) -> set[str]:
+        """The releases the host's app processes run in (their /proc/<pid>/cwd)."""
+        releases = os.path.realpath(self.dirs[name] / "releases")
+        found = set()
+        for pid in processes_under(self.dirs[name].parent):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(releases + "/"):
+                found.add(cwd[len(releases) + 1 :].split("/")[0])
+        return found
+
+    def live(self, name: str) -> str | None:
+        try:
+            return Path(os.readlink(self.dirs[name] / "current")).name
+        except OSError:
+            return None
+
+    def assert_every_host_serves(self, greeting: str, release: str, out: str = "") -> None:
+        """Every host: GET / answers ``greeting``, current is ``release``, and its processes run
+        ``release`` only (an old web drains for a moment after a handover: waited for)."""
+        for name in self.dirs:
+            assert self.live(name) == release, (name, self.live(name), release, out)
+            assert self.serves(name) == greeting, (name, self.serves(name), greeting, out)
+            deadline = time.monotonic() + 30
+            while self.running(name) != {release} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert self.running(name) == {release}, (name, self.running(name), release, out)
+
+    def good(self) -> tuple[str, str]:
+        """Push a new version that every host takes; (its greeting, its release)."""
+        text = self.next_version()
+        out = self.push()
+        assert "shipyard ▸ live" in out, out
+        live = self.live("web1")
+        self.assert_every_host_serves(text, live, out)
+        return text, live
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory) -> Hosts:
+    net = netns.Net()
+    try:
+        made = Hosts(tmp_path_factory.mktemp("rollout"), net)
+        made.good()  # every host builds its venv once
+        yield made
+    finally:
+        net.close()
+        for host_dir in [tmp_path_factory.getbasetemp()]:
+            for pid in processes_under(host_dir):
+                os.kill(pid, 9)
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, monkeypatch):
-    phases = [
-        deploy.Phase("verify", verify_unless_marked) if p.name == "verify" else p
-        for p in deploy.PHASES
-    ]
-    monkeypatch.setattr(deploy, "PHASES", phases)  # what the receivers below run
-    secret = tmp_path / "secret"
-    secret.write_text(netns.SECRET)
-    secret.chmod(0o600)
-    servers, all_hosts = [], []
-    for name in ("web1", "web2", "web3"):
-        host = make_host(tmp_path / name)
-        netns.set_config(host.dir / "shipyard.toml", secret_file=str(secret), name=name)
-        all_hosts.append(host)
+def clean(hosts: Hosts):
+    """Put back what a test changed on the hosts: rolling, markers, keep, armed faults."""
+    yield hosts
+    netns.set_config(hosts.cluster.config, rolling=0)
+    for name, path in hosts.dirs.items():
+        (path / "shared" / ".env").unlink(missing_ok=True)
+        faults.disarm(path / "run")
         if name != "web1":
-            server = Receiver(("127.0.0.1", 0), host.root, 1 << 20)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            servers.append(server)
-    addresses = [f"127.0.0.1:{s.server_address[1]}" for s in servers]
-    netns.set_config(all_hosts[0].dir / "shipyard.toml", peers=addresses, peer_timeout=5)
-    yield all_hosts
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+            netns.set_config(path / "shipyard.toml", keep=5)
 
 
-def test_rolling_batches_of_one_switch_the_first_host_back(tmp_path, hosts):
-    primary, web2, web3 = hosts
-    netns.set_config(primary.dir / "shipyard.toml", rolling=1)
-    work = make_work(tmp_path / "work", primary)
-    work.write("shipyard.toml", "")
-    work.git("rm", "-q", "Procfile")
-    work.commit("no build step, no processes")
-    work.push()
-    live = primary.live()
-    assert web2.live().name == web3.live().name == live.name
-    (web2.dir / "shared" / "fail-verify").write_text("")
-    sha = work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    result = work.push()
-    out = result.out
-    assert "batch 1/3: web1" in out and "batch 2/3: web2" in out, out
-    assert "batch 3/3" not in out and "[web3] ✓ switch" not in out.split("deploy #2")[1]
-    assert "[web1] ✓ switch" in out.split("deploy #2")[1]  # the first batch went live…
-    assert "[web2] ✗ verify" in out and "✗ rollout" in out and "marker fail-verify" in out
-    assert primary.live() == live  # …and went back
-    assert web2.live().name == web3.live().name == live.name
-    for host in hosts:  # the failed release is discarded everywhere
-        assert not [r for r in host.releases() if r.endswith(sha[:7])], host
+def break_web(hosts: Hosts, name: str) -> None:
+    """The host's web cannot start any more (as a settings module that does not exist would)."""
+    (hosts.dirs[name] / "shared" / ".env").write_text("BROKEN=1\n")
 
 
-def test_all_at_once_every_host_goes_back_when_one_fails(tmp_path, hosts):
-    primary, web2, web3 = hosts
-    work = make_work(tmp_path / "work", primary)
-    work.write("shipyard.toml", "")
-    work.git("rm", "-q", "Procfile")
-    work.commit("no build step, no processes")
-    work.push()
-    live = primary.live()
-    (web3.dir / "shared" / "fail-verify").write_text("")
-    work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    out = work.push().out
-    assert "[web2] ✓ switch" in out and "[web3] ✗ verify" in out and "✗ rollout" in out
-    assert "web3 (127.0.0.1:" in out.splitlines()[-3] or "failed at rollout: web3" in out
-    assert primary.live() == live and web2.live().name == web3.live().name == live.name
-    (web3.dir / "shared" / "fail-verify").unlink()
-    work.git("commit", "-q", "--amend", "-m", "v2 again")
-    again = work.push().out
-    assert "switch skew" in again and web3.live().name == primary.live().name != live.name
+def test_all_at_once_the_last_host_failing_sends_every_host_back(clean):
+    hosts = clean
+    greeting, live = hosts.good()
+    break_web(hosts, "web3")
+    hosts.next_version()
+    out = hosts.push()
+    assert "[web2] ✓ restart" in out and "[web3] ✗ restart" in out and "✗ rollout" in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def test_rolling_batches_of_one_the_third_host_failing_sends_hosts_1_and_2_back(clean):
+    hosts = clean
+    netns.set_config(hosts.cluster.config, rolling=1)
+    greeting, live = hosts.good()
+    faults.arm(hosts.dirs["web3"] / "run", {"at": "verify", "action": "fail"})
+    hosts.next_version()
+    out = hosts.push()
+    assert "batch 3/3: web3" in out and "[web3] ✗ verify" in out and "injected" in out, out
+    assert "[web2] ✓ verify" in out and "[web1] ✓ verify" in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def test_a_peer_raising_an_unexpected_exception_after_its_switch_is_undone(clean):
+    hosts = clean
+    greeting, live = hosts.good()
+    faults.arm(hosts.dirs["web2"] / "run", {"at": "restart", "when": "end", "action": "raise"})
+    hosts.next_version()
+    out = hosts.push()
+    assert "[web2] ✗ restart" in out and "internal error" in out and "✗ rollout" in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def test_keep_one_on_the_peers_still_lets_every_host_go_back(clean):
+    hosts = clean
+    for peer in hosts.peers:
+        netns.set_config(peer.dir / "shipyard.toml", keep=1)
+    greeting, live = hosts.good()
+    break_web(hosts, "web3")
+    hosts.next_version()
+    out = hosts.push()
+    assert "[web2] ✓ finish" in out and "✗ rollout" in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def test_rollback_with_peers_makes_the_target_live_on_every_host(clean):
+    hosts = clean
+    old_greeting, old = hosts.good()
+    greeting, live = hosts.good()
+    result = shipyard("--root", hosts.cluster.root, "rollback", "mysite", check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    hosts.assert_every_host_serves(old_greeting, old, out)
+
+    # web3 lost the release to go back to: refused, naming it, before anyone switched
+    shipyard("--root", hosts.cluster.root, "rollback", "mysite", live)  # back to the newest
+    hosts.assert_every_host_serves(greeting, live)
+    shutil.rmtree(hosts.dirs["web3"] / "releases" / old)
+    result = shipyard("--root", hosts.cluster.root, "rollback", "mysite", old, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    last = [ln for ln in out.splitlines() if ln.strip()][-1]
+    assert "web3" in last and old in last and "not on disk" in last, out
+    assert "✓ switch" not in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def entries(path: Path) -> list[dict]:
+    history = path / "deploys" / "deploys.jsonl"
+    return [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+
+
+def test_the_primary_killed_during_the_rollout_leaves_every_host_on_one_release(clean):
+    hosts = clean
+    netns.set_config(hosts.cluster.config, rolling=1)
+    greeting, live = hosts.good()
+    faults.arm(hosts.cluster.dir / "run", {"at": "batch-3", "action": "kill"})
+    hosts.next_version()
+    push = subprocess.Popen(
+        ["git", "push", "production", "main"],
+        cwd=hosts.work.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = push.communicate(timeout=240)[0]
+    assert "[web2] ✓ verify" in out and "batch 3/3" not in out, out
+    number = int(re.search(r"deploy #(\d+): main", out).group(1))
+    deadline = time.monotonic() + 120  # post-receive started `shipyard recover`
+    while not any(e["deploy"] == number for e in entries(hosts.cluster.dir)):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+    entry = next(e for e in entries(hosts.cluster.dir) if e["deploy"] == number)
+    assert entry["outcome"] == "interrupted" and entry["failed_phase"] == "rollout", entry
+    assert entry["live"] == live and live in entry["error"], entry
+    hosts.assert_every_host_serves(greeting, live, out)
+    history = shipyard("--root", hosts.cluster.root, "history", "mysite").stdout
+    assert live in history or live[-7:] in history, history
+    # and the next deploy goes ahead on every host
+    hosts.good()
