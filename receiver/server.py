@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shipyard import __version__, lock, peers, release
+from shipyard import __version__, lock, peers, release, supervise
 from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, parse_address, read_secret
 from shipyard.deploy import Deploy, attempt, discard, revert
@@ -231,7 +231,10 @@ class Handler(BaseHTTPRequestHandler):
         return info
 
     def on_info(self, app, host, query, spool, stream) -> dict:
-        return self.info(app, host, query.get("want"))
+        info = self.info(app, host, query.get("want"))
+        if query.get("processes"):  # what its processes run, for `shipyard status`
+            info["serving"] = supervise.serving(app)
+        return info
 
     def on_status(self, app, host, query, spool, stream) -> dict:
         info = self.info(app, host)

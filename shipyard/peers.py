@@ -482,9 +482,15 @@ def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
 # --- status and sync (outside deploys) --------------------------------------
 
 
-def peers_status(app: App) -> list[dict]:
-    """Every host of the app with its live release and health; the primary first."""
+def peers_status(app: App, processes: bool = False) -> list[dict]:
+    """Every host of the app with its live release and health; the primary first.
+
+    With ``processes``, each row also has ``serving``: the releases its app processes
+    run in (from /proc), None where that cannot be told.
+    """
     from shipyard.receiver.client import Peer, PeerError
+
+    from . import supervise
 
     host = load_host_config(app.config_file)
     live = app.live_release()
@@ -500,7 +506,10 @@ def peers_status(app: App) -> list[dict]:
             "error": None,
         }
     ]
+    if processes:
+        rows[0]["serving"] = supervise.serving(app)
     secret = read_secret(host, app.config_file) if host.peers else None
+    query = {"processes": "1"} if processes else None
 
     def one(address: str) -> dict:
         row = {"host": "", "address": address, "role": "peer", "live": None, "sha": None}
@@ -508,18 +517,34 @@ def peers_status(app: App) -> list[dict]:
             row.update(state="drained", error=None)
         try:
             info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5)).call(
-                "GET", "info", retries=1
+                "GET", "info", query=query, retries=1
             )
         except (PeerError, ShipyardError) as exc:
             if address not in host.drained:
                 row.update(state="unreachable", error=exc.message)
             return row
         row.update(host=info.get("name") or "", live=info.get("live"), sha=info.get("live_sha"))
+        if processes:
+            row["serving"] = info.get("serving")
         if address not in host.drained:
             row.update(state="in sync" if info.get("live") == live else "differs", error=None)
         return row
 
     return rows + parallel(one, list(host.peers))
+
+
+def disagreements(rows: list[dict]) -> list[str]:
+    """Where the hosts of ``peers_status(app, processes=True)`` do not serve one release."""
+    primary = rows[0]["live"] if rows else None
+    found = []
+    for r in rows:
+        name = r.get("host") or r["address"]
+        serving = r.get("serving")
+        if r.get("live") and serving and serving != [r["live"]]:
+            found.append(f"{name} serves {', '.join(serving)} (current {r['live']})")
+        if r["role"] == "peer" and r.get("state") == "differs":
+            found.append(f"{name} has {r.get('live') or 'nothing'} live, this host {primary}")
+    return found
 
 
 def sync(app: App, out: Reporter) -> bool:
@@ -613,7 +638,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     import json
 
     app = App.at(args.app, args.root).require()
-    rows = peers_status(app)
+    rows = peers_status(app, processes=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -623,7 +648,10 @@ def cmd_peers(args: argparse.Namespace) -> int:
             f"{name:<16} {r['address']:<22} {r['role']:<8} {r['state']:<12} "
             f"{r['live'] or '-'}" + (f"  ({r['error']})" if r.get("error") else "")
         )
-    return 0 if all(r["state"] not in ("unreachable", "differs") for r in rows) else 1
+    disagree = disagreements(rows)
+    for problem in disagree:
+        print(f"! {problem}")
+    return 0 if not disagree and all(r["state"] != "unreachable" for r in rows) else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

@@ -928,6 +928,15 @@ def status(app: App) -> list[dict]:
     return rows
 
 
+def serving(app: App) -> list[str] | None:
+    """The releases the app's processes run in (their /proc/<pid>/cwd); None if unknown."""
+    try:
+        rows = status(app)
+    except (ShipyardError, OSError, xmlrpc.client.Error):
+        return None
+    return sorted({r["release"] for r in rows if r["release"] is not None and r["pid"]})
+
+
 def format_status(app: App, rows: list[dict]) -> list[str]:
     sv = Supervisor(app, _host(app))
     kind = "embedded" if sv.settings.embedded else "system"

@@ -271,3 +271,28 @@ def test_the_primary_killed_during_the_rollout_leaves_every_host_on_one_release(
     assert live in history or live[-7:] in history, history
     # and the next deploy goes ahead on every host
     hosts.good()
+
+
+def test_status_says_plainly_when_the_hosts_disagree(clean):
+    hosts = clean
+    old_greeting, old = hosts.good()
+    greeting, live = hosts.good()
+    status = shipyard("--root", hosts.cluster.root, "status", "mysite").stdout
+    assert "disagree" not in status, status
+    # web2's current is put back by hand; its processes still serve the newer release
+    web2 = hosts.dirs["web2"]
+    tmp = web2 / ".current-by-hand"
+    tmp.symlink_to(Path("releases") / old)
+    tmp.rename(web2 / "current")
+    assert hosts.serves("web2") == greeting and hosts.running("web2") == {live}
+    status = shipyard("--root", hosts.cluster.root, "status", "mysite").stdout
+    assert "! the hosts disagree" in status, status
+    assert f"web2 serves {live} (current {old})" in status, status
+    assert f"web2 has {old} live, this host {live}" in status, status
+    peers = shipyard("--root", hosts.cluster.root, "peers", "mysite", check=False)
+    assert peers.returncode == 1 and f"! web2 serves {live}" in peers.stdout, peers.stdout
+    result = shipyard("--root", hosts.cluster.root, "deploy", "mysite", check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    hosts.assert_every_host_serves(greeting, live, out)
+    assert "disagree" not in shipyard("--root", hosts.cluster.root, "status", "mysite").stdout
