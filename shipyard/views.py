@@ -79,7 +79,7 @@ def status(app: App) -> dict:
         latest = deploys[-1] if deploys else {}
         if (
             latest.get("outcome") == "interrupted"
-            and latest.get("release") == live_id
+            and latest.get("release") in (None, live_id)  # not one that went back
             and switched
             and (entry is None or switched > (ended(entry) or 0) + 1)
         ):

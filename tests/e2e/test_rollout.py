@@ -11,7 +11,6 @@ leaves the cluster on one good release again.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,8 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, Work, processes_under, run, shipyard
-from httpload import fetch
+from conftest import BIN, REPO, Host, Work, shipyard
 
 from shipyard import faults
 
@@ -51,10 +49,6 @@ FILES = {
     "Procfile": "web: gunicorn app:app --workers 1 --bind 127.0.0.1:$PORT\n",
     "shipyard.toml": 'shared = [".env"]\n\n[health]\npath = "/healthz"\n',
 }
-FETCH = (
-    "import urllib.request, sys; "
-    "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=10).read().decode())"
-)
 
 
 class Hosts:
@@ -69,13 +63,6 @@ class Hosts:
         self.version = 0
         self.work.commit("the smallest WSGI app", **FILES)
         self.work.git("remote", "add", "production", str(self.cluster.dir / "repo.git"))
-        self.port = int(
-            next(
-                ln.split("=")[1]
-                for ln in self.cluster.config.read_text().splitlines()
-                if ln.split("=")[0].strip() == "port"
-            )
-        )
 
     @property
     def dirs(self) -> dict[str, Path]:
@@ -86,7 +73,7 @@ class Hosts:
 
     def next_version(self) -> str:
         self.version += 1
-        text = f"v{self.version}"
+        text = f"<v{self.version}>"
         self.work.commit(text, **{"version.py": f'GREETING = "{text}"\n'})
         return text
 
@@ -95,41 +82,16 @@ class Hosts:
         return result.out
 
     def serves(self, name: str) -> str:
-        if name == "web1":
-            status, body = fetch(self.port)
-            assert status == 200, body
-            return body
-        return run(*self.peer(name).node.cmd(sys.executable, "-c", FETCH)).stdout
+        return self.cluster.serves(None if name == "web1" else self.peer(name))
 
     def running(self, name: str) -> set[str]:
-        """The releases the host's app processes run in (their /proc/<pid>/cwd)."""
-        releases = os.path.realpath(self.dirs[name] / "releases")
-        found = set()
-        for pid in processes_under(self.dirs[name].parent):
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-            except OSError:
-                continue
-            if cwd.startswith(releases + "/"):
-                found.add(cwd[len(releases) + 1 :].split("/")[0])
-        return found
+        return self.cluster.running(None if name == "web1" else self.peer(name))
 
     def live(self, name: str) -> str | None:
-        try:
-            return Path(os.readlink(self.dirs[name] / "current")).name
-        except OSError:
-            return None
+        return self.cluster.live() if name == "web1" else self.peer(name).live()
 
     def assert_every_host_serves(self, greeting: str, release: str, out: str = "") -> None:
-        """Every host: GET / answers ``greeting``, current is ``release``, and its processes run
-        ``release`` only (an old web drains for a moment after a handover: waited for)."""
-        for name in self.dirs:
-            assert self.live(name) == release, (name, self.live(name), release, out)
-            assert self.serves(name) == greeting, (name, self.serves(name), greeting, out)
-            deadline = time.monotonic() + 30
-            while self.running(name) != {release} and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert self.running(name) == {release}, (name, self.running(name), release, out)
+        self.cluster.assert_serving(greeting, release, out)
 
     def good(self) -> tuple[str, str]:
         """Push a new version that every host takes; (its greeting, its release)."""
@@ -144,15 +106,14 @@ class Hosts:
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory) -> Hosts:
     net = netns.Net()
+    base = tmp_path_factory.mktemp("rollout")
     try:
-        made = Hosts(tmp_path_factory.mktemp("rollout"), net)
+        made = Hosts(base, net)
         made.good()  # every host builds its venv once
         yield made
     finally:
-        net.close()
-        for host_dir in [tmp_path_factory.getbasetemp()]:
-            for pid in processes_under(host_dir):
-                os.kill(pid, 9)
+        net.close()  # the peers' receivers and supervisords, in their namespaces
+        Host(base / "web1").stop_processes()
 
 
 @pytest.fixture
@@ -179,6 +140,16 @@ def test_all_at_once_the_last_host_failing_sends_every_host_back(clean):
     hosts.next_version()
     out = hosts.push()
     assert "[web2] ✓ restart" in out and "[web3] ✗ restart" in out and "✗ rollout" in out, out
+    hosts.assert_every_host_serves(greeting, live, out)
+
+
+def test_the_primary_failing_sends_the_peers_back(clean):
+    hosts = clean
+    greeting, live = hosts.good()
+    faults.arm(hosts.dirs["web1"] / "run", {"at": "verify", "when": "end", "action": "fail"})
+    hosts.next_version()
+    out = hosts.push()
+    assert "[web1] ✗ verify" in out and "[web2] ✓ finish" in out and "✗ rollout" in out, out
     hosts.assert_every_host_serves(greeting, live, out)
 
 
