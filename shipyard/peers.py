@@ -278,9 +278,14 @@ def prepare(d: Deploy) -> str:
     if failed:
         abort(d)
         names = ", ".join(p.label for p in failed)
+        what = (
+            f"roll back to a release every host still has (`shipyard releases {d.app.name}`)"
+            if d.kind == "rollback"
+            else f"fix {names} and push again"
+        )
         raise PhaseError(
             "; ".join(f"{p.label} ({p.address}): {p.error or 'not prepared'}" for p in failed),
-            f"nothing switched anywhere; fix {names} and push again, or drain it "
+            f"nothing switched anywhere; {what}, or drain {names} "
             f'(drained = ["{failed[0].address}"] in {d.app.config_file})',
         )
     sent = sum(p.bytes_sent for p in cluster.peers)

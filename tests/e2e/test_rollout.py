@@ -133,57 +133,51 @@ def break_web(hosts: Hosts, name: str) -> None:
     (hosts.dirs[name] / "shared" / ".env").write_text("BROKEN=1\n")
 
 
-def test_all_at_once_the_last_host_failing_sends_every_host_back(clean):
+BROKEN = {"action": "break web"}  # not a fault: break_web
+FAILING = {
+    "all at once, the last host's web cannot start": (
+        {"rolling": 0},
+        ("web3", BROKEN),
+        ["[web2] ✓ restart", "[web3] ✗ restart"],
+    ),
+    "all at once, the primary fails verify": (
+        {"rolling": 0},
+        ("web1", {"at": "verify", "when": "end", "action": "fail"}),
+        ["[web1] ✗ verify", "[web2] ✓ finish"],
+    ),
+    "rolling batches of 1, the third host fails verify": (
+        {"rolling": 1},
+        ("web3", {"at": "verify", "action": "fail"}),
+        ["batch 3/3: web3", "[web3] ✗ verify", "injected", "[web1] ✓ verify", "[web2] ✓ verify"],
+    ),
+    "a peer raises an unexpected exception after its switch": (
+        {"rolling": 0},
+        ("web2", {"at": "restart", "when": "end", "action": "raise"}),
+        ["[web2] ✗ restart", "internal error"],
+    ),
+    "keep = 1 on the peers, the last host's web cannot start": (
+        {"rolling": 0, "keep": 1},
+        ("web3", BROKEN),
+        ["[web2] ✓ finish", "[web3] ✗ restart"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILING))
+def test_a_failing_host_sends_every_host_back(clean, case):
     hosts = clean
-    greeting, live = hosts.good()
-    break_web(hosts, "web3")
-    hosts.next_version()
-    out = hosts.push()
-    assert "[web2] ✓ restart" in out and "[web3] ✗ restart" in out and "✗ rollout" in out, out
-    hosts.assert_every_host_serves(greeting, live, out)
-
-
-def test_the_primary_failing_sends_the_peers_back(clean):
-    hosts = clean
-    greeting, live = hosts.good()
-    faults.arm(hosts.dirs["web1"] / "run", {"at": "verify", "when": "end", "action": "fail"})
-    hosts.next_version()
-    out = hosts.push()
-    assert "[web1] ✗ verify" in out and "[web2] ✓ finish" in out and "✗ rollout" in out, out
-    hosts.assert_every_host_serves(greeting, live, out)
-
-
-def test_rolling_batches_of_one_the_third_host_failing_sends_hosts_1_and_2_back(clean):
-    hosts = clean
-    netns.set_config(hosts.cluster.config, rolling=1)
-    greeting, live = hosts.good()
-    faults.arm(hosts.dirs["web3"] / "run", {"at": "verify", "action": "fail"})
-    hosts.next_version()
-    out = hosts.push()
-    assert "batch 3/3: web3" in out and "[web3] ✗ verify" in out and "injected" in out, out
-    assert "[web2] ✓ verify" in out and "[web1] ✓ verify" in out, out
-    hosts.assert_every_host_serves(greeting, live, out)
-
-
-def test_a_peer_raising_an_unexpected_exception_after_its_switch_is_undone(clean):
-    hosts = clean
-    greeting, live = hosts.good()
-    faults.arm(hosts.dirs["web2"] / "run", {"at": "restart", "when": "end", "action": "raise"})
-    hosts.next_version()
-    out = hosts.push()
-    assert "[web2] ✗ restart" in out and "internal error" in out and "✗ rollout" in out, out
-    hosts.assert_every_host_serves(greeting, live, out)
-
-
-def test_keep_one_on_the_peers_still_lets_every_host_go_back(clean):
-    hosts = clean
+    config, (name, fault), expected = FAILING[case]
+    netns.set_config(hosts.cluster.config, rolling=config["rolling"])
     for peer in hosts.peers:
-        netns.set_config(peer.dir / "shipyard.toml", keep=1)
+        netns.set_config(peer.dir / "shipyard.toml", keep=config.get("keep", 5))
     greeting, live = hosts.good()
-    break_web(hosts, "web3")
+    if fault is BROKEN:
+        break_web(hosts, name)
+    else:
+        faults.arm(hosts.dirs[name] / "run", fault)
     hosts.next_version()
     out = hosts.push()
-    assert "[web2] ✓ finish" in out and "✗ rollout" in out, out
+    assert "✗ rollout" in out and all(line in out for line in expected), out
     hosts.assert_every_host_serves(greeting, live, out)
 
 

@@ -215,3 +215,25 @@ def test_a_phase_that_ran_is_undone_when_what_follows_it_fails(tmp_path: Path):
     failure = deploy.attempt(d, plan)
     assert failure.phase.name == "restart" and "Injected" in failure.message
     assert undone == ["restart", "switch"]
+
+
+def test_a_peer_keeps_the_release_it_would_go_back_to_until_the_cluster_commits(tmp_path: Path):
+    from shipyard import deploy, release
+    from shipyard.app import App
+
+    app = App(tmp_path, "mysite")
+    for n, rid in enumerate(("20260101T000000Z-aaaaaaa", "20260101T000001Z-bbbbbbb")):
+        app.release_dir(rid).mkdir(parents=True)
+        release.Manifest("a" * 40, "r", rid, n, "p", n, state="good", live_at=n).save(
+            app.release_dir(rid)
+        )
+    old, new = (r for r, _ in release.releases(app))
+    release.switch(app, new)
+    d = Deploy(app, HostConfig(keep=1), 2, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
+    d.release_id, d.previous, d.committed = new, old, False
+    d.manifest = release.Manifest.load(app.release_dir(new))
+    deploy.finish(d)
+    assert [r for r, _ in release.releases(app)] == [old, new]  # a revert still has it
+    d.committed = True
+    deploy.finish(d)
+    assert [r for r, _ in release.releases(app)] == [new]
