@@ -389,4 +389,6 @@ def render_history(h: dict) -> str:
             by + (f": {message}" if message else ""),
         )
         lines.append(fit(line, WIDTH))
+        if e.get("live") and e.get("outcome") == "interrupted":  # a rollout that went back
+            lines.append(fit(f"      ↳ {str(e.get('error')).split('; ', 1)[-1]}", WIDTH))
     return "\n".join(lines)
