@@ -175,8 +175,9 @@ def build_steps(d: Deploy) -> str:
 def switch(d: Deploy) -> str:
     # what going back needs, written before current moves: whoever undoes this switch (this
     # process, a receiver asked to revert, a recovery) reads it from the release's manifest
-    d.manifest.undo = {"deploy": d.number, "previous": d.app.live_release()}
-    d.manifest.save(d.release)
+    if d.manifest is not None:
+        d.manifest.undo = {"deploy": d.number, "previous": d.app.live_release()}
+        d.manifest.save(d.release)
     d.previous = release.switch(d.app, d.release_id)
     d.switched_at = time.time()
     return f"current → {d.release_id}"
