@@ -41,10 +41,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shipyard import __version__, lock, peers, release
+from shipyard import __version__, lock, peers, release, supervise
 from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, parse_address, read_secret
-from shipyard.deploy import Deploy, discard, revert
+from shipyard.deploy import Deploy, attempt, discard, revert
 from shipyard.errors import RootRefused, ShipyardError
 from shipyard.guard import check_not_root
 from shipyard.options import parse_options
@@ -64,6 +64,7 @@ REQUEST_TIMEOUT = 10.0  # seconds from accept to an authenticated request (TLS, 
 LINGER = 64 * 1024  # of a refused request's body, at most this much is read (and dropped)
 BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
 WILDCARDS = ("0.0.0.0", "::")
+KINDS = ("push", "deploy", "rollback")
 
 
 def log(message: str) -> None:
@@ -319,7 +320,10 @@ class Handler(BaseHTTPRequestHandler):
         return info
 
     def on_info(self, app, host, query, spool, stream) -> dict:
-        return self.info(app, host, query.get("want"))
+        info = self.info(app, host, query.get("want"))
+        if query.get("processes"):  # what its processes run, for `shipyard status`
+            info["serving"] = supervise.serving(app)
+        return info
 
     def on_status(self, app, host, query, spool, stream) -> dict:
         info = self.info(app, host)
@@ -356,6 +360,9 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
             raise ValueError("options must map names to strings")
         options = parse_options([f"{k}={v}" if v else k for k, v in options.items()])
+        kind = str(data.get("kind") or "push")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         return Deploy(
             app=app,
             host=host,
@@ -366,19 +373,21 @@ class Handler(BaseHTTPRequestHandler):
             pusher=str(data.get("pusher") or "unknown")[:100],
             tag=str(data["tag"])[:200] if data.get("tag") else None,
             options=options,
+            kind=kind,
             release_id=check_release_id(str(data.get("release", ""))),
         )
 
     @contextlib.contextmanager
     def locked(self, app: App, what: str):
         info = {"deploy": f"receiver {what}", "pusher": "primary", "since": time.time()}
-        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT):
-            yield
+        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT) as held:
+            yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
         d = self.deploy_for(app, host, self.body(spool), stream)
         key = (app.name, d.release_id)
-        with self.locked(app, "prepare"):
+        with self.locked(app, "prepare") as held:
+            d.journal = held
             self.server.aborted.discard(key)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
@@ -388,9 +397,9 @@ class Handler(BaseHTTPRequestHandler):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
             if not objects.has(app.repo, d.sha):
                 return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
-            error = peers.run_phases(d, peers.PREPARE)
-            if error:
-                return {"ok": False, "error": error}
+            failure = attempt(d, peers.plan(peers.PREPARE))
+            if failure:
+                return {"ok": False, "error": str(failure)}
             if not d.reused:
                 d.manifest.state = "prepared"
                 d.manifest.save(d.release)
@@ -403,7 +412,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_switch(self, app, host, query, spool, stream) -> dict:
         data = self.body(spool)
         d = self.deploy_for(app, host, data, stream)
-        with self.locked(app, "switch"):
+        with self.locked(app, "switch") as held:
             manifest = release.Manifest.load(d.release) if d.release.is_dir() else None
             if not manifest or manifest.sha != d.sha or manifest.state not in ("prepared", "good"):
                 return {
@@ -412,11 +421,18 @@ class Handler(BaseHTTPRequestHandler):
                     "error": f"{d.release_id} is not prepared on this host",
                 }
             d.reused = manifest.state == "good"
+            d.journal = held
+            d.committed = False  # until every host has verified, it may be sent back
             peers.load_release(d)
             previous = app.live_release()
-            error = peers.run_phases(d, peers.ON_PEER_SWITCH)
-            if error:
-                return {"ok": False, "switched": False, "error": error, "previous": previous}
+            failure = attempt(d, peers.plan(peers.ON_PEER_SWITCH))
+            if failure:  # undone here; "switched" says where its undo left it
+                return {
+                    "ok": False,
+                    "switched": app.live_release() == d.release_id,
+                    "error": str(failure),
+                    "previous": previous,
+                }
             objects.set_ref(app.repo, f"refs/heads/{host.branch}", d.sha)
         return {
             "ok": True,
@@ -427,17 +443,24 @@ class Handler(BaseHTTPRequestHandler):
         }
 
     def on_revert(self, app, host, query, spool, stream) -> dict:
+        """Back from ``release`` if it is live here, as its switch and restart wrote down (the
+        previous release and the programs that ran): not from the primary's memory."""
         data = self.body(spool)
         rid = check_release_id(str(data.get("release", "")))
-        previous = data.get("previous")
-        previous = check_release_id(str(previous)) if previous else None
+        asked = data.get("previous")
+        asked = check_release_id(str(asked)) if asked else None
         with self.locked(app, "revert"):
             if app.live_release() == rid:
                 m = release.Manifest.load(app.release_dir(rid))
                 d = self.deploy_for(app, host, {"sha": m.sha, "release": rid}, stream)
-                peers.load_release(d)
-                has_previous = previous and app.release_dir(previous).is_dir()
-                d.previous = previous if has_previous else None
+                d.previous = asked
+                peers.load_undo(d)
+                if d.previous and not app.release_dir(d.previous).is_dir():
+                    return {
+                        "ok": False,
+                        "live": rid,
+                        "error": f"cannot go back: release {d.previous} is not on this host",
+                    }
                 revert(d, [peers.phase("switch"), peers.phase("restart")])
                 back = release.Manifest.load(app.release_dir(d.previous)) if d.previous else None
                 if back:

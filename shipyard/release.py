@@ -173,6 +173,9 @@ class Manifest:
     migrations: list[str] | None = None
     builds: dict[str, str] | None = None
     live_at: float | None = None  # when a deploy last made it live (pinned pushes, rollbacks)
+    # what going back from it needs, written by the switch and restart that made it live:
+    # {"deploy": N, "previous": release id, "processes": [the programs that ran before]}
+    undo: dict | None = None
 
     def save(self, release: Path) -> None:
         path = release / MANIFEST
@@ -255,8 +258,9 @@ def remove(app: App, release_id: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def prune(app: App, keep: int) -> list[str]:
-    """Keep the ``keep`` most recently live good releases and the live one; drop the rest.
+def prune(app: App, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Keep the ``keep`` most recently live good releases, the live one and ``protect``;
+    drop the rest.
 
     Recency, not build time: a release made live again by a pinned push or a
     rollback counts as new, so the release it replaced is the one kept for the
@@ -270,7 +274,7 @@ def prune(app: App, keep: int) -> list[str]:
             key=lambda item: (recency(item[1]), item[0]),
         )
     ]
-    kept = set(good[-keep:]) | ({live} if live else set())
+    kept = set(good[-keep:]) | ({live} if live else set()) | set(protect)
     removed = []
     for rid, _ in releases(app):
         if rid not in kept:

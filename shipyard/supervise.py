@@ -712,6 +712,10 @@ def restart(d: Deploy) -> str:
         return Skip("-o no-restart: processes left as they were")
     how = sv.ensure()
     d.processes.setdefault("before", before)  # a recovery presets the previous release's
+    if d.manifest is not None:  # the undo's half of the journal: see deploy.load_undo
+        undo = d.manifest.undo or {}
+        d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes["before"]]}
+        d.manifest.save(d.release)
     try:
         running, summary = converge(sv, wanted)
     except ShipyardError as exc:
@@ -728,6 +732,13 @@ def restart(d: Deploy) -> str:
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
+
+
+def load_undo(d: Deploy, undo: dict) -> None:
+    """The processes restart handed over, as its manifest note says (another process's undo)."""
+    if "processes" in undo:
+        d.processes["before"] = [Program.from_dict(p) for p in undo["processes"]]
+        d.processes["running"] = Supervisor(d.app, d.host).load_state()  # what runs now
 
 
 def restart_previous(d: Deploy) -> None:
@@ -916,6 +927,15 @@ def status(app: App) -> list[dict]:
                 }
             )
     return rows
+
+
+def serving(app: App) -> list[str] | None:
+    """The releases the app's processes run in (their /proc/<pid>/cwd); None if unknown."""
+    try:
+        rows = status(app)
+    except (ShipyardError, OSError, xmlrpc.client.Error):
+        return None
+    return sorted({r["release"] for r in rows if r["release"] is not None and r["pid"]})
 
 
 def format_status(app: App, rows: list[dict]) -> list[str]:

@@ -79,6 +79,7 @@ def status(app: App) -> dict:
         latest = deploys[-1] if deploys else {}
         if (
             latest.get("outcome") == "interrupted"
+            and latest.get("release") in (None, live_id)  # not one that went back
             and switched
             and (entry is None or switched > (ended(entry) or 0) + 1)
         ):
@@ -109,7 +110,7 @@ def status(app: App) -> dict:
             }
     lock_file = history.deploy_lock(app)
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
-    branch, hosts = None, None
+    branch, hosts, disagree = None, None, []
     config_problem = None
     try:
         host = load_host_config(app.config_file)
@@ -117,9 +118,10 @@ def status(app: App) -> dict:
 
         branch = {"name": host.branch, "sha": branch_tip(app, f"refs/heads/{host.branch}")}
         if host.peers:
-            from .peers import peers_status
+            from .peers import disagreements, peers_status
 
-            hosts = peers_status(app)
+            hosts = peers_status(app, processes=True)
+            disagree = disagreements(hosts)
     except ShipyardError as exc:  # deploys refuse it: say why here too
         config_problem = {"message": exc.message, "hint": exc.hint}
     except Exception:  # noqa: BLE001 - status shows what it can
@@ -138,6 +140,7 @@ def status(app: App) -> dict:
         "rollback_to": rollback_target(app),
         "processes": processes(app),
         "hosts": hosts,
+        "disagree": disagree,  # many hosts: where they do not serve one release
     }
 
 
@@ -249,6 +252,10 @@ def render_status(s: dict) -> str:
         if row.get("error"):
             text += f": {row['error']}"
         lines.append(fit(f"  {'hosts' if i == 0 else '':<10} {text}", WIDTH))
+    if s.get("disagree"):
+        lines.append("  ! the hosts disagree: not one release is served everywhere")
+        lines += [fit(f"  ! {problem}", WIDTH) for problem in s["disagree"]]
+        lines.append(fit(f"  ! bring them together: shipyard deploy {s['app']}", WIDTH))
     return "\n".join(lines)
 
 
@@ -381,4 +388,6 @@ def render_history(h: dict) -> str:
             by + (f": {message}" if message else ""),
         )
         lines.append(fit(line, WIDTH))
+        if e.get("live") and e.get("outcome") == "interrupted":  # a rollout that went back
+            lines.append(fit(f"      ↳ {str(e.get('error')).split('; ', 1)[-1]}", WIDTH))
     return "\n".join(lines)
