@@ -48,7 +48,8 @@ KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc,restrict"
+# a pty is allowed by sshd but refused by the forced command for anything but `shipyard run`
+KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc,restrict,pty"
 SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
 MIN_PYTHON = (3, 11)

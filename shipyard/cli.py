@@ -236,6 +236,19 @@ def cmd_processes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from . import settings
+
+    return settings.command(args.words, args.root, args.show, args.stdin, not args.no_restart)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from . import restart
+
+    restart.run(existing_app(args), args.process)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -312,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop", action="store_true", help="stop the processes and the app's own supervisord"
     )
     p.set_defaults(func=cmd_processes)
+
+    p = sub.add_parser(
+        "config",
+        help="the app's settings (shared/.env): list, set, unset, get",
+        usage="shipyard config APP [--show] | config set APP KEY=VALUE… [--no-restart] | "
+        "config set APP KEY --stdin | config unset APP KEY… | config get APP KEY",
+    )
+    p.add_argument("words", nargs="+", metavar="[set|unset|get] APP ARG")
+    p.add_argument("--show", action="store_true", help="print the values (hidden by default)")
+    p.add_argument("--stdin", action="store_true", help="read the one KEY's value from stdin")
+    p.add_argument("--no-restart", action="store_true", help="change .env, restart nothing")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("restart", help="hand the processes over again (zero downtime), no deploy")
+    p.add_argument("app")
+    p.add_argument("--process", metavar="TYPE", help="only this Procfile type, e.g. web")
+    p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

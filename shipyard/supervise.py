@@ -545,15 +545,20 @@ def _health_of(app: App, host: HostConfig, release: str) -> Health:
 
 
 def converge(
-    sv: Supervisor, wanted: dict[str, Program], restart_same: bool = True
+    sv: Supervisor, wanted: dict[str, Program], restart_same: bool | frozenset[str] = True
 ) -> tuple[list[Program], list[str]]:
     """Bring supervisord from what runs (the state file) to ``wanted``, web without downtime.
 
     With ``restart_same`` false (switching back), a program already running
-    exactly what is wanted is left alone. Returns the programs now running and a
-    summary per type.
+    exactly what is wanted is left alone; a set of types restarts only those
+    (`shipyard restart --process`, `scale`). Returns the programs now running
+    and a summary per type.
     """
     app, host = sv.app, sv.host
+
+    def again(kind: str) -> bool:
+        return restart_same is True or (not isinstance(restart_same, bool) and kind in restart_same)
+
     running = sv.load_state()
     summary: list[str] = []
     leaving: list[Program] = []  # stopped together with the other types, once the web is over
@@ -564,7 +569,7 @@ def converge(
     if new_web is None:
         leaving = old_web
         summary.extend(["web stopped"] if old_web else [])
-    elif not restart_same and any(p.same_as(new_web) and sv.is_up(p) for p in old_web):
+    elif not again("web") and any(p.same_as(new_web) and sv.is_up(p) for p in old_web):
         summary.append(f"web ×{new_web.count} kept")
     else:
         health = _health_of(app, host, new_web.release)
@@ -619,9 +624,11 @@ def converge(
     #    then the other types start on the new release.
     others_old = [p for p in running if p.type != "web"]
     others_new = [p for t, p in wanted.items() if t != "web"]
-    kept = []
-    if not restart_same:
-        kept = [p for p in others_new if any(p.same_as(o) and sv.is_up(o) for o in others_old)]
+    kept = [
+        p
+        for p in others_new
+        if not again(p.type) and any(p.same_as(o) and sv.is_up(o) for o in others_old)
+    ]
     stopping = leaving + [o for o in others_old if not any(o.same_as(k) for k in kept)]
     starting = [p for p in others_new if p not in kept]
     if stopping:

@@ -95,7 +95,8 @@ def test_authorized_keys_merge_is_idempotent_and_keeps_other_lines(alice: Path, 
     assert changes == ["authorise key alice (ssh-ed25519) with the forced command"]
     line = next(ln for ln in text.splitlines() if "alice" in ln)
     assert line.startswith(f'command="{BIN} ssh-command alice",no-port-forwarding,')
-    assert "no-pty" in line and "no-agent-forwarding" in line and "no-X11-forwarding" in line
+    assert ",restrict,pty ssh-ed25519 " in line  # a pty only for `shipyard run` (shell.py)
+    assert "no-agent-forwarding" in line and "no-X11-forwarding" in line
     assert admin in text.splitlines()
     assert merge_authorized_keys(text, [a], BIN) == (text, [])
     text2, changes = merge_authorized_keys(text, [b], BIN)
