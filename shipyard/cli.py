@@ -249,6 +249,12 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import oneoff
+
+    return oneoff.run(existing_app(args), args.command, args.release, wait=not args.no_wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -342,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--process", metavar="TYPE", help="only this Procfile type, e.g. web")
     p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser(
+        "run",
+        help="a one-off command in the live release (its venv, .env, directory)",
+        usage="shipyard run APP [--release ID] [--no-wait] -- COMMAND [ARGS…]",
+    )
+    p.add_argument("app")
+    p.add_argument("--release", help="run in this kept release instead (id, commit or tag)")
+    p.add_argument(
+        "--no-wait", action="store_true", help="fail instead of waiting for a running migration"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command and its args")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

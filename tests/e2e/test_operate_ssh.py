@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from conftest import Work, run
@@ -204,4 +205,162 @@ def test_a_pty_is_refused_for_anything_but_run(server: Server, site: Work):  # n
     assert "only allowed for `shipyard run`" in result.stdout + result.stderr
 
 
-_ = subprocess  # used by later tests
+# --- run -------------------------------------------------------------------------------
+
+
+def ssh_run(server: Server, *words: str, input: str | None = None):  # noqa: F811
+    return run(
+        "ssh",
+        *server.ssh_options(),
+        f"{server.user}@127.0.0.1",
+        shlex.join(["shipyard", *words]),
+        input=input,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_run_in_the_live_release(server: Server, site: Work):  # noqa: F811
+    ssh_ok(server, "config", "set", "mysite", "RUN_TOKEN=abcd-1234-secret", "--no-restart")
+    live = (server.app / "current").resolve()
+    script = "import os, sys; print(os.getcwd(), sys.prefix); print(os.environ['RUN_TOKEN'])"
+    result = ssh_run(server, "run", "mysite", "--", "python", "-c", script)
+    assert result.returncode == 0, result.stderr
+    cwd, prefix = result.stdout.splitlines()[0].split()
+    assert cwd == str(live) and Path(prefix).resolve() == (live / ".venv").resolve()
+    assert result.stdout.splitlines()[1] == "********"  # masked like deploy output
+    assert "abcd-1234-secret" not in result.stdout + result.stderr
+
+    django = ssh_run(
+        server,
+        "run",
+        "mysite",
+        "--",
+        "python",
+        "manage.py",
+        "shell",
+        "-c",
+        "import os; from django.conf import settings; print(settings.DATA_DIR)",
+    )
+    assert django.returncode == 0, django.stderr
+    assert django.stdout.splitlines()[-1] == str(server.app / "shared")
+
+    failed = ssh_run(server, "run", "mysite", "--", "python", "-c", "import sys; sys.exit(3)")
+    assert failed.returncode == 3
+    piped = ssh_run(
+        server, "run", "mysite", "--", "python", "-c", "print(input()[::-1])", input="abc\n"
+    )
+    assert piped.stdout == "cba\n"
+    log = (server.home / ".shipyard" / "ssh.log").read_text().splitlines()
+    assert any("key=alice" in ln and "allowed" in ln and "sys.exit(3)" in ln for ln in log)
+
+
+def test_run_interactive_under_a_pty(server: Server, site: Work):  # noqa: F811
+    """`ssh -t … shipyard run mysite -- python manage.py shell`, driven through `script`:
+    a line typed at the shell's prompt is evaluated, then `exit()` ends it."""
+    ssh = shlex.join(
+        [
+            "ssh",
+            "-tt",
+            *server.ssh_options(),
+            f"{server.user}@127.0.0.1",
+            "shipyard run mysite -- python manage.py shell",
+        ]
+    )
+    session = subprocess.Popen(
+        ["script", "-q", "-e", "-c", ssh, "/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    seen = bytearray()
+    reader = threading.Thread(
+        target=lambda: [seen.extend(b) for b in iter(lambda: session.stdout.read1(4096), b"")],
+        daemon=True,
+    )
+    reader.start()
+
+    def prompt(count: int) -> None:
+        deadline = time.monotonic() + 90
+        while seen.count(b">>> ") < count:
+            assert session.poll() is None and time.monotonic() < deadline, seen.decode()
+            time.sleep(0.05)
+
+    try:
+        prompt(1)
+        session.stdin.write(b"import sys; print(6 * 7, sys.stdin.isatty())\r")
+        session.stdin.flush()
+        prompt(2)
+        session.stdin.write(b"exit()\r")
+        session.stdin.flush()
+        assert session.wait(timeout=60) == 0, seen.decode()
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    reader.join(timeout=10)
+    out = seen.decode(errors="replace").replace("\r", "")
+    assert re.search(r"(?m)^42 True$", out), out
+    assert "refused" not in out
+
+
+def test_run_waits_for_a_migration_or_refuses(server: Server, site: Work):  # noqa: F811
+    note = {
+        "deploy": 98,
+        "sha": "e" * 40,
+        "pusher": "bob",
+        "since": time.time(),
+        "phase": "migrate",
+    }
+    with lock.exclusive(server.app / "run" / "deploy.lock", note):
+        refused = ssh_run(server, "run", "mysite", "--no-wait", "--", "python", "-c", "print(1)")
+        assert refused.returncode == 1
+        assert "deploy #98 (eeeeeee by bob" in refused.stderr and "migrating" in refused.stderr
+        assert refused.stdout == ""
+        waiting = subprocess.Popen(
+            [
+                "ssh",
+                *server.ssh_options(),
+                f"{server.user}@127.0.0.1",
+                "shipyard run mysite -- python -c 'print(\"ran\")'",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        log = server.home / ".shipyard" / "ssh.log"
+        while 'print("ran")' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert waiting.poll() is None  # still waiting for the migration
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and out == "ran\n", err
+    assert "waiting: deploy #98" in err
+
+
+def test_run_in_a_kept_release(server: Server, site: Work):  # noqa: F811
+    first = (server.app / "current").resolve().name
+    site.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from mysite v2"\n'})
+    push(server, site)
+    show = ["python", "-c", "from mysite.version import GREETING; print(GREETING)"]
+    assert ssh_run(server, "run", "mysite", "--", *show).stdout == "Hello from mysite v2\n"
+    old = ssh_run(server, "run", "mysite", "--release", first, "--", *show)
+    assert old.returncode == 0 and old.stdout == "Hello from mysite v1\n", old.stderr
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["run", "mysite"], "no command given"),
+        (["run", "mysite", "--"], "no command given"),
+        (["run", "nosuchapp", "--", "ls"], "no shipyard app"),
+        (["run", "mysite", "--release", "nosuch", "--", "ls"], "no release 'nosuch'"),
+        (["run", "mysite", "--", "no-such-command"], "command not found"),
+        (["run", "mysite", "--root", "/", "--", "ls"], "refused"),
+    ],
+)
+def test_run_bad_input(server: Server, site: Work, words, message: str):  # noqa: F811
+    result = ssh_run(server, *words)
+    assert result.returncode != 0
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
