@@ -255,6 +255,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return oneoff.run(existing_app(args), args.command, args.release, wait=not args.no_wait)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from . import logs
+
+    return logs.show(existing_app(args), args.lines, args.follow, args.process)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -361,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command and its args")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("logs", help="the processes' output, merged by time (-f to follow)")
+    p.add_argument("app")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    p.add_argument("--process", metavar="TYPE", help="one Procfile type (web) or process (web.1)")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

@@ -44,6 +44,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnect
 from .app import App
 from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
 from .errors import AppError, PhaseError, ShipyardError
+from .logs import unstamp
 from .provision import supervisor as prov
 from .provision.supervisor import Listener, Program
 from .report import Skip
@@ -299,7 +300,7 @@ def tail(path: Path, offset: int, lines: int = LOG_TAIL) -> str:
             data = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return excerpt(data.rstrip().splitlines(), lines)
+    return excerpt(unstamp(data).rstrip().splitlines(), lines)
 
 
 def excerpt(text: list[str], lines: int = LOG_TAIL) -> str:

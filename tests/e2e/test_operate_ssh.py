@@ -36,6 +36,7 @@ from mysite.version import GREETING
 
 
 def index(request):
+    print(f"served {request.path}", flush=True)
     return HttpResponse(f"{os.environ.get('GREETING', GREETING)}\\n", content_type="text/plain")
 
 
@@ -362,5 +363,68 @@ def test_run_in_a_kept_release(server: Server, site: Work):  # noqa: F811
 )
 def test_run_bad_input(server: Server, site: Work, words, message: str):  # noqa: F811
     result = ssh_run(server, *words)
+    assert result.returncode != 0
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+# --- logs ------------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d (web\.1 (?:blue|green)) +(\w{7}|-) +│ (.*)$")
+
+
+def test_logs_last_lines(server: Server, site: Work):  # noqa: F811
+    for _ in range(3):
+        fetch(port(server), "/?from=logs-test")
+    out = ssh_ok(server, "logs", "mysite", "-n", "5")
+    lines = out.splitlines()
+    assert len(lines) == 5, out
+    parsed = [LOG_LINE.match(ln) for ln in lines]
+    assert all(parsed), out
+    sha = (server.app / "current").resolve().name.rsplit("-", 1)[1]
+    assert parsed[-1][2] == sha and parsed[-1][3] == "served /"
+    assert "served /" in ssh_ok(server, "logs", "mysite", "--process", "web", "-n", "3")
+    conf = (server.app / "run" / "programs.conf").read_text()
+    assert "stdout_logfile_maxbytes = 10MB" in conf and "stdout_logfile_backups = 3" in conf
+
+
+def test_logs_follow_across_a_deploy(server: Server, site: Work):  # noqa: F811
+    follow = subprocess.Popen(
+        ["ssh", *server.ssh_options(), f"{server.user}@127.0.0.1", "shipyard logs mysite -f -n 1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(follow.stdout.readline, "")))
+    reader.daemon = True
+    reader.start()
+    try:
+        sha = site.commit("v3", **{"mysite/version.py": 'GREETING = "Hello from mysite v3"\n'})
+        push(server, site)
+        deadline = time.monotonic() + 60
+        while not any(f" {sha[:7]} " in ln and "served /" in ln for ln in seen):
+            assert follow.poll() is None and time.monotonic() < deadline, "".join(seen)
+            fetch(port(server))
+            time.sleep(0.2)
+    finally:
+        follow.kill()
+        follow.wait()
+    mine = [LOG_LINE.match(ln.rstrip("\n")) for ln in seen]
+    assert all(mine), seen
+    releases = {m[2] for m in mine}
+    assert sha[:7] in releases
+    assert any("starting on releases/" in m[3] and m[2] == sha[:7] for m in mine)
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["logs", "mysite", "--process", "nosuch"], "no process type 'nosuch'"),
+        (["logs", "mysite", "-n", "-1"], "give a number of lines"),
+        (["logs", "nosuchapp"], "no shipyard app"),
+    ],
+)
+def test_logs_bad_input(server: Server, site: Work, words, message: str):  # noqa: F811
+    result = server.ssh("shipyard", *words)
     assert result.returncode != 0
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
