@@ -233,6 +233,10 @@ def cmd_processes(args: argparse.Namespace) -> int:
         print(f"shipyard ▸ {app.name}: supervisord {how}")
     for line in supervise.format_status(app, supervise.status(app)):
         print(line)
+    from .scale import describe
+
+    if describe(app):
+        print(describe(app))
     return 0
 
 
@@ -259,6 +263,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from . import logs
 
     return logs.show(existing_app(args), args.lines, args.follow, args.process)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from . import scale
+
+    scale.run(existing_app(args), args.counts)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")
+    p = sub.add_parser(
+        "processes", aliases=["ps"], help="the app's processes: state, pid, uptime, release"
+    )
     p.add_argument("app")
     what = p.add_mutually_exclusive_group()
     what.add_argument(
@@ -374,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
     p.add_argument("--process", metavar="TYPE", help="one Procfile type (web) or process (web.1)")
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("scale", help="host-side process counts, e.g. web=3 worker=0")
+    p.add_argument("app")
+    p.add_argument("counts", nargs="*", metavar="TYPE=COUNT", help="a count, or TYPE=default")
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

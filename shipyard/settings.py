@@ -205,7 +205,7 @@ def change(
         old, new = plan(app, values, unset)  # again, under the lock
         if old == new:
             c.out.final(f"{app.name}: {what}: already so; nothing changed", True)
-            c.record(f"{what} (no change)", keys=keys, change=verb)
+            c.record(f"{verb} {', '.join(keys)} (no change)", keys=keys, change=verb)
             return True
         c.out.title(f"config #{c.number}: {verb} {', '.join(keys)} by {c.by}")
         started = time.monotonic()
@@ -226,7 +226,7 @@ def change(
             else:
                 c.out.ok("restart", time.monotonic() - started, detail)
             restart = not isinstance(detail, Skip)
-        c.record(what, keys=keys, change=verb, restarted=restart)
+        c.record(f"{verb} {', '.join(keys)}", keys=keys, change=verb, restarted=restart)
         c.out.final(f"{app.name}: {what}" + ("; processes restarted" if restart else ""), True)
     return True
 

@@ -695,8 +695,11 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
+    from .scale import counts_for  # the host's counts (`shipyard scale`) win
+
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
-    return prov.plan(d.procfile, d.config.processes, d.release_id, d.host.port, d.config.stop_grace)
+    counts = counts_for(d.app, d.procfile, d.config.processes)
+    return prov.plan(d.procfile, counts, d.release_id, d.host.port, d.config.stop_grace)
 
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:

@@ -7,6 +7,7 @@ and its example app, changed to serve a setting of its .env.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import stat
@@ -428,3 +429,62 @@ def test_logs_bad_input(server: Server, site: Work, words, message: str):  # noq
     result = server.ssh("shipyard", *words)
     assert result.returncode != 0
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+# --- scale -----------------------------------------------------------------------------
+
+WORKER = 'worker: python -c "import time; time.sleep(10**6)"\n'
+
+
+def test_scale_under_load_survives_the_next_deploy(server: Server, site: Work):  # noqa: F811
+    procfile = (site.path / "Procfile").read_text()
+    site.commit("a worker", Procfile=procfile + WORKER)
+    push(server, site)
+    assert len(pids(server, "worker")) == 1
+    with under_load(server) as load:
+        out = ssh_ok(server, "scale", "mysite", "web=3")
+    assert load.results and not load.failures(), load.failures()[:5]
+    assert "web ×3 healthy" in out and "worker ×1 kept" in out
+    assert len(pids(server)) == 3
+    listed = ssh_ok(server, "ps", "mysite")
+    assert all(f"web.{i} " in listed for i in (1, 2, 3)) and "web=3" in listed
+    history = ssh_ok(server, "history", "mysite")
+    assert any(" scale " in ln and "web=3" in ln for ln in history.splitlines())
+
+    worker = pids(server, "worker")
+    webs = pids(server)
+    ssh_ok(server, "scale", "mysite", "worker=0")
+    assert pids(server, "worker") == set() and pids(server) == webs  # the web kept running
+
+    site.commit("v4", **{"mysite/version.py": 'GREETING = "Hello from mysite v4"\n'})
+    push(server, site)
+    live = (server.app / "current").resolve()
+    after = pids(server)
+    assert len(after) == 3 and not after & webs
+    assert all(os.readlink(f"/proc/{pid}/cwd") == str(live) for pid in after)
+    assert pids(server, "worker") == set() and worker
+
+    with under_load(server) as load:
+        ssh_ok(server, "scale", "mysite", "web=1", "worker=default")
+    assert load.results and not load.failures(), load.failures()[:5]
+    assert len(pids(server)) == 1 and len(pids(server, "worker")) == 1
+    assert json.loads((server.app / "scale.json").read_text()) == {"web": 1}
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["scale", "mysite", "web=-1"], "write TYPE=COUNT"),
+        (["scale", "mysite", "web=abc"], "write TYPE=COUNT"),
+        (["scale", "mysite", "web"], "write TYPE=COUNT"),
+        (["scale", "mysite", "nosuch=1"], "no process type 'nosuch'"),
+        (["scale", "nosuchapp", "web=1"], "no shipyard app"),
+    ],
+)
+def test_scale_bad_input(server: Server, site: Work, words, message: str):  # noqa: F811
+    scale = server.app / "scale.json"
+    before = scale.read_bytes() if scale.exists() else None
+    result = server.ssh("shipyard", *words)
+    assert result.returncode != 0
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert (scale.read_bytes() if scale.exists() else None) == before
