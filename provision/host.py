@@ -12,7 +12,8 @@ nothing and says so, and ``--dry-run`` prints what a run would do:
    forwarding, no pty;
 4. supervisord: with the Debian ``supervisor`` package, a program that runs the
    deploy user's own supervisord (see ``configure_supervisor``); without it,
-   every app runs shipyard's embedded supervisord;
+   a systemd unit that does (``configure_boot``); either way that supervisord
+   starts every app's embedded supervisord at boot (``shipyard boot``);
 5. optionally apps (``--app``), created with ``shipyard init`` as the deploy user.
 """
 
@@ -52,6 +53,7 @@ KEY_TYPES = (
 KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc,restrict,pty"
 SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
+SYSTEMD_DIR = Path("/etc/systemd/system")
 MIN_PYTHON = (3, 11)
 SOURCE_PACKAGES = ("shipyard", "hooks", "receiver", "provision")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -560,6 +562,16 @@ class Provisioner:
             sync=self.o.sync,
         ):
             self.change(change)
+        for change in configure_boot(
+            self.layout,
+            mode=self.o.supervisor,
+            conf_dir=self.o.supervisor_conf_dir,
+            dry_run=self.o.dry_run,
+            note=self.note,
+            receiver=self.o.receiver,
+            sync=self.o.sync,
+        ):
+            self.change(change)
 
     # 5. apps
 
@@ -750,7 +762,7 @@ def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] =
         programs.append(
             _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
         )
-    return _supervisord_base(lay) + "".join(programs)
+    return _supervisord_base(lay) + boot_program(lay) + "".join(programs)
 
 
 def _user_program(lay: Layout, name: str, command: str, log: str) -> str:
@@ -785,10 +797,92 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl = unix://{lay.supervisord_socket}
-
-[include]
-files = {lay.apps}/*/run/programs.conf
 """
+
+
+def boot_program(lay: Layout) -> str:
+    """Once, when the user's supervisord starts (at boot): every app's own supervisord.
+
+    Each app runs shipyard's embedded supervisord, the one its deploys talk to
+    (``run/supervisord.sock``); the user's supervisord does not include the
+    apps' programs itself, which would run them twice.
+    """
+    return f"""
+[program:shipyard-apps]
+command = {lay.shipyard_bin} --root {lay.apps} boot
+directory = {lay.home}
+autostart = true
+autorestart = false
+startsecs = 0
+redirect_stderr = true
+stdout_logfile = {lay.state}/boot.log
+"""
+
+
+def boot_unit(lay: Layout) -> str:
+    """The systemd unit that starts the deploy user's supervisord at boot, as that user."""
+    return f"""\
+# written by `shipyard provision`: {lay.user}'s supervisord (its apps, receiver, sync) at boot
+[Unit]
+Description=shipyard apps of {lay.user}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+User={lay.user}
+WorkingDirectory={lay.home}
+Environment=HOME={lay.home} USER={lay.user}
+ExecStart={lay.venv / "bin" / "supervisord"} -n -c {lay.supervisord_conf}
+Restart=on-failure
+# the apps' own supervisords outlive a restart of this one (their processes keep serving)
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def configure_boot(
+    lay: Layout,
+    mode: str = "auto",
+    conf_dir: Path = SUPERVISOR_CONF_DIR,
+    dry_run: bool = False,
+    note=print,
+    receiver: str | None = None,
+    sync: list[str] = (),
+) -> list[str]:
+    """Without a system supervisord, a systemd unit starts the user's supervisord at boot."""
+    if mode == "none" or conf_dir.is_dir():  # none: nothing wanted; else Debian's starts it
+        return []
+    start = f"runuser -u {lay.user} -- {lay.venv / 'bin' / 'supervisord'} -c {lay.supervisord_conf}"
+    unit = SYSTEMD_DIR / f"shipyard-{lay.user}.service"
+    files = [(lay.supervisord_conf, supervisord_conf(lay, receiver, sync))]
+    if SYSTEMD_DIR.is_dir():
+        files.append((unit, boot_unit(lay)))
+    changes = []
+    for path, text in files:
+        if not (path.is_file() and path.read_text() == text):
+            changes.append(f"write {path}")
+            if not dry_run:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(text)
+                tmp.chmod(0o644)
+                os.rename(tmp, path)
+    if not SYSTEMD_DIR.is_dir():
+        note(f"no systemd: to start the apps at boot, have the init system run `{start}`")
+        return changes
+    systemctl = shutil.which("systemctl", path=PATH)
+    enabled = SYSTEMD_DIR / "multi-user.target.wants" / unit.name
+    if systemctl and not enabled.is_symlink():
+        changes.append(f"enable {unit.name} (starts {lay.user}'s apps at boot)")
+        if not dry_run:
+            subprocess.run([systemctl, "enable", unit.name], capture_output=True)
+    if not Path("/run/systemd/system").is_dir():
+        note(f"systemd is not running here (a container?): now and at boot, run `{start}`")
+    elif changes and not dry_run:
+        subprocess.run([systemctl, "daemon-reload"], capture_output=True)
+        subprocess.run([systemctl, "start", unit.name], capture_output=True)
+    return changes
 
 
 def system_program(lay: Layout) -> str:

@@ -272,6 +272,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    from . import boot
+    from .app import default_root
+
+    return boot.start_all((args.root or default_root()).absolute())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -392,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("counts", nargs="*", metavar="TYPE=COUNT", help="a count, or TYPE=default")
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser(
+        "boot", help="start every app's processes (run at boot by provision's set-up)"
+    )
+    p.set_defaults(func=cmd_boot)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

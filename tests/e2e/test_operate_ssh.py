@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 from conftest import Work, run
 from httpload import Load, fetch
-from test_ssh import Server, clone_example, push, server  # noqa: F401 - the module's sshd
+from test_ssh import (  # noqa: F401 - server: the module's sshd
+    Server,
+    clone_example,
+    end_user_processes,
+    push,
+    server,
+    user_pids,
+)
 
 from shipyard import lock, supervise
 from shipyard.app import App
@@ -488,3 +495,61 @@ def test_scale_bad_input(server: Server, site: Work, words, message: str):  # no
     assert result.returncode != 0
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert (scale.read_bytes() if scale.exists() else None) == before
+
+
+# --- reboot ----------------------------------------------------------------------------
+
+
+def unit_command(unit: Path) -> tuple[str, list[str], dict[str, str], Path]:
+    """(User, ExecStart, Environment, WorkingDirectory) of a systemd unit, as systemd reads them."""
+    fields = dict(
+        line.split("=", 1) for line in unit.read_text().splitlines() if re.match(r"^\w+=", line)
+    )
+    env = dict(pair.split("=", 1) for pair in shlex.split(fields["Environment"]))
+    return fields["User"], shlex.split(fields["ExecStart"]), env, Path(fields["WorkingDirectory"])
+
+
+def test_apps_come_back_after_a_reboot(server: Server, site: Work):  # noqa: F811
+    unit = Path("/etc/systemd/system") / f"shipyard-{server.user}.service"
+    assert f"write {unit}" in server.provision_out
+    assert f"enable {unit.name}" in server.provision_out
+    assert (unit.parent / "multi-user.target.wants" / unit.name).resolve() == unit
+    assert "✓ boot" in ssh_ok(server, "doctor", "mysite")
+    live = (server.app / "current").resolve()
+    before = fetch(port(server))
+    assert before[0] == 200
+
+    uid = server.home.stat().st_uid
+    end_user_processes(uid)  # the power goes off: nothing of the deploy user survives
+    assert not user_pids(uid)
+    with pytest.raises(OSError):
+        fetch(port(server), timeout=2)
+
+    user, command, env, cwd = unit_command(unit)  # the boot: what systemd runs
+    assert user == server.user
+    booted = subprocess.Popen(
+        ["runuser", "-u", user, "--", *command],
+        cwd=cwd,
+        env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if fetch(port(server), timeout=5) == before:
+                    break
+            except OSError:
+                pass
+            assert booted.poll() is None and time.monotonic() < deadline, (
+                server.home / ".shipyard" / "boot.log"
+            ).read_text()
+            time.sleep(0.2)
+        assert all(os.readlink(f"/proc/{pid}/cwd") == str(live) for pid in pids(server))
+        boot_log = (server.home / ".shipyard" / "boot.log").read_text()
+        assert "shipyard boot ▸ mysite: supervisord started" in boot_log
+        assert "live" in ssh_ok(server, "ps", "mysite")
+    finally:
+        booted.terminate()
+        booted.wait(timeout=30)

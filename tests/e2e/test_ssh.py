@@ -232,6 +232,9 @@ def server(tmp_path_factory):
         if uid is not None:
             end_user_processes(uid)
             subprocess.run(["userdel", "-r", user], capture_output=True)
+        unit = Path("/etc/systemd/system") / f"shipyard-{user}.service"  # provision's boot start
+        (unit.parent / "multi-user.target.wants" / unit.name).unlink(missing_ok=True)
+        unit.unlink(missing_ok=True)
         assert not Path(f"/home/{user}").exists() or uid is None
 
 
