@@ -552,26 +552,17 @@ class Provisioner:
 
     def supervisor(self) -> None:
         assert self.layout
-        for change in configure_supervisor(
-            self.layout,
-            mode=self.o.supervisor,
-            conf_dir=self.o.supervisor_conf_dir,
-            dry_run=self.o.dry_run,
-            note=self.note,
-            receiver=self.o.receiver,
-            sync=self.o.sync,
-        ):
-            self.change(change)
-        for change in configure_boot(
-            self.layout,
-            mode=self.o.supervisor,
-            conf_dir=self.o.supervisor_conf_dir,
-            dry_run=self.o.dry_run,
-            note=self.note,
-            receiver=self.o.receiver,
-            sync=self.o.sync,
-        ):
-            self.change(change)
+        for configure in (configure_supervisor, configure_boot):  # and its start at boot
+            for change in configure(
+                self.layout,
+                mode=self.o.supervisor,
+                conf_dir=self.o.supervisor_conf_dir,
+                dry_run=self.o.dry_run,
+                note=self.note,
+                receiver=self.o.receiver,
+                sync=self.o.sync,
+            ):
+                self.change(change)
 
     # 5. apps
 
@@ -842,6 +833,21 @@ WantedBy=multi-user.target
 """
 
 
+def write_files(files: list[tuple[Path, str]], dry_run: bool) -> list[str]:
+    """Write each (path, text) that differs (0644, renamed into place); the changes made."""
+    changes = []
+    for path, text in files:
+        if path.is_file() and path.read_text() == text:
+            continue
+        changes.append(f"write {path}")
+        if not dry_run:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            os.rename(tmp, path)
+    return changes
+
+
 def configure_boot(
     lay: Layout,
     mode: str = "auto",
@@ -859,15 +865,7 @@ def configure_boot(
     files = [(lay.supervisord_conf, supervisord_conf(lay, receiver, sync))]
     if SYSTEMD_DIR.is_dir():
         files.append((unit, boot_unit(lay)))
-    changes = []
-    for path, text in files:
-        if not (path.is_file() and path.read_text() == text):
-            changes.append(f"write {path}")
-            if not dry_run:
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(text)
-                tmp.chmod(0o644)
-                os.rename(tmp, path)
+    changes = write_files(files, dry_run)
     if not SYSTEMD_DIR.is_dir():
         note(f"no systemd: to start the apps at boot, have the init system run `{start}`")
         return changes
@@ -944,7 +942,7 @@ def configure_supervisor(
             f"--supervisor system: {conf_dir} does not exist",
             "install Debian's supervisor package (apt-get install supervisor) or use auto",
         )
-    changes = []
+    changes: list[str] = []
     files = [
         (lay.supervisord_conf, supervisord_conf(lay, receiver, sync)),
         (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
@@ -952,15 +950,7 @@ def configure_supervisor(
     user_conf_changed = not (
         lay.supervisord_conf.is_file() and lay.supervisord_conf.read_text() == files[0][1]
     )
-    for path, text in files:
-        if path.is_file() and path.read_text() == text:
-            continue
-        changes.append(f"write {path}")
-        if not dry_run:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.chmod(0o644)
-            os.rename(tmp, path)
+    changes += write_files(files, dry_run)
     if changes and not dry_run:
         enabled = enable_supervisor_program()
         changes.append(enabled)

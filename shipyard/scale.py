@@ -98,12 +98,16 @@ def run(app: App, words: list[str], term=None) -> None:
             f"{t}={'default' if n is None else n}" for t, n in wanted.items()
         )
         c.out.title(f"scale #{c.number}: {what.removeprefix('scale ')} by {c.by}")
+        existed = path(app).exists()
         write(app, new)
         started = time.monotonic()
         try:
             detail = handover(app, c.host, c.out, restart=False)
         except Exception:
-            write(app, old)
+            if existed:
+                write(app, old)
+            else:
+                path(app).unlink()
             c.out.line(f"  ↩ {path(app).name} back as it was")
             raise
         c.out.ok("restart", time.monotonic() - started, detail)

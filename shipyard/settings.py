@@ -76,7 +76,11 @@ def read_text(app: App) -> str:
 
 
 def parse(text: str, source: str) -> dict[str, str]:
-    """What python-dotenv makes of ``text`` (as the processes get it); refuses a bad line."""
+    """What python-dotenv makes of ``text`` (as the processes get it); refuses a bad line.
+
+    python-dotenv only logs a warning for a line it cannot parse and then drops it, which
+    would run with a variable silently missing: refuse instead, without echoing the line.
+    """
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
 
@@ -85,7 +89,7 @@ def parse(text: str, source: str) -> dict[str, str]:
             raise ConfigError(
                 f"{source}:{binding.original.line}: cannot parse this line of .env "
                 "(not shown: it may hold a secret)",
-                "fix it first: write KEY=value, one per line",
+                "write KEY=value, one per line; quote a value that has spaces, '#' or quotes",
             )
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
@@ -208,6 +212,7 @@ def change(
             c.record(f"{verb} {', '.join(keys)} (no change)", keys=keys, change=verb)
             return True
         c.out.title(f"config #{c.number}: {verb} {', '.join(keys)} by {c.by}")
+        existed = env_file(app).exists()
         started = time.monotonic()
         write(app, new)
         c.out.ok("write .env", time.monotonic() - started, f"{env_file(app)} (0600)")
@@ -218,7 +223,10 @@ def change(
             try:
                 detail = handover(app, c.host, c.out)
             except ShipyardError:
-                write(app, old)  # the processes that kept serving run with the old settings
+                if existed:  # the processes that kept serving run with the old settings
+                    write(app, old)
+                else:
+                    env_file(app).unlink()
                 c.out.line(f"  ↩ {env_file(app)} back as it was")
                 raise
             if isinstance(detail, Skip):
