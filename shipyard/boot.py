@@ -52,9 +52,12 @@ def start_all(root: Path) -> int:
 
 def started_by(app: App) -> tuple[str | None, str]:
     """(what starts the app's processes at boot or None, the fix when nothing does)."""
-    user = pwd.getpwuid(app.dir.stat().st_uid).pw_name
+    try:
+        user = pwd.getpwuid(app.dir.stat().st_uid).pw_name
+        home = Path(pwd.getpwnam(user).pw_dir)
+    except (KeyError, OSError):
+        return None, "the app's owner is not a user of this host; start its processes yourself"
     fix = f"as root: shipyard provision --user {user} (sets up the start at boot)"
-    home = Path(pwd.getpwnam(user).pw_dir)
     if app.root.absolute() != home / "apps":
         return None, f"only {home / 'apps'} is started at boot; or start it yourself"
     if (SUPERVISOR_CONF_DIR / f"shipyard-{user}.conf").is_file():

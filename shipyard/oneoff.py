@@ -219,9 +219,13 @@ def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -
 def split(words: list[str]) -> tuple[list[str], str | None, bool]:
     """(command, --release, --no-wait) from what follows APP (argparse leaves them together)."""
     release_name, no_wait = None, False
-    if "--" not in words:
-        return words, release_name, no_wait
-    options, command = words[: words.index("--")], words[words.index("--") + 1 :]
+    if "--" in words:
+        options, command = words[: words.index("--")], words[words.index("--") + 1 :]
+    else:  # no --: the options are the leading words that look like them
+        cut = 0
+        while cut < len(words) and words[cut].startswith("--"):
+            cut += 2 if words[cut] == "--release" else 1
+        options, command = words[:cut], words[cut:]
     while options:
         word = options.pop(0)
         if word == "--no-wait":
