@@ -83,30 +83,28 @@ def _write_all(fd: int, data: bytes) -> None:
 def start_stamper(release: str) -> None:
     """From here on, this process's stdout and stderr reach supervisord stamped.
 
-    The stamper is a grandchild (so it is nobody's child to reap), closes every
+    The stamper is a child of the program (so it stays among supervisord's
+    descendants, and in its session for the orphan clean-up), closes every
     other descriptor (it must never hold the web sockets), ignores the stop
     signals and ends when the last writer (the program, its workers) is gone.
     """
     read, write = os.pipe()
-    child = os.fork()
-    if child == 0:
+    if os.fork() == 0:
         try:
-            if os.fork() == 0:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-                    signal.signal(sig, signal.SIG_IGN)
-                os.close(write)
-                keep = os.dup2(read, 3)
-                os.dup2(1, 4)
-                os.closerange(5, os.sysconf("SC_OPEN_MAX"))
-                devnull = os.open(os.devnull, os.O_RDWR)
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
-                with contextlib.suppress(OSError):
-                    stamp(keep, 4, release)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)
+            os.close(write)
+            keep = os.dup2(read, 3)
+            os.dup2(1, 4)
+            os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            with contextlib.suppress(OSError):
+                stamp(keep, 4, release)
         finally:
             os._exit(0)
-    os.waitpid(child, 0)
     os.close(read)
     os.dup2(write, 1)
     os.dup2(write, 2)

@@ -552,8 +552,8 @@ def converge(
 
     With ``restart_same`` false (switching back), a program already running
     exactly what is wanted is left alone; a set of types restarts only those
-    (`shipyard restart --process`, `scale`). Returns the programs now running
-    and a summary per type.
+    (`shipyard restart --process`). Returns the programs now running and a
+    summary per type.
     """
     app, host = sv.app, sv.host
 
