@@ -262,7 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from . import logs
 
-    return logs.show(existing_app(args), args.lines, args.follow, args.process)
+    color = True if args.color else None
+    return logs.show(existing_app(args), args.lines, args.follow, args.process, color)
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
     p.add_argument("--process", metavar="TYPE", help="one Procfile type (web) or process (web.1)")
+    p.add_argument("--color", action="store_true", help="colour even without a terminal (ssh)")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("scale", help="host-side process counts, e.g. web=3 worker=0")

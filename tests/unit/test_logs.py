@@ -86,3 +86,12 @@ def test_secrets_are_masked():
     line = logs.Line(5, "web.1", None, RELEASE, "token is hunter2-secret")
     printer = logs.Printer(Masker({"API_TOKEN": "hunter2-secret"}), color=False)
     assert "hunter2" not in printer.line(line) and "********" in printer.line(line)
+
+
+def test_each_process_type_gets_its_colour():
+    printer = logs.Printer(Masker(), color=True)
+    web = printer.line(logs.Line(5, "web.1", "blue", RELEASE, "a"))
+    worker = printer.line(logs.Line(5, "worker.1", None, RELEASE, "b"))
+    again = printer.line(logs.Line(6, "web.2", "blue", RELEASE, "c"))
+    assert web.startswith(logs.COLORS[0]) and worker.startswith(logs.COLORS[1])
+    assert again.startswith(logs.COLORS[0]) and logs.RESET in web
