@@ -248,7 +248,13 @@ def check_process(app: App, process: str | None) -> None:
         )
 
 
-def show(app: App, count: int = 100, follow: bool = False, process: str | None = None) -> int:
+def show(
+    app: App,
+    count: int = 100,
+    follow: bool = False,
+    process: str | None = None,
+    color: bool | None = None,
+) -> int:
     """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones."""
     from .release import shared_env
 
@@ -258,7 +264,9 @@ def show(app: App, count: int = 100, follow: bool = False, process: str | None =
     mask = Masker()
     with contextlib.suppress(Exception):
         mask = Masker(shared_env(app))
-    printer = Printer(mask, sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    if color is None:  # over SSH there is no terminal (only `run` gets one): --color asks
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    printer = Printer(mask, color)
     known = {s.path: s for s in sources(app, process)}
     merged = sorted(
         (ln for s in known.values() for ln in last_lines(s, count)), key=lambda ln: ln.when

@@ -391,6 +391,8 @@ def test_logs_last_lines(server: Server, site: Work):  # noqa: F811
     sha = (server.app / "current").resolve().name.rsplit("-", 1)[1]
     assert parsed[-1][2] == sha and parsed[-1][3] == "served /"
     assert "served /" in ssh_ok(server, "logs", "mysite", "--process", "web", "-n", "3")
+    coloured = ssh_ok(server, "logs", "mysite", "-n", "1", "--color")
+    assert coloured.startswith("\x1b[") and "served /" in coloured
     conf = (server.app / "run" / "programs.conf").read_text()
     assert "stdout_logfile_maxbytes = 10MB" in conf and "stdout_logfile_backups = 3" in conf
 
