@@ -12,7 +12,8 @@ nothing and says so, and ``--dry-run`` prints what a run would do:
    forwarding, no pty;
 4. supervisord: with the Debian ``supervisor`` package, a program that runs the
    deploy user's own supervisord (see ``configure_supervisor``); without it,
-   every app runs shipyard's embedded supervisord;
+   a systemd unit that does (``configure_boot``); either way that supervisord
+   starts every app's embedded supervisord at boot (``shipyard boot``);
 5. optionally apps (``--app``), created with ``shipyard init`` as the deploy user.
 
 Anyone who can push runs code as the deploy user and can plant links in its
@@ -57,10 +58,12 @@ KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc,restrict"
+# a pty is allowed by sshd but refused by the forced command for anything but `shipyard run`
+KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc,restrict,pty"
 SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
 VENV_ROOT = Path("/usr/local/lib/shipyard")  # one root-owned venv per deploy user
+SYSTEMD_DIR = Path("/etc/systemd/system")
 MIN_PYTHON = (3, 11)
 SOURCE_PACKAGES = ("shipyard", "hooks", "receiver", "provision")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -715,16 +718,17 @@ class Provisioner:
         assert self.layout
         if self.o.receiver:
             self.receiver_cert()
-        for change in configure_supervisor(
-            self.layout,
-            mode=self.o.supervisor,
-            conf_dir=self.o.supervisor_conf_dir,
-            dry_run=self.o.dry_run,
-            note=self.note,
-            receiver=self.o.receiver,
-            sync=self.o.sync,
-        ):
-            self.change(change)
+        for configure in (configure_supervisor, configure_boot):  # and its start at boot
+            for change in configure(
+                self.layout,
+                mode=self.o.supervisor,
+                conf_dir=self.o.supervisor_conf_dir,
+                dry_run=self.o.dry_run,
+                note=self.note,
+                receiver=self.o.receiver,
+                sync=self.o.sync,
+            ):
+                self.change(change)
 
     def receiver_cert(self) -> None:
         """The receiver serves TLS with a certificate made by (and for) the deploy user."""
@@ -943,7 +947,7 @@ def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] =
         programs.append(
             _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
         )
-    return _supervisord_base(lay) + "".join(programs)
+    return _supervisord_base(lay) + boot_program(lay) + "".join(programs)
 
 
 def _user_program(lay: Layout, name: str, command: str, log: str) -> str:
@@ -978,10 +982,107 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl = unix://{lay.supervisord_socket}
-
-[include]
-files = {lay.apps}/*/run/programs.conf
 """
+
+
+def boot_program(lay: Layout) -> str:
+    """Once, when the user's supervisord starts (at boot): every app's own supervisord.
+
+    Each app runs shipyard's embedded supervisord, the one its deploys talk to
+    (``run/supervisord.sock``); the user's supervisord does not include the
+    apps' programs itself, which would run them twice.
+    """
+    return f"""
+[program:shipyard-apps]
+command = {lay.shipyard_bin} --root {lay.apps} boot
+directory = {lay.home}
+autostart = true
+autorestart = false
+startsecs = 0
+redirect_stderr = true
+stdout_logfile = {lay.state}/boot.log
+"""
+
+
+def boot_unit(lay: Layout) -> str:
+    """The systemd unit that starts the deploy user's supervisord at boot, as that user."""
+    return f"""\
+# written by `shipyard provision`: {lay.user}'s supervisord (its apps, receiver, sync) at boot
+[Unit]
+Description=shipyard apps of {lay.user}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+User={lay.user}
+WorkingDirectory={lay.home}
+Environment=HOME={lay.home} USER={lay.user}
+ExecStart={lay.venv / "bin" / "supervisord"} -n -c {lay.supervisord_conf}
+Restart=on-failure
+# the apps' own supervisords outlive a restart of this one (their processes keep serving)
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_files(lay: Layout, files: list[tuple[Path, str]], dry_run: bool) -> list[str]:
+    """Write each (path, text) that differs (0644, a new temp file renamed into place); the
+    changes made. A file in the deploy user's home is read and written as that user: root
+    never writes through a link planted there."""
+    changes = []
+    for path, text in files:
+        mine = path.is_relative_to(lay.home)
+        if not mine:
+            have = read_file(str(path))
+        else:
+            have = lay.call(read_file, str(path)) if lay.uid is not None else None
+        if have and have["text"] == text:
+            continue
+        changes.append(f"write {path}")
+        if dry_run:
+            continue
+        if mine:
+            lay.call(replace_file, str(path), text, 0o644)
+        else:
+            replace_file(path, text, 0o644)
+    return changes
+
+
+def configure_boot(
+    lay: Layout,
+    mode: str = "auto",
+    conf_dir: Path = SUPERVISOR_CONF_DIR,
+    dry_run: bool = False,
+    note=print,
+    receiver: str | None = None,
+    sync: list[str] = (),
+) -> list[str]:
+    """Without a system supervisord, a systemd unit starts the user's supervisord at boot."""
+    if mode == "none" or conf_dir.is_dir():  # none: nothing wanted; else Debian's starts it
+        return []
+    start = f"runuser -u {lay.user} -- {lay.venv / 'bin' / 'supervisord'} -c {lay.supervisord_conf}"
+    unit = SYSTEMD_DIR / f"shipyard-{lay.user}.service"
+    files = [(lay.supervisord_conf, supervisord_conf(lay, receiver, sync))]
+    if SYSTEMD_DIR.is_dir():
+        files.append((unit, boot_unit(lay)))
+    changes = write_files(lay, files, dry_run)
+    if not SYSTEMD_DIR.is_dir():
+        note(f"no systemd: to start the apps at boot, have the init system run `{start}`")
+        return changes
+    systemctl = shutil.which("systemctl", path=PATH)
+    enabled = SYSTEMD_DIR / "multi-user.target.wants" / unit.name
+    if systemctl and not enabled.is_symlink():
+        changes.append(f"enable {unit.name} (starts {lay.user}'s apps at boot)")
+        if not dry_run:
+            subprocess.run([systemctl, "enable", unit.name], capture_output=True)
+    if not Path("/run/systemd/system").is_dir():
+        note(f"systemd is not running here (a container?): now and at boot, run `{start}`")
+    elif changes and not dry_run:
+        subprocess.run([systemctl, "daemon-reload"], capture_output=True)
+        subprocess.run([systemctl, "start", unit.name], capture_output=True)
+    return changes
 
 
 def system_program(lay: Layout) -> str:
@@ -1053,20 +1154,12 @@ def configure_supervisor(
             f"{conf_dir} can be changed by others ({problems[0]}): root's supervisord reads it",
             f"make {conf_dir} root's alone (chown root: and chmod go-w), then run again",
         )
-    changes = []
-    # the user's own config: read and written as the user (its directory is the user's)
-    user_text = supervisord_conf(lay, receiver, sync)
-    have = lay.call(read_file, str(lay.supervisord_conf)) if lay.uid is not None else None
-    user_conf_changed = not have or have["text"] != user_text
-    if user_conf_changed:
-        changes.append(f"write {lay.supervisord_conf}")
-        if not dry_run:
-            lay.call(replace_file, str(lay.supervisord_conf), user_text, 0o644)
-    program, text = conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)
-    if (read_file(str(program)) or {}).get("text") != text:
-        changes.append(f"write {program}")
-        if not dry_run:
-            replace_file(program, text, 0o644)
+    files = [
+        (lay.supervisord_conf, supervisord_conf(lay, receiver, sync)),
+        (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
+    ]
+    changes = write_files(lay, files, dry_run)
+    user_conf_changed = f"write {lay.supervisord_conf}" in changes
     if changes and not dry_run:
         enabled = enable_supervisor_program()
         changes.append(enabled)

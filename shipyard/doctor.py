@@ -245,6 +245,21 @@ def supervisor_check(ctx: Context) -> Check:
         return Check("supervisord", FAIL, f"cannot check: {exc}", "see shipyard.toml [supervisor]")
 
 
+def boot_check(ctx: Context) -> Check:
+    """Will the app's processes come back after a reboot?"""
+    from .boot import started_by
+
+    live = ctx.app.live_release()
+    if not live or not (ctx.app.releases / live / "Procfile").is_file():
+        return Check("boot", SKIP, "no processes to start")
+    if ctx.host is not None and (ctx.host.supervisor or {}).get("mode") == "system":
+        return Check("boot", SKIP, "the system supervisord runs the processes")
+    by, fix = started_by(ctx.app)
+    if by:
+        return Check("boot", OK, f"processes started at boot by {by}")
+    return Check("boot", WARN, "nothing starts the processes at boot: down until a push", fix)
+
+
 def disk_check(ctx: Context) -> Check:
     usage = shutil.disk_usage(ctx.app.dir)
     free_gib = usage.free / (1 << 30)
@@ -319,6 +334,7 @@ CHECKS: list[Callable[[Context], Check]] = [
     git_config_check,
     permissions_check,
     supervisor_check,
+    boot_check,
     disk_check,
     receivers_check,
     ssh_keys_check,

@@ -7,7 +7,6 @@ directory that looks like a release but is not one.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -291,23 +290,13 @@ def shared_env(app: App) -> dict[str, str]:
     path = app.shared / ".env"
     if not path.is_file():
         return {}
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
+    from .settings import parse
 
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
-    # python-dotenv only logs a warning for a line it cannot parse and then drops it, which
-    # would deploy with a variable silently missing: refuse instead, without echoing the line.
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            raise ConfigError(
-                f"{path}:{binding.original.line}: cannot parse this line of .env "
-                "(not shown: it may hold a secret)",
-                "write KEY=value, one per line; quote a value that has spaces, '#' or quotes",
-            )
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    return parse(text, str(path))
 
 
 def layout_env(app: App, release: Path) -> dict[str, str]:

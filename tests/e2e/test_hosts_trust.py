@@ -28,7 +28,6 @@ net, cluster = test_hosts.net, test_hosts.cluster  # fixtures: a primary, peers 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 
 SECRET = netns.SECRET.encode()
-FETCH = test_hosts.FETCH
 
 
 class Relay:
@@ -226,7 +225,7 @@ def test_hosts_talk_tls_to_a_pinned_certificate(tmp_path, cluster):
     first = work.push()
     assert "[web2] ✓ switch" in first.out, first.out
     assert web2.live() == cluster.live()
-    assert "Hello" in run(*web2.node.cmd(sys.executable, "-c", FETCH)).stdout
+    assert "Hello" in cluster.serves(web2)
 
     # what crosses the network is ciphertext: no path, no release id, no JSON
     relay = Relay((web2.node.address, netns.PORT))
