@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,44 +32,43 @@ def new_release_id(sha: str, now: float | None = None) -> str:
 
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
     """Run git against the bare repo; a clean environment so hook variables never leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return git_bytes(repo, *args, input=input).decode().strip()
+
+
+def git_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+
+def git_bytes(repo: Path, *args: str, input: bytes | None = None) -> bytes:
+    """Like ``git``, the output as git wrote it (paths may be any bytes)."""
     result = subprocess.run(
-        ["git", "--git-dir", str(repo), *args], input=input, capture_output=True, env=env
+        ["git", "--git-dir", str(repo), *args], input=input, capture_output=True, env=git_env()
     )
     if result.returncode:
         raise PhaseError(f"git {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout.decode().strip()
+    return result.stdout
 
 
 def checkout(app: App, sha: str, release_id: str) -> Path:
-    """Materialise ``sha`` as ``releases/<release_id>`` with ``git archive | tar`` (no .git)."""
+    """Materialise ``sha`` as ``releases/<release_id>`` (no .git), its files read-only.
+
+    From the live release plus the diff when there is one to start from and the diff is
+    small (``from_live``), else ``git archive | tar``. Either way the tree is the commit's:
+    the same paths, bytes, symlink targets and executable bits.
+    """
     target = app.release_dir(release_id)
     tmp = app.releases / f".tmp-{release_id}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        archive = subprocess.Popen(
-            # modes 0755/0644 whatever the repo or umask say (tar as root keeps the archive's)
-            ["git", "-c", "tar.umask=0022", "--git-dir", str(app.repo), "archive", "--format=tar"]
-            + [sha],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        untar = subprocess.run(
-            ["tar", "-x", "--no-same-owner", "-C", str(tmp)],
-            stdin=archive.stdout,
-            capture_output=True,
-        )
-        archive.stdout.close()
-        err = archive.stderr.read().decode(errors="replace")
-        if archive.wait() or untar.returncode:
-            detail = err.strip() or untar.stderr.decode(errors="replace").strip()
-            first = (detail.splitlines() or ["git archive | tar failed"])[0]
-            if nearly_full(tmp) or "Wrote only" in detail:  # tar's word for a short write
-                first = f"No space left on device ({first})"
-            raise PhaseError(f"could not check out {sha[:7]}: {first}", output=detail)
+        try:
+            made = from_live(app, sha, tmp)
+        except OSError:  # out of space, say: the full checkout says so in its own words
+            made = False
+        if not made:
+            shutil.rmtree(tmp)
+            tmp.mkdir()
+            archive_into(app, sha, tmp)
         check_symlinks(tmp)
         os.chmod(tmp, 0o755)
         os.rename(tmp, target)
@@ -75,6 +76,212 @@ def checkout(app: App, sha: str, release_id: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def archive_into(app: App, sha: str, tmp: Path) -> None:
+    """The full checkout: ``git archive | tar``, files 0444/0555, directories 0755."""
+    archive = subprocess.Popen(
+        # modes 0444/0555 whatever the repo or umask say (tar as root keeps the archive's)
+        ["git", "-c", "tar.umask=0222", "--git-dir", str(app.repo), "archive", "--format=tar"]
+        + [sha],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=git_env(),
+    )
+    untar = subprocess.run(
+        ["tar", "-x", "--no-same-owner", "-C", str(tmp)],
+        stdin=archive.stdout,
+        capture_output=True,
+    )
+    archive.stdout.close()
+    err = archive.stderr.read().decode(errors="replace")
+    if archive.wait() or untar.returncode:
+        detail = err.strip() or untar.stderr.decode(errors="replace").strip()
+        first = (detail.splitlines() or ["git archive | tar failed"])[0]
+        if nearly_full(tmp) or "Wrote only" in detail:  # tar's word for a short write
+            first = f"No space left on device ({first})"
+        raise PhaseError(f"could not check out {sha[:7]}: {first}", output=detail)
+    for dirpath, _, _ in os.walk(tmp):  # the archive's directories are 0555 too
+        os.chmod(dirpath, 0o755)
+
+
+# a diff touching more than this share of the tree is checked out in full
+LARGE_DIFF = 0.3
+
+
+def from_live(app: App, sha: str, tmp: Path) -> bool:
+    """Make ``sha`` in ``tmp`` from the live release and the diff; False: check out in full.
+
+    Unchanged files are hard links to the live release's: a release shares the inodes of
+    the one before it, so every tracked file is read-only (0444/0555) and an in-place write
+    fails (docs/performance.md). A file the live release has not kept as checked out (not a
+    regular file, another executable bit, modified since, under a shared link) is written
+    from git instead, like every added or changed file and every symlink.
+    """
+    live = app.live_release()
+    manifest = Manifest.load(app.release_dir(live)) if live else None
+    if manifest is None or not manifest.sha or manifest.sha == sha:
+        return False
+    base = app.release_dir(live)
+    try:
+        tree = list_tree(app.repo, sha)
+        changed = changed_paths(app.repo, manifest.sha, sha)
+    except PhaseError:  # the live sha is gone from the repo, say
+        return False
+    if len(changed) > LARGE_DIFF * max(len(tree), 1) or exported_differently(app, tree):
+        return False
+    if any(kind == "commit" for _, kind, _, _ in tree):  # submodules: git archive's way
+        return False
+    make_dirs(tmp, tree)
+    sealed_before = manifest.created  # a file modified after its release was made: not linked
+    real_dirs: dict[str, bool] = {}
+    write: list[tuple[str, str, str]] = []
+    for mode, kind, obj, path in tree:
+        unchanged = kind == "blob" and path not in changed and mode != "120000"
+        if unchanged and linked(base, tmp, path, mode, sealed_before, real_dirs):
+            continue
+        write.append((mode, obj, path))
+    write_blobs(app.repo, sha, tmp, write)
+    return True
+
+
+def list_tree(repo: Path, sha: str) -> list[tuple[str, str, str, str]]:
+    """``git ls-tree -r``: (mode, type, object, path) of every entry of the commit."""
+    out = git_bytes(repo, "ls-tree", "-r", "-z", "--full-tree", sha)
+    entries = []
+    for record in out.split(b"\0"):
+        if record:
+            info, path = record.split(b"\t", 1)
+            mode, kind, obj = info.decode().split()
+            entries.append((mode, kind, obj, os.fsdecode(path)))
+    return entries
+
+
+def changed_paths(repo: Path, old: str, new: str) -> set[str]:
+    """The paths added, changed (bytes, mode or type) or deleted between two commits."""
+    out = git_bytes(repo, "diff-tree", "-r", "-z", "--raw", "--no-renames", old, new)
+    fields = out.split(b"\0")[:-1]
+    # each entry is ":oldmode newmode old new status" then its path (no renames: one path)
+    return {os.fsdecode(path) for path in fields[1::2]}
+
+
+def exported_differently(app: App, tree: list[tuple[str, str, str, str]]) -> bool:
+    """Would ``git archive`` leave out or rewrite files (export-ignore, export-subst)?"""
+    attributes = [obj for _, _, obj, path in tree if os.path.basename(path) == ".gitattributes"]
+    texts = [git_bytes(app.repo, "cat-file", "blob", obj) for obj in attributes]
+    info = app.repo / "info" / "attributes"
+    if info.is_file():
+        texts.append(info.read_bytes())
+    return any(b"export-" in text for text in texts)
+
+
+def make_dirs(tmp: Path, tree: list[tuple[str, str, str, str]]) -> None:
+    dirs = {os.path.dirname(path) for _, _, _, path in tree} - {""}
+    for path in list(dirs):
+        while path:
+            dirs.add(path)
+            path = os.path.dirname(path)
+    for path in sorted(dirs):
+        os.mkdir(tmp / path)
+        os.chmod(tmp / path, 0o755)  # as git archive | tar makes them, whatever the umask
+
+
+def linked(
+    base: Path, tmp: Path, path: str, mode: str, sealed_before: float, real_dirs: dict[str, bool]
+) -> bool:
+    """Hard-link ``base/path`` into ``tmp`` if it is still the file its release checked out."""
+    src, dest = base / path, tmp / path
+    parent = os.path.dirname(path)
+    if not is_real_dir(base, parent, real_dirs):  # under a shared link: not the release's
+        return False
+    try:
+        st = os.lstat(src)
+    except OSError:
+        return False
+    executable = mode == "100755"
+    if (
+        not stat.S_ISREG(st.st_mode)
+        or bool(st.st_mode & stat.S_IXUSR) != executable
+        or st.st_mtime > sealed_before
+    ):
+        return False
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem, too many links: write it
+        return False
+    if st.st_mode & 0o222:  # a release made before releases were read-only
+        os.chmod(dest, 0o555 if executable else 0o444)
+    return True
+
+
+def is_real_dir(base: Path, path: str, seen: dict[str, bool]) -> bool:
+    """Is ``base/path`` a directory, it and each of its parents no symlink?"""
+    if not path:
+        return True
+    if path not in seen:
+        try:
+            real = stat.S_ISDIR(os.lstat(base / path).st_mode)
+        except OSError:
+            real = False
+        seen[path] = real and is_real_dir(base, os.path.dirname(path), seen)
+    return seen[path]
+
+
+def write_blobs(repo: Path, sha: str, tmp: Path, entries: list[tuple[str, str, str]]) -> None:
+    """Write blobs from one ``git cat-file --batch``; mtimes the commit's, as git archive's."""
+    batch = subprocess.Popen(
+        ["git", "--git-dir", str(repo), "cat-file", "--batch"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=git_env(),
+    )
+    feeder = threading.Thread(
+        target=feed, args=(batch.stdin, [sha] + [obj for _, obj, _ in entries]), daemon=True
+    )
+    feeder.start()
+    try:
+        commit = read_object(batch.stdout, sha)
+        stamp = int(commit.split(b"\ncommitter ", 1)[1].split(b"\n", 1)[0].split()[-2])
+        for mode, obj, path in entries:
+            data = read_object(batch.stdout, obj)
+            dest = tmp / path
+            if mode == "120000":
+                os.symlink(os.fsdecode(data), dest)
+                continue
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(data)
+                os.fchmod(fd, 0o555 if mode == "100755" else 0o444)
+                os.utime(fd, (stamp, stamp))
+            finally:
+                os.close(fd)
+    except BaseException:
+        batch.kill()  # unblocks the feeder
+        raise
+    finally:
+        feeder.join()
+        batch.stdout.close()
+        batch.wait()
+
+
+def feed(pipe, objects: list[str]) -> None:
+    """Write the object names on another thread: git answers while we still ask."""
+    try:
+        for obj in objects:
+            pipe.write(obj.encode() + b"\n")
+        pipe.close()
+    except OSError:
+        pass
+
+
+def read_object(stream, obj: str) -> bytes:
+    header = stream.readline().split()
+    if len(header) != 3 or header[1] == b"missing":
+        raise PhaseError(f"git cat-file: object {obj[:7]} is missing from the repository")
+    data = stream.read(int(header[2]))
+    stream.read(1)  # the newline after each object
+    return data
 
 
 def nearly_full(path: Path) -> bool:
@@ -109,6 +316,32 @@ def check_symlinks(tree: Path) -> None:
                     f"symlink {rel} -> {link} points outside the release (it resolves to {where})",
                     "make it a relative link to a file inside the repository, or remove it",
                 )
+
+
+def disk_use(app: App) -> tuple[dict[str, int], int]:
+    """Bytes each release holds alone (files no other release links) and all releases' total.
+
+    Releases share their unchanged files' inodes, so the sum of their sizes overstates the
+    disk used; a file linked from ``n`` places counts once in the total and in no release's
+    own bytes. The ``.venv`` link is not followed (venvs are in ``venvs/``).
+    """
+    own: dict[str, int] = {}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for rid, _ in releases(app):
+        own[rid] = 0
+        for dirpath, _, filenames in os.walk(app.release_dir(rid)):
+            for name in filenames:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+                if st.st_nlink == 1:
+                    own[rid] += st.st_size
+    return own, total
 
 
 def count_files(tree: Path) -> int:

@@ -293,6 +293,7 @@ def releases(app: App) -> dict:
     deploys = history.deploys(app)
     by_number = {e.get("deploy"): e for e in deploys}
     live_id = app.live_release()
+    own, total = release.disk_use(app)
     rows = []
     for rid, m in release.releases(app):
         lives = [e for e in deploys if e.get("outcome") == "live" and e.get("release") == rid]
@@ -317,6 +318,7 @@ def releases(app: App) -> dict:
                 "deployed": (ended(last_live) if last_live else None) or (m.live_at if m else None),
                 "deploy": last_live.get("deploy") if last_live else (m.deploy if m else None),
                 "pusher": last_live.get("pusher") if last_live else (m.pusher if m else None),
+                "own_bytes": own.get(rid, 0),
             }
         )
     keep = None
@@ -329,10 +331,13 @@ def releases(app: App) -> dict:
         "rollback_to": rollback_target(app),
         "keep": keep,
         "releases": rows,
+        "disk_bytes": total,
     }
 
 
 def render_releases(r: dict) -> str:
+    from .peers import size
+
     if not r["releases"]:
         return f"{r['app']}: no releases yet"
     cols = "  {:<24}  {:<7}  {:<11}  {:<6}  {:>4}  {:>5}  {}"
@@ -358,6 +363,11 @@ def render_releases(r: dict) -> str:
     if r["keep"]:
         foot += f"  keep={r['keep']}"
     lines.append(fit(foot, WIDTH))
+    lines.append("")
+    lines.append("  DISK (bytes no other release shares: unchanged files are hard links)")
+    for row in reversed(r["releases"]):
+        lines.append(f"  {row['id']:<24}  {size(row['own_bytes']):>9}")
+    lines.append(f"  {'all releases':<24}  {size(r['disk_bytes']):>9}")
     return "\n".join(lines)
 
 

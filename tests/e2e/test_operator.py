@@ -120,10 +120,13 @@ def test_releases_table_and_json(three):
     row = data["releases"][-1]
     assert set(row) == {
         "id", "sha", "tag", "state", "live", "venv", "venv_present", "migrations",
-        "built", "deployed", "deploy", "pusher",
+        "built", "deployed", "deploy", "pusher", "own_bytes",
     }  # fmt: skip
     assert row["live"] is True and row["state"] == "good" and row["venv_present"] is True
     assert row["migrations"] == ["polls.0003_a", "polls.0004_b"] and len(row["sha"]) == 40
+    # releases share their unchanged files: what each holds alone adds up to less than all
+    assert 0 < sum(r["own_bytes"] for r in data["releases"]) < data["disk_bytes"]
+    assert "all releases" in out.split("DISK")[1]
 
 
 def test_history_lists_deploys_with_tags_and_messages(three):
