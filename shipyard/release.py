@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -136,11 +137,25 @@ def from_live(app: App, sha: str, tmp: Path) -> bool:
     sealed_before = manifest.created  # a file modified after its release was made: not linked
     real_dirs: dict[str, bool] = {}
     write: list[tuple[str, str, str]] = []
+    src, dest = f"{base}/", f"{tmp}/"
     for mode, kind, obj, path in tree:
         unchanged = kind == "blob" and path not in changed and mode != "120000"
-        if unchanged and linked(base, tmp, path, mode, sealed_before, real_dirs):
+        if not (unchanged and is_real_dir(base, path.rpartition("/")[0], real_dirs)):
+            write.append((mode, obj, path))  # under a shared link (link_shared): not the release's
             continue
-        write.append((mode, obj, path))
+        try:
+            st = os.lstat(src + path)
+            if (
+                st.st_mode & 0o170100 != (0o100100 if mode == "100755" else 0o100000)
+                or st.st_mtime > sealed_before
+            ):  # not a regular file with this executable bit, or written to since
+                raise FileNotFoundError
+            os.link(src + path, dest + path)
+        except OSError:  # gone, changed, on another filesystem: written from git
+            write.append((mode, obj, path))
+            continue
+        if st.st_mode & 0o222:  # a release made before releases were read-only
+            os.chmod(dest + path, 0o555 if mode == "100755" else 0o444)
     write_blobs(app.repo, sha, tmp, write)
     return True
 
@@ -148,13 +163,13 @@ def from_live(app: App, sha: str, tmp: Path) -> bool:
 def list_tree(repo: Path, sha: str) -> list[tuple[str, str, str, str]]:
     """``git ls-tree -r``: (mode, type, object, path) of every entry of the commit."""
     out = git_bytes(repo, "ls-tree", "-r", "-z", "--full-tree", sha)
-    entries = []
-    for record in out.split(b"\0"):
-        if record:
-            info, path = record.split(b"\t", 1)
-            mode, kind, obj = info.decode().split()
-            entries.append((mode, kind, obj, os.fsdecode(path)))
-    return entries
+    return [
+        (mode.decode(), kind.decode(), obj.decode(), os.fsdecode(path))
+        for mode, kind, obj, path in TREE_ENTRY.findall(out)
+    ]
+
+
+TREE_ENTRY = re.compile(rb"(\d+) (\w+) ([0-9a-f]+)\t([^\0]*)\0")
 
 
 def changed_paths(repo: Path, old: str, new: str) -> set[str]:
@@ -176,7 +191,7 @@ def exported_differently(app: App, tree: list[tuple[str, str, str, str]]) -> boo
 
 
 def make_dirs(tmp: Path, tree: list[tuple[str, str, str, str]]) -> None:
-    dirs = {os.path.dirname(path) for _, _, _, path in tree} - {""}
+    dirs = {path.rpartition("/")[0] for _, _, _, path in tree} - {""}
     for path in list(dirs):
         while path:
             dirs.add(path)
@@ -184,34 +199,6 @@ def make_dirs(tmp: Path, tree: list[tuple[str, str, str, str]]) -> None:
     for path in sorted(dirs):
         os.mkdir(tmp / path)
         os.chmod(tmp / path, 0o755)  # as git archive | tar makes them, whatever the umask
-
-
-def linked(
-    base: Path, tmp: Path, path: str, mode: str, sealed_before: float, real_dirs: dict[str, bool]
-) -> bool:
-    """Hard-link ``base/path`` into ``tmp`` if it is still the file its release checked out."""
-    src, dest = base / path, tmp / path
-    parent = os.path.dirname(path)
-    if not is_real_dir(base, parent, real_dirs):  # under a shared link: not the release's
-        return False
-    try:
-        st = os.lstat(src)
-    except OSError:
-        return False
-    executable = mode == "100755"
-    if (
-        not stat.S_ISREG(st.st_mode)
-        or bool(st.st_mode & stat.S_IXUSR) != executable
-        or st.st_mtime > sealed_before
-    ):
-        return False
-    try:
-        os.link(src, dest)
-    except OSError:  # another filesystem, too many links: write it
-        return False
-    if st.st_mode & 0o222:  # a release made before releases were read-only
-        os.chmod(dest, 0o555 if executable else 0o444)
-    return True
 
 
 def is_real_dir(base: Path, path: str, seen: dict[str, bool]) -> bool:
@@ -293,6 +280,18 @@ def nearly_full(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < (1 << 20) or (st.f_files > 0 and st.f_favail == 0)
 
 
+def symlinks_in(tree: Path):
+    """Every symlink under ``tree``, found from the directory entries' types (no stat each)."""
+    stack = [os.fspath(tree)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    yield entry.path
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+
+
 def check_symlinks(tree: Path) -> None:
     """Refuse a symlink that resolves outside the release: following it would reach the host.
 
@@ -301,21 +300,17 @@ def check_symlinks(tree: Path) -> None:
     yet ``up`` is the release's parent.
     """
     base = os.path.realpath(tree)
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                continue
-            link = os.readlink(path)
-            resolved = os.path.realpath(path)
-            inside = resolved == base or resolved.startswith(base + os.sep)
-            if os.path.isabs(link) or not inside:
-                rel = os.path.relpath(path, tree)
-                where = os.path.relpath(resolved, base) if inside else resolved
-                raise PhaseError(
-                    f"symlink {rel} -> {link} points outside the release (it resolves to {where})",
-                    "make it a relative link to a file inside the repository, or remove it",
-                )
+    for path in symlinks_in(tree):
+        link = os.readlink(path)
+        resolved = os.path.realpath(path)
+        inside = resolved == base or resolved.startswith(base + os.sep)
+        if os.path.isabs(link) or not inside:
+            rel = os.path.relpath(path, tree)
+            where = os.path.relpath(resolved, base) if inside else resolved
+            raise PhaseError(
+                f"symlink {rel} -> {link} points outside the release (it resolves to {where})",
+                "make it a relative link to a file inside the repository, or remove it",
+            )
 
 
 def disk_use(app: App) -> tuple[dict[str, int], int]:
