@@ -11,8 +11,18 @@ Sections, one function each (all share ``row``):
                       and shipyard's in turns (so both see the same machine);
 - ``bench_shipyard``  first deploy, pinned push, rollback, a failing deploy;
 - ``bench_processes`` push → new code served and failed requests under load during deploys;
+- ``bench_boot``      the app's own boot (gunicorn started by hand), for "served minus boot";
+- ``bench_capistrano`` Capistrano 3 (Debian's package, bench/capistrano/) and shipyard over one
+                      private loopback sshd, in turns: first deploy, code-only, changed
+                      requirement, rollback, and a bare ``git push`` over the same ssh;
 - ``bench_hosts``     1/2/4/8 hosts, switch skew, bytes per peer ;
+- ``bench_coordination`` 1/8/16/32 hosts with no processes (prepare + switch only), skew;
+- ``bench_checkout_change`` release.checkout of a one-file change in a 20,000-file repo;
 - ``bench_checkout``, ``bench_venv``  details (BENCH_DETAILS=1): checkout methods, uv against pip.
+
+At the end, issue 18's goals table with met / NOT MET for each row (and issue 9's goals).
+BENCH_ONLY=capistrano,coordination,checkout,hosts,redeploys runs only those sections and
+writes no results (with BENCH_RUNS=1: a quick check that the code runs).
 
 Everything runs on 127.0.0.1 on free ports, in a temporary directory removed at the end; every
 supervisord and gunicorn started here is stopped, every loop is bounded in count and time.
@@ -24,6 +34,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +54,8 @@ EXAMPLE = TOP / "examples" / "mysite"
 BIN = Path(sys.executable).parent
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "5")))
 DETAILS = os.environ.get("BENCH_DETAILS") == "1"  # checkout methods, uv against pip: +3 min
+# BENCH_ONLY=capistrano,coordination,checkout: only these sections (a quick check of the code)
+ONLY = {s for s in os.environ.get("BENCH_ONLY", "").split(",") if s}
 SERVE_TIMEOUT = 60.0  # seconds a deploy's code has to be served after it returns
 ENV = {
     **os.environ,
@@ -58,7 +71,21 @@ ENV.pop("SHIPYARD_ROOT", None)
 from httpload import Load, fetch  # noqa: E402
 
 rows: list[dict] = []
-goals: list[dict] = []
+goals: list[dict] = []  # issue 9's, as before
+# issue 18's goals table, in its order: (key, measurement, goal, unit, test of the figure)
+GOALS = (
+    ("cap_code", "code-only redeploy vs Capistrano, same ssh", "≥ 20×", "×", lambda v: v >= 20),
+    ("cap_reqs", "changed requirement vs Capistrano", "≥ 8×", "×", lambda v: v >= 8),
+    ("cap_rollback", "rollback vs Capistrano", "≥ 15×", "×", lambda v: v >= 15),
+    ("push_minus_bare", "code-only push minus bare push, no processes, same transport",
+     "≤ 0.20 s", "s", lambda v: v <= 0.20),
+    ("checkout", "checkout, one file changed in a 20,000-file repo", "≤ 0.10 s", "s",
+     lambda v: v <= 0.10),
+    ("hosts32", "32 hosts without processes vs 1 host", "≤ 1.5×", "×", lambda v: v <= 1.5),
+    ("served_minus_boot", "push → new code served, minus the app's boot", "≤ 0.30 s", "s",
+     lambda v: v <= 0.30),
+)  # fmt: skip
+measured: dict[str, float | str] = {}  # a GOALS key: its figure, or why it was not measured
 cleanups: list[Callable[[], None]] = []  # run at exit, newest first
 
 
@@ -380,7 +407,7 @@ def bench_redeploys(work: Path) -> dict:
         )
         speed = base[key] / entry["median"]
         goal(goal_text, f"{speed:.1f}×", speed >= wanted)
-    return {"app": app, "base": base, "first": first, "phases": phases}
+    return {"app": app, "base": base, "first": first, "phases": phases, "served": times["code"]}
 
 
 def bench_shipyard(work: Path, found: dict) -> None:
@@ -585,6 +612,343 @@ def hosts_of(cluster, peers: list, clone: Clone, label: str) -> None:
     goal(f"switch skew, 8 hosts < 200 ms ({label})", f"{worst:.0f} ms (worst)", worst < 200)
 
 
+# --- Capistrano, over the same sshd ------------------------------------------------
+
+CAPISTRANO = HERE / "capistrano"  # Capfile, config/deploy.rb: a standard recipe
+
+
+def have_capistrano() -> str | None:
+    """None when `cap` can run; else why not. Installs Debian's package when missing (root)."""
+    if shutil.which("cap"):
+        return None
+    if os.geteuid() != 0:
+        return "capistrano is not installed (apt-get install capistrano, as root)"
+    print("  installing Debian's capistrano package (apt-get)", flush=True)
+    env = {**ENV, "DEBIAN_FRONTEND": "noninteractive"}
+    sh("apt-get", "update", "-qq", env=env, check=False)
+    out = sh("apt-get", "install", "-y", "-qq", "capistrano", env=env, check=False)
+    return None if shutil.which("cap") else f"apt-get could not install capistrano: {out[-300:]}"
+
+
+class SshHost:
+    """A private sshd on loopback with two throw-away users: one provisioned for shipyard
+    (docs/server.md: `shipyard provision`, keys with the forced command), one plain account
+    with a shell for Capistrano. Both removed at the end (tests/e2e/test_ssh.py's way)."""
+
+    def __init__(self, base: Path) -> None:
+        from conftest import remove_user
+        from test_ssh import SSHD, keygen, sshd_config
+
+        self.base = base
+        base.mkdir(parents=True)
+        suffix = os.urandom(3).hex()
+        self.ship, self.cap = f"sybench{suffix}", f"sybcap{suffix}"
+        self.port = free_port()
+        self.keys = {name: keygen(base / name, f"{name}@bench") for name in ("alice", "cap")}
+        keygen(base / "ssh_host_ed25519_key", "bench-host")
+        config = sshd_config(base, self.port, self.ship).replace(
+            f"AllowUsers {self.ship}", f"AllowUsers {self.ship} {self.cap}"
+        )
+        (base / "sshd_config").write_text(config)
+        for user in (self.ship, self.cap):
+            cleanups.append(lambda user=user: remove_user(user))
+        sh(BIN / "shipyard", "provision", "--user", self.ship, "--app", "mysite",
+           f"--key=alice={self.keys['alice']}.pub")  # fmt: skip
+        self.app_dir = Path(f"/home/{self.ship}/apps/mysite")
+        self.web_port = free_port()
+        toml = self.app_dir / "shipyard.toml"
+        text = re.sub(r"(?m)^port = \d+$", f"port = {self.web_port}", toml.read_text())
+        toml.write_text(re.sub(r"(?m)^keep = \d+$", f"keep = {RUNS + 3}", text))
+        self.as_user(self.ship, "mkdir", "-p", self.app_dir / "shared")
+        shared = self.app_dir / "shared"  # SQLite in it: DATABASE_URL of the host's path
+        (base / "ship.env").write_text(
+            f"DATABASE_URL=sqlite:///{shared / 'db.sqlite3'}\nSECRET_KEY=bench-ship\n"
+        )
+        sh("install", "-o", self.ship, "-m", "600", base / "ship.env", shared / ".env")
+        sh("useradd", "-m", "-s", "/bin/bash", self.cap)
+        sh("usermod", "-p", "*", self.cap)  # no password, yet not locked (sshd without PAM)
+        home = Path(f"/home/{self.cap}")
+        (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+        (home / ".ssh" / "authorized_keys").write_text(Path(f"{self.keys['cap']}.pub").read_text())
+        sh("chown", "-R", f"{self.cap}:{self.cap}", home / ".ssh")
+        self.as_user(self.cap, "git", "init", "-q", "--bare", home / "origin.git")
+        self.cap_to = home / "deploy"
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.log = open(base / "sshd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.sshd = subprocess.Popen(
+            [str(SSHD), "-D", "-f", str(base / "sshd_config"), "-e"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        cleanups.append(self.stop)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            if self.sshd.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench: sshd did not start:\n{(base / 'sshd.log').read_text()}")
+            time.sleep(0.05)
+
+    def as_user(self, user: str, *args: str | Path) -> str:
+        return sh("runuser", "-u", user, "--", *args, cwd=Path("/"))
+
+    def ssh_command(self, key: str) -> str:
+        return (
+            f"ssh -i {self.keys[key]} -p {self.port} -o IdentitiesOnly=yes -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        )
+
+    def ssh(self, key: str, user: str, *command: str) -> str:
+        return sh(*self.ssh_command(key).split(), f"{user}@127.0.0.1", *command)
+
+    def stop(self) -> None:
+        if self.sshd.poll() is None:
+            self.sshd.terminate()
+            try:
+                self.sshd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.sshd.kill()
+        self.log.close()
+
+
+class Versus:
+    """One clone of the example app, pushed to shipyard and to Capistrano's origin."""
+
+    def __init__(self, work: Path, host: SshHost) -> None:
+        self.host = host
+        ship_url = f"ssh://{host.ship}@127.0.0.1:{host.port}/~/apps/mysite/repo.git"
+        self.clone = Clone(work / "clone", ship_url)
+        with open(self.clone.path / "shipyard.toml", "a") as toml:  # no app server on either side
+            toml.write("\n[processes]\nweb = 0\n")
+        sh("git", "commit", "-qa", "--amend", "--no-edit", cwd=self.clone.path)
+        sh("git", "remote", "add", "cap", f"ssh://{host.cap}@127.0.0.1:{host.port}/~/origin.git",
+           cwd=self.clone.path)  # fmt: skip
+        self.bare: list[float] = []  # the push to Capistrano's origin: a bare git push
+
+    def git_push(self, remote: str, key: str, *args: str) -> str:
+        env = {**ENV, "GIT_SSH_COMMAND": self.host.ssh_command(key)}
+        return sh("git", "push", "-f", remote, *(args or ("main",)), cwd=self.clone.path, env=env)
+
+    def shipyard(self) -> None:
+        """git push over ssh; the deploy runs in it (no processes: ``web = 0``)."""
+        out = self.git_push("origin", "alice")
+        if "shipyard ▸ live" not in out:
+            sys.exit(f"bench: deploy over ssh failed:\n{out}")
+
+    def cap_env(self) -> dict:
+        shared = self.host.cap_to / "shared"
+        return {
+            **ENV,
+            "CAP_REPO": f"/home/{self.host.cap}/origin.git",
+            "CAP_DEPLOY_TO": str(self.host.cap_to),
+            "CAP_USER": self.host.cap,
+            "CAP_PORT": str(self.host.port),
+            "CAP_KEY": str(self.host.keys["cap"]),
+            "CAP_DATABASE_URL": f"sqlite:///{shared / 'db.sqlite3'}",
+            "CAP_KEEP": str(RUNS + 3),
+        }
+
+    def capistrano(self, *task: str) -> None:
+        """git push to the origin, then `cap bench deploy` (what a Capistrano user runs)."""
+        if not task:
+            self.bare.append(timed(lambda: self.git_push("cap", "cap")))
+        sh("cap", "bench", *(task or ("deploy",)), cwd=CAPISTRANO, env=self.cap_env())
+
+    def cap_shared(self) -> None:
+        """What `cap deploy:check` wants before a first deploy: the shared `.env`, by hand."""
+        shared = self.host.cap_to / "shared"
+        self.host.as_user(self.host.cap, "mkdir", "-p", shared / "media")
+        text = f"DATABASE_URL=sqlite:///{shared / 'db.sqlite3'}\nSECRET_KEY=bench-cap\n"
+        (self.host.base / "cap.env").write_text(text)
+        sh("install", "-o", self.host.cap, "-m", "600", self.host.base / "cap.env", shared / ".env")
+
+
+def bench_capistrano(work: Path) -> dict:
+    """Capistrano 3 and shipyard deploying the same commits of the example app over the same
+    sshd, in turns: first deploy, code-only redeploy, changed requirement, rollback."""
+    print("\nCapistrano 3 (Debian's package, bench/capistrano/) against shipyard over the same")
+    print("loopback sshd, the example app, no app server restart on either side, in turns")
+
+    sys.path.insert(0, str(TOP / "tests" / "e2e"))
+    why = None if os.geteuid() == 0 else "needs root (a private sshd, throw-away users)"
+    why = why or (None if Path("/usr/sbin/sshd").exists() else "openssh-server not installed")
+    why = why or have_capistrano()
+    if why:
+        print(f"  skipped: {why}")
+        return {"skipped": why}
+    host = SshHost(work / "ssh")
+    v = Versus(work / "versus", host)
+    v.cap_shared()
+    times: dict[str, list[float]] = {k: [] for k in ("first", "code", "reqs", "rollback")}
+    cap: dict[str, list[float]] = {k: [] for k in ("first", "code", "reqs", "rollback")}
+    times["first"].append(timed(v.shipyard))
+    cap["first"].append(timed(v.capistrano))
+    for kind, runs in (("code", RUNS), ("reqs", RUNS)):
+        for i in range(runs):
+            v.clone.change(requirement=f"six>=1.{10 + i}" if kind == "reqs" else None)
+            turns = (("ship", v.shipyard), ("cap", v.capistrano))
+            for who, fn in turns if i % 2 == 0 else turns[::-1]:
+                (times if who == "ship" else cap)[kind].append(timed(fn))
+    for i in range(RUNS):
+        turns = (
+            ("ship", lambda: host.ssh("alice", host.ship, "shipyard", "rollback", "mysite")),
+            ("cap", lambda: v.capistrano("deploy:rollback")),
+        )
+        for who, fn in turns if i % 2 == 0 else turns[::-1]:
+            (times if who == "ship" else cap)["rollback"].append(timed(fn))
+    names = {
+        "first": "first deploy",
+        "code": "code-only redeploy",
+        "reqs": "changed-requirement redeploy",
+        "rollback": "rollback",
+    }
+    base = {k: row("capistrano", f"Capistrano: {n}", cap[k])["median"] for k, n in names.items()}
+    found = {}
+    for key, name in names.items():
+        entry = row("capistrano", f"shipyard over ssh: {name}", times[key], base[key],
+                    base_name=f"Capistrano {name}")  # fmt: skip
+        found[key] = base[key] / entry["median"]
+    bare = row("capistrano", "bare git push over the same ssh", v.bare)["median"]
+    found["push_minus_bare"] = statistics.median(times["code"]) - bare
+    return found
+
+
+# --- coordination alone, many hosts ------------------------------------------------
+
+
+def bench_coordination(work: Path) -> float | None:
+    """1, 8, 16 and 32 hosts with no processes: prepare and switch only, what shipyard adds.
+
+    The smallest app with ``web = 0``: no host boots anything, so the ratio is the
+    coordination's (objects, prepare on every peer in parallel, the switch fanned out).
+    """
+    import netns
+
+    counts = (1, 8, 16, 32)
+    print(f"\ncoordination: {'/'.join(map(str, counts))} hosts, no processes (prepare + switch)")
+    why = netns.available()
+    if why:
+        print(f"  skipped: {why}")
+        return None
+    source = work / "coord-app"
+    shutil.copytree(HELLO, source, ignore=example_files)
+    (source / "shipyard.toml").write_text("[processes]\nweb = 0\n")
+    net = netns.Net()
+    cleanups.append(net.close)
+    cluster = netns.Cluster(net, work / "coord", BIN, app=source.name)
+    peers = [cluster.add_peer(join=False) for _ in range(counts[-1] - 1)]
+    clone = Clone(work / "coord-clone", cluster.dir / "repo.git", source)
+
+    def push() -> str:
+        out = clone.push()
+        if "shipyard ▸ live" not in out:
+            sys.exit(f"bench: deploy failed:\n{out}")
+        return out
+
+    netns.set_config(cluster.config, peers=[p.address for p in peers])
+    push()  # every host builds its virtualenv once
+    samples: dict[int, list[float]] = {n: [] for n in counts}
+    skews: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(RUNS):  # round-robin, as in bench_hosts
+        for hosts in counts:
+            netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
+            clone.change()
+            t0 = time.perf_counter()
+            out = push()
+            samples[hosts].append(time.perf_counter() - t0)
+            skews[hosts] += [
+                float(line.split("switch skew")[1].split()[0])
+                for line in out.splitlines()
+                if "switch skew" in line
+            ]
+    group = "coordination, no processes"
+    base = row(group, "code-only deploy, 1 host", samples[1])["median"]
+    for hosts in counts[1:]:
+        row(group, f"code-only deploy, {hosts} hosts", samples[hosts], base, base_name="1 host")
+    for hosts in counts[1:]:
+        row(group, f"switch skew, {hosts} hosts (first to last)", skews[hosts], unit="ms")
+    return statistics.median(samples[counts[-1]]) / base
+
+
+def bench_boot(app: Shipyard) -> float:
+    """The app's own boot: gunicorn started by hand in the live release until it answers."""
+    print("\nthe app's boot, by hand: gunicorn in the live release, start → first answer")
+    current = app.dir / "current"
+    env = {
+        **ENV,
+        **dict(
+            line.split("=", 1)
+            for line in (app.dir / "shared" / ".env").read_text().splitlines()
+            if "=" in line
+        ),
+    }
+    env["SHIPYARD_SHARED"] = str(app.dir / "shared")
+    boots = []
+    for _ in range(RUNS):
+        port = free_port()
+        t0 = time.perf_counter()
+        gunicorn = subprocess.Popen(
+            [current / ".venv" / "bin" / "gunicorn", "mysite.wsgi", "--workers", "2",
+             "--bind", f"127.0.0.1:{port}"],
+            cwd=current, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + SERVE_TIMEOUT
+            while not serving(port):
+                if gunicorn.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("bench: gunicorn started by hand never answered")
+                time.sleep(0.005)
+            boots.append(time.perf_counter() - t0)
+        finally:
+            gunicorn.terminate()
+            gunicorn.wait(timeout=30)
+    return row("processes", "the app's boot (gunicorn by hand → first answer)", boots)["median"]
+
+
+def bench_checkout_change(work: Path) -> float:
+    """release.checkout of a one-file change in a 20,000-file repo, against a full checkout."""
+    from shipyard import release
+    from shipyard.app import App
+
+    files = 20000
+    print(f"\ncheckout: one file changed in a {files:,}-file repo (release.checkout)")
+    src = work / "co-20k"
+    make_tree(src, files)
+    app = App.at("big", work / "co-apps")
+    app.releases.mkdir(parents=True)
+    sh("git", "clone", "-q", "--bare", src, app.repo)
+
+    def release_of(n: int) -> tuple[str, Path]:
+        if n:
+            (src / "pkg0" / "sub0" / "mod0.py").write_text(f"VALUE = {n}\n")
+            sh("git", "commit", "-qam", f"change {n}", cwd=src)
+            sh("git", "push", "-q", app.repo, "main", cwd=src)
+        sha = sh("git", "rev-parse", "HEAD", cwd=src).strip()
+        return sha, app.release_dir(release.new_release_id(sha, time.time() + 3600 * n))
+
+    def live(sha: str, path: Path) -> None:
+        release.Manifest(sha=sha, ref="refs/heads/main", release=path.name, deploy=0,
+                         pusher="bench", created=time.time()).save(path)  # fmt: skip
+        release.switch(app, path.name)
+
+    full, changed = [], []
+    for n in range(RUNS + 1):
+        sha, path = release_of(n)
+        took = timed(lambda s=sha, p=path: release.checkout(app, s, p.name))
+        (changed if n else full).append(took)
+        live(sha, path)
+        if n:  # a full checkout of the same commit, for the ratio
+            tmp = work / f"co-full-{n}"
+            tmp.mkdir()
+            full.append(timed(lambda s=sha, t=tmp: release.archive_into(app, s, t)))
+            shutil.rmtree(tmp)
+    base = row("checkout", f"full checkout, {files:,} files (git archive | tar)", full)["median"]
+    entry = row("checkout", f"checkout, one file changed, {files:,} files", changed, base,
+                base_name="full checkout")  # fmt: skip
+    return entry["median"]
+
+
 # --- details: how the pieces compare ----------------------------------------------
 
 
@@ -710,7 +1074,7 @@ def write_results(started: float, extra: dict) -> None:
         "runs": RUNS,
         "seconds": round(time.monotonic() - started),
     }
-    data = {"meta": meta, "rows": rows, "goals": goals, **extra}
+    data = {"meta": meta, "rows": rows, "goals": goals, "measured": measured, **extra}
     (HERE / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# shipyard benchmark",
@@ -736,7 +1100,10 @@ def write_results(started: float, extra: dict) -> None:
             f"{fig(r['min'])}–{fig(r['max'])} | {format_ratio(r)} | {r.get('base', '')} | "
             f"{r['goal']}{verdict} |"
         )
-    lines += ["", "## Goals", "", "| goal | figure | |", "|---|---|---|"]
+    lines += ["", "## Goals (issue 18)", "", "| measurement | goal | figure | |"]
+    lines += ["|---|---:|---:|---|"]
+    lines += [f"| {t} | {g} | {f} | {v} |" for t, g, f, v in goal_lines()]
+    lines += ["", "## Earlier goals (issue 9)", "", "| goal | figure | |", "|---|---|---|"]
     for g in goals:
         verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT MET")
         lines.append(f"| {g['goal']} | {g['figure']} | {verdict} |")
@@ -755,27 +1122,68 @@ def write_results(started: float, extra: dict) -> None:
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
 
 
+def wanted(section: str) -> bool:
+    return not ONLY or section in ONLY
+
+
+def goal_lines() -> list[tuple[str, str, str, str]]:
+    """Issue 18's goals table: measurement, goal, figure, met / NOT MET / not measured."""
+    lines = []
+    for key, text, target, unit, test in GOALS:
+        value = measured.get(key, "not run (BENCH_ONLY)")
+        if isinstance(value, str):
+            lines.append((text, target, "–", f"not measured: {value}"))
+            continue
+        figure = f"{value:.1f}×" if unit == "×" else f"{value:.3f} s"
+        lines.append((text, target, figure, "met" if test(value) else "NOT MET"))
+    return lines
+
+
 def main() -> None:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
     try:
         print(f"shipyard benchmark: median (min–max) of {RUNS} runs; ratio = median / its base")
-        found = bench_redeploys(work)
-        bench_shipyard(work, found)
-        bench_processes(work, found["base"])
-        bench_hosts(work)
+        phases: dict[str, float] = {}
+        if wanted("redeploys"):
+            found = bench_redeploys(work)
+            boot = bench_boot(found["app"])
+            served = statistics.median(found["served"])
+            measured["served_minus_boot"] = served - boot
+            bench_shipyard(work, found)
+            bench_processes(work, found["base"])
+            phases = phase_medians(found["phases"])
+        if wanted("capistrano"):
+            versus = bench_capistrano(work)
+            for key in ("cap_code", "cap_reqs", "cap_rollback", "push_minus_bare"):
+                measured[key] = versus.get(key[4:] if key.startswith("cap_") else key) or (
+                    versus.get("skipped", "?")
+                )
+        if wanted("hosts"):
+            bench_hosts(work)
+        if wanted("coordination"):
+            ratio = bench_coordination(work)
+            measured["hosts32"] = ratio if ratio is not None else "no network namespaces here"
+        if wanted("checkout"):
+            measured["checkout"] = bench_checkout_change(work)
         if DETAILS:
             bench_checkout(work)
             bench_venv(work)
-        print("\ngoals")
+        print("\ngoals (issue 18)")
+        for text, target, figure, verdict in goal_lines():
+            print(f"  {text:<62} {target:>9} {figure:>9}  {verdict}")
+        print("\nearlier goals (issue 9)")
         for g in goals:
             verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT MET")
             print(f"  {g['goal']:<52} {g['figure']:>28}  {verdict}")
-        phases = phase_medians(found["phases"])
-        print("\ncode-only redeploy, median seconds by phase (deploys/deploys.jsonl)")
-        print("  " + ", ".join(f"{n} {v:.3f}" for n, v in phases.items()))
-        write_results(started, {"code_only_phases": phases})
+        if phases:
+            print("\ncode-only redeploy, median seconds by phase (deploys/deploys.jsonl)")
+            print("  " + ", ".join(f"{n} {v:.3f}" for n, v in phases.items()))
         took = time.monotonic() - started
+        if ONLY:  # a partial run: the recorded results stay those of the last full one
+            print(f"\nnot written (BENCH_ONLY): bench/results.md stays as it was ({took:.0f}s)")
+            return
+        write_results(started, {"code_only_phases": phases})
         print(f"\nwritten: {HERE / 'results.md'}, {HERE / 'results.json'} ({took:.0f}s)")
     finally:
         for cleanup in reversed(cleanups):
