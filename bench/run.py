@@ -553,33 +553,46 @@ def bench_hosts(work: Path) -> None:
         )
 
 
-def hosts_of(cluster, peers: list, clone: Clone, label: str) -> None:
-    """The rows for one app: deploy time by host count, bytes per peer, switch skew."""
+def pushed(clone: Clone) -> str:
+    out = clone.push()
+    if "shipyard ▸ live" not in out:
+        sys.exit(f"bench: deploy failed:\n{out}")
+    return out
+
+
+def by_host_count(
+    cluster, peers: list, clone: Clone, counts: tuple[int, ...]
+) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    """Code-only deploys to the first ``n`` hosts for each count: seconds and switch skews.
+
+    Round-robin over the counts, so load drifting over the run hits every count alike.
+    """
     import netns
 
-    def push() -> str:
-        out = clone.push()
-        if "shipyard ▸ live" not in out:
-            sys.exit(f"bench: deploy failed:\n{out}")
-        return out
-
     netns.set_config(cluster.config, peers=[p.address for p in peers])
-    push()  # every host builds its virtualenv once
-    counts = (1, 2, 4, 8)
+    pushed(clone)  # every host builds its virtualenv once
     samples: dict[int, list[float]] = {n: [] for n in counts}
     skews: dict[int, list[float]] = {n: [] for n in counts}
-    for _ in range(RUNS):  # round-robin, so load drifting over the run hits every count alike
+    for _ in range(RUNS):
         for hosts in counts:
             netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
             clone.change()
             t0 = time.perf_counter()
-            out = push()
+            out = pushed(clone)
             samples[hosts].append(time.perf_counter() - t0)
             skews[hosts] += [
                 float(line.split("switch skew")[1].split()[0])
                 for line in out.splitlines()
                 if "switch skew" in line
             ]
+    return samples, skews
+
+
+def hosts_of(cluster, peers: list, clone: Clone, label: str) -> None:
+    """The rows for one app: deploy time by host count, bytes per peer, switch skew."""
+
+    counts = (1, 2, 4, 8)
+    samples, skews = by_host_count(cluster, peers, clone, counts)
     group = f"hosts, {label}"
     base = row(group, "code-only deploy, 1 host", samples[1])["median"]
     eight = statistics.median(samples[8]) / base
@@ -597,7 +610,7 @@ def hosts_of(cluster, peers: list, clone: Clone, label: str) -> None:
     sent: list[float] = []
     for _ in range(RUNS):  # every peer has the previous commit: one change's worth
         clone.change()
-        sent += [sent_bytes(line) for line in push().splitlines() if "✓ objects" in line]
+        sent += [sent_bytes(line) for line in pushed(clone).splitlines() if "✓ objects" in line]
     row(group, "objects sent per peer, one-line change", sent, unit="B")
     for hosts in counts[1:]:
         row(
@@ -840,28 +853,7 @@ def bench_coordination(work: Path) -> float | None:
     peers = [cluster.add_peer(join=False) for _ in range(counts[-1] - 1)]
     clone = Clone(work / "coord-clone", cluster.dir / "repo.git", source)
 
-    def push() -> str:
-        out = clone.push()
-        if "shipyard ▸ live" not in out:
-            sys.exit(f"bench: deploy failed:\n{out}")
-        return out
-
-    netns.set_config(cluster.config, peers=[p.address for p in peers])
-    push()  # every host builds its virtualenv once
-    samples: dict[int, list[float]] = {n: [] for n in counts}
-    skews: dict[int, list[float]] = {n: [] for n in counts}
-    for _ in range(RUNS):  # round-robin, as in bench_hosts
-        for hosts in counts:
-            netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
-            clone.change()
-            t0 = time.perf_counter()
-            out = push()
-            samples[hosts].append(time.perf_counter() - t0)
-            skews[hosts] += [
-                float(line.split("switch skew")[1].split()[0])
-                for line in out.splitlines()
-                if "switch skew" in line
-            ]
+    samples, skews = by_host_count(cluster, peers, clone, counts)
     group = "coordination, no processes"
     base = row(group, "code-only deploy, 1 host", samples[1])["median"]
     for hosts in counts[1:]:
