@@ -551,6 +551,8 @@ def bench_hosts(work: Path) -> None:
             Clone(work / f"hosts-clone-{source.name}", cluster.dir / "repo.git", source),
             label,
         )
+        stop_processes(cluster.root, source.name)
+    net.close()  # the peers' receivers and gunicorns: the next sections get the cores back
 
 
 def pushed(clone: Clone) -> str:
@@ -1074,7 +1076,8 @@ def write_results(started: float, extra: dict) -> None:
         f"{meta['date']}, {meta['cores']} cores (load average {meta['load_average']} at the "
         f"end), median (min–max) of {RUNS} runs, {meta['seconds']} s in all. A ratio is the "
         "median over the median of the row it names (baseline rows: the classic script deploy, "
-        "bench/baseline.sh, measured in the same run). Written by `make bench`.",
+        "bench/baseline.sh; Capistrano rows: bench/capistrano/ over the same sshd; both "
+        "measured in the same run). Written by `make bench`.",
         "",
         "| group | measurement | median | min–max | ratio | vs | goal |",
         "|---|---|---:|---:|---:|---|---|",
