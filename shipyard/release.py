@@ -141,7 +141,7 @@ def from_live(app: App, sha: str, tmp: Path) -> bool:
     for mode, kind, obj, path in tree:
         unchanged = kind == "blob" and path not in changed and mode != "120000"
         if not (unchanged and is_real_dir(base, path.rpartition("/")[0], real_dirs)):
-            write.append((mode, obj, path))  # under a shared link (link_shared): not the release's
+            write.append((mode, obj, path))  # changed, a symlink, or under a shared link
             continue
         try:
             st = os.lstat(src + path)
