@@ -762,6 +762,7 @@ class Versus:
             "CAP_KEY": str(self.host.keys["cap"]),
             "CAP_DATABASE_URL": f"sqlite:///{shared / 'db.sqlite3'}",
             "CAP_KEEP": str(RUNS + 3),
+            "CAP_LOG": str(self.host.base / "capistrano.log"),
         }
 
     def capistrano(self, *task: str) -> None:

@@ -13,6 +13,7 @@ set :keep_releases, ENV.fetch("CAP_KEEP", "5").to_i
 set :linked_files, [".env"]
 set :linked_dirs, ["media"]
 set :format, :airbrussh
+set :format_options, log_file: ENV.fetch("CAP_LOG", "log/capistrano.log")  # the bench's temp dir
 set :log_level, :warn
 set :pty, false
 set :default_env, {
