@@ -77,6 +77,7 @@ def run_deploy(
     """Run deploy ``number`` of ``sha``: the detached worker's body; its output is the log."""
     from .config import load_host_config
     from .deploy import Deploy, execute
+    from .operate import older_release_notes
     from .options import parse_options, wants_color
     from .report import Reporter
 
@@ -101,6 +102,7 @@ def run_deploy(
         tag=pushed_tag(app, sha),
         options=options,
         kind="push",
+        notes=older_release_notes(app, sha),
     )
     return 0 if execute(d) else 1
 
@@ -161,7 +163,7 @@ def deploy_number(text: str) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from . import history
-    from .hooks.post_receive import follow
+    from .hooks.worker import Lines, follow
 
     app = existing_app(args)
     number = args.deploy or history.last_number(app)
@@ -179,7 +181,15 @@ def cmd_log(args: argparse.Namespace) -> int:
         entry = history.find(app, number)
         return entry is None or entry.get("outcome") not in ("running", "waiting")
 
-    follow(path, finished if args.follow else lambda: True, poll=0.1)
+    # colour as the deploy wrote it only onto a terminal that wants it (a pipe, ssh without -t)
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    sys.stdout.flush()
+    follow(
+        path,
+        finished if args.follow else lambda: True,
+        poll=0.1,
+        lines=Lines(strip_ansi=not colour),
+    )
     entry = history.find(app, number) or {}
     if entry.get("outcome") == "interrupted":
         print(f"shipyard ▸ deploy #{number} was interrupted: it stopped without an outcome")
@@ -213,7 +223,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     app = existing_app(args)
     check_not_root(app, load_host_config(app.config_file))
-    return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
+    options = push_options(args.option)
+    return 0 if operate.rollback(app, args.release, options, run_release=args.run_release) else 1
 
 
 def cmd_processes(args: argparse.Namespace) -> int:
@@ -289,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("release", nargs="?", help="release id, commit or tag (default: previous)")
     p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
+    p.add_argument(
+        "--run-release",
+        action="store_true",
+        help="also run the Procfile's release: command (a rollback runs it only when asked)",
+    )
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(

@@ -56,6 +56,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
     "allow_root": (bool, False),
+    "push_wait": (bool, True),  # false: every push as `-o no-wait` (docs/pinning.md)
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     "secret_file": (str, None),
     "name": (str, None),
@@ -113,6 +114,7 @@ class HostConfig:
     secret: str | None = None
     heartbeat: float = 10
     allow_root: bool = False  # deploy even as root (tests, throwaway containers)
+    push_wait: bool = True  # the push waits for the deploy's outcome (false: as -o no-wait)
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     secret_file: str | None = None
     name: str | None = None

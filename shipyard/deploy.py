@@ -315,7 +315,7 @@ def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     d.out.fail(phase.name, d.timings[phase.name], message)
     output = getattr(exc, "output", "") or ""
     if output:
-        d.out.detail(output.rstrip().splitlines()[-20:])
+        d.out.detail(bounded(output))  # all of it into the log; the push shows the tail
     if disk_full(exc, output):
         d.out.line(
             f"    hint: the disk is full (No space left on device): free space on the "
@@ -324,6 +324,25 @@ def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     elif isinstance(exc, ShipyardError) and exc.hint:
         d.out.line(f"    hint: {exc.hint}")
     return message
+
+
+OUTPUT_LIMIT = 1_000_000  # characters of a failed step's output kept in the log
+
+
+def bounded(output: str, limit: int = OUTPUT_LIMIT) -> list[str]:
+    """A failed command's output as lines, whole up to ``limit``; past it, its start and end.
+
+    The real error may be a traceback printed well before a wrapper's last line, or
+    the very first complaint of a long build: both ends are kept, and the cut said.
+    """
+    text = output.rstrip()
+    if len(text) <= limit:
+        return text.splitlines()
+    head, tail = text[: limit // 5].splitlines(), text[-(limit - limit // 5) :].splitlines()
+    head, tail = head[:-1], tail[1:]  # no half lines at the cut
+    cut = text.count("\n") + 1 - len(head) - len(tail)
+    note = f"… {cut} line(s) cut here: the log keeps {limit:,} characters of a step's output"
+    return [*head, note, *tail]
 
 
 def disk_full(exc: Exception, output: str = "") -> bool:

@@ -900,6 +900,8 @@ def plan_default(plan: Plan) -> str | None:
 
 def apply(d: Deploy) -> str:
     """The migrate phase: before the switch, so a failure leaves the old release serving."""
+    if d.kind == "rollback":  # its migrations are applied already; newer ones are never reversed
+        return Skip("a rollback runs no migrations")
     if "skip-migrate" in d.options:
         d.out.warn("migrations skipped (-o skip-migrate): pending ones, if any, were not applied")
         return Skip("skipped by -o skip-migrate")
@@ -947,6 +949,8 @@ def post_apply(d: Deploy) -> str:
     command = d.config.post_migrate
     if not command:
         return Skip("no post_migrate in shipyard.toml")
+    if d.kind == "rollback":
+        return Skip(f"a rollback runs no migrations: `{command}` did not run")
     if "skip-migrate" in d.options:
         d.out.warn(f"post-migrate skipped (-o skip-migrate): `{command}` did not run")
         return Skip("skipped by -o skip-migrate")

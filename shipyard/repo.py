@@ -113,15 +113,16 @@ def configure(app: App, host: HostConfig) -> list[str]:
 
 
 def guard_branch_name(app: App, host: HostConfig) -> list[str]:
-    """Also hand pushes to ``refs/tags/<branch>`` to proc-receive, which refuses them.
+    """Hand pushes of the deploy branch and of tags to proc-receive.
 
     On a host with no deploy branch yet, git reads ``git push production v1.2:main``
-    as "create tag main" (an unqualified destination takes the source's kind);
-    that tag would make ``main`` ambiguous for every later push.
+    as "create tag main" (an unqualified destination takes the source's kind):
+    proc-receive deploys it to the branch instead. Other tags it hands back to git
+    (``fall-through``), after noting which pushed commit they name.
     """
     import git
 
-    wanted = [f"refs/tags/{host.branch}", f"refs/heads/{host.branch}"]
+    wanted = ["refs/tags", f"refs/heads/{host.branch}"]
     repo = git.Repo(app.repo)
     try:
         current = repo.git.config("--get-all", "receive.procReceiveRefs").split()

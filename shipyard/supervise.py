@@ -839,6 +839,8 @@ def release_command(d: Deploy) -> str:
     command = d.procfile.get(prov.RELEASE_TYPE)
     if not command:
         return Skip("no release: command in Procfile")
+    if d.kind == "rollback" and "run-release" not in d.options:
+        return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
     from .deploy import run_in_release
 
     output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)

@@ -160,6 +160,11 @@ class Work:
     def write(self, name: str, text: str) -> None:
         (self.path / name).write_text(text)
 
+    def tracking(self, branch: str = "main") -> str | None:
+        """Where the clone's remote-tracking ref `production/<branch>` points (None: absent)."""
+        ref = f"refs/remotes/production/{branch}"
+        return self.git("rev-parse", "--verify", "-q", ref, check=False).stdout.strip() or None
+
     def push(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """`git push production …`; the result's .out holds what the pusher saw."""
         result = self.git("push", "production", *(args or ("main",)), check=False)
