@@ -105,23 +105,7 @@ def test_a_failed_deploy_fails_the_push(site, phase):
     host, work, _ = site
     live_sha, serving = host.branch(), greeting(host)
     n = len(history(host)) + 1
-    if phase == "venv":
-        reqs = (work.path / "requirements.txt").read_text()
-        work.commit("bad", **{"requirements.txt": reqs + "shipyard-no-such-package-xyz==1.0\n"})
-    elif phase == "migrate":
-        work.commit("bad", **{"polls/migrations/0003_boom.py": BOOM})
-    else:
-        views = (work.path / "polls" / "views.py").read_text()
-        work.commit(
-            "unhealthy",
-            **{
-                "polls/views.py": views.replace(
-                    'return JsonResponse({"ok": True})',
-                    'return JsonResponse({"ok": False}, status=503)',
-                ),
-                "shipyard.toml": NO_BUILD + "timeout = 20\nretries = 2\n",
-            },
-        )
+    break_at(work, phase)
     result = work.push(check=False)
     # the new web's health check is part of restart (it is switched back from there)
     rejected(result, n, "(restart|verify)" if phase == "verify" else phase)
@@ -295,6 +279,29 @@ def test_shipyard_log_prints_colour_only_onto_a_terminal(site):
 
 
 # --- helpers -----------------------------------------------------------------
+
+
+def break_at(work: Work, phase: str) -> str:
+    """Commit a change whose deploy fails at ``phase`` (verify: the new web is unhealthy)."""
+    if phase == "venv":
+        reqs = (work.path / "requirements.txt").read_text()
+        return work.commit(
+            "bad", **{"requirements.txt": reqs + "shipyard-no-such-package-xyz==1.0\n"}
+        )
+    if phase == "migrate":
+        return work.commit("bad", **{"polls/migrations/0003_boom.py": BOOM})
+    views = (work.path / "polls" / "views.py").read_text()
+    return work.commit(
+        "unhealthy",
+        **{
+            "polls/views.py": views.replace(
+                'return JsonResponse({"ok": True})',
+                'return JsonResponse({"ok": False}, status=503)',
+            ),
+            "shipyard.toml": (work.path / "shipyard.toml").read_text()
+            + "timeout = 20\nretries = 2\n",
+        },
+    )
 
 
 def on_a_tty(host: Host, number: int, env: dict) -> str:
