@@ -306,6 +306,17 @@ def ng_reason(app: App, number: int, entry: dict | None) -> str | None:
             f"started, and that push's deploy decides what is live (nothing was deployed for "
             f"this one); see `shipyard status {app.name}`, and push again to deploy this commit"
         )
+    if outcome == "interrupted":
+        at = f" at {entry['failed_phase']}" if entry.get("failed_phase") else ""
+        went = (
+            "its release is live here but was not completed"
+            if entry.get("release") and entry.get("release") == app.live_release()
+            else "nothing of it went live"
+        )
+        return (
+            f"deploy #{number} interrupted{at}: {went}; "
+            f"`shipyard deploy {app.name}` on the host deploys it again (see {where})"
+        )
     if entry.get("failed_phase"):
         return f"deploy #{number} failed at {entry['failed_phase']}: {error}"
     return f"deploy #{number} {outcome}: {error or 'see ' + where}"
@@ -329,7 +340,6 @@ def run_deploy(app: App, host: HostConfig, pending: Pending, raw: list[str]) -> 
     if reason is not None:
         pending.reply.reason = reason
         pending.reply.options = []
-        say(err, f"shipyard ▸ the whole log: `shipyard log {app.name} {number}` on the host")
 
 
 def say(out, text: str) -> None:

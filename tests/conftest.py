@@ -165,11 +165,19 @@ class Work:
         ref = f"refs/remotes/production/{branch}"
         return self.git("rev-parse", "--verify", "-q", ref, check=False).stdout.strip() or None
 
-    def push(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """`git push production …`; the result's .out holds what the pusher saw."""
+    def push(
+        self, *args: str, check: bool = True, fails: bool = False
+    ) -> subprocess.CompletedProcess:
+        """`git push production …`; the result's .out holds what the pusher saw.
+
+        ``fails``: the deploy is expected to fail, and with it the push (git's
+        `[remote rejected]` line, a non-zero exit).
+        """
         result = self.git("push", "production", *(args or ("main",)), check=False)
         result.out = result.stdout + result.stderr
-        if check and result.returncode:
+        if fails:
+            assert result.returncode != 0 and "[remote rejected]" in result.out, result.out
+        elif check and result.returncode:
             raise AssertionError(f"push failed ({result.returncode}):\n{result.out}")
         return result
 

@@ -67,7 +67,7 @@ def test_rolling_batches_of_one_switch_the_first_host_back(tmp_path, hosts):
     assert web2.live().name == web3.live().name == live.name
     (web2.dir / "shared" / "fail-verify").write_text("")
     sha = work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    result = work.push()
+    result = work.push(fails=True)
     out = result.out
     assert "batch 1/3: web1" in out and "batch 2/3: web2" in out, out
     assert "batch 3/3" not in out and "[web3] ✓ switch" not in out.split("deploy #2")[1]
@@ -89,7 +89,7 @@ def test_all_at_once_every_host_goes_back_when_one_fails(tmp_path, hosts):
     live = primary.live()
     (web3.dir / "shared" / "fail-verify").write_text("")
     work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    out = work.push().out
+    out = work.push(fails=True).out
     assert "[web2] ✓ switch" in out and "[web3] ✗ verify" in out and "✗ rollout" in out
     assert "web3 (127.0.0.1:" in out.splitlines()[-3] or "failed at rollout: web3" in out
     assert primary.live() == live and web2.live().name == web3.live().name == live.name

@@ -191,7 +191,7 @@ def test_symlink_out_of_the_release(clean, observe, target, name):
     (work.path / name).symlink_to(target)
     sneaky = work.commit("sneaky link")
     n = len(entries(host))
-    out = work.push().out
+    out = work.push(fails=True).out
     line = next(ln for ln in remote_lines(out) if "✗ checkout" in ln)
     assert f"symlink {name} -> {target} points outside the release" in line
     assert "hint: make it a relative link to a file inside the repository" in out
@@ -256,7 +256,7 @@ def test_output_with_env_values_is_masked(clean, observe):
             },
         )
         n = len(entries(host)) + 1
-        out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main").out
+        out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main", fails=True).out
         assert "✗ build" in out and "key=********" in out and "token=********" in out
         assert re.search(r"by \S+: deploying \*{8}", out)
         assert "url=******** pw=********" in out  # a *_URL value whole, and its password
@@ -294,7 +294,7 @@ def test_extremely_long_output_lines(clean, observe):
     )
     work.commit("noisy", **{"shipyard.toml": f'build = ["{step}"]\n' + faultlib.NO_BUILD})
     started = time.monotonic()
-    out = work.push().out
+    out = work.push(fails=True).out
     seconds = time.monotonic() - started
     lines = remote_lines(out)
     assert "✗ build" in out and "exit 4" in out
