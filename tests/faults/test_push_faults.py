@@ -77,11 +77,12 @@ def test_client_killed_mid_push(site, observe, phase):
 
 
 def test_client_killed_after_the_branch_moved(site, observe):
-    """Cut off between proc-receive moving the branch and post-receive starting the deploy."""
+    """Cut off between proc-receive moving the branch and starting the deploy."""
     host, work, _ = site
     before = check_invariants(host)
     row = observe(
-        "fault", "pushing client SIGKILLed after proc-receive moved the branch, before post-receive"
+        "fault",
+        "pushing client SIGKILLed after proc-receive moved the branch, before it started a deploy",
     )
     n = len(entries(host))
     sha = greet(work, "cut off")
