@@ -165,6 +165,17 @@ class Work:
         ref = f"refs/remotes/production/{branch}"
         return self.git("rev-parse", "--verify", "-q", ref, check=False).stdout.strip() or None
 
+    def push_in_background(self, *args: str) -> subprocess.Popen:
+        """`git push production …` in its own process group (so a test can kill the client)."""
+        return subprocess.Popen(
+            ["git", "push", "production", *(args or ("main",))],
+            cwd=self.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
     def push(
         self, *args: str, check: bool = True, fails: bool = False
     ) -> subprocess.CompletedProcess:

@@ -331,14 +331,7 @@ def on_a_tty(host: Host, number: int, env: dict) -> str:
 
 
 def background(work: Work, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["git", "push", "production", *(args or ("main",))],
-        cwd=work.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return work.push_in_background(*args)
 
 
 def clone(path, host: Host) -> Work:

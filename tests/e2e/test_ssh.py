@@ -501,15 +501,8 @@ def wait_until(predicate, timeout: float = 120.0) -> None:
 
 
 def background_push(server: Server, work: Work, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["git", "push", "production", *(args or ("main",))],
-        cwd=work.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "GIT_SSH_COMMAND": server.git_ssh()},
-        start_new_session=True,
-    )
+    work.git("config", "core.sshCommand", server.git_ssh())
+    return work.push_in_background(*args)
 
 
 def fetch_over_ssh(server: Server, clone: Work) -> None:

@@ -182,7 +182,7 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
     releases = json.loads(sy(host, "releases", "mysite", "--json").stdout)
     if phase in BEFORE_SWITCH:
         # nothing went live: the push fails (it exited 0 before), git's line says why
-        assert code != 0 and f"(deploy #{n} interrupted: " in out, out
+        assert code != 0 and f"(deploy #{n} interrupted at {phase}: " in out, out
         assert live == before, (live, before)
         assert entry["outcome"] == "interrupted" and entry["failed_phase"] == phase
         assert f"last       #{n} interrupted at {phase}" in status
