@@ -299,13 +299,18 @@ def test_extremely_long_output_lines(clean, observe):
     lines = remote_lines(out)
     assert "✗ build" in out and "exit 4" in out
     assert max(len(ln) for ln in lines) < 500
-    assert sum("│" in ln for ln in lines) <= 20
+    # the last 20 lines of the output, and one saying where the rest is
+    assert sum("│" in ln for ln in lines) == 21
+    assert "earlier line(s) of this output are in the log: `shipyard log mysite" in out
     assert check_invariants(host) == before
     log = (host.dir / "deploys" / f"{entries(host)[-1]['deploy']}.log").read_text()
     assert max(len(ln) for ln in log.splitlines()) < 500
+    kept = sum("│" in ln for ln in log.splitlines())  # 2.3 MB of output: both ends, the cut said
+    assert "line(s) cut here: the log keeps 1,000,000 characters" in log and kept > 10_000
     row["outcome"] = (
         f"failed in {seconds:.1f}s; the pusher got {len(lines)} lines, the longest "
-        f"{max(len(ln) for ln in lines)} characters (last 20 of the output, each cut at 400)"
+        f"{max(len(ln) for ln in lines)} characters (last 20 of the output, each cut at 400, "
+        f"and where the rest is); the log kept {kept} lines of it, saying where it was cut"
     )
 
 
