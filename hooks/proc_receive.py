@@ -173,7 +173,6 @@ class Pending:
     reply: Reply
     commit: str
     ref: str
-    tag: str | None
 
 
 def tip(ref: str) -> str | None:
@@ -219,7 +218,7 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
         and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
     ):
         reply.options.append("forced-update")
-    return Pending(reply, commit, ref, tag)
+    return Pending(reply, commit, ref)
 
 
 def tag_named_like_the_branch(
