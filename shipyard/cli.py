@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .peers import add_commands  # many hosts: receiver, peers, sync
 
     add_commands(sub)
+    from .domains import add_commands as add_front_door  # domains, maintenance, tls
+
+    add_front_door(sub)
     return parser
 
 

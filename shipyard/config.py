@@ -47,6 +47,26 @@ SUPERVISOR_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "user": (str, None),
 }
 SUPERVISOR_MODES = ("embedded", "system")
+# Host side: the front door (shipyard/proxy.py, docs/server.md "domains and TLS").
+PROXY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "sites": (str, "/etc/nginx/shipyard"),
+    "reload": (list, ["sudo", "-n", "/usr/local/sbin/shipyard-proxy-reload"]),
+    "address": (str, ""),
+    "http_port": (int, 80),
+    "https_port": (int, 443),
+    "static": (str, "static"),
+    "static_url": (str, "/static/"),
+    "tls": (str, "acme"),
+    "acme_directory": (str, "https://acme-v02.api.letsencrypt.org/directory"),
+    "acme_email": (str, None),
+    "acme_ca_bundle": (str, None),
+    "certbot": (list, ["certbot"]),
+    "hsts": (bool, False),
+    "retry_after": (int, 120),
+}
+TLS_MODES = ("acme", "files", "off")
+LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){LABEL}(\.{LABEL})+\Z")
 HOST_SCHEMA: dict[str, Any] = {
     "branch": (str, "main"),
     "keep": (int, 5),
@@ -65,6 +85,8 @@ HOST_SCHEMA: dict[str, Any] = {
     # ---
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
+    "domains": (list, []),
+    "proxy": PROXY_SCHEMA,
 }
 INSTALLERS = ("uv", "pip")
 
@@ -122,6 +144,8 @@ class HostConfig:
     # ---
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
+    domains: list[str] = field(default_factory=list)  # served by the proxy (shipyard/proxy.py)
+    proxy: dict[str, Any] = field(default_factory=dict)
 
 
 def _line_of(text: str, key: str, table: str | None) -> int:
@@ -272,7 +296,39 @@ def parse_host_config(text: str, source: str) -> HostConfig:
             f"supervisor.mode must be 'embedded' or 'system', not {mode!r}"
         )
     _check_peers(data, text, source)
+    _check_front_door(data, text, source)
     return HostConfig(**data)
+
+
+def check_domain(name: str) -> str:
+    """``name`` if it is a hostname the proxy can serve (lowercase, dotted, no IP, no wildcard)."""
+    if not HOSTNAME.match(name) or name.rsplit(".", 1)[-1].isdigit():
+        raise ConfigError(
+            f"{name!r} is not a domain name",
+            "write a hostname such as www.example.com (lowercase, no scheme, port or path)",
+        )
+    return name
+
+
+def _check_front_door(data: dict, text: str, source: str) -> None:
+    where = f"{source}:{_line_of(text, 'domains', None)}"
+    domains = data.get("domains", [])
+    for name in domains:
+        try:
+            check_domain(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
+    if len(set(domains)) != len(domains):
+        raise ConfigError(f"{where}: a domain is listed twice")
+    proxy = data.get("proxy", {})
+    if proxy.get("tls", "acme") not in TLS_MODES:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'tls', 'proxy')}: proxy.tls must be 'acme', 'files' "
+            f"or 'off', not {proxy['tls']!r}"
+        )
+    for key in ("http_port", "https_port"):
+        if not 0 < proxy.get(key, 80) < 65536:
+            raise ConfigError(f"{source}:{_line_of(text, key, 'proxy')}: {key} must be 1-65535")
 
 
 def load_app_config(release_dir: Path) -> AppConfig:
