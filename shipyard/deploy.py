@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import build, faults, history, lock, migrate, peers, proxy, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -65,6 +65,7 @@ class Deploy:
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
+    maintenance_was_on: bool = False  # `-o maintenance` found the page on: leave it on
 
     @property
     def release(self) -> Path:
@@ -202,6 +203,7 @@ class Phase:
     run: Callable[[Deploy], str]
     undo: Callable[[Deploy], None] | None = None
     fatal: bool = True  # False: a failure is reported, the deploy goes on
+    option: str | None = None  # run only with this push option (and say nothing otherwise)
 
 
 PHASES = [
@@ -210,11 +212,13 @@ PHASES = [
     Phase("venv", build_venv),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
+    Phase("maintenance", proxy.maintenance_start, proxy.maintenance_undo, option="maintenance"),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
+    Phase("maintenance-off", proxy.maintenance_end, fatal=False, option="maintenance"),
     Phase("post-migrate", migrate.post_apply, fatal=False),
     Phase("finish", finish),
 ]
@@ -266,6 +270,8 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
     done = list(done or [])
     # with peers: switch/restart/verify → rollout
     for phase in peers.phases(d, PHASES) if phases is None else phases:
+        if phase.option and phase.option not in d.options:
+            continue
         t0 = time.monotonic()
         progress(d, phase.name)
         try:

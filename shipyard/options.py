@@ -13,6 +13,7 @@ KNOWN = {
     "no-restart": "switch the release but leave running processes alone",
     "color": "never, always or auto",
     "message": "a note recorded in the deploy history",
+    "maintenance": "serve the maintenance page from before the migrations until verified",
 }
 COLORS = ("never", "always", "auto")
 

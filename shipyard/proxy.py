@@ -379,6 +379,30 @@ def in_maintenance(app: App) -> bool:
     return maintenance_page(app).is_file()
 
 
+# the deploy's phases for `-o maintenance[=MESSAGE]` (deploy.PHASES): on around the migrations
+
+
+def maintenance_start(d) -> str:
+    """Turn the page on before the migrations, unless it was on already (then leave it to you)."""
+    d.maintenance_was_on = in_maintenance(d.app)
+    if d.maintenance_was_on:
+        return "already on; left on after the deploy"
+    maintenance_on(d.app, d.options.get("maintenance") or None)
+    return "on: the proxy answers 503 with Retry-After"
+
+
+def maintenance_end(d) -> str:
+    if d.maintenance_was_on:
+        return "left on (it was on before the deploy): `shipyard maintenance APP off`"
+    maintenance_off(d.app)
+    return "off"
+
+
+def maintenance_undo(d) -> None:
+    if not d.maintenance_was_on:
+        maintenance_off(d.app)
+
+
 # --- the root helper -----------------------------------------------------------
 
 

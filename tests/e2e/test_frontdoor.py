@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -235,3 +236,119 @@ def test_maintenance_page_with_retry_after_processes_untouched(door):
     assert sorted(processes_under(host.root)) == pids
     shipyard(*root_of(door), "maintenance", "mysite", "off")
     assert https_fetch(nginx.https_port, DOMAIN, root, "/")[:1] == (200,)
+
+
+def test_chromium_loads_the_page_over_https_with_its_static_css(door, tmp_path):
+    """A real browser trusting pebble's root (a throw-away NSS db), not ignoring errors."""
+    nginx, pebble, host, work = door
+    home = tmp_path / "home"
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    run("certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password", stdin=subprocess.DEVNULL)
+    run(
+        "certutil",
+        "-d",
+        f"sql:{nssdb}",
+        "-A",
+        "-t",
+        "C,,",
+        "-n",
+        "pebble",
+        "-i",
+        pebble.root(),
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"https://{DOMAIN}:{nginx.https_port}/page"
+    browser = [
+        "timeout", "-k", "5", "90", "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600",
+        f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1", "--virtual-time-budget=5000",
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": str(home)}
+    dom = run(*browser, "--dump-dom", url, env=env, stdin=subprocess.DEVNULL)
+    # the page's script wrote the computed colour of its title into the document's title
+    assert "<title>color=rgb(200, 30, 40)</title>" in dom.stdout, dom.stdout[-2000:]
+    shot = tmp_path / "page.png"
+    run(*browser, f"--screenshot={shot}", url, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and with an empty NSS db the browser refuses: the trust above is what made it load
+    empty = tmp_path / "empty" / ".pki" / "nssdb"
+    empty.mkdir(parents=True)
+    run("certutil", "-d", f"sql:{empty}", "-N", "--empty-password", stdin=subprocess.DEVNULL)
+    env["HOME"] = str(tmp_path / "empty")
+    refused = run(*browser, "--dump-dom", url, env=env, check=False, stdin=subprocess.DEVNULL)
+    assert "color=rgb(200, 30, 40)" not in refused.stdout
+
+
+SLOW_MIGRATION = """import os
+import time
+
+from django.db import migrations
+
+
+def wait_for_the_test(apps, schema_editor):
+    flag = os.environ.get("SHIPYARD_SHARED", ".") + "/migration-may-finish"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("polls", "0002_choice")]
+    operations = [migrations.RunPython(wait_for_the_test, migrations.RunPython.noop)]
+"""
+
+
+def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_maintenance(door):
+    """HTTPS via nginx: 5 deploys (one with -o maintenance around a long migration), a proxy
+    reload and maintenance on/off; every answer is the app (200) or the maintenance page."""
+    from httpload import Load
+
+    nginx, pebble, host, work = door
+    root = pebble.root()
+
+    def get() -> tuple[int, str]:
+        status, _headers, body = https_fetch(nginx.https_port, DOMAIN, root, "/", timeout=30)
+        return status, body
+
+    load = Load(port=nginx.https_port, rate=20, seconds=240, limit=4000, get=get)
+    thread = threading.Thread(target=load.run)
+    thread.start()
+    maintenance_window = []
+    try:
+        for n in range(1, 5):
+            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n'})
+            work.push()
+            if n == 2:
+                reload = run(*nginx.reload_command())
+                assert reload.returncode == 0
+            if n == 3:
+                shipyard(*root_of(door), "maintenance", "mysite", "on")
+                assert wait_for(lambda: load.results and load.results[-1][2] == 503)
+                shipyard(*root_of(door), "maintenance", "mysite", "off")
+        # the fifth deploy runs a long migration behind the maintenance page
+        work.commit("v5", **{"mysite/version.py": 'GREETING = "Hello v5"\n',
+                             "polls/migrations/0003_slow.py": SLOW_MIGRATION})  # fmt: skip
+        pusher = threading.Thread(target=lambda: maintenance_window.append(
+            work.push("-o", "maintenance=Upgrading the shop", "main")))  # fmt: skip
+        pusher.start()
+        assert wait_for(lambda: load.results and load.results[-1][2] == 503, 120)
+        (host.dir / "shared" / "migration-may-finish").touch()
+        pusher.join(180)
+        assert wait_for(lambda: load.results and load.results[-1][3] == "Hello v5", 60)
+    finally:
+        load.stop.set()
+        thread.join(60)
+    push = maintenance_window[0]
+    assert "maintenance" in push.out and push.returncode == 0, push.out
+    answers = [r for r in load.results if r[2] != 200]
+    assert answers, "the maintenance page was never seen"
+    bad = [r for r in answers if r[2] != 503 or "maintenance" not in r[3].lower()]
+    assert not bad, bad[:5]
+    bodies = {r[3] for r in load.results if r[2] == 200}
+    assert {"Hello v1", "Hello v4", "Hello v5"} <= bodies
+    assert "Upgrading the shop" in {r[3] for r in answers}.pop() or any(
+        "Upgrading the shop" in r[3] for r in answers
+    )
+    assert get() == (200, "Hello v5\n")
