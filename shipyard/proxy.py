@@ -160,6 +160,9 @@ def render(sp: dict[str, Any]) -> str:
         '    default "public, max-age=300";\n'
         "}\n"
         "server {\n" + _listen(sp["address"], sp["http_port"]) + f"    server_name {names};\n"
+        "    location = /.well-known/shipyard-site {\n"
+        f'        default_type text/plain;\n        return 200 "{digest(sp)}\\n";\n'
+        "    }\n"
         "    location ^~ /.well-known/acme-challenge/ {\n"
         f"        root {sp['acme_webroot']};\n"
         "        default_type text/plain;\n"
@@ -185,6 +188,39 @@ def render(sp: dict[str, Any]) -> str:
     else:
         out += _serve(sp, "") + "}\n"
     return out
+
+
+def digest(sp: dict[str, Any]) -> str:
+    """What the site answers at /.well-known/shipyard-site: which spec nginx is serving."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def wait_serving(sp: dict[str, Any], seconds: float = 15.0) -> None:
+    """Return once nginx serves ``sp``: `nginx -s reload` returns before new workers answer."""
+    import http.client
+    import time
+
+    address = sp["address"] or "127.0.0.1"
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn = http.client.HTTPConnection(address, sp["http_port"], timeout=2)
+            conn.request("GET", "/.well-known/shipyard-site", headers={"Host": sp["domains"][0]})
+            if conn.getresponse().read().decode().strip() == digest(sp):
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise ShipyardError(
+                f"the proxy did not start serving the new site within {seconds:.0f}s",
+                f"check nginx's error log and `curl -H 'Host: {sp['domains'][0]}' "
+                f"http://{address}:{sp['http_port']}/.well-known/shipyard-site`",
+            )
+        time.sleep(0.1)
 
 
 def site_text(sp: dict[str, Any]) -> str:
@@ -320,22 +356,25 @@ def reload(host: HostConfig) -> None:
         )
 
 
-def apply(app: App, host: HostConfig, tls: dict[str, str] | None = None) -> str:
+def apply(
+    app: App, host: HostConfig, tls: dict[str, str] | None = None, force: bool = False
+) -> str:
     """Write the app's site for ``host`` (none without domains) and reload; undone if refused.
 
     ``tls`` is the certificate pair to serve; by default the one installed for the app.
+    ``force`` reloads even when the site is unchanged (nginx reads certificates on reload).
     """
     check_claims(app, host)
     path = site_file(app, host)
     before = path.read_text() if path.is_file() else None
+    sp = None
     if host.domains:
         acme_webroot(app).mkdir(parents=True, exist_ok=True)
         if tls is None and settings(host)["tls"] != "off":
             tls = live_pair(app)
-        after: str | None = site_text(spec(app, host, tls))
-    else:
-        after = None
-    if after == before:
+        sp = spec(app, host, tls)
+    after = site_text(sp) if sp else None
+    if after == before and not force:
         return "unchanged"
     if after is None:
         path.unlink()
@@ -343,6 +382,8 @@ def apply(app: App, host: HostConfig, tls: dict[str, str] | None = None) -> str:
         write_atomic(path, after)
     try:
         reload(host)
+        if sp:
+            wait_serving(sp)
     except ShipyardError:
         if before is None:
             path.unlink(missing_ok=True)

@@ -82,8 +82,7 @@ def install(app: App, host: HostConfig, certificate: Path, key: Path, origin: st
     previous = os.readlink(live) if live.is_symlink() else None
     _point(live, stamp)
     try:
-        proxy.apply(app, host, installed(app))
-        proxy.reload(host)  # the site may be unchanged: nginx reads the files on reload
+        proxy.apply(app, host, installed(app), force=True)
     except BaseException:
         if previous:
             _point(live, previous)

@@ -348,7 +348,6 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
     assert not bad, bad[:5]
     bodies = {r[3] for r in load.results if r[2] == 200}
     assert {"Hello v1", "Hello v4", "Hello v5"} <= bodies
-    assert "Upgrading the shop" in {r[3] for r in answers}.pop() or any(
-        "Upgrading the shop" in r[3] for r in answers
-    )
+    assert any("Upgrading the shop" in r[3] for r in answers)  # -o maintenance=MESSAGE
+    assert len(load.results) > 100
     assert get() == (200, "Hello v5\n")
