@@ -160,6 +160,7 @@ class Options:
     dry_run: bool = False
     receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
     sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
+    proxy: bool = False  # the front door: nginx, certbot, the reload helper (provision/frontdoor)
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -751,6 +752,11 @@ class Provisioner:
             self.authorized_keys()
             self.apps()
         self.supervisor()
+        if self.o.proxy:
+            from .frontdoor import configure as front_door
+
+            for change in front_door(self.o.user, self.layout.shipyard_bin, self.o.dry_run):
+                self.change(change)
         self.summary()
         return 0
 
@@ -1090,5 +1096,6 @@ def main(args) -> int:
         dry_run=args.dry_run,
         receiver=args.receiver,
         sync=args.sync or [],
+        proxy=getattr(args, "proxy", False),
     )
     return Provisioner(options).provision()

@@ -111,6 +111,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prefix", help=argparse_suppress())
     p.add_argument("--conf", help=argparse_suppress())
     p.add_argument("--home", help=argparse_suppress())
+    p.add_argument("--checked", help=argparse_suppress())
     p.set_defaults(func=proxy.cmd_proxy_reload)
 
 

@@ -61,6 +61,11 @@ def register(sub) -> None:
         metavar="APP",
         help="many hosts, on the primary: keep APP's peers on its live release (every 30 s)",
     )
+    p.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the front door: nginx and certbot, the user's sites dir and its reload helper",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.set_defaults(func=_provision)
 

@@ -447,36 +447,61 @@ def maintenance_undo(d) -> None:
 # --- the root helper -----------------------------------------------------------
 
 
-def reload_sites(sites: Path, nginx: list[str], home: Path | None = None) -> list[str]:
-    """The root helper's body: verify every site under ``sites``, ``nginx -t``, reload.
+def read_no_follow(path: Path) -> tuple[str, int]:
+    """A file's text and owner, opened without following a link (root reads users' files)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        return f.read(), os.fstat(f.fileno()).st_uid
 
-    Each site's paths must lie in its directory owner's home (``home`` overrides, for tests).
+
+def reload_sites(
+    sites: Path, checked: Path, nginx: list[str], home: Path | None = None
+) -> list[str]:
+    """The root helper's body: verify every site under ``sites``, copy it to ``checked``
+    (root's, what nginx includes), ``nginx -t``, reload; the previous set is put back if refused.
+
+    nginx never reads a file the deploy user can still change after the check. Each site's
+    paths must lie in its directory owner's home (``home`` overrides, for tests).
     """
     import pwd
 
-    checked = []
+    wanted: dict[str, str] = {}
     for path in sorted(sites.glob("*/*.conf")):
         owner = path.parent.stat().st_uid
         base = home or Path(pwd.getpwuid(owner).pw_dir)
-        if path.stat().st_uid != owner or path.is_symlink():
-            raise ConfigError(f"{path}: not a file of {path.parent}'s owner")
         try:
-            verify_site(path.read_text(), base)
-        except ConfigError as exc:
+            text, uid = read_no_follow(path)
+            if uid != owner:
+                raise ConfigError(f"not a file of {path.parent}'s owner")
+            verify_site(text, base)
+        except (OSError, ConfigError) as exc:
             raise ConfigError(
-                f"{path}: {exc.message}", "rewrite it with `shipyard domains APP`"
+                f"{path}: {getattr(exc, 'message', exc)}", "rewrite it with `shipyard domains APP`"
             ) from None
-        checked.append(str(path))
+        wanted[f"{path.parent.name}--{path.name}"] = text
+    checked.mkdir(mode=0o755, exist_ok=True)
+    before = {p.name: p.read_text() for p in checked.glob("*.conf")}
+
+    def install(files: dict[str, str]) -> None:
+        for name, text in files.items():
+            write_atomic(checked / name, text)
+        for old in checked.glob("*.conf"):
+            if old.name not in files:
+                old.unlink()
+
+    install(wanted)
     for step in (["-t", "-q"], ["-s", "reload"]):
         result = subprocess.run([*nginx, *step], capture_output=True, text=True)
         if result.returncode:
+            install(before)
             lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
             raise ShipyardError(f"nginx {' '.join(step)}: {lines[-1]}")
-    return checked
+    return sorted(wanted)
 
 
 def cmd_proxy_reload(args) -> int:
     nginx = ["nginx", *(["-p", args.prefix] if args.prefix else [])]
     nginx += ["-c", args.conf] if args.conf else []
-    reload_sites(Path(args.sites), nginx, Path(args.home) if args.home else None)
+    checked = Path(args.checked or f"{args.sites.rstrip('/')}.checked")
+    reload_sites(Path(args.sites), checked, nginx, Path(args.home) if args.home else None)
     return 0

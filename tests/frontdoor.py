@@ -62,7 +62,7 @@ class Nginx:
             )
             # a catch-all on the test ports, as a host's default site would be
             + f"  server {{ listen 127.0.0.1:{self.http_port} default_server; return 444; }}\n"
-            + f"  include {self.sites}/*/*.conf;\n}}\n"
+            + f"  include {self.prefix}/checked/*.conf;\n}}\n"
         )
         self.proc = subprocess.Popen(
             ["nginx", "-p", str(p), "-c", str(self.conf)],
@@ -85,6 +85,8 @@ class Nginx:
             str(self.conf),
             "--home",
             str(self.home),
+            "--checked",
+            str(self.prefix / "checked"),
         ]
 
     def proxy_table(self, **extra: object) -> str:

@@ -11,6 +11,7 @@ from shipyard import proxy
 from shipyard.app import App
 from shipyard.config import ConfigError, parse_host_config
 from shipyard.domains import with_domains
+from shipyard.errors import ShipyardError
 
 
 def spec(tmp_path: Path, **over) -> dict:
@@ -85,3 +86,36 @@ def test_domains_line_is_set_above_the_tables():
 def test_host_config_refuses_bad_front_door_settings(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_host_config(text, "shipyard.toml")
+
+
+def test_provision_writes_the_include_the_helper_and_one_sudo_rule(tmp_path):
+    from shipyard.provision.frontdoor import root_files
+
+    files = {str(f.path): f for f in root_files("deploy", Path("/usr/local/lib/x/bin/shipyard"))}
+    include = files["/etc/nginx/conf.d/shipyard.conf"]
+    assert "include /etc/nginx/shipyard.checked/*.conf;" in include.text
+    helper = files["/usr/local/sbin/shipyard-proxy-reload"]
+    assert "exec /usr/local/lib/x/bin/shipyard proxy-reload --sites /etc/nginx/shipyard" in (
+        helper.text
+    )
+    rule = files["/etc/sudoers.d/shipyard-deploy"]
+    # the user may run the helper with no arguments at all, and nothing else
+    assert rule.text == 'deploy ALL=(root) NOPASSWD: /usr/local/sbin/shipyard-proxy-reload ""\n'
+    assert rule.mode == 0o440
+
+
+def test_root_helper_copies_only_checked_sites_and_keeps_the_old_set_when_refused(tmp_path):
+    sites, checked = tmp_path / "sites", tmp_path / "checked"
+    (sites / "deploy").mkdir(parents=True)
+    good = proxy.site_text(spec(tmp_path))
+    (sites / "deploy" / "shop.conf").write_text(good)
+    assert proxy.reload_sites(sites, checked, ["true"], tmp_path) == ["deploy--shop.conf"]
+    assert (checked / "deploy--shop.conf").read_text() == good
+    (sites / "deploy" / "shop.conf").write_text(good + "include /etc/shadow;\n")
+    with pytest.raises(ConfigError, match="not what shipyard renders"):
+        proxy.reload_sites(sites, checked, ["true"], tmp_path)
+    assert (checked / "deploy--shop.conf").read_text() == good
+    (sites / "deploy" / "shop.conf").write_text(good)
+    with pytest.raises(ShipyardError, match="nginx -t"):
+        proxy.reload_sites(sites, checked, ["false"], tmp_path)
+    assert (checked / "deploy--shop.conf").read_text() == good
