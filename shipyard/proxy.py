@@ -197,6 +197,26 @@ def digest(sp: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def serves_pair(sp: dict[str, Any]) -> bool:
+    """Whether HTTPS hands out the certificate of ``sp`` (nginx reads certificates on reload)."""
+    import socket
+    import ssl
+
+    if not sp["tls"]:
+        return True
+    with open(sp["tls"]["certificate"]) as f:
+        pem = f.read()
+    end = "-----END CERTIFICATE-----"
+    wanted = ssl.PEM_cert_to_DER_cert(pem[: pem.index(end) + len(end)])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # not trusting it: comparing it with the file
+    address = sp["address"] or "127.0.0.1"
+    sock = socket.create_connection((address, sp["https_port"]), timeout=2)
+    with context.wrap_socket(sock, server_hostname=sp["domains"][0]) as tls:
+        return tls.getpeercert(binary_form=True) == wanted
+
+
 def wait_serving(sp: dict[str, Any], seconds: float = 15.0) -> None:
     """Return once nginx serves ``sp``: `nginx -s reload` returns before new workers answer."""
     import http.client
@@ -208,9 +228,9 @@ def wait_serving(sp: dict[str, Any], seconds: float = 15.0) -> None:
         try:
             conn = http.client.HTTPConnection(address, sp["http_port"], timeout=2)
             conn.request("GET", "/.well-known/shipyard-site", headers={"Host": sp["domains"][0]})
-            if conn.getresponse().read().decode().strip() == digest(sp):
+            if conn.getresponse().read().decode().strip() == digest(sp) and serves_pair(sp):
                 return
-        except (OSError, http.client.HTTPException):
+        except (OSError, ValueError, http.client.HTTPException):
             pass
         finally:
             conn.close()

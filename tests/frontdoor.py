@@ -204,6 +204,16 @@ class Pebble:
                 proc.wait()
 
 
+def _get(conn: http.client.HTTPConnection, domain: str, path: str):
+    try:
+        conn.request("GET", path, headers={"Connection": "close", "Host": domain})
+        response = conn.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, headers, response.read().decode()
+    finally:
+        conn.close()
+
+
 def https_fetch(
     port: int, domain: str, cafile: Path, path: str = "/", timeout: float = 10.0
 ) -> tuple[int, dict[str, str], str]:
@@ -212,21 +222,9 @@ def https_fetch(
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     conn = http.client.HTTPConnection(domain, port, timeout=timeout)
     conn.sock = context.wrap_socket(sock, server_hostname=domain)
-    try:
-        conn.request("GET", path, headers={"Connection": "close", "Host": domain})
-        response = conn.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return response.status, headers, response.read().decode()
-    finally:
-        conn.close()
+    return _get(conn, domain, path)
 
 
 def http_fetch(port: int, domain: str, path: str = "/") -> tuple[int, dict[str, str], str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Connection": "close", "Host": domain})
-        response = conn.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return response.status, headers, response.read().decode()
-    finally:
-        conn.close()
+    """GET http://127.0.0.1:``port``/``path`` with ``Host: domain``: (status, headers, body)."""
+    return _get(http.client.HTTPConnection("127.0.0.1", port, timeout=10), domain, path)
