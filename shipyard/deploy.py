@@ -203,7 +203,6 @@ class Phase:
     run: Callable[[Deploy], str]
     undo: Callable[[Deploy], None] | None = None
     fatal: bool = True  # False: a failure is reported, the deploy goes on
-    option: str | None = None  # run only with this push option (and say nothing otherwise)
 
 
 PHASES = [
@@ -212,19 +211,32 @@ PHASES = [
     Phase("venv", build_venv),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
-    Phase("maintenance", proxy.maintenance_start, proxy.maintenance_undo, option="maintenance"),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
-    Phase("maintenance-off", proxy.maintenance_end, fatal=False, option="maintenance"),
     Phase("post-migrate", migrate.post_apply, fatal=False),
     Phase("finish", finish),
 ]
 
 
 # --- running them -----------------------------------------------------------
+
+
+def with_options(d: Deploy, phases: list[Phase]) -> list[Phase]:
+    """``-o maintenance``: the maintenance page from before ``migrate`` until ``verify`` (or
+    the rollout) passed; turning it on is undone with the deploy."""
+    if "maintenance" not in d.options:
+        return phases
+    out = []
+    for phase in phases:
+        if phase.name == "migrate":
+            out.append(Phase("maintenance", proxy.maintenance_start, proxy.maintenance_undo))
+        out.append(phase)
+        if phase.name in ("verify", "rollout"):
+            out.append(Phase("maintenance-off", proxy.maintenance_end, fatal=False))
+    return out
 
 
 def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = None) -> str:
@@ -269,9 +281,7 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
     started = time.monotonic()
     done = list(done or [])
     # with peers: switch/restart/verify → rollout
-    for phase in peers.phases(d, PHASES) if phases is None else phases:
-        if phase.option and phase.option not in d.options:
-            continue
+    for phase in with_options(d, peers.phases(d, PHASES) if phases is None else phases):
         t0 = time.monotonic()
         progress(d, phase.name)
         try:

@@ -119,3 +119,18 @@ def test_root_helper_copies_only_checked_sites_and_keeps_the_old_set_when_refuse
     with pytest.raises(ShipyardError, match="nginx -t"):
         proxy.reload_sites(sites, checked, ["false"], tmp_path)
     assert (checked / "deploy--shop.conf").read_text() == good
+
+
+def test_push_option_maintenance_brackets_the_migrations_and_only_then():
+    import io
+
+    from shipyard.config import HostConfig
+    from shipyard.deploy import PHASES, Deploy, with_options
+    from shipyard.report import Reporter
+
+    d = Deploy(None, HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
+    assert with_options(d, PHASES) == PHASES
+    d.options = {"maintenance": ""}
+    names = [p.name for p in with_options(d, PHASES)]
+    assert names.index("maintenance") == names.index("migrate") - 1
+    assert names.index("maintenance-off") == names.index("verify") + 1
