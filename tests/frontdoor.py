@@ -1,6 +1,7 @@
 """The real front door for the tests: Debian's nginx and pebble (a real ACME server) on loopback.
 
 Both run as processes the test starts, with their own config and prefix (no system service).
+`make demo` uses them too (examples/demo.py), so this module needs nothing from conftest.
 pebble validates HTTP-01 challenges for real: it resolves the test domains through
 pebble-challtestsrv's DNS (every name -> 127.0.0.1) and fetches the challenge from nginx.
 """
@@ -13,12 +14,23 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import BIN, free_port, run
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=True)
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
