@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import build, faults, history, lock, migrate, notify, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -380,6 +380,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         _record(d, outcome, seconds, extra)
     except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
         d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+    notify.deploy_event(d, outcome, seconds, extra)  # in the background; never fails the deploy
 
 
 def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
@@ -485,4 +486,5 @@ def execute(d: Deploy) -> bool:
                 good=True,
             )
             return True
+        notify.deploy_event(d, "started", 0.0, {})
         return run(d)

@@ -137,7 +137,14 @@ def status(app: App) -> dict:
         "rollback_to": rollback_target(app),
         "processes": processes(app),
         "hosts": hosts,
+        "notify": notify_problems(app),
     }
+
+
+def notify_problems(app: App) -> list[dict]:
+    from . import notify
+
+    return notify.problems(app)
 
 
 def outcome_text(entry: dict) -> str:
@@ -223,6 +230,15 @@ def render_status(s: dict) -> str:
             lines.append(
                 fit(f"  note       interrupted at {how.get('phase')}, then completed", WIDTH)
             )
+    for failed in s.get("notify") or []:  # webhooks whose last delivery did not arrive
+        lines.append(
+            fit(
+                f"  ! webhook {failed['webhook']}: deploy #{failed.get('deploy')} "
+                f"{failed.get('event')} not delivered ({failed.get('attempts', 1)} tries, "
+                f"{failed.get('error')}) {ago(failed.get('time'))}",
+                WIDTH,
+            )
+        )
     branch = s.get("branch") or {}
     live_sha = (live or {}).get("sha")
     if (
