@@ -29,7 +29,7 @@ from shipyard.app import APP_NAME, App, default_root
 GIT_COMMANDS = {"git-receive-pack": "receive-pack", "git-upload-pack": "upload-pack"}
 # Read-only or deploy-shaped commands an operator may run over SSH; never init, provision,
 # run-deploy or anything that takes a path.
-OPERATOR_COMMANDS = ("status", "releases", "history", "log", "rollback", "deploy", "doctor")
+OPERATOR_COMMANDS = ("status", "releases", "history", "log", "rollback", "deploy", "doctor", "cron")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
 REFUSED_EXIT = 126

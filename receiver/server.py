@@ -282,6 +282,7 @@ class Handler(BaseHTTPRequestHandler):
             tag=str(data["tag"])[:200] if data.get("tag") else None,
             options=options,
             release_id=check_release_id(str(data.get("release", ""))),
+            peer=True,
         )
 
     @contextlib.contextmanager

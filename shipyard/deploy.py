@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, notify, peers, release, supervise, venv
+from . import build, cron, faults, history, lock, migrate, notify, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -65,6 +65,7 @@ class Deploy:
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
+    peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
 
     @property
     def release(self) -> Path:
@@ -173,7 +174,7 @@ def build_steps(d: Deploy) -> str:
 
 def switch(d: Deploy) -> str:
     d.previous = release.switch(d.app, d.release_id)
-    return f"current → {d.release_id}"
+    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
 
 
 def switch_back(d: Deploy) -> None:
@@ -181,6 +182,7 @@ def switch_back(d: Deploy) -> None:
         release.switch(d.app, d.previous)
     elif d.app.current.is_symlink():
         d.app.current.unlink()
+    cron.apply(d, d.previous)  # the jobs of what is live again
 
 
 def finish(d: Deploy) -> str:
