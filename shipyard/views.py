@@ -233,9 +233,8 @@ def render_status(s: dict) -> str:
     for failed in s.get("notify") or []:  # webhooks whose last delivery did not arrive
         lines.append(
             fit(
-                f"  ! webhook {failed['webhook']}: deploy #{failed.get('deploy')} "
-                f"{failed.get('event')} not delivered ({failed.get('attempts', 1)} tries, "
-                f"{failed.get('error')}) {ago(failed.get('time'))}",
+                f"  ! webhook {failed['webhook']}: #{failed.get('deploy')} {failed.get('event')} "
+                f"not delivered ({failed.get('error')}; {failed.get('attempts', 1)} tries)",
                 WIDTH,
             )
         )

@@ -142,7 +142,7 @@ def test_webhooks_are_signed_and_carry_the_deploy_without_secrets(
     work.push(check=False)
     assert history(host)[-1]["outcome"] == "failed"
     wait_for(lambda: len(receiver.requests) >= 4, what="the failed webhook")
-    failed = receiver.bodies()[-1]
+    failed = next(b for b in receiver.bodies() if b["event"] == "failed")
     assert failed["event"] == "failed" and failed["failed_phase"] == "build"
     assert "failed at build" in failed["text"]
     assert all(e["ok"] for e in deliveries(host) if e.get("ok") is not None)
@@ -185,6 +185,10 @@ def test_a_refused_webhook_is_retried_and_an_unreachable_one_changes_no_outcome(
     assert history(host)[-1]["outcome"] == "live"  # unchanged by the webhook
     status = shipyard("--root", host.root, "status", "mysite").stdout
     line = next(ln for ln in status.splitlines() if "webhook" in ln)
-    assert f"webhook http://127.0.0.1:{nobody}: deploy #1 live not delivered" in line
+    assert f"webhook http://127.0.0.1:{nobody}: #1 live not delivered (connection refused" in line
     assert "tokenpart" not in status  # a webhook's path (its token) is never shown
     assert f":{receiver.port}" not in status  # delivered: nothing to say
+    data = json.loads(shipyard("--root", host.root, "status", "mysite", "--json").stdout)
+    assert [(n["webhook"], n["attempts"]) for n in data["notify"]] == [
+        (f"http://127.0.0.1:{nobody}", 4)
+    ]
