@@ -330,6 +330,7 @@ def load_host_config(path: Path) -> HostConfig:
         raise ConfigError(f"{path}: not UTF-8 text", "rewrite it as UTF-8 TOML") from None
     host = parse_host_config(text, str(path))
     check_secret_access(host, path)
+    check_webhook_secret_access(host, path)
     return host
 
 
@@ -423,6 +424,19 @@ def check_secret_access(host: HostConfig, config_file: Path) -> None:
         raise ConfigError(
             f"{path} {what} but others can read it (mode {mode:04o}, owner uid {info.st_uid})",
             f"make it the deploy user's alone: chmod 600 {path}{alt}",
+        )
+
+
+def check_webhook_secret_access(host: HostConfig, config_file: Path) -> None:
+    """A webhook secret signs what receivers trust: the file that holds it is the user's alone."""
+    if not any(w.secret for w in host.notify.get("webhook", [])):
+        return
+    info = config_file.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 or info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{config_file} holds a webhook secret but others can read it (mode {mode:04o})",
+            f"make it the deploy user's alone: chmod 600 {config_file}",
         )
 
 

@@ -433,7 +433,23 @@ def listing(app: App, host: HostConfig) -> dict:
                 "log": str(log_path(app, job.name)),
             }
         )
-    return {"app": app.name, "host": host_name(host), "release": live, "jobs": rows, "error": error}
+    return {
+        "app": app.name,
+        "host": host_name(host),
+        "release": live,
+        "jobs": rows,
+        "error": error,
+        "daemon": daemon_running(),
+    }
+
+
+def daemon_running() -> bool:
+    """Is a cron daemon running on this host (else nothing scheduled ever starts)?"""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in ("cron", "crond"):
+                return True
+    return False
 
 
 def _held(app: App, name: str) -> bool:
@@ -468,6 +484,8 @@ def render(data: dict) -> str:
             f"  {row['name']:<18} {row['schedule']:<16} {when:<17} {last:<17} {status:>5} {took:>7}"
         )
     lines.append(f"  logs: {Path(data['jobs'][0]['log']).parent}/cron-NAME.log")
+    if not data.get("daemon", True):
+        lines.append("  ! no cron daemon runs on this host: start it (systemctl enable --now cron)")
     if data.get("error"):
         lines.append(f"  ! the crontab was not updated: {data['error']['error']}")
     return "\n".join(lines)

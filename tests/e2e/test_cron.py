@@ -126,7 +126,9 @@ def test_cron_runs_the_jobs_in_the_live_release_with_their_limit(server: Server,
 def test_cron_lists_the_jobs_over_ssh(server: Server, deployed):  # noqa: F811
     listed = server.ssh("shipyard", "cron", "mysite", "--json")
     assert listed.returncode == 0, listed.stderr
-    jobs = {j["name"]: j for j in json.loads(listed.stdout)["jobs"]}
+    data = json.loads(listed.stdout)
+    assert data["daemon"] is True and data["error"] is None
+    jobs = {j["name"]: j for j in data["jobs"]}
     assert jobs["tick"]["exit"] == 0 and jobs["tick"]["duration"] is not None
     assert jobs["tick"]["next"] > time.time() and jobs["tick"]["scheduled_here"]
     assert jobs["slow"]["timed_out"] is True

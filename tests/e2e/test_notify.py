@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import Host, Work, free_port, shipyard
 from httpload import fetch
+from test_operator import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,14 +74,6 @@ def receiver():
     made = Receiver()
     yield made
     made.stop()
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def add_webhooks(host: Host, *hooks: str, retries: int = 3) -> None:

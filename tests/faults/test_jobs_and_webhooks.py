@@ -36,6 +36,19 @@ def clean(site):
     work.git("reset", "-q", "--hard", host.branch())
 
 
+def refused(host, work) -> str:
+    """Push; it must be refused before the branch moves (nothing recorded); git's line."""
+    tip, n = host.branch(), len(entries(host))
+    result = work.push(check=False)
+    assert result.returncode != 0, result.out
+    assert host.branch() == tip and len(entries(host)) == n
+    return next(ln for ln in result.out.splitlines() if "[remote rejected]" in ln)
+
+
+def said(line: str) -> str:
+    return re.sub(r"^.*\[remote rejected\] main -> main \(", "", line).rstrip(")")
+
+
 @pytest.mark.parametrize(
     "job, expected",
     [
@@ -54,15 +67,11 @@ def clean(site):
 def test_a_malformed_cron_job_is_refused_before_the_branch_moves(clean, observe, job, expected):
     host, work, before = clean
     row = observe("bad input", f"a `[cron]` job in shipyard.toml: `{job}`")
-    tip, n = host.branch(), len(entries(host))
     work.commit("bad job", **{"shipyard.toml": NO_BUILD + f"\n[cron]\n{job}\n"})
-    result = work.push(check=False)
-    assert result.returncode != 0
-    line = next(ln for ln in result.out.splitlines() if "[remote rejected]" in ln)
+    line = refused(host, work)
     assert expected in line, line
-    assert host.branch() == tip and len(entries(host)) == n and check_invariants(host) == before
-    said = re.sub(r"^.*\[remote rejected\] main -> main \(", "", line).rstrip(")")
-    row["outcome"] = f"push refused: `{said}`"
+    assert check_invariants(host) == before
+    row["outcome"] = f"push refused: `{said(line)}`"
 
 
 def test_a_webhook_url_that_is_not_http_is_refused(clean, observe):
@@ -73,10 +82,7 @@ def test_a_webhook_url_that_is_not_http_is_refused(clean, observe):
     config.write_text(saved + '\n[[notify.webhook]]\nurl = "ftp://chat.example.com/hook"\n')
     try:
         work.commit("any change", **{"mysite/version.py": 'GREETING = "webhook"\n'})
-        tip = host.branch()
-        result = work.push(check=False)
-        assert result.returncode != 0 and host.branch() == tip
-        line = next(ln for ln in result.out.splitlines() if "[remote rejected]" in ln)
+        line = refused(host, work)
         assert "webhook url 'ftp://chat.example.com/hook' is not an http(s) URL" in line, line
         assert f"{config}:" in line and "https://hooks.slack.com" in line
         status = sy(host, "status", "mysite").stdout
@@ -84,8 +90,7 @@ def test_a_webhook_url_that_is_not_http_is_refused(clean, observe):
     finally:
         config.write_text(saved)
     assert check_invariants(host) == before
-    said = re.sub(r"^.*\[remote rejected\] main -> main \(", "", line).rstrip(")")
-    row["outcome"] = f"push refused: `{said}`"
+    row["outcome"] = f"push refused: `{said(line)}`"
 
 
 def test_an_unreachable_webhook_changes_no_outcome(clean, observe):

@@ -121,3 +121,19 @@ def test_a_client_error_is_not_retried(tmp_path, monkeypatch):
 def test_send_without_a_webhook_for_the_event_starts_nothing(tmp_path):
     host = host_config(events='["failed"]')
     assert notify.send(App(tmp_path, "mysite"), host, "live", {}) is None
+
+
+def test_a_webhook_secret_in_a_file_others_can_read_is_refused(tmp_path):
+    from shipyard.config import load_host_config
+
+    path = tmp_path / "shipyard.toml"
+    path.write_text(
+        HOOK.format(url="https://x.example/", events='["live"]') + 'secret = "' + "k" * 20 + '"\n'
+    )
+    path.chmod(0o640)
+    with pytest.raises(ConfigError) as err:
+        load_host_config(path)
+    assert "holds a webhook secret but others can read it (mode 0640)" in str(err.value)
+    assert f"chmod 600 {path}" in str(err.value)
+    path.chmod(0o600)
+    assert load_host_config(path).notify["webhook"][0].secret == "k" * 20
