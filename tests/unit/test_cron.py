@@ -136,3 +136,32 @@ def test_an_unknown_job_is_one_line(app):
     assert cron.execute(app, "nope") == 1
     line = cron.log_path(app, "nope").read_text().strip()
     assert "no cron job 'nope' in the live release" in line and "jobs: hello, slow" in line
+
+
+def test_apply_installs_per_host_and_never_raises(app, monkeypatch):
+    from types import SimpleNamespace
+
+    (app.release_dir(RID) / "shipyard.toml").write_text(
+        "[cron]\n"
+        'everywhere = { schedule = "@hourly", run = "a" }\n'
+        'on-web2 = { schedule = "@hourly", run = "b", host = "web2" }\n'
+    )
+    installed, warned = [], []
+    monkeypatch.setattr(cron, "install", lambda a, jobs: installed.append(jobs) or True)
+    out = SimpleNamespace(warn=warned.append)
+    primary = SimpleNamespace(app=app, host=HostConfig(name="web1"), out=out, peer=False)
+    peer = SimpleNamespace(app=app, host=HostConfig(name="web2"), out=out, peer=True)
+    assert cron.apply(primary, RID) == "; cron: everywhere"
+    assert cron.apply(peer, RID) == "; cron: on-web2"
+    assert cron.apply(primary, None) == "; cron: none"  # switched back to nothing live
+    assert [[j.name for j in jobs] for jobs in installed] == [["everywhere"], ["on-web2"], []]
+
+    def refuse(a, jobs):
+        raise cron.CronError("`crontab -` refused the new crontab: disk quota exceeded")
+
+    monkeypatch.setattr(cron, "install", refuse)
+    assert cron.apply(primary, RID) == "; cron jobs NOT updated"
+    assert warned == [
+        "cron: `crontab -` refused the new crontab: disk quota exceeded; the jobs are unchanged"
+    ]
+    assert "disk quota" in cron.listing(app, HostConfig())["error"]["error"]
