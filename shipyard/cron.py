@@ -143,6 +143,8 @@ def install(app: App, jobs: list[CronJob]) -> bool:
     installed = state_dir(app) / "installed.json"
     if not jobs and not installed.exists():
         return False  # this app never scheduled anything here: leave the crontab (and cron) be
+    if jobs:  # cron's shell opens the log before shipyard runs: its directory must exist
+        logs_dir(app).mkdir(parents=True, exist_ok=True)
     with open(app.root / ".crontab.lock", "a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         current = read_crontab()
