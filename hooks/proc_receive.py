@@ -149,6 +149,30 @@ def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
     return new, None
 
 
+def move_branch(ref: str, commit: str, old: str, message: str) -> subprocess.CompletedProcess:
+    """Compare-and-swap ``ref`` from ``old`` to ``commit``.
+
+    If another push moved it meanwhile to an ancestor of ``commit`` (two CI jobs for
+    successive commits), this push is still a fast-forward: move it from there, and let
+    the deploy lock order the two deploys. Anything else stays refused.
+    """
+    expected = old
+    for _ in range(5):
+        cas = "" if expected == ZERO else expected
+        update = git("update-ref", "-m", message, ref, commit, cas, check=False)
+        if not update.returncode:
+            return update
+        tip = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+        moved_behind = tip and tip != expected
+        if (
+            not moved_behind
+            or git("merge-base", "--is-ancestor", tip, commit, check=False).returncode
+        ):
+            return update
+        expected = tip
+    return update
+
+
 def handle(
     app: App, old: str, new: str, ref: str, options: dict[str, str]
 ) -> tuple[str, str | None]:
@@ -163,15 +187,7 @@ def handle(
         )
     commit, tag = peel(new)
     check_commit(app, commit)
-    update = git(
-        "update-ref",
-        "-m",
-        f"push{' ' + tag if tag else ''}",
-        ref,
-        commit,
-        old if old != ZERO else "",
-        check=False,
-    )
+    update = move_branch(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
     faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py

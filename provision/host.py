@@ -746,6 +746,21 @@ class Provisioner:
             self.change(f"make the receiver's TLS certificate {cert}")
         self.note(f"pin it in the primary's shipyard.toml: {lines[-1]}")
 
+    # 4b. cron: the apps' [cron] jobs are the deploy user's crontab (shipyard/cron.py)
+
+    def cron(self) -> None:
+        if shutil.which("crontab", path=PATH) and Path("/usr/sbin/cron").exists():
+            return
+        if not shutil.which("apt-get", path=PATH):
+            self.note("no cron: install a cron daemon for the apps' [cron] jobs")
+            return
+        self.change("install cron (Debian package; runs the apps' [cron] jobs)")
+        if not self.o.dry_run:
+            self.run(
+                "apt-get", "install", "-y", "-qq", "cron",
+                env={"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"},
+            )  # fmt: skip
+
     # 5. apps
 
     def apps(self) -> None:
@@ -780,6 +795,7 @@ class Provisioner:
             self.authorized_keys()
             self.apps()
         self.supervisor()
+        self.cron()
         self.summary()
         return 0
 

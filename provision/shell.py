@@ -46,6 +46,7 @@ OPERATOR_COMMANDS = (
     "restart",
     "processes",
     "ps",
+    "cron",
 )
 # `config set APP KEY=VALUE`: the value is data (a URL, a sentence), never a path or an option
 SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

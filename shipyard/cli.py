@@ -284,6 +284,27 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return boot.start_all((args.root or default_root()).absolute())
 
 
+def cmd_cron(args: argparse.Namespace) -> int:
+    """List the app's scheduled jobs; `run NAME` runs one now; `exec NAME` is what cron runs."""
+    from . import cron
+    from .config import JOB_NAME, load_host_config
+    from .guard import check_not_root
+
+    app = existing_app(args)
+    host = load_host_config(app.config_file)
+    if args.action is None:
+        data = cron.listing(app, host)
+        return emit(data, cron.render(data), args.json)
+    if not args.name or not JOB_NAME.match(args.name):
+        raise ShipyardError(
+            f"{args.name!r} is not a job name" if args.name else "name the job",
+            f"e.g. shipyard cron {app.name} {args.action} clear-sessions "
+            f"(`shipyard cron {app.name}` lists them)",
+        )
+    check_not_root(app, host)
+    return cron.execute(app, args.name, echo=sys.stdout if args.action == "run" else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -410,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
         "boot", help="start every app's processes (run at boot by provision's set-up)"
     )
     p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("cron", help="the app's scheduled jobs; `run NAME` runs one now")
+    p.add_argument("app")
+    p.add_argument(
+        "action", nargs="?", choices=("run", "exec"), help="run: now, here; exec: as cron"
+    )
+    p.add_argument("name", nargs="?", help="the job, as named in [cron]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cron)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import build, cron, faults, history, lock, migrate, notify, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -66,6 +66,7 @@ class Deploy:
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
     committed: bool = True  # False on a peer: the other hosts may still send it back
+    peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
 
     @property
     def release(self) -> Path:
@@ -180,7 +181,7 @@ def switch(d: Deploy) -> str:
         d.manifest.save(d.release)
     d.previous = release.switch(d.app, d.release_id)
     d.switched_at = time.time()
-    return f"current → {d.release_id}"
+    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
 
 
 def load_undo(d: Deploy) -> None:
@@ -197,6 +198,7 @@ def switch_back(d: Deploy) -> None:
         release.switch(d.app, d.previous)
     elif d.app.current.is_symlink():
         d.app.current.unlink()
+    cron.apply(d, d.previous)  # the jobs of what is live again
 
 
 def finish(d: Deploy) -> str:
@@ -436,6 +438,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         _record(d, outcome, seconds, extra)
     except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
         d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+    notify.deploy_event(d, outcome, seconds, extra)  # in the background; never fails the deploy
 
 
 def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
@@ -541,4 +544,5 @@ def execute(d: Deploy) -> bool:
                 good=True,
             )
             return True
+        notify.deploy_event(d, "started", 0.0, {})
         return run(d)
