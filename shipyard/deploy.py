@@ -1,8 +1,8 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
-             → verify → post-migrate → finish
+    checkout → link → venv → data → build → prepare-peers → migrate → release → data-check
+             → switch → restart → verify → post-migrate → finish
 
 (with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import build, data, faults, history, lock, migrate, peers, release, supervise, venv
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -208,10 +208,12 @@ PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
     Phase("venv", build_venv),
+    Phase("data", data.link),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
+    Phase("data-check", data.check),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),

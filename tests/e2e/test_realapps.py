@@ -1,0 +1,138 @@
+"""Apps as the frameworks' own tools make them (`django-admin startproject`, a Flask app with
+Flask-Migrate and Flask-SQLAlchemy as their docs show), deployed as a new user would."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Host, Work, processes_under, run
+from httpload import fetch
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory) -> Path:
+    """A virtualenv with the frameworks' command-line tools (uv's cache makes it quick)."""
+    venv = tmp_path_factory.mktemp("tools") / "venv"
+    run(BIN / "uv", "venv", "-q", "--python", os.sys.executable, venv)
+    packages = ["django>=5.1,<5.3", "flask", "flask-sqlalchemy", "flask-migrate"]
+    run(BIN / "uv", "pip", "install", "-q", "--python", venv / "bin" / "python", *packages)
+    return venv / "bin"
+
+
+def new_work(path: Path, host: Host) -> Work:
+    work = Work(path)
+    work.git("init", "-q", "-b", "main")
+    work.git("remote", "add", "production", str(host.repo))
+    return work
+
+
+def startproject(tools: Path, path: Path, host: Host, **extra: str) -> Work:
+    """`django-admin startproject mysite .`, touched only for production (DEBUG, ALLOWED_HOSTS)."""
+    path.mkdir()
+    run(tools / "django-admin", "startproject", "mysite", ".", cwd=path)
+    settings = path / "mysite" / "settings.py"
+    text = settings.read_text().replace("DEBUG = True", "DEBUG = False")
+    text = text.replace("ALLOWED_HOSTS = []", "ALLOWED_HOSTS = ['localhost', '127.0.0.1']")
+    settings.write_text(text)
+    work = new_work(path, host)
+    work.commit(
+        "startproject",
+        **{
+            "requirements.txt": "django>=5.1,<5.3\ngunicorn>=23\n",
+            "Procfile": "web: gunicorn mysite.wsgi --bind 127.0.0.1:$PORT\n",
+            "shipyard.toml": '[health]\npath = "/admin/login/"\n',
+            **extra,
+        },
+    )
+    return work
+
+
+def in_live(host: Host, *args: str) -> str:
+    """Run a command in the live release with its venv, as `shipyard run` would."""
+    live = host.live()
+    env = {**os.environ, "PATH": f"{live / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    return run(*args, cwd=live, env=env).stdout
+
+
+def web_pids(host: Host) -> list[int]:
+    return [p for p in processes_under(host.dir / "releases") if b"gunicorn" in cmdline(p)]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def release_of(pid: int) -> str:
+    return Path(os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")).name
+
+
+DJANGO_WRITE = """
+from django.contrib.auth.models import User
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+User.objects.create_user("bob")
+default_storage.save("avatars/bob.txt", ContentFile(b"bob's face"))
+"""
+DJANGO_READ = """
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+names = list(User.objects.values_list("username", flat=True))
+print(names, default_storage.open("avatars/bob.txt").read())
+"""
+
+
+def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
+    work = startproject(tools, tmp_path / "site", host)
+    settings = work.path / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + "\nMEDIA_ROOT = BASE_DIR / 'media'\n")
+    work.commit("uploads")
+    first = work.push()
+    # the SQLite file and MEDIA_ROOT are found by asking Django, linked from shared/, said once
+    assert "db.sqlite3 (Django DATABASES['default']['NAME']) is inside the release" in first.out
+    assert "media/ (Django MEDIA_ROOT) is inside the release" in first.out
+    assert (host.dir / "shared" / "db.sqlite3").is_file()
+    in_live(host, "python", "manage.py", "shell", "-c", DJANGO_WRITE)
+    assert fetch(host.port, "/admin/login/")[0] == 200
+
+    work.commit("a change", **{"mysite__version.py": "VERSION = 2\n"})
+    second = work.push()
+    assert "is inside the release" not in second.out
+    assert re.search(r"✓ data .*db\.sqlite3, media/ linked from shared/", second.out)
+    assert "nothing pending (Django: 18 applied)" in second.out  # not re-applied on an empty db
+    assert "['bob'] b\"bob's face\"" in in_live(
+        host, "python", "manage.py", "shell", "-c", DJANGO_READ
+    )
+
+    # a data directory that cannot be linked is refused before the switch, naming it
+    live = host.live().name
+    settings.write_text(settings.read_text().replace("BASE_DIR / 'media'", "BASE_DIR / 'mysite'"))
+    work.commit("media in the code")
+    refused = work.push(check=False)
+    assert "failed at data: data inside the release would be lost" in refused.out, refused.out
+    assert "Django MEDIA_ROOT is releases/" in refused.out and "holds the app's code" in refused.out
+    assert 'shared = [".env", "mysite/"]' in refused.out
+    assert host.live().name == live
+    settings.write_text(settings.read_text().replace("BASE_DIR / 'mysite'", "BASE_DIR / 'media'"))
+    work.commit("media back")
+
+    # no release is pruned while its processes run: -o no-restart leaves them on the old one
+    host.set_host_config(keep=1)
+    [serving] = {release_of(p) for p in web_pids(host)}
+    for n in range(3):
+        work.commit(f"quiet change {n}", **{"mysite__version.py": f"VERSION = {n + 3}\n"})
+        work.push("-o", "no-restart", "main")
+    assert serving in host.releases() and {release_of(p) for p in web_pids(host)} == {serving}
+    assert len(host.releases()) == 2  # the live one and the one still serving
+    assert fetch(host.port, "/admin/login/")[0] == 200
+    work.commit("restart now", **{"mysite__version.py": "VERSION = 9\n"})
+    work.push()
+    assert host.releases() == [host.live().name]  # its processes moved on: pruned now
+    assert "['bob']" in in_live(host, "python", "manage.py", "shell", "-c", DJANGO_READ)
