@@ -20,9 +20,11 @@ from .errors import ConfigError
 # key -> (type, default); a dict value is a sub-table with its own schema.
 HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "path": (str, "/"),
-    "status": (int, 200),
+    "status": ((int, list), 200),  # or a list of accepted statuses, e.g. [200, 302]
     "timeout": ((int, float), 30),
     "retries": (int, 60),
+    "host": (str, ""),  # the Host header the probe sends (the app's domain); "" = localhost
+    "https": (bool, False),  # served over TLS: the probe sends X-Forwarded-Proto: https
 }
 APP_SCHEMA: dict[str, Any] = {
     "requirements": (str, None),
@@ -233,8 +235,28 @@ def _build_step(value: object, where: str) -> BuildStep:
     return BuildStep(value["run"], lists["inputs"], lists["outputs"])
 
 
+def _check_health(data: dict, text: str, source: str) -> None:
+    status = data.get("health", {}).get("status", 200)
+    statuses = status if isinstance(status, list) else [status]
+    if not statuses or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+    ):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'status', 'health')}: health.status must be an HTTP "
+            "status or a list of them",
+            "e.g. status = 200, or status = [200, 302]",
+        )
+    host = data.get("health", {}).get("host", "")
+    if host and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", host):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'host', 'health')}: health.host {host!r} is not a host name",
+            'write the domain the app serves, e.g. host = "www.example.com"',
+        )
+
+
 def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
     data = _load(text, source, APP_SCHEMA)
+    _check_health(data, text, source)
     installer = data.get("installer")
     if installer is not None and installer not in INSTALLERS:
         raise ConfigError(
@@ -259,6 +281,7 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
 
 def parse_host_config(text: str, source: str) -> HostConfig:
     data = _load(text, source, HOST_SCHEMA)
+    _check_health(data, text, source)
     if data.get("installer", "uv") not in INSTALLERS:
         raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
     if data.get("keep", 5) < 1:

@@ -3,6 +3,7 @@ Flask-Migrate and Flask-SQLAlchemy as their docs show), deployed as a new user w
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 from pathlib import Path
@@ -136,3 +137,54 @@ def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
     work.push()
     assert host.releases() == [host.live().name]  # its processes moved on: pruned now
     assert "['bob']" in in_live(host, "python", "manage.py", "shell", "-c", DJANGO_READ)
+
+
+def get_as(port: int, path: str, host: str, proto: str = "") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": host, **({"X-Forwarded-Proto": proto} if proto else {})}
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_health_check_of_a_production_django_fails_fast_with_the_fix(tmp_path, host, tools):
+    work = startproject(tools, tmp_path / "site", host)
+    settings = work.path / "mysite" / "settings.py"
+    text = settings.read_text().replace(
+        "ALLOWED_HOSTS = ['localhost', '127.0.0.1']", "ALLOWED_HOSTS = ['www.example.com']"
+    )
+    settings.write_text(text + "\nSECURE_SSL_REDIRECT = True\n")
+    toml = '[health]\npath = "/admin/"\n'
+    work.commit("production settings", **{"shipyard.toml": toml})
+
+    # Host: localhost is not in ALLOWED_HOSTS: 400, which waiting does not change
+    out = work.push(check=False).out
+    assert "failed the health check (GET /admin/ with Host: localhost: got 400" in out, out
+    assert "an answer that waiting will not change" in out
+    assert "ALLOWED_HOSTS" in out and '[health] host = "your.domain"' in out
+
+    # the domain is sent: now the plain-HTTP probe is redirected to https
+    toml += 'host = "www.example.com"\n'
+    work.commit("health host", **{"shipyard.toml": toml})
+    out = work.push(check=False).out
+    assert "with Host: www.example.com: got 301 → https://www.example.com/admin/" in out, out
+    assert "SECURE_SSL_REDIRECT" in out and "[health] https = true" in out
+
+    # over "https" the admin redirects to its login page
+    settings.write_text(
+        settings.read_text() + "SECURE_PROXY_SSL_HEADER = ('HTTP_X_FORWARDED_PROTO', 'https')\n"
+    )
+    toml += "https = true\n"
+    work.commit("behind TLS", **{"shipyard.toml": toml})
+    out = work.push(check=False).out
+    assert "got 302 → /admin/login/?next=/admin/" in out, out
+    assert "redirects to a login page" in out and "[health] status = [200, 302]" in out
+    assert not host.releases()  # nothing went live, nothing half-made is left
+
+    # a list of statuses accepts the redirect
+    work.commit("accept", **{"shipyard.toml": toml + "status = [200, 302]\n"})
+    out = work.push().out
+    assert "healthy (GET /admin/ 200/302)" in out, out
+    assert get_as(host.port, "/admin/login/", "www.example.com", "https") == 200
