@@ -152,8 +152,9 @@ def seed(d: Deploy, rel: str, kind: str) -> str | None:
         return f"moved from releases/{live}"
     new = d.release / rel
     if os.path.lexists(new) and not new.is_symlink():
+        empty = new.is_dir() and not any(new.iterdir())  # e.g. made by the app's import
         os.rename(new, target)
-        return "from the commit"
+        return "new" if empty else "from the commit"
     if kind == "dir":
         target.mkdir(parents=True, exist_ok=True)
     return "new"
@@ -207,7 +208,10 @@ def link(d: Deploy) -> str:
                 f"data inside the release would be lost: {problem}", fix_hint(rel, kind)
             )
     linked = []
-    for rel, kind in sorted(todo.items()):
+    # directories first: a file inside one that is linked now is in shared/ already
+    for rel, kind in sorted(todo.items(), key=lambda item: (item[1] != "dir", item[0])):
+        if kind == "file" and inside(d.release, d.release / rel, d.app) is None:
+            continue
         how = seed(d, rel, kind)
         link_one(d, rel, kind)
         shown = f"{rel}/" if kind == "dir" else rel

@@ -57,6 +57,7 @@ class Deploy:
     previous: str | None = None
     venv_key: str | None = None
     migrations: list[str] = field(default_factory=list)
+    migrations_known: bool = True  # False: a migrate command ran that cannot list what it did
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
@@ -186,8 +187,8 @@ def switch_back(d: Deploy) -> None:
 def finish(d: Deploy) -> str:
     d.manifest.state = "good"
     d.manifest.live_at = time.time()
-    if d.manifest.migrations is None and not d.reused:
-        d.manifest.migrations = list(d.migrations)
+    if d.manifest.migrations is None and not d.reused and d.migrations_known:
+        d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
     removed = release.prune(d.app, keep)
@@ -402,7 +403,7 @@ def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
             "outcome": outcome,
             "phases": d.timings,
             "options": {k: d.out.mask(v) for k, v in d.options.items()},
-            "migrations": d.migrations,
+            "migrations": d.migrations if d.migrations_known else None,
             **extra,
         },
     )

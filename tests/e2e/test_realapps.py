@@ -4,12 +4,14 @@ Flask-Migrate and Flask-SQLAlchemy as their docs show), deployed as a new user w
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Host, Work, processes_under, run
+from conftest import BIN, Host, Work, processes_under, run, shipyard
 from httpload import fetch
 
 pytestmark = pytest.mark.e2e
@@ -188,3 +190,120 @@ def test_health_check_of_a_production_django_fails_fast_with_the_fix(tmp_path, h
     out = work.push().out
     assert "healthy (GET /admin/ 200/302)" in out, out
     assert get_as(host.port, "/admin/login/", "www.example.com", "https") == 200
+
+
+FLASK_APP = """from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///project.db"
+db.init_app(app)
+migrate = Migrate(app, db)
+
+
+class User(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(unique=True)
+{extra}
+
+@app.route("/")
+def index():
+    return str(db.session.execute(db.select(db.func.count(User.id))).scalar())
+"""
+ADD_BOB = """
+from hello import User, app, db
+with app.app_context():
+    db.session.add(User(username="bob"))
+    db.session.commit()
+"""
+
+
+def test_flask_migrate_revisions_listed_and_applied_data_kept(tmp_path, host, tools):
+    path = tmp_path / "hello"
+    path.mkdir()
+    (path / "hello.py").write_text(FLASK_APP.format(extra=""))
+    flask = [tools / "flask", "--app", "hello", "db"]
+    run(*flask, "init", cwd=path)
+    run(*flask, "migrate", "-m", "users", cwd=path)
+    work = new_work(path, host)
+    work.commit(
+        "flask app",
+        **{
+            ".gitignore": "instance/\n__pycache__/\n",
+            "requirements.txt": "flask\nflask-sqlalchemy\nflask-migrate\ngunicorn\n",
+            "Procfile": "web: gunicorn hello:app --bind 127.0.0.1:$PORT\n",
+        },
+    )
+    (host.dir / "shared" / ".env").write_text("FLASK_APP=hello\n")  # not found without it
+    first = work.push()
+    assert re.search(r"migrate: 1 pending \(Flask-Migrate\):\s+remote:\s+\w+ \(users\)", first.out)
+    assert re.search(r"✓ migrate .*1 applied", first.out), first.out
+    assert "instance/ (Flask's instance folder) is inside the release" in first.out
+    in_live(host, "python", "-c", ADD_BOB)
+    assert fetch(host.port, "/") == (200, "1")
+
+    run(*flask, "upgrade", cwd=path)
+    (path / "hello.py").write_text(FLASK_APP.format(extra="    email: Mapped[str | None]"))
+    run(*flask, "migrate", "-m", "email", cwd=path)
+    work.commit("email")
+    second = work.push()
+    assert re.search(r"migrate: 1 pending \(Flask-Migrate\):\s+remote:\s+\w+ \(email\)", second.out)
+    assert fetch(host.port, "/") == (200, "1")  # bob is still there, on the new schema
+    db = sqlite3.connect(host.dir / "shared" / "instance" / "project.db")
+    assert [r[1] for r in db.execute("PRAGMA table_info(user)")] == ["id", "username", "email"]
+
+
+HELLO_WSGI = """def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+"""
+MIGRATE_DB = """import sqlite3
+db = sqlite3.connect("data.db")
+db.execute("CREATE TABLE IF NOT EXISTS runs (n INTEGER)")
+db.execute("INSERT INTO runs VALUES (1)")
+db.commit()
+"""
+
+
+def test_a_migrate_command_without_check_is_unknown_and_its_sqlite_kept(tmp_path, host):
+    path = tmp_path / "hello"
+    path.mkdir()
+    work = new_work(path, host)
+    work.commit(
+        "a plain WSGI app with its own migrate script",
+        **{
+            "hello.py": HELLO_WSGI,
+            "migrate_db.py": MIGRATE_DB,
+            "requirements.txt": "gunicorn>=23\n",
+            "Procfile": "web: gunicorn hello:app --bind 127.0.0.1:$PORT\n",
+            "shipyard.toml": 'migrate = "python migrate_db.py"\n',
+        },
+    )
+    first = work.push()
+    # the database the command wrote inside the release is moved out before the switch
+    assert "data.db is an SQLite database written inside the release" in first.out
+    work.commit("two", **{"hello.py": HELLO_WSGI.replace("hello", "hello again")})
+    second = work.push()
+    assert "an SQLite database written inside" not in second.out
+    assert "data.db linked from shared/ (detected)" in second.out
+    runs = sqlite3.connect(host.dir / "shared" / "data.db").execute("SELECT count(*) FROM runs")
+    assert runs.fetchone() == (2,)  # deploy 2 migrated the same database, not a new one
+    assert fetch(host.port, "/") == (200, "hello again")
+
+    releases = host.releases()
+    manifest = json.loads((host.live() / ".shipyard" / "release.json").read_text())
+    assert manifest["migrations"] is None  # unknown, not "none applied"
+    lines = shipyard("--root", host.root, "releases", "mysite").stdout.splitlines()
+    assert re.search(rf"{releases[-1]} .* \?  ", next(ln for ln in lines if releases[-1] in ln))
+    out = shipyard("--root", host.root, "rollback", "mysite")
+    assert f"migrations may have run since {releases[-2]}: deploy #2 ran a migrate" in (
+        out.stdout + out.stderr
+    )
