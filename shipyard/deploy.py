@@ -142,7 +142,11 @@ def build_venv(d: Deploy) -> str:
     d.manifest.save(d.release)
     if reused:
         return f"reused {d.venv_key[:6]} (requirements unchanged)"
-    return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
+    note = venv.carried() if the_plan.installer == "uv" else ""
+    note = f" ({note})" if note else ""
+    return (
+        f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}{note}"
+    )
 
 
 def build_steps(d: Deploy) -> str:

@@ -46,6 +46,89 @@ class Plan:
         return digest.hexdigest()[:16]
 
 
+# pip's settings that decide where packages come from and how TLS is checked, and what uv
+# calls them (uv reads neither pip.conf nor PIP_*): a host whose pip works must work for uv.
+PIP_TO_UV = {
+    "index-url": "UV_INDEX_URL",
+    "extra-index-url": "UV_EXTRA_INDEX_URL",
+    "trusted-host": "UV_INSECURE_HOST",
+    "cert": "SSL_CERT_FILE",
+}
+UV_ALREADY = {  # set by the operator for uv itself: left alone
+    "UV_INDEX_URL": ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"),
+    "UV_EXTRA_INDEX_URL": ("UV_EXTRA_INDEX_URL", "UV_INDEX"),
+    "UV_INSECURE_HOST": ("UV_INSECURE_HOST",),
+    "SSL_CERT_FILE": ("SSL_CERT_FILE",),
+}
+
+
+def pip_config_files(environ: dict[str, str], home: Path) -> list[Path]:
+    """pip's configuration files, lowest priority first (pip's own order on Linux)."""
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:
+        return []
+    dirs = (environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
+    files = [Path(d) / "pip" / "pip.conf" for d in reversed(dirs) if d]
+    files.append(Path("/etc/pip.conf"))
+    files.append(home / ".pip" / "pip.conf")
+    files.append(Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf")
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    return files
+
+
+def pip_settings(environ: dict[str, str] | None = None, home: Path | None = None) -> dict:
+    """{pip option: (value, where it was set)} for the options uv needs to hear about."""
+    import configparser
+
+    environ = dict(os.environ if environ is None else environ)
+    found: dict[str, tuple[str, str]] = {}
+    for path in pip_config_files(environ, home or Path.home()):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            if not parser.read(path):
+                continue
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                for option in PIP_TO_UV:
+                    value = parser.get(section, option, fallback=None)
+                    if value is not None:
+                        found[option] = (" ".join(value.split()), str(path))
+    for option in PIP_TO_UV:
+        name = "PIP_" + option.upper().replace("-", "_")
+        if environ.get(name):
+            found[option] = (" ".join(environ[name].split()), name)
+    return found
+
+
+def uv_environment(environ: dict[str, str] | None = None, home: Path | None = None) -> dict:
+    """What uv needs in its environment to reach the index the way pip on this host does,
+    and to trust the system's certificate store (corporate CAs are added there)."""
+    environ = dict(os.environ if environ is None else environ)
+    extra: dict[str, str] = {}
+    for option, (value, _) in pip_settings(environ, home).items():
+        name = PIP_TO_UV[option]
+        if not any(environ.get(n) for n in UV_ALREADY[name]):
+            extra[name] = value
+    if not any(k in environ for k in ("UV_SYSTEM_CERTS", "UV_NATIVE_TLS")):
+        extra["UV_SYSTEM_CERTS"] = "1"
+    return extra
+
+
+def carried(environ: dict[str, str] | None = None) -> str:
+    """One line naming the pip settings uv is given, and where each came from ("" if none)."""
+    environ = dict(os.environ if environ is None else environ)
+    passed = uv_environment(environ)
+    found = pip_settings(environ)
+    by_source: dict[str, list[str]] = {}
+    for option, (_, where) in sorted(found.items()):
+        if PIP_TO_UV[option] in passed:
+            by_source.setdefault(where, []).append(option)
+    named = [f"{' and '.join(options)} from {where}" for where, options in by_source.items()]
+    return "pip's " + ", ".join(named) if named else ""
+
+
 def uv_bin() -> str:
     from uv import find_uv_bin
 
@@ -147,6 +230,8 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+    if the_plan.installer == "uv":
+        env.update(uv_environment(env))
     interpreter = sys.executable if "-" in the_plan.python else the_plan.python
     # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
     reuse = bytecode_from is not None and interpreter == sys.executable

@@ -307,3 +307,110 @@ def test_a_migrate_command_without_check_is_unknown_and_its_sqlite_kept(tmp_path
     assert f"migrations may have run since {releases[-2]}: deploy #2 ran a migrate" in (
         out.stdout + out.stderr
     )
+
+
+# --- the host's pip configuration ---------------------------------------------
+
+
+def make_wheel(folder: Path, name: str = "greeting", version: str = "1.0") -> Path:
+    """A pure-Python wheel, written by hand: nothing in it comes from outside the test."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}.py": "HELLO = 'hello from the local index'\n",
+        f"{name}-{version}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        ),
+        f"{name}-{version}.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA of the test's own and a certificate it signed for 127.0.0.1: (ca, cert, key)."""
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "srv.pem", folder / "srv.key", folder / "srv.csr"
+    ext = folder / "srv.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    run(*openssl, "-x509", "-keyout", ca_key, "-out", ca, "-subj", "/CN=shipyard test CA")
+    run(*openssl, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    run(
+        "openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext,
+    )  # fmt: skip
+    return ca, cert, key
+
+
+@pytest.fixture
+def tls_index(tmp_path):
+    """A package index (PEP 503) over HTTPS on loopback, its certificate from the test's CA."""
+    import functools
+    import hashlib
+    import http.server
+    import ssl
+    import threading
+
+    root = tmp_path / "index"
+    (root / "files").mkdir(parents=True)
+    wheel = make_wheel(root / "files")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (root / "simple" / "greeting").mkdir(parents=True)
+    (root / "simple" / "greeting" / "index.html").write_text(
+        f'<a href="../../files/{wheel.name}#sha256={digest}">{wheel.name}</a>\n'
+    )
+    ca, cert, key = tls_files(tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/simple", ca
+    server.shutdown()
+    server.server_close()
+
+
+def test_uv_uses_the_hosts_pip_index_and_cert(tmp_path, host, tls_index):
+    index, ca = tls_index
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nindex-url = {index}\ncert = {ca}\n")
+    # a host whose pip is set up in pip.conf, nothing set for uv (PIP_CONFIG_FILE: this
+    # test's own file, so nothing outside it changes)
+    drop = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "PIP_INDEX_URL", "UV_INDEX_URL")
+    env = {k: v for k, v in os.environ.items() if k not in drop} | {"PIP_CONFIG_FILE": str(conf)}
+    path = tmp_path / "app"
+    path.mkdir()
+    work = new_work(path, host)
+    work.commit("needs greeting", **{"requirements.txt": "greeting==1.0\n", "main.py": ""})
+    pushed = run("git", "push", "production", "main", cwd=path, env=env, check=False)
+    out = pushed.stdout + pushed.stderr
+    assert f"pip's cert and index-url from {conf}" in out, out
+    assert "live:" in out
+    code = "import greeting; print(greeting.HELLO)"
+    assert in_live(host, "python", "-c", code).strip() == "hello from the local index"
+
+    doctor = shipyard("--root", host.root, "doctor", "mysite", env=env, check=False).stdout
+    assert re.search(rf"✓ index +{re.escape(index)} answers \(HTTP 404", doctor), doctor
+    conf.write_text(f"[global]\nindex-url = {index}\n")  # the CA is not trusted without it
+    doctor = shipyard("--root", host.root, "doctor", "mysite", env=env, check=False).stdout
+    assert re.search(rf"✗ index +{re.escape(index)} cannot be reached .*CERTIFICATE", doctor)
