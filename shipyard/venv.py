@@ -8,7 +8,9 @@ cache); pip is the fallback installer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,6 +38,7 @@ class Plan:
     installer: str
     python: str
     inputs: tuple[Path, ...]
+    interpreter: str = sys.executable  # what the venv is made from (an installed Python)
 
     @property
     def key(self) -> str:
@@ -138,9 +141,87 @@ def uv_bin() -> str:
 def python_spec(config: AppConfig) -> str:
     if config.python:
         return config.python
+    return own_spec()
+
+
+def own_spec() -> str:
     # what platform.python_implementation().lower() and .python_version() say, without
     # importing platform (a noticeable part of a deploy's start)
     return f"{sys.implementation.name}-{sys.version.split()[0]}"
+
+
+def python_request(release: Path, config: AppConfig) -> tuple[str, str] | None:
+    """(the Python the app asks for, where it says so): shipyard.toml's ``python``, else
+    ``.python-version``, else ``requires-python`` in pyproject.toml; None when it does not."""
+    if config.python:
+        return config.python.strip(), "python in shipyard.toml"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (release / ".python-version").read_text().splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                return line.strip(), ".python-version"
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        project = tomllib.loads((release / "pyproject.toml").read_text()).get("project", {})
+        if isinstance(project.get("requires-python"), str):
+            return project["requires-python"].strip(), "requires-python in pyproject.toml"
+    return None
+
+
+def satisfied_by_own(request: str) -> bool:
+    """Does the interpreter shipyard runs on fit the request (a version or a specifier)?"""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    mine = sys.version.split()[0]
+    if request[:1] in "<>=!~":
+        try:
+            return SpecifierSet(request).contains(mine, prereleases=True)
+        except InvalidSpecifier:
+            return False
+    version = re.sub(r"^(cpython-?|python)", "", request)
+    if not re.fullmatch(r"\d+(\.\d+){0,2}", version):
+        return False  # e.g. pypy, a path, a free-threaded build: ask uv
+    return mine.split(".")[: version.count(".") + 1] == version.split(".")
+
+
+def installed_pythons() -> list[str]:
+    """The Python versions uv finds on this host (installed ones only, never a download)."""
+    result = subprocess.run(
+        [uv_bin(), "python", "list", "--only-installed", "--no-python-downloads"]
+        + ["--output-format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        found = json.loads(result.stdout or "[]")
+    except ValueError:
+        return []
+    versions = {p.get("version") for p in found if p.get("version")}
+    return sorted(versions, key=lambda v: [int(n) if n.isdigit() else 0 for n in v.split(".")])
+
+
+def choose_interpreter(request: str, source: str) -> tuple[str, str]:
+    """(the venv key's python part, the interpreter) for a request: shipyard's own Python when
+    it fits, else an installed one that does; never a download."""
+    if satisfied_by_own(request):
+        return own_spec(), sys.executable
+    result = subprocess.run(
+        [uv_bin(), "python", "find", "--no-python-downloads", "--", request],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.returncode or not path:
+        have = installed_pythons()
+        shown = ", ".join(have) if have else "none that uv can find"
+        major_minor = re.search(r"\d+\.\d+", request)
+        apt = f"apt-get install python{major_minor.group(0)}, or " if major_minor else ""
+        raise ConfigError(
+            f"{source} asks for Python {request}, which is not installed on this host "
+            f"(it has: {shown})",
+            f"install it ({apt}`uv python install {request}` as the deploy user), or ask "
+            f"for one of those in {source}",
+        )
+    return f"python-{request}@{os.path.realpath(path)}", path
 
 
 def plan(release: Path, config: AppConfig, installer: str) -> Plan:
@@ -165,7 +246,12 @@ def plan(release: Path, config: AppConfig, installer: str) -> Plan:
         inputs.append(release / "pyproject.toml")
     if requirements.suffix == ".txt":
         inputs.extend(_included(requirements, release))
-    return Plan(requirements, config.installer or installer, python_spec(config), tuple(inputs))
+    asked = python_request(release, config)
+    spec, interpreter = choose_interpreter(*asked) if asked else (own_spec(), sys.executable)
+    if config.python and spec == own_spec():
+        spec = config.python  # as before: an app that named shipyard's own Python keeps its key
+    installer = config.installer or installer
+    return Plan(requirements, installer, spec, tuple(inputs), interpreter)
 
 
 def _included(requirements: Path, release: Path, seen: set[Path] | None = None) -> list[Path]:
@@ -232,7 +318,8 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
     if the_plan.installer == "uv":
         env.update(uv_environment(env))
-    interpreter = sys.executable if "-" in the_plan.python else the_plan.python
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    interpreter = the_plan.interpreter
     # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
     reuse = bytecode_from is not None and interpreter == sys.executable
     reuse = reuse and the_plan.installer == "uv"

@@ -414,3 +414,40 @@ def test_uv_uses_the_hosts_pip_index_and_cert(tmp_path, host, tls_index):
     conf.write_text(f"[global]\nindex-url = {index}\n")  # the CA is not trusted without it
     doctor = shipyard("--root", host.root, "doctor", "mysite", env=env, check=False).stdout
     assert re.search(rf"✗ index +{re.escape(index)} cannot be reached .*CERTIFICATE", doctor)
+
+
+# --- the app's Python ----------------------------------------------------------
+
+
+def other_installed_python() -> str | None:
+    """An installed Python version other than the one shipyard runs on, if the host has one."""
+    listed = run(
+        BIN / "uv", "python", "list", "--only-installed", "--no-python-downloads",
+        "--output-format", "json", check=False,
+    ).stdout  # fmt: skip
+    mine = os.sys.version.split()[0]
+    versions = {p["version"] for p in json.loads(listed or "[]") if p.get("version")}
+    others = sorted(v for v in versions if v != mine and re.fullmatch(r"\d+\.\d+\.\d+", v))
+    return others[0] if others else None
+
+
+def test_python_version_file_picks_an_installed_python_or_says_what_there_is(tmp_path, host):
+    path = tmp_path / "app"
+    path.mkdir()
+    work = new_work(path, host)
+    version = other_installed_python() or os.sys.version.split()[0]
+    work.commit(
+        "pinned python",
+        **{".python-version": f"{version}\n", "requirements.txt": "six\n", "main.py": ""},
+    )
+    work.push()
+    code = "import platform; print(platform.python_version())"
+    assert in_live(host, "python", "-c", code).strip() == version
+
+    work.commit("an old python", **{".python-version": "3.6\n"})
+    out = work.push(check=False).out
+    assert (
+        ".python-version asks for Python 3.6, which is not installed on this host (it has: " in out
+    )
+    assert f"{version}" in out.split("it has: ", 1)[1].split(")")[0]
+    assert "uv python install 3.6" in out and "download" not in out.lower()

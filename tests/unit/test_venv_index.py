@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from shipyard import venv
@@ -40,3 +41,21 @@ def test_pip_files_env_and_uv_settings_in_pips_order(tmp_path: Path):
     assert venv.pip_settings({**environ, "PIP_CONFIG_FILE": "/dev/null"}, home) == {
         "cert": ("/env/ca.pem", "PIP_CERT")
     }
+
+
+def test_the_python_an_app_asks_for(tmp_path: Path):
+    from shipyard.config import AppConfig
+
+    assert venv.python_request(tmp_path, AppConfig()) is None
+    (tmp_path / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.9"\n')
+    assert venv.python_request(tmp_path, AppConfig()) == (
+        ">=3.9",
+        "requires-python in pyproject.toml",
+    )
+    (tmp_path / ".python-version").write_text("# pinned\n3.12\n")
+    assert venv.python_request(tmp_path, AppConfig()) == ("3.12", ".python-version")
+    assert venv.python_request(tmp_path, AppConfig(python="3.11"))[1] == "python in shipyard.toml"
+    major, minor = sys.version_info[:2]
+    assert venv.satisfied_by_own(f"{major}.{minor}") and venv.satisfied_by_own(f">={major}.0")
+    assert not venv.satisfied_by_own("2.7") and not venv.satisfied_by_own(f"<{major}")
+    assert not venv.satisfied_by_own("pypy3.10")
