@@ -101,6 +101,7 @@ class AppConfig:
     health: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     stop_grace: float = 30
+    signals: dict[str, str] = field(default_factory=dict)  # [processes.TYPE] stop_signal
 
 
 @dataclass
@@ -142,6 +143,25 @@ def _line_of(text: str, key: str, table: str | None) -> int:
     return 1
 
 
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")  # supervisord's
+
+
+def _process_entry(value: object) -> bool:
+    """A count, or a table with ``count`` and/or ``stop_signal``."""
+    if isinstance(value, dict):
+        count = value.get("count", 1)
+        signal = value.get("stop_signal", "TERM")
+        return (
+            not set(value) - {"count", "stop_signal"}
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and count >= 0
+            and isinstance(signal, str)
+            and signal.upper().removeprefix("SIG") in STOP_SIGNALS
+        )
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _type_name(expected: type | tuple[type, ...]) -> str:
     names = {
         str: "a string",
@@ -166,12 +186,11 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             raise ConfigError(f"{where}: unknown key {dotted!r}", f"known keys here: {known}")
         spec = schema[key]
         if spec is dict:
-            if not isinstance(value, dict) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
-            ):
+            if not isinstance(value, dict) or not all(_process_entry(v) for v in value.values()):
                 raise ConfigError(
                     f"{where}: [{dotted}] must map process names to counts",
-                    "write e.g. `web = 2` under it",
+                    "write e.g. `web = 2` under it, or [processes.web] with count = 2 and "
+                    'stop_signal = "QUIT"',
                 )
             out[key] = value
         elif isinstance(spec, dict):
@@ -276,6 +295,16 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
         _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
     if data.get("requirements"):
         _check_relative(data["requirements"], f"{source}:{_line_of(text, 'requirements', None)}")
+    processes, signals = {}, {}
+    for name, value in data.get("processes", {}).items():
+        if isinstance(value, dict):
+            if "count" in value:
+                processes[name] = value["count"]
+            if "stop_signal" in value:
+                signals[name] = value["stop_signal"].upper().removeprefix("SIG")
+        else:
+            processes[name] = value
+    data["processes"], data["signals"] = processes, signals
     return AppConfig(**data)
 
 

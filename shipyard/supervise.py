@@ -769,7 +769,14 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
-    return prov.plan(d.procfile, d.config.processes, d.release_id, d.host.port, d.config.stop_grace)
+    return prov.plan(
+        d.procfile,
+        d.config.processes,
+        d.release_id,
+        d.host.port,
+        d.config.stop_grace,
+        d.config.signals,
+    )
 
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:

@@ -451,3 +451,40 @@ def test_python_version_file_picks_an_installed_python_or_says_what_there_is(tmp
     )
     assert f"{version}" in out.split("it has: ", 1)[1].split(")")[0]
     assert "uv python install 3.6" in out and "download" not in out.lower()
+
+
+# --- uwsgi ----------------------------------------------------------------------
+
+UWSGI_APP = """def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"{text}"]
+"""
+
+
+def test_uwsgi_web_is_stopped_with_int_not_reloaded_by_term(tmp_path, host):
+    path = tmp_path / "app"
+    path.mkdir()
+    work = new_work(path, host)
+    work.commit(
+        "uwsgi",
+        **{
+            "hello.py": UWSGI_APP.format(text="one"),
+            "requirements.txt": "uwsgi\n",
+            "Procfile": "web: uwsgi --http-socket 127.0.0.1:$PORT --wsgi-file hello.py "
+            "--master --processes 1 --need-app\n",
+            # were the old web sent TERM, it would reload and be killed only after this
+            "shipyard.toml": "stop_grace = 300\n",
+        },
+    )
+    work.push()
+    assert fetch(host.port, "/") == (200, "one")
+    conf = (host.dir / "run" / "programs.conf").read_text()
+    assert "stopsignal = INT" in conf
+    [old] = [p for p in processes_under(host.dir / "releases") if b"uwsgi" in cmdline(p)][:1]
+
+    work.commit("two", **{"hello.py": UWSGI_APP.format(text="two")})
+    work.push()
+    assert fetch(host.port, "/") == (200, "two")
+    assert not Path(f"/proc/{old}").exists()
+    log = (host.dir / "logs" / "web.1.log").read_text()
+    assert "goodbye to uWSGI" in log and "reloading uWSGI" not in log, log[-2000:]
