@@ -488,3 +488,27 @@ def test_uwsgi_web_is_stopped_with_int_not_reloaded_by_term(tmp_path, host):
     assert not Path(f"/proc/{old}").exists()
     log = (host.dir / "logs" / "web.1.log").read_text()
     assert "goodbye to uWSGI" in log and "reloading uWSGI" not in log, log[-2000:]
+
+
+# --- the web port ---------------------------------------------------------------
+
+
+def test_init_port_on_an_existing_app_moves_the_web_at_the_next_deploy(tmp_path, host):
+    from conftest import free_port, make_work
+
+    work = make_work(tmp_path / "work", host)
+    work.push()
+    old = host.port
+    assert fetch(old, "/healthz")[0] == 200
+    new = free_port()
+    out = shipyard("--root", host.root, "init", "mysite", "--port", str(new)).stdout
+    assert f"set port = {new} in shipyard.toml, was {old}" in out
+    assert "nothing to do" not in out
+    assert host.port == new and fetch(old, "/healthz")[0] == 200  # moved by the next deploy
+    work.commit("a change", **{"mysite__version.py": 'GREETING = "moved"\n'})
+    work.push()
+    assert fetch(new, "/healthz")[0] == 200
+    with pytest.raises(ConnectionRefusedError):
+        fetch(old, "/healthz")
+    refused = shipyard("--root", host.root, "init", "mysite", "--port", "70000", check=False)
+    assert refused.returncode != 0 and "a port is 1-65535" in refused.stderr + refused.stdout
