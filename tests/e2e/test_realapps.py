@@ -28,6 +28,8 @@ def tools(tmp_path_factory) -> Path:
 
 
 def new_work(path: Path, host: Host) -> Work:
+    """An empty repository with `production` pointing at the host."""
+    path.mkdir(parents=True, exist_ok=True)
     work = Work(path)
     work.git("init", "-q", "-b", "main")
     work.git("remote", "add", "production", str(host.repo))
@@ -108,7 +110,7 @@ def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
     work.commit("a change", **{"mysite__version.py": "VERSION = 2\n"})
     second = work.push()
     assert "is inside the release" not in second.out
-    assert re.search(r"✓ data .*db\.sqlite3, media/ linked from shared/", second.out)
+    assert re.search(r"✓ data .*media/, db\.sqlite3 linked from shared/", second.out)
     assert "nothing pending (Django: 18 applied)" in second.out  # not re-applied on an empty db
     assert "['bob'] b\"bob's face\"" in in_live(
         host, "python", "manage.py", "shell", "-c", DJANGO_READ
@@ -275,7 +277,6 @@ db.commit()
 
 def test_a_migrate_command_without_check_is_unknown_and_its_sqlite_kept(tmp_path, host):
     path = tmp_path / "hello"
-    path.mkdir()
     work = new_work(path, host)
     work.commit(
         "a plain WSGI app with its own migrate script",
@@ -399,7 +400,6 @@ def test_uv_uses_the_hosts_pip_index_and_cert(tmp_path, host, tls_index):
     drop = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "PIP_INDEX_URL", "UV_INDEX_URL")
     env = {k: v for k, v in os.environ.items() if k not in drop} | {"PIP_CONFIG_FILE": str(conf)}
     path = tmp_path / "app"
-    path.mkdir()
     work = new_work(path, host)
     work.commit("needs greeting", **{"requirements.txt": "greeting==1.0\n", "main.py": ""})
     pushed = run("git", "push", "production", "main", cwd=path, env=env, check=False)
@@ -433,7 +433,6 @@ def other_installed_python() -> str | None:
 
 def test_python_version_file_picks_an_installed_python_or_says_what_there_is(tmp_path, host):
     path = tmp_path / "app"
-    path.mkdir()
     work = new_work(path, host)
     version = other_installed_python() or os.sys.version.split()[0]
     work.commit(
@@ -463,7 +462,6 @@ UWSGI_APP = """def application(environ, start_response):
 
 def test_uwsgi_web_is_stopped_with_int_not_reloaded_by_term(tmp_path, host):
     path = tmp_path / "app"
-    path.mkdir()
     work = new_work(path, host)
     work.commit(
         "uwsgi",
