@@ -256,3 +256,22 @@ def test_answers_that_waiting_will_not_change(status, location, final, hint):
     if hint:
         assert hint in health_hint(answer, health, "shipyard.toml")
     assert not final_answer(Answer(302, "/login"), Health(status=[200, 302]))
+
+
+def test_stop_signals_per_type_and_uwsgi_by_default(tmp_path):
+    config = parse_app_config(
+        '[processes.worker]\ncount = 2\nstop_signal = "sigquit"\n'
+        '[processes.web]\nstop_signal = "HUP"\n'
+    )
+    assert config.processes == {"worker": 2} and config.signals == {"worker": "QUIT", "web": "HUP"}
+    procfile = {"web": "uwsgi --http :$PORT --wsgi-file app.py", "worker": "celery worker"}
+    programs = prov.plan(procfile, config.processes, RELEASE, 8000, 30, config.signals)
+    assert programs["web"].stop_signal == "HUP" and programs["worker"].count == 2
+    defaults = prov.plan(procfile, {}, RELEASE, 8000, 30)
+    assert (defaults["web"].stop_signal, defaults["worker"].stop_signal) == ("INT", "TERM")
+    assert prov.default_stop_signal("uwsgi --die-on-term --http :1") == "TERM"
+    assert prov.default_stop_signal("A=1 python -m uwsgi --ini x.ini") == "INT"
+    app = App(tmp_path, "site")
+    assert "stopsignal = INT\n" in prov.render_program(app, defaults["web"])
+    with pytest.raises(ConfigError, match=r"\[processes\] must map"):
+        parse_app_config('[processes.web]\nstop_signal = "STOP"\n')
