@@ -20,6 +20,7 @@ upload directory inside it is lost with it. Two steps guard against that:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .deploy import Deploy
 
 PROBE = Path(__file__).with_name("data_probe.py")
+STATE = Path(".shipyard") / "data.json"  # the framework's answer and what it depended on
 SQLITE_MAGIC = b"SQLite format 3\0"
 SIDECARS = ("-journal", "-wal", "-shm")
 SKIP_DIRS = {".venv", ".shipyard", "__pycache__", ".git", "node_modules"}
@@ -65,8 +67,53 @@ def remember(app: App, paths: dict[str, str]) -> None:
     os.rename(tmp, memory_file(app))
 
 
+def inputs_key(d: Deploy) -> str | None:
+    """What decides a Django app's answer: its settings files, its venv, shared/.env's identity
+    (None when unknown: Flask apps, or settings not found). Unchanged: the answer is reused."""
+    if not (d.release / "manage.py").is_file():
+        return None
+    try:
+        settings = migrate.settings_files(d)
+        if settings is None:
+            return None
+        digest = hashlib.sha256(f"data v1\0{d.venv_key}\0".encode())
+        migrate.files_digest(digest, d.release, settings)
+    except (OSError, ValueError):
+        return None
+    with suppress(OSError):
+        st = (d.app.shared / ".env").stat()
+        digest.update(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
-    """{relative path: kind} and {relative path: the setting that names it}; None if unknown."""
+    """{relative path: kind} and {relative path: the setting that names it}; None if unknown.
+
+    The live release's answer is reused while its inputs are the same (``inputs_key``)."""
+    key = inputs_key(d)
+    live = d.app.live_release()
+    if key and live:
+        with suppress(OSError, ValueError):
+            before = json.loads((d.app.release_dir(live) / STATE).read_text())
+            if before.get("inputs") == key:
+                save_answer(d, before)
+                return before["found"], before["sources"]
+    answer = _ask_framework(d)
+    if answer is not None and key:
+        save_answer(d, {"inputs": key, "found": answer[0], "sources": answer[1]})
+    return answer
+
+
+def save_answer(d: Deploy, state: dict) -> None:
+    with suppress(OSError):
+        path = d.release / STATE
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.rename(tmp, path)
+
+
+def _ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
     venv = d.release / ".venv"
     frameworks = ("django", "flask")
     has = any(next(venv.glob(f"lib/python*/site-packages/{name}"), None) for name in frameworks)

@@ -648,7 +648,7 @@ class Progress:
 # --- the fast path: nothing changed since the live release checked ----------
 
 
-def _files_digest(digest: Any, root: Path, paths: list[Path]) -> None:
+def files_digest(digest: Any, root: Path, paths: list[Path]) -> None:
     for path in sorted(set(paths)):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -716,12 +716,12 @@ def _inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
         settings = settings_files(d)
         if settings is None:
             return None
-        _files_digest(digest, d.release, settings + migration_files(d.release))
+        files_digest(digest, d.release, settings + migration_files(d.release))
     else:
         files = alembic_files(d.release, plan.ini)
         if files is None:
             return None
-        _files_digest(digest, d.release, files)
+        files_digest(digest, d.release, files)
     with suppress(OSError):  # settings may read .env; its bytes are not hashed (secrets)
         st = (d.app.shared / ".env").stat()
         digest.update(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode())

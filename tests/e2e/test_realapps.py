@@ -110,6 +110,8 @@ def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
     work.commit("a change", **{"mysite__version.py": "VERSION = 2\n"})
     second = work.push()
     assert "is inside the release" not in second.out
+    answer = json.loads((host.live() / ".shipyard" / "data.json").read_text())
+    assert answer["found"] == {"db.sqlite3": "file", "media": "dir"}  # reused while unchanged
     assert re.search(r"✓ data .*media/, db\.sqlite3 linked from shared/", second.out)
     assert "nothing pending (Django: 18 applied)" in second.out  # not re-applied on an empty db
     assert "['bob'] b\"bob's face\"" in in_live(
