@@ -411,6 +411,20 @@ def test_uv_uses_the_hosts_pip_index_and_cert(tmp_path, host, tls_index):
     code = "import greeting; print(greeting.HELLO)"
     assert in_live(host, "python", "-c", code).strip() == "hello from the local index"
 
+    # the CA in the system store only (in a mount namespace of this push alone, so nothing
+    # outside it changes): uv is told to use the system store
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    bundle = tmp_path / "system-bundle.pem"
+    bundle.write_text(system.read_text() + ca.read_text())
+    work.commit("again", **{"requirements.txt": "greeting==1.0\n# rebuilt\n"})
+    script = f"mount --bind {bundle} {system} && exec git push production main"
+    # no pip config file at all (no cert = anywhere): the index from PIP_INDEX_URL
+    only = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": index, "UV_NO_CACHE": "1"}
+    pushed = run("unshare", "-m", "sh", "-c", script, cwd=path, env=env | only)
+    out = pushed.stdout + pushed.stderr
+    assert "✓ venv" in out and "live:" in out, out
+
+    conf.write_text(f"[global]\nindex-url = {index}\ncert = {ca}\n")
     doctor = shipyard("--root", host.root, "doctor", "mysite", env=env, check=False).stdout
     assert re.search(rf"✓ index +{re.escape(index)} answers \(HTTP 404", doctor), doctor
     conf.write_text(f"[global]\nindex-url = {index}\n")  # the CA is not trusted without it
