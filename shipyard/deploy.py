@@ -25,7 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, data, faults, history, lock, migrate, peers, release, supervise, venv
+from . import (
+    build,
+    cron,
+    data,
+    faults,
+    history,
+    lock,
+    migrate,
+    notify,
+    peers,
+    release,
+    supervise,
+    venv,
+)
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -66,6 +79,8 @@ class Deploy:
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
+    committed: bool = True  # False on a peer: the other hosts may still send it back
+    peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
 
     @property
     def release(self) -> Path:
@@ -177,8 +192,23 @@ def build_steps(d: Deploy) -> str:
 
 
 def switch(d: Deploy) -> str:
+    # what going back needs, written before current moves: whoever undoes this switch (this
+    # process, a receiver asked to revert, a recovery) reads it from the release's manifest
+    if d.manifest is not None:
+        d.manifest.undo = {"deploy": d.number, "previous": d.app.live_release()}
+        d.manifest.save(d.release)
     d.previous = release.switch(d.app, d.release_id)
-    return f"current → {d.release_id}"
+    d.switched_at = time.time()
+    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
+
+
+def load_undo(d: Deploy) -> None:
+    """Take over what the switch and restart that made ``d.release_id`` live wrote down for
+    their undo (``switch_back``, ``restart_previous``), in another process than theirs."""
+    undo = (d.manifest.undo if d.manifest else None) or {}
+    if "previous" in undo:
+        d.previous = undo["previous"]
+    supervise.load_undo(d, undo)
 
 
 def switch_back(d: Deploy) -> None:
@@ -186,6 +216,7 @@ def switch_back(d: Deploy) -> None:
         release.switch(d.app, d.previous)
     elif d.app.current.is_symlink():
         d.app.current.unlink()
+    cron.apply(d, d.previous)  # the jobs of what is live again
 
 
 def finish(d: Deploy) -> str:
@@ -195,7 +226,9 @@ def finish(d: Deploy) -> str:
         d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
-    removed = release.prune(d.app, keep)
+    # a peer keeps the release it would go back to until the cluster has committed
+    protect = {d.previous} if d.previous and not d.committed else set()
+    removed = release.prune(d.app, keep, protect)
     used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
     venv.prune(d.app, used)
     return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
@@ -264,31 +297,64 @@ def progress(d: Deploy, phase: str, when: str = "start") -> None:
     faults.point(d.app.run, phase, when, d.number)
 
 
-def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
-    """Run every phase; on failure revert what ran. Returns True when the release went live.
+@dataclass(frozen=True)
+class Failure:
+    """A phase that failed, after the phases that ran before it were undone."""
 
-    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    phase: Phase
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.phase.name} failed: {self.message}"
+
+
+def attempt(d: Deploy, plan: list[Phase], done: list[Phase] | None = None) -> Failure | None:
+    """The one phase runner (a deploy, a peer's prepare and switch, a recovery).
+
+    Runs ``plan`` in order, journaling each phase and firing its fault points; a
+    fatal failure, whatever it raised, is reported, everything in ``done`` (the
+    phases that ran, these and any before) is undone newest first, and the
+    failure returned. None when every phase ran.
     """
-    started = time.monotonic()
-    done = list(done or [])
-    # with peers: switch/restart/verify → rollout
-    for phase in peers.phases(d, PHASES) if phases is None else phases:
+    done = [] if done is None else done
+    for phase in plan:
         t0 = time.monotonic()
-        progress(d, phase.name)
         try:
+            progress(d, phase.name)
             with d.out.ticking(phase.name):
                 detail = phase.run(d)
+            done.append(phase)  # it ran: whatever fails from here on undoes it too
             progress(d, phase.name, "end")
         except Exception as exc:  # noqa: BLE001 - even a bug in a phase must be undone
             d.timings[phase.name] = round(time.monotonic() - t0, 3)
             if not phase.fatal:
                 d.problems.append(f"{phase.name}: {explain(d, phase, exc)}")
                 continue
-            fail(d, phase, done, exc)
-            return False
+            return undo(d, phase, done, exc)
         d.timings[phase.name] = round(time.monotonic() - t0, 3)
         report(d, phase, detail)
-        done.append(phase)
+    return None
+
+
+def undo(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> Failure:
+    """``phase`` failed with ``exc``: say so, undo what ran (newest first)."""
+    failure = Failure(phase, explain(d, phase, exc))
+    revert(d, done)
+    done.clear()
+    return failure
+
+
+def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
+    """Run every phase; on failure revert what ran. Returns True when the release went live.
+
+    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    """
+    started = time.monotonic()
+    # with peers: switch/restart/verify → rollout
+    failure = attempt(d, peers.phases(d, PHASES) if phases is None else phases, done)
+    if failure:
+        fail(d, failure)
+        return False
     elapsed = time.monotonic() - started
     if d.problems:
         record(d, "live", elapsed, problems=d.problems)
@@ -341,14 +407,19 @@ def disk_full(exc: Exception, output: str = "") -> bool:
     return "no space left on device" in text or "disk quota exceeded" in text
 
 
-def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
-    message = explain(d, phase, exc)
-    revert(d, done)
+def fail(d: Deploy, failure: Failure) -> None:
+    """A failed deploy, its phases undone: the branch back, the record, the last line."""
     live = d.app.live_release()
     reset_branch(d)
-    record(d, "failed", sum(d.timings.values()), failed_phase=phase.name, error=message)
+    record(
+        d,
+        "failed",
+        sum(d.timings.values()),
+        failed_phase=failure.phase.name,
+        error=failure.message,
+    )
     still = f"still live: {live}" if live else "nothing is live yet"
-    d.out.final(f"failed at {phase.name}: {message}; {still}", good=False)
+    d.out.final(f"failed at {failure.phase.name}: {failure.message}; {still}", good=False)
 
 
 def revert(d: Deploy, done: list[Phase]) -> None:
@@ -387,6 +458,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         _record(d, outcome, seconds, extra)
     except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
         d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+    notify.deploy_event(d, outcome, seconds, extra)  # in the background; never fails the deploy
 
 
 def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
@@ -492,4 +564,5 @@ def execute(d: Deploy) -> bool:
                 good=True,
             )
             return True
+        notify.deploy_event(d, "started", 0.0, {})
         return run(d)

@@ -44,6 +44,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnect
 from .app import App
 from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
 from .errors import AppError, PhaseError, ShipyardError
+from .logs import unstamp
 from .provision import supervisor as prov
 from .provision.supervisor import Listener, Program
 from .report import Skip
@@ -300,7 +301,7 @@ def tail(path: Path, offset: int, lines: int = LOG_TAIL) -> str:
             data = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return excerpt(data.rstrip().splitlines(), lines)
+    return excerpt(unstamp(data).rstrip().splitlines(), lines)
 
 
 def excerpt(text: list[str], lines: int = LOG_TAIL) -> str:
@@ -626,15 +627,20 @@ def _health_of(app: App, host: HostConfig, release: str) -> Health:
 
 
 def converge(
-    sv: Supervisor, wanted: dict[str, Program], restart_same: bool = True
+    sv: Supervisor, wanted: dict[str, Program], restart_same: bool | frozenset[str] = True
 ) -> tuple[list[Program], list[str]]:
     """Bring supervisord from what runs (the state file) to ``wanted``, web without downtime.
 
     With ``restart_same`` false (switching back), a program already running
-    exactly what is wanted is left alone. Returns the programs now running and a
+    exactly what is wanted is left alone; a set of types restarts only those
+    (`shipyard restart --process`). Returns the programs now running and a
     summary per type.
     """
     app, host = sv.app, sv.host
+
+    def again(kind: str) -> bool:
+        return restart_same is True or (not isinstance(restart_same, bool) and kind in restart_same)
+
     running = sv.load_state()
     summary: list[str] = []
     leaving: list[Program] = []  # stopped together with the other types, once the web is over
@@ -645,7 +651,7 @@ def converge(
     if new_web is None:
         leaving = old_web
         summary.extend(["web stopped"] if old_web else [])
-    elif not restart_same and any(p.same_as(new_web) and sv.is_up(p) for p in old_web):
+    elif not again("web") and any(p.same_as(new_web) and sv.is_up(p) for p in old_web):
         summary.append(f"web ×{new_web.count} kept")
     else:
         health = _health_of(app, host, new_web.release)
@@ -700,9 +706,11 @@ def converge(
     #    then the other types start on the new release.
     others_old = [p for p in running if p.type != "web"]
     others_new = [p for t, p in wanted.items() if t != "web"]
-    kept = []
-    if not restart_same:
-        kept = [p for p in others_new if any(p.same_as(o) and sv.is_up(o) for o in others_old)]
+    kept = [
+        p
+        for p in others_new
+        if not again(p.type) and any(p.same_as(o) and sv.is_up(o) for o in others_old)
+    ]
     stopping = leaving + [o for o in others_old if not any(o.same_as(k) for k in kept)]
     starting = [p for p in others_new if p not in kept]
     if stopping:
@@ -768,14 +776,14 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
+    from .scale import counts_for  # the host's counts (`shipyard scale`) win
+
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
+    counts = counts_for(d.app, d.procfile, d.config.processes)
+    if d.host.web == 0:  # a worker host runs no web, whatever the counts say
+        counts["web"] = 0
     return prov.plan(
-        d.procfile,
-        d.config.processes,
-        d.release_id,
-        d.host.port,
-        d.config.stop_grace,
-        d.config.signals,
+        d.procfile, counts, d.release_id, d.host.port, d.config.stop_grace, d.config.signals
     )
 
 
@@ -799,6 +807,10 @@ def restart(d: Deploy) -> str:
         return Skip("-o no-restart: processes left as they were")
     how = sv.ensure()
     d.processes.setdefault("before", before)  # a recovery presets the previous release's
+    if d.manifest is not None:  # the undo's half of the journal: see deploy.load_undo
+        undo = d.manifest.undo or {}
+        d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes["before"]]}
+        d.manifest.save(d.release)
     try:
         running, summary = converge(sv, wanted)
     except ShipyardError as exc:
@@ -815,6 +827,13 @@ def restart(d: Deploy) -> str:
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
+
+
+def load_undo(d: Deploy, undo: dict) -> None:
+    """The processes restart handed over, as its manifest note says (another process's undo)."""
+    if "processes" in undo:
+        d.processes["before"] = [Program.from_dict(p) for p in undo["processes"]]
+        d.processes["running"] = Supervisor(d.app, d.host).load_state()  # what runs now
 
 
 def restart_previous(d: Deploy) -> None:
@@ -1003,6 +1022,15 @@ def status(app: App) -> list[dict]:
                 }
             )
     return rows
+
+
+def serving(app: App) -> list[str] | None:
+    """The releases the app's processes run in (their /proc/<pid>/cwd); None if unknown."""
+    try:
+        rows = status(app)
+    except (ShipyardError, OSError, xmlrpc.client.Error):
+        return None
+    return sorted({r["release"] for r in rows if r["release"] is not None and r["pid"]})
 
 
 def format_status(app: App, rows: list[dict]) -> list[str]:

@@ -280,8 +280,10 @@ def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
     target = app.venvs / key
     reused = target.is_dir()
     if not reused:
-        live = app.current / ".venv"
-        build(target, release, the_plan, bytecode_from=live.resolve() if live.is_dir() else None)
+        live_id = app.live_release()  # not `current` itself: it may point anywhere
+        live = app.release_dir(live_id) / ".venv" if live_id else None
+        bytecode_from = live.resolve() if live and live.is_dir() else None
+        build(target, release, the_plan, bytecode_from=bytecode_from)
     link = release / ".venv"
     if link.is_symlink() or link.exists():
         if link.is_dir() and not link.is_symlink():

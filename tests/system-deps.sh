@@ -12,6 +12,9 @@ command -v ssh >/dev/null || need+=(openssh-client)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || need+=(postgresql)
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
+command -v openssl >/dev/null || need+=(openssl)  # the receiver's TLS certificate (receiver/tls.py)
+# scheduled jobs (tests/e2e/test_cron.py): the test starts Debian's cron daemon, `cron -f`
+{ [ -x /usr/sbin/cron ] && command -v crontab >/dev/null; } || need+=(cron)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

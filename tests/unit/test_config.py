@@ -78,3 +78,10 @@ def test_build_steps_plain_and_cached():
     assert [s.run for s in config.build] == ["make", "collect"]
     assert not config.build[0].cacheable and config.build[1].cacheable
     assert config.build[1].outputs == ("static",)
+
+
+def test_host_web_is_zero_or_unset():
+    assert parse_host_config("web = 0\n", "host.toml").web == 0
+    assert parse_host_config("", "host.toml").web is None
+    with pytest.raises(ConfigError, match="host.toml:2: web = 2: the only value is 0"):
+        parse_host_config("port = 8001\nweb = 2\n", "host.toml")

@@ -205,6 +205,7 @@ def test_process_env(tmp_path):
     app = App(tmp_path, "mysite")
     (app.shared).mkdir(parents=True)
     (app.shared / ".env").write_text("SECRET_KEY=s3cret\n")
+    app.config_file.write_text("allow_root = true\n")  # commands refuse root without it
     release = app.releases / RELEASE
     env = launch.process_env(app, release, "web", 2, 8123)
     assert env["PORT"] == "8123" and env["SECRET_KEY"] == "s3cret"
@@ -275,3 +276,13 @@ def test_stop_signals_per_type_and_uwsgi_by_default(tmp_path):
     assert "stopsignal = INT\n" in prov.render_program(app, defaults["web"])
     with pytest.raises(ConfigError, match=r"\[processes\] must map"):
         parse_app_config('[processes.web]\nstop_signal = "STOP"\n')
+
+
+def test_web_zero_needs_no_web_line():
+    """`[processes] web = 0` is how an app says it runs without web; other types keep the check."""
+    prov.check_counts({"worker": "sleep 9"}, {"web": 0}, "shipyard.toml")
+    assert set(prov.plan({"worker": "sleep 9"}, {"web": 0}, RELEASE, 8123, 12)) == {"worker"}
+    with pytest.raises(ConfigError, match="web = 1, but the Procfile has no `web:`"):
+        prov.check_counts({"worker": "sleep 9"}, {"web": 1}, "shipyard.toml")
+    with pytest.raises(ConfigError, match="beat = 0, but the Procfile has no `beat:`"):
+        prov.check_counts({"worker": "sleep 9"}, {"beat": 0}, "shipyard.toml")
