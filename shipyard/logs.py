@@ -34,9 +34,7 @@ from .report import Masker, clip
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
 LOG_NAME = re.compile(r"^(?P<type>[A-Za-z0-9_]+?)(?:-(?P<color>blue|green))?\.(?P<n>\d+)\.log$")
-CRON_LOG = re.compile(
-    r"^cron-(?P<job>[a-z0-9][a-z0-9_-]*)\.log$"
-)  # a scheduled job's runs (cron.py)
+CRON_LOG = re.compile(r"^cron-(?P<job>[a-z0-9][a-z0-9_-]*)\.log$")  # a job's runs (cron.py)
 IDLE_FLUSH = 0.5  # a partial line (no newline yet) is written after this long
 COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 RESET = "\033[0m"

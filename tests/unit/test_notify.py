@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import hmac
 import json
 import urllib.error
@@ -151,7 +152,7 @@ def test_a_config_change_is_sent_with_its_keys_only(tmp_path, monkeypatch):
     (app.dir / "shared").mkdir()
     (app.dir / "shared" / ".env").write_text("API_TOKEN=s3cr3t-value\n")
     host = host_config(events='["config-changed"]')
-    change = Change(app, host, "config", Reporter(open("/dev/null", "w")), "alice", number=3)
+    change = Change(app, host, "config", Reporter(io.StringIO()), "alice", number=3)
     change.record("set API_TOKEN", keys=["API_TOKEN"], change="set")
     (job,) = jobs
     body = json.loads(job["body"])
