@@ -168,6 +168,7 @@ class Options:
     dry_run: bool = False
     receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
     sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
+    port: int | None = None  # --port: the web port of the --app (shipyard init --port)
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -771,7 +772,8 @@ class Provisioner:
                 if not (app_dir / "repo.git").is_dir():
                     self.change(f"create app {name} (shipyard init {name})")
                 continue
-            result = self.run(self.layout.shipyard_bin, "init", name, user=True)
+            port = ["--port", str(self.o.port)] if self.o.port else []
+            result = self.run(self.layout.shipyard_bin, "init", name, *port, user=True)
             if "nothing to do" not in result.stdout:
                 self.change(f"create app {name} at {app_dir} (shipyard init {name})")
 
@@ -1208,6 +1210,10 @@ def main(args) -> int:
     keys = read_keys(args.key or [])
     for app in [*(args.app or []), *(args.sync or [])]:
         check_app_name(app)
+    if getattr(args, "port", None) is not None and not args.app:
+        raise ProvisionError(
+            "--port is the web port of an app", "give the app: --app NAME --port P"
+        )
     if args.receiver:
         check_listen_address(args.receiver)
     if args.source and not (
@@ -1228,5 +1234,6 @@ def main(args) -> int:
         dry_run=args.dry_run,
         receiver=args.receiver,
         sync=args.sync or [],
+        port=getattr(args, "port", None),
     )
     return Provisioner(options).provision()

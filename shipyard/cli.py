@@ -316,7 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
-    p.add_argument("--port", type=int, default=8000, help="where the web process listens")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="where the web process listens (default 8000); on an existing app, changes it",
+    )
     p.add_argument(
         "--allow-root",
         action="store_true",

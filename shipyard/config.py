@@ -20,9 +20,11 @@ from .errors import ConfigError
 # key -> (type, default); a dict value is a sub-table with its own schema.
 HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "path": (str, "/"),
-    "status": (int, 200),
+    "status": ((int, list), 200),  # or a list of accepted statuses, e.g. [200, 302]
     "timeout": ((int, float), 30),
     "retries": (int, 60),
+    "host": (str, ""),  # the Host header the probe sends (the app's domain); "" = localhost
+    "https": (bool, False),  # served over TLS: the probe sends X-Forwarded-Proto: https
 }
 APP_SCHEMA: dict[str, Any] = {
     "requirements": (str, None),
@@ -130,6 +132,7 @@ class AppConfig:
     health: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     stop_grace: float = 30
+    signals: dict[str, str] = field(default_factory=dict)  # [processes.TYPE] stop_signal
     cron: dict[str, CronJob] = field(default_factory=dict)
 
 
@@ -175,6 +178,25 @@ def _line_of(text: str, key: str, table: str | None) -> int:
     return 1
 
 
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")  # supervisord's
+
+
+def _process_entry(value: object) -> bool:
+    """A count, or a table with ``count`` and/or ``stop_signal``."""
+    if isinstance(value, dict):
+        count = value.get("count", 1)
+        signal = value.get("stop_signal", "TERM")
+        return (
+            not set(value) - {"count", "stop_signal"}
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and count >= 0
+            and isinstance(signal, str)
+            and signal.upper().removeprefix("SIG") in STOP_SIGNALS
+        )
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _type_name(expected: type | tuple[type, ...]) -> str:
     names = {
         str: "a string",
@@ -199,12 +221,11 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             raise ConfigError(f"{where}: unknown key {dotted!r}", f"known keys here: {known}")
         spec = schema[key]
         if spec is dict:
-            if not isinstance(value, dict) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
-            ):
+            if not isinstance(value, dict) or not all(_process_entry(v) for v in value.values()):
                 raise ConfigError(
                     f"{where}: [{dotted}] must map process names to counts",
-                    "write e.g. `web = 2` under it",
+                    "write e.g. `web = 2` under it, or [processes.web] with count = 2 and "
+                    'stop_signal = "QUIT"',
                 )
             out[key] = value
         elif isinstance(spec, dict):
@@ -278,8 +299,28 @@ def _build_step(value: object, where: str) -> BuildStep:
     return BuildStep(value["run"], lists["inputs"], lists["outputs"])
 
 
+def _check_health(data: dict, text: str, source: str) -> None:
+    status = data.get("health", {}).get("status", 200)
+    statuses = status if isinstance(status, list) else [status]
+    if not statuses or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+    ):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'status', 'health')}: health.status must be an HTTP "
+            "status or a list of them",
+            "e.g. status = 200, or status = [200, 302]",
+        )
+    host = data.get("health", {}).get("host", "")
+    if host and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", host):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'host', 'health')}: health.host {host!r} is not a host name",
+            'write the domain the app serves, e.g. host = "www.example.com"',
+        )
+
+
 def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
     data = _load(text, source, APP_SCHEMA)
+    _check_health(data, text, source)
     installer = data.get("installer")
     if installer is not None and installer not in INSTALLERS:
         raise ConfigError(
@@ -299,11 +340,22 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
         _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
     if data.get("requirements"):
         _check_relative(data["requirements"], f"{source}:{_line_of(text, 'requirements', None)}")
+    processes, signals = {}, {}
+    for name, value in data.get("processes", {}).items():
+        if isinstance(value, dict):
+            if "count" in value:
+                processes[name] = value["count"]
+            if "stop_signal" in value:
+                signals[name] = value["stop_signal"].upper().removeprefix("SIG")
+        else:
+            processes[name] = value
+    data["processes"], data["signals"] = processes, signals
     return AppConfig(**data)
 
 
 def parse_host_config(text: str, source: str) -> HostConfig:
     data = _load(text, source, HOST_SCHEMA)
+    _check_health(data, text, source)
     if data.get("installer", "uv") not in INSTALLERS:
         raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
     if data.get("keep", 5) < 1:

@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from .app import App
 from .config import CronJob, HostConfig, cron_values, load_app_config
 from .errors import ShipyardError
+from .logs import stamp_line
 
 STOP_GRACE = 10  # seconds between TERM and KILL for a job past its limit
 LOG_LIMIT = 10 * 1024 * 1024  # a job's log is rotated to .1 beyond this
@@ -259,10 +260,10 @@ def execute(app: App, name: str, echo: TextIO | None = None) -> int:
     with open_log(app, name) as log:
 
         def say(text: str) -> None:
-            line = f"{stamp()} cron {name}: {text}"
-            log.write(line + "\n")
+            # stamped like the processes' lines, so `shipyard logs APP --process cron` merges it
+            log.write(stamp_line(f"cron {name}: {text}", app.live_release() or "-") + "\n")
             if echo:
-                print(line, file=echo, flush=True)
+                print(f"{stamp()} cron {name}: {text}", file=echo, flush=True)
 
         try:
             live, job = find_job(app, name)

@@ -1,8 +1,8 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
-             → verify → post-migrate → finish
+    checkout → link → venv → data → build → prepare-peers → migrate → release → data-check
+             → switch → restart → verify → post-migrate → finish
 
 (with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
@@ -25,7 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, cron, faults, history, lock, migrate, notify, peers, release, supervise, venv
+from . import (
+    build,
+    cron,
+    data,
+    faults,
+    history,
+    lock,
+    migrate,
+    notify,
+    peers,
+    release,
+    supervise,
+    venv,
+)
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -57,6 +70,7 @@ class Deploy:
     previous: str | None = None
     venv_key: str | None = None
     migrations: list[str] = field(default_factory=list)
+    migrations_known: bool = True  # False: a migrate command ran that cannot list what it did
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
@@ -143,7 +157,11 @@ def build_venv(d: Deploy) -> str:
     d.manifest.save(d.release)
     if reused:
         return f"reused {d.venv_key[:6]} (requirements unchanged)"
-    return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
+    note = venv.carried() if the_plan.installer == "uv" else ""
+    note = f" ({note})" if note else ""
+    return (
+        f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}{note}"
+    )
 
 
 def build_steps(d: Deploy) -> str:
@@ -204,8 +222,8 @@ def switch_back(d: Deploy) -> None:
 def finish(d: Deploy) -> str:
     d.manifest.state = "good"
     d.manifest.live_at = time.time()
-    if d.manifest.migrations is None and not d.reused:
-        d.manifest.migrations = list(d.migrations)
+    if d.manifest.migrations is None and not d.reused and d.migrations_known:
+        d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
     # a peer keeps the release it would go back to until the cluster has committed
@@ -228,10 +246,12 @@ PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
     Phase("venv", build_venv),
+    Phase("data", data.link),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
+    Phase("data-check", data.check),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
@@ -459,7 +479,7 @@ def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
             "outcome": outcome,
             "phases": d.timings,
             "options": {k: d.out.mask(v) for k, v in d.options.items()},
-            "migrations": d.migrations,
+            "migrations": d.migrations if d.migrations_known else None,
             **extra,
         },
     )

@@ -327,6 +327,52 @@ def ssh_keys_check(ctx: Context) -> Check:
     return Check("ssh keys", OK, f"{len(keys)} key(s), each limited to push and shipyard commands")
 
 
+def index_check(ctx: Context, timeout: float = 10.0) -> Check:
+    """Can this user reach the package index, with the settings and CAs uv will be given?"""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    from . import venv
+
+    if (ctx.host.installer if ctx.host else "uv") != "uv":
+        return Check("index", SKIP, "installer is pip: pip reads its own configuration")
+    if os.environ.get("UV_OFFLINE"):
+        return Check("index", SKIP, "UV_OFFLINE is set: venvs are built from uv's cache only")
+    env = {**os.environ, **venv.uv_environment()}
+    index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "https://pypi.org/simple"
+    parts = urlsplit(index)
+    where = venv.carried() or "uv's defaults"
+    if parts.scheme not in ("http", "https"):
+        return Check("index", OK, f"{index} (a local index; {where})")
+    insecure = parts.hostname in env.get("UV_INSECURE_HOST", "").split()
+    context = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE") or None)
+    if insecure:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", parts.path.rstrip("/") + "/pip/", headers={"User-Agent": "shipyard"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Check(
+            "index",
+            FAIL,
+            f"{index} cannot be reached as {os.environ.get('USER') or os.getuid()}: {reason} "
+            f"({where})",
+            "add the index's CA to the system store (update-ca-certificates) or set cert = … in "
+            "/etc/pip.conf; a proxy goes in HTTPS_PROXY for the deploy user",
+        )
+    finally:
+        conn.close()
+    return Check("index", OK, f"{index} answers (HTTP {status}; {where})")
+
+
 CHECKS: list[Callable[[Context], Check]] = [
     git_check,
     layout_check,
@@ -338,6 +384,7 @@ CHECKS: list[Callable[[Context], Check]] = [
     disk_check,
     receivers_check,
     ssh_keys_check,
+    index_check,
 ]
 
 

@@ -34,6 +34,7 @@ from .report import Masker, clip
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
 LOG_NAME = re.compile(r"^(?P<type>[A-Za-z0-9_]+?)(?:-(?P<color>blue|green))?\.(?P<n>\d+)\.log$")
+CRON_LOG = re.compile(r"^cron-(?P<job>[a-z0-9][a-z0-9_-]*)\.log$")  # a job's runs (cron.py)
 IDLE_FLUSH = 0.5  # a partial line (no newline yet) is written after this long
 COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 RESET = "\033[0m"
@@ -141,13 +142,16 @@ def sources(app: App, process: str | None = None) -> list[Source]:
     found = []
     directory = app.dir / "logs"
     for path in sorted(directory.glob("*.log")) if directory.is_dir() else []:
-        match = LOG_NAME.match(path.name)
-        if not match:
+        match, job = LOG_NAME.match(path.name), CRON_LOG.match(path.name)
+        if match:
+            kind, name, color = match["type"], f"{match['type']}.{match['n']}", match["color"]
+        elif job:
+            kind, name, color = "cron", f"cron.{job['job']}", None
+        else:
             continue
-        name = f"{match['type']}.{match['n']}"
-        if process and process not in (match["type"], name):
+        if process and process not in (kind, name):
             continue
-        found.append(Source(path, name, match["color"]))
+        found.append(Source(path, name, color))
     return found
 
 
@@ -240,7 +244,7 @@ def check_process(app: App, process: str | None) -> None:
         return
     from .restart import types
 
-    kinds = types(app)
+    kinds = [*types(app), "cron"]  # cron: the scheduled jobs' runs
     if process.split(".")[0] not in kinds:
         raise AppError(
             f"{app.name} has no process type {process!r}",

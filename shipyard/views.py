@@ -355,6 +355,8 @@ def render_releases(r: dict) -> str:
     for row in reversed(r["releases"]):
         venv = (row["venv"] or "-")[:6] if row["venv_present"] or not row["venv"] else "gone"
         migr = "-" if row["migrations"] is None else str(len(row["migrations"]))
+        if row["migrations"] is None and row["state"] == "good":
+            migr = "?"  # a migrate command ran that cannot list what it applied
         mark = "* " if row["live"] else ("↩ " if row["id"] == r["rollback_to"] else "  ")
         line = (
             mark

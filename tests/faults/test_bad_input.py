@@ -309,6 +309,43 @@ def test_extremely_long_output_lines(clean, observe):
     )
 
 
+def failed_at(host, work, before: str, phase: str) -> tuple[str, str]:
+    """Push; the deploy fails at ``phase``, before the switch: (its ✗ line's detail, output)."""
+    n = len(entries(host))
+    out = work.push().out
+    line = next(ln for ln in remote_lines(out) if f"✗ {phase}" in ln)
+    assert check_invariants(host) == before
+    assert entries(host)[n]["outcome"] == "failed"
+    return re.sub(rf"^.*✗ {phase}\s+\d+\.\d+s\s+", "", line), out
+
+
+def test_a_python_version_the_host_does_not_have(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`.python-version` asks for a Python the host does not have")
+    work.commit("old python", **{".python-version": "3.6\n"})
+    said, out = failed_at(host, work, before, "venv")
+    assert said.startswith(".python-version asks for Python 3.6, which is not installed")
+    assert "uv python install 3.6" in out and "download" not in out.lower()
+    row["outcome"] = f"deploy failed at venv, no download tried: `{said[:110]}…`"
+
+
+def test_allowed_hosts_refuse_the_health_probe(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`ALLOWED_HOSTS` without the host the health check sends")
+    settings = work.path / "mysite" / "settings.py"
+    text = settings.read_text()
+    work.commit(
+        "prod hosts", **{"mysite/settings.py": text.replace('["*"]', '["www.example.com"]')}
+    )
+    said, out = failed_at(host, work, before, "restart")
+    assert "got 400" in said and "an answer that waiting will not change" in said
+    assert "ALLOWED_HOSTS" in out and '[health] host = "your.domain"' in out
+    row["outcome"] = (
+        "deploy failed at restart after three 400s, not the 30 s timeout; the hint names "
+        "ALLOWED_HOSTS and `[health] host`; the old release kept serving"
+    )
+
+
 def test_status_json_after_bad_input(site):
     """Everything above left the app as it was: one live release, nothing running."""
     host, _, _ = site

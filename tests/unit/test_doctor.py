@@ -6,10 +6,17 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from conftest import Host, run, shipyard
 
 from shipyard import doctor
 from shipyard.app import App
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """The index check stays on loopback in tests (test_realapps runs it against a local one)."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
 
 
 def check(host: Host, name: str) -> doctor.Check:

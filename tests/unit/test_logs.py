@@ -65,6 +65,22 @@ def test_last_lines_merge_processes_by_time(tmp_path: Path, capsys):
     assert [s.process for s in logs.sources(app, "worker")] == ["worker.1"]
 
 
+def test_scheduled_jobs_runs_are_the_cron_process(tmp_path: Path):
+    """`shipyard logs APP --process cron` shows what cron.py writes to logs/cron-NAME.log."""
+    app = App.at("mysite", tmp_path)
+    (app.dir / "logs").mkdir(parents=True)
+    write(app.dir / "logs" / "web-blue.1.log", (100, "w1"))
+    write(app.dir / "logs" / "cron-clear-sessions.log", (200, "cron clear-sessions: start"))
+    assert [s.process for s in logs.sources(app, "cron")] == ["cron.clear-sessions"]
+    merged = sorted(
+        (ln for s in logs.sources(app) for ln in logs.last_lines(s, 3)), key=lambda ln: ln.when
+    )
+    assert [(ln.process, ln.text) for ln in merged] == [
+        ("web.1", "w1"),
+        ("cron.clear-sessions", "cron clear-sessions: start"),
+    ]
+
+
 def test_following_a_rotated_file(tmp_path: Path):
     path = tmp_path / "web-blue.1.log"
     write(path, (1, "a"))

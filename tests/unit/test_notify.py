@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import urllib.error
 
@@ -137,3 +138,23 @@ def test_a_webhook_secret_in_a_file_others_can_read_is_refused(tmp_path):
     assert f"chmod 600 {path}" in str(err.value)
     path.chmod(0o600)
     assert load_host_config(path).notify["webhook"][0].secret == "k" * 20
+
+
+def test_a_config_change_is_sent_with_its_keys_only(tmp_path, monkeypatch):
+    """`shipyard config set` / `scale` (change.Change.record) fire config-changed, no values."""
+    from shipyard.change import Change
+    from shipyard.report import Reporter
+
+    jobs = []
+    monkeypatch.setattr(notify, "spawn", jobs.append)
+    app = App.at("mysite", tmp_path)
+    (app.dir / "deploys").mkdir(parents=True)
+    (app.dir / "shared").mkdir()
+    (app.dir / "shared" / ".env").write_text("API_TOKEN=s3cr3t-value\n")
+    host = host_config(events='["config-changed"]')
+    change = Change(app, host, "config", Reporter(io.StringIO()), "alice", number=3)
+    change.record("set API_TOKEN", keys=["API_TOKEN"], change="set")
+    (job,) = jobs
+    body = json.loads(job["body"])
+    assert body["event"] == "config-changed" and body["who"] == "alice"
+    assert "API_TOKEN" in body["text"] and "s3cr3t-value" not in job["body"]

@@ -63,6 +63,8 @@ def test_bad_input_is_refused_before_anything_happens(tmp_path: Path, alice: Pat
     one_line_error(twice, "are the same key")
     bad_app = shipyard("provision", "--app", "My App", check=False)
     one_line_error(bad_app, "invalid app name")
+    port_alone = shipyard("provision", "--port", "8001", check=False)
+    one_line_error(port_alone, "--port is the web port of an app")
 
 
 def test_not_root_is_refused_in_one_line(monkeypatch, alice: Path):
