@@ -21,9 +21,10 @@ from shipyard.config import AppConfig, load_host_config, parse_app_config, parse
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options
-from shipyard.provision.supervisor import check_counts
+from shipyard.provision.supervisor import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
+from shipyard.report import escape
 from shipyard.venv import DETECTED
 
 ZERO = "0" * 40
@@ -98,6 +99,7 @@ def check_commit(app: App, commit: str) -> None:
     check_requirements(commit, config, blobs)
     if "Procfile" not in parsed:
         check_keeps_processes(app, commit)
+    check_keeps_web(app, parsed.get("Procfile"), config.processes if config else {}, commit)
     shared_env(app)  # a host .env that does not parse would fail the deploy at checkout
 
 
@@ -147,6 +149,30 @@ def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
     return new, None
 
 
+def move_branch(ref: str, commit: str, old: str, message: str) -> subprocess.CompletedProcess:
+    """Compare-and-swap ``ref`` from ``old`` to ``commit``.
+
+    If another push moved it meanwhile to an ancestor of ``commit`` (two CI jobs for
+    successive commits), this push is still a fast-forward: move it from there, and let
+    the deploy lock order the two deploys. Anything else stays refused.
+    """
+    expected = old
+    for _ in range(5):
+        cas = "" if expected == ZERO else expected
+        update = git("update-ref", "-m", message, ref, commit, cas, check=False)
+        if not update.returncode:
+            return update
+        tip = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+        moved_behind = tip and tip != expected
+        if (
+            not moved_behind
+            or git("merge-base", "--is-ancestor", tip, commit, check=False).returncode
+        ):
+            return update
+        expected = tip
+    return update
+
+
 def handle(
     app: App, old: str, new: str, ref: str, options: dict[str, str]
 ) -> tuple[str, str | None]:
@@ -161,15 +187,7 @@ def handle(
         )
     commit, tag = peel(new)
     check_commit(app, commit)
-    update = git(
-        "update-ref",
-        "-m",
-        f"push{' ' + tag if tag else ''}",
-        ref,
-        commit,
-        old if old != ZERO else "",
-        check=False,
-    )
+    update = move_branch(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
     faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py
@@ -201,14 +219,14 @@ def main() -> None:
         check_not_root(app, load_host_config(app.config_file))
     except ShipyardError as exc:
         for _old, _new, ref in commands:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
         proto.write_pkt_line(None)
         return
     for old, new, ref in commands:
         try:
             commit, _tag = handle(app, old, new, ref, options)
         except ShipyardError as exc:
-            proto.write_pkt_line(f"ng {ref} {exc}".encode())
+            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
             continue
         proto.write_pkt_line(f"ok {ref}".encode())
         if commit != new:

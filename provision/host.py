@@ -12,7 +12,8 @@ nothing and says so, and ``--dry-run`` prints what a run would do:
    forwarding, no pty;
 4. supervisord: with the Debian ``supervisor`` package, a program that runs the
    deploy user's own supervisord (see ``configure_supervisor``); without it,
-   every app runs shipyard's embedded supervisord;
+   a systemd unit that does (``configure_boot``); either way that supervisord
+   starts every app's embedded supervisord at boot (``shipyard boot``);
 5. optionally apps (``--app``), created with ``shipyard init`` as the deploy user.
 
 Anyone who can push runs code as the deploy user and can plant links in its
@@ -57,10 +58,12 @@ KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc,restrict"
+# a pty is allowed by sshd but refused by the forced command for anything but `shipyard run`
+KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc,restrict,pty"
 SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
 VENV_ROOT = Path("/usr/local/lib/shipyard")  # one root-owned venv per deploy user
+SYSTEMD_DIR = Path("/etc/systemd/system")
 MIN_PYTHON = (3, 11)
 SOURCE_PACKAGES = ("shipyard", "hooks", "receiver", "provision")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -148,6 +151,11 @@ class Layout:
     def supervisord_socket(self) -> Path:
         return self.state / "supervisord.sock"
 
+    @property
+    def receiver_tls(self) -> tuple[Path, Path]:
+        """The receiver's self-signed certificate and its key (receiver/tls.py)."""
+        return self.state / "receiver" / "cert.pem", self.state / "receiver" / "key.pem"
+
 
 @dataclass
 class Options:
@@ -161,6 +169,7 @@ class Options:
     receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
     sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
     proxy: bool = False  # the front door: nginx, certbot, the reload helper (provision/frontdoor)
+    port: int | None = None  # --port: the web port of the --app (shipyard init --port)
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -180,10 +189,12 @@ def check_user_name(name: str) -> str:
 
 def check_listen_address(address: str) -> str:
     """ADDR:PORT for the receiver, checked before anything changes."""
-    if parse_address(address) is None:
+    parsed = parse_address(address)
+    if parsed is None or parsed[0] in ("0.0.0.0", "::"):
         raise ProvisionError(
-            f"--receiver {address!r}: not an address to listen on",
-            "write ADDR:PORT, e.g. --receiver 10.0.0.2:7070",
+            f"--receiver {address!r}: not an address to listen on"
+            + (" (it would be every interface)" if parsed else ""),
+            "write ADDR:PORT, the address the primary reaches, e.g. --receiver 10.0.0.2:7070",
         )
     return address
 
@@ -707,16 +718,50 @@ class Provisioner:
 
     def supervisor(self) -> None:
         assert self.layout
-        for change in configure_supervisor(
-            self.layout,
-            mode=self.o.supervisor,
-            conf_dir=self.o.supervisor_conf_dir,
-            dry_run=self.o.dry_run,
-            note=self.note,
-            receiver=self.o.receiver,
-            sync=self.o.sync,
-        ):
-            self.change(change)
+        if self.o.receiver:
+            self.receiver_cert()
+        for configure in (configure_supervisor, configure_boot):  # and its start at boot
+            for change in configure(
+                self.layout,
+                mode=self.o.supervisor,
+                conf_dir=self.o.supervisor_conf_dir,
+                dry_run=self.o.dry_run,
+                note=self.note,
+                receiver=self.o.receiver,
+                sync=self.o.sync,
+            ):
+                self.change(change)
+
+    def receiver_cert(self) -> None:
+        """The receiver serves TLS with a certificate made by (and for) the deploy user."""
+        assert self.layout and self.o.receiver
+        cert, key = self.layout.receiver_tls
+        if self.o.dry_run:
+            if not cert.exists():
+                self.change(f"make the receiver's TLS certificate {cert}")
+            return
+        options = ["--listen", self.o.receiver, "--tls-cert", cert, "--tls-key", key]
+        lines = self.run(
+            self.layout.shipyard_bin, "receiver", *options, "--make-cert", user=True
+        ).stdout.splitlines()
+        if lines[0].startswith("made"):
+            self.change(f"make the receiver's TLS certificate {cert}")
+        self.note(f"pin it in the primary's shipyard.toml: {lines[-1]}")
+
+    # 4b. cron: the apps' [cron] jobs are the deploy user's crontab (shipyard/cron.py)
+
+    def cron(self) -> None:
+        if shutil.which("crontab", path=PATH) and Path("/usr/sbin/cron").exists():
+            return
+        if not shutil.which("apt-get", path=PATH):
+            self.note("no cron: install a cron daemon for the apps' [cron] jobs")
+            return
+        self.change("install cron (Debian package; runs the apps' [cron] jobs)")
+        if not self.o.dry_run:
+            self.run(
+                "apt-get", "install", "-y", "-qq", "cron",
+                env={"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"},
+            )  # fmt: skip
 
     # 5. apps
 
@@ -728,7 +773,8 @@ class Provisioner:
                 if not (app_dir / "repo.git").is_dir():
                     self.change(f"create app {name} (shipyard init {name})")
                 continue
-            result = self.run(self.layout.shipyard_bin, "init", name, user=True)
+            port = ["--port", str(self.o.port)] if self.o.port else []
+            result = self.run(self.layout.shipyard_bin, "init", name, *port, user=True)
             if "nothing to do" not in result.stdout:
                 self.change(f"create app {name} at {app_dir} (shipyard init {name})")
 
@@ -752,6 +798,7 @@ class Provisioner:
             self.authorized_keys()
             self.apps()
         self.supervisor()
+        self.cron()
         if self.o.proxy:
             from .frontdoor import configure as front_door
 
@@ -917,14 +964,14 @@ def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] =
     """
     programs = []
     if receiver:
-        programs.append(
-            _user_program(lay, "shipyard-receiver", f"receiver --listen {receiver}", "receiver")
-        )
+        cert, key = lay.receiver_tls
+        command = f"receiver --listen {receiver} --tls-cert {cert} --tls-key {key}"
+        programs.append(_user_program(lay, "shipyard-receiver", command, "receiver"))
     for app in sync:
         programs.append(
             _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
         )
-    return _supervisord_base(lay) + "".join(programs)
+    return _supervisord_base(lay) + boot_program(lay) + "".join(programs)
 
 
 def _user_program(lay: Layout, name: str, command: str, log: str) -> str:
@@ -959,10 +1006,107 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl = unix://{lay.supervisord_socket}
-
-[include]
-files = {lay.apps}/*/run/programs.conf
 """
+
+
+def boot_program(lay: Layout) -> str:
+    """Once, when the user's supervisord starts (at boot): every app's own supervisord.
+
+    Each app runs shipyard's embedded supervisord, the one its deploys talk to
+    (``run/supervisord.sock``); the user's supervisord does not include the
+    apps' programs itself, which would run them twice.
+    """
+    return f"""
+[program:shipyard-apps]
+command = {lay.shipyard_bin} --root {lay.apps} boot
+directory = {lay.home}
+autostart = true
+autorestart = false
+startsecs = 0
+redirect_stderr = true
+stdout_logfile = {lay.state}/boot.log
+"""
+
+
+def boot_unit(lay: Layout) -> str:
+    """The systemd unit that starts the deploy user's supervisord at boot, as that user."""
+    return f"""\
+# written by `shipyard provision`: {lay.user}'s supervisord (its apps, receiver, sync) at boot
+[Unit]
+Description=shipyard apps of {lay.user}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+User={lay.user}
+WorkingDirectory={lay.home}
+Environment=HOME={lay.home} USER={lay.user}
+ExecStart={lay.venv / "bin" / "supervisord"} -n -c {lay.supervisord_conf}
+Restart=on-failure
+# the apps' own supervisords outlive a restart of this one (their processes keep serving)
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_files(lay: Layout, files: list[tuple[Path, str]], dry_run: bool) -> list[str]:
+    """Write each (path, text) that differs (0644, a new temp file renamed into place); the
+    changes made. A file in the deploy user's home is read and written as that user: root
+    never writes through a link planted there."""
+    changes = []
+    for path, text in files:
+        mine = path.is_relative_to(lay.home)
+        if not mine:
+            have = read_file(str(path))
+        else:
+            have = lay.call(read_file, str(path)) if lay.uid is not None else None
+        if have and have["text"] == text:
+            continue
+        changes.append(f"write {path}")
+        if dry_run:
+            continue
+        if mine:
+            lay.call(replace_file, str(path), text, 0o644)
+        else:
+            replace_file(path, text, 0o644)
+    return changes
+
+
+def configure_boot(
+    lay: Layout,
+    mode: str = "auto",
+    conf_dir: Path = SUPERVISOR_CONF_DIR,
+    dry_run: bool = False,
+    note=print,
+    receiver: str | None = None,
+    sync: list[str] = (),
+) -> list[str]:
+    """Without a system supervisord, a systemd unit starts the user's supervisord at boot."""
+    if mode == "none" or conf_dir.is_dir():  # none: nothing wanted; else Debian's starts it
+        return []
+    start = f"runuser -u {lay.user} -- {lay.venv / 'bin' / 'supervisord'} -c {lay.supervisord_conf}"
+    unit = SYSTEMD_DIR / f"shipyard-{lay.user}.service"
+    files = [(lay.supervisord_conf, supervisord_conf(lay, receiver, sync))]
+    if SYSTEMD_DIR.is_dir():
+        files.append((unit, boot_unit(lay)))
+    changes = write_files(lay, files, dry_run)
+    if not SYSTEMD_DIR.is_dir():
+        note(f"no systemd: to start the apps at boot, have the init system run `{start}`")
+        return changes
+    systemctl = shutil.which("systemctl", path=PATH)
+    enabled = SYSTEMD_DIR / "multi-user.target.wants" / unit.name
+    if systemctl and not enabled.is_symlink():
+        changes.append(f"enable {unit.name} (starts {lay.user}'s apps at boot)")
+        if not dry_run:
+            subprocess.run([systemctl, "enable", unit.name], capture_output=True)
+    if not Path("/run/systemd/system").is_dir():
+        note(f"systemd is not running here (a container?): now and at boot, run `{start}`")
+    elif changes and not dry_run:
+        subprocess.run([systemctl, "daemon-reload"], capture_output=True)
+        subprocess.run([systemctl, "start", unit.name], capture_output=True)
+    return changes
 
 
 def system_program(lay: Layout) -> str:
@@ -1015,7 +1159,11 @@ def configure_supervisor(
             else "supervisord not configured (--supervisor none)"
         )
         if receiver:
-            note(f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver}")
+            cert, key = lay.receiver_tls
+            note(
+                f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver} "
+                f"--tls-cert {cert} --tls-key {key}"
+            )
         for app in sync:
             note(f"run the sync: shipyard --root {lay.apps} sync {app} --every 30")
         return []
@@ -1030,20 +1178,12 @@ def configure_supervisor(
             f"{conf_dir} can be changed by others ({problems[0]}): root's supervisord reads it",
             f"make {conf_dir} root's alone (chown root: and chmod go-w), then run again",
         )
-    changes = []
-    # the user's own config: read and written as the user (its directory is the user's)
-    user_text = supervisord_conf(lay, receiver, sync)
-    have = lay.call(read_file, str(lay.supervisord_conf)) if lay.uid is not None else None
-    user_conf_changed = not have or have["text"] != user_text
-    if user_conf_changed:
-        changes.append(f"write {lay.supervisord_conf}")
-        if not dry_run:
-            lay.call(replace_file, str(lay.supervisord_conf), user_text, 0o644)
-    program, text = conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)
-    if (read_file(str(program)) or {}).get("text") != text:
-        changes.append(f"write {program}")
-        if not dry_run:
-            replace_file(program, text, 0o644)
+    files = [
+        (lay.supervisord_conf, supervisord_conf(lay, receiver, sync)),
+        (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
+    ]
+    changes = write_files(lay, files, dry_run)
+    user_conf_changed = f"write {lay.supervisord_conf}" in changes
     if changes and not dry_run:
         enabled = enable_supervisor_program()
         changes.append(enabled)
@@ -1076,6 +1216,10 @@ def main(args) -> int:
     keys = read_keys(args.key or [])
     for app in [*(args.app or []), *(args.sync or [])]:
         check_app_name(app)
+    if getattr(args, "port", None) is not None and not args.app:
+        raise ProvisionError(
+            "--port is the web port of an app", "give the app: --app NAME --port P"
+        )
     if args.receiver:
         check_listen_address(args.receiver)
     if args.source and not (
@@ -1097,5 +1241,6 @@ def main(args) -> int:
         receiver=args.receiver,
         sync=args.sync or [],
         proxy=getattr(args, "proxy", False),
+        port=getattr(args, "port", None),
     )
     return Provisioner(options).provision()

@@ -41,6 +41,9 @@ def register(sub) -> None:
     )
     p.add_argument("--app", action="append", metavar="APP", help="also create this app")
     p.add_argument(
+        "--port", type=int, help="the web port of the --app (shipyard init APP --port P)"
+    )
+    p.add_argument(
         "--source", help="what to install: a checkout, wheel/sdist, or requirement (default: this)"
     )
     p.add_argument("--python", help="the interpreter for the deploy user's shipyard")

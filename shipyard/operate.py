@@ -332,6 +332,13 @@ def rollback(
             f"{len(applied)} migration(s) applied since {target} stay applied: {shown}; "
             "the rolled-back code runs against the newer schema (reverse them by hand if needed)"
         )
+    unknown = migrate.unknown_between(app, live, target) if live else []
+    if unknown:
+        which = ", ".join(f"#{n}" for n in unknown)
+        notes.append(
+            f"migrations may have run since {target}: deploy {which} ran a migrate command "
+            "that cannot list what it applied (set migrate_check to know)"
+        )
     return run_foreground(
         app,
         manifest.sha,

@@ -104,6 +104,9 @@ def remove_user(name: str) -> None:
     end_user_processes(uid)
     subprocess.run(["userdel", "-r", name], capture_output=True)
     shutil.rmtree(f"/usr/local/lib/shipyard/{name}", ignore_errors=True)
+    unit = Path("/etc/systemd/system") / f"shipyard-{name}.service"  # provision's boot start
+    (unit.parent / "multi-user.target.wants" / unit.name).unlink(missing_ok=True)
+    unit.unlink(missing_ok=True)
     assert not Path(f"/home/{name}").exists()
 
 

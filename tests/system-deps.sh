@@ -20,7 +20,9 @@ command -v pebble >/dev/null || need+=(pebble)
 command -v chromium >/dev/null || need+=(chromium)
 command -v certutil >/dev/null || need+=(libnss3-tools)
 command -v curl >/dev/null || need+=(curl)
-command -v openssl >/dev/null || need+=(openssl)
+command -v openssl >/dev/null || need+=(openssl)  # the receiver's TLS certificate (receiver/tls.py)
+# scheduled jobs (tests/e2e/test_cron.py): the test starts Debian's cron daemon, `cron -f`
+{ [ -x /usr/sbin/cron ] && command -v crontab >/dev/null; } || need+=(cron)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

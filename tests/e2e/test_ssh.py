@@ -263,7 +263,7 @@ def test_provision_creates_user_key_and_app(server: Server):
     assert (server.app / "repo.git" / "hooks" / "post-receive").stat().st_uid == entry.pw_uid
     keys = (server.home / ".ssh" / "authorized_keys").read_text()
     line = next(ln for ln in keys.splitlines() if "ssh-command alice" in ln)
-    for option in ("no-port-forwarding", "no-X11-forwarding", "no-agent-forwarding", "no-pty"):
+    for option in ("no-port-forwarding", "no-X11-forwarding", "no-agent-forwarding", "restrict"):
         assert option in line
     assert oct((server.home / ".ssh" / "authorized_keys").stat().st_mode & 0o777) == "0o600"
     venv = Path("/usr/local/lib/shipyard") / server.user / "venv"

@@ -61,7 +61,10 @@ def signed(port: int, path: str, body: dict) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request(
-            "POST", path, body=raw, headers=auth.sign(netns.SECRET.encode(), "POST", path, raw)
+            "POST",
+            path,
+            body=raw,
+            headers=auth.sign(netns.SECRET.encode(), "POST", path, raw, to=f"127.0.0.1:{port}"),
         )
         resp = conn.getresponse()
         return resp.status, resp.read().decode(errors="replace")
