@@ -37,9 +37,10 @@ from shipyard.config import (
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options, waits
-from shipyard.provision.supervisor import check_counts
+from shipyard.provision.supervisor import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
+from shipyard.report import escape
 from shipyard.venv import DETECTED
 
 from . import worker
@@ -116,6 +117,7 @@ def check_commit(app: App, commit: str) -> None:
     check_requirements(commit, config, blobs)
     if "Procfile" not in parsed:
         check_keeps_processes(app, commit)
+    check_keeps_web(app, parsed.get("Procfile"), config.processes if config else {}, commit)
     shared_env(app)  # a host .env that does not parse would fail the deploy at checkout
 
 
@@ -161,9 +163,33 @@ class Reply:
 
     def lines(self) -> list[bytes]:
         if self.reason is not None:
-            reason = " ".join(self.reason.split())  # one pkt-line, one line for the client
+            reason = escape(" ".join(self.reason.split()))  # one pkt-line, one line, shown
             return [f"ng {self.ref} {reason[:900]}".encode()]
         return [f"ok {self.ref}".encode(), *(f"option {o}".encode() for o in self.options)]
+
+
+def compare_and_swap(ref: str, commit: str, old: str, message: str) -> subprocess.CompletedProcess:
+    """Compare-and-swap ``ref`` from ``old`` to ``commit``.
+
+    If another push moved it meanwhile to an ancestor of ``commit`` (two CI jobs for
+    successive commits), this push is still a fast-forward: move it from there, and let
+    the deploy lock order the two deploys. Anything else stays refused.
+    """
+    expected = old
+    for _ in range(5):
+        cas = "" if expected == ZERO else expected
+        update = git("update-ref", "-m", message, ref, commit, cas, check=False)
+        if not update.returncode:
+            return update
+        tip = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+        moved_behind = tip and tip != expected
+        if (
+            not moved_behind
+            or git("merge-base", "--is-ancestor", tip, commit, check=False).returncode
+        ):
+            return update
+        expected = tip
+    return update
 
 
 @dataclass
@@ -190,15 +216,7 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
         )
     commit, tag = peel(new)
     check_commit(app, commit)
-    update = git(
-        "update-ref",
-        "-m",
-        f"push{' ' + tag if tag else ''}",
-        ref,
-        commit,
-        old if old != ZERO else "",
-        check=False,
-    )
+    update = compare_and_swap(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
     faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py

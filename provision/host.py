@@ -4,16 +4,23 @@ Run once as root. Each step looks before it acts, so a second run changes
 nothing and says so, and ``--dry-run`` prints what a run would do:
 
 1. the deploy user (default ``deploy``) with a home, ``~/apps`` and ``~/.ssh``;
-2. shipyard installed for it in ``~/.shipyard/venv`` (root-owned: the deploy
-   user runs it but cannot change it in place), from the source this shipyard
-   runs from, or ``--source``;
+2. shipyard installed for it in ``/usr/local/lib/shipyard/USER/venv``, owned by
+   root (the deploy user runs it but cannot change it), from the source this
+   shipyard runs from, or ``--source``; ``~/.shipyard/venv`` links to it;
 3. ``~/.ssh/authorized_keys``: one line per named key, each with the forced
    command ``shipyard ssh-command NAME`` (see ``provision/shell.py``) and no
    forwarding, no pty;
 4. supervisord: with the Debian ``supervisor`` package, a program that runs the
    deploy user's own supervisord (see ``configure_supervisor``); without it,
-   every app runs shipyard's embedded supervisord;
+   a systemd unit that does (``configure_boot``); either way that supervisord
+   starts every app's embedded supervisord at boot (``shipyard boot``);
 5. optionally apps (``--app``), created with ``shipyard init`` as the deploy user.
+
+Anyone who can push runs code as the deploy user and can plant links in its
+home. So root follows nothing there: it changes the home's directories through
+descriptors opened without following links, writes ``authorized_keys`` and the
+user's supervisord config as the deploy user (``owner.call_as``), and runs
+nothing from a place the deploy user could change (``owner.untrusted``).
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import shipyard
+from shipyard import owner
 from shipyard.app import check_app_name
 from shipyard.config import parse_address
 from shipyard.errors import ShipyardError
+from shipyard.provision.supervisor import replace_file
+from shipyard.venv import not_world_writable
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -48,9 +58,12 @@ KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc,restrict"
+# a pty is allowed by sshd but refused by the forced command for anything but `shipyard run`
+KEY_OPTIONS = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc,restrict,pty"
 SUPERVISOR_CONF_DIR = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
+VENV_ROOT = Path("/usr/local/lib/shipyard")  # one root-owned venv per deploy user
+SYSTEMD_DIR = Path("/etc/systemd/system")
 MIN_PYTHON = (3, 11)
 SOURCE_PACKAGES = ("shipyard", "hooks", "receiver", "provision")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -79,6 +92,23 @@ class Layout:
 
     user: str
     home: Path
+    uid: int | None = None  # None: the user does not exist yet (a dry run)
+    gid: int | None = None
+
+    def call(self, fn, *args):
+        """``fn(*args)`` as the deploy user (see ``owner.call_as``)."""
+        if self.uid is None or self.gid is None:
+            raise ProvisionError(f"user {self.user} does not exist")
+        user = owner.User(self.user, self.uid, self.gid, str(self.home))
+        try:
+            return owner.call_as(user, fn, *args)
+        except ShipyardError as exc:
+            raise ProvisionError(
+                exc.message,
+                exc.hint
+                or f"provision works in {self.home} as {self.user}, following no link as root: "
+                f"make it a file or directory {self.user} may use (not a link out), then run again",
+            ) from None
 
     @property
     def apps(self) -> Path:
@@ -98,6 +128,11 @@ class Layout:
 
     @property
     def venv(self) -> Path:
+        return VENV_ROOT / self.user / "venv"
+
+    @property
+    def venv_link(self) -> Path:
+        """Where hooks and keys of earlier provisions run shipyard from: a link to ``venv``."""
         return self.state / "venv"
 
     @property
@@ -116,6 +151,11 @@ class Layout:
     def supervisord_socket(self) -> Path:
         return self.state / "supervisord.sock"
 
+    @property
+    def receiver_tls(self) -> tuple[Path, Path]:
+        """The receiver's self-signed certificate and its key (receiver/tls.py)."""
+        return self.state / "receiver" / "cert.pem", self.state / "receiver" / "key.pem"
+
 
 @dataclass
 class Options:
@@ -128,6 +168,8 @@ class Options:
     dry_run: bool = False
     receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
     sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
+    proxy: bool = False  # the front door: nginx, certbot, the reload helper (provision/frontdoor)
+    port: int | None = None  # --port: the web port of the --app (shipyard init --port)
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -147,10 +189,12 @@ def check_user_name(name: str) -> str:
 
 def check_listen_address(address: str) -> str:
     """ADDR:PORT for the receiver, checked before anything changes."""
-    if parse_address(address) is None:
+    parsed = parse_address(address)
+    if parsed is None or parsed[0] in ("0.0.0.0", "::"):
         raise ProvisionError(
-            f"--receiver {address!r}: not an address to listen on",
-            "write ADDR:PORT, e.g. --receiver 10.0.0.2:7070",
+            f"--receiver {address!r}: not an address to listen on"
+            + (" (it would be every interface)" if parsed else ""),
+            "write ADDR:PORT, the address the primary reaches, e.g. --receiver 10.0.0.2:7070",
         )
     return address
 
@@ -314,6 +358,10 @@ def choose_python(explicit: str | None) -> Path:
                 candidates.append(Path(name))
     tried = []
     for candidate in candidates:
+        changeable = owner.untrusted(candidate)  # root runs it: nobody else may change it
+        if changeable:
+            tried.append(f"{candidate} ({changeable[0]})")
+            continue
         version = python_version(candidate) if usable_by_others(candidate) else None
         if version and version >= MIN_PYTHON:
             return candidate.resolve()
@@ -425,40 +473,88 @@ class Provisioner:
         return False
 
     def directories(self, entry: pwd.struct_passwd | None) -> None:
+        """The home's directories, changed through descriptors opened without following links."""
         assert self.layout
         lay = self.layout
-        wanted = [
-            (lay.home, 0o755, True),
-            (lay.apps, 0o750, True),
-            (lay.ssh, 0o700, True),
-            (lay.state, 0o755, True),
-        ]
-        for path, mode, owned in wanted:
-            if path == lay.home and entry is None:
-                continue  # useradd creates it
-            if not path.is_dir():
-                self.change(f"create {path} (mode {mode:o})")
-                if not self.o.dry_run:
-                    path.mkdir(mode=mode, exist_ok=True)
-                    path.chmod(mode)
-                    if owned and entry:
-                        os.chown(path, entry.pw_uid, entry.pw_gid)
-                continue
-            st = path.stat()
-            if path == lay.home:
+        wanted = [("apps", 0o750), (".ssh", 0o700), (".shipyard", 0o755)]
+        if entry is None:  # a dry run for a user not created yet
+            for name, mode in wanted:
+                self.change(f"create {lay.home / name} (mode {mode:o})")
+            return
+        lay.uid, lay.gid = entry.pw_uid, entry.pw_gid
+        if not lay.home.is_dir() and not lay.home.is_symlink():
+            self.change(f"create {lay.home} (mode 755)")
+            if self.o.dry_run:
+                return
+            lay.home.mkdir(mode=0o755)
+            os.chown(lay.home, entry.pw_uid, entry.pw_gid)
+        home = self.open_home()
+        try:
+            st = os.fstat(home)
+            if st.st_mode & 0o022:
                 # StrictModes: a home others can write makes sshd ignore authorized_keys
-                if st.st_mode & 0o022:
-                    self.change(f"remove group/other write from {path} (sshd StrictModes)")
-                    if not self.o.dry_run:
-                        path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
-            elif stat.S_IMODE(st.st_mode) != mode:
-                self.change(f"chmod {mode:o} {path}")
+                self.change(f"remove group/other write from {lay.home} (sshd StrictModes)")
                 if not self.o.dry_run:
-                    path.chmod(mode)
-            if owned and entry and (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
-                self.change(f"chown {lay.user}: {path}")
+                    os.fchmod(home, stat.S_IMODE(st.st_mode) & ~0o022)
+            for name, mode in wanted:
+                self.directory(home, name, mode)
+        finally:
+            os.close(home)
+
+    def open_home(self) -> int:
+        """The deploy user's home, opened without following a link; refused if others control
+        the directory it is in (they could swap it)."""
+        assert self.layout
+        lay = self.layout
+        problems = owner.untrusted(lay.home.parent)
+        if problems:
+            raise ProvisionError(
+                f"{lay.user}'s home {lay.home} is in a directory others can change: {problems[0]}",
+                "give the deploy user a home in a root-owned directory, e.g. /home",
+            )
+        try:
+            return os.open(lay.home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ProvisionError(
+                f"{lay.user}'s home {lay.home}: {exc.strerror}",
+                "the home must be a directory, not a link",
+            ) from None
+
+    def directory(self, home: int, name: str, mode: int) -> None:
+        """``~/name`` a directory of ``mode`` owned by the user; a link there is left alone."""
+        assert self.layout and self.layout.uid is not None
+        lay, path = self.layout, self.layout.home / name
+        try:
+            st = os.stat(name, dir_fd=home, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+            self.change(f"create {path} (mode {mode:o})")
+            if self.o.dry_run:
+                return
+            os.mkdir(name, mode, dir_fd=home)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            self.note(
+                f"{path} is a link (to {os.readlink(name, dir_fd=home)}): left as it is "
+                f"(root follows no link in {lay.user}'s home)"
+            )
+            return
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise ProvisionError(f"{path} is not a directory", "move it away and run again")
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home)
+        try:
+            have = os.fstat(fd)
+            if stat.S_IMODE(have.st_mode) != mode:
+                if st is not None:
+                    self.change(f"chmod {mode:o} {path}")
                 if not self.o.dry_run:
-                    os.chown(path, entry.pw_uid, entry.pw_gid)
+                    os.fchmod(fd, mode)
+            if (have.st_uid, have.st_gid) != (lay.uid, lay.gid):
+                if st is not None:
+                    self.change(f"chown {lay.user}: {path}")
+                if not self.o.dry_run:
+                    os.fchown(fd, lay.uid, lay.gid)
+        finally:
+            os.close(fd)
 
     # 2. shipyard itself
 
@@ -470,22 +566,41 @@ class Provisioner:
             self.note(f"installing {source} from the package index (pass --source to override)")
         if Path(source).exists():
             source = str(Path(source).resolve())
+            changeable = owner.untrusted(Path(source))
+            if changeable:  # root builds and installs it: its build backend runs as root
+                raise ProvisionError(
+                    f"--source {source} can be changed by others ({changeable[0]})",
+                    "give a checkout or wheel that is root's alone (chown root:, chmod go-w)",
+                )
         python = choose_python(self.o.python)
         wanted = {"source": source, "fingerprint": fingerprint(source), "python": str(python)}
-        try:
-            have = json.loads(lay.stamp.read_text())
-        except (OSError, ValueError):
-            have = None
-        working = lay.shipyard_bin.is_file() and (lay.venv / "bin" / "python").exists()
+        self.venv_home()
+        have, working = None, False
+        exists = lay.venv.exists() or lay.venv.is_symlink()
+        changeable = owner.untrusted_tree(lay.venv) if exists else []
+        if changeable:
+            # root runs its python (uv's probe, pip): a copy others could change is rebuilt
+            self.note(f"{lay.venv} is not root's alone ({changeable[0]}): rebuilding it")
+        elif exists:
+            try:
+                have = json.loads(lay.stamp.read_text())
+            except (OSError, ValueError):
+                have = None
+            working = lay.shipyard_bin.is_file() and (lay.venv / "bin" / "python").exists()
         if have == wanted and working:
+            self.venv_link()
             return
         what = "install" if have is None else "update"
         self.change(f"{what} shipyard from {source} in {lay.venv} (python {python})")
         if self.o.dry_run:
+            self.venv_link()
             return
         uv = _uv()
         if have is None or have.get("python") != str(python) or not working:
-            shutil.rmtree(lay.venv, ignore_errors=True)
+            if lay.venv.is_symlink():
+                lay.venv.unlink()
+            elif exists:
+                shutil.rmtree(lay.venv)  # fd-based: never follows a link inside
             if uv:
                 self.run(uv, "venv", "--quiet", "--python", python, lay.venv)
             else:
@@ -508,17 +623,79 @@ class Provisioner:
             )
         else:
             self.run(py, "-m", "pip", "install", "--quiet", "--force-reinstall", source, env=env)
+        not_world_writable(lay.venv)  # uv's .lock is 0666: the venv must be root's alone
         lay.stamp.write_text(json.dumps(wanted, indent=1) + "\n")
         # the deploy user must be able to run it: fail here, not at the first push
         self.run(lay.shipyard_bin, "--version", user=True)
+        self.venv_link()
+
+    def venv_home(self) -> None:
+        """``/usr/local/lib/shipyard/USER``, made by root; refused if others could change it."""
+        assert self.layout
+        home = self.layout.venv.parent
+        existing, missing = home, []
+        while not existing.exists() and not existing.is_symlink():
+            missing.append(existing)
+            existing = existing.parent
+        problems = owner.untrusted(existing)
+        if problems:
+            raise ProvisionError(
+                f"shipyard's venv for {self.layout.user} goes in {home}, "
+                f"which others can change: {problems[0]}",
+                f"make {existing} root's alone (chown root: and chmod go-w), then run again",
+            )
+        if self.o.dry_run:
+            return
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o755)
+            directory.chmod(0o755)
+
+    def venv_link(self) -> None:
+        """``~/.shipyard/venv`` -> the venv, where hooks and keys of earlier provisions run
+        shipyard from. Whatever was there (an older venv, anything the user put there) is
+        removed, never run; through descriptors, following no link."""
+        assert self.layout and self.layout.uid is not None
+        lay, target = self.layout, str(self.layout.venv)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        home = self.open_home()
+        try:
+            state = os.open(".shipyard", flags, dir_fd=home)
+        except OSError:
+            return  # a link: directories() said it is left alone
+        finally:
+            os.close(home)
+        try:
+            try:
+                st = os.stat("venv", dir_fd=state, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st and stat.S_ISLNK(st.st_mode) and os.readlink("venv", dir_fd=state) == target:
+                return
+            replacing = ""
+            if st is not None:
+                replacing = " (replacing the directory there)" if stat.S_ISDIR(st.st_mode) else ""
+            self.change(f"link {lay.venv_link} -> {lay.venv}{replacing}")
+            if self.o.dry_run:
+                return
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                shutil.rmtree("venv", dir_fd=state)
+            elif st is not None:
+                os.unlink("venv", dir_fd=state)
+            os.symlink(target, "venv", dir_fd=state)
+            os.chown("venv", lay.uid, lay.gid, dir_fd=state, follow_symlinks=False)
+        finally:
+            os.close(state)
 
     # 3. authorized_keys
 
     def authorized_keys(self) -> None:
+        """Read and written as the deploy user: whatever is planted there (a link to a root
+        file, a link under the temp name) reaches only what that user may read and write."""
         assert self.layout
         lay = self.layout
         path = lay.authorized_keys
-        current = path.read_text() if path.is_file() else ""
+        have = lay.call(read_file, str(path)) if lay.uid is not None else None
+        current = have["text"] if have else ""
         text, changes = merge_authorized_keys(current, self.o.keys, lay.shipyard_bin)
         for change in changes:
             self.change(change)
@@ -527,21 +704,13 @@ class Provisioner:
                 f"{path}:{number} has no forced command: that key gets a shell "
                 f"({line[:40]}…); remove it or re-add it with --key NAME=FILE"
             )
-        entry = pwd.getpwnam(lay.user)
         if text != current:
             if not self.o.dry_run:
-                tmp = path.with_name(".authorized_keys.tmp")
-                tmp.write_text(text)
-                tmp.chmod(0o600)
-                os.chown(tmp, entry.pw_uid, entry.pw_gid)
-                os.rename(tmp, path)
-        elif path.exists():
-            st = path.stat()
-            if stat.S_IMODE(st.st_mode) & 0o022 or st.st_uid not in (0, entry.pw_uid):
-                self.change(f"chmod 600 and chown {lay.user} {path} (sshd StrictModes)")
-                if not self.o.dry_run:
-                    path.chmod(0o600)
-                    os.chown(path, entry.pw_uid, entry.pw_gid)
+                lay.call(replace_file, str(path), text, 0o600)
+        elif have and (have["mode"] & 0o022 or have["uid"] not in (0, lay.uid)):
+            self.change(f"chmod 600 and chown {lay.user} {path} (sshd StrictModes)")
+            if not self.o.dry_run:
+                lay.call(replace_file, str(path), text, 0o600)
         if not self.o.keys and not managed_names(text):
             self.note("no keys yet: add one with --key NAME=FILE (e.g. --key alice=alice.pub)")
 
@@ -549,16 +718,50 @@ class Provisioner:
 
     def supervisor(self) -> None:
         assert self.layout
-        for change in configure_supervisor(
-            self.layout,
-            mode=self.o.supervisor,
-            conf_dir=self.o.supervisor_conf_dir,
-            dry_run=self.o.dry_run,
-            note=self.note,
-            receiver=self.o.receiver,
-            sync=self.o.sync,
-        ):
-            self.change(change)
+        if self.o.receiver:
+            self.receiver_cert()
+        for configure in (configure_supervisor, configure_boot):  # and its start at boot
+            for change in configure(
+                self.layout,
+                mode=self.o.supervisor,
+                conf_dir=self.o.supervisor_conf_dir,
+                dry_run=self.o.dry_run,
+                note=self.note,
+                receiver=self.o.receiver,
+                sync=self.o.sync,
+            ):
+                self.change(change)
+
+    def receiver_cert(self) -> None:
+        """The receiver serves TLS with a certificate made by (and for) the deploy user."""
+        assert self.layout and self.o.receiver
+        cert, key = self.layout.receiver_tls
+        if self.o.dry_run:
+            if not cert.exists():
+                self.change(f"make the receiver's TLS certificate {cert}")
+            return
+        options = ["--listen", self.o.receiver, "--tls-cert", cert, "--tls-key", key]
+        lines = self.run(
+            self.layout.shipyard_bin, "receiver", *options, "--make-cert", user=True
+        ).stdout.splitlines()
+        if lines[0].startswith("made"):
+            self.change(f"make the receiver's TLS certificate {cert}")
+        self.note(f"pin it in the primary's shipyard.toml: {lines[-1]}")
+
+    # 4b. cron: the apps' [cron] jobs are the deploy user's crontab (shipyard/cron.py)
+
+    def cron(self) -> None:
+        if shutil.which("crontab", path=PATH) and Path("/usr/sbin/cron").exists():
+            return
+        if not shutil.which("apt-get", path=PATH):
+            self.note("no cron: install a cron daemon for the apps' [cron] jobs")
+            return
+        self.change("install cron (Debian package; runs the apps' [cron] jobs)")
+        if not self.o.dry_run:
+            self.run(
+                "apt-get", "install", "-y", "-qq", "cron",
+                env={"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"},
+            )  # fmt: skip
 
     # 5. apps
 
@@ -570,7 +773,8 @@ class Provisioner:
                 if not (app_dir / "repo.git").is_dir():
                     self.change(f"create app {name} (shipyard init {name})")
                 continue
-            result = self.run(self.layout.shipyard_bin, "init", name, user=True)
+            port = ["--port", str(self.o.port)] if self.o.port else []
+            result = self.run(self.layout.shipyard_bin, "init", name, *port, user=True)
             if "nothing to do" not in result.stdout:
                 self.change(f"create app {name} at {app_dir} (shipyard init {name})")
 
@@ -594,6 +798,12 @@ class Provisioner:
             self.authorized_keys()
             self.apps()
         self.supervisor()
+        self.cron()
+        if self.o.proxy:
+            from .frontdoor import configure as front_door
+
+            for change in front_door(self.o.user, self.layout.shipyard_bin, self.o.dry_run):
+                self.change(change)
         self.summary()
         return 0
 
@@ -617,9 +827,11 @@ class Provisioner:
         )
         app = self.o.apps[0] if self.o.apps else "mysite"
         host = socket.getfqdn()
-        names = (
-            managed_names(lay.authorized_keys.read_text()) if lay.authorized_keys.exists() else []
-        )
+        try:
+            keys = lay.call(read_file, str(lay.authorized_keys))
+        except ShipyardError:
+            keys = None
+        names = managed_names(keys["text"]) if keys else []
         steps = []
         if not self.o.apps:
             steps.append(f"create an app:   shipyard provision --user {user} --app {app}")
@@ -636,6 +848,16 @@ class Provisioner:
             print(f"  {step}", file=self.out)
         if names:
             print(f"Authorised keys: {', '.join(names)}", file=self.out)
+
+
+def read_file(path: str) -> dict | None:
+    """Text, mode and owner of ``path`` (None: there is none); run as the deploy user."""
+    try:
+        with open(path) as f:
+            st = os.fstat(f.fileno())
+            return {"text": f.read(), "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid}
+    except FileNotFoundError:
+        return None
 
 
 def pwd_exists(name: str) -> bool:
@@ -742,14 +964,14 @@ def supervisord_conf(lay: Layout, receiver: str | None = None, sync: list[str] =
     """
     programs = []
     if receiver:
-        programs.append(
-            _user_program(lay, "shipyard-receiver", f"receiver --listen {receiver}", "receiver")
-        )
+        cert, key = lay.receiver_tls
+        command = f"receiver --listen {receiver} --tls-cert {cert} --tls-key {key}"
+        programs.append(_user_program(lay, "shipyard-receiver", command, "receiver"))
     for app in sync:
         programs.append(
             _user_program(lay, f"shipyard-sync-{app}", f"sync {app} --every 30", f"sync-{app}")
         )
-    return _supervisord_base(lay) + "".join(programs)
+    return _supervisord_base(lay) + boot_program(lay) + "".join(programs)
 
 
 def _user_program(lay: Layout, name: str, command: str, log: str) -> str:
@@ -784,10 +1006,107 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl = unix://{lay.supervisord_socket}
-
-[include]
-files = {lay.apps}/*/run/programs.conf
 """
+
+
+def boot_program(lay: Layout) -> str:
+    """Once, when the user's supervisord starts (at boot): every app's own supervisord.
+
+    Each app runs shipyard's embedded supervisord, the one its deploys talk to
+    (``run/supervisord.sock``); the user's supervisord does not include the
+    apps' programs itself, which would run them twice.
+    """
+    return f"""
+[program:shipyard-apps]
+command = {lay.shipyard_bin} --root {lay.apps} boot
+directory = {lay.home}
+autostart = true
+autorestart = false
+startsecs = 0
+redirect_stderr = true
+stdout_logfile = {lay.state}/boot.log
+"""
+
+
+def boot_unit(lay: Layout) -> str:
+    """The systemd unit that starts the deploy user's supervisord at boot, as that user."""
+    return f"""\
+# written by `shipyard provision`: {lay.user}'s supervisord (its apps, receiver, sync) at boot
+[Unit]
+Description=shipyard apps of {lay.user}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+User={lay.user}
+WorkingDirectory={lay.home}
+Environment=HOME={lay.home} USER={lay.user}
+ExecStart={lay.venv / "bin" / "supervisord"} -n -c {lay.supervisord_conf}
+Restart=on-failure
+# the apps' own supervisords outlive a restart of this one (their processes keep serving)
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_files(lay: Layout, files: list[tuple[Path, str]], dry_run: bool) -> list[str]:
+    """Write each (path, text) that differs (0644, a new temp file renamed into place); the
+    changes made. A file in the deploy user's home is read and written as that user: root
+    never writes through a link planted there."""
+    changes = []
+    for path, text in files:
+        mine = path.is_relative_to(lay.home)
+        if not mine:
+            have = read_file(str(path))
+        else:
+            have = lay.call(read_file, str(path)) if lay.uid is not None else None
+        if have and have["text"] == text:
+            continue
+        changes.append(f"write {path}")
+        if dry_run:
+            continue
+        if mine:
+            lay.call(replace_file, str(path), text, 0o644)
+        else:
+            replace_file(path, text, 0o644)
+    return changes
+
+
+def configure_boot(
+    lay: Layout,
+    mode: str = "auto",
+    conf_dir: Path = SUPERVISOR_CONF_DIR,
+    dry_run: bool = False,
+    note=print,
+    receiver: str | None = None,
+    sync: list[str] = (),
+) -> list[str]:
+    """Without a system supervisord, a systemd unit starts the user's supervisord at boot."""
+    if mode == "none" or conf_dir.is_dir():  # none: nothing wanted; else Debian's starts it
+        return []
+    start = f"runuser -u {lay.user} -- {lay.venv / 'bin' / 'supervisord'} -c {lay.supervisord_conf}"
+    unit = SYSTEMD_DIR / f"shipyard-{lay.user}.service"
+    files = [(lay.supervisord_conf, supervisord_conf(lay, receiver, sync))]
+    if SYSTEMD_DIR.is_dir():
+        files.append((unit, boot_unit(lay)))
+    changes = write_files(lay, files, dry_run)
+    if not SYSTEMD_DIR.is_dir():
+        note(f"no systemd: to start the apps at boot, have the init system run `{start}`")
+        return changes
+    systemctl = shutil.which("systemctl", path=PATH)
+    enabled = SYSTEMD_DIR / "multi-user.target.wants" / unit.name
+    if systemctl and not enabled.is_symlink():
+        changes.append(f"enable {unit.name} (starts {lay.user}'s apps at boot)")
+        if not dry_run:
+            subprocess.run([systemctl, "enable", unit.name], capture_output=True)
+    if not Path("/run/systemd/system").is_dir():
+        note(f"systemd is not running here (a container?): now and at boot, run `{start}`")
+    elif changes and not dry_run:
+        subprocess.run([systemctl, "daemon-reload"], capture_output=True)
+        subprocess.run([systemctl, "start", unit.name], capture_output=True)
+    return changes
 
 
 def system_program(lay: Layout) -> str:
@@ -840,7 +1159,11 @@ def configure_supervisor(
             else "supervisord not configured (--supervisor none)"
         )
         if receiver:
-            note(f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver}")
+            cert, key = lay.receiver_tls
+            note(
+                f"run the receiver: shipyard --root {lay.apps} receiver --listen {receiver} "
+                f"--tls-cert {cert} --tls-key {key}"
+            )
         for app in sync:
             note(f"run the sync: shipyard --root {lay.apps} sync {app} --every 30")
         return []
@@ -849,38 +1172,35 @@ def configure_supervisor(
             f"--supervisor system: {conf_dir} does not exist",
             "install Debian's supervisor package (apt-get install supervisor) or use auto",
         )
-    changes = []
+    problems = owner.untrusted(conf_dir)
+    if problems:
+        raise ProvisionError(
+            f"{conf_dir} can be changed by others ({problems[0]}): root's supervisord reads it",
+            f"make {conf_dir} root's alone (chown root: and chmod go-w), then run again",
+        )
     files = [
         (lay.supervisord_conf, supervisord_conf(lay, receiver, sync)),
         (conf_dir / f"shipyard-{lay.user}.conf", system_program(lay)),
     ]
-    user_conf_changed = not (
-        lay.supervisord_conf.is_file() and lay.supervisord_conf.read_text() == files[0][1]
-    )
-    for path, text in files:
-        if path.is_file() and path.read_text() == text:
-            continue
-        changes.append(f"write {path}")
-        if not dry_run:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.chmod(0o644)
-            os.rename(tmp, path)
+    changes = write_files(lay, files, dry_run)
+    user_conf_changed = f"write {lay.supervisord_conf}" in changes
     if changes and not dry_run:
         enabled = enable_supervisor_program()
         changes.append(enabled)
         if user_conf_changed and lay.supervisord_socket.exists():
-            changes.append(enable_supervisor_program(lay.supervisord_socket))
+            changes.append(enable_supervisor_program(lay.supervisord_socket, lay.user))
     return changes
 
 
-def enable_supervisor_program(socket_path: Path = SUPERVISOR_SOCKET) -> str:
-    """Tell a running system supervisord to pick the new program up (reread + update)."""
+def enable_supervisor_program(socket_path: Path = SUPERVISOR_SOCKET, user: str = "") -> str:
+    """Tell a running supervisord to pick the new program up (reread + update); the deploy
+    user's own one is asked by the deploy user (its socket is the user's)."""
     ctl = shutil.which("supervisorctl", path=PATH)
     if not ctl or not socket_path.exists():
         return "supervisord is not running: the program starts with it (service supervisor start)"
+    as_user = ["runuser", "-u", user, "--"] if user else []
     result = subprocess.run(
-        [ctl, "-s", f"unix://{socket_path}", "update"], capture_output=True, text=True
+        [*as_user, ctl, "-s", f"unix://{socket_path}", "update"], capture_output=True, text=True
     )
     if result.returncode:
         return f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}"
@@ -896,6 +1216,10 @@ def main(args) -> int:
     keys = read_keys(args.key or [])
     for app in [*(args.app or []), *(args.sync or [])]:
         check_app_name(app)
+    if getattr(args, "port", None) is not None and not args.app:
+        raise ProvisionError(
+            "--port is the web port of an app", "give the app: --app NAME --port P"
+        )
     if args.receiver:
         check_listen_address(args.receiver)
     if args.source and not (
@@ -916,5 +1240,7 @@ def main(args) -> int:
         dry_run=args.dry_run,
         receiver=args.receiver,
         sync=args.sync or [],
+        proxy=getattr(args, "proxy", False),
+        port=getattr(args, "port", None),
     )
     return Provisioner(options).provision()

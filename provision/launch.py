@@ -11,6 +11,8 @@ socket activation hands them over (``LISTEN_FDS=2``, fds 3 and 4, which
 gunicorn uses instead of its ``--bind`` addresses): fd 3 is the shared
 listening socket, fetched from the port's holder (``provision/listen.py``),
 fd 4 a private unix socket, ``run/web-<color>.<n>.sock``, for the health probe.
+
+Its output (and the program's) goes through a stamper first (``shipyard/logs.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from shipyard.app import App
 from shipyard.config import parse_procfile
 from shipyard.errors import ShipyardError
+from shipyard.logs import start_stamper
 from shipyard.release import command_env, shared_env
 
 from .supervisor import (
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int)
     args = parser.parse_args(argv)
     where = f" ({args.color})" if args.color else ""
+    start_stamper(args.release)  # every line supervisord captures gets a time and the release
     try:
         app = App.at(args.app_dir.name, args.app_dir.parent)
         release = app.release_dir(args.release)

@@ -6,7 +6,9 @@ parses that request strictly (shlex, no shell), allows only
 
 * ``git-receive-pack PATH`` / ``git-upload-pack PATH`` where PATH is the bare
   repo of an existing app under the deploy root (``~/apps/<app>/repo.git``);
-* ``shipyard COMMAND ARGS…`` for the operator commands in ``OPERATOR_COMMANDS``;
+* ``shipyard COMMAND ARGS…`` for the operator commands in ``OPERATOR_COMMANDS``,
+  with plain arguments (besides ``config set``'s values and ``run``'s command);
+* a terminal (``ssh -t``) for ``shipyard run`` only;
 
 and execs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
 pushed it. Anything else gets one line on stderr, a non-zero exit and a line
@@ -29,12 +31,31 @@ from shipyard.app import APP_NAME, App, default_root
 GIT_COMMANDS = {"git-receive-pack": "receive-pack", "git-upload-pack": "upload-pack"}
 # Read-only or deploy-shaped commands an operator may run over SSH; never init, provision,
 # run-deploy or anything that takes a path.
-OPERATOR_COMMANDS = ("status", "releases", "history", "log", "rollback", "deploy", "doctor")
+OPERATOR_COMMANDS = (
+    "status",
+    "releases",
+    "history",
+    "log",
+    "rollback",
+    "deploy",
+    "doctor",
+    "config",
+    "run",
+    "logs",
+    "scale",
+    "restart",
+    "processes",
+    "ps",
+    "cron",
+)
+# `config set APP KEY=VALUE`: the value is data (a URL, a sentence), never a path or an option
+SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+OPERATOR_COMMANDS += ("domains", "maintenance", "tls")  # the front door (shipyard/domains.py)
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
 REFUSED_EXIT = 126
 ALLOWED = (
-    "git push/fetch of ~/apps/APP/repo.git and `shipyard " + "|".join(OPERATOR_COMMANDS) + " APP`"
+    "git push/fetch of ~/apps/APP/repo.git and `shipyard " + "|".join(OPERATOR_COMMANDS) + " APP …`"
 )
 
 
@@ -83,8 +104,31 @@ def resolve_repo(raw: str, home: Path, root: Path) -> App:
     return app
 
 
-def decide(command: str | None, home: Path, root: Path, shipyard_argv: list[str]) -> Decision:
-    """What to exec for the client's ``command``; raises Refused for anything not allowed."""
+def check_operator_args(args: list[str]) -> None:
+    """Plain words only (no paths, no --root), except the values of ``config set`` and the
+    command after ``run … --``, which are handed over as single argv words, never to a shell."""
+    verb = args[0]
+    free = len(args)
+    if verb == "run" and "--" in args:
+        free = args.index("--")
+    for i, arg in enumerate(args[1:free], 1):
+        if "\0" in arg:
+            raise Refused("an argument contains a NUL byte")
+        if verb == "config" and args[1:2] == ["set"] and i > 2 and SETTING.match(arg):
+            continue
+        if not SAFE_ARG.match(arg) or arg.startswith("--root") or ".." in arg:
+            raise Refused(f"argument {arg!r} is not allowed")
+    if any("\0" in arg for arg in args[free:]):
+        raise Refused("an argument contains a NUL byte")
+
+
+def decide(
+    command: str | None, home: Path, root: Path, shipyard_argv: list[str], tty: bool = False
+) -> Decision:
+    """What to exec for the client's ``command``; raises Refused for anything not allowed.
+
+    ``tty``: the client asked for a terminal (``ssh -t``), which only ``shipyard run`` gets.
+    """
     if command is None or not command.strip():
         raise Refused("interactive logins are disabled for this key")
     if len(command) > 4096:
@@ -96,6 +140,8 @@ def decide(command: str | None, home: Path, root: Path, shipyard_argv: list[str]
     if not words:
         raise Refused("empty command")
     head, args = words[0], words[1:]
+    if tty and not (head == "shipyard" and args[:1] == ["run"]):
+        raise Refused("a terminal (ssh -t) is only allowed for `shipyard run`")
     if head in GIT_COMMANDS:
         if len(args) != 1:
             raise Refused(f"{head} takes exactly one repository path")
@@ -106,20 +152,29 @@ def decide(command: str | None, home: Path, root: Path, shipyard_argv: list[str]
         if not args or args[0] not in OPERATOR_COMMANDS:
             given = f"shipyard {args[0]}" if args else "shipyard without a command"
             raise Refused(f"{given} is not allowed over SSH")
-        for arg in args[1:]:
-            if not SAFE_ARG.match(arg) or arg.startswith("--root") or ".." in arg:
-                raise Refused(f"argument {arg!r} is not allowed")
+        check_operator_args(args)
         return Decision(
             [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2])
         )
     raise Refused(f"{head!r} is not allowed")
 
 
+def loggable(command: str | None) -> str | None:
+    """The request as the log shows it: the values of ``config set`` hidden (they are secrets)."""
+    try:
+        words = shlex.split(command or "", posix=True)
+    except ValueError:
+        return command
+    if words[:2] != ["shipyard", "config"] or not any(SETTING.match(w) for w in words):
+        return command
+    return shlex.join(w.split("=", 1)[0] + "=***" if SETTING.match(w) else w for w in words)
+
+
 def record(home: Path, name: str, command: str | None, verdict: str) -> None:
     """One line per request in ~/.shipyard/ssh.log (and syslog's auth facility)."""
     client = (os.environ.get("SSH_CLIENT") or "-").split(" ")[0]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    line = f"{stamp} key={name} from={client} {verdict}: {command!r}"
+    line = f"{stamp} key={name} from={client} {verdict}: {loggable(command)!r}"
     try:
         path = log_path(home)
         path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -146,7 +201,8 @@ def main(name: str, root: Path | None = None) -> int:
         print(f"shipyard: refused: this key's name {name!r} is invalid", file=sys.stderr)
         return REFUSED_EXIT
     try:
-        decision = decide(command, home, root, [sys.executable, "-m", "shipyard"])
+        tty = bool(os.environ.get("SSH_TTY"))
+        decision = decide(command, home, root, [sys.executable, "-m", "shipyard"], tty=tty)
     except Refused as exc:
         record(home, name, command, f"refused ({exc})")
         print(f"shipyard: refused: {exc}; this key may only run {ALLOWED}", file=sys.stderr)

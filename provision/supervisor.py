@@ -28,15 +28,18 @@ Two ways to run supervisord (``[supervisor]`` in the host's shipyard.toml):
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shipyard.app import App
-from shipyard.config import SUPERVISOR_MODES, HostConfig
+from shipyard.config import SUPERVISOR_MODES, HostConfig, load_host_config
 from shipyard.errors import ConfigError
 
 SYSTEM_SOCKET = "/var/run/supervisor.sock"
@@ -140,6 +143,7 @@ class Program:
     handover: bool = False  # web run blue/green on one shared socket (gunicorn)
     compound: bool = False  # a shell pipeline / list: signals go to the whole group
     color: str | None = None
+    stop_signal: str = "TERM"  # supervisord's stopsignal (uwsgi: INT; TERM reloads it)
 
     @property
     def name(self) -> str:
@@ -224,7 +228,7 @@ def check_counts(procfile: dict[str, str], counts: dict[str, int], source: str =
                 "and takes no count",
                 "remove `release` from [processes]",
             )
-        if name not in procfile:
+        if name not in procfile and not (name == "web" and counts[name] == 0):
             types = ", ".join(sorted(t for t in procfile if t != RELEASE_TYPE)) or "none"
             raise ConfigError(
                 f"{where}[processes] {name} = {counts[name]}, but the Procfile has no "
@@ -233,14 +237,46 @@ def check_counts(procfile: dict[str, str], counts: dict[str, int], source: str =
             )
 
 
+def check_keeps_web(
+    app: App, procfile: dict[str, str] | None, counts: dict[str, int], commit: str
+) -> None:
+    """Refuse a Procfile without ``web:`` that would stop the site (or never start it).
+
+    Unless asked for: ``[processes] web = 0`` in the app's shipyard.toml, or
+    ``web = 0`` in the host's. A commit with no Procfile at all is refused by its
+    own check (proc-receive); an app whose web is not running now keeps running so.
+    """
+    if procfile is None or "web" in procfile or "web" in counts:
+        return
+    host = load_host_config(app.config_file)
+    if host.web == 0:
+        return
+    try:
+        running = {p.get("type") for p in json.loads(state_file(app).read_text())["programs"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        running = set()
+    if running and "web" not in running:
+        return
+    effect = "would stop web" if running else f"would leave port {host.port} with no web process"
+    raise ConfigError(
+        f"{commit[:7]}'s Procfile has no `web:` line: deploying it {effect}",
+        f"add a `web:` line to the Procfile, or set `web = 0` in {app.config_file} "
+        "to run without one",
+    )
+
+
 def plan(
     procfile: dict[str, str],
     counts: dict[str, int],
     release: str,
     port: int,
     stop_grace: float,
+    signals: dict[str, str] | None = None,
 ) -> dict[str, Program]:
-    """The programs a release asks for, by type (``release:`` is a one-off, not a program)."""
+    """The programs a release asks for, by type (``release:`` is a one-off, not a program).
+
+    ``signals``: stop signals by type (``[processes.TYPE] stop_signal``); otherwise TERM, or
+    INT for uwsgi, which reloads on TERM (uwsgi's ``--stop`` sends INT)."""
     check_counts(procfile, counts)
     programs = {}
     for name, command in procfile.items():
@@ -261,6 +297,7 @@ def plan(
             host=bind_host(command) if handover else None,
             handover=handover,
             compound=compound,
+            stop_signal=(signals or {}).get(name) or default_stop_signal(command),
         )
     return programs
 
@@ -293,6 +330,24 @@ def split_assignments(command: str) -> tuple[str, str]:
     match = ASSIGNMENT.match(command.strip())
     prefix = match.group(0) if match else ""
     return prefix, command.strip()[len(prefix) :]
+
+
+def program_words(command: str) -> list[str]:
+    """The words of a simple command after its ``NAME=value`` assignments."""
+    try:
+        return shlex.split(split_assignments(command)[1])
+    except ValueError:
+        return []
+
+
+def default_stop_signal(command: str) -> str:
+    """INT for uwsgi (TERM makes uwsgi 2.0 reload, unless --die-on-term), else TERM."""
+    words = program_words(command)
+    first = os.path.basename(words[0]) if words else ""
+    uwsgi = first == "uwsgi" or (first.startswith("python") and words[1:3] == ["-m", "uwsgi"])
+    if uwsgi and "--die-on-term" not in words:
+        return "INT"
+    return "TERM"
 
 
 def is_gunicorn(command: str) -> bool:
@@ -402,7 +457,7 @@ def render_program(app: App, program: Program, user: str | None = None) -> str:
         "autorestart = true",
         "startsecs = 1",
         "startretries = 3",
-        "stopsignal = TERM",
+        f"stopsignal = {program.stop_signal}",
         f"stopwaitsecs = {max(1, round(program.stop_grace))}",
         f"stopasgroup = {'true' if program.compound else 'false'}",
         "killasgroup = true",
@@ -495,10 +550,24 @@ def write_atomic(path: Path, text: str) -> bool:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.rename(tmp, path)
+    replace_file(path, text)
     return True
+
+
+def replace_file(path: Path | str, text: str, mode: int = 0o644) -> None:
+    """A new file of ``mode`` renamed over ``path``: its temp file is new (``O_EXCL``), so a
+    link planted under a temp name is never written through."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_programs(

@@ -5,21 +5,29 @@ runs, and one final ``R <mac> <json>`` line signed over the request's nonce and
 everything before it. A call that could not be sent (connection refused, no
 route, connect timeout) is retried; one that was sent is retried only when it is
 idempotent.
+
+Each request is signed for the peer's address as the primary's ``peers`` lists
+it; a request with a body first sends its signed headers alone (``Expect:
+100-continue``) and the body only once the receiver has accepted them, so a
+refusal arrives before the body is sent. With a pin (``peer_tls``) the
+connection is TLS and the peer's certificate must be the pinned one.
 """
 
 from __future__ import annotations
 
 import errno
 import http.client
+import io
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
 from shipyard.errors import ShipyardError
 
-from . import auth
+from . import auth, tls
 
 API = f"/{auth.VERSION}/apps"
 CONNECT_TIMEOUT = 3.0
@@ -35,6 +43,16 @@ class PeerError(ShipyardError):
         self.sent = sent
 
 
+class _Received:
+    """Bytes already read off the connection, for http.client to parse as an answer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -43,8 +61,16 @@ def split_address(address: str) -> tuple[str, int]:
 class Peer:
     """One peer's receiver, for one app."""
 
-    def __init__(self, address: str, app: str, secret: bytes, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        app: str,
+        secret: bytes,
+        timeout: float = 15.0,
+        pin: str | None = None,
+    ) -> None:
         self.address = address
+        self.pin = pin  # peer_tls: a sha256 fingerprint or a certificate file; None: plain HTTP
         self.host, self.port = split_address(address)
         self.app = app
         self.secret = secret
@@ -72,15 +98,25 @@ class Peer:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT)
                 try:
                     conn.connect()
+                    if self.pin:
+                        conn.sock = self._tls(conn.sock)
                     conn.sock.settimeout(self.timeout)
-                    headers = auth.sign(self.secret, method, path, body)
+                    headers = auth.sign(self.secret, method, path, body, to=self.address)
                     headers["Content-Type"] = (
                         "application/octet-stream"
                         if isinstance(payload, bytes)
                         else "application/json"
                     )
                     sent = True
-                    conn.request(method, path, body=body, headers=headers)
+                    if body:
+                        conn.putrequest(method, path, skip_accept_encoding=True)
+                        for name, value in {**headers, "Expect": "100-continue"}.items():
+                            conn.putheader(name, value)
+                        conn.endheaders()
+                        self._go_ahead(conn, headers[auth.H_NONCE], action)
+                        conn.send(body)
+                    else:
+                        conn.request(method, path, body=body, headers=headers)
                     resp = conn.getresponse()
                     self.down = False
                     return self._answer(resp, headers[auth.H_NONCE], on_line, action)
@@ -94,6 +130,43 @@ class Peer:
                     self.down = True
                     raise PeerError(self.describe(exc, action, sent), sent=sent) from None
                 time.sleep(0.3 * attempt)
+
+    def _tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """TLS to the peer; its certificate must be the pinned one (never retried if not)."""
+        try:
+            pin = tls.pin_of(self.pin or "")
+        except ShipyardError as exc:
+            message = f"{self.address}: peer_tls: {exc.message}"
+            raise PeerError(message, exc.hint, sent=False) from None
+        wrapped = tls.client_context().wrap_socket(sock)
+        seen = tls.presented(wrapped)
+        if not tls.matches(seen, pin):
+            wrapped.close()
+            raise PeerError(
+                f"{self.address} presented the certificate {seen}, not the pinned {pin}",
+                "someone is in between, or the peer's certificate was replaced: "
+                "check it there before changing peer_tls",
+                sent=False,
+            )
+        return wrapped
+
+    def _go_ahead(self, conn: http.client.HTTPConnection, nonce: str, action: str) -> None:
+        """Wait for the receiver's 100 Continue; anything else is its refusal, raised."""
+        got = b""
+        while len(got) < len(auth.CONTINUE):
+            chunk = conn.sock.recv(len(auth.CONTINUE) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        if got == auth.CONTINUE:
+            return
+        while chunk and len(got) < 64 * 1024:  # a refusal: the receiver closes after it
+            chunk = conn.sock.recv(64 * 1024)
+            got += chunk
+        refusal = http.client.HTTPResponse(_Received(got))
+        refusal.begin()
+        self._answer(refusal, nonce, None, action)
+        raise PeerError(f"{self.address} answered {action} before taking its body")
 
     def _answer(self, resp: http.client.HTTPResponse, nonce: str, on_line, action: str) -> dict:
         if resp.status != 200:
@@ -128,8 +201,13 @@ class Peer:
             if not sent:
                 return f"{where}: no answer to connect within {CONNECT_TIMEOUT:.0f}s (host down?)"
             return f"{self.address}: no word for {self.timeout:.0f}s during {action} (network cut?)"
+        if isinstance(exc, ssl.SSLError):
+            return f"{where}: TLS failed: {exc.reason or exc} (does it serve TLS?)"
         if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{where}: no route to host"
         if sent:
-            return f"{self.address}: connection lost during {action} ({exc or type(exc).__name__})"
+            lost = f"{self.address}: connection lost during {action} ({exc or type(exc).__name__})"
+            if isinstance(exc, http.client.RemoteDisconnected) and not self.pin:
+                lost += "; if it serves TLS, pin its certificate in peer_tls"  # closed unanswered
+            return lost
         return f"{where}: {exc or type(exc).__name__}"

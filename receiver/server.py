@@ -13,16 +13,26 @@ Endpoints (all under /v1/apps/<app>/, all signed with that app's cluster secret)
 Answers stream ``L`` lines (the phases' progress), ``H`` keep-alives and one
 signed ``R`` result line. The phases are the primary's own (deploy.PHASES), run
 under the app's deploy lock. Refusals are logged to stderr with the reason.
+
+Before a request is authenticated it costs little: at most ``max_connections``
+connections are served at once (the next ones get a 503 and are closed), the
+request line and headers may take ``MAX_HEAD`` bytes and ``request_timeout``
+seconds in all (a slow client is cut off), and the whole signature, which covers
+the body's length and digest, is checked before a byte of the body is read.
+With ``--tls-cert``/``--tls-key`` every connection is TLS (receiver/tls.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -31,15 +41,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shipyard import __version__, lock, peers, release
+from shipyard import __version__, lock, peers, release, supervise
 from shipyard.app import App, check_release_id
 from shipyard.config import load_host_config, parse_address, read_secret
-from shipyard.deploy import Deploy, discard, revert
-from shipyard.errors import ShipyardError
+from shipyard.deploy import Deploy, attempt, discard, revert
+from shipyard.errors import RootRefused, ShipyardError
+from shipyard.guard import check_not_root
 from shipyard.options import parse_options
 from shipyard.report import Reporter
 
-from . import auth, objects
+from . import auth, objects, tls
 
 ROUTE = re.compile(r"^/v1/apps/([^/]+)/(info|status|objects|prepare|switch|revert|abort)$")
 METHODS = {"info": "GET", "status": "GET"}
@@ -47,6 +58,13 @@ MAX_JSON = 64 * 1024
 KEEPALIVE = 2.0
 LOCK_WAIT = 120.0
 REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._/-]{1,200}$")
+MAX_HEAD = 64 * 1024  # bytes of request line and headers read before authentication
+MAX_CONNECTIONS = 64
+REQUEST_TIMEOUT = 10.0  # seconds from accept to an authenticated request (TLS, headers)
+LINGER = 64 * 1024  # of a refused request's body, at most this much is read (and dropped)
+BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
+WILDCARDS = ("0.0.0.0", "::")
+KINDS = ("push", "deploy", "rollback")
 
 
 def log(message: str) -> None:
@@ -59,6 +77,41 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class HeadTooLarge(OSError):
+    """More than MAX_HEAD bytes of request line and headers: the connection is dropped."""
+
+
+class Budget:
+    """The request's reader, with a cap on the bytes read before authentication."""
+
+    def __init__(self, raw, limit: int) -> None:
+        self.raw, self.left = raw, limit
+
+    def _size(self, size: int | None) -> int:
+        if self.left is None:
+            return -1 if size is None else size
+        if self.left <= 0:
+            raise HeadTooLarge(f"over {MAX_HEAD} bytes before authentication")
+        return self.left if size is None or size < 0 else min(size, self.left)
+
+    def _count(self, data: bytes) -> bytes:
+        if self.left is not None:
+            self.left -= len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._count(self.raw.readline(self._size(size)))
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._count(self.raw.read(self._size(size)))
+
+    def lift(self) -> None:
+        self.left = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
 
 
 class Stream:
@@ -116,6 +169,8 @@ class Handler(BaseHTTPRequestHandler):
         # progress goes out as many small writes: without this, Nagle's algorithm and the
         # primary's delayed ACKs hold each one back by up to 40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = Budget(self.rfile, MAX_HEAD)
+        self.unread = 0  # bytes of the body declared and not read
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # we log each request ourselves, with its outcome
@@ -135,8 +190,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
         except OSError:
-            pass
+            return
+        self.linger()
+
+    def linger(self) -> None:
+        """Read and drop a little of a refused request's body (never more than LINGER), so
+        that the answer is not lost to a reset; the connection is closed after it."""
+        left = min(self.unread, LINGER)
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(self.connection, socket.SHUT_WR)
+            self.connection.settimeout(1)
+            self.rfile.lift()
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 1 << 14))
+                if not chunk:
+                    break
+                left -= len(chunk)
 
     def dispatch(self, method: str) -> None:
         try:
@@ -150,17 +221,27 @@ class Handler(BaseHTTPRequestHandler):
             app = App.at(name, self.server.root)
             if not app.exists():
                 raise BadRequest(404, f"no app {name!r} on this host")
+            length = self.declared(action)
+            self.server.verifier.check_fresh(self.headers)
             host = load_host_config(app.config_file)
             secret = read_secret(host, app.config_file)
             if not secret:
                 raise BadRequest(403, f"no cluster secret is configured for {name} on this host")
-            self.server.verifier.check_fresh(self.headers)
-            spool, digest = self.read_body(action)
-            nonce = self.server.verifier.verify(secret, method, self.path, self.headers, digest)
+            me = self.server.me
+            nonce = self.server.verifier.verify(secret, method, self.path, self.headers, me=me)
+            check_not_root(app, host)  # a receiver run as root runs nothing for this app
+            self.server.trusted(self.connection)
+            self.rfile.lift()
+            if length and self.headers.get("Expect", "").lower() == "100-continue":
+                self.wfile.write(auth.CONTINUE)
+                self.wfile.flush()
+            spool = self.read_body()
         except BadRequest as exc:
             return self.refuse(exc.status, str(exc))
         except auth.Refused as exc:
             return self.refuse(401, str(exc))
+        except RootRefused as exc:
+            return self.refuse(403, str(exc))
         except ShipyardError as exc:
             return self.refuse(400 if "invalid" in exc.message else 500, str(exc))
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -182,7 +263,8 @@ class Handler(BaseHTTPRequestHandler):
             f"{time.monotonic() - started:.2f}s {outcome}"
         )
 
-    def read_body(self, action: str):
+    def declared(self, action: str) -> int:
+        """The body's declared length, refused (411, 400, 413) before anything is read."""
         limit = self.server.max_pack if action == "objects" else MAX_JSON
         raw = self.headers.get("Content-Length")
         if raw is None:
@@ -190,25 +272,33 @@ class Handler(BaseHTTPRequestHandler):
                 raw = "0"
             else:
                 raise BadRequest(411, "Content-Length required")
-        try:
-            length = int(raw)
-        except ValueError:
-            raise BadRequest(400, "bad Content-Length") from None
-        if length < 0 or length > limit:
-            raise BadRequest(413, f"body of {length} bytes is over the limit of {limit}")
+        if not (raw.isascii() and raw.isdigit()):
+            raise BadRequest(400, "bad Content-Length")
+        self.unread = int(raw)
+        if self.unread > limit:
+            raise BadRequest(413, f"body of {self.unread} bytes is over the limit of {limit}")
+        return self.unread
+
+    def read_body(self):
+        """The body, spooled and hashed as it comes; refused (and dropped) unless it is the
+        one whose digest the request signed."""
         spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 (caller closes)
         digest = hashlib.sha256()
-        left = length
-        while left:
-            chunk = self.rfile.read(min(left, 1 << 16))
+        while self.unread:
+            chunk = self.rfile.read(min(self.unread, 1 << 16))
             if not chunk:
                 spool.close()
                 raise BadRequest(400, "body shorter than its Content-Length")
             digest.update(chunk)
             spool.write(chunk)
-            left -= len(chunk)
+            self.unread -= len(chunk)
+        try:
+            auth.check_body(self.headers, digest.hexdigest())
+        except auth.Refused:
+            spool.close()
+            raise
         spool.seek(0)
-        return spool, digest.hexdigest()
+        return spool
 
     # --- the endpoints -------------------------------------------------------
 
@@ -230,7 +320,10 @@ class Handler(BaseHTTPRequestHandler):
         return info
 
     def on_info(self, app, host, query, spool, stream) -> dict:
-        return self.info(app, host, query.get("want"))
+        info = self.info(app, host, query.get("want"))
+        if query.get("processes"):  # what its processes run, for `shipyard status`
+            info["serving"] = supervise.serving(app)
+        return info
 
     def on_status(self, app, host, query, spool, stream) -> dict:
         info = self.info(app, host)
@@ -267,6 +360,9 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
             raise ValueError("options must map names to strings")
         options = parse_options([f"{k}={v}" if v else k for k, v in options.items()])
+        kind = str(data.get("kind") or "push")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         return Deploy(
             app=app,
             host=host,
@@ -277,19 +373,22 @@ class Handler(BaseHTTPRequestHandler):
             pusher=str(data.get("pusher") or "unknown")[:100],
             tag=str(data["tag"])[:200] if data.get("tag") else None,
             options=options,
+            kind=kind,
             release_id=check_release_id(str(data.get("release", ""))),
+            peer=True,
         )
 
     @contextlib.contextmanager
     def locked(self, app: App, what: str):
         info = {"deploy": f"receiver {what}", "pusher": "primary", "since": time.time()}
-        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT):
-            yield
+        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT) as held:
+            yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
         d = self.deploy_for(app, host, self.body(spool), stream)
         key = (app.name, d.release_id)
-        with self.locked(app, "prepare"):
+        with self.locked(app, "prepare") as held:
+            d.journal = held
             self.server.aborted.discard(key)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
@@ -299,9 +398,9 @@ class Handler(BaseHTTPRequestHandler):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
             if not objects.has(app.repo, d.sha):
                 return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
-            error = peers.run_phases(d, peers.PREPARE)
-            if error:
-                return {"ok": False, "error": error}
+            failure = attempt(d, peers.plan(peers.PREPARE))
+            if failure:
+                return {"ok": False, "error": str(failure)}
             if not d.reused:
                 d.manifest.state = "prepared"
                 d.manifest.save(d.release)
@@ -314,7 +413,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_switch(self, app, host, query, spool, stream) -> dict:
         data = self.body(spool)
         d = self.deploy_for(app, host, data, stream)
-        with self.locked(app, "switch"):
+        with self.locked(app, "switch") as held:
             manifest = release.Manifest.load(d.release) if d.release.is_dir() else None
             if not manifest or manifest.sha != d.sha or manifest.state not in ("prepared", "good"):
                 return {
@@ -323,11 +422,18 @@ class Handler(BaseHTTPRequestHandler):
                     "error": f"{d.release_id} is not prepared on this host",
                 }
             d.reused = manifest.state == "good"
+            d.journal = held
+            d.committed = False  # until every host has verified, it may be sent back
             peers.load_release(d)
             previous = app.live_release()
-            error = peers.run_phases(d, peers.ON_PEER_SWITCH)
-            if error:
-                return {"ok": False, "switched": False, "error": error, "previous": previous}
+            failure = attempt(d, peers.plan(peers.ON_PEER_SWITCH))
+            if failure:  # undone here; "switched" says where its undo left it
+                return {
+                    "ok": False,
+                    "switched": app.live_release() == d.release_id,
+                    "error": str(failure),
+                    "previous": previous,
+                }
             objects.set_ref(app.repo, f"refs/heads/{host.branch}", d.sha)
         return {
             "ok": True,
@@ -338,17 +444,24 @@ class Handler(BaseHTTPRequestHandler):
         }
 
     def on_revert(self, app, host, query, spool, stream) -> dict:
+        """Back from ``release`` if it is live here, as its switch and restart wrote down (the
+        previous release and the programs that ran): not from the primary's memory."""
         data = self.body(spool)
         rid = check_release_id(str(data.get("release", "")))
-        previous = data.get("previous")
-        previous = check_release_id(str(previous)) if previous else None
+        asked = data.get("previous")
+        asked = check_release_id(str(asked)) if asked else None
         with self.locked(app, "revert"):
             if app.live_release() == rid:
                 m = release.Manifest.load(app.release_dir(rid))
                 d = self.deploy_for(app, host, {"sha": m.sha, "release": rid}, stream)
-                peers.load_release(d)
-                has_previous = previous and app.release_dir(previous).is_dir()
-                d.previous = previous if has_previous else None
+                d.previous = asked
+                peers.load_undo(d)
+                if d.previous and not app.release_dir(d.previous).is_dir():
+                    return {
+                        "ok": False,
+                        "live": rid,
+                        "error": f"cannot go back: release {d.previous} is not on this host",
+                    }
                 revert(d, [peers.phase("switch"), peers.phase("restart")])
                 back = release.Manifest.load(app.release_dir(d.previous)) if d.previous else None
                 if back:
@@ -371,33 +484,200 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Receiver(ThreadingHTTPServer):
+    """The standard library's threading server, bounded: a thread per connection but at most
+    ``max_connections`` of them, a deadline for each connection until its request is
+    authenticated (a watchdog shuts down those past it), and TLS when given a context."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], root: Path, max_pack: int) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        root: Path,
+        max_pack: int,
+        aliases: tuple[str, ...] = (),
+        context: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         self.root = root
         self.max_pack = max_pack
         self.verifier = auth.Verifier()
         self.aborted: set[tuple[str, str]] = set()
+        self.context = context
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.pending: dict[int, float] = {}  # fd of an unauthenticated connection: its deadline
+        self.pending_lock = threading.Lock()
+        self.closing = threading.Event()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+        port = self.server_address[1]
+        names = [] if address[0] in WILDCARDS else [f"{address[0]}:{port}"]
+        # the signed destination must be one of these: the --listen address, and aliases
+        self.me = frozenset(auth.destination(a) for a in (*names, *aliases))
+        threading.Thread(target=self._watch, daemon=True, name="receiver-watchdog").start()
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            log(f"refused {client_address[0]}: {self.max_connections} connections open already")
+            if self.context is None:
+                with contextlib.suppress(OSError):
+                    request.setblocking(False)
+                    request.send(BUSY + b'{"error": "busy: too many connections"}')
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address) -> None:
+        fd = request.fileno()
+        with self.pending_lock:
+            self.pending[fd] = time.monotonic() + self.request_timeout
+        try:
+            if self.context is not None:
+                request.settimeout(Handler.timeout)
+                request = self.context.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False
+                )
+                request.do_handshake()
+            self.finish_request(request, client_address)
+        except Exception as exc:
+            self.handle_error(request, client_address, exc)
+        finally:
+            with self.pending_lock:
+                self.pending.pop(fd, None)
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def handle_error(self, request, client_address, exc: BaseException | None = None) -> None:
+        exc = exc or sys.exc_info()[1]
+        if isinstance(exc, OSError | ssl.SSLError):  # gone, cut off, too long, bad handshake
+            log(f"closed {client_address[0]}: {exc}")
+        else:
+            super().handle_error(request, client_address)
+
+    def trusted(self, connection: socket.socket) -> None:
+        """The request is authenticated: no deadline any more (a build may take long)."""
+        with self.pending_lock:
+            self.pending.pop(connection.fileno(), None)
+
+    def _watch(self) -> None:
+        """Shut down connections still unauthenticated past their deadline (slow clients)."""
+        while not self.closing.wait(0.25):
+            now = time.monotonic()
+            with self.pending_lock:  # held while shutting down: the fd cannot be reused meanwhile
+                for fd in [fd for fd, deadline in self.pending.items() if deadline < now]:
+                    del self.pending[fd]
+                    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self.closing.set()
+        super().server_close()
 
 
-def serve(listen: str, root: Path | None, max_pack: int = 512 << 20) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `shipyard receiver` (the subcommand is added by shipyard/peers.py)."""
+    p.add_argument("--listen", required=True, metavar="ADDR:PORT")
+    p.add_argument("--max-pack", type=int, default=512, metavar="MiB", help="largest pack taken")
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another address the primary's `peers` may list this host under",
+    )
+    p.add_argument(
+        "--all-interfaces",
+        action="store_true",
+        help="allow --listen 0.0.0.0:PORT or [::]:PORT (then name this host with --alias)",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="… and this private key")
+    p.add_argument(
+        "--make-cert",
+        action="store_true",
+        help="create --tls-cert/--tls-key (self-signed) unless they exist, print its pin, exit",
+    )
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send a signed request's headers",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """`shipyard receiver`: check the options, then serve (or only make the certificate)."""
+    address = parse_address(args.listen)
+    if address is None:
+        raise ShipyardError(f"--listen {args.listen!r} is not ADDR:PORT", "e.g. 10.0.0.2:7070")
+    for alias in args.alias:
+        if parse_address(alias) is None:
+            raise ShipyardError(f"--alias {alias!r} is not HOST:PORT", "e.g. web2.internal:7070")
+    if address[0] in WILDCARDS and not args.all_interfaces:
+        raise ShipyardError(
+            f"--listen {args.listen}: refusing to listen on every interface of this host",
+            "listen on the address the primary reaches (e.g. 10.0.0.2:7070), "
+            "or add --all-interfaces and --alias ADDR:PORT (the address the primary uses)",
+        )
+    if address[0] in WILDCARDS and not args.alias:
+        raise ShipyardError(
+            f"--listen {args.listen}: requests must name this host, and no address does",
+            "add --alias ADDR:PORT: this host's address as the primary's `peers` lists it",
+        )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ShipyardError("--tls-cert and --tls-key go together", "give both, or neither")
+    if args.max_connections < 1 or not args.request_timeout > 0:
+        raise ShipyardError("--max-connections and --request-timeout must be above 0")
+    if args.make_cert:
+        if not args.tls_cert:
+            raise ShipyardError("--make-cert needs --tls-cert FILE and --tls-key FILE")
+        made = tls.make_cert(args.tls_cert, args.tls_key, args.listen)
+        pin = tls.file_fingerprint(args.tls_cert)
+        print(f"{'made' if made else 'kept'} {args.tls_cert}; pin it in the primary's host config:")
+        print(f'peer_tls = {{ "{args.listen}" = "{pin}" }}')
+        return 0
+    context = tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    return serve(
+        args.listen,
+        args.root,
+        max_pack=args.max_pack << 20,
+        aliases=tuple(args.alias),
+        context=context,
+        max_connections=args.max_connections,
+        request_timeout=args.request_timeout,
+    )
+
+
+def serve(listen: str, root: Path | None, max_pack: int = 512 << 20, **options: object) -> int:
     from shipyard.app import default_root
 
     address = parse_address(listen)
     if address is None:
         raise ShipyardError(f"--listen {listen!r} is not ADDR:PORT", "e.g. 10.0.0.2:7070")
     root = (root or default_root()).absolute()
-    server = Receiver(address, root, max_pack)
+    server = Receiver(address, root, max_pack, **options)
 
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    log(f"listening on {listen} for apps under {root} (shipyard {__version__})")
+    scheme = "TLS" if server.context else "plain HTTP"
+    log(
+        f"listening on {listen} ({scheme}; requests for {', '.join(sorted(server.me))}) "
+        f"for apps under {root} (shipyard {__version__})"
+    )
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

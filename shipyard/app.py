@@ -111,10 +111,30 @@ class App:
         return self.releases / check_release_id(release_id)
 
     def live_release(self) -> str | None:
-        """The id of the release ``current`` points at, or None before the first deploy."""
-        try:
-            target = os.readlink(self.current)
-        except OSError:
+        """The id of the release ``current`` points at; None when there is no valid one.
+
+        ``current`` is resolved on the filesystem: it is a release only if it ends at a
+        directory ``releases/<id>`` with a release's name. Anything else (``../../..``,
+        ``releases/..``, a release that is gone, a plain directory) is no live release,
+        and the next deploy replaces it as a first deploy would.
+        """
+        if not os.path.islink(self.current):
             return None
-        release_id = Path(target).name
-        return release_id if (self.releases / release_id).is_dir() else None
+        target = Path(os.path.realpath(self.current))
+        if target.parent != Path(os.path.realpath(self.releases)):
+            return None
+        if not RELEASE_ID.match(target.name) or not target.is_dir():
+            return None
+        return target.name
+
+    def current_problem(self) -> str | None:
+        """What is wrong with ``current`` when it exists but names no valid live release."""
+        if not os.path.lexists(self.current) or self.live_release():
+            return None
+        if not os.path.islink(self.current):
+            kind = "a directory" if os.path.isdir(self.current) else "a file"
+            return f"current is {kind}, not a link to a release"
+        target = os.readlink(self.current)
+        if not os.path.exists(self.current):
+            return f"current points at {target}, which is gone"
+        return f"current -> {target} is not a release"

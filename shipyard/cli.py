@@ -129,7 +129,11 @@ def existing_app(args: argparse.Namespace) -> App:
 
 
 def emit(data: object, text: str, as_json: bool) -> int:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+    """Print a view; a message or tag from a push shows its control characters spelled out."""
+    from .report import escape
+
+    safe = "\n".join(escape(line) for line in text.split("\n"))
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else safe)
     return 0
 
 
@@ -244,7 +248,72 @@ def cmd_processes(args: argparse.Namespace) -> int:
         print(f"shipyard ▸ {app.name}: supervisord {how}")
     for line in supervise.format_status(app, supervise.status(app)):
         print(line)
+    from .scale import describe
+
+    if describe(app):
+        print(describe(app))
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from . import settings
+
+    return settings.command(args.words, args.root, args.show, args.stdin, not args.no_restart)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from . import restart
+
+    restart.run(existing_app(args), args.process)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import oneoff
+
+    return oneoff.run(existing_app(args), args.command, args.release, wait=not args.no_wait)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from . import logs
+
+    color = True if args.color else None
+    return logs.show(existing_app(args), args.lines, args.follow, args.process, color)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from . import scale
+
+    scale.run(existing_app(args), args.counts)
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from . import boot
+    from .app import default_root
+
+    return boot.start_all((args.root or default_root()).absolute())
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    """List the app's scheduled jobs; `run NAME` runs one now; `exec NAME` is what cron runs."""
+    from . import cron
+    from .config import JOB_NAME, load_host_config
+    from .guard import check_not_root
+
+    app = existing_app(args)
+    host = load_host_config(app.config_file)
+    if args.action is None:
+        data = cron.listing(app, host)
+        return emit(data, cron.render(data), args.json)
+    if not args.name or not JOB_NAME.match(args.name):
+        raise ShipyardError(
+            f"{args.name!r} is not a job name" if args.name else "name the job",
+            f"e.g. shipyard cron {app.name} {args.action} clear-sessions "
+            f"(`shipyard cron {app.name}` lists them)",
+        )
+    check_not_root(app, host)
+    return cron.execute(app, args.name, echo=sys.stdout if args.action == "run" else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
-    p.add_argument("--port", type=int, default=8000, help="where the web process listens")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="where the web process listens (default 8000); on an existing app, changes it",
+    )
     p.add_argument(
         "--allow-root",
         action="store_true",
@@ -318,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("processes", help="the app's processes: state, pid, uptime, release")
+    p = sub.add_parser(
+        "processes", aliases=["ps"], help="the app's processes: state, pid, uptime, release"
+    )
     p.add_argument("app")
     what = p.add_mutually_exclusive_group()
     what.add_argument(
@@ -328,6 +403,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop", action="store_true", help="stop the processes and the app's own supervisord"
     )
     p.set_defaults(func=cmd_processes)
+
+    p = sub.add_parser(
+        "config",
+        help="the app's settings (shared/.env): list, set, unset, get",
+        usage="shipyard config APP [--show] | config set APP KEY=VALUE… [--no-restart] | "
+        "config set APP KEY --stdin | config unset APP KEY… | config get APP KEY",
+    )
+    p.add_argument("words", nargs="+", metavar="[set|unset|get] APP ARG")
+    p.add_argument("--show", action="store_true", help="print the values (hidden by default)")
+    p.add_argument("--stdin", action="store_true", help="read the one KEY's value from stdin")
+    p.add_argument("--no-restart", action="store_true", help="change .env, restart nothing")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("restart", help="hand the processes over again (zero downtime), no deploy")
+    p.add_argument("app")
+    p.add_argument("--process", metavar="TYPE", help="only this Procfile type, e.g. web")
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser(
+        "run",
+        help="a one-off command in the live release (its venv, .env, directory)",
+        usage="shipyard run APP [--release ID] [--no-wait] -- COMMAND [ARGS…]",
+    )
+    p.add_argument("app")
+    p.add_argument("--release", help="run in this kept release instead (id, commit or tag)")
+    p.add_argument(
+        "--no-wait", action="store_true", help="fail instead of waiting for a running migration"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command and its args")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("logs", help="the processes' output, merged by time (-f to follow)")
+    p.add_argument("app")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    p.add_argument("--process", metavar="TYPE", help="one Procfile type (web) or process (web.1)")
+    p.add_argument("--color", action="store_true", help="colour even without a terminal (ssh)")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("scale", help="host-side process counts, e.g. web=3 worker=0")
+    p.add_argument("app")
+    p.add_argument("counts", nargs="*", metavar="TYPE=COUNT", help="a count, or TYPE=default")
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser(
+        "boot", help="start every app's processes (run at boot by provision's set-up)"
+    )
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("cron", help="the app's scheduled jobs; `run NAME` runs one now")
+    p.add_argument("app")
+    p.add_argument(
+        "action", nargs="?", choices=("run", "exec"), help="run: now, here; exec: as cron"
+    )
+    p.add_argument("name", nargs="?", help="the job, as named in [cron]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cron)
 
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")
@@ -343,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .peers import add_commands  # many hosts: receiver, peers, sync
 
     add_commands(sub)
+    from .domains import add_commands as add_front_door  # domains, maintenance, tls
+
+    add_front_door(sub)
     return parser
 
 

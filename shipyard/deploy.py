@@ -1,8 +1,8 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
-             → verify → post-migrate → finish
+    checkout → link → venv → data → build → prepare-peers → migrate → release → data-check
+             → switch → restart → verify → post-migrate → finish
 
 (with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
@@ -25,7 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import (
+    build,
+    cron,
+    data,
+    faults,
+    history,
+    lock,
+    migrate,
+    notify,
+    peers,
+    proxy,
+    release,
+    supervise,
+    venv,
+)
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -57,6 +71,7 @@ class Deploy:
     previous: str | None = None
     venv_key: str | None = None
     migrations: list[str] = field(default_factory=list)
+    migrations_known: bool = True  # False: a migrate command ran that cannot list what it did
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
@@ -65,6 +80,9 @@ class Deploy:
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
+    maintenance_was_on: bool = False  # `-o maintenance` found the page on: leave it on
+    committed: bool = True  # False on a peer: the other hosts may still send it back
+    peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
 
     @property
     def release(self) -> Path:
@@ -141,7 +159,11 @@ def build_venv(d: Deploy) -> str:
     d.manifest.save(d.release)
     if reused:
         return f"reused {d.venv_key[:6]} (requirements unchanged)"
-    return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
+    note = venv.carried() if the_plan.installer == "uv" else ""
+    note = f" ({note})" if note else ""
+    return (
+        f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}{note}"
+    )
 
 
 def build_steps(d: Deploy) -> str:
@@ -172,8 +194,23 @@ def build_steps(d: Deploy) -> str:
 
 
 def switch(d: Deploy) -> str:
+    # what going back needs, written before current moves: whoever undoes this switch (this
+    # process, a receiver asked to revert, a recovery) reads it from the release's manifest
+    if d.manifest is not None:
+        d.manifest.undo = {"deploy": d.number, "previous": d.app.live_release()}
+        d.manifest.save(d.release)
     d.previous = release.switch(d.app, d.release_id)
-    return f"current → {d.release_id}"
+    d.switched_at = time.time()
+    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
+
+
+def load_undo(d: Deploy) -> None:
+    """Take over what the switch and restart that made ``d.release_id`` live wrote down for
+    their undo (``switch_back``, ``restart_previous``), in another process than theirs."""
+    undo = (d.manifest.undo if d.manifest else None) or {}
+    if "previous" in undo:
+        d.previous = undo["previous"]
+    supervise.load_undo(d, undo)
 
 
 def switch_back(d: Deploy) -> None:
@@ -181,16 +218,19 @@ def switch_back(d: Deploy) -> None:
         release.switch(d.app, d.previous)
     elif d.app.current.is_symlink():
         d.app.current.unlink()
+    cron.apply(d, d.previous)  # the jobs of what is live again
 
 
 def finish(d: Deploy) -> str:
     d.manifest.state = "good"
     d.manifest.live_at = time.time()
-    if d.manifest.migrations is None and not d.reused:
-        d.manifest.migrations = list(d.migrations)
+    if d.manifest.migrations is None and not d.reused and d.migrations_known:
+        d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
-    removed = release.prune(d.app, keep)
+    # a peer keeps the release it would go back to until the cluster has committed
+    protect = {d.previous} if d.previous and not d.committed else set()
+    removed = release.prune(d.app, keep, protect)
     used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
     venv.prune(d.app, used)
     return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
@@ -208,10 +248,12 @@ PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
     Phase("venv", build_venv),
+    Phase("data", data.link),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
+    Phase("data-check", data.check),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
@@ -221,6 +263,21 @@ PHASES = [
 
 
 # --- running them -----------------------------------------------------------
+
+
+def with_options(d: Deploy, phases: list[Phase]) -> list[Phase]:
+    """``-o maintenance``: the maintenance page from before ``migrate`` until ``verify`` (or
+    the rollout) passed; turning it on is undone with the deploy."""
+    if "maintenance" not in d.options:
+        return phases
+    out = []
+    for phase in phases:
+        if phase.name == "migrate":
+            out.append(Phase("maintenance", proxy.maintenance_start, proxy.maintenance_undo))
+        out.append(phase)
+        if phase.name in ("verify", "rollout"):
+            out.append(Phase("maintenance-off", proxy.maintenance_end, fatal=False))
+    return out
 
 
 def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = None) -> str:
@@ -257,31 +314,65 @@ def progress(d: Deploy, phase: str, when: str = "start") -> None:
     faults.point(d.app.run, phase, when, d.number)
 
 
-def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
-    """Run every phase; on failure revert what ran. Returns True when the release went live.
+@dataclass(frozen=True)
+class Failure:
+    """A phase that failed, after the phases that ran before it were undone."""
 
-    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    phase: Phase
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.phase.name} failed: {self.message}"
+
+
+def attempt(d: Deploy, plan: list[Phase], done: list[Phase] | None = None) -> Failure | None:
+    """The one phase runner (a deploy, a peer's prepare and switch, a recovery).
+
+    Runs ``plan`` in order, journaling each phase and firing its fault points; a
+    fatal failure, whatever it raised, is reported, everything in ``done`` (the
+    phases that ran, these and any before) is undone newest first, and the
+    failure returned. None when every phase ran.
     """
-    started = time.monotonic()
-    done = list(done or [])
-    # with peers: switch/restart/verify → rollout
-    for phase in peers.phases(d, PHASES) if phases is None else phases:
+    done = [] if done is None else done
+    for phase in plan:
         t0 = time.monotonic()
-        progress(d, phase.name)
         try:
+            progress(d, phase.name)
             with d.out.ticking(phase.name):
                 detail = phase.run(d)
+            done.append(phase)  # it ran: whatever fails from here on undoes it too
             progress(d, phase.name, "end")
         except Exception as exc:  # noqa: BLE001 - even a bug in a phase must be undone
             d.timings[phase.name] = round(time.monotonic() - t0, 3)
             if not phase.fatal:
                 d.problems.append(f"{phase.name}: {explain(d, phase, exc)}")
                 continue
-            fail(d, phase, done, exc)
-            return False
+            return undo(d, phase, done, exc)
         d.timings[phase.name] = round(time.monotonic() - t0, 3)
         report(d, phase, detail)
-        done.append(phase)
+    return None
+
+
+def undo(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> Failure:
+    """``phase`` failed with ``exc``: say so, undo what ran (newest first)."""
+    failure = Failure(phase, explain(d, phase, exc))
+    revert(d, done)
+    done.clear()
+    return failure
+
+
+def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None = None) -> bool:
+    """Run every phase; on failure revert what ran. Returns True when the release went live.
+
+    ``phases`` and ``done`` let a recovery resume an interrupted deploy part-way.
+    """
+    started = time.monotonic()
+    # with peers: switch/restart/verify → rollout
+    plan = with_options(d, peers.phases(d, PHASES) if phases is None else phases)
+    failure = attempt(d, plan, done)
+    if failure:
+        fail(d, failure)
+        return False
     elapsed = time.monotonic() - started
     if d.problems:
         record(d, "live", elapsed, problems=d.problems)
@@ -353,14 +444,19 @@ def disk_full(exc: Exception, output: str = "") -> bool:
     return "no space left on device" in text or "disk quota exceeded" in text
 
 
-def fail(d: Deploy, phase: Phase, done: list[Phase], exc: Exception) -> None:
-    message = explain(d, phase, exc)
-    revert(d, done)
+def fail(d: Deploy, failure: Failure) -> None:
+    """A failed deploy, its phases undone: the branch back, the record, the last line."""
     live = d.app.live_release()
     reset_branch(d)
-    record(d, "failed", sum(d.timings.values()), failed_phase=phase.name, error=message)
+    record(
+        d,
+        "failed",
+        sum(d.timings.values()),
+        failed_phase=failure.phase.name,
+        error=failure.message,
+    )
     still = f"still live: {live}" if live else "nothing is live yet"
-    d.out.final(f"failed at {phase.name}: {message}; {still}", good=False)
+    d.out.final(f"failed at {failure.phase.name}: {failure.message}; {still}", good=False)
 
 
 def revert(d: Deploy, done: list[Phase]) -> None:
@@ -399,6 +495,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         _record(d, outcome, seconds, extra)
     except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
         d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+    notify.deploy_event(d, outcome, seconds, extra)  # in the background; never fails the deploy
 
 
 def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
@@ -419,7 +516,7 @@ def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
             "outcome": outcome,
             "phases": d.timings,
             "options": {k: d.out.mask(v) for k, v in d.options.items()},
-            "migrations": d.migrations,
+            "migrations": d.migrations if d.migrations_known else None,
             **extra,
         },
     )
@@ -504,4 +601,5 @@ def execute(d: Deploy) -> bool:
                 good=True,
             )
             return True
+        notify.deploy_event(d, "started", 0.0, {})
         return run(d)

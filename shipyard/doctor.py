@@ -3,6 +3,10 @@
 Run on the host as the deploy user (or over SSH: ``ssh deploy@host shipyard doctor APP``).
 Exit status 1 when any check fails; warnings do not fail.
 
+Run as root, it runs its checks as the app's owner (``owner.first_owner``):
+some checks run the deploy user's files (a hook's ``#!`` interpreter), and
+root runs nothing the deploy user could have written.
+
 Two checks depend on features that live elsewhere and go through an adapter
 each, so they can follow those features without touching the rest:
 ``supervisor_check`` (the processes feature, ``shipyard.supervise``) and
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import owner
 from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
@@ -89,13 +94,16 @@ def layout_check(ctx: Context) -> Check:
             load_host_config(app.config_file)
         except ShipyardError as exc:
             return Check("layout", FAIL, str(exc.message), exc.hint or "fix shipyard.toml")
-    if app.current.is_symlink() and app.live_release() is None:
-        target = os.readlink(app.current)
+    problem = app.current_problem()
+    if problem:
+        fix = f"the next deploy replaces it (push again, or `shipyard deploy {app.name}`)"
+        if not app.current.is_symlink():
+            fix = f"move it away (mv {app.current} {app.current}.old); then {fix}"
         return Check(
             "layout",
             FAIL,
-            f"current -> {target}, which is not a release",
-            f"push again, or point current at a release in {app.releases}",
+            f"no valid live release: {problem}",
+            f"{fix}; or point it at a release: ln -sfn releases/<id> {app.current}",
         )
     live = app.live_release()
     return Check("layout", OK, f"live: {live}" if live else "complete; nothing deployed yet")
@@ -121,6 +129,10 @@ def hooks_check(ctx: Context) -> Check:
             continue
         if module not in text:
             problems.append(f"hooks/{name} is not shipyard's (does not run {module})")
+            continue
+        changeable = owner.untrusted(path) + owner.untrusted(Path(interpreter))
+        if os.geteuid() == 0 and changeable:
+            problems.append(f"hooks/{name}: {interpreter} not run as root ({changeable[0]})")
             continue
         probe = subprocess.run(
             [interpreter, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
@@ -233,6 +245,21 @@ def supervisor_check(ctx: Context) -> Check:
         return Check("supervisord", FAIL, f"cannot check: {exc}", "see shipyard.toml [supervisor]")
 
 
+def boot_check(ctx: Context) -> Check:
+    """Will the app's processes come back after a reboot?"""
+    from .boot import started_by
+
+    live = ctx.app.live_release()
+    if not live or not (ctx.app.releases / live / "Procfile").is_file():
+        return Check("boot", SKIP, "no processes to start")
+    if ctx.host is not None and (ctx.host.supervisor or {}).get("mode") == "system":
+        return Check("boot", SKIP, "the system supervisord runs the processes")
+    by, fix = started_by(ctx.app)
+    if by:
+        return Check("boot", OK, f"processes started at boot by {by}")
+    return Check("boot", WARN, "nothing starts the processes at boot: down until a push", fix)
+
+
 def disk_check(ctx: Context) -> Check:
     usage = shutil.disk_usage(ctx.app.dir)
     free_gib = usage.free / (1 << 30)
@@ -300,6 +327,52 @@ def ssh_keys_check(ctx: Context) -> Check:
     return Check("ssh keys", OK, f"{len(keys)} key(s), each limited to push and shipyard commands")
 
 
+def index_check(ctx: Context, timeout: float = 10.0) -> Check:
+    """Can this user reach the package index, with the settings and CAs uv will be given?"""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    from . import venv
+
+    if (ctx.host.installer if ctx.host else "uv") != "uv":
+        return Check("index", SKIP, "installer is pip: pip reads its own configuration")
+    if os.environ.get("UV_OFFLINE"):
+        return Check("index", SKIP, "UV_OFFLINE is set: venvs are built from uv's cache only")
+    env = {**os.environ, **venv.uv_environment()}
+    index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "https://pypi.org/simple"
+    parts = urlsplit(index)
+    where = venv.carried() or "uv's defaults"
+    if parts.scheme not in ("http", "https"):
+        return Check("index", OK, f"{index} (a local index; {where})")
+    insecure = parts.hostname in env.get("UV_INSECURE_HOST", "").split()
+    context = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE") or None)
+    if insecure:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", parts.path.rstrip("/") + "/pip/", headers={"User-Agent": "shipyard"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Check(
+            "index",
+            FAIL,
+            f"{index} cannot be reached as {os.environ.get('USER') or os.getuid()}: {reason} "
+            f"({where})",
+            "add the index's CA to the system store (update-ca-certificates) or set cert = … in "
+            "/etc/pip.conf; a proxy goes in HTTPS_PROXY for the deploy user",
+        )
+    finally:
+        conn.close()
+    return Check("index", OK, f"{index} answers (HTTP {status}; {where})")
+
+
 CHECKS: list[Callable[[Context], Check]] = [
     git_check,
     layout_check,
@@ -307,9 +380,11 @@ CHECKS: list[Callable[[Context], Check]] = [
     git_config_check,
     permissions_check,
     supervisor_check,
+    boot_check,
     disk_check,
     receivers_check,
     ssh_keys_check,
+    index_check,
 ]
 
 
@@ -346,4 +421,8 @@ def report(app: App, results: list[Check], out=sys.stdout) -> int:
 
 def main(args) -> int:
     app = App.at(args.app, args.root)
-    return report(app, run_checks(app, root_given=app.root != default_root().absolute()))
+    root_given = app.root != default_root().absolute()
+    user = owner.first_owner(app.dir) if os.geteuid() == 0 else None
+    if user is not None:  # root: check as the app's owner
+        return owner.call_as(user, lambda: report(app, run_checks(app, root_given=root_given)))
+    return report(app, run_checks(app, root_given=root_given))

@@ -36,3 +36,7 @@ class PhaseError(ShipyardError):
 
 class LockTimeout(ShipyardError):
     """Another deploy held the app's lock for longer than we were willing to wait."""
+
+
+class RootRefused(ShipyardError):
+    """Pushed code would run as root on a host that does not allow it (``shipyard.guard``)."""

@@ -16,9 +16,13 @@ The file holds a list of faults, each fired once (then removed from the file)::
      {"at": "switch", "when": "end", "action": "kill"}]
 
 ``at`` names a point: a deploy phase (``checkout`` … ``finish``, entered —
-``when = "start"``, the default — or just completed — ``"end"``), or
-``receive`` (proc-receive, just after it moved the branch). ``kill`` sends the
-process SIGKILL, right away or ``delay`` seconds later while the phase runs.
+``when = "start"``, the default — or just completed — ``"end"``; in a peer's
+receiver too, armed in the peer's own ``run/``), a batch of a many-host
+rollout (``batch-1``, ``batch-2`` … as it starts), or ``receive``
+(proc-receive, just after it moved the branch). ``kill`` sends the process
+SIGKILL, right away or ``delay`` seconds later while the phase runs. ``fail``
+fails the phase as a phase fails (``PhaseError``); ``raise`` raises an
+exception no phase expects (``Injected``, a ``RuntimeError``), as a bug would.
 ``pause`` writes ``run/faults.paused`` (who paused, where) and waits until that
 file is removed (at most ``timeout`` seconds, default 300): meanwhile a test
 kills the pushing client, stops supervisord, or pushes again.
@@ -37,6 +41,10 @@ from pathlib import Path
 
 FILE = "faults.json"
 PAUSED = "faults.paused"
+
+
+class Injected(RuntimeError):
+    """The ``raise`` fault: an exception of no kind the phases know (a bug, in effect)."""
 
 
 def _path(run: Path) -> Path:
@@ -118,6 +126,12 @@ def point(run: Path, at: str, when: str = "start", number: int | None = None) ->
             timer.start()
             return
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "fail":
+        from .errors import PhaseError
+
+        raise PhaseError(f"injected failure at {at} {when}")
+    elif action == "raise":
+        raise Injected(f"injected exception at {at} {when}")
     elif action == "pause":
         paused = run / PAUSED
         note = {"pid": os.getpid(), "at": at, "when": when, "deploy": number}

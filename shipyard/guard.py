@@ -5,6 +5,12 @@ the processes) as the user the deploy runs as. As root, a push could do
 anything to the host, so deploys refuse to run as root unless the host's
 ``shipyard.toml`` sets ``allow_root = true`` (throwaway containers, the test
 suite); ``shipyard init --allow-root`` writes it.
+
+``check_not_root`` is the one check: every way in that runs pushed code calls
+it first (proc-receive, the deploy worker, ``deploy``/``rollback``/``recover``/
+``processes --start``, each receiver request), and so does
+``release.command_env``, the environment every pushed command runs in, so a
+way in that forgot it still cannot run pushed code as root.
 """
 
 from __future__ import annotations
@@ -12,20 +18,28 @@ from __future__ import annotations
 import os
 
 from .app import App
-from .config import HostConfig
-from .errors import ShipyardError
+from .config import HostConfig, load_host_config
+from .errors import RootRefused
+
+REFUSAL = "refusing to deploy as root: the pushed code would run as root"
 
 
-def root_problem(app: App, host: HostConfig) -> str | None:
-    if os.geteuid() == 0 and not host.allow_root:
-        return "refusing to deploy as root: the pushed code would run as root"
-    return None
+def root_problem(app: App, host: HostConfig | None = None) -> str | None:
+    if os.geteuid() != 0:
+        return None
+    if host is None:
+        try:
+            host = load_host_config(app.config_file)
+        except OSError:  # no host config: nothing allows root
+            return REFUSAL
+    return None if host.allow_root else REFUSAL
 
 
-def check_not_root(app: App, host: HostConfig) -> None:
+def check_not_root(app: App, host: HostConfig | None = None) -> None:
+    """Raise the one-line refusal when running as root on a host that does not allow it."""
     problem = root_problem(app, host)
     if problem:
-        raise ShipyardError(problem, root_hint(app))
+        raise RootRefused(problem, root_hint(app))
 
 
 def root_hint(app: App) -> str:

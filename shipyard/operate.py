@@ -204,18 +204,27 @@ def migrations_between(app: App, from_release: str | None, to_release: str) -> l
     return list(dict.fromkeys(applied))
 
 
-def migrations_note(app: App, live: str | None, target: str) -> str | None:
-    """The warning a deploy gives when it makes ``target`` live over the newer ``live``."""
+def migrations_notes(app: App, live: str | None, target: str) -> list[str]:
+    """The warnings a deploy gives when it makes ``target`` live over the newer ``live``:
+    the migrations applied since, and deploys since whose migrate command listed nothing."""
+    notes = []
     applied = migrations_between(app, live, target)
-    if not applied:
-        return None
-    shown = ", ".join(applied[:4])
-    if len(applied) > 4:
-        shown += f" and {len(applied) - 4} more"
-    return (
-        f"{len(applied)} migration(s) applied since {target} stay applied: {shown}; "
-        "the older code runs against the newer schema (reverse them by hand if needed)"
-    )
+    if applied:
+        shown = ", ".join(applied[:4])
+        if len(applied) > 4:
+            shown += f" and {len(applied) - 4} more"
+        notes.append(
+            f"{len(applied)} migration(s) applied since {target} stay applied: {shown}; "
+            "the older code runs against the newer schema (reverse them by hand if needed)"
+        )
+    unknown = migrate.unknown_between(app, live, target) if live else []
+    if unknown:
+        which = ", ".join(f"#{n}" for n in unknown)
+        notes.append(
+            f"migrations may have run since {target}: deploy {which} ran a migrate command "
+            "that cannot list what it applied (set migrate_check to know)"
+        )
+    return notes
 
 
 def older_release_notes(app: App, sha: str) -> list[str]:
@@ -236,8 +245,7 @@ def older_release_notes(app: App, sha: str) -> list[str]:
                 break
     if target is None or target == live:
         return []
-    note = migrations_note(app, live, target)
-    return [note] if note else []
+    return migrations_notes(app, live, target)
 
 
 # --- running a deploy in the foreground --------------------------------------
@@ -374,7 +382,7 @@ def rollback(
                 f"see `shipyard releases {app.name}`",
             )
     manifest = release.Manifest.load(app.release_dir(target))
-    note = migrations_note(app, live, target)
+    notes = migrations_notes(app, live, target)
     extra = {"run-release": ""} if run_release else {}
     return run_foreground(
         app,
@@ -383,6 +391,6 @@ def rollback(
         "rollback",
         {**options, **extra},
         release_id=target,
-        notes=[note] if note else [],
+        notes=notes,
         term=term,
     )

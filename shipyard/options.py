@@ -15,6 +15,7 @@ KNOWN = {
     "wait": "wait for the deploy's outcome even where the host says push_wait = false",
     "color": "never, always or auto",
     "message": "a note recorded in the deploy history",
+    "maintenance": "serve the maintenance page from before the migrations until verified",
 }
 COLORS = ("never", "always", "auto")
 FLAGS = ("skip-migrate", "no-restart", "no-wait", "wait")

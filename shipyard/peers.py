@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import release
+from . import faults, release
 from .app import App
 from .config import HostConfig, load_host_config, read_secret
 from .errors import PhaseError, ShipyardError
@@ -47,29 +47,9 @@ def phase(name: str) -> Phase:
     return next(p for p in PHASES if p.name == name)
 
 
-def run_phases(d: Deploy, names: tuple[str, ...], done: list[Phase] | None = None) -> str | None:
-    """Run the named phases of ``deploy.PHASES`` as a deploy does; on failure undo those that
-    ran and return ``"<phase> failed: <message>"`` (None when all went well)."""
-    from .deploy import explain, report, revert
-
-    done = [] if done is None else done
-    for step in [phase(n) for n in names]:
-        t0 = time.monotonic()
-        try:
-            with d.out.ticking(step.name):
-                detail = step.run(d)
-        except (ShipyardError, OSError) as exc:
-            d.timings[step.name] = round(time.monotonic() - t0, 3)
-            message = explain(d, step, exc)
-            revert(d, done)
-            done.clear()
-            return f"{step.name} failed: {message}"
-        d.timings[step.name] = round(time.monotonic() - t0, 3)
-        if step.name == "switch":
-            d.switched_at = time.time()
-        report(d, step, detail)
-        done.append(step)
-    return None
+def plan(names: tuple[str, ...]) -> list[Phase]:
+    """The named phases of ``deploy.PHASES``, for ``deploy.attempt`` (receivers, the rollout)."""
+    return [phase(n) for n in names]
 
 
 def load_release(d: Deploy) -> None:
@@ -85,6 +65,14 @@ def load_release(d: Deploy) -> None:
     d.out.mask = Masker(d.env)
 
 
+def load_undo(d: Deploy) -> None:
+    """Fill in the release (as ``load_release``) and what its switch wrote down for its undo."""
+    from .deploy import load_undo
+
+    load_release(d)
+    load_undo(d)
+
+
 class Prefixed(io.TextIOBase):
     """A stream that hands each complete line to another Reporter, tagged ``[host]``."""
 
@@ -95,7 +83,7 @@ class Prefixed(io.TextIOBase):
         self.buf += text
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
-            self.target.line(f"  [{self.label}] {line.strip()}")
+            self.target.relay(f"  [{self.label}] {line.strip()}")  # made safe by its reporter
         return len(text)
 
 
@@ -127,11 +115,35 @@ class PeerState:
     objects: int = 0
     bytes_sent: int = 0
     aborted: bool = False
+    error_reverting: str | None = None
     task: threading.Thread | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.address
+
+    def note(self) -> dict:
+        """What the journal keeps of it: enough to send it back after the primary died."""
+        return {
+            "address": self.address,
+            "name": self.name,
+            "live_before": self.live_before,
+            "reused": self.reused,
+        }
+
+    @classmethod
+    def from_note(cls, note: dict, app: App, secret: bytes | None, host: HostConfig) -> PeerState:
+        from shipyard.receiver.client import Peer
+
+        address = str(note.get("address"))
+        pin = host.peer_tls.get(address)
+        return cls(
+            Peer(address, app.name, secret or b"", host.peer_timeout, pin),
+            address,
+            name=str(note.get("name") or ""),
+            live_before=note.get("live_before"),
+            reused=bool(note.get("reused")),
+        )
 
 
 @dataclass
@@ -158,7 +170,10 @@ class Cluster:
                 "set secret_file (a file only the deploy user can read) on every host; "
                 "see docs/hosts.md",
             )
-        peers = [PeerState(Peer(a, app.name, secret, host.peer_timeout), a) for a in active]
+        peers = [
+            PeerState(Peer(a, app.name, secret, host.peer_timeout, host.peer_tls.get(a)), a)
+            for a in active
+        ]
         return cls(peers, [p for p in host.drained if p in host.peers])
 
 
@@ -216,6 +231,7 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
                 "pusher": d.pusher,
                 "tag": d.tag,
                 "options": d.options,
+                "kind": d.kind,  # a rollback: the peer must have this release, good, as it is
             },
             on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
             idempotent=False,
@@ -266,9 +282,14 @@ def prepare(d: Deploy) -> str:
     if failed:
         abort(d)
         names = ", ".join(p.label for p in failed)
+        what = (
+            f"roll back to a release every host still has (`shipyard releases {d.app.name}`)"
+            if d.kind == "rollback"
+            else f"fix {names} and push again"
+        )
         raise PhaseError(
             "; ".join(f"{p.label} ({p.address}): {p.error or 'not prepared'}" for p in failed),
-            f"nothing switched anywhere; fix {names} and push again, or drain it "
+            f"nothing switched anywhere; {what}, or drain {names} "
             f'(drained = ["{failed[0].address}"] in {d.app.config_file})',
         )
     sent = sum(p.bytes_sent for p in cluster.peers)
@@ -355,12 +376,15 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
 def switch_local(d: Deploy, label: str) -> str | None:
     """The primary's own switch → restart → verify, its lines tagged like a peer's."""
     out = d.out
+    from .deploy import attempt
+
     d.out = Reporter(Prefixed(out, label), color=out.color, heartbeat=out.heartbeat)
     d.out.mask = out.mask
     try:
-        return run_phases(d, ROLLOUT, d.cluster.local_done)
+        failure = attempt(d, plan(ROLLOUT), d.cluster.local_done)
     finally:
         d.out = out
+    return str(failure) if failure else None
 
 
 def rollout(d: Deploy) -> str:
@@ -373,7 +397,10 @@ def rollout(d: Deploy) -> str:
     out = d.out
     failures: list[str] = []
     times: list[float] = []
+    if d.journal is not None:  # whoever recovers this deploy if it dies sends every host back
+        d.journal.update(peers=[p.note() for p in cluster.peers])
     for number, batch in enumerate(batches, 1):
+        faults.point(d.app.run, f"batch-{number}", "start", d.number)
         if len(batches) > 1:
             labels = ", ".join(local if h is None else h.label for h in batch)
             out.line(f"  … batch {number}/{len(batches)}: {labels}")
@@ -404,36 +431,47 @@ def rollout(d: Deploy) -> str:
 
 def rollback(d: Deploy) -> None:
     """Undo of rollout: every host that switched (or may have) goes back to its previous."""
-    from shipyard.receiver.client import PeerError
-
     from .deploy import revert
 
     cluster: Cluster = d.cluster
     revert(d, cluster.local_done)
     cluster.local_done.clear()
-    live = d.app.live_release()
 
     def one(p: PeerState) -> None:
-        if p.switched is False:
-            return
-        try:
-            p.client.call(
-                "POST",
-                "revert",
-                {
-                    "release": d.release_id,
-                    "previous": p.previous if p.switched else p.live_before,
-                    "discard": not p.reused,
-                },
-            )
-            p.switched = False
-        except PeerError as exc:
-            d.out.warn(
-                f"{p.label}: could not switch back ({exc.message}); it converges to "
-                f"{live or 'the live release'} on the next deploy or `shipyard sync {d.app.name}`"
-            )
+        if p.switched is not False:
+            revert_peer(d.app, p, d.release_id, p.previous if p.switched else p.live_before, d.out)
+            if not p.error_reverting:
+                p.switched = False
 
     parallel(one, cluster.peers)
+
+
+def revert_peer(app: App, p: PeerState, rid: str, previous: str | None, out: Reporter) -> None:
+    """Have a peer go back from ``rid`` (if live there) and discard it unless it was kept."""
+    from shipyard.receiver.client import PeerError
+
+    try:
+        result = p.client.call(
+            "POST", "revert", {"release": rid, "previous": previous, "discard": not p.reused}
+        )
+        p.error_reverting = None if result.get("ok") else str(result.get("error"))
+    except PeerError as exc:
+        p.error_reverting = exc.message
+    if p.error_reverting:
+        out.warn(
+            f"{p.label}: could not switch back ({p.error_reverting}); it converges to "
+            f"{app.live_release() or 'the live release'} on the next deploy or "
+            f"`shipyard sync {app.name}`"
+        )
+
+
+def go_back(app: App, host: HostConfig, rid: str, noted: list[dict], out: Reporter) -> list[str]:
+    """Every peer of an interrupted rollout (as its journal noted them) goes back from ``rid``;
+    returns the labels of those that could not be reached."""
+    secret = read_secret(host, app.config_file) if noted else None
+    states = [PeerState.from_note(n, app, secret, host) for n in noted]
+    parallel(lambda p: revert_peer(app, p, rid, p.live_before, out), states)
+    return [p.label for p in states if p.error_reverting]
 
 
 def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
@@ -453,9 +491,15 @@ def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
 # --- status and sync (outside deploys) --------------------------------------
 
 
-def peers_status(app: App) -> list[dict]:
-    """Every host of the app with its live release and health; the primary first."""
+def peers_status(app: App, processes: bool = False) -> list[dict]:
+    """Every host of the app with its live release and health; the primary first.
+
+    With ``processes``, each row also has ``serving``: the releases its app processes
+    run in (from /proc), None where that cannot be told.
+    """
     from shipyard.receiver.client import Peer, PeerError
+
+    from . import supervise
 
     host = load_host_config(app.config_file)
     live = app.live_release()
@@ -471,26 +515,46 @@ def peers_status(app: App) -> list[dict]:
             "error": None,
         }
     ]
+    if processes:
+        rows[0]["serving"] = supervise.serving(app)
     secret = read_secret(host, app.config_file) if host.peers else None
+    query = {"processes": "1"} if processes else None
 
     def one(address: str) -> dict:
         row = {"host": "", "address": address, "role": "peer", "live": None, "sha": None}
         if address in host.drained:
             row.update(state="drained", error=None)
         try:
-            info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5)).call(
-                "GET", "info", retries=1
+            pin = host.peer_tls.get(address)
+            info = Peer(address, app.name, secret or b"", min(host.peer_timeout, 5), pin).call(
+                "GET", "info", query=query, retries=1
             )
         except (PeerError, ShipyardError) as exc:
             if address not in host.drained:
                 row.update(state="unreachable", error=exc.message)
             return row
         row.update(host=info.get("name") or "", live=info.get("live"), sha=info.get("live_sha"))
+        if processes:
+            row["serving"] = info.get("serving")
         if address not in host.drained:
             row.update(state="in sync" if info.get("live") == live else "differs", error=None)
         return row
 
     return rows + parallel(one, list(host.peers))
+
+
+def disagreements(rows: list[dict]) -> list[str]:
+    """Where the hosts of ``peers_status(app, processes=True)`` do not serve one release."""
+    primary = rows[0]["live"] if rows else None
+    found = []
+    for r in rows:
+        name = r.get("host") or r["address"]
+        serving = r.get("serving")
+        if r.get("live") and serving and serving != [r["live"]]:
+            found.append(f"{name} serves {', '.join(serving)} (current {r['live']})")
+        if r["role"] == "peer" and r.get("state") == "differs":
+            found.append(f"{name} has {r.get('live') or 'nothing'} live, this host {primary}")
+    return found
 
 
 def sync(app: App, out: Reporter) -> bool:
@@ -584,7 +648,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     import json
 
     app = App.at(args.app, args.root).require()
-    rows = peers_status(app)
+    rows = peers_status(app, processes=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -594,7 +658,10 @@ def cmd_peers(args: argparse.Namespace) -> int:
             f"{name:<16} {r['address']:<22} {r['role']:<8} {r['state']:<12} "
             f"{r['live'] or '-'}" + (f"  ({r['error']})" if r.get("error") else "")
         )
-    return 0 if all(r["state"] not in ("unreachable", "differs") for r in rows) else 1
+    disagree = disagreements(rows)
+    for problem in disagree:
+        print(f"! {problem}")
+    return 0 if not disagree and all(r["state"] != "unreachable" for r in rows) else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -616,16 +683,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from shipyard.receiver.server import serve
+    from shipyard.receiver.server import main
 
-    return serve(args.listen, args.root, max_pack=args.max_pack << 20)
+    return main(args)
 
 
 def add_commands(sub) -> None:
     """`shipyard receiver`, `shipyard peers APP`, `shipyard sync APP` (called by cli.py)."""
+    from shipyard.receiver.server import add_arguments
+
     p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
-    p.add_argument("--listen", required=True, metavar="ADDR:PORT")
-    p.add_argument("--max-pack", type=int, default=512, metavar="MiB", help="largest pack taken")
+    add_arguments(p)
     p.set_defaults(func=cmd_receiver)
     p = sub.add_parser("peers", help="every host of an app with its live release")
     p.add_argument("app")

@@ -120,7 +120,9 @@ def planned(app: App, host: HostConfig, release_id: str | None) -> list:
         procfile = (
             parse_procfile(procfile_path.read_text(), "Procfile") if procfile_path.is_file() else {}
         )
-        wanted = prov.plan(procfile, config.processes, release_id, host.port, config.stop_grace)
+        wanted = prov.plan(
+            procfile, config.processes, release_id, host.port, config.stop_grace, config.signals
+        )
     except (ShipyardError, OSError):
         return []
     return list(wanted.values())
@@ -180,6 +182,11 @@ def _resume(
     left = f"; stopped {stopped} process(es) it left running" if stopped else ""
     out.line(f"  ↻ {what} was interrupted at {phase}{left}")
     live = app.live_release()
+    if rid and stale.get("peers") is not None and phase not in ("post-migrate", "finish"):
+        outcome = go_back(app, host, out, by, stale)
+        if not into_log:
+            _log_line(app, number, f"shipyard ▸ interrupted at {phase}; {by}: every host went back")
+        return outcome
     if phase in RESUME_AT and rid and live == rid:
         out.line(f"  ↻ it had switched current to {rid}: completing it")
         ok = complete(app, host, held, out, by, stale)
@@ -221,11 +228,8 @@ def _resume(
     return "interrupted"
 
 
-def complete(
-    app: App, host: HostConfig, held: lock.Held, out: Reporter, by: str, stale: dict
-) -> bool:
-    """Finish a deploy killed after its switch, from where it stopped (undo on failure)."""
-    phase = stale["phase"]
+def from_note(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> deploy.Deploy:
+    """The interrupted deploy as its note describes it, to finish or undo it here."""
     d = deploy.Deploy(
         app=app,
         host=host,
@@ -241,19 +245,58 @@ def complete(
     )
     d.reused = bool(stale.get("reused"))
     d.previous = stale.get("previous")
-    d.recovery = {"by": by, "phase": phase, "at": time.time()}
+    d.recovery = {"by": by, "phase": stale.get("phase"), "at": time.time()}
+    return d
+
+
+def complete(
+    app: App, host: HostConfig, held: lock.Held, out: Reporter, by: str, stale: dict
+) -> bool:
+    """Finish a deploy killed after its switch, from where it stopped (undo on failure)."""
+    phase = stale["phase"]
+    d = from_note(app, host, out, by, stale)
     d.journal = held
-    d.processes["before"] = planned(app, host, d.previous)
     done = [p for p in deploy.PHASES if p.name in ("checkout", "switch")]
     try:
-        peers.load_release(d)
+        peers.load_undo(d)  # the processes that ran before, as restart wrote them down
         if d.manifest is None:
             raise ShipyardError(f"release {d.release_id} has no readable manifest")
     except (ShipyardError, OSError) as exc:
         d.timings["switch"] = 0.0
-        deploy.fail(d, done[-1], done, exc)
+        deploy.fail(d, deploy.undo(d, done[-1], done, exc))
         return False
-    return deploy.run(d, deploy.PHASES[_NAMES.index(RESUME_AT[phase]) :], done)
+    if "before" not in d.processes:  # killed before restart wrote them (or an older note)
+        d.processes["before"] = planned(app, host, d.previous)
+    resume_at = RESUME_AT[phase]
+    if resume_at == "restart":
+        d.processes.pop("running", None)  # restart runs again, handing over from what runs
+    else:  # restart ran: its undo is owed if what follows fails
+        done.append(next(p for p in deploy.PHASES if p.name == "restart"))
+    return deploy.run(d, deploy.PHASES[_NAMES.index(resume_at) :], done)
+
+
+def go_back(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> str:
+    """A primary killed during its many-host rollout: not every host had verified, so every
+    host goes back to the release it ran before, as it wrote down when it switched."""
+    d = from_note(app, host, out, by, stale)
+    rid = d.release_id
+    if app.live_release() == rid:
+        d.timings["rollout"] = 0.0
+        with contextlib.suppress(ShipyardError, OSError):
+            peers.load_undo(d)
+        deploy.revert(d, [p for p in deploy.PHASES if p.name in ("checkout", "switch", "restart")])
+    elif not d.reused:
+        deploy.discard(d)
+    lost = peers.go_back(app, host, rid, stale.get("peers") or [], out)
+    deploy.reset_branch(d)
+    back = app.live_release()
+    where = f"every host went back to {back}" if back else "nothing is live"
+    if lost:
+        where += f" (not {', '.join(lost)}, unreachable: `shipyard sync {app.name}` converges it)"
+    message = f"interrupted during the rollout of {rid}; {where}"
+    deploy.record(d, "interrupted", 0.0, failed_phase="rollout", error=message, live=back)
+    out.line(f"  ↻ {message}")
+    return "interrupted"
 
 
 def run(

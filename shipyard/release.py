@@ -7,7 +7,6 @@ directory that looks like a release but is not one.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -88,19 +87,26 @@ def nearly_full(path: Path) -> bool:
 
 
 def check_symlinks(tree: Path) -> None:
-    """Refuse a symlink that points outside the release: following it would reach into the host."""
-    base = Path(os.path.abspath(tree))
+    """Refuse a symlink that resolves outside the release: following it would reach the host.
+
+    Each link is resolved on the real filesystem, every link along its chain
+    included: ``s -> .`` and ``up -> s/..`` each look inside when read as text,
+    yet ``up`` is the release's parent.
+    """
+    base = os.path.realpath(tree)
     for dirpath, dirnames, filenames in os.walk(tree):
         for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
                 continue
             link = os.readlink(path)
-            resolved = Path(os.path.normpath(Path(dirpath) / link))
-            if os.path.isabs(link) or not resolved.is_relative_to(base):
-                rel = path.relative_to(tree)
+            resolved = os.path.realpath(path)
+            inside = resolved == base or resolved.startswith(base + os.sep)
+            if os.path.isabs(link) or not inside:
+                rel = os.path.relpath(path, tree)
+                where = os.path.relpath(resolved, base) if inside else resolved
                 raise PhaseError(
-                    f"symlink {rel} -> {link} points outside the release",
+                    f"symlink {rel} -> {link} points outside the release (it resolves to {where})",
                     "make it a relative link to a file inside the repository, or remove it",
                 )
 
@@ -136,7 +142,12 @@ def switch(app: App, release_id: str) -> str | None:
 
     Returns what ``current`` pointed at before, so the caller can switch back.
     """
-    previous = app.live_release()
+    previous = app.live_release()  # None also when current is no release: replaced as new
+    if os.path.isdir(app.current) and not os.path.islink(app.current):
+        raise PhaseError(
+            f"{app.current} is a directory, not a link to a release: the switch would replace it",
+            f"move it away (mv {app.current} {app.current}.old), then deploy again",
+        )
     tmp = app.dir / f".current-{os.getpid()}"
     if tmp.is_symlink():
         tmp.unlink()
@@ -161,6 +172,9 @@ class Manifest:
     migrations: list[str] | None = None
     builds: dict[str, str] | None = None
     live_at: float | None = None  # when a deploy last made it live (pinned pushes, rollbacks)
+    # what going back from it needs, written by the switch and restart that made it live:
+    # {"deploy": N, "previous": release id, "processes": [the programs that ran before]}
+    undo: dict | None = None
 
     def save(self, release: Path) -> None:
         path = release / MANIFEST
@@ -243,8 +257,9 @@ def remove(app: App, release_id: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def prune(app: App, keep: int) -> list[str]:
-    """Keep the ``keep`` most recently live good releases and the live one; drop the rest.
+def prune(app: App, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Keep the ``keep`` most recently live good releases, the live one and ``protect``;
+    drop the rest.
 
     Recency, not build time: a release made live again by a pinned push or a
     rollback counts as new, so the release it replaced is the one kept for the
@@ -258,10 +273,14 @@ def prune(app: App, keep: int) -> list[str]:
             key=lambda item: (recency(item[1]), item[0]),
         )
     ]
-    kept = set(good[-keep:]) | ({live} if live else set())
+    kept = set(good[-keep:]) | ({live} if live else set()) | set(protect)
     removed = []
+    in_use = None
     for rid, _ in releases(app):
         if rid not in kept:
+            in_use = running_from(app) if in_use is None else in_use
+            if rid in in_use:  # e.g. after -o no-restart: its processes still need its files
+                continue
             remove(app, rid)
             removed.append(rid)
     for stray in app.releases.glob(".t*-*"):
@@ -270,28 +289,47 @@ def prune(app: App, keep: int) -> list[str]:
     return removed
 
 
+def running_from(app: App) -> set[str]:
+    """Releases that a running process uses: its cwd, its executable or a mapped file.
+
+    Read from /proc for every process we may inspect (the app's supervised processes,
+    and anything else run from a release, e.g. a one-off command).
+    """
+    base = os.path.realpath(app.releases) + os.sep
+    used: set[str] = set()
+
+    def note(path: str) -> bool:
+        if path.startswith(base):
+            used.add(path[len(base) :].split(os.sep, 1)[0])
+            return True
+        return False
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if note(os.readlink(f"/proc/{pid}/cwd")) | note(os.readlink(f"/proc/{pid}/exe")):
+                continue
+            with open(f"/proc/{pid}/maps", errors="replace") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and note(fields[5].strip()):
+                        break
+        except OSError:
+            continue
+    return used
+
+
 def shared_env(app: App) -> dict[str, str]:
     """The app's ``shared/.env``, parsed by python-dotenv (values are never printed)."""
     path = app.shared / ".env"
     if not path.is_file():
         return {}
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
+    from .settings import parse
 
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
-    # python-dotenv only logs a warning for a line it cannot parse and then drops it, which
-    # would deploy with a variable silently missing: refuse instead, without echoing the line.
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            raise ConfigError(
-                f"{path}:{binding.original.line}: cannot parse this line of .env "
-                "(not shown: it may hold a secret)",
-                "write KEY=value, one per line; quote a value that has spaces, '#' or quotes",
-            )
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    return parse(text, str(path))
 
 
 def layout_env(app: App, release: Path) -> dict[str, str]:
@@ -304,7 +342,13 @@ def layout_env(app: App, release: Path) -> dict[str, str]:
 
 
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
-    """Environment for commands run in a release: its venv first on PATH, the app's .env loaded."""
+    """Environment for commands run in a release: its venv first on PATH, the app's .env loaded.
+
+    Every pushed command runs in it, so it is also the root guard's last word.
+    """
+    from .guard import check_not_root
+
+    check_not_root(app)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
     venv_dir = release / ".venv"
     merged = {**base, **env}

@@ -1,8 +1,11 @@
 """What the pusher reads: one line per phase, timed, and one last line that says what is live.
 
-Output is line-based (git prefixes each line with ``remote:`` and newer clients
-mask control characters such as ``\\r``), coloured only when wanted, and
-written to the deploy's log, which the post-receive hook streams.
+Output is line-based (git prefixes each line with ``remote:``), coloured only
+when wanted, and written to the deploy's log, which the post-receive hook
+streams. Everything a reporter prints that it did not write itself (file names,
+command output, messages, tags, push options, a peer's lines) is masked and
+then escaped (``escape``): a control character shows as ``\\x1b`` or ``\\n``
+and is never acted on, so the only colour and the only new lines are shipyard's.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 GREEN, RED, YELLOW, DIM, BOLD, RESET = (
     "\033[32m",
@@ -24,8 +27,18 @@ GREEN, RED, YELLOW, DIM, BOLD, RESET = (
     "\033[0m",
 )
 SECRET_KEY = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|DSN|DATABASE_URL|_URL$", re.I)
-URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)([^@\s]+)(@)")
+# scheme://[user]:password@host: the user may be empty (redis://:pw@host); the password runs
+# to the authority's last "@" (a raw "@" in it is common), never past a "/" or a space.
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^/\s]+)(@)")
+# password=… as a URL's query (?password=…) or a libpq keyword string (host=db password=…)
+KEYWORD_PASSWORD = re.compile(r"(\b(?:password|passwd)=)('[^']*'|[^\s&#;'\"]+)", re.I)
+MIN_SECRET = 4  # shorter fragments are masked only where a pattern above finds them
 MAX_LINE = 400
+# What a terminal acts on rather than shows: C0 controls but tab (ESC starts colour and cursor
+# moves, CR and LF start a line), DEL, C1 controls (U+009B is a one-character ESC [), the line
+# and paragraph separators and the bidi overrides and isolates (they reorder what is shown).
+UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
 class Skip(str):
@@ -33,21 +46,46 @@ class Skip(str):
 
 
 class Masker:
-    """Hides secret values (from the app's .env) in anything we echo."""
+    """Hides secret values (from the app's .env) in anything we echo.
+
+    Masked: the value of every secret-looking key; every line of every multi-line
+    value (a PEM key is printed line by line); every password found in a value's
+    URLs or ``password=`` settings, as written, percent-decoded and -encoded; and,
+    in any text, whatever stands in a URL's or a ``password=`` password place.
+    """
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        secrets = {v for k, v in (env or {}).items() if v and len(v) >= 4 and SECRET_KEY.search(k)}
-        # a password inside a URL (DATABASE_URL) may be echoed on its own, e.g. by a driver
-        for value in (env or {}).values():
-            for match in URL_PASSWORD.finditer(value or ""):
-                password = match.group(2)
-                secrets.update(p for p in (password, unquote(password)) if len(p) >= 4)
-        self.values = sorted(secrets, key=len, reverse=True)
+        secrets: set[str] = set()
+        for key, value in (env or {}).items():
+            value = value or ""
+            if SECRET_KEY.search(key) or "\n" in value:
+                secrets.add(value)
+                secrets.update(line.strip() for line in value.splitlines())
+            # a password inside a URL (DATABASE_URL) may be echoed on its own, e.g. by a driver
+            for match in [*URL_PASSWORD.finditer(value), *KEYWORD_PASSWORD.finditer(value)]:
+                password = match.group(2).strip("'")
+                secrets.update((password, unquote(password), quote(password, safe="")))
+        self.values = sorted((v for v in secrets if len(v) >= MIN_SECRET), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self.values:
             text = text.replace(value, "********")
-        return URL_PASSWORD.sub(r"\1********\3", text)
+        text = URL_PASSWORD.sub(r"\1********\3", text)
+        return KEYWORD_PASSWORD.sub(r"\1********", text)
+
+
+def escape(text: str) -> str:
+    """Untrusted text as it must reach a terminal: each control character written out.
+
+    Printable text, UTF-8 included (é, ✓), is kept as it is.
+    """
+
+    def spell(match: re.Match) -> str:
+        char = match.group()
+        code = ord(char)
+        return NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return UNSAFE.sub(spell, text)
 
 
 def clip(line: str, limit: int = MAX_LINE) -> str:
@@ -68,38 +106,49 @@ class Reporter:
     def _paint(self, text: str, code: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
 
-    def line(self, text: str = "") -> None:
+    def safe(self, text: str) -> str:
+        """``text`` made fit to print: secrets masked, control characters escaped, clipped."""
+        return clip(escape(self.mask(text)))
+
+    def _write(self, line: str) -> None:
         with self._lock:
             try:
-                self.out.write(clip(self.mask(text)) + "\n")
+                self.out.write(line + "\n")
                 self.out.flush()
             except OSError:
                 # a full disk under the log: the deploy (and its undo) must go on regardless
                 self.lost += 1
 
+    def line(self, text: str = "") -> None:
+        self._write(self.safe(text))
+
+    def relay(self, line: str) -> None:
+        """A line another reporter of this process already made safe (``peers.Prefixed``)."""
+        self._write(clip(line, 2 * MAX_LINE))
+
     def title(self, text: str) -> None:
-        self.line(self._paint(f"shipyard ▸ {text}", BOLD))
+        self._write(self._paint(f"shipyard ▸ {self.safe(text)}", BOLD))
 
     def ok(self, phase: str, seconds: float, detail: str = "") -> None:
         mark = self._paint("✓", GREEN)
-        self.line(f"  {mark} {phase:<14} {seconds:5.2f}s  {detail}".rstrip())
+        self._write(f"  {mark} {phase:<14} {seconds:5.2f}s  {self.safe(detail)}".rstrip())
 
     def skip(self, phase: str, detail: str) -> None:
-        self.line(f"  {self._paint('-', DIM)} {phase:<14}    -    {detail}".rstrip())
+        self._write(f"  {self._paint('-', DIM)} {phase:<14}    -    {self.safe(detail)}".rstrip())
 
     def fail(self, phase: str, seconds: float, detail: str) -> None:
         mark = self._paint("✗", RED)
-        self.line(f"  {mark} {phase:<14} {seconds:5.2f}s  {detail}".rstrip())
+        self._write(f"  {mark} {phase:<14} {seconds:5.2f}s  {self.safe(detail)}".rstrip())
 
     def warn(self, text: str) -> None:
-        self.line(self._paint(f"  ! {text}", YELLOW))
+        self._write(self._paint(f"  ! {self.safe(text)}", YELLOW))
 
     def detail(self, lines: Iterable[str], prefix: str = "    │ ") -> None:
         for text in lines:
             self.line(f"{prefix}{text}")
 
     def final(self, text: str, good: bool) -> None:
-        self.line(self._paint(f"shipyard ▸ {text}", GREEN if good else RED))
+        self._write(self._paint(f"shipyard ▸ {self.safe(text)}", GREEN if good else RED))
 
     @contextmanager
     def ticking(self, phase: str) -> Iterator[None]:

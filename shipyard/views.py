@@ -79,6 +79,7 @@ def status(app: App) -> dict:
         latest = deploys[-1] if deploys else {}
         if (
             latest.get("outcome") == "interrupted"
+            and latest.get("release") in (None, live_id)  # not one that went back
             and switched
             and (entry is None or switched > (ended(entry) or 0) + 1)
         ):
@@ -104,11 +105,12 @@ def status(app: App) -> dict:
         if last_live or os.path.lexists(app.current):
             current_missing = {
                 "dangling": os.readlink(app.current) if os.path.islink(app.current) else None,
+                "problem": app.current_problem(),  # e.g. current -> ../../.., not a release
                 "last_live": (last_live or {}).get("release"),
             }
     lock_file = history.deploy_lock(app)
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
-    branch, hosts = None, None
+    branch, hosts, disagree = None, None, []
     config_problem = None
     try:
         host = load_host_config(app.config_file)
@@ -116,9 +118,10 @@ def status(app: App) -> dict:
 
         branch = {"name": host.branch, "sha": branch_tip(app, f"refs/heads/{host.branch}")}
         if host.peers:
-            from .peers import peers_status
+            from .peers import disagreements, peers_status
 
-            hosts = peers_status(app)
+            hosts = peers_status(app, processes=True)
+            disagree = disagreements(hosts)
     except ShipyardError as exc:  # deploys refuse it: say why here too
         config_problem = {"message": exc.message, "hint": exc.hint}
     except Exception:  # noqa: BLE001 - status shows what it can
@@ -137,7 +140,15 @@ def status(app: App) -> dict:
         "rollback_to": rollback_target(app),
         "processes": processes(app),
         "hosts": hosts,
+        "disagree": disagree,  # many hosts: where they do not serve one release
+        "notify": notify_problems(app),
     }
+
+
+def notify_problems(app: App) -> list[dict]:
+    from . import notify
+
+    return notify.problems(app)
 
 
 def outcome_text(entry: dict) -> str:
@@ -185,15 +196,13 @@ def render_status(s: dict) -> str:
                 )
             )
     else:
-        lines.append(f"{s['app']}: nothing is live")
-        missing = s.get("current_missing")
+        missing = s.get("current_missing") or {}
+        problem = missing.get("problem")
+        lines.append(
+            f"{s['app']}: nothing is live" + (" (no valid live release)" if problem else "")
+        )
         if missing:
-            what = (
-                f"current points at {missing['dangling']}, which is gone"
-                if missing["dangling"]
-                else "current is missing (deleted by hand?)"
-            )
-            lines.append(fit(f"  ! {what}", WIDTH))
+            lines.append(fit(f"  ! {problem or 'current is missing (deleted by hand?)'}", WIDTH))
             if missing["last_live"]:
                 lines.append(fit(f"  ! last live: releases/{missing['last_live']}", WIDTH))
             lines.append(fit(f"  ! the next deploy sets it: shipyard deploy {s['app']}", WIDTH))
@@ -223,6 +232,14 @@ def render_status(s: dict) -> str:
             lines.append(
                 fit(f"  note       interrupted at {how.get('phase')}, then completed", WIDTH)
             )
+    for failed in s.get("notify") or []:  # webhooks whose last delivery did not arrive
+        lines.append(
+            fit(
+                f"  ! webhook {failed['webhook']}: #{failed.get('deploy')} {failed.get('event')} "
+                f"not delivered ({failed.get('error')}; {failed.get('attempts', 1)} tries)",
+                WIDTH,
+            )
+        )
     branch = s.get("branch") or {}
     live_sha = (live or {}).get("sha")
     if (
@@ -250,6 +267,10 @@ def render_status(s: dict) -> str:
         if row.get("error"):
             text += f": {row['error']}"
         lines.append(fit(f"  {'hosts' if i == 0 else '':<10} {text}", WIDTH))
+    if s.get("disagree"):
+        lines.append("  ! the hosts disagree: not one release is served everywhere")
+        lines += [fit(f"  ! {problem}", WIDTH) for problem in s["disagree"]]
+        lines.append(fit(f"  ! bring them together: shipyard deploy {s['app']}", WIDTH))
     return "\n".join(lines)
 
 
@@ -334,6 +355,8 @@ def render_releases(r: dict) -> str:
     for row in reversed(r["releases"]):
         venv = (row["venv"] or "-")[:6] if row["venv_present"] or not row["venv"] else "gone"
         migr = "-" if row["migrations"] is None else str(len(row["migrations"]))
+        if row["migrations"] is None and row["state"] == "good":
+            migr = "?"  # a migrate command ran that cannot list what it applied
         mark = "* " if row["live"] else ("↩ " if row["id"] == r["rollback_to"] else "  ")
         line = (
             mark
@@ -382,4 +405,6 @@ def render_history(h: dict) -> str:
             by + (f": {message}" if message else ""),
         )
         lines.append(fit(line, WIDTH))
+        if e.get("live") and e.get("outcome") == "interrupted":  # a rollout that went back
+            lines.append(fit(f"      ↳ {str(e.get('error')).split('; ', 1)[-1]}", WIDTH))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,50 @@ def processes_under(root: Path) -> list[int]:
             if (cwd == base or cwd.startswith(base + "/")) and int(pid) != os.getpid():
                 found.append(int(pid))
     return found
+
+
+def user_pids(uid: int) -> list[int]:
+    """The live processes of ``uid`` (zombies are gone already; only their parent can reap them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid != uid:
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def end_user_processes(uid: int) -> None:
+    """TERM, then KILL, every process the test user owns (by pid), until none is left."""
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        for pid in user_pids(uid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while user_pids(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def remove_user(name: str) -> None:
+    """A throw-away deploy user gone: its processes (by pid), home, and provisioned venv."""
+    import pwd
+
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    end_user_processes(uid)
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+    shutil.rmtree(f"/usr/local/lib/shipyard/{name}", ignore_errors=True)
+    unit = Path("/etc/systemd/system") / f"shipyard-{name}.service"  # provision's boot start
+    (unit.parent / "multi-user.target.wants" / unit.name).unlink(missing_ok=True)
+    unit.unlink(missing_ok=True)
+    assert not Path(f"/home/{name}").exists()
 
 
 def run(

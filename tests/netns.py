@@ -17,11 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import HOSTS, Host, free_port
+from conftest import HOSTS, Host, free_port, processes_under, run
+from httpload import fetch
 
 LOCK = Path("/tmp/shipyard-netns.lock")
 NAME = re.compile(r"^sy-(\d+)-(\d+)$")
@@ -156,6 +158,11 @@ def wait_listening(address: str, port: int, timeout: float = 15.0) -> None:
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 PORT = 7070
+# GET / from inside a peer's namespace, where its web listens on 127.0.0.1:8000
+FETCH = (
+    "import urllib.request, sys; sys.stdout.write("
+    "urllib.request.urlopen('http://127.0.0.1:8000/', timeout=10).read().decode())"
+)
 
 
 def set_config(path: Path, **values: object) -> None:
@@ -179,6 +186,7 @@ class PeerHost:
     app: str
     log: Path
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()  # more `shipyard receiver` options (TLS, limits)
 
     @property
     def address(self) -> str:
@@ -233,12 +241,12 @@ class Cluster:
         config = root / self.app / "shipyard.toml"
         set_config(config, secret_file=str(self.secret_file), name=name, peer_timeout=5)
 
-    def add_peer(self, join: bool = True) -> PeerHost:
+    def add_peer(self, join: bool = True, args: tuple[str, ...] = ()) -> PeerHost:
         node = self.net.add()
         name = f"web{len(self.peers) + 2}"
         root = self.base / name
         self.init(root, name)
-        peer = PeerHost(node, root, name, self.app, self.base / f"{name}-receiver.log")
+        peer = PeerHost(node, root, name, self.app, self.base / f"{name}-receiver.log", args=args)
         self.peers.append(peer)
         self.start(peer)
         if join:
@@ -262,6 +270,7 @@ class Cluster:
             "receiver",
             "--listen",
             peer.address,
+            *peer.args,
             log=peer.log,
             env=self.env,
         )
@@ -277,3 +286,51 @@ class Cluster:
             return Path(os.readlink(self.dir / "current")).name
         except OSError:
             return None
+
+    @property
+    def port(self) -> int:
+        """The primary's web port (peers' are 8000, each in its own namespace)."""
+        for line in self.config.read_text().splitlines():
+            if line.split("=")[0].strip() == "port":
+                return int(line.split("=")[1])
+        return 8000
+
+    def hosts(self) -> list[PeerHost | None]:
+        """Every host: None for the primary, then the peers."""
+        return [None, *self.peers]
+
+    def serves(self, peer: PeerHost | None = None) -> str:
+        """What GET / answers on the host (the primary when ``peer`` is None)."""
+        if peer is None:
+            status, body = fetch(self.port)
+            assert status == 200, body
+            return body
+        return run(*peer.node.cmd(sys.executable, "-c", FETCH)).stdout
+
+    def running(self, peer: PeerHost | None = None) -> set[str]:
+        """The releases the host's app processes run in (their /proc/<pid>/cwd)."""
+        app_dir = self.dir if peer is None else peer.dir
+        releases = os.path.realpath(app_dir / "releases")
+        found = set()
+        for pid in processes_under(app_dir.parent):
+            with contextlib.suppress(OSError):
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                if cwd.startswith(releases + "/"):
+                    found.add(cwd[len(releases) + 1 :].split("/")[0])
+        return found
+
+    def assert_serving(self, text: str, release: str | None = None, out: str = "") -> None:
+        """Every host: ``current`` is ``release`` (default: the primary's), GET / answers with
+        ``text`` in it, and its processes run that release only (an old web drains for a
+        moment after a handover: waited for, up to 30 s)."""
+        release = release or self.live()
+        for peer in self.hosts():
+            name = peer.name if peer else "web1"
+            live = peer.live() if peer else self.live()
+            assert live == release, (name, live, release, out)
+            page = self.serves(peer)
+            assert text in page, (name, page, text, out)
+            deadline = time.monotonic() + 30
+            while self.running(peer) != {release} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert self.running(peer) == {release}, (name, self.running(peer), release, out)

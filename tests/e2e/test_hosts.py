@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.
 
 SLOW_IF_MARKED = "if [ -e ../../shared/slow ]; then sleep 6; fi"
 FAIL_IF_MARKED = "if [ -e ../../shared/fail-build ]; then echo marker found; exit 7; fi"
+V1, V2 = "Hello from mysite v1", "v2"  # what GET / answers before and after the v2 commit
 
 
 @pytest.fixture
@@ -77,6 +78,7 @@ def test_a_push_deploys_every_host_and_sends_only_new_objects(tmp_path, cluster)
         assert peer.live() == live, first.out
         assert f"[{peer.name}] ✓ venv" in first.out and f"[{peer.name}] ✓ switch" in first.out
     assert "✓ prepare-peers" in first.out and "3 hosts on" in first.out
+    cluster.assert_serving(V1, live, first.out)
 
     work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from v2"\n'})
     second = work.push()
@@ -93,14 +95,9 @@ def test_a_push_deploys_every_host_and_sends_only_new_objects(tmp_path, cluster)
     status = json.loads(shipyard("--root", cluster.root, "peers", "mysite", "--json").stdout)
     assert [r["state"] for r in status] == ["live", "in sync", "in sync"]
     assert {r["host"] for r in status} == {"web1", "web2", "web3"}
-    for peer in peers:  # each host serves v2
-        page = run(*peer.node.cmd(sys.executable, "-c", FETCH)).stdout
-        assert "v2" in page
+    cluster.assert_serving("Hello from v2", live, second.out)  # each host serves v2
     status = shipyard("--root", cluster.root, "status", "mysite").stdout
     assert "hosts      web1 (primary)" in status and f"web2 ({peers[0].address})" in status
-
-
-FETCH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/').read())"
 
 
 def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster):
@@ -117,6 +114,7 @@ def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster
     assert "[web3] │ marker found" in result.out
     assert f"still live: {live}" in result.out
     assert cluster.live() == live and {p.name: p.live() for p in peers} == before
+    cluster.assert_serving(V1, live, result.out)
     for path in [cluster.dir] + [p.dir for p in peers]:
         assert not [r for r in releases(path) if r.endswith(sha[:7])], path  # discarded
     now = run("git", "--git-dir", cluster.dir / "repo.git", "rev-parse", "main").stdout
@@ -134,6 +132,7 @@ def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster
         assert time.monotonic() < deadline, [releases(p.dir) for p in peers]
         time.sleep(0.2)
     assert cluster.live() == live and {p.name: p.live() for p in peers} == before
+    cluster.assert_serving(V1, live, result.out)
 
 
 def test_a_receiver_killed_during_prepare_aborts_the_deploy(tmp_path, cluster):
@@ -151,14 +150,15 @@ def test_a_receiver_killed_during_prepare_aborts_the_deploy(tmp_path, cluster):
     assert push.returncode != 0  # the deploy failed, and so did the push (it exited 0 before)
     assert "✗ prepare-peers" in out and "web2" in out, out
     assert "connection lost during prepare" in out, out
-    assert cluster.live() == live and all(p.live() == live for p in peers)
+    cluster.assert_serving(V1, live, out)
     # back up, marker gone: the same commit deploys everywhere on a re-push
     (peers[0].dir / "shared" / "slow").unlink()
     cluster.start(peers[0])
     work.git("commit", "-q", "--amend", "-m", "v2 again")
     again = work.push()
     assert "shipyard ▸ live" in again.out, again.out
-    assert all(p.live() == cluster.live() for p in peers) and cluster.live() != live
+    assert cluster.live() != live
+    cluster.assert_serving(V2, cluster.live(), again.out)
 
 
 def test_a_peer_cut_off_during_prepare_aborts_the_deploy(tmp_path, cluster):
@@ -178,7 +178,7 @@ def test_a_peer_cut_off_during_prepare_aborts_the_deploy(tmp_path, cluster):
     assert "✗ prepare-peers" in out and "web2" in out, out
     assert "no word for 5s during prepare" in out
     assert "could not discard" in out  # the abort could not reach it either, and says so
-    assert cluster.live() == live and all(p.live() == live for p in peers)
+    cluster.assert_serving(V1, live, out)
     rows = json.loads(shipyard("--root", cluster.root, "peers", "mysite", "--json").stdout)
     assert [r["state"] for r in rows] == ["live", "in sync", "in sync"]
 
@@ -200,9 +200,10 @@ def test_a_peer_cut_off_before_its_switch_switches_everyone_back(tmp_path, clust
         peers[1].node.mend()
     assert "✗ rollout" in out and "web3" in out and "unreachable" in out, out
     assert "[web2] ✓ switch" in out and "[web1] ✓ switch" in out  # they had switched…
-    assert cluster.live() == live and all(p.live() == live for p in peers)  # …and went back
+    cluster.assert_serving(V1, live, out)  # …and went back, processes too
     sync = shipyard("--root", cluster.root, "sync", "mysite")
     assert "every host is on" in sync.stdout
+    cluster.assert_serving(V1, live, sync.stdout)
 
 
 def test_added_and_drained_peers_converge(tmp_path, cluster):
@@ -215,6 +216,7 @@ def test_added_and_drained_peers_converge(tmp_path, cluster):
     result = work.push()
     assert f"peer {web2.address} is drained: skipped" in result.out
     assert cluster.live() != first and web2.live() == first
+    assert V2 in cluster.serves() and V1 in cluster.serves(web2)
     web3 = cluster.add_peer(join=False)
     netns.set_config(cluster.config, drained=[])
     cluster.join(web3)
@@ -222,8 +224,7 @@ def test_added_and_drained_peers_converge(tmp_path, cluster):
     assert [r["state"] for r in rows] == ["live", "differs", "differs"]
     sync = shipyard("--root", cluster.root, "sync", "mysite")
     assert "[web3] ✓ objects" in sync.stdout and "[web2] ✓ switch" in sync.stdout
-    assert web2.live() == web3.live() == cluster.live()
-    assert "v2" in (web3.dir / "current" / "mysite" / "version.py").read_text()
+    cluster.assert_serving(V2, cluster.live(), sync.stdout)
     again = shipyard("--root", cluster.root, "sync", "mysite")
     assert again.stdout.count("✓ in sync") == 2
 
@@ -262,7 +263,7 @@ def test_a_peer_back_after_a_deploy_converges_without_a_push(tmp_path, cluster):
     assert code == 0, log.read_text()
     text = log.read_text()
     assert "behind: web2" in text and "[web2] ✓ switch" in text and "every host is on" in text
-    assert "v2" in run(*web2.node.cmd(sys.executable, "-c", FETCH)).stdout
+    cluster.assert_serving("Hello from v2", cluster.live(), text)
     bad = shipyard("--root", cluster.root, "sync", "mysite", "--every", "0", check=False)
     assert bad.returncode == 1 and "--every 0: not a number of seconds above 0" in bad.stderr
 
@@ -279,13 +280,13 @@ def test_rolling_batches_switch_back_when_the_second_host_fails_verify(tmp_path,
     result = work.push(fails=True)
     assert "batch 1/3" in result.out and "batch 2/3" in result.out
     assert "batch 3/3" not in result.out and "✗ rollout" in result.out
-    assert cluster.live() == live and all(p.live() == live for p in peers)
+    cluster.assert_serving(V1, live, result.out)
 
 
 def signed_call(peer: netns.PeerHost, path: str, body: bytes = b"{}", **change) -> tuple:
     from shipyard.receiver import auth
 
-    headers = auth.sign(netns.SECRET.encode(), "POST", path, body)
+    headers = auth.sign(netns.SECRET.encode(), "POST", path, body, to=peer.address)
     headers.update(change.pop("headers", {}))
     conn = http.client.HTTPConnection(peer.node.address, netns.PORT, timeout=5)
     conn.request("POST", path, body=change.pop("send", body), headers=headers)
@@ -306,9 +307,11 @@ def test_forged_stale_and_replayed_requests_are_refused(cluster):
     replay = conn.getresponse()
     assert replay.status == 401 and "replayed" in replay.read().decode()
     assert signed_call(peer, path, body, headers={auth.H_TIME: "1"})[0] == 401  # breaks the MAC
-    stale = auth.sign(netns.SECRET.encode(), "POST", path, body, now=time.time() - 120)
+    stale = auth.sign(
+        netns.SECRET.encode(), "POST", path, body, now=time.time() - 120, to=peer.address
+    )
     assert "stale request" in signed_call(peer, path, body, headers=stale)[1]
-    forged = auth.sign(b"not-the-cluster-secret-at-all!!", "POST", path, body)
+    forged = auth.sign(b"not-the-cluster-secret-at-all!!", "POST", path, body, to=peer.address)
     assert "bad signature" in signed_call(peer, path, body, headers=forged)[1]
     assert "bad signature" in signed_call(peer, path, body, send=body.replace(b"1a", b"2b"))[1]
     unsigned = http.client.HTTPConnection(peer.node.address, netns.PORT, timeout=5)

@@ -9,7 +9,6 @@ test fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, Work, run, shipyard
+from conftest import EXAMPLES, Work, remove_user, run, shipyard
 from httpload import fetch
 from test_outcome import break_at
 
@@ -67,33 +66,6 @@ def free_port() -> int:
 def keygen(path: Path, comment: str) -> Path:
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path)
     return path
-
-
-def user_pids(uid: int) -> list[int]:
-    """The live processes of ``uid`` (zombies are gone already; only their parent can reap them)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid != uid:
-                    continue
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-def end_user_processes(uid: int) -> None:
-    """TERM, then KILL, every process the test user owns (by pid), until none is left."""
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-        for pid in user_pids(uid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while user_pids(uid) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 @dataclass
@@ -236,14 +208,7 @@ def server(tmp_path_factory):
                 sshd.kill()
                 sshd.wait()
         log.close()
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except KeyError:
-            uid = None
-        if uid is not None:
-            end_user_processes(uid)
-            subprocess.run(["userdel", "-r", user], capture_output=True)
-        assert not Path(f"/home/{user}").exists() or uid is None
+        remove_user(user)
 
 
 def clone_example(path: Path, url: str) -> Work:
@@ -309,11 +274,12 @@ def test_provision_creates_user_key_and_app(server: Server):
     assert (server.app / "repo.git" / "hooks" / "post-receive").stat().st_uid == entry.pw_uid
     keys = (server.home / ".ssh" / "authorized_keys").read_text()
     line = next(ln for ln in keys.splitlines() if "ssh-command alice" in ln)
-    for option in ("no-port-forwarding", "no-X11-forwarding", "no-agent-forwarding", "no-pty"):
+    for option in ("no-port-forwarding", "no-X11-forwarding", "no-agent-forwarding", "restrict"):
         assert option in line
     assert oct((server.home / ".ssh" / "authorized_keys").stat().st_mode & 0o777) == "0o600"
-    venv = server.home / ".shipyard" / "venv"
+    venv = Path("/usr/local/lib/shipyard") / server.user / "venv"
     assert venv.stat().st_uid == 0  # the deploy user runs shipyard but cannot change it
+    assert (server.home / ".shipyard" / "venv").resolve() == venv  # where earlier hooks look
     hook = (server.app / "repo.git" / "hooks" / "post-receive").read_text()
     assert hook.startswith(f"#!{venv}/bin/python")
 

@@ -44,6 +44,29 @@ def deployed(base: Path, push: bool = True):
         host.stop_processes()
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, request):
+    """(host, work): one deployed app for a module (``site = faultlib.site`` in it)."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with deployed(tmp_path_factory.mktemp(name)) as (host, work):
+        yield host, work
+
+
+@pytest.fixture
+def clean(site):
+    """(host, work, live): the clone at the host's branch, untracked files gone, before and
+    after a case; ``live`` is what was live, checked (``check_invariants``) before it."""
+    host, work = site
+
+    def reset() -> None:
+        work.git("reset", "-q", "--hard", host.branch())
+        work.git("clean", "-q", "-fdx")
+
+    reset()
+    yield host, work, check_invariants(host)
+    reset()
+
+
 @pytest.fixture
 def observe(request):
     """Record what a case tried and what happened, for docs/reliability.md."""

@@ -314,8 +314,102 @@ def test_extremely_long_output_lines(clean, observe):
     )
 
 
+def failed_at(host, work, before: str, phase: str) -> tuple[str, str]:
+    """Push; the deploy fails at ``phase``, before the switch: (its ✗ line's detail, output)."""
+    n = len(entries(host))
+    out = work.push().out
+    line = next(ln for ln in remote_lines(out) if f"✗ {phase}" in ln)
+    assert check_invariants(host) == before
+    assert entries(host)[n]["outcome"] == "failed"
+    return re.sub(rf"^.*✗ {phase}\s+\d+\.\d+s\s+", "", line), out
+
+
+def test_a_python_version_the_host_does_not_have(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`.python-version` asks for a Python the host does not have")
+    work.commit("old python", **{".python-version": "3.6\n"})
+    said, out = failed_at(host, work, before, "venv")
+    assert said.startswith(".python-version asks for Python 3.6, which is not installed")
+    assert "uv python install 3.6" in out and "download" not in out.lower()
+    row["outcome"] = f"deploy failed at venv, no download tried: `{said[:110]}…`"
+
+
+def test_allowed_hosts_refuse_the_health_probe(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`ALLOWED_HOSTS` without the host the health check sends")
+    settings = work.path / "mysite" / "settings.py"
+    text = settings.read_text()
+    work.commit(
+        "prod hosts", **{"mysite/settings.py": text.replace('["*"]', '["www.example.com"]')}
+    )
+    said, out = failed_at(host, work, before, "restart")
+    assert "got 400" in said and "an answer that waiting will not change" in said
+    assert "ALLOWED_HOSTS" in out and '[health] host = "your.domain"' in out
+    row["outcome"] = (
+        "deploy failed at restart after three 400s, not the 30 s timeout; the hint names "
+        "ALLOWED_HOSTS and `[health] host`; the old release kept serving"
+    )
+
+
 def test_status_json_after_bad_input(site):
     """Everything above left the app as it was: one live release, nothing running."""
     host, _, _ = site
     data = json.loads(sy(host, "status", "mysite", "--json").stdout)
     assert data["live"]["state"] == "good" and data["deploying"] is None
+
+
+OPERATE_BAD = [
+    (["config", "set", "mysite", "GREETING"], "has no '=': write KEY=VALUE"),
+    (["config", "set", "mysite", "9LIVES=1"], "'9LIVES' is not a valid environment variable name"),
+    (["config", "unset", "mysite", "NOT_SET"], "NOT_SET is not set in mysite"),
+    (["scale", "mysite", "web=-1"], "'web=-1': write TYPE=COUNT"),
+    (["scale", "mysite", "web=abc"], "'web=abc': write TYPE=COUNT"),
+    (["scale", "mysite", "worker=2"], "mysite has no process type 'worker'"),
+    (["restart", "mysite", "--process", "worker"], "mysite has no process type 'worker'"),
+    (["logs", "mysite", "--process", "worker"], "mysite has no process type 'worker'"),
+    (["run", "mysite", "--"], "no command given"),
+    (["config", "nosuchapp"], "no shipyard app at"),
+]
+
+
+def test_operating_commands_bad_input(clean, observe):
+    host, _, before = clean
+    row = observe(
+        "bad input",
+        "`config`/`scale`/`restart`/`logs`/`run` with bad input: `config set` without `=`, an "
+        "invalid key, `scale web=-1`/`web=abc`, an unknown process type, `run` with no command",
+    )
+    watched = [host.dir / "shared" / ".env", host.dir / "scale.json", host.dir / "run"]
+    state = [p.read_bytes() if p.is_file() else None for p in watched[:2]]
+    n = len(entries(host))
+    for args, message in OPERATE_BAD:
+        result = sy(host, *args, check=False)
+        assert result.returncode == 1, (args, result)
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert [p.read_bytes() if p.is_file() else None for p in watched[:2]] == state
+    assert len(entries(host)) == n and check_invariants(host) == before
+    row["outcome"] = "status 1, one line each, nothing changed: e.g. `" + (
+        sy(host, *OPERATE_BAD[3][0], check=False).stderr.strip() + "`"
+    )
+
+
+def test_config_set_that_breaks_the_app(clean, observe):
+    host, _, before = clean
+    row = observe("bad input", "`config set` of a value the app cannot start with")
+    env = host.dir / "shared" / ".env"
+    old = env.read_bytes() if env.exists() else None
+    served = faultlib.fetch(host.port)
+    result = sy(host, "config", "set", "mysite", "DJANGO_SETTINGS_MODULE=no.such", check=False)
+    assert result.returncode == 1
+    assert "failed the health check" in result.stderr or "exited on start" in result.stderr
+    assert (
+        "↩ processes back on releases/" in result.stdout and ".env back as it was" in result.stdout
+    )
+    assert (env.read_bytes() if env.exists() else None) == old
+    assert faultlib.fetch(host.port) == served and check_invariants(host) == before
+    assert entries(host)[-1]["outcome"] == "failed" and entries(host)[-1]["kind"] == "config"
+    row["outcome"] = (
+        "status 1, the previous processes kept serving, `.env` restored, history `failed`: `"
+        + result.stderr.strip().split("; ")[0]
+        + "`"
+    )

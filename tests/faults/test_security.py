@@ -152,12 +152,15 @@ def test_receiver_refuses_unsigned_requests(tmp_path, observe):
             conn.close()
 
     key = secret.read_text().strip().encode()
+    to = f"127.0.0.1:{server.server_address[1]}"  # requests are signed for this receiver
     try:
         seen = {}
         seen["unsigned"] = get({})
-        seen["mis-signed"] = get(auth.sign(b"not-the-cluster-secret-at-all!!", "GET", path, b""))
-        seen["stale"] = get(auth.sign(key, "GET", path, b"", now=time.time() - 3600))
-        headers = auth.sign(key, "GET", path, b"")
+        seen["mis-signed"] = get(
+            auth.sign(b"not-the-cluster-secret-at-all!!", "GET", path, b"", to=to)
+        )
+        seen["stale"] = get(auth.sign(key, "GET", path, b"", now=time.time() - 3600, to=to))
+        headers = auth.sign(key, "GET", path, b"", to=to)
         seen["signed"] = get(headers)
         seen["replayed"] = get(headers)
         assert seen["signed"][0] == 200, seen["signed"]

@@ -19,7 +19,7 @@ def test_unknown_key_names_line_and_known_keys():
     with pytest.raises(ConfigError) as err:
         parse_app_config('keep = 3\n\n[health]\npath = "/"\ncolour = "red"\n')
     assert "shipyard.toml:5: unknown key 'health.colour'" in str(err.value)
-    assert "known keys here: path, retries, status, timeout" in str(err.value)
+    assert "known keys here: host, https, path, retries, status, timeout" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,10 @@ def test_build_steps_plain_and_cached():
     assert [s.run for s in config.build] == ["make", "collect"]
     assert not config.build[0].cacheable and config.build[1].cacheable
     assert config.build[1].outputs == ("static",)
+
+
+def test_host_web_is_zero_or_unset():
+    assert parse_host_config("web = 0\n", "host.toml").web == 0
+    assert parse_host_config("", "host.toml").web is None
+    with pytest.raises(ConfigError, match="host.toml:2: web = 2: the only value is 0"):
+        parse_host_config("port = 8001\nweb = 2\n", "host.toml")

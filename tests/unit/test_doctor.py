@@ -6,10 +6,17 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from conftest import Host, run, shipyard
 
 from shipyard import doctor
 from shipyard.app import App
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """The index check stays on loopback in tests (test_realapps runs it against a local one)."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
 
 
 def check(host: Host, name: str) -> doctor.Check:
@@ -90,7 +97,7 @@ def test_permissions(host: Host):
 def test_layout(host: Host):
     (host.dir / "current").symlink_to("releases/20990101T000000Z-abcdef0")
     result = check(host, "layout")
-    assert result.status == "fail" and "which is not a release" in result.detail
+    assert result.status == "fail" and "no valid live release: current points at" in result.detail
     (host.dir / "current").unlink()
     (host.dir / "deploys").rmdir()
     assert check(host, "layout").detail == "missing: deploys/"
@@ -121,3 +128,35 @@ def test_unknown_app_is_one_line(tmp_path: Path):
     assert "no shipyard app at" in result.stderr and "shipyard init nope" in result.stderr
     invalid = shipyard("--root", tmp_path, "doctor", "../etc", check=False)
     assert invalid.returncode == 1 and "invalid app name" in invalid.stderr
+
+
+def test_boot(host: Host, monkeypatch, tmp_path: Path):
+    from shipyard import boot
+
+    assert check(host, "boot").status == doctor.SKIP  # nothing live: nothing to start
+    release = host.dir / "releases" / "20261201T000000Z-1a2b3c4"
+    release.mkdir(parents=True)
+    (release / "Procfile").write_text("web: gunicorn app:app\n")
+    (host.dir / "current").symlink_to(release)
+    home = Path(os.path.expanduser("~"))
+    monkeypatch.setattr(boot.pwd, "getpwnam", lambda _: type("E", (), {"pw_dir": str(home)}))
+    monkeypatch.setattr(boot, "SUPERVISOR_CONF_DIR", tmp_path / "conf.d")
+    monkeypatch.setattr(boot, "SYSTEMD_DIR", tmp_path / "systemd")
+    outside = check(host, "boot")  # this root is not the user's ~/apps
+    assert outside.status == doctor.WARN and "only" in outside.fix
+    monkeypatch.setattr(
+        boot.pwd, "getpwnam", lambda _: type("E", (), {"pw_dir": str(host.root.parent)})
+    )
+    missing = check(host, "boot")
+    assert missing.status == doctor.WARN and "down until a push" in missing.detail
+    assert "shipyard provision --user" in missing.fix
+    wants = tmp_path / "systemd" / "multi-user.target.wants"
+    wants.mkdir(parents=True)
+    user = boot.pwd.getpwuid(host.dir.stat().st_uid).pw_name
+    (tmp_path / "systemd" / f"shipyard-{user}.service").write_text("[Unit]\n")
+    assert "systemctl enable" in check(host, "boot").fix
+    (wants / f"shipyard-{user}.service").symlink_to(
+        tmp_path / "systemd" / f"shipyard-{user}.service"
+    )
+    ok = check(host, "boot")
+    assert ok.status == doctor.OK and "systemd (shipyard-" in ok.detail

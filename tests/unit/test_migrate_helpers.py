@@ -137,6 +137,8 @@ def test_unparsable_env_line_is_refused_with_file_and_line(tmp_path):
 
 def test_a_timed_out_command_is_stopped_with_its_children(tmp_path):
     d = SimpleNamespace(app=App.at("mysite", tmp_path), release=tmp_path, env={})
+    d.app.dir.mkdir()
+    d.app.config_file.write_text("allow_root = true\n")  # commands refuse root without it
     started = time.monotonic()
     ran = migrate.run_command(d, "sleep 30 & echo started; wait", timeout=1)
     assert ran.timed_out and ran.output == "started\n"

@@ -167,11 +167,75 @@ def test_with_peers_switch_restart_verify_become_one_rollout(tmp_path: Path):
         "checkout",
         "link",
         "venv",
+        "data",
         "build",
         "prepare-peers",
         "migrate",
         "release",
+        "data-check",
         "rollout",
         "post-migrate",
         "finish",
     ]
+
+
+def test_an_unexpected_exception_in_a_phase_is_undone_by_the_one_runner(tmp_path: Path):
+    """What a receiver runs for a peer's switch: a bug in a phase after the switch (not a
+    ShipyardError or OSError) is reported and the switch undone, like any failure."""
+    from shipyard import deploy
+    from shipyard.app import App
+
+    undone = []
+
+    def bug(d: Deploy) -> str:
+        raise RuntimeError("a bug")
+
+    plan = [
+        deploy.Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
+        deploy.Phase("restart", bug, lambda d: undone.append("restart")),
+    ]
+    out = io.StringIO()
+    d = Deploy(App(tmp_path, "mysite"), HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(out))
+    failure = deploy.attempt(d, plan)
+    assert str(failure).startswith("restart failed: internal error: RuntimeError: a bug")
+    assert undone == ["switch"] and "✗ restart" in out.getvalue()
+
+
+def test_a_phase_that_ran_is_undone_when_what_follows_it_fails(tmp_path: Path):
+    """An exception after a phase returned (its journal note, a fault point) undoes it too."""
+    from shipyard import deploy, faults
+    from shipyard.app import App
+
+    undone = []
+    plan = [
+        deploy.Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
+        deploy.Phase("restart", lambda d: "restarted", lambda d: undone.append("restart")),
+    ]
+    app = App(tmp_path, "mysite")
+    faults.arm(app.run, {"at": "restart", "when": "end", "action": "raise"})
+    d = Deploy(app, HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
+    failure = deploy.attempt(d, plan)
+    assert failure.phase.name == "restart" and "Injected" in failure.message
+    assert undone == ["restart", "switch"]
+
+
+def test_a_peer_keeps_the_release_it_would_go_back_to_until_the_cluster_commits(tmp_path: Path):
+    from shipyard import deploy, release
+    from shipyard.app import App
+
+    app = App(tmp_path, "mysite")
+    for n, rid in enumerate(("20260101T000000Z-aaaaaaa", "20260101T000001Z-bbbbbbb")):
+        app.release_dir(rid).mkdir(parents=True)
+        release.Manifest("a" * 40, "r", rid, n, "p", n, state="good", live_at=n).save(
+            app.release_dir(rid)
+        )
+    old, new = (r for r, _ in release.releases(app))
+    release.switch(app, new)
+    d = Deploy(app, HostConfig(keep=1), 2, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
+    d.release_id, d.previous, d.committed = new, old, False
+    d.manifest = release.Manifest.load(app.release_dir(new))
+    deploy.finish(d)
+    assert [r for r, _ in release.releases(app)] == [old, new]  # a revert still has it
+    d.committed = True
+    deploy.finish(d)
+    assert [r for r, _ in release.releases(app)] == [new]

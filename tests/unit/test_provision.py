@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def test_bad_input_is_refused_before_anything_happens(tmp_path: Path, alice: Pat
     one_line_error(twice, "are the same key")
     bad_app = shipyard("provision", "--app", "My App", check=False)
     one_line_error(bad_app, "invalid app name")
+    port_alone = shipyard("provision", "--port", "8001", check=False)
+    one_line_error(port_alone, "--port is the web port of an app")
 
 
 def test_not_root_is_refused_in_one_line(monkeypatch, alice: Path):
@@ -95,7 +98,8 @@ def test_authorized_keys_merge_is_idempotent_and_keeps_other_lines(alice: Path, 
     assert changes == ["authorise key alice (ssh-ed25519) with the forced command"]
     line = next(ln for ln in text.splitlines() if "alice" in ln)
     assert line.startswith(f'command="{BIN} ssh-command alice",no-port-forwarding,')
-    assert "no-pty" in line and "no-agent-forwarding" in line and "no-X11-forwarding" in line
+    assert ",restrict,pty ssh-ed25519 " in line  # a pty only for `shipyard run` (shell.py)
+    assert "no-agent-forwarding" in line and "no-X11-forwarding" in line
     assert admin in text.splitlines()
     assert merge_authorized_keys(text, [a], BIN) == (text, [])
     text2, changes = merge_authorized_keys(text, [b], BIN)
@@ -113,7 +117,7 @@ def test_authorized_keys_merge_is_idempotent_and_keeps_other_lines(alice: Path, 
 
 
 def test_supervisor_without_the_system_package_is_left_to_shipyard(tmp_path: Path):
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     notes: list[str] = []
     changes = configure_supervisor(lay, conf_dir=tmp_path / "none", note=notes.append)
     assert changes == [] and "each app runs shipyard's own supervisord" in notes[0]
@@ -124,7 +128,7 @@ def test_supervisor_without_the_system_package_is_left_to_shipyard(tmp_path: Pat
 def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     lay.state.mkdir(parents=True)
     monkeypatch.setattr(host, "enable_supervisor_program", lambda: "enabled it")
     dry = configure_supervisor(lay, conf_dir=conf_dir, dry_run=True)
@@ -136,14 +140,54 @@ def test_supervisor_with_the_system_package(tmp_path: Path, monkeypatch):
     assert "[program:shipyard-deploy]" in program and "user = deploy" in program
     assert "[include]" not in program  # root's supervisord never reads files deploy can write
     user_conf = lay.supervisord_conf.read_text()
-    assert f"files = {lay.apps}/*/run/programs.conf" in user_conf
+    # it starts each app's own supervisord at its start (boot), never the apps' programs itself
+    assert "[include]" not in user_conf and "programs.conf" not in user_conf
+    assert f"command = {lay.shipyard_bin} --root {lay.apps} boot" in user_conf
     assert configure_supervisor(lay, conf_dir=conf_dir) == []
+    assert host.configure_boot(lay, conf_dir=conf_dir) == []  # Debian's supervisor boots it
+
+
+def test_without_the_system_package_a_systemd_unit_starts_the_apps_at_boot(
+    tmp_path: Path, monkeypatch
+):
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
+    lay.state.mkdir(parents=True)
+    systemd = tmp_path / "systemd"
+    systemd.mkdir()
+    monkeypatch.setattr(host, "SYSTEMD_DIR", systemd)
+    enabled: list[list[str]] = []
+
+    def fake_run(args, **kw):
+        enabled.append([str(a) for a in args])
+        (systemd / "multi-user.target.wants").mkdir(exist_ok=True)
+        (systemd / "multi-user.target.wants" / args[-1]).symlink_to(systemd / args[-1])
+
+    monkeypatch.setattr(host.subprocess, "run", fake_run)
+    monkeypatch.setattr(host.shutil, "which", lambda *a, **k: "/bin/systemctl")
+    notes: list[str] = []
+    none = tmp_path / "none"
+    dry = host.configure_boot(lay, conf_dir=none, dry_run=True, note=notes.append)
+    assert dry[:2] == [f"write {lay.supervisord_conf}", f"write {systemd}/shipyard-deploy.service"]
+    assert not lay.supervisord_conf.exists() and not enabled
+    changes = host.configure_boot(lay, conf_dir=none, note=notes.append)
+    assert changes[-1] == "enable shipyard-deploy.service (starts deploy's apps at boot)"
+    assert enabled == [["/bin/systemctl", "enable", "shipyard-deploy.service"]]
+    unit = (systemd / "shipyard-deploy.service").read_text()
+    assert "User=deploy" in unit and "WantedBy=multi-user.target" in unit
+    assert f"ExecStart={lay.venv}/bin/supervisord -n -c {lay.supervisord_conf}" in unit
+    assert "boot" in lay.supervisord_conf.read_text()
+    assert host.configure_boot(lay, conf_dir=none, note=notes.append) == []  # idempotent
+    assert host.configure_boot(lay, mode="none", conf_dir=none) == []
+    monkeypatch.setattr(host, "SYSTEMD_DIR", tmp_path / "nosystemd")
+    notes.clear()
+    host.configure_boot(lay, conf_dir=none, note=notes.append)
+    assert notes and "no systemd" in notes[0] and "runuser -u deploy -- " in notes[0]
 
 
 def test_many_hosts_programs_run_as_the_deploy_user(tmp_path: Path, monkeypatch):
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
-    lay = Layout("deploy", tmp_path / "home")
+    lay = Layout("deploy", tmp_path / "home", os.getuid(), os.getgid())
     lay.state.mkdir(parents=True)
     monkeypatch.setattr(host, "enable_supervisor_program", lambda *_: "enabled it")
     configure_supervisor(lay, conf_dir=conf_dir, receiver="10.0.0.2:7070", sync=["mysite"])
@@ -165,3 +209,21 @@ def test_many_hosts_programs_run_as_the_deploy_user(tmp_path: Path, monkeypatch)
 def test_a_receiver_address_that_is_not_one_is_refused(address: str):
     with pytest.raises(ProvisionError, match="write ADDR:PORT"):
         host.check_listen_address(address)
+
+
+def test_provision_installs_cron_when_it_is_missing(monkeypatch):
+    import io
+
+    def which(name, path=None):
+        return None if name == "crontab" else f"/usr/bin/{name}"
+
+    ran = []
+    monkeypatch.setattr(host.shutil, "which", which)
+    step = host.Provisioner(host.Options(dry_run=True), out=io.StringIO())
+    monkeypatch.setattr(step, "run", lambda *args, **kw: ran.append(args))
+    step.cron()
+    assert step.changes == ["install cron (Debian package; runs the apps' [cron] jobs)"]
+    assert ran == []  # a dry run installs nothing
+    step.o.dry_run = False
+    step.cron()
+    assert ran == [("apt-get", "install", "-y", "-qq", "cron")]

@@ -54,3 +54,64 @@ def test_push_options():
     assert not wants_color({"color": "never"}, {})
     assert not wants_color({}, {"NO_COLOR": "1"})
     assert wants_color({"color": "always"}, {"NO_COLOR": "1"})
+
+
+def test_escape_spells_out_control_characters_and_keeps_utf8():
+    from shipyard.report import escape
+
+    assert (
+        escape("x\n\x1b[32m✓\x1b[0m ok\r\x00\x7f\x9b")
+        == "x\\n\\x1b[32m✓\\x1b[0m ok\\r\\x00\\x7f\\x9b"
+    )
+    assert escape("café ✓ tab\there") == "café ✓ tab\there"
+    assert escape("a\u202eb\u2028c") == "a\\u202eb\\u2028c"
+
+
+def test_reporter_colours_only_its_own_marks():
+    out = io.StringIO()
+    reporter = Reporter(out, color=True)
+    reporter.ok("build", 0.1, "x\n\x1b[32m✓\x1b[0m verify")
+    reporter.final("live: \x1b[31mred", good=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  \x1b[32m✓\x1b[0m build           0.10s  x\\n\\x1b[32m✓\\x1b[0m verify"
+    assert lines[1] == "\x1b[32mshipyard ▸ live: \\x1b[31mred\x1b[0m" and len(lines) == 2
+
+
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+    "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----"
+)
+
+
+def test_masker_hides_every_line_of_a_multiline_value():
+    mask = Masker({"SIGNING_KEY": PEM, "BANNER": "first line here\nsecond line here"})
+    for line in PEM.splitlines():
+        assert mask(f"    │ {line}") == "    │ ********"
+    assert mask(PEM) == "********"
+    assert "second line" not in mask("x second line here y")  # multi-line, whatever its name
+
+
+@pytest.mark.parametrize(
+    ("env", "printed", "hidden"),
+    [
+        ({"REDIS_URL": "redis://:Pw@127.0.0.1:6379/0"}, "redis://:Pw@127.0.0.1:6379", "Pw@"),
+        ({"CACHE": "redis://cache:c4che-pw@h:6379"}, "AUTH c4che-pw failed", "c4che-pw"),
+        ({"X": "postgres://app:s%40fe-pass@db/app"}, "password s@fe-pass wrong", "s@fe-pass"),
+        ({"X": "postgres://app:s@fe-pass@db/app"}, "dsn app:s%40fe-pass@db", "s%40fe-pass"),
+        ({"X": "amqp://u:p@ss-word@mq/vhost"}, "amqp://u:p@ss-word@mq/vhost", "ss-word"),
+        ({"X": "postgres://db/app?password=qu3ry-pw"}, "using qu3ry-pw", "qu3ry-pw"),
+        ({"X": "host=db password='lib pq pw'"}, "auth 'lib pq pw'", "lib pq pw"),
+        ({}, "connect mysql://root:toor@db:3306/x", "toor"),
+        ({}, "connect redis://:x@db:6379/0", ":x@"),
+        ({}, "url https://db/app?sslmode=require&password=hunter2", "hunter2"),
+    ],
+)
+def test_masker_hides_url_passwords_in_any_form(env, printed, hidden):
+    masked = Masker(env)(printed)
+    assert hidden not in masked and "********" in masked, masked
+
+
+def test_masker_leaves_urls_without_passwords_alone():
+    mask = Masker({})
+    for text in ("http://localhost:8000/healthz", "https://example.com:443/a@b", "PWD=/srv"):
+        assert mask(text) == text

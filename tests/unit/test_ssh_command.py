@@ -133,3 +133,58 @@ def test_forced_command_execs_git_with_the_pusher(home: Path):
     )
     assert "capabilities" in result.stdout or result.stdout.startswith("0000")
     assert "allowed" in (home / ".shipyard" / "ssh.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "command, tail",
+    [
+        ("shipyard config mysite", ["config", "mysite"]),
+        ("shipyard config mysite --show", ["config", "mysite", "--show"]),
+        (
+            "shipyard config set mysite 'URL=postgres://u:p@db/x?a=1 b' DEBUG=0",
+            ["config", "set", "mysite", "URL=postgres://u:p@db/x?a=1 b", "DEBUG=0"],
+        ),
+        (
+            "shipyard config set mysite TOKEN --stdin",
+            ["config", "set", "mysite", "TOKEN", "--stdin"],
+        ),
+        ("shipyard config unset mysite A B", ["config", "unset", "mysite", "A", "B"]),
+        ("shipyard restart mysite --process web", ["restart", "mysite", "--process", "web"]),
+        ("shipyard processes mysite --start", ["processes", "mysite", "--start"]),
+    ],
+)
+def test_operating_commands_pass_with_their_data(home: Path, command: str, tail: list[str]):
+    argv = allowed(command, home)
+    assert argv == [*SHIPYARD, "--root", str(home / "apps"), *tail]
+
+
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        ("shipyard config set mysite ../x=1", "'../x=1' is not allowed"),
+        ("shipyard config --root=/ set mysite A=1", "is not allowed"),
+        ("shipyard config set /etc A=1", "'/etc' is not allowed"),
+        ("shipyard config mysite 'A=b c'", "is not allowed"),  # a value only after `set APP`
+        ("shipyard restart mysite --process ../web", "is not allowed"),
+        ("shipyard processes ../../etc --start", "is not allowed"),
+    ],
+)
+def test_operating_commands_refuse_paths_and_root(home: Path, command: str, reason: str):
+    with pytest.raises(Refused, match=reason.replace("(", r"\(")):
+        decide(command, home, home / "apps", SHIPYARD)
+
+
+def test_a_terminal_only_for_run(home: Path):
+    with pytest.raises(Refused, match="only allowed for `shipyard run`"):
+        decide("shipyard status mysite", home, home / "apps", SHIPYARD, tty=True)
+    with pytest.raises(Refused, match="only allowed for `shipyard run`"):
+        decide("git-upload-pack apps/mysite/repo.git", home, home / "apps", SHIPYARD, tty=True)
+
+
+def test_the_log_hides_config_values(tmp_path: Path, monkeypatch):
+    from shipyard.provision.shell import loggable
+
+    assert loggable("shipyard config set mysite 'TOKEN=s3cret x' A=1") == (
+        "shipyard config set mysite 'TOKEN=***' 'A=***'"
+    )
+    assert loggable("shipyard status mysite") == "shipyard status mysite"

@@ -1,0 +1,264 @@
+"""One-off commands in a release: ``shipyard run APP [--release ID] -- COMMAND [ARGS…]``.
+
+The command runs as the user running shipyard (over SSH: the deploy user),
+in the live release (or a kept one), with its virtualenv first on PATH and
+the app's ``shared/.env`` in the environment, as the processes get them. Its
+exit status is shipyard's. Its output is streamed through the deploy output's
+masking (values of secret-looking settings become ``********``): by line on
+pipes, by chunk under a terminal, where the command gets a pty of its own
+(``ssh -t … shipyard run mysite -- python manage.py shell``).
+
+It does not start while a deploy of the app is migrating its database: it
+waits for the migration to end, or fails at once with ``--no-wait``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable
+from pathlib import Path
+
+from . import history, lock, release
+from .app import App
+from .config import load_host_config
+from .errors import ShipyardError
+from .report import Masker
+
+MIGRATING = ("migrate", "post-migrate")
+FLUSH_AFTER = 0.1  # seconds without a newline before a partial line is shown anyway
+NOT_FOUND = 127
+
+
+def target(app: App, name: str | None) -> Path:
+    """The release to run in: the live one, or the kept release ``name`` names."""
+    from .operate import find_release
+
+    rid = find_release(app, name) if name else app.live_release()
+    if rid is None:
+        raise ShipyardError(f"nothing is live in {app.name} yet", "push first, or give --release")
+    problem = release.unusable(app, rid)
+    if problem:
+        raise ShipyardError(f"cannot run in it: {problem}", f"see `shipyard releases {app.name}`")
+    return app.release_dir(rid)
+
+
+def migrating(app: App) -> dict | None:
+    """The note of the deploy migrating the app's database right now, if one is."""
+    path = history.deploy_lock(app)
+    if not lock.is_held(path):
+        return None
+    note = lock.holder(path)
+    return note if note.get("phase") in MIGRATING else None
+
+
+def wait_for_migrations(app: App, wait: bool, say: Callable[[str], None]) -> None:
+    note = migrating(app)
+    if note is None:
+        return
+    what = f"{lock.describe(note)} is migrating {app.name}'s database"
+    if not wait:
+        raise ShipyardError(f"{what}: not run", "try again when it is done, or leave out --no-wait")
+    say(f"shipyard ▸ waiting: {what}")
+    while migrating(app) is not None:
+        time.sleep(0.2)
+
+
+class Stream:
+    """Bytes from the command to our output, masked; by line, or by chunk for a terminal."""
+
+    def __init__(self, out: int, mask: Masker, by_line: bool) -> None:
+        self.out = out
+        self.mask = mask
+        self.by_line = by_line
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.since = time.monotonic()
+
+    def feed(self, data: bytes) -> None:
+        self.pending += self.decoder.decode(data, final=not data)
+        if not self.by_line or not data:
+            self.flush()
+            return
+        cut = self.pending.rfind("\n") + 1
+        if cut:
+            self._write(self.pending[:cut])
+            self.pending = self.pending[cut:]
+            self.since = time.monotonic()
+
+    def tick(self) -> None:
+        if self.pending and time.monotonic() - self.since >= FLUSH_AFTER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self._write(self.pending)
+            self.pending = ""
+        self.since = time.monotonic()
+
+    def _write(self, text: str) -> None:
+        data = self.mask(text).encode()
+        with contextlib.suppress(BrokenPipeError):
+            while data:
+                data = data[os.write(self.out, data) :]
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
+    """Run with stdin inherited and stdout/stderr masked by line."""
+    try:
+        child = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError:
+        print(f"shipyard: {argv[0]}: command not found in the release", file=sys.stderr)
+        return NOT_FOUND
+    assert child.stdout and child.stderr
+    streams = {
+        child.stdout.fileno(): Stream(sys.stdout.fileno(), mask, by_line=True),
+        child.stderr.fileno(): Stream(sys.stderr.fileno(), mask, by_line=True),
+    }
+    with forwarding(child.pid):
+        while streams:
+            ready, _, _ = select.select(list(streams), [], [], FLUSH_AFTER)
+            for fd in ready:
+                data = os.read(fd, 65536)
+                streams[fd].feed(data)
+                if not data:
+                    del streams[fd]
+            for stream in streams.values():
+                stream.tick()
+        code = child.wait()
+    return 128 - code if code < 0 else code
+
+
+@contextlib.contextmanager
+def forwarding(pid: int):
+    """Hang-up, Ctrl-C and TERM reach the command (and end shipyard when it ends)."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.signal(s, forward) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
+    """Run under a pty of its own; our terminal raw, its size passed on, output masked."""
+    pid, master = pty.fork()
+    if pid == 0:  # the child: session leader with the pty as its terminal
+        try:
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"shipyard: {argv[0]}: {exc.strerror}\r\n".encode())
+        os._exit(NOT_FOUND)
+    stdin = sys.stdin.fileno()
+
+    def resize(*_: object) -> None:
+        with contextlib.suppress(OSError):
+            size = fcntl.ioctl(stdin, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+    resize()
+    saved_winch = signal.signal(signal.SIGWINCH, resize)
+    saved = termios.tcgetattr(stdin)
+    out = Stream(sys.stdout.fileno(), mask, by_line=False)
+    try:
+        tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
+        with forwarding(pid):
+            reading = [master, stdin]
+            while master in reading:
+                try:
+                    ready, _, _ = select.select(reading, [], [])
+                except InterruptedError:
+                    continue
+                if master in ready:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: the command closed its terminal
+                        data = b""
+                    out.feed(data)
+                    if not data:
+                        reading.remove(master)
+                if stdin in ready:
+                    data = os.read(stdin, 65536)
+                    if data:
+                        os.write(master, data)
+                    else:
+                        reading.remove(stdin)
+            _, status = os.waitpid(pid, 0)
+    finally:
+        termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, saved_winch)
+        os.close(master)
+    return exit_code(status)
+
+
+def split(words: list[str]) -> tuple[list[str], str | None, bool]:
+    """(command, --release, --no-wait) from what follows APP (argparse leaves them together)."""
+    release_name, no_wait = None, False
+    if "--" in words:
+        options, command = words[: words.index("--")], words[words.index("--") + 1 :]
+    else:  # no --: the options are the leading words that look like them
+        cut = 0
+        while cut < len(words) and words[cut].startswith("--"):
+            cut += 2 if words[cut] == "--release" else 1
+        options, command = words[:cut], words[cut:]
+    while options:
+        word = options.pop(0)
+        if word == "--no-wait":
+            no_wait = True
+        elif word == "--release" and options:
+            release_name = options.pop(0)
+        elif word.startswith("--release="):
+            release_name = word.split("=", 1)[1]
+        else:
+            raise ShipyardError(
+                f"unexpected {word!r} before --",
+                "usage: shipyard run APP [--release ID] -- COMMAND",
+            )
+    return command, release_name, no_wait
+
+
+def run(app: App, words: list[str], release_name: str | None = None, wait: bool = True) -> int:
+    """``shipyard run``: the command's exit status."""
+    from .guard import check_not_root
+
+    argv, named, no_wait = split(words)
+    release_name, wait = named or release_name, wait and not no_wait
+    if not argv:
+        raise ShipyardError(
+            "no command given", f"e.g. shipyard run {app.name} -- python manage.py check"
+        )
+    check_not_root(app, load_host_config(app.config_file))
+    cwd = target(app, release_name)
+    shared = release.shared_env(app)
+    env = release.command_env(app, cwd, shared)
+    env["SHIPYARD_PROCESS"] = "run"
+    wait_for_migrations(app, wait, lambda text: print(text, file=sys.stderr, flush=True))
+    sys.stdout.flush()
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return interactive(argv, cwd, env, Masker(shared))
+    return piped(argv, cwd, env, Masker(shared))

@@ -1,0 +1,115 @@
+"""Host-side process counts: ``shipyard scale APP web=3 worker=0``.
+
+The counts live on the host, in ``<app>/scale.json``, not in the app's repo:
+every deploy reads them, and they win over the app's ``[processes]`` (a type
+the pushed Procfile no longer has is ignored, not an error). A change is
+applied like a restart, under the deploy lock and numbered in history, but
+only the types whose count changed start afresh (the web through the
+blue/green handover: no request fails); ``TYPE=default`` drops a host count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from .app import App
+from .errors import ConfigError
+from .restart import check_type, handover, types
+
+COUNT = re.compile(r"^([A-Za-z0-9_]+)=(\d{1,3}|default)$")
+MAX = 100
+
+
+def path(app: App) -> Path:
+    return app.dir / "scale.json"
+
+
+def counts(app: App) -> dict[str, int]:
+    """The host's counts (``{}`` when none were set)."""
+    try:
+        data = json.loads(path(app).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path(app)}: cannot read it ({exc})", "fix or remove it") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in data.values()
+    ):
+        raise ConfigError(f"{path(app)}: must map process types to counts", "fix or remove it")
+    return data
+
+
+def counts_for(app: App, procfile: dict[str, str], app_counts: dict[str, int]) -> dict[str, int]:
+    """What a release runs: the app's ``[processes]``, then the host's counts of its types."""
+    host = {t: n for t, n in counts(app).items() if t in procfile}
+    return {**app_counts, **host}
+
+
+def parse(app: App, words: list[str]) -> dict[str, int | None]:
+    """``web=3 worker=0`` (``None``: back to the app's count); refuses anything else."""
+    if not words:
+        raise ConfigError("name at least one TYPE=COUNT", "e.g. shipyard scale mysite web=2")
+    wanted: dict[str, int | None] = {}
+    for word in words:
+        match = COUNT.match(word)
+        if not match or (match[2] != "default" and int(match[2]) > MAX):
+            raise ConfigError(
+                f"{word!r}: write TYPE=COUNT with a count from 0 to {MAX} (or TYPE=default)",
+                "e.g. web=3 worker=0",
+            )
+        check_type(app, match[1])
+        wanted[match[1]] = None if match[2] == "default" else int(match[2])
+    return wanted
+
+
+def write(app: App, data: dict[str, int]) -> None:
+    target = path(app)
+    tmp = target.with_name(f".scale.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.rename(tmp, target)
+
+
+def describe(app: App) -> str:
+    """One line for `processes`: the host's counts, if any."""
+    host = counts(app)
+    if not host:
+        return ""
+    shown = " ".join(f"{t}={n}" for t, n in sorted(host.items()))
+    return f"  scale (host, wins over the app's [processes]): {shown}"
+
+
+def run(app: App, words: list[str], term=None) -> None:
+    """``shipyard scale``: new counts, applied with zero failed requests."""
+    from .change import making
+
+    if not words:
+        for t in types(app):
+            print(f"{t}={counts(app).get(t, 'default')}")
+        return
+    wanted = parse(app, words)
+    with making(app, "scale", term=term) as c:
+        old = counts(app)
+        new = {t: n for t, n in {**old, **wanted}.items() if n is not None}
+        what = "scale " + " ".join(
+            f"{t}={'default' if n is None else n}" for t, n in wanted.items()
+        )
+        c.out.title(f"scale #{c.number}: {what.removeprefix('scale ')} by {c.by}")
+        existed = path(app).exists()
+        write(app, new)
+        started = time.monotonic()
+        try:
+            detail = handover(app, c.host, c.out, restart=False)
+        except Exception:
+            if existed:
+                write(app, old)
+            else:
+                path(app).unlink()
+            c.out.line(f"  ↩ {path(app).name} back as it was")
+            raise
+        c.out.ok("restart", time.monotonic() - started, detail)
+        c.record(what.removeprefix("scale "), counts=new)
+        c.out.final(f"{app.name}: {what}", True)
