@@ -30,6 +30,7 @@ from . import owner
 from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
+from .repo import proc_receive_refs
 
 MIN_GIT = (2, 29)
 MIN_FREE = 1 << 30  # below this a venv build or checkout may fail half-way
@@ -148,23 +149,21 @@ def hooks_check(ctx: Context) -> Check:
 def git_config_check(ctx: Context) -> Check:
     if ctx.host is None:
         return Check("git config", SKIP, "host shipyard.toml unreadable")
-    wanted = {
-        "receive.procReceiveRefs": f"refs/heads/{ctx.host.branch}",
-        "receive.advertisePushOptions": "true",
-    }
+    refs = proc_receive_refs(ctx.host)
+    wanted = {"receive.procReceiveRefs": refs, "receive.advertisePushOptions": ["true"]}
     wrong = []
-    for key, value in wanted.items():
+    for key, values in wanted.items():
         result = subprocess.run(
             ["git", "config", "--file", str(ctx.app.repo / "config"), "--get-all", key],
             capture_output=True,
             text=True,
         )
-        have = result.stdout.strip()
-        if value.lower() not in have.lower().split():
-            wrong.append(f"{key} is {have or 'unset'}, not {value}")
+        have = result.stdout.split()
+        if not all(v.lower() in (h.lower() for h in have) for v in values):
+            wrong.append(f"{key} is {', '.join(have) or 'unset'}, not {', '.join(values)}")
     if wrong:
         return Check("git config", FAIL, "; ".join(wrong), ctx.init_command)
-    return Check("git config", OK, f"receive.procReceiveRefs = refs/heads/{ctx.host.branch}")
+    return Check("git config", OK, f"receive.procReceiveRefs = {', '.join(refs)}")
 
 
 def _walk(top: Path):

@@ -125,6 +125,11 @@ def configure(app: App, host: HostConfig) -> list[str]:
     return changed
 
 
+def proc_receive_refs(host: HostConfig) -> list[str]:
+    """What receive-pack hands to proc-receive: every tag, and the deploy branch."""
+    return ["refs/tags", f"refs/heads/{host.branch}"]
+
+
 def guard_branch_name(app: App, host: HostConfig) -> list[str]:
     """Hand pushes of the deploy branch and of tags to proc-receive.
 
@@ -135,7 +140,7 @@ def guard_branch_name(app: App, host: HostConfig) -> list[str]:
     """
     import git
 
-    wanted = ["refs/tags", f"refs/heads/{host.branch}"]
+    wanted = proc_receive_refs(host)
     repo = git.Repo(app.repo)
     try:
         current = repo.git.config("--get-all", "receive.procReceiveRefs").split()

@@ -57,6 +57,20 @@ def test_broken_hooks(host: Host):
 
 
 def test_git_config(host: Host):
+    assert check(host, "git config").status == "ok"
+    # as `shipyard init` set it before tags went to proc-receive: `shipyard init` again
+    run("git", "--git-dir", host.repo, "config", "--unset-all", "receive.procReceiveRefs")
+    run(
+        "git",
+        "--git-dir",
+        host.repo,
+        "config",
+        "--add",
+        "receive.procReceiveRefs",
+        "refs/heads/main",
+    )
+    result = check(host, "git config")
+    assert result.status == "fail" and "not refs/tags, refs/heads/main" in result.detail
     run("git", "--git-dir", host.repo, "config", "--unset-all", "receive.procReceiveRefs")
     result = check(host, "git config")
     assert result.status == "fail" and "receive.procReceiveRefs is unset" in result.detail
