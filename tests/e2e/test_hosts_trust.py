@@ -240,7 +240,7 @@ def test_hosts_talk_tls_to_a_pinned_certificate(tmp_path, cluster):
     _, _, other = make_cert(tmp_path / "other-tls", address)
     pin(cluster, {web2.address: other})
     work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from v2"\n'})
-    second = work.push()
+    second = work.push(fails=True)
     assert f"{web2.address} presented the certificate {fingerprint}, not the pinned {other}" in (
         second.out
     ), second.out

@@ -317,7 +317,7 @@ def test_extremely_long_output_lines(clean, observe):
 def failed_at(host, work, before: str, phase: str) -> tuple[str, str]:
     """Push; the deploy fails at ``phase``, before the switch: (its ✗ line's detail, output)."""
     n = len(entries(host))
-    out = work.push().out
+    out = work.push(fails=True).out
     line = next(ln for ln in remote_lines(out) if f"✗ {phase}" in ln)
     assert check_invariants(host) == before
     assert entries(host)[n]["outcome"] == "failed"
