@@ -55,9 +55,26 @@ def unstamp(text: str) -> str:
     return "\n".join(STAMP.sub("", line, count=1) for line in text.split("\n"))
 
 
-def stamp(source: int, out: int, release: str) -> None:
-    """Copy ``source`` to ``out`` line by line, each line stamped; until EOF."""
+def stamp(source: int, out: int, release: str, fallback: Path | None = None) -> None:
+    """Copy ``source`` to ``out`` line by line, each line stamped; until EOF.
+
+    Once ``out`` is gone (supervisord dropped a stopped program's pipe while its last
+    lines — a goodbye, a traceback — were still on their way), they are appended to
+    ``fallback``, the program's log file, instead of being lost.
+    """
     pending = b""
+
+    def write(data: bytes) -> None:
+        nonlocal out
+        try:
+            _write_all(out, data)
+        except BrokenPipeError:
+            if fallback is None:
+                raise
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            out = os.open(fallback, flags, 0o644)
+            _write_all(out, data)
+
     while True:
         ready, _, _ = select.select([source], [], [], IDLE_FLUSH if pending else None)
         data = os.read(source, 65536) if ready else b""
@@ -71,9 +88,9 @@ def stamp(source: int, out: int, release: str) -> None:
             pending = b""
         if lines:
             text = "".join(stamp_line(ln.decode(errors="replace"), release) + "\n" for ln in lines)
-            _write_all(out, text.encode())
+            write(text.encode())
     if pending:
-        _write_all(out, (stamp_line(pending.decode(errors="replace"), release) + "\n").encode())
+        write((stamp_line(pending.decode(errors="replace"), release) + "\n").encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -81,7 +98,7 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def start_stamper(release: str) -> None:
+def start_stamper(release: str, log: Path | None = None) -> None:
     """From here on, this process's stdout and stderr reach supervisord stamped.
 
     The stamper is a child of the program (so it stays among supervisord's
@@ -103,7 +120,7 @@ def start_stamper(release: str) -> None:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             with contextlib.suppress(OSError):
-                stamp(keep, 4, release)
+                stamp(keep, 4, release, log)
         finally:
             os._exit(0)
     os.close(read)

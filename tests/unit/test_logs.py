@@ -111,3 +111,16 @@ def test_each_process_type_gets_its_colour():
     again = printer.line(logs.Line(6, "web.2", "blue", RELEASE, "c"))
     assert web.startswith(logs.COLORS[0]) and worker.startswith(logs.COLORS[1])
     assert again.startswith(logs.COLORS[0]) and logs.RESET in web
+
+
+def test_lines_after_supervisord_let_go_reach_the_log_file(tmp_path: Path):
+    """A stopped program's last lines (a goodbye, a traceback) are kept when supervisord has
+    already dropped its pipe: they go to the program's log file instead."""
+    source_r, source_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(out_r)  # supervisord is gone from the other end
+    os.write(source_w, b"goodbye\n")
+    os.close(source_w)
+    log = tmp_path / "web.1.log"
+    logs.stamp(source_r, out_w, "20261201T000000Z-1a2b3c4", log)
+    assert log.read_text().endswith("20261201T000000Z-1a2b3c4] goodbye\n")
