@@ -483,7 +483,7 @@ def test_uwsgi_web_is_stopped_with_int_not_reloaded_by_term(tmp_path, host):
         "uwsgi",
         **{
             "hello.py": UWSGI_APP.format(text="one"),
-            "requirements.txt": "uwsgi\n",
+            "requirements.txt": "pyuwsgi\n",  # uWSGI itself, prebuilt (no compiler run)
             "Procfile": "web: uwsgi --http-socket 127.0.0.1:$PORT --wsgi-file hello.py "
             "--master --processes 1 --need-app\n",
             # were the old web sent TERM, it would reload and be killed only after this
