@@ -108,6 +108,34 @@ def main() -> None:
     print(f"deploy root:  {ROOT / 'mysite'}")
     print(f"your clone:   {WORK}  (edit, commit, `git push production main`)")
     print(f"processes:    {BIN / 'shipyard'} --root {ROOT} processes mysite [--stop]")
+    if shutil.which("nginx") and shutil.which("pebble") and shutil.which("certbot"):
+        front_door(config)
+
+
+def front_door(config: Path) -> None:
+    """The domain over HTTPS: nginx and a local ACME server (pebble) on loopback, for a moment."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from frontdoor import Nginx, Pebble, https_fetch
+
+    domain = "www.mysite.test"
+    nginx = Nginx(TOP / "nginx", home=TOP).start()
+    pebble = Pebble(TOP / "pebble", nginx.http_port).start()
+    try:
+        text = config.read_text()
+        text = text[: text.index("[proxy]")] if "[proxy]" in text else text
+        proxy = nginx.proxy_table(acme_directory=pebble.url, acme_ca_bundle=str(pebble.ca))
+        config.write_text(text + proxy)
+        print("\nthe front door: Debian's nginx + pebble (a local ACME server), both on loopback")
+        sh(BIN / "shipyard", "--root", ROOT, "domains", "mysite", "add", domain, show=True)
+        sh(BIN / "shipyard", "--root", ROOT, "tls", "mysite", show=True)
+        url = f"https://{domain}:{nginx.https_port}/"
+        status, _headers, body = https_fetch(nginx.https_port, domain, pebble.root())
+        print(f"serving:      {url} ({domain} -> 127.0.0.1, pebble's root trusted) -> "
+              f"{status} {body.strip()!r}")  # fmt: skip
+    finally:
+        nginx.stop()
+        pebble.stop()
+        print("(nginx and pebble stopped again; the app keeps running on its own port)")
 
 
 if __name__ == "__main__":

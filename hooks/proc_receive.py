@@ -1,31 +1,49 @@
-"""The proc-receive hook: git hands us the pushes to the deploy branch before any ref moves.
+"""The proc-receive hook: git hands us the pushes to the deploy branch (and tags) before any
+ref moves, and reports to the client what we answer for each.
 
-Two jobs. Refuse cheap mistakes while nothing has changed yet (deleting the
+Three jobs. Refuse cheap mistakes while nothing has changed yet (deleting the
 deploy branch, a broken shipyard.toml or Procfile, an unknown push option).
-And let ``git push production v1.2:main`` work for an annotated tag: git
-itself refuses to write a tag object to a branch, so we peel it to its commit,
-move the branch there ourselves, and report the commit back to the client.
+Let ``git push production v1.2:main`` work for a tag, annotated or not, even
+on a host with no deploy branch yet: git itself refuses to write a tag object
+to a branch and reads ``v1.2:main`` as "create tag main" there, so we peel
+the tag to its commit, move the branch ourselves, and report the branch and
+commit back (``option refname``/``new-oid``). And run the deploy and answer
+with its outcome: git ignores post-receive's exit status, but an ``ng`` from
+this hook makes ``git push`` fail and leaves the pusher's tracking ref where
+it was. The deploy itself runs detached (hooks/worker.py); this hook only
+copies its log to the pusher (stderr reaches them as ``remote:`` lines, stdout
+is git's pkt-line channel) and waits for the outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 
 from dulwich.protocol import Protocol
 
-from shipyard import faults
+from shipyard import faults, history
 from shipyard.app import App
-from shipyard.config import AppConfig, load_host_config, parse_app_config, parse_procfile
+from shipyard.config import (
+    AppConfig,
+    HostConfig,
+    load_host_config,
+    parse_app_config,
+    parse_procfile,
+)
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
-from shipyard.options import parse_options
+from shipyard.options import parse_options, waits
 from shipyard.provision.supervisor import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
 from shipyard.report import escape
 from shipyard.venv import DETECTED
+
+from . import worker
 
 ZERO = "0" * 40
 
@@ -135,26 +153,61 @@ def check_keeps_processes(app: App, commit: str) -> None:
         )
 
 
-def guard_tag(app: App, old: str, new: str, ref: str) -> tuple[str, str | None]:
-    """A tag named like the deploy branch: deleting one is fine, creating one is refused."""
-    name = ref.removeprefix("refs/tags/")
-    if new != ZERO:
-        raise ShipyardError(
-            f"refusing to create a tag named {name}: it would make the deploy branch ambiguous",
-            f"to deploy a tag to a host with no {name} branch yet, push TAG:refs/heads/{name}",
-        )
-    update = git("update-ref", "-d", ref, old, check=False)
-    if update.returncode:
-        raise ShipyardError(f"could not delete tag {name}: {update.stderr.strip()}")
-    return new, None
+@dataclass
+class Reply:
+    """What we answer git for one pushed ref: ``ok`` (with options) or ``ng REASON``."""
+
+    ref: str
+    reason: str | None = None  # None: ok
+    options: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[bytes]:
+        if self.reason is not None:
+            reason = escape(" ".join(self.reason.split()))  # one pkt-line, one line, shown
+            return [f"ng {self.ref} {reason[:900]}".encode()]
+        return [f"ok {self.ref}".encode(), *(f"option {o}".encode() for o in self.options)]
 
 
-def handle(
-    app: App, old: str, new: str, ref: str, options: dict[str, str]
-) -> tuple[str, str | None]:
-    """Validate and apply one update of the deploy branch; returns (commit, tag)."""
-    if ref.startswith("refs/tags/"):
-        return guard_tag(app, old, new, ref)
+def compare_and_swap(ref: str, commit: str, old: str, message: str) -> subprocess.CompletedProcess:
+    """Compare-and-swap ``ref`` from ``old`` to ``commit``.
+
+    If another push moved it meanwhile to an ancestor of ``commit`` (two CI jobs for
+    successive commits), this push is still a fast-forward: move it from there, and let
+    the deploy lock order the two deploys. Anything else stays refused.
+    """
+    expected = old
+    for _ in range(5):
+        cas = "" if expected == ZERO else expected
+        update = git("update-ref", "-m", message, ref, commit, cas, check=False)
+        if not update.returncode:
+            return update
+        tip = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+        moved_behind = tip and tip != expected
+        if (
+            not moved_behind
+            or git("merge-base", "--is-ancestor", tip, commit, check=False).returncode
+        ):
+            return update
+        expected = tip
+    return update
+
+
+@dataclass
+class Pending:
+    """The deploy branch moved to ``commit``: the deploy this push now runs."""
+
+    reply: Reply
+    commit: str
+    ref: str
+
+
+def tip(ref: str) -> str | None:
+    found = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+    return found or None
+
+
+def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) -> Pending:
+    """Validate and apply one update of the deploy branch; the deploy it starts."""
     branch = ref.removeprefix("refs/heads/")
     if new == ZERO:
         raise ShipyardError(
@@ -163,30 +216,168 @@ def handle(
         )
     commit, tag = peel(new)
     check_commit(app, commit)
-    update = git(
-        "update-ref",
-        "-m",
-        f"push{' ' + tag if tag else ''}",
-        ref,
-        commit,
-        old if old != ZERO else "",
-        check=False,
-    )
+    update = compare_and_swap(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
     faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py
-    # Only an annotated tag names itself; the deploy worker picks this up (cli.pushed_tag).
-    # Written after the ref moved, so a refused update never leaves a stale name behind.
+    # A lightweight tag is a bare commit on the wire: it has a name only when it is
+    # pushed along (`git push production v1.2 v1.2:main`), as one of this push's refs.
+    tag = tag or tags.get(commit)
+    # The deploy worker picks this up (cli.pushed_tag). Written after the ref moved,
+    # so a refused update never leaves a stale name behind.
     if tag:
         (app.run / "tags").mkdir(parents=True, exist_ok=True)
         (app.run / "tags" / commit).write_text(json.dumps({"tag": tag, "object": new}))
-    return commit, tag
+    reply = Reply(ref)
+    if commit != new:
+        reply.options.append(f"new-oid {commit}")
+    if (
+        ZERO not in (old, commit)
+        and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
+    ):
+        reply.options.append("forced-update")
+    return Pending(reply, commit, ref)
+
+
+def tag_named_like_the_branch(
+    app: App, old: str, new: str, ref: str, deploy_ref: str, branch_pushed: bool, tags: dict
+) -> tuple[Reply, Pending | None]:
+    """``refs/tags/<branch>``: on a host with no deploy branch, ``git push production v1.2:main``.
+
+    With no branch yet, git reads an unqualified destination as the source's kind (a
+    tag), so this is how a first push of a tag arrives: deploy it to the branch and
+    tell the client the branch is what moved. Once the branch exists (or is pushed
+    alongside), a tag of that name would make the branch ambiguous: refused.
+    Deleting one is fine.
+    """
+    name = ref.removeprefix("refs/tags/")
+    if new == ZERO:
+        update = git("update-ref", "-d", ref, old, check=False)
+        if update.returncode:
+            raise ShipyardError(f"could not delete tag {name}: {update.stderr.strip()}")
+        return Reply(ref), None
+    if branch_pushed or tip(deploy_ref) or tip(ref):
+        raise ShipyardError(
+            f"refusing to create a tag named {name}: it would make the deploy branch ambiguous",
+            f"to deploy a tag, push TAG:{name} (or TAG:refs/heads/{name}); "
+            "name your own tag otherwise",
+        )
+    pending = move_branch(app, ZERO, new, deploy_ref, tags)
+    pending.reply = Reply(ref, options=[f"refname {deploy_ref}", f"old-oid {ZERO}"])
+    pending.reply.options.append(f"new-oid {pending.commit}")
+    return pending.reply, pending
+
+
+def pushed_tags(commands: list[list[str]], skip: str) -> dict[str, str]:
+    """{commit: tag name} for the tags this push creates or moves (other than ``skip``)."""
+    names: dict[str, str] = {}
+    for _old, new, ref in commands:
+        if ref.startswith("refs/tags/") and ref != skip and new != ZERO:
+            with contextlib.suppress(ShipyardError, IndexError):
+                names.setdefault(peel(new)[0], ref.removeprefix("refs/tags/"))
+    return names
+
+
+def receive(
+    app: App, host: HostConfig, commands: list[list[str]]
+) -> tuple[list[Reply], Pending | None]:
+    """Check and apply each ref of the push; other tags and refs go on to git itself."""
+    deploy_ref, tag_ref = f"refs/heads/{host.branch}", f"refs/tags/{host.branch}"
+    refs = {ref for _old, _new, ref in commands}
+    tags = pushed_tags(commands, tag_ref) if refs & {deploy_ref, tag_ref} else {}
+    replies, pending = [], None
+    for old, new, ref in commands:
+        try:
+            if ref == deploy_ref:
+                pending = move_branch(app, old, new, ref, tags)
+                replies.append(pending.reply)
+            elif ref == tag_ref:
+                reply, moved = tag_named_like_the_branch(
+                    app, old, new, ref, deploy_ref, deploy_ref in refs, tags
+                )
+                pending = moved or pending
+                replies.append(reply)
+            else:  # any other tag: git stores it (post-receive says so)
+                replies.append(Reply(ref, options=["fall-through"]))
+        except ShipyardError as exc:
+            replies.append(Reply(ref, str(exc)))
+    return replies, pending
+
+
+def ng_reason(app: App, number: int, entry: dict | None) -> str | None:
+    """Why deploy ``number`` did not make this push live (None: it did)."""
+    where = f"`shipyard log {app.name} {number}` on the host"
+    if entry is None:
+        return f"deploy #{number} ended without an outcome; see {where}, then push again"
+    outcome = entry.get("outcome")
+    if outcome == "live":
+        return None
+    error = " ".join(str(entry.get("error") or "").split())
+    if len(error) > 300:
+        error = error[:300] + "…"
+    if outcome == "superseded":
+        newer = str(entry.get("superseded_by") or "")[:7] or "deleted"
+        return (
+            f"deploy #{number} superseded: a newer push moved "
+            f"{entry.get('ref', '').removeprefix('refs/heads/')} to {newer} before this one "
+            f"started, and that push's deploy decides what is live (nothing was deployed for "
+            f"this one); see `shipyard status {app.name}`, and push again to deploy this commit"
+        )
+    if outcome == "interrupted":
+        at = f" at {entry['failed_phase']}" if entry.get("failed_phase") else ""
+        went = (
+            "its release is live here but was not completed"
+            if entry.get("release") and entry.get("release") == app.live_release()
+            else "nothing of it went live"
+        )
+        return (
+            f"deploy #{number} interrupted{at}: {went}; "
+            f"`shipyard deploy {app.name}` on the host deploys it again (see {where})"
+        )
+    if entry.get("failed_phase"):
+        return f"deploy #{number} failed at {entry['failed_phase']}: {error}"
+    return f"deploy #{number} {outcome}: {error or 'see ' + where}"
+
+
+def run_deploy(app: App, host: HostConfig, pending: Pending, raw: list[str]) -> None:
+    """Deploy what the push moved the branch to; turn the reply into its outcome."""
+    options = parse_options(raw)
+    number = history.claim_number(app)
+    err = sys.stderr.buffer
+    if not waits(options, host):
+        worker.start(app, number, pending.commit, pending.ref, raw)
+        say(
+            err,
+            f"shipyard ▸ deploy #{number} started; the push does not wait for it (no-wait): "
+            f"`shipyard log {app.name} {number} --follow` on the host follows it",
+        )
+        return
+    entry = worker.deploy(app, number, pending.commit, pending.ref, raw, err)
+    reason = ng_reason(app, number, entry)
+    if reason is not None:
+        pending.reply.reason = reason
+        pending.reply.options = []
+
+
+def say(out, text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        out.write(f"{text}\n".encode())
+        out.flush()
 
 
 def _write(data: bytes) -> None:
     # git waits for each reply before it sends more: never leave one in a buffer
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def answer(proto: Protocol, replies: list[Reply]) -> None:
+    """Our reply for every ref, in git's order; the pusher may be gone by now."""
+    with contextlib.suppress(OSError, ValueError):
+        for reply in replies:
+            for line in reply.lines():
+                proto.write_pkt_line(line)
+        proto.write_pkt_line(None)
 
 
 def main() -> None:
@@ -199,29 +390,16 @@ def main() -> None:
     app = hook_app()
     safe_umask()
     try:
-        options = parse_options(raw_options)
-        check_not_root(app, load_host_config(app.config_file))
+        parse_options(raw_options)
+        host = load_host_config(app.config_file)
+        check_not_root(app, host)
     except ShipyardError as exc:
-        for _old, _new, ref in commands:
-            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
-        proto.write_pkt_line(None)
+        answer(proto, [Reply(ref, str(exc)) for _old, _new, ref in commands])
         return
-    for old, new, ref in commands:
-        try:
-            commit, _tag = handle(app, old, new, ref, options)
-        except ShipyardError as exc:
-            proto.write_pkt_line(f"ng {ref} {escape(str(exc))}".encode())
-            continue
-        proto.write_pkt_line(f"ok {ref}".encode())
-        if commit != new:
-            proto.write_pkt_line(f"option new-oid {commit}".encode())
-        if (
-            ZERO not in (old, commit)
-            and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
-        ):
-            proto.write_pkt_line(b"option forced-update")
-    proto.write_pkt_line(None)
-    sys.stdout.flush()
+    replies, pending = receive(app, host, commands)
+    if pending is not None:
+        run_deploy(app, host, pending, raw_options)
+    answer(proto, replies)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ class Options:
     dry_run: bool = False
     receiver: str | None = None  # ADDR:PORT: run `shipyard receiver` (a peer of many hosts)
     sync: list[str] = field(default_factory=list)  # apps whose peers are kept in sync
+    proxy: bool = False  # the front door: nginx, certbot, the reload helper (provision/frontdoor)
+    port: int | None = None  # --port: the web port of the --app (shipyard init --port)
     supervisor_conf_dir: Path = SUPERVISOR_CONF_DIR
 
 
@@ -746,6 +748,21 @@ class Provisioner:
             self.change(f"make the receiver's TLS certificate {cert}")
         self.note(f"pin it in the primary's shipyard.toml: {lines[-1]}")
 
+    # 4b. cron: the apps' [cron] jobs are the deploy user's crontab (shipyard/cron.py)
+
+    def cron(self) -> None:
+        if shutil.which("crontab", path=PATH) and Path("/usr/sbin/cron").exists():
+            return
+        if not shutil.which("apt-get", path=PATH):
+            self.note("no cron: install a cron daemon for the apps' [cron] jobs")
+            return
+        self.change("install cron (Debian package; runs the apps' [cron] jobs)")
+        if not self.o.dry_run:
+            self.run(
+                "apt-get", "install", "-y", "-qq", "cron",
+                env={"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"},
+            )  # fmt: skip
+
     # 5. apps
 
     def apps(self) -> None:
@@ -756,7 +773,8 @@ class Provisioner:
                 if not (app_dir / "repo.git").is_dir():
                     self.change(f"create app {name} (shipyard init {name})")
                 continue
-            result = self.run(self.layout.shipyard_bin, "init", name, user=True)
+            port = ["--port", str(self.o.port)] if self.o.port else []
+            result = self.run(self.layout.shipyard_bin, "init", name, *port, user=True)
             if "nothing to do" not in result.stdout:
                 self.change(f"create app {name} at {app_dir} (shipyard init {name})")
 
@@ -780,6 +798,12 @@ class Provisioner:
             self.authorized_keys()
             self.apps()
         self.supervisor()
+        self.cron()
+        if self.o.proxy:
+            from .frontdoor import configure as front_door
+
+            for change in front_door(self.o.user, self.layout.shipyard_bin, self.o.dry_run):
+                self.change(change)
         self.summary()
         return 0
 
@@ -1192,6 +1216,10 @@ def main(args) -> int:
     keys = read_keys(args.key or [])
     for app in [*(args.app or []), *(args.sync or [])]:
         check_app_name(app)
+    if getattr(args, "port", None) is not None and not args.app:
+        raise ProvisionError(
+            "--port is the web port of an app", "give the app: --app NAME --port P"
+        )
     if args.receiver:
         check_listen_address(args.receiver)
     if args.source and not (
@@ -1212,5 +1240,7 @@ def main(args) -> int:
         dry_run=args.dry_run,
         receiver=args.receiver,
         sync=args.sync or [],
+        proxy=getattr(args, "proxy", False),
+        port=getattr(args, "port", None),
     )
     return Provisioner(options).provision()

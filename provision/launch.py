@@ -38,6 +38,7 @@ from .supervisor import (
     is_compound,
     is_gunicorn,
     listen_socket,
+    logs_dir,
     probe_socket,
     shell_script,
 )
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int)
     args = parser.parse_args(argv)
     where = f" ({args.color})" if args.color else ""
-    start_stamper(args.release)  # every line supervisord captures gets a time and the release
+    name = f"{args.type}-{args.color}" if args.color else args.type  # as render_program names it
+    log = logs_dir(App.at(args.app_dir.name, args.app_dir.parent)) / f"{name}.{args.index}.log"
+    start_stamper(args.release, log)  # every line supervisord captures gets a time and the release
     try:
         app = App.at(args.app_dir.name, args.app_dir.parent)
         release = app.release_dir(args.release)

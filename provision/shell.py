@@ -46,9 +46,11 @@ OPERATOR_COMMANDS = (
     "restart",
     "processes",
     "ps",
+    "cron",
 )
 # `config set APP KEY=VALUE`: the value is data (a URL, a sentence), never a path or an option
 SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+OPERATOR_COMMANDS += ("domains", "maintenance", "tls")  # the front door (shipyard/domains.py)
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
 REFUSED_EXIT = 126

@@ -143,6 +143,7 @@ class Program:
     handover: bool = False  # web run blue/green on one shared socket (gunicorn)
     compound: bool = False  # a shell pipeline / list: signals go to the whole group
     color: str | None = None
+    stop_signal: str = "TERM"  # supervisord's stopsignal (uwsgi: INT; TERM reloads it)
 
     @property
     def name(self) -> str:
@@ -270,8 +271,12 @@ def plan(
     release: str,
     port: int,
     stop_grace: float,
+    signals: dict[str, str] | None = None,
 ) -> dict[str, Program]:
-    """The programs a release asks for, by type (``release:`` is a one-off, not a program)."""
+    """The programs a release asks for, by type (``release:`` is a one-off, not a program).
+
+    ``signals``: stop signals by type (``[processes.TYPE] stop_signal``); otherwise TERM, or
+    INT for uwsgi, which reloads on TERM (uwsgi's ``--stop`` sends INT)."""
     check_counts(procfile, counts)
     programs = {}
     for name, command in procfile.items():
@@ -292,6 +297,7 @@ def plan(
             host=bind_host(command) if handover else None,
             handover=handover,
             compound=compound,
+            stop_signal=(signals or {}).get(name) or default_stop_signal(command),
         )
     return programs
 
@@ -324,6 +330,24 @@ def split_assignments(command: str) -> tuple[str, str]:
     match = ASSIGNMENT.match(command.strip())
     prefix = match.group(0) if match else ""
     return prefix, command.strip()[len(prefix) :]
+
+
+def program_words(command: str) -> list[str]:
+    """The words of a simple command after its ``NAME=value`` assignments."""
+    try:
+        return shlex.split(split_assignments(command)[1])
+    except ValueError:
+        return []
+
+
+def default_stop_signal(command: str) -> str:
+    """INT for uwsgi (TERM makes uwsgi 2.0 reload, unless --die-on-term), else TERM."""
+    words = program_words(command)
+    first = os.path.basename(words[0]) if words else ""
+    uwsgi = first == "uwsgi" or (first.startswith("python") and words[1:3] == ["-m", "uwsgi"])
+    if uwsgi and "--die-on-term" not in words:
+        return "INT"
+    return "TERM"
 
 
 def is_gunicorn(command: str) -> bool:
@@ -433,7 +457,7 @@ def render_program(app: App, program: Program, user: str | None = None) -> str:
         "autorestart = true",
         "startsecs = 1",
         "startretries = 3",
-        "stopsignal = TERM",
+        f"stopsignal = {program.stop_signal}",
         f"stopwaitsecs = {max(1, round(program.stop_grace))}",
         f"stopasgroup = {'true' if program.compound else 'false'}",
         "killasgroup = true",

@@ -375,6 +375,7 @@ class Handler(BaseHTTPRequestHandler):
             options=options,
             kind=kind,
             release_id=check_release_id(str(data.get("release", ""))),
+            peer=True,
         )
 
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from . import history, lock, release
+from . import history, lock, notify, release
 from .app import App
 from .config import HostConfig, load_host_config
 from .errors import LockTimeout, ShipyardError
@@ -65,6 +65,8 @@ class Change:
                 **extra,
             },
         )
+        if outcome == APPLIED and self.kind in ("config", "scale"):  # webhooks that want it
+            notify.config_changed(self.app, self.host, self.by, summary)
 
 
 def check_unlocked(app: App) -> None:

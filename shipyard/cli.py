@@ -77,6 +77,7 @@ def run_deploy(
     """Run deploy ``number`` of ``sha``: the detached worker's body; its output is the log."""
     from .config import load_host_config
     from .deploy import Deploy, execute
+    from .operate import older_release_notes
     from .options import parse_options, wants_color
     from .report import Reporter
 
@@ -101,6 +102,7 @@ def run_deploy(
         tag=pushed_tag(app, sha),
         options=options,
         kind="push",
+        notes=older_release_notes(app, sha),
     )
     return 0 if execute(d) else 1
 
@@ -165,7 +167,7 @@ def deploy_number(text: str) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from . import history
-    from .hooks.post_receive import follow
+    from .hooks.worker import Lines, follow
 
     app = existing_app(args)
     number = args.deploy or history.last_number(app)
@@ -183,7 +185,15 @@ def cmd_log(args: argparse.Namespace) -> int:
         entry = history.find(app, number)
         return entry is None or entry.get("outcome") not in ("running", "waiting")
 
-    follow(path, finished if args.follow else lambda: True, poll=0.1)
+    # colour as the deploy wrote it only onto a terminal that wants it (a pipe, ssh without -t)
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    sys.stdout.flush()
+    follow(
+        path,
+        finished if args.follow else lambda: True,
+        poll=0.1,
+        lines=Lines(strip_ansi=not colour),
+    )
     entry = history.find(app, number) or {}
     if entry.get("outcome") == "interrupted":
         print(f"shipyard ▸ deploy #{number} was interrupted: it stopped without an outcome")
@@ -217,7 +227,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     app = existing_app(args)
     check_not_root(app, load_host_config(app.config_file))
-    return 0 if operate.rollback(app, args.release, push_options(args.option)) else 1
+    options = push_options(args.option)
+    return 0 if operate.rollback(app, args.release, options, run_release=args.run_release) else 1
 
 
 def cmd_processes(args: argparse.Namespace) -> int:
@@ -284,6 +295,27 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return boot.start_all((args.root or default_root()).absolute())
 
 
+def cmd_cron(args: argparse.Namespace) -> int:
+    """List the app's scheduled jobs; `run NAME` runs one now; `exec NAME` is what cron runs."""
+    from . import cron
+    from .config import JOB_NAME, load_host_config
+    from .guard import check_not_root
+
+    app = existing_app(args)
+    host = load_host_config(app.config_file)
+    if args.action is None:
+        data = cron.listing(app, host)
+        return emit(data, cron.render(data), args.json)
+    if not args.name or not JOB_NAME.match(args.name):
+        raise ShipyardError(
+            f"{args.name!r} is not a job name" if args.name else "name the job",
+            f"e.g. shipyard cron {app.name} {args.action} clear-sessions "
+            f"(`shipyard cron {app.name}` lists them)",
+        )
+    check_not_root(app, host)
+    return cron.execute(app, args.name, echo=sys.stdout if args.action == "run" else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -295,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
     p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
-    p.add_argument("--port", type=int, default=8000, help="where the web process listens")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="where the web process listens (default 8000); on an existing app, changes it",
+    )
     p.add_argument(
         "--allow-root",
         action="store_true",
@@ -337,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("release", nargs="?", help="release id, commit or tag (default: previous)")
     p.add_argument("-o", "--option", action="append", metavar="OPTION", help=option_help)
+    p.add_argument(
+        "--run-release",
+        action="store_true",
+        help="also run the Procfile's release: command (a rollback runs it only when asked)",
+    )
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
@@ -411,6 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_boot)
 
+    p = sub.add_parser("cron", help="the app's scheduled jobs; `run NAME` runs one now")
+    p.add_argument("app")
+    p.add_argument(
+        "action", nargs="?", choices=("run", "exec"), help="run: now, here; exec: as cron"
+    )
+    p.add_argument("name", nargs="?", help="the job, as named in [cron]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cron)
+
     p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
     p.add_argument("app")
     p.add_argument("--number", type=int, required=True)
@@ -425,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .peers import add_commands  # many hosts: receiver, peers, sync
 
     add_commands(sub)
+    from .domains import add_commands as add_front_door  # domains, maintenance, tls
+
+    add_front_door(sub)
     return parser
 
 

@@ -20,9 +20,11 @@ from .errors import ConfigError
 # key -> (type, default); a dict value is a sub-table with its own schema.
 HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "path": (str, "/"),
-    "status": (int, 200),
+    "status": ((int, list), 200),  # or a list of accepted statuses, e.g. [200, 302]
     "timeout": ((int, float), 30),
     "retries": (int, 60),
+    "host": (str, ""),  # the Host header the probe sends (the app's domain); "" = localhost
+    "https": (bool, False),  # served over TLS: the probe sends X-Forwarded-Proto: https
 }
 APP_SCHEMA: dict[str, Any] = {
     "requirements": (str, None),
@@ -38,6 +40,7 @@ APP_SCHEMA: dict[str, Any] = {
     "health": HEALTH_SCHEMA,
     "processes": dict,
     "stop_grace": ((int, float), 30),
+    "cron": (dict, {}),  # name -> { schedule, run, timeout, host } (shipyard/cron.py)
 }
 # Host side: which supervisord runs the app's processes (see docs/processes.md).
 SUPERVISOR_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -47,6 +50,33 @@ SUPERVISOR_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "user": (str, None),
 }
 SUPERVISOR_MODES = ("embedded", "system")
+# Host side: the front door (shipyard/proxy.py, docs/server.md "domains and TLS").
+PROXY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "sites": (str, "/etc/nginx/shipyard"),
+    "reload": (list, ["sudo", "-n", "/usr/local/sbin/shipyard-proxy-reload"]),
+    "address": (str, ""),
+    "http_port": (int, 80),
+    "https_port": (int, 443),
+    "static": (str, "static"),
+    "static_url": (str, "/static/"),
+    "tls": (str, "acme"),
+    "acme_directory": (str, "https://acme-v02.api.letsencrypt.org/directory"),
+    "acme_email": (str, None),
+    "acme_ca_bundle": (str, None),
+    "certbot": (list, ["certbot"]),
+    "hsts": (bool, False),
+    "retry_after": (int, 120),
+}
+TLS_MODES = ("acme", "files", "off")
+LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){LABEL}(\.{LABEL})+\Z")
+# Host side: deploy webhooks (shipyard/notify.py, docs/notify.md).
+NOTIFY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "webhook": (list, []),
+    "timeout": ((int, float), 5),
+    "retries": (int, 3),
+}
+NOTIFY_EVENTS = ("started", "live", "failed", "rolled-back", "config-changed")
 HOST_SCHEMA: dict[str, Any] = {
     "branch": (str, "main"),
     "keep": (int, 5),
@@ -56,6 +86,7 @@ HOST_SCHEMA: dict[str, Any] = {
     "secret": (str, None),
     "heartbeat": ((int, float), 10),
     "allow_root": (bool, False),
+    "push_wait": (bool, True),  # false: every push as `-o no-wait` (docs/pinning.md)
     "web": (int, None),  # 0: this host runs the app without a web process, on purpose
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     "secret_file": (str, None),
@@ -67,6 +98,9 @@ HOST_SCHEMA: dict[str, Any] = {
     # ---
     "health": HEALTH_SCHEMA,
     "supervisor": SUPERVISOR_SCHEMA,
+    "domains": (list, []),
+    "proxy": PROXY_SCHEMA,
+    "notify": NOTIFY_SCHEMA,
 }
 INSTALLERS = ("uv", "pip")
 
@@ -82,6 +116,26 @@ class BuildStep:
     @property
     def cacheable(self) -> bool:
         return bool(self.inputs and self.outputs)
+
+
+@dataclass(frozen=True)
+class CronJob:
+    """A scheduled command of the app (``[cron]``), run by the host's cron daemon."""
+
+    name: str
+    schedule: str
+    run: str
+    timeout: float = 3600
+    host: str | None = None  # with peers: the host (its `name`) that runs it; else the primary
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where deploy notifications go (``[[notify.webhook]]``) and which events it wants."""
+
+    url: str
+    events: tuple[str, ...] = ("live", "failed", "rolled-back")
+    secret: str | None = None
 
 
 @dataclass
@@ -101,6 +155,8 @@ class AppConfig:
     health: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     stop_grace: float = 30
+    signals: dict[str, str] = field(default_factory=dict)  # [processes.TYPE] stop_signal
+    cron: dict[str, CronJob] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +171,7 @@ class HostConfig:
     secret: str | None = None
     heartbeat: float = 10
     allow_root: bool = False  # deploy even as root (tests, throwaway containers)
+    push_wait: bool = True  # the push waits for the deploy's outcome (false: as -o no-wait)
     web: int | None = None  # 0: no web process here (a worker host); a web-less Procfile is fine
     # --- many hosts (shipyard/peers.py, docs/hosts.md) ---
     secret_file: str | None = None
@@ -126,6 +183,9 @@ class HostConfig:
     # ---
     health: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] = field(default_factory=dict)
+    domains: list[str] = field(default_factory=list)  # served by the proxy (shipyard/proxy.py)
+    proxy: dict[str, Any] = field(default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)  # webhooks: list[Webhook]
 
 
 def _line_of(text: str, key: str, table: str | None) -> int:
@@ -142,6 +202,25 @@ def _line_of(text: str, key: str, table: str | None) -> int:
         if pattern.match(lines[i]):
             return i + 1
     return 1
+
+
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")  # supervisord's
+
+
+def _process_entry(value: object) -> bool:
+    """A count, or a table with ``count`` and/or ``stop_signal``."""
+    if isinstance(value, dict):
+        count = value.get("count", 1)
+        signal = value.get("stop_signal", "TERM")
+        return (
+            not set(value) - {"count", "stop_signal"}
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and count >= 0
+            and isinstance(signal, str)
+            and signal.upper().removeprefix("SIG") in STOP_SIGNALS
+        )
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
@@ -168,12 +247,11 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
             raise ConfigError(f"{where}: unknown key {dotted!r}", f"known keys here: {known}")
         spec = schema[key]
         if spec is dict:
-            if not isinstance(value, dict) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
-            ):
+            if not isinstance(value, dict) or not all(_process_entry(v) for v in value.values()):
                 raise ConfigError(
                     f"{where}: [{dotted}] must map process names to counts",
-                    "write e.g. `web = 2` under it",
+                    "write e.g. `web = 2` under it, or [processes.web] with count = 2 and "
+                    'stop_signal = "QUIT"',
                 )
             out[key] = value
         elif isinstance(spec, dict):
@@ -192,6 +270,16 @@ def _validate(data: dict, schema: dict, text: str, source: str, table: str | Non
                 )
             if key == "build" and not table:
                 out[key] = [_build_step(v, f"{source}:{_line_of(text, key, table)}") for v in value]
+                continue
+            if key == "cron" and not table:
+                out[key] = _cron_jobs(value, text, source)
+                continue
+            if key == "webhook" and table == "notify":
+                urls = [n + 1 for n, ln in enumerate(text.splitlines()) if URL_LINE.match(ln)]
+                out[key] = [
+                    _webhook(v, f"{source}:{urls[n] if n < len(urls) else 1}")
+                    for n, v in enumerate(value)
+                ]
                 continue
             if expected is list and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {dotted!r} must be a list of strings")
@@ -237,8 +325,28 @@ def _build_step(value: object, where: str) -> BuildStep:
     return BuildStep(value["run"], lists["inputs"], lists["outputs"])
 
 
+def _check_health(data: dict, text: str, source: str) -> None:
+    status = data.get("health", {}).get("status", 200)
+    statuses = status if isinstance(status, list) else [status]
+    if not statuses or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+    ):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'status', 'health')}: health.status must be an HTTP "
+            "status or a list of them",
+            "e.g. status = 200, or status = [200, 302]",
+        )
+    host = data.get("health", {}).get("host", "")
+    if host and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", host):
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'host', 'health')}: health.host {host!r} is not a host name",
+            'write the domain the app serves, e.g. host = "www.example.com"',
+        )
+
+
 def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
     data = _load(text, source, APP_SCHEMA)
+    _check_health(data, text, source)
     installer = data.get("installer")
     if installer is not None and installer not in INSTALLERS:
         raise ConfigError(
@@ -258,11 +366,22 @@ def parse_app_config(text: str, source: str = "shipyard.toml") -> AppConfig:
         _check_relative(path, f"{source}:{_line_of(text, 'shared', None)}")
     if data.get("requirements"):
         _check_relative(data["requirements"], f"{source}:{_line_of(text, 'requirements', None)}")
+    processes, signals = {}, {}
+    for name, value in data.get("processes", {}).items():
+        if isinstance(value, dict):
+            if "count" in value:
+                processes[name] = value["count"]
+            if "stop_signal" in value:
+                signals[name] = value["stop_signal"].upper().removeprefix("SIG")
+        else:
+            processes[name] = value
+    data["processes"], data["signals"] = processes, signals
     return AppConfig(**data)
 
 
 def parse_host_config(text: str, source: str) -> HostConfig:
     data = _load(text, source, HOST_SCHEMA)
+    _check_health(data, text, source)
     if data.get("installer", "uv") not in INSTALLERS:
         raise ConfigError(f"{source}: installer must be 'uv' or 'pip'")
     if data.get("keep", 5) < 1:
@@ -282,7 +401,39 @@ def parse_host_config(text: str, source: str) -> HostConfig:
             f"supervisor.mode must be 'embedded' or 'system', not {mode!r}"
         )
     _check_peers(data, text, source)
+    _check_front_door(data, text, source)
     return HostConfig(**data)
+
+
+def check_domain(name: str) -> str:
+    """``name`` if it is a hostname the proxy can serve (lowercase, dotted, no IP, no wildcard)."""
+    if not HOSTNAME.match(name) or name.rsplit(".", 1)[-1].isdigit():
+        raise ConfigError(
+            f"{name!r} is not a domain name",
+            "write a hostname such as www.example.com (lowercase, no scheme, port or path)",
+        )
+    return name
+
+
+def _check_front_door(data: dict, text: str, source: str) -> None:
+    where = f"{source}:{_line_of(text, 'domains', None)}"
+    domains = data.get("domains", [])
+    for name in domains:
+        try:
+            check_domain(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
+    if len(set(domains)) != len(domains):
+        raise ConfigError(f"{where}: a domain is listed twice")
+    proxy = data.get("proxy", {})
+    if proxy.get("tls", "acme") not in TLS_MODES:
+        raise ConfigError(
+            f"{source}:{_line_of(text, 'tls', 'proxy')}: proxy.tls must be 'acme', 'files' "
+            f"or 'off', not {proxy['tls']!r}"
+        )
+    for key in ("http_port", "https_port"):
+        if not 0 < proxy.get(key, 80) < 65536:
+            raise ConfigError(f"{source}:{_line_of(text, key, 'proxy')}: {key} must be 1-65535")
 
 
 def load_app_config(release_dir: Path) -> AppConfig:
@@ -299,6 +450,7 @@ def load_host_config(path: Path) -> HostConfig:
         raise ConfigError(f"{path}: not UTF-8 text", "rewrite it as UTF-8 TOML") from None
     host = parse_host_config(text, str(path))
     check_secret_access(host, path)
+    check_webhook_secret_access(host, path)
     return host
 
 
@@ -408,6 +560,19 @@ def check_secret_access(host: HostConfig, config_file: Path) -> None:
         )
 
 
+def check_webhook_secret_access(host: HostConfig, config_file: Path) -> None:
+    """A webhook secret signs what receivers trust: the file that holds it is the user's alone."""
+    if not any(w.secret for w in host.notify.get("webhook", [])):
+        return
+    info = config_file.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 or info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{config_file} holds a webhook secret but others can read it (mode {mode:04o})",
+            f"make it the deploy user's alone: chmod 600 {config_file}",
+        )
+
+
 def read_secret(host: HostConfig, config_file: Path) -> bytes | None:
     """The cluster secret's bytes (load_host_config has checked who can read it)."""
     path = secret_path(host, config_file)
@@ -420,3 +585,136 @@ def read_secret(host: HostConfig, config_file: Path) -> bytes | None:
             "use at least 16 random characters, e.g. `openssl rand -hex 32`",
         )
     return value.encode()
+
+
+# --- scheduled jobs ([cron], app side) and deploy webhooks ([notify], host side) ---
+
+URL_LINE = re.compile(r"^\s*url\s*=")
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+CRON_NAMES = {
+    3: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+    4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+}
+
+
+def cron_values(schedule: str) -> list[set[int]] | None:
+    """The five fields of a cron schedule as sets of values; None if cron would not read it."""
+    macros = {
+        "@hourly": "0 * * * *",
+        "@daily": "0 0 * * *",
+        "@midnight": "0 0 * * *",
+        "@weekly": "0 0 * * 0",
+        "@monthly": "0 0 1 * *",
+        "@yearly": "0 0 1 1 *",
+        "@annually": "0 0 1 1 *",
+    }
+    fields = macros.get(schedule.strip(), schedule).split()
+    if len(fields) != 5:
+        return None
+    out = []
+    for index, (text, (_, low, high)) in enumerate(zip(fields, CRON_FIELDS, strict=True)):
+        values: set[int] = set()
+        for part in text.lower().split(","):
+            # as cron reads a field: `*`, N or N-M, a step only after `*` or a range
+            match = re.fullmatch(r"(\*|([a-z0-9]+)-([a-z0-9]+)|[a-z0-9]+)(?:/(\d+))?", part)
+            if not match or (match.group(4) and not (match.group(2) or part[0] == "*")):
+                return None
+            step = int(match.group(4) or 1)
+            if match.group(1) == "*":
+                start, end = low, high
+            else:
+                start = _cron_number(match.group(2) or match.group(1), index)
+                end = _cron_number(match.group(3), index) if match.group(3) else start
+            if None in (start, end) or not low <= start <= end <= high or step < 1:
+                return None
+            values.update(range(start, end + 1, step))
+        out.append(values)
+    out[4] = {0 if v == 7 else v for v in out[4]}  # 7 is Sunday too
+    return out
+
+
+def _cron_number(text: str, index: int) -> int | None:
+    if text.isdigit():
+        return int(text)
+    names = CRON_NAMES.get(index, [])
+    if text in names:
+        return names.index(text) + (1 if index == 3 else 0)
+    return None
+
+
+def _cron_jobs(value: dict, text: str, source: str) -> dict[str, CronJob]:
+    example = '{ schedule = "*/15 * * * *", run = "python manage.py clearsessions" }'
+    jobs = {}
+    for name, spec in value.items():
+        where = f"{source}:{_line_of(text, name, 'cron')}"
+        if not JOB_NAME.match(name):
+            raise ConfigError(
+                f"{where}: cron job name {name!r} is not a name",
+                "use lowercase letters, digits, '-' and '_' (at most 40), e.g. clear-sessions",
+            )
+        if not isinstance(spec, dict) or not isinstance(spec.get("run"), str) or not spec["run"]:
+            raise ConfigError(
+                f"{where}: cron job {name!r} needs a command", f"write {name} = {example}"
+            )
+        unknown = set(spec) - {"schedule", "run", "timeout", "host"}
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {sorted(unknown)[0]!r} in cron job {name!r}",
+                "known keys: schedule, run, timeout, host",
+            )
+        schedule = spec.get("schedule")
+        if not isinstance(schedule, str) or cron_values(schedule) is None:
+            raise ConfigError(
+                f"{where}: cron job {name!r}: schedule {schedule!r} is not a cron schedule",
+                'write five fields, minute hour day month weekday, e.g. "*/15 * * * *" '
+                "(every 15 minutes), or @hourly/@daily/@weekly",
+            )
+        timeout = spec.get("timeout", 3600)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(
+                f"{where}: cron job {name!r}: timeout must be a number of seconds above 0",
+                "write e.g. timeout = 600",
+            )
+        host = spec.get("host")
+        if host is not None and not isinstance(host, str):
+            raise ConfigError(f"{where}: cron job {name!r}: host must be a host's `name`")
+        jobs[name] = CronJob(name, " ".join(schedule.split()), spec["run"], timeout, host)
+    return jobs
+
+
+def _webhook(value: object, where: str) -> Webhook:
+    hint = 'write [[notify.webhook]] with url = "https://…" and events = ["live", "failed"]'
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+        raise ConfigError(f"{where}: each [[notify.webhook]] needs a `url`", hint)
+    unknown = set(value) - {"url", "events", "secret"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} in a webhook", hint)
+    url = value["url"]
+    if not re.fullmatch(r"https?://[^/\s?#]+[^\s]*", url):
+        raise ConfigError(
+            f"{where}: webhook url {url[:60]!r} is not an http(s) URL",
+            "write the full address, e.g. https://hooks.slack.com/services/…",
+        )
+    events = value.get("events", list(Webhook.events))
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise ConfigError(f"{where}: webhook events must be a list of event names", hint)
+    for event in events:
+        if event not in NOTIFY_EVENTS:
+            raise ConfigError(
+                f"{where}: unknown webhook event {event!r}",
+                f"events are: {', '.join(NOTIFY_EVENTS)}",
+            )
+    secret = value.get("secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ConfigError(
+            f"{where}: a webhook secret must be at least 16 characters",
+            "e.g. `openssl rand -hex 32`",
+        )
+    return Webhook(url, tuple(events), secret)

@@ -1,8 +1,8 @@
 """A deploy: a short list of named phases, each with one job and, where it changes
 what is live, an undo.
 
-    checkout → link → venv → build → prepare-peers → migrate → release → switch → restart
-             → verify → post-migrate → finish
+    checkout → link → venv → data → build → prepare-peers → migrate → release → data-check
+             → switch → restart → verify → post-migrate → finish
 
 (with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
 
@@ -25,7 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, faults, history, lock, migrate, peers, release, supervise, venv
+from . import (
+    build,
+    cron,
+    data,
+    faults,
+    history,
+    lock,
+    migrate,
+    notify,
+    peers,
+    proxy,
+    release,
+    supervise,
+    venv,
+)
 from .app import App
 from .config import AppConfig, HostConfig, load_app_config, parse_procfile
 from .errors import PhaseError, ShipyardError
@@ -57,6 +71,7 @@ class Deploy:
     previous: str | None = None
     venv_key: str | None = None
     migrations: list[str] = field(default_factory=list)
+    migrations_known: bool = True  # False: a migrate command ran that cannot list what it did
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: release.Manifest | None = None
@@ -65,7 +80,9 @@ class Deploy:
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: lock.Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
+    maintenance_was_on: bool = False  # `-o maintenance` found the page on: leave it on
     committed: bool = True  # False on a peer: the other hosts may still send it back
+    peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
 
     @property
     def release(self) -> Path:
@@ -142,7 +159,11 @@ def build_venv(d: Deploy) -> str:
     d.manifest.save(d.release)
     if reused:
         return f"reused {d.venv_key[:6]} (requirements unchanged)"
-    return f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}"
+    note = venv.carried() if the_plan.installer == "uv" else ""
+    note = f" ({note})" if note else ""
+    return (
+        f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}{note}"
+    )
 
 
 def build_steps(d: Deploy) -> str:
@@ -180,7 +201,7 @@ def switch(d: Deploy) -> str:
         d.manifest.save(d.release)
     d.previous = release.switch(d.app, d.release_id)
     d.switched_at = time.time()
-    return f"current → {d.release_id}"
+    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
 
 
 def load_undo(d: Deploy) -> None:
@@ -197,13 +218,14 @@ def switch_back(d: Deploy) -> None:
         release.switch(d.app, d.previous)
     elif d.app.current.is_symlink():
         d.app.current.unlink()
+    cron.apply(d, d.previous)  # the jobs of what is live again
 
 
 def finish(d: Deploy) -> str:
     d.manifest.state = "good"
     d.manifest.live_at = time.time()
-    if d.manifest.migrations is None and not d.reused:
-        d.manifest.migrations = list(d.migrations)
+    if d.manifest.migrations is None and not d.reused and d.migrations_known:
+        d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
     # a peer keeps the release it would go back to until the cluster has committed
@@ -226,10 +248,12 @@ PHASES = [
     Phase("checkout", checkout, discard),
     Phase("link", link),
     Phase("venv", build_venv),
+    Phase("data", data.link),
     Phase("build", build_steps),
     Phase("prepare-peers", peers.prepare, peers.abort),
     Phase("migrate", migrate.apply),
     Phase("release", supervise.release_command),
+    Phase("data-check", data.check),
     Phase("switch", switch, switch_back),
     Phase("restart", supervise.restart, supervise.restart_previous),
     Phase("verify", supervise.verify),
@@ -239,6 +263,21 @@ PHASES = [
 
 
 # --- running them -----------------------------------------------------------
+
+
+def with_options(d: Deploy, phases: list[Phase]) -> list[Phase]:
+    """``-o maintenance``: the maintenance page from before ``migrate`` until ``verify`` (or
+    the rollout) passed; turning it on is undone with the deploy."""
+    if "maintenance" not in d.options:
+        return phases
+    out = []
+    for phase in phases:
+        if phase.name == "migrate":
+            out.append(Phase("maintenance", proxy.maintenance_start, proxy.maintenance_undo))
+        out.append(phase)
+        if phase.name in ("verify", "rollout"):
+            out.append(Phase("maintenance-off", proxy.maintenance_end, fatal=False))
+    return out
 
 
 def run_in_release(d: Deploy, command: str, what: str, timeout: float | None = None) -> str:
@@ -329,7 +368,8 @@ def run(d: Deploy, phases: list[Phase] | None = None, done: list[Phase] | None =
     """
     started = time.monotonic()
     # with peers: switch/restart/verify → rollout
-    failure = attempt(d, peers.phases(d, PHASES) if phases is None else phases, done)
+    plan = with_options(d, peers.phases(d, PHASES) if phases is None else phases)
+    failure = attempt(d, plan, done)
     if failure:
         fail(d, failure)
         return False
@@ -366,7 +406,7 @@ def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     d.out.fail(phase.name, d.timings[phase.name], message)
     output = getattr(exc, "output", "") or ""
     if output:
-        d.out.detail(output.rstrip().splitlines()[-20:])
+        d.out.detail(bounded(output))  # all of it into the log; the push shows the tail
     if disk_full(exc, output):
         d.out.line(
             f"    hint: the disk is full (No space left on device): free space on the "
@@ -375,6 +415,25 @@ def explain(d: Deploy, phase: Phase, exc: Exception) -> str:
     elif isinstance(exc, ShipyardError) and exc.hint:
         d.out.line(f"    hint: {exc.hint}")
     return message
+
+
+OUTPUT_LIMIT = 1_000_000  # characters of a failed step's output kept in the log
+
+
+def bounded(output: str, limit: int = OUTPUT_LIMIT) -> list[str]:
+    """A failed command's output as lines, whole up to ``limit``; past it, its start and end.
+
+    The real error may be a traceback printed well before a wrapper's last line, or
+    the very first complaint of a long build: both ends are kept, and the cut said.
+    """
+    text = output.rstrip()
+    if len(text) <= limit:
+        return text.splitlines()
+    head, tail = text[: limit // 5].splitlines(), text[-(limit - limit // 5) :].splitlines()
+    head, tail = head[:-1], tail[1:]  # no half lines at the cut
+    cut = text.count("\n") + 1 - len(head) - len(tail)
+    note = f"… {cut} line(s) cut here: the log keeps {limit:,} characters of a step's output"
+    return [*head, note, *tail]
 
 
 def disk_full(exc: Exception, output: str = "") -> bool:
@@ -436,6 +495,7 @@ def record(d: Deploy, outcome: str, seconds: float, **extra: object) -> None:
         _record(d, outcome, seconds, extra)
     except OSError as exc:  # e.g. a full disk: what is live is right; its record is lost
         d.out.warn(f"could not record deploy #{d.number} in {d.app.history_file}: {exc}")
+    notify.deploy_event(d, outcome, seconds, extra)  # in the background; never fails the deploy
 
 
 def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
@@ -456,7 +516,7 @@ def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
             "outcome": outcome,
             "phases": d.timings,
             "options": {k: d.out.mask(v) for k, v in d.options.items()},
-            "migrations": d.migrations,
+            "migrations": d.migrations if d.migrations_known else None,
             **extra,
         },
     )
@@ -541,4 +601,5 @@ def execute(d: Deploy) -> bool:
                 good=True,
             )
             return True
+        notify.deploy_event(d, "started", 0.0, {})
         return run(d)

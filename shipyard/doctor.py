@@ -30,6 +30,7 @@ from . import owner
 from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
+from .repo import proc_receive_refs
 
 MIN_GIT = (2, 29)
 MIN_FREE = 1 << 30  # below this a venv build or checkout may fail half-way
@@ -148,23 +149,21 @@ def hooks_check(ctx: Context) -> Check:
 def git_config_check(ctx: Context) -> Check:
     if ctx.host is None:
         return Check("git config", SKIP, "host shipyard.toml unreadable")
-    wanted = {
-        "receive.procReceiveRefs": f"refs/heads/{ctx.host.branch}",
-        "receive.advertisePushOptions": "true",
-    }
+    refs = proc_receive_refs(ctx.host)
+    wanted = {"receive.procReceiveRefs": refs, "receive.advertisePushOptions": ["true"]}
     wrong = []
-    for key, value in wanted.items():
+    for key, values in wanted.items():
         result = subprocess.run(
             ["git", "config", "--file", str(ctx.app.repo / "config"), "--get-all", key],
             capture_output=True,
             text=True,
         )
-        have = result.stdout.strip()
-        if value.lower() not in have.lower().split():
-            wrong.append(f"{key} is {have or 'unset'}, not {value}")
+        have = result.stdout.split()
+        if not all(v.lower() in (h.lower() for h in have) for v in values):
+            wrong.append(f"{key} is {', '.join(have) or 'unset'}, not {', '.join(values)}")
     if wrong:
         return Check("git config", FAIL, "; ".join(wrong), ctx.init_command)
-    return Check("git config", OK, f"receive.procReceiveRefs = refs/heads/{ctx.host.branch}")
+    return Check("git config", OK, f"receive.procReceiveRefs = {', '.join(refs)}")
 
 
 def _walk(top: Path):
@@ -327,6 +326,52 @@ def ssh_keys_check(ctx: Context) -> Check:
     return Check("ssh keys", OK, f"{len(keys)} key(s), each limited to push and shipyard commands")
 
 
+def index_check(ctx: Context, timeout: float = 10.0) -> Check:
+    """Can this user reach the package index, with the settings and CAs uv will be given?"""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    from . import venv
+
+    if (ctx.host.installer if ctx.host else "uv") != "uv":
+        return Check("index", SKIP, "installer is pip: pip reads its own configuration")
+    if os.environ.get("UV_OFFLINE"):
+        return Check("index", SKIP, "UV_OFFLINE is set: venvs are built from uv's cache only")
+    env = {**os.environ, **venv.uv_environment()}
+    index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "https://pypi.org/simple"
+    parts = urlsplit(index)
+    where = venv.carried() or "uv's defaults"
+    if parts.scheme not in ("http", "https"):
+        return Check("index", OK, f"{index} (a local index; {where})")
+    insecure = parts.hostname in env.get("UV_INSECURE_HOST", "").split()
+    context = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE") or None)
+    if insecure:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", parts.path.rstrip("/") + "/pip/", headers={"User-Agent": "shipyard"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Check(
+            "index",
+            FAIL,
+            f"{index} cannot be reached as {os.environ.get('USER') or os.getuid()}: {reason} "
+            f"({where})",
+            "add the index's CA to the system store (update-ca-certificates) or set cert = … in "
+            "/etc/pip.conf; a proxy goes in HTTPS_PROXY for the deploy user",
+        )
+    finally:
+        conn.close()
+    return Check("index", OK, f"{index} answers (HTTP {status}; {where})")
+
+
 CHECKS: list[Callable[[Context], Check]] = [
     git_check,
     layout_check,
@@ -338,6 +383,7 @@ CHECKS: list[Callable[[Context], Check]] = [
     disk_check,
     receivers_check,
     ssh_keys_check,
+    index_check,
 ]
 
 

@@ -41,6 +41,9 @@ def register(sub) -> None:
     )
     p.add_argument("--app", action="append", metavar="APP", help="also create this app")
     p.add_argument(
+        "--port", type=int, help="the web port of the --app (shipyard init APP --port P)"
+    )
+    p.add_argument(
         "--source", help="what to install: a checkout, wheel/sdist, or requirement (default: this)"
     )
     p.add_argument("--python", help="the interpreter for the deploy user's shipyard")
@@ -60,6 +63,11 @@ def register(sub) -> None:
         action="append",
         metavar="APP",
         help="many hosts, on the primary: keep APP's peers on its live release (every 30 s)",
+    )
+    p.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the front door: nginx and certbot, the user's sites dir and its reload helper",
     )
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.set_defaults(func=_provision)

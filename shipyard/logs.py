@@ -34,6 +34,7 @@ from .report import Masker, clip
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
 LOG_NAME = re.compile(r"^(?P<type>[A-Za-z0-9_]+?)(?:-(?P<color>blue|green))?\.(?P<n>\d+)\.log$")
+CRON_LOG = re.compile(r"^cron-(?P<job>[a-z0-9][a-z0-9_-]*)\.log$")  # a job's runs (cron.py)
 IDLE_FLUSH = 0.5  # a partial line (no newline yet) is written after this long
 COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 RESET = "\033[0m"
@@ -54,9 +55,26 @@ def unstamp(text: str) -> str:
     return "\n".join(STAMP.sub("", line, count=1) for line in text.split("\n"))
 
 
-def stamp(source: int, out: int, release: str) -> None:
-    """Copy ``source`` to ``out`` line by line, each line stamped; until EOF."""
+def stamp(source: int, out: int, release: str, fallback: Path | None = None) -> None:
+    """Copy ``source`` to ``out`` line by line, each line stamped; until EOF.
+
+    Once ``out`` is gone (supervisord dropped a stopped program's pipe while its last
+    lines — a goodbye, a traceback — were still on their way), they are appended to
+    ``fallback``, the program's log file, instead of being lost.
+    """
     pending = b""
+
+    def write(data: bytes) -> None:
+        nonlocal out
+        try:
+            _write_all(out, data)
+        except BrokenPipeError:
+            if fallback is None:
+                raise
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            out = os.open(fallback, flags, 0o644)
+            _write_all(out, data)
+
     while True:
         ready, _, _ = select.select([source], [], [], IDLE_FLUSH if pending else None)
         data = os.read(source, 65536) if ready else b""
@@ -70,9 +88,9 @@ def stamp(source: int, out: int, release: str) -> None:
             pending = b""
         if lines:
             text = "".join(stamp_line(ln.decode(errors="replace"), release) + "\n" for ln in lines)
-            _write_all(out, text.encode())
+            write(text.encode())
     if pending:
-        _write_all(out, (stamp_line(pending.decode(errors="replace"), release) + "\n").encode())
+        write((stamp_line(pending.decode(errors="replace"), release) + "\n").encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -80,7 +98,7 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def start_stamper(release: str) -> None:
+def start_stamper(release: str, log: Path | None = None) -> None:
     """From here on, this process's stdout and stderr reach supervisord stamped.
 
     The stamper is a child of the program (so it stays among supervisord's
@@ -102,7 +120,7 @@ def start_stamper(release: str) -> None:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             with contextlib.suppress(OSError):
-                stamp(keep, 4, release)
+                stamp(keep, 4, release, log)
         finally:
             os._exit(0)
     os.close(read)
@@ -141,13 +159,16 @@ def sources(app: App, process: str | None = None) -> list[Source]:
     found = []
     directory = app.dir / "logs"
     for path in sorted(directory.glob("*.log")) if directory.is_dir() else []:
-        match = LOG_NAME.match(path.name)
-        if not match:
+        match, job = LOG_NAME.match(path.name), CRON_LOG.match(path.name)
+        if match:
+            kind, name, color = match["type"], f"{match['type']}.{match['n']}", match["color"]
+        elif job:
+            kind, name, color = "cron", f"cron.{job['job']}", None
+        else:
             continue
-        name = f"{match['type']}.{match['n']}"
-        if process and process not in (match["type"], name):
+        if process and process not in (kind, name):
             continue
-        found.append(Source(path, name, match["color"]))
+        found.append(Source(path, name, color))
     return found
 
 
@@ -240,7 +261,7 @@ def check_process(app: App, process: str | None) -> None:
         return
     from .restart import types
 
-    kinds = types(app)
+    kinds = [*types(app), "cron"]  # cron: the scheduled jobs' runs
     if process.split(".")[0] not in kinds:
         raise AppError(
             f"{app.name} has no process type {process!r}",

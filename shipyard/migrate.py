@@ -7,7 +7,8 @@ What runs is decided from the release (see docs/migrations.md):
   ``manage.py migrate --noinput``;
 - else Alembic (``alembic.ini``): listed by comparing the database's current heads with the
   script directory's heads (``alembic_probe.py``, run by the release's Python), applied with
-  ``alembic upgrade heads``.
+  ``alembic upgrade heads``; an ``alembic.ini`` further down is run from its directory, and
+  Flask-Migrate's (``migrations/``, an ``env.py`` that needs the app) with ``flask db upgrade``.
 
 Everything runs in the new release with its virtualenv and the app's ``shared/.env``, under
 the app's deploy lock (held around the whole deploy) and, when ``DATABASE_URL`` is a
@@ -415,6 +416,21 @@ class Plan:
     label: str  # what the output calls it
     command: str | None  # what applies them
     check: str | None = None  # an explicit migrate_check, when given
+    ini: str = "alembic.ini"  # Alembic: its config, relative to the release
+    flask: bool = False  # Alembic run by Flask-Migrate (`flask db upgrade`, in an app context)
+
+    @property
+    def default(self) -> str | None:
+        """The tool's own "apply everything" command, as the app's users run it."""
+        if self.kind == "django":
+            return DJANGO_MIGRATE
+        if self.kind != "alembic":
+            return None
+        if self.flask:
+            folder = str(Path(self.ini).parent)
+            return FLASK_UPGRADE if folder == "migrations" else f"{FLASK_UPGRADE} -d {folder}"
+        where = str(Path(self.ini).parent)
+        return ALEMBIC_UPGRADE if where == "." else f"cd {where} && {ALEMBIC_UPGRADE}"
 
     @property
     def listable(self) -> bool:
@@ -423,23 +439,56 @@ class Plan:
 
 DJANGO_MIGRATE = "python manage.py migrate --noinput"
 ALEMBIC_UPGRADE = "alembic upgrade heads"
+FLASK_UPGRADE = "flask db upgrade"
+ALEMBIC_SKIP = {".venv", ".shipyard", ".git", "node_modules", "__pycache__"}
+
+
+def find_alembic(release_dir: Path) -> tuple[str, bool] | None:
+    """(alembic.ini relative to the release, run by Flask-Migrate?) — at the root, else one or
+    two levels down (``migrations/alembic.ini`` with an ``env.py`` beside it is Flask-Migrate's
+    layout: its env.py needs the Flask app)."""
+    if (release_dir / "alembic.ini").is_file():
+        return "alembic.ini", False
+    found = []
+    for path in sorted(release_dir.glob("*/alembic.ini")) + sorted(
+        release_dir.glob("*/*/alembic.ini")
+    ):
+        rel = path.relative_to(release_dir)
+        if not ALEMBIC_SKIP & set(rel.parts) and not path.parent.is_symlink():
+            found.append(rel)
+    if not found:
+        return None
+    ini = found[0]
+    env_py = release_dir / ini.parent / "env.py"
+    flask = env_py.is_file() and "current_app" in env_py.read_text(errors="replace")
+    return str(ini), flask
 
 
 def detect(release_dir: Path, config) -> Plan | Skip:
     """The plan for a release, from its shipyard.toml and its files."""
     if config.migrate is not None and not config.migrate.strip():
         return Skip('disabled in shipyard.toml (migrate = "")')
+    alembic = None if (release_dir / "manage.py").is_file() else find_alembic(release_dir)
     if (release_dir / "manage.py").is_file():
-        kind, label, default = "django", "Django", DJANGO_MIGRATE
-    elif (release_dir / "alembic.ini").is_file():
-        kind, label, default = "alembic", "Alembic", ALEMBIC_UPGRADE
+        plan = Plan("django", "Django", None)
+    elif alembic is not None:
+        ini, flask = alembic
+        label = "Flask-Migrate" if flask else "Alembic"
+        usual = "migrations/alembic.ini" if flask else "alembic.ini"
+        label = label if ini == usual else f"{label} ({ini})"
+        plan = Plan("alembic", label, None, None, ini, flask)
     elif config.migrate:
-        kind, label, default = "command", f"`{config.migrate}`", None
+        plan = Plan("command", f"`{config.migrate}`", None)
     else:
         return Skip("none detected (no manage.py or alembic.ini, no migrate in shipyard.toml)")
+    plan.command = config.migrate or plan.default
     if config.migrate_check:
-        kind, label = "command", f"`{config.migrate_check}`"
-    return Plan(kind, label, config.migrate or default, config.migrate_check)
+        plan.kind, plan.label, plan.check = (
+            "command",
+            f"`{config.migrate_check}`",
+            config.migrate_check,
+        )
+    return plan
 
 
 def status(d: Deploy, plan: Plan) -> Status:
@@ -449,7 +498,7 @@ def status(d: Deploy, plan: Plan) -> Status:
         return command_status(d, plan.check, timeout)
     if plan.kind == "django":
         return django_status(d, timeout)
-    return alembic_status(d, timeout)
+    return alembic_status(d, timeout, plan)
 
 
 def probe_failure(d: Deploy, what: str, ran: Ran, timeout: float) -> PhaseError:
@@ -496,16 +545,20 @@ def django_status(d: Deploy, timeout: float) -> Status:
     return Status(applied, pending)
 
 
-def alembic_status(d: Deploy, timeout: float) -> Status:
+def alembic_status(d: Deploy, timeout: float, plan: Plan | None = None) -> Status:
+    plan = plan or Plan("alembic", "Alembic", ALEMBIC_UPGRADE)
     what = "listing revisions (alembic current/heads)"
-    ran = run_command(d, [release_python(d), str(ALEMBIC_PROBE)], timeout)
+    args = [release_python(d), str(ALEMBIC_PROBE), plan.ini] + (["--flask"] if plan.flask else [])
+    ran = run_command(d, args, timeout)
     if ran.code or ran.timed_out:
-        if "No module named 'alembic'" in ran.output:
-            raise PhaseError(
-                "alembic.ini is in the release but alembic is not installed in its virtualenv",
-                "add alembic to the requirements",
-                output=ran.output,
-            )
+        for module, package in (("alembic", "alembic"), ("flask_migrate", "Flask-Migrate")):
+            if f"No module named '{module}'" in ran.output:
+                raise PhaseError(
+                    f"{plan.ini} is in the release but {package} is not installed in its "
+                    "virtualenv",
+                    f"add {package} to the requirements",
+                    output=ran.output,
+                )
         raise probe_failure(d, what, ran, timeout)
     answer = None
     for line in ran.output.splitlines():
@@ -595,7 +648,7 @@ class Progress:
 # --- the fast path: nothing changed since the live release checked ----------
 
 
-def _files_digest(digest: Any, root: Path, paths: list[Path]) -> None:
+def files_digest(digest: Any, root: Path, paths: list[Path]) -> None:
     for path in sorted(set(paths)):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -630,26 +683,27 @@ def migration_files(root: Path) -> list[Path]:
     return found
 
 
-def alembic_files(root: Path) -> list[Path] | None:
-    parser = configparser.ConfigParser(defaults={"here": str(root)})
+def alembic_files(root: Path, ini: str = "alembic.ini") -> list[Path] | None:
+    here = (root / ini).parent
+    parser = configparser.ConfigParser(defaults={"here": str(here)})
     try:
-        parser.read(root / "alembic.ini")
+        parser.read(root / ini)
         location = parser.get("alembic", "script_location")
     except (configparser.Error, OSError):
         return None
     if ":" in location and not location.startswith("/"):
         return None  # a package resource; not worth guessing
-    scripts = (root / location).resolve()
+    scripts = (here / location).resolve()
     if not scripts.is_dir() or not scripts.is_relative_to(root.resolve()):
         return None
     files = [p for p in scripts.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return [root / "alembic.ini", *(root / p.relative_to(root.resolve()) for p in files)]
+    return [root / ini, *(root / p.relative_to(root.resolve()) for p in files)]
 
 
 def inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
     """What decides the set of migrations, apart from the database: None when unknown."""
-    if plan.check is not None or plan.kind not in ("django", "alembic"):
-        return None
+    if plan.check is not None or plan.kind not in ("django", "alembic") or plan.flask:
+        return None  # Flask-Migrate: the database is the app's config, not DATABASE_URL
     try:
         return _inputs_fingerprint(d, plan)
     except (OSError, ValueError):
@@ -662,12 +716,12 @@ def _inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
         settings = settings_files(d)
         if settings is None:
             return None
-        _files_digest(digest, d.release, settings + migration_files(d.release))
+        files_digest(digest, d.release, settings + migration_files(d.release))
     else:
-        files = alembic_files(d.release)
+        files = alembic_files(d.release, plan.ini)
         if files is None:
             return None
-        _files_digest(digest, d.release, files)
+        files_digest(digest, d.release, files)
     with suppress(OSError):  # settings may read .env; its bytes are not hashed (secrets)
         st = (d.app.shared / ".env").stat()
         digest.update(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -839,7 +893,7 @@ def migrate_run(
                     d.out.line(f"      ✓ {name:<40} {times[name]:5.2f}s")
         if before is None:
             return [], None, ran
-        if command == plan_default(plan) and plan.check is None:
+        if command == plan.default and plan.check is None:
             # the tool's own "apply everything" succeeded: nothing is left, no need to ask
             done = before.heads if plan.kind == "alembic" else before.applied + before.pending
             after = Status(done, [], before.labels, before.heads)
@@ -894,12 +948,10 @@ def migrate_run(
     raise PhaseError(message, hint, output=ran.output)
 
 
-def plan_default(plan: Plan) -> str | None:
-    return {"django": DJANGO_MIGRATE, "alembic": ALEMBIC_UPGRADE}.get(plan.kind)
-
-
 def apply(d: Deploy) -> str:
     """The migrate phase: before the switch, so a failure leaves the old release serving."""
+    if d.kind == "rollback":  # its migrations are applied already; newer ones are never reversed
+        return Skip("a rollback runs no migrations")
     if "skip-migrate" in d.options:
         d.out.warn("migrations skipped (-o skip-migrate): pending ones, if any, were not applied")
         return Skip("skipped by -o skip-migrate")
@@ -915,6 +967,7 @@ def apply(d: Deploy) -> str:
             return quick
         if not plan.listable:
             d.out.line(f"  · migrate: running {plan.label} (no migrate_check: pending unknown)")
+            d.migrations_known = False  # recorded as null: it may have applied anything
             migrate_run(d, plan, plan.command, None, conn, "migrate")
             return f"ran {plan.label} (set migrate_check to list what it applies){lock_note}"
         before = status(d, plan)
@@ -947,6 +1000,8 @@ def post_apply(d: Deploy) -> str:
     command = d.config.post_migrate
     if not command:
         return Skip("no post_migrate in shipyard.toml")
+    if d.kind == "rollback":
+        return Skip(f"a rollback runs no migrations: `{command}` did not run")
     if "skip-migrate" in d.options:
         d.out.warn(f"post-migrate skipped (-o skip-migrate): `{command}` did not run")
         return Skip("skipped by -o skip-migrate")
@@ -956,6 +1011,8 @@ def post_apply(d: Deploy) -> str:
     db = database_of(d)
     with database_lock(d, db, "post-migrate") as conn:
         before = status(d, plan) if plan.listable else None
+        if before is None:
+            d.migrations_known = False  # recorded as null: it may have applied anything
         if before is not None and before.pending:
             show_pending(d, plan, before, "post-migrate", conn is not None)
         applied, after, ran = migrate_run(d, plan, command, before, conn, "post_migrate")
@@ -970,15 +1027,15 @@ def post_apply(d: Deploy) -> str:
 # --- for rollback and `shipyard releases` ------------------------------------
 
 
-def applied_between(app: App, from_release: str, to_release: str) -> list[str]:
-    """Migrations the database got after ``to_release`` was last live, up to ``from_release``.
+def unknown_between(app: App, from_release: str, to_release: str) -> list[int]:
+    """Deploys between the two that ran a migrate command which cannot list what it applied
+    (recorded as null): rolling back across them, migrations may have run since."""
+    span = _between(history.entries(app), from_release, to_release)
+    return [e.get("deploy") for e in span or [] if "migrations" in e and e["migrations"] is None]
 
-    Going from ``from_release`` (typically live) back to ``to_release``, these are what the
-    older code may not know about. Oldest first, without repeats. Read from the deploy
-    history (failed deploys count: a failed Django migrate may leave earlier ones applied),
-    falling back to the release manifests still on disk.
-    """
-    entries = history.entries(app)
+
+def _between(entries: list[dict], from_release: str, to_release: str) -> list[dict] | None:
+    """The history after ``to_release`` was last live, up to ``from_release`` (None: unknown)."""
     made_live = ("live", "rolled-back")
 
     def last_live(rid: str) -> int | None:
@@ -988,9 +1045,21 @@ def applied_between(app: App, from_release: str, to_release: str) -> list[str]:
         return None
 
     lo, hi = last_live(to_release), last_live(from_release)
+    return entries[lo + 1 : hi + 1] if lo is not None and hi is not None else None
+
+
+def applied_between(app: App, from_release: str, to_release: str) -> list[str]:
+    """Migrations the database got after ``to_release`` was last live, up to ``from_release``.
+
+    Going from ``from_release`` (typically live) back to ``to_release``, these are what the
+    older code may not know about. Oldest first, without repeats. Read from the deploy
+    history (failed deploys count: a failed Django migrate may leave earlier ones applied),
+    falling back to the release manifests still on disk.
+    """
+    span = _between(history.entries(app), from_release, to_release)
     names: list[str] = []
-    if lo is not None and hi is not None:
-        for entry in entries[lo + 1 : hi + 1]:
+    if span is not None:
+        for entry in span:
             names.extend(entry.get("migrations") or [])
     else:
         for rid, manifest in release.releases(app):

@@ -4,7 +4,8 @@ Both are deploys like a push's: they move the deploy branch, claim a deploy
 number and run ``deploy.execute`` (same lock, same phases, same log, same
 history line), only in the foreground. A rollback is a deploy of a kept
 release: ``checkout`` reuses it, so nothing is fetched, installed or built,
-and migrations are not run (they are never reversed; shipyard warns instead).
+migrations are not run (they are never reversed; shipyard warns instead), and
+the Procfile's ``release:`` command runs only when asked (``--run-release``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import deploy, history, migrate, release
 from .app import RELEASE_ID, App
 from .config import load_host_config
 from .errors import AppError, PhaseError, ShipyardError
-from .options import wants_color
+from .options import refuse_push_only, wants_color
 from .report import Reporter
 
 SHA_PREFIX = re.compile(r"^[0-9a-f]{4,40}$")
@@ -203,6 +204,50 @@ def migrations_between(app: App, from_release: str | None, to_release: str) -> l
     return list(dict.fromkeys(applied))
 
 
+def migrations_notes(app: App, live: str | None, target: str) -> list[str]:
+    """The warnings a deploy gives when it makes ``target`` live over the newer ``live``:
+    the migrations applied since, and deploys since whose migrate command listed nothing."""
+    notes = []
+    applied = migrations_between(app, live, target)
+    if applied:
+        shown = ", ".join(applied[:4])
+        if len(applied) > 4:
+            shown += f" and {len(applied) - 4} more"
+        notes.append(
+            f"{len(applied)} migration(s) applied since {target} stay applied: {shown}; "
+            "the older code runs against the newer schema (reverse them by hand if needed)"
+        )
+    unknown = migrate.unknown_between(app, live, target) if live else []
+    if unknown:
+        which = ", ".join(f"#{n}" for n in unknown)
+        notes.append(
+            f"migrations may have run since {target}: deploy {which} ran a migrate command "
+            "that cannot list what it applied (set migrate_check to know)"
+        )
+    return notes
+
+
+def older_release_notes(app: App, sha: str) -> list[str]:
+    """A deploy of a commit that was live here before, older than what is live: its warning.
+
+    The same words as a rollback's, for a forced push of an older tag or
+    ``shipyard deploy APP OLDREF``: the release it was live as (kept, or only in
+    the history if pruned since) dates it against the live one.
+    """
+    live = app.live_release()
+    if not live:
+        return []
+    target = release.find_good(app, sha)
+    if target is None:
+        for entry in reversed(history.entries(app)):
+            if entry.get("sha") == sha and entry.get("outcome") == "live" and entry.get("release"):
+                target = entry["release"]
+                break
+    if target is None or target == live:
+        return []
+    return migrations_notes(app, live, target)
+
+
 # --- running a deploy in the foreground --------------------------------------
 
 
@@ -268,8 +313,11 @@ def run_foreground(
     from .guard import check_not_root
 
     term = sys.stdout if term is None else term
+    refuse_push_only(options, kind)
     host = load_host_config(app.config_file)
     check_not_root(app, host)
+    if notes is None and kind == "deploy":
+        notes = older_release_notes(app, sha)
     ref = f"refs/heads/{host.branch}"
     number = history.claim_number(app)
     with history.open_log(app, number) as log:
@@ -302,8 +350,20 @@ def run_foreground(
 
 
 def rollback(
-    app: App, name: str | None, options: dict[str, str], term: TextIO | None = None
+    app: App,
+    name: str | None,
+    options: dict[str, str],
+    term: TextIO | None = None,
+    run_release: bool = False,
 ) -> bool:
+    """Make a kept release live again: no migrations, and the ``release:`` command only if asked.
+
+    Migrations are never reversed and the older code's migrations are already
+    applied, so the migrate phases skip (saying so); ``release:`` often runs
+    migrations or other one-off work meant for a new release, so it runs only
+    with ``run_release`` (``shipyard rollback APP --run-release``).
+    """
+    refuse_push_only(options, "rollback")
     live = app.live_release()
     if name:
         target = find_release(app, name)
@@ -322,22 +382,14 @@ def rollback(
                 f"see `shipyard releases {app.name}`",
             )
     manifest = release.Manifest.load(app.release_dir(target))
-    notes = []
-    applied = migrations_between(app, live, target)
-    if applied:
-        shown = ", ".join(applied[:4])
-        if len(applied) > 4:
-            shown += f" and {len(applied) - 4} more"
-        notes.append(
-            f"{len(applied)} migration(s) applied since {target} stay applied: {shown}; "
-            "the rolled-back code runs against the newer schema (reverse them by hand if needed)"
-        )
+    notes = migrations_notes(app, live, target)
+    extra = {"run-release": ""} if run_release else {}
     return run_foreground(
         app,
         manifest.sha,
         manifest.tag,
         "rollback",
-        {"skip-migrate": "", **options},
+        {**options, **extra},
         release_id=target,
         notes=notes,
         term=term,

@@ -120,7 +120,9 @@ def planned(app: App, host: HostConfig, release_id: str | None) -> list:
         procfile = (
             parse_procfile(procfile_path.read_text(), "Procfile") if procfile_path.is_file() else {}
         )
-        wanted = prov.plan(procfile, config.processes, release_id, host.port, config.stop_grace)
+        wanted = prov.plan(
+            procfile, config.processes, release_id, host.port, config.stop_grace, config.signals
+        )
     except (ShipyardError, OSError):
         return []
     return list(wanted.values())

@@ -503,14 +503,47 @@ def prune(app: App, keep: int, protect: set[str] | frozenset[str] = frozenset())
     ]
     kept = set(good[-keep:]) | ({live} if live else set()) | set(protect)
     removed = []
+    in_use = None
     for rid, _ in releases(app):
         if rid not in kept:
+            in_use = running_from(app) if in_use is None else in_use
+            if rid in in_use:  # e.g. after -o no-restart: its processes still need its files
+                continue
             remove(app, rid)
             removed.append(rid)
     for stray in app.releases.glob(".t*-*"):
         if not owner_alive(stray.name):
             shutil.rmtree(stray, ignore_errors=True)
     return removed
+
+
+def running_from(app: App) -> set[str]:
+    """Releases that a running process uses: its cwd, its executable or a mapped file.
+
+    Read from /proc for every process we may inspect (the app's supervised processes,
+    and anything else run from a release, e.g. a one-off command).
+    """
+    base = os.path.realpath(app.releases) + os.sep
+    used: set[str] = set()
+
+    def note(path: str) -> bool:
+        if path.startswith(base):
+            used.add(path[len(base) :].split(os.sep, 1)[0])
+            return True
+        return False
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if note(os.readlink(f"/proc/{pid}/cwd")) | note(os.readlink(f"/proc/{pid}/exe")):
+                continue
+            with open(f"/proc/{pid}/maps", errors="replace") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and note(fields[5].strip()):
+                        break
+        except OSError:
+            continue
+    return used
 
 
 def shared_env(app: App) -> dict[str, str]:

@@ -29,10 +29,17 @@ def hook_script(module: str) -> str:
     return f"#!{sys.executable}\nfrom {module} import main\nmain()\n"
 
 
-def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = False) -> list[str]:
-    """Create or repair the app's layout, bare repo and hooks. Returns what it changed."""
+def create(
+    app: App, branch: str = "main", port: int | None = None, allow_root: bool = False
+) -> list[str]:
+    """Create or repair the app's layout, bare repo and hooks. Returns what it changed.
+
+    ``port`` on an existing app changes its web port: the next deploy moves the processes.
+    """
     import git
 
+    if port is not None and not 0 < port < 65536:
+        raise AppError(f"--port {port}: a port is 1-65535", "e.g. --port 8001")
     changed: list[str] = []
     if app.dir.exists() and not app.exists() and any(app.dir.iterdir()):
         known = {
@@ -60,7 +67,7 @@ def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = 
     root_note = "# deploys run as root: only for throwaway hosts and tests\nallow_root = true\n"
     if not app.config_file.is_file():
         text = HOST_CONFIG.format(
-            name=app.name, branch=branch, port=port, extra=root_note if allow_root else ""
+            name=app.name, branch=branch, port=port or 8000, extra=root_note if allow_root else ""
         )
         # 0600: it may get the receivers' secret, which must not be readable by others
         fd = os.open(app.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -69,17 +76,23 @@ def create(app: App, branch: str = "main", port: int = 8000, allow_root: bool = 
         changed.append("wrote shipyard.toml" + (" (allow_root = true)" if allow_root else ""))
     host = load_host_config(app.config_file)
     if allow_root and not host.allow_root:  # asked for again on an app made without it
-        allow_root_in(app.config_file, root_note)
+        set_top_level(app.config_file, "allow_root", root_note)
         host = load_host_config(app.config_file)
         changed.append("set allow_root = true in shipyard.toml")
+    if port is not None and port != host.port:
+        was = host.port
+        set_top_level(app.config_file, "port", f"port = {port}\n")
+        host = load_host_config(app.config_file)
+        live = " (the next deploy moves the processes: push, or `shipyard deploy`)"
+        changed.append(f"set port = {port} in shipyard.toml, was {was}{live}")
     changed += configure(app, host)
     changed += install_hooks(app)
     return changed
 
 
-def allow_root_in(path: Path, note: str) -> None:
-    """Set ``allow_root = true`` at the top level (above any [table]), atomically."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.split("=")[0].strip() != "allow_root"]
+def set_top_level(path: Path, key: str, note: str) -> None:
+    """Set a top-level key (above any [table]) to the lines of ``note``, atomically."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.split("=")[0].strip() != key]
     first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
     lines[first_table:first_table] = note.rstrip("\n").splitlines()
     tmp = path.with_name(f".{path.name}.tmp")
@@ -112,16 +125,22 @@ def configure(app: App, host: HostConfig) -> list[str]:
     return changed
 
 
+def proc_receive_refs(host: HostConfig) -> list[str]:
+    """What receive-pack hands to proc-receive: every tag, and the deploy branch."""
+    return ["refs/tags", f"refs/heads/{host.branch}"]
+
+
 def guard_branch_name(app: App, host: HostConfig) -> list[str]:
-    """Also hand pushes to ``refs/tags/<branch>`` to proc-receive, which refuses them.
+    """Hand pushes of the deploy branch and of tags to proc-receive.
 
     On a host with no deploy branch yet, git reads ``git push production v1.2:main``
-    as "create tag main" (an unqualified destination takes the source's kind);
-    that tag would make ``main`` ambiguous for every later push.
+    as "create tag main" (an unqualified destination takes the source's kind):
+    proc-receive deploys it to the branch instead. Other tags it hands back to git
+    (``fall-through``), after noting which pushed commit they name.
     """
     import git
 
-    wanted = [f"refs/tags/{host.branch}", f"refs/heads/{host.branch}"]
+    wanted = proc_receive_refs(host)
     repo = git.Repo(app.repo)
     try:
         current = repo.git.config("--get-all", "receive.procReceiveRefs").split()

@@ -58,6 +58,7 @@ CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 RPC_TIMEOUT = 30.0
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
 LOG_TAIL = 20
+SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
 
 
 # --- talking to supervisord ---------------------------------------------------
@@ -328,21 +329,40 @@ def excerpt(text: list[str], lines: int = LOG_TAIL) -> str:
 @dataclass(frozen=True)
 class Health:
     path: str = "/"
-    status: int = 200
+    status: int | list[int] = 200
     timeout: float = 30
     retries: int = 60
+    host: str = ""  # the Host header sent; "" = localhost
+    https: bool = False  # X-Forwarded-Proto: https (the app is served over TLS)
 
     @property
     def interval(self) -> float:
         return min(1.0, max(0.1, self.timeout / max(1, self.retries)))
 
+    @property
+    def accepts(self) -> tuple[int, ...]:
+        return tuple(self.status) if isinstance(self.status, list) else (self.status,)
+
+    @property
+    def wanted(self) -> str:
+        return " or ".join(map(str, self.accepts))
+
+    def headers(self) -> dict[str, str]:
+        sent = {"Host": self.host or "localhost", "User-Agent": "shipyard-health"}
+        if self.https:
+            sent["X-Forwarded-Proto"] = "https"
+        return sent
+
     def __str__(self) -> str:
-        return f"GET {self.path} {self.status}"
+        return f"GET {self.path} {'/'.join(map(str, self.accepts))}"
 
 
 def health_for(app_health: dict, host: HostConfig) -> Health:
     """Defaults, then the app's [health], then the host's [health] (the operator's word is last)."""
     merged = {k: default for k, (_, default) in HEALTH_SCHEMA.items()}
+    if host.domains:  # behind the front door: probe as the proxy forwards a request
+        merged["host"] = host.domains[0]
+        merged["https"] = (host.proxy or {}).get("tls", "acme") != "off"
     merged.update(app_health or {})
     merged.update(host.health or {})
     if not str(merged["path"]).startswith("/"):
@@ -361,23 +381,74 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def get(address: Path | int, path: str, timeout: float = 5.0) -> int:
-    """GET ``path`` from a unix socket or 127.0.0.1:port; returns the status."""
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    location: str = ""  # a redirect's Location
+
+
+def probe(
+    address: Path | int, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> Answer:
+    """GET ``path`` from a unix socket or 127.0.0.1:port, as the health check sends it."""
     if isinstance(address, Path):
         conn: http.client.HTTPConnection = _UnixHTTPConnection(address, timeout)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
     try:
-        conn.request(
-            "GET",
-            path,
-            headers={"Host": "localhost", "User-Agent": "shipyard-health", "Connection": "close"},
-        )
+        sent = {"Host": "localhost", "User-Agent": "shipyard-health", **(headers or {})}
+        conn.request("GET", path, headers={**sent, "Connection": "close"})
         response = conn.getresponse()
         response.read()
-        return response.status
+        return Answer(response.status, response.getheader("Location") or "")
     finally:
         conn.close()
+
+
+def get(address: Path | int, path: str, timeout: float = 5.0) -> int:
+    """GET ``path`` from a unix socket or 127.0.0.1:port; returns the status."""
+    return probe(address, path, timeout).status
+
+
+def final_answer(answer: Answer, health: Health) -> bool:
+    """An answer waiting will not change: a client error (not 404/429) or an unwanted redirect."""
+    if answer.status in health.accepts:
+        return False
+    if 300 <= answer.status < 400:
+        return True
+    return 400 <= answer.status < 500 and answer.status not in (404, 408, 429)
+
+
+def health_hint(answer: Answer, health: Health, where: str) -> str:
+    """The likely cause of an answer that will not change, and the setting that fixes it."""
+    status, location = answer.status, answer.location
+    sent = health.host or "localhost"
+    if status == 400:
+        return (
+            f"a 400 to Host: {sent} is what Django answers a host not in ALLOWED_HOSTS: set "
+            f'[health] host = "your.domain" in {where} to a host the app allows, or add '
+            f"{sent} to ALLOWED_HOSTS"
+        )
+    if 300 <= status < 400 and location.startswith("https://") and not health.https:
+        return (
+            f"it redirects plain HTTP to {location} (SECURE_SSL_REDIRECT or the like): set "
+            f"[health] https = true in {where} (sends X-Forwarded-Proto: https; Django also "
+            "needs SECURE_PROXY_SSL_HEADER = ('HTTP_X_FORWARDED_PROTO', 'https'))"
+        )
+    if 300 <= status < 400 and "login" in location.lower():
+        return (
+            f"{health.path} redirects to a login page ({location}): set [health] path in "
+            f"{where} to a page that needs no login (e.g. /healthz), or accept it: "
+            f"[health] status = [{health.wanted.replace(' or ', ', ')}, {status}]"
+        )
+    if 300 <= status < 400:
+        return (
+            f"{health.path} redirects to {location or '?'}: set [health] path in {where} to "
+            f"where it leads, or accept it: [health] status = [200, {status}]"
+        )
+    if status in (401, 403):
+        return f"{health.path} needs a login: set [health] path in {where} to a public page"
+    return f"set [health] path (and status) in {where} to a page that answers {health.wanted}"
 
 
 # --- ports ----------------------------------------------------------------------
@@ -466,6 +537,7 @@ def wait_healthy(
     started = time.monotonic()
     deadline = started + health.timeout
     wrong, last = 0, "no answer yet"
+    final, same = None, 0  # the last answer and how many times in a row it came
     while pending:
         infos = sv.infos()
         for ns in program.namespecs(app):
@@ -481,18 +553,30 @@ def wait_healthy(
                 continue
             remaining = max(0.5, deadline - time.monotonic())
             try:
-                status = get(address, health.path, timeout=min(5.0, remaining))
+                answer = probe(address, health.path, min(5.0, remaining), health.headers())
             except (ConnectionRefusedError, FileNotFoundError):
                 continue  # still booting: not listening yet
             except (OSError, http.client.HTTPException) as exc:
                 wrong, last = wrong + 1, f"{type(exc).__name__}: {exc}"
                 pause = health.interval
                 continue
-            if status == health.status:
+            if answer.status in health.accepts:
                 pending.discard(index)
-            else:
-                wrong, last = wrong + 1, f"got {status}"
-                pause = health.interval
+                continue
+            to = f" → {answer.location}" if answer.location else ""
+            wrong, last = wrong + 1, f"got {answer.status}{to}"
+            pause = health.interval
+            same = same + 1 if answer == final else 1
+            final = answer
+            if final_answer(answer, health) and same >= SAME_ANSWERS:
+                log = program.log(app, index)
+                raise Failed(
+                    f"{program.type}.{index} on releases/{program.release} failed the health "
+                    f"check (GET {health.path} with Host: {health.host or 'localhost'}: {last}, "
+                    f"wanted {health.wanted}; an answer that waiting will not change)",
+                    health_hint(answer, health, "shipyard.toml"),
+                    output=tail(log, offsets.get(index, 0)),
+                )
         if not pending:
             return
         now = time.monotonic()
@@ -502,7 +586,7 @@ def wait_healthy(
             waited = f"{now - started:.1f}s" if now < deadline else f"{health.timeout:g}s"
             raise Failed(
                 f"{program.type}.{index} on releases/{program.release} failed the health check "
-                f"(GET {health.path}: {last}, wanted {health.status}, after {waited})",
+                f"(GET {health.path}: {last}, wanted {health.wanted}, after {waited})",
                 f"its log: {log}",
                 output=tail(log, offsets.get(index, 0)),
             )
@@ -701,7 +785,9 @@ def wanted_programs(d: Deploy) -> dict[str, Program]:
     counts = counts_for(d.app, d.procfile, d.config.processes)
     if d.host.web == 0:  # a worker host runs no web, whatever the counts say
         counts["web"] = 0
-    return prov.plan(d.procfile, counts, d.release_id, d.host.port, d.config.stop_grace)
+    return prov.plan(
+        d.procfile, counts, d.release_id, d.host.port, d.config.stop_grace, d.config.signals
+    )
 
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:
@@ -804,7 +890,7 @@ def verify(d: Deploy) -> str:
     if web is not None:
         health = _health_of(d.app, d.host, web.release)
         status = public_status(web.port, health)
-        if status != health.status:
+        if status not in health.accepts:
             raise Failed(f"port {web.port} answers GET {health.path} with {status}")
         detail += f"; :{web.port} GET {health.path} {status}"
     return detail
@@ -814,10 +900,10 @@ def public_status(port: int, health: Health, attempts: int = 3) -> int | str:
     last: int | str = "no answer"
     for attempt in range(attempts):
         try:
-            last = get(port, health.path, timeout=min(5.0, health.timeout))
+            last = probe(port, health.path, min(5.0, health.timeout), health.headers()).status
         except (OSError, http.client.HTTPException) as exc:
             last = f"{type(exc).__name__}: {exc}"
-        if last == health.status:
+        if last in health.accepts:
             return last
         if attempt + 1 < attempts:
             time.sleep(health.interval)
@@ -863,6 +949,8 @@ def release_command(d: Deploy) -> str:
     command = d.procfile.get(prov.RELEASE_TYPE)
     if not command:
         return Skip("no release: command in Procfile")
+    if d.kind == "rollback" and "run-release" not in d.options:
+        return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
     from .deploy import run_in_release
 
     output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)

@@ -8,7 +8,9 @@ cache); pip is the fallback installer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,6 +38,7 @@ class Plan:
     installer: str
     python: str
     inputs: tuple[Path, ...]
+    interpreter: str = sys.executable  # what the venv is made from (an installed Python)
 
     @property
     def key(self) -> str:
@@ -44,6 +47,89 @@ class Plan:
         for path in self.inputs:
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         return digest.hexdigest()[:16]
+
+
+# pip's settings that decide where packages come from and how TLS is checked, and what uv
+# calls them (uv reads neither pip.conf nor PIP_*): a host whose pip works must work for uv.
+PIP_TO_UV = {
+    "index-url": "UV_INDEX_URL",
+    "extra-index-url": "UV_EXTRA_INDEX_URL",
+    "trusted-host": "UV_INSECURE_HOST",
+    "cert": "SSL_CERT_FILE",
+}
+UV_ALREADY = {  # set by the operator for uv itself: left alone
+    "UV_INDEX_URL": ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"),
+    "UV_EXTRA_INDEX_URL": ("UV_EXTRA_INDEX_URL", "UV_INDEX"),
+    "UV_INSECURE_HOST": ("UV_INSECURE_HOST",),
+    "SSL_CERT_FILE": ("SSL_CERT_FILE",),
+}
+
+
+def pip_config_files(environ: dict[str, str], home: Path) -> list[Path]:
+    """pip's configuration files, lowest priority first (pip's own order on Linux)."""
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:
+        return []
+    dirs = (environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
+    files = [Path(d) / "pip" / "pip.conf" for d in reversed(dirs) if d]
+    files.append(Path("/etc/pip.conf"))
+    files.append(home / ".pip" / "pip.conf")
+    files.append(Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf")
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    return files
+
+
+def pip_settings(environ: dict[str, str] | None = None, home: Path | None = None) -> dict:
+    """{pip option: (value, where it was set)} for the options uv needs to hear about."""
+    import configparser
+
+    environ = dict(os.environ if environ is None else environ)
+    found: dict[str, tuple[str, str]] = {}
+    for path in pip_config_files(environ, home or Path.home()):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            if not parser.read(path):
+                continue
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                for option in PIP_TO_UV:
+                    value = parser.get(section, option, fallback=None)
+                    if value is not None:
+                        found[option] = (" ".join(value.split()), str(path))
+    for option in PIP_TO_UV:
+        name = "PIP_" + option.upper().replace("-", "_")
+        if environ.get(name):
+            found[option] = (" ".join(environ[name].split()), name)
+    return found
+
+
+def uv_environment(environ: dict[str, str] | None = None, home: Path | None = None) -> dict:
+    """What uv needs in its environment to reach the index the way pip on this host does,
+    and to trust the system's certificate store (corporate CAs are added there)."""
+    environ = dict(os.environ if environ is None else environ)
+    extra: dict[str, str] = {}
+    for option, (value, _) in pip_settings(environ, home).items():
+        name = PIP_TO_UV[option]
+        if not any(environ.get(n) for n in UV_ALREADY[name]):
+            extra[name] = value
+    if not any(k in environ for k in ("UV_SYSTEM_CERTS", "UV_NATIVE_TLS")):
+        extra["UV_SYSTEM_CERTS"] = "1"
+    return extra
+
+
+def carried(environ: dict[str, str] | None = None) -> str:
+    """One line naming the pip settings uv is given, and where each came from ("" if none)."""
+    environ = dict(os.environ if environ is None else environ)
+    passed = uv_environment(environ)
+    found = pip_settings(environ)
+    by_source: dict[str, list[str]] = {}
+    for option, (_, where) in sorted(found.items()):
+        if PIP_TO_UV[option] in passed:
+            by_source.setdefault(where, []).append(option)
+    named = [f"{' and '.join(options)} from {where}" for where, options in by_source.items()]
+    return "pip's " + ", ".join(named) if named else ""
 
 
 def uv_bin() -> str:
@@ -55,9 +141,87 @@ def uv_bin() -> str:
 def python_spec(config: AppConfig) -> str:
     if config.python:
         return config.python
+    return own_spec()
+
+
+def own_spec() -> str:
     # what platform.python_implementation().lower() and .python_version() say, without
     # importing platform (a noticeable part of a deploy's start)
     return f"{sys.implementation.name}-{sys.version.split()[0]}"
+
+
+def python_request(release: Path, config: AppConfig) -> tuple[str, str] | None:
+    """(the Python the app asks for, where it says so): shipyard.toml's ``python``, else
+    ``.python-version``, else ``requires-python`` in pyproject.toml; None when it does not."""
+    if config.python:
+        return config.python.strip(), "python in shipyard.toml"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (release / ".python-version").read_text().splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                return line.strip(), ".python-version"
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        project = tomllib.loads((release / "pyproject.toml").read_text()).get("project", {})
+        if isinstance(project.get("requires-python"), str):
+            return project["requires-python"].strip(), "requires-python in pyproject.toml"
+    return None
+
+
+def satisfied_by_own(request: str) -> bool:
+    """Does the interpreter shipyard runs on fit the request (a version or a specifier)?"""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    mine = sys.version.split()[0]
+    if request[:1] in "<>=!~":
+        try:
+            return SpecifierSet(request).contains(mine, prereleases=True)
+        except InvalidSpecifier:
+            return False
+    version = re.sub(r"^(cpython-?|python)", "", request)
+    if not re.fullmatch(r"\d+(\.\d+){0,2}", version):
+        return False  # e.g. pypy, a path, a free-threaded build: ask uv
+    return mine.split(".")[: version.count(".") + 1] == version.split(".")
+
+
+def installed_pythons() -> list[str]:
+    """The Python versions uv finds on this host (installed ones only, never a download)."""
+    result = subprocess.run(
+        [uv_bin(), "python", "list", "--only-installed", "--no-python-downloads"]
+        + ["--output-format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        found = json.loads(result.stdout or "[]")
+    except ValueError:
+        return []
+    versions = {p.get("version") for p in found if p.get("version")}
+    return sorted(versions, key=lambda v: [int(n) if n.isdigit() else 0 for n in v.split(".")])
+
+
+def choose_interpreter(request: str, source: str) -> tuple[str, str]:
+    """(the venv key's python part, the interpreter) for a request: shipyard's own Python when
+    it fits, else an installed one that does; never a download."""
+    if satisfied_by_own(request):
+        return own_spec(), sys.executable
+    result = subprocess.run(
+        [uv_bin(), "python", "find", "--no-python-downloads", "--", request],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.returncode or not path:
+        have = installed_pythons()
+        shown = ", ".join(have) if have else "none that uv can find"
+        major_minor = re.search(r"\d+\.\d+", request)
+        apt = f"apt-get install python{major_minor.group(0)}, or " if major_minor else ""
+        raise ConfigError(
+            f"{source} asks for Python {request}, which is not installed on this host "
+            f"(it has: {shown})",
+            f"install it ({apt}`uv python install {request}` as the deploy user), or ask "
+            f"for one of those in {source}",
+        )
+    return f"python-{request}@{os.path.realpath(path)}", path
 
 
 def plan(release: Path, config: AppConfig, installer: str) -> Plan:
@@ -82,7 +246,12 @@ def plan(release: Path, config: AppConfig, installer: str) -> Plan:
         inputs.append(release / "pyproject.toml")
     if requirements.suffix == ".txt":
         inputs.extend(_included(requirements, release))
-    return Plan(requirements, config.installer or installer, python_spec(config), tuple(inputs))
+    asked = python_request(release, config)
+    spec, interpreter = choose_interpreter(*asked) if asked else (own_spec(), sys.executable)
+    if config.python and spec == own_spec():
+        spec = config.python  # as before: an app that named shipyard's own Python keeps its key
+    installer = config.installer or installer
+    return Plan(requirements, installer, spec, tuple(inputs), interpreter)
 
 
 def _included(requirements: Path, release: Path, seen: set[Path] | None = None) -> list[Path]:
@@ -149,7 +318,10 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    interpreter = sys.executable if "-" in the_plan.python else the_plan.python
+    if the_plan.installer == "uv":
+        env.update(uv_environment(env))
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    interpreter = the_plan.interpreter
     # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
     reuse = bytecode_from is not None and interpreter == sys.executable
     reuse = reuse and the_plan.installer == "uv"

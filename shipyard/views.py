@@ -141,7 +141,14 @@ def status(app: App) -> dict:
         "processes": processes(app),
         "hosts": hosts,
         "disagree": disagree,  # many hosts: where they do not serve one release
+        "notify": notify_problems(app),
     }
+
+
+def notify_problems(app: App) -> list[dict]:
+    from . import notify
+
+    return notify.problems(app)
 
 
 def outcome_text(entry: dict) -> str:
@@ -225,6 +232,14 @@ def render_status(s: dict) -> str:
             lines.append(
                 fit(f"  note       interrupted at {how.get('phase')}, then completed", WIDTH)
             )
+    for failed in s.get("notify") or []:  # webhooks whose last delivery did not arrive
+        lines.append(
+            fit(
+                f"  ! webhook {failed['webhook']}: #{failed.get('deploy')} {failed.get('event')} "
+                f"not delivered ({failed.get('error')}; {failed.get('attempts', 1)} tries)",
+                WIDTH,
+            )
+        )
     branch = s.get("branch") or {}
     live_sha = (live or {}).get("sha")
     if (
@@ -345,6 +360,8 @@ def render_releases(r: dict) -> str:
     for row in reversed(r["releases"]):
         venv = (row["venv"] or "-")[:6] if row["venv_present"] or not row["venv"] else "gone"
         migr = "-" if row["migrations"] is None else str(len(row["migrations"]))
+        if row["migrations"] is None and row["state"] == "good":
+            migr = "?"  # a migrate command ran that cannot list what it applied
         mark = "* " if row["live"] else ("↩ " if row["id"] == r["rollback_to"] else "  ")
         line = (
             mark

@@ -205,11 +205,35 @@ class Work:
     def write(self, name: str, text: str) -> None:
         (self.path / name).write_text(text)
 
-    def push(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """`git push production …`; the result's .out holds what the pusher saw."""
+    def tracking(self, branch: str = "main") -> str | None:
+        """Where the clone's remote-tracking ref `production/<branch>` points (None: absent)."""
+        ref = f"refs/remotes/production/{branch}"
+        return self.git("rev-parse", "--verify", "-q", ref, check=False).stdout.strip() or None
+
+    def push_in_background(self, *args: str) -> subprocess.Popen:
+        """`git push production …` in its own process group (so a test can kill the client)."""
+        return subprocess.Popen(
+            ["git", "push", "production", *(args or ("main",))],
+            cwd=self.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def push(
+        self, *args: str, check: bool = True, fails: bool = False
+    ) -> subprocess.CompletedProcess:
+        """`git push production …`; the result's .out holds what the pusher saw.
+
+        ``fails``: the deploy is expected to fail, and with it the push (git's
+        `[remote rejected]` line, a non-zero exit).
+        """
         result = self.git("push", "production", *(args or ("main",)), check=False)
         result.out = result.stdout + result.stderr
-        if check and result.returncode:
+        if fails:
+            assert result.returncode != 0 and "[remote rejected]" in result.out, result.out
+        elif check and result.returncode:
             raise AssertionError(f"push failed ({result.returncode}):\n{result.out}")
         return result
 

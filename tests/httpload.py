@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -35,6 +36,7 @@ class Load:
     limit: int = 4500
     results: list[tuple[float, float, int | str, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    get: Callable[[], tuple[int, str]] | None = None  # another GET (e.g. HTTPS via the proxy)
 
     def run(self) -> None:
         started = time.monotonic()
@@ -48,7 +50,7 @@ class Load:
             next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
             t0 = time.monotonic()
             try:
-                status, body = fetch(self.port, timeout=30)
+                status, body = self.get() if self.get else fetch(self.port, timeout=30)
             except (OSError, http.client.HTTPException) as exc:
                 status, body = f"{type(exc).__name__}: {exc}", ""
             self.results.append((t0 - started, time.monotonic() - t0, status, body.strip()))

@@ -12,7 +12,17 @@ command -v ssh >/dev/null || need+=(openssh-client)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || need+=(postgresql)
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the many-host tests
+# the front door (tests/e2e/test_frontdoor.py): nginx and certbot as on a host, pebble (a real
+# ACME server) on loopback, headless Chromium with certutil for a throw-away NSS db
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v certbot >/dev/null || need+=(certbot)
+command -v pebble >/dev/null || need+=(pebble)
+command -v chromium >/dev/null || need+=(chromium)
+command -v certutil >/dev/null || need+=(libnss3-tools)
+command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)  # the receiver's TLS certificate (receiver/tls.py)
+# scheduled jobs (tests/e2e/test_cron.py): the test starts Debian's cron daemon, `cron -f`
+{ [ -x /usr/sbin/cron ] && command -v crontab >/dev/null; } || need+=(cron)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

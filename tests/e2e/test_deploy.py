@@ -120,7 +120,9 @@ def test_failing_build_step_leaves_live_release_and_retry_works(host: Host, work
     work.push()
     live, good_sha = host.live(), host.branch()
     bad = work.commit("bad", **{"shipyard.toml": 'build = ["echo building; exit 3"]\n'})
-    result = work.push()
+    result = work.push(check=False)  # a failed deploy fails the push (it exited 0 before)
+    assert result.returncode != 0 and work.tracking() == good_sha
+    assert "[remote rejected] main -> main (deploy #2 failed at build: build step" in result.out
     assert "✗ build" in result.out and "exit 3" in result.out and "building" in result.out
     assert f"still live: {live.name}" in result.out.splitlines()[-3] or "still live" in result.out
     assert host.live() == live
@@ -187,6 +189,12 @@ def test_killed_push_client_does_not_stop_the_deploy(host: Host, work: Work):
     assert host.live().name.endswith(sha[:7])
     assert history(host)[-1]["outcome"] == "live"
     assert "shipyard ▸ live" in (host.dir / "deploys" / "1.log").read_text()
+    assert f"shipyard ▸ live: {sha[:7]}" in shipyard("--root", host.root, "log", "mysite").stdout
+    assert work.tracking() is None  # the client never heard the outcome
+    after = work.commit("next", **{"mysite/version.py": 'GREETING = "next"\n'})
+    again = work.push()  # the next push is not confused by the refs
+    assert again.returncode == 0 and work.tracking() == after == host.branch()
+    assert host.live().name.endswith(after[:7])
 
 
 def test_other_branches_are_stored_not_deployed(host: Host, work: Work):
@@ -232,7 +240,8 @@ def test_requirement_problems_fail_cleanly(host: Host, work: Work):
         "uninstallable",
         **{"shipyard.toml": "", "requirements.txt": "shipyard-no-such-package-xyz==1.0\n"},
     )
-    result = work.push()
+    result = work.push(check=False)  # a failed deploy fails the push (it exited 0 before)
+    assert result.returncode != 0 and "(deploy #2 failed at venv: " in result.out
     assert "✗ venv" in result.out and "shipyard-no-such-package-xyz" in result.out
     assert host.live() == live
     assert not [p for p in (host.dir / "venvs").iterdir() if p.name.startswith(".tmp")]
@@ -242,7 +251,8 @@ def test_requirement_problems_fail_cleanly(host: Host, work: Work):
 def test_symlink_out_of_the_release_is_refused(host: Host, work: Work):
     (work.path / "secrets").symlink_to("../../../../etc/passwd")
     work.commit("sneaky")
-    result = work.push()
+    result = work.push(check=False)  # a failed deploy fails the push (it exited 0 before)
+    assert result.returncode != 0 and work.tracking() is None
     assert "symlink secrets -> ../../../../etc/passwd points outside the release" in result.out
     assert not (host.dir / "current").exists() and host.releases() == []
     assert host.branch() is None
@@ -294,6 +304,8 @@ def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):
     out_a, out_b = a.communicate(timeout=120)[0], b.communicate(timeout=120)[0]
     assert "shipyard ▸ live" in out_a
     assert "waiting for deploy" in out_b and f"superseded: main is now {c_sha[:7]}" in out_b
+    assert a.returncode == 0 and b.returncode != 0  # b's push exited 0 before: nothing deployed
+    assert "[remote rejected] main -> main (deploy #3 superseded: " in out_b
     assert f"shipyard ▸ live: {c_sha[:7]}" in c.out
     assert host.live().name.endswith(c_sha[:7])
     outcomes = {e["sha"]: e["outcome"] for e in history(host)}

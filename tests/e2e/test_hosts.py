@@ -109,7 +109,7 @@ def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster
     good = run("git", "--git-dir", cluster.dir / "repo.git", "rev-parse", "main")
     (peers[1].dir / "shared" / "fail-build").write_text("")
     sha = work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    result = work.push()
+    result = work.push(fails=True)
     assert "✗ prepare-peers" in result.out and "web3" in result.out and "exit 7" in result.out
     assert "[web3] │ marker found" in result.out
     assert f"still live: {live}" in result.out
@@ -125,7 +125,7 @@ def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster
     (cluster.dir / "shared" / "fail-build").write_text("")
     work.git("commit", "-q", "--amend", "-m", "v2 again")
     sha = work.git("rev-parse", "HEAD").stdout.strip()
-    result = work.push()
+    result = work.push(fails=True)
     assert "✗ build" in result.out and f"still live: {live}" in result.out
     deadline = time.monotonic() + 20
     while any(r.endswith(sha[:7]) for p in peers for r in releases(p.dir)):
@@ -147,7 +147,7 @@ def test_a_receiver_killed_during_prepare_aborts_the_deploy(tmp_path, cluster):
     time.sleep(0.5)  # inside the slow build step now
     cluster.kill(peers[0])
     out = seen + push.communicate(timeout=120)[0]
-    assert push.returncode == 0  # the push itself landed; the deploy failed and said so
+    assert push.returncode != 0  # the deploy failed, and so did the push (it exited 0 before)
     assert "✗ prepare-peers" in out and "web2" in out, out
     assert "connection lost during prepare" in out, out
     cluster.assert_serving(V1, live, out)
@@ -277,7 +277,7 @@ def test_rolling_batches_switch_back_when_the_second_host_fails_verify(tmp_path,
     # web2's web process cannot start: its health check fails after its switch
     (peers[0].dir / "shared" / ".env").write_text("DJANGO_SETTINGS_MODULE=no.such.settings\n")
     work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
-    result = work.push()
+    result = work.push(fails=True)
     assert "batch 1/3" in result.out and "batch 2/3" in result.out
     assert "batch 3/3" not in result.out and "✗ rollout" in result.out
     cluster.assert_serving(V1, live, result.out)

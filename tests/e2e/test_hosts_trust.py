@@ -213,6 +213,9 @@ def test_hosts_talk_tls_to_a_pinned_certificate(tmp_path, cluster):
     address = f"{node.address}:{netns.PORT}"
     cert, key, fingerprint = make_cert(tmp_path / "web2-tls", address)
     web2 = netns_peer(cluster, node, ("--tls-cert", str(cert), "--tls-key", str(key)))
+    deadline = time.monotonic() + 10  # it logs just after it starts listening
+    while "listening on" not in web2.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "listening on" in web2.log.read_text() and "(TLS;" in web2.log.read_text()
 
     # without a pin the primary speaks plain HTTP, which a TLS receiver does not answer
@@ -237,7 +240,7 @@ def test_hosts_talk_tls_to_a_pinned_certificate(tmp_path, cluster):
     _, _, other = make_cert(tmp_path / "other-tls", address)
     pin(cluster, {web2.address: other})
     work.commit("v2", **{"mysite/version.py": 'GREETING = "Hello from v2"\n'})
-    second = work.push()
+    second = work.push(fails=True)
     assert f"{web2.address} presented the certificate {fingerprint}, not the pinned {other}" in (
         second.out
     ), second.out

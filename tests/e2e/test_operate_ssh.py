@@ -19,15 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Work, run
+from conftest import Work, end_user_processes, run, user_pids
 from httpload import Load, fetch
 from test_ssh import (  # noqa: F401 - server: the module's sshd
     Server,
     clone_example,
-    end_user_processes,
     push,
     server,
-    user_pids,
 )
 
 from shipyard import lock, supervise

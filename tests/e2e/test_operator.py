@@ -190,7 +190,8 @@ def test_rollback_goes_back_step_by_step_and_moves_the_branch(three):
     entry = history(host)[-1]
     assert entry["kind"] == "rollback" and entry["outcome"] == "live"
     assert entry["previous"] == releases[2] and entry["release"] == releases[1]
-    assert entry["options"] == {"skip-migrate": ""}
+    assert entry["options"] == {}  # it was {"skip-migrate": ""}, an option nobody gave
+    assert "skip-migrate" not in out and "a rollback runs no migrations" in out
     assert (host.dir / "deploys" / "4.log").read_text() == out  # logged like any deploy
 
     # Again: one more step back, never forward to the release just left.
@@ -289,7 +290,31 @@ def test_rollback_warns_about_migrations_it_leaves_applied(three):
     warning = out.splitlines()[1]
     assert warning.startswith("  ! 2 migration(s) applied since")
     assert "polls.0003_votes, polls.0004_closed" in warning
-    assert "- migrate           -    skipped" in out
+    assert "the older code runs against the newer schema" in warning
+    # only what is true: no "-o skip-migrate" the user never gave (it said so before)
+    assert "- migrate           -    a rollback runs no migrations" in out
+    assert "skip-migrate" not in out
+
+
+def test_rollback_runs_the_release_command_only_when_asked(three):
+    """A rollback ran the Procfile's `release:` (often a migrate) before; now only if asked."""
+    host, work, _ = three
+    procfile = (work.path / "Procfile").read_text()
+    release = "release: touch $SHIPYARD_SHARED/release-ran"
+    with_release = work.commit("release command", **{"Procfile": procfile + release + "\n"})
+    work.push()
+    v5 = work.commit("v5", **{"mysite/version.py": 'GREETING = "v5"\n'})
+    work.push()
+    marker = host.dir / "shared" / "release-ran"
+    marker.unlink()
+    out = sy(host, "rollback", "mysite").stdout
+    line = next(ln for ln in out.splitlines() if " release " in ln)
+    assert "- release" in line and "a rollback runs no `touch" in line
+    assert "--run-release" in line and not marker.exists()
+    sy(host, "deploy", "mysite", v5[:12])
+    asked = sy(host, "rollback", "mysite", with_release[:8], "--run-release").stdout
+    assert "✓ release" in asked and marker.exists()
+    assert history(host)[-1]["options"] == {"run-release": ""}
 
 
 def test_rollback_target_survives_pruning_after_a_pin(host: Host, work: Work):
@@ -444,7 +469,7 @@ def test_rollback_to_a_failed_deploy_is_refused(host: Host, work: Work):
     work.push()
     live = host.live()
     bad = work.commit("bad", **{"shipyard.toml": 'build = ["exit 3"]\n'})
-    work.push()
+    assert work.push(check=False).returncode == 1  # a failed deploy fails the push now
     failed = history(host)[-1]
     assert failed["outcome"] == "failed" and failed["release"].endswith(bad[:7])
     for name in (failed["release"], bad[:7]):

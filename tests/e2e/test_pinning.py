@@ -17,6 +17,15 @@ def manifest(host: Host) -> dict:
     return json.loads((host.live() / ".shipyard" / "release.json").read_text())
 
 
+MIGRATION = """from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("polls", "0002_choice")]
+    operations = [migrations.AddField("question", "votes", models.IntegerField(default=0))]
+"""
+
+
 def deploy_count(host: Host) -> int:
     return len(list((host.dir / "deploys").glob("*.log")))
 
@@ -48,19 +57,50 @@ def test_annotated_tag_to_branch_deploys_its_commit(host: Host, fast: Work):
     assert not list((host.dir / "run" / "tags").iterdir())  # the note was consumed
 
 
-def test_first_push_of_a_tag_must_name_the_branch_in_full(host: Host, fast: Work):
-    """With no main on the host, git reads `v1.0:main` as "create tag main": refused."""
+@pytest.mark.parametrize("annotated", [True, False], ids=["annotated", "lightweight"])
+def test_first_push_of_a_tag_to_an_empty_host_deploys(host: Host, fast: Work, annotated: bool):
+    """With no main on the host, git reads `v1.0:main` as "create tag main": it deploys to main.
+
+    (It was refused before, asking for `v1.0:refs/heads/main`.)
+    """
     sha = fast.git("rev-parse", "HEAD").stdout.strip()
-    fast.git("tag", "-a", "v1.0", "-m", "release 1.0")
-    short = fast.push("v1.0:main", check=False)
-    assert short.returncode != 0
-    assert "refusing to create a tag named main" in short.out
-    assert "push TAG:refs/heads/main" in short.out
-    assert host.branch("refs/tags/main") is None and host.branch("refs/heads/main") is None
-    full = fast.push("v1.0:refs/heads/main")
-    assert "[new branch]      v1.0 -> main" in full.out
-    assert f"shipyard ▸ live: {sha[:7]} (v1.0)" in full.out
-    assert host.branch("refs/heads/main") == sha
+    fast.git("tag", *(["-a", "-m", "release 1.0"] if annotated else []), "v1.0")
+    result = fast.push("v1.0:main")
+    assert result.returncode == 0, result.out
+    assert "* [new branch]      v1.0 -> main" in result.out  # git's line names the branch
+    named = " (v1.0)" if annotated else ""  # a lightweight tag is a bare commit on the wire
+    assert f"shipyard ▸ live: {sha[:7]}{named} in" in result.out
+    assert host.branch("refs/heads/main") == sha and host.branch("refs/tags/main") is None
+    assert fast.tracking() == sha  # the pusher's production/main is what is live
+    assert manifest(host)["sha"] == sha
+
+    # Once the branch exists, a real tag named like it is refused (it would make main ambiguous)
+    fast.git("tag", "-f", "main")
+    refused = fast.push("refs/tags/main:refs/tags/main", check=False)
+    assert refused.returncode != 0
+    assert "refusing to create a tag named main" in refused.out
+    assert host.branch("refs/tags/main") is None and deploy_count(host) == 1
+    fast.git("tag", "-d", "main")
+    full = fast.push("-f", "v1.0:refs/heads/main")  # the full spelling still works
+    assert full.returncode == 0 and host.branch("refs/heads/main") == sha
+
+
+@pytest.mark.parametrize("how", ["forced push", "shipyard deploy"])
+def test_pinning_an_older_tag_names_the_migrations_applied_since(host: Host, fast: Work, how):
+    """Making an older release live warns as a rollback does (it printed `nothing pending`)."""
+    fast.git("tag", "-a", "v0.9", "-m", "before the migration")
+    v09 = fast.push().out and host.branch()
+    old = host.live().name
+    fast.commit("migration", **{"polls/migrations/0003_votes.py": MIGRATION})
+    fast.push()
+    if how == "forced push":
+        out = fast.push("-f", "v0.9:main").out
+    else:
+        out = run("shipyard", "--root", host.root, "deploy", "mysite", v09[:12]).stdout
+    warning = next(ln for ln in out.splitlines() if "migration(s) applied since" in ln)
+    assert f"1 migration(s) applied since {old} stay applied: polls.0003_votes;" in warning
+    assert "the older code runs against the newer schema" in warning
+    assert host.live().name == old
 
 
 def test_lightweight_tag_deploys_and_is_named_only_when_pushed_too(host: Host, fast: Work):
@@ -183,10 +223,12 @@ def test_unknown_push_option_is_refused_before_the_ref_moves(host: Host, fast: W
     fast.push()
     sha, logs = host.branch(), deploy_count(host)
     fast.commit("two", **{"mysite/version.py": 'GREETING = "two"\n'})
-    for bad in ("skip-migrations", "color=purple"):
+    for bad in ("skip-migrations", "color=purple", "no-restart=no"):
         result = fast.push("-o", bad, "main", check=False)
         assert result.returncode != 0 and "[remote rejected]" in result.out
-        assert "known options: color, message, no-restart, skip-migrate" in result.out or (
-            "is not one of never, always, auto" in result.out
+        assert (
+            "known options: color, message, no-restart, no-wait, skip-migrate, wait" in result.out
+            or "is not one of never, always, auto" in result.out
+            or "push option no-restart takes no value" in result.out
         )
         assert host.branch() == sha and deploy_count(host) == logs

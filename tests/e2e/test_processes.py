@@ -210,7 +210,7 @@ def test_web_crashing_on_start_is_switched_back(site: Site):
     )
     site.work.commit("broken", **{"mysite/wsgi.py": boom + wsgi})
     try:
-        out = site.work.push().out
+        out = site.work.push(fails=True).out
     finally:
         env.unlink()
     assert re.search(r"✗ restart .* web\.1 on releases/\S+ exited on start \(", out)
@@ -231,7 +231,7 @@ def test_worker_crashing_on_start_switches_the_web_back_too(site: Site):
             "mysite/version.py": 'GREETING = "Hello from a bad release"\n',
         },
     )
-    out = site.work.push().out
+    out = site.work.push(fails=True).out
     assert re.search(r"worker\.1 on releases/\S+ exited on start \(", out)
     assert "worker: cannot reach the queue" in out
     assert "the previous release kept serving" in out
@@ -255,7 +255,7 @@ def test_failing_health_check_is_switched_back(site: Site):
         },
     )
     started = time.monotonic()
-    out = site.work.push().out
+    out = site.work.push(fails=True).out
     record("health_fail_push_s", round(time.monotonic() - started, 2))
     failed = re.search(r"health check \(GET /healthz: got 503, wanted 200, after (\S+)s", out)
     assert failed, out
@@ -280,7 +280,7 @@ def test_failing_verify_hands_the_processes_back(site: Site):
             )
         },
     )
-    out = site.work.push().out
+    out = site.work.push(fails=True).out
     assert "✓ restart" in out and "✗ verify" in out
     assert f"port {site.port} answers GET /healthz with 500" in out
     back = re.search(rf"↩ processes back on releases/{live.name}: web ×1 healthy.* in (\S+)s", out)
@@ -397,7 +397,7 @@ def test_port_in_use_at_first_start(host: Host, work: Work):
     squatter.bind(("127.0.0.1", host.port))
     squatter.listen()
     try:
-        out = work.push().out
+        out = work.push(fails=True).out
     finally:
         squatter.close()
     line = next(ln for ln in out.splitlines() if "✗ restart" in ln)
@@ -411,7 +411,7 @@ def test_supervisord_not_reachable(host: Host, work: Work, tmp_path: Path):
     missing = tmp_path / "nope.sock"
     with open(host.dir / "shipyard.toml", "a") as f:
         f.write(f'\n[supervisor]\nmode = "system"\nsocket = "{missing}"\n')
-    out = work.push().out
+    out = work.push(fails=True).out
     assert "✗ restart" in out
     assert f"supervisord not reachable at {missing}: No such file or directory" in out
     assert "nothing is live yet" in out

@@ -77,9 +77,8 @@ class Hosts:
         self.work.commit(text, **{"version.py": f'GREETING = "{text}"\n'})
         return text
 
-    def push(self) -> str:
-        result = self.work.push()
-        return result.out
+    def push(self, fails: bool = False) -> str:
+        return self.work.push(fails=fails).out
 
     def serves(self, name: str) -> str:
         return self.cluster.serves(None if name == "web1" else self.peer(name))
@@ -176,7 +175,7 @@ def test_a_failing_host_sends_every_host_back(clean, case):
     else:
         faults.arm(hosts.dirs[name] / "run", fault)
     hosts.next_version()
-    out = hosts.push()
+    out = hosts.push(fails=True)
     assert "✗ rollout" in out and all(line in out for line in expected), out
     hosts.assert_every_host_serves(greeting, live, out)
 

@@ -24,10 +24,21 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, Work, remove_user, run, shipyard
+from httpload import fetch
+from test_outcome import break_at
+
+from shipyard import faults
 
 pytestmark = pytest.mark.e2e
 
 SSHD = Path("/usr/sbin/sshd")
+MIGRATION = """from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("polls", "0002_choice")]
+    operations = [migrations.AddField("question", "votes", models.IntegerField(default=0))]
+"""
 # the machine's TLS/proxy settings, handed to the deploy user's sessions (sshd starts them with
 # an empty environment) so that its deploys can reach the package index from here too
 PASS_ENV = (
@@ -411,6 +422,180 @@ def test_doctor_over_ssh_reports_a_removed_hook(server: Server, first_push):
     finally:
         server.as_user(server.home / ".shipyard" / "venv" / "bin" / "shipyard", "init", "mysite")
     assert server.ssh("shipyard", "doctor", "mysite").returncode == 0
+
+
+# --- the push tells the truth over SSH: exit status, git's ref lines, tracking ref ----------
+
+
+def remote_tip(server: Server, app: str = "mysite") -> str | None:
+    """The server's deploy branch as the pusher sees it (git ls-remote over SSH)."""
+    listed = run(
+        "git",
+        "ls-remote",
+        server.url(app),
+        "refs/heads/main",
+        env={**os.environ, "GIT_SSH_COMMAND": server.git_ssh()},
+    ).stdout.split()
+    return listed[0] if listed else None
+
+
+def served(server: Server, app: str = "mysite") -> str:
+    text = (server.home / "apps" / app / "shipyard.toml").read_text()
+    status, body = fetch(int(re.search(r"(?m)^port = (\d+)$", text).group(1)))
+    assert status == 200, body
+    return body.strip()
+
+
+def deploys(server: Server, app: str = "mysite") -> list[dict]:
+    path = server.home / "apps" / app / "deploys" / "deploys.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def arm_pause(server: Server, at: str, number: int) -> None:
+    """Pause deploy ``number`` at ``at`` (the faults file must be the deploy user's own)."""
+    run_dir = server.app / "run"
+    faults.arm(run_dir, {"at": at, "action": "pause", "deploy": number})
+    entry = pwd.getpwnam(server.user)
+    os.chown(run_dir / faults.FILE, entry.pw_uid, entry.pw_gid)
+
+
+def wait_until(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def background_push(server: Server, work: Work, *args: str) -> subprocess.Popen:
+    work.git("config", "core.sshCommand", server.git_ssh())
+    return work.push_in_background(*args)
+
+
+def fetch_over_ssh(server: Server, clone: Work) -> None:
+    clone.git("config", "core.sshCommand", server.git_ssh())
+    clone.git("fetch", "-q", "production")
+
+
+def greet(work: Work, text: str) -> str:
+    return work.commit(text, **{"mysite/version.py": f'GREETING = "{text}"\n'})
+
+
+@pytest.mark.parametrize("phase", ["venv", "migrate", "verify"])
+def test_a_failed_deploy_fails_the_push_over_ssh(server: Server, work: Work, first_push, phase):
+    live, serving = remote_tip(server), served(server)
+    work.git("reset", "-q", "--hard", live)
+    fetch_over_ssh(server, work)
+    number = len(deploys(server)) + 1
+    break_at(work, phase)
+    result = push(server, work, check=False)
+    assert result.returncode != 0, result.out
+    phases = "(restart|verify)" if phase == "verify" else phase
+    assert re.search(
+        rf"! \[remote rejected\] main -> main \(deploy #{number} failed at {phases}: ", result.out
+    ), result.out
+    assert remote_tip(server) == live and work.tracking() == live and served(server) == serving
+    work.git("reset", "-q", "--hard", live)
+    sha = greet(work, f"over ssh after a failed {phase}")
+    again = push(server, work)
+    assert again.returncode == 0 and remote_tip(server) == sha == work.tracking()
+    assert served(server) == f"over ssh after a failed {phase}"
+
+
+def test_a_superseded_push_fails_over_ssh(server: Server, work: Work, first_push, tmp_path):
+    work.git("reset", "-q", "--hard", remote_tip(server))
+    number = len(deploys(server)) + 1
+    greet(work, "first over ssh")
+    arm_pause(server, "checkout", number)
+    first = background_push(server, work)
+    wait_until(lambda: (server.app / "run" / faults.PAUSED).exists())
+    other = clone_example(tmp_path / "other", server.url())
+    fetch_over_ssh(server, other)
+    other.git("reset", "-q", "--hard", "production/main")
+    queued_sha = greet(other, "queued over ssh")
+    queued = background_push(server, other)
+    wait_until(lambda: remote_tip(server) == queued_sha)
+    newer_sha = other.commit("newer", **{"mysite/c.py": "C = 1\n"})
+    newer = background_push(server, other)
+    wait_until(lambda: remote_tip(server) == newer_sha)
+    (server.app / "run" / faults.PAUSED).unlink()
+    outs = [p.communicate(timeout=240)[0] for p in (first, queued, newer)]
+    assert first.returncode == 0 and newer.returncode == 0, outs
+    assert queued.returncode != 0, outs[1]
+    assert re.search(r"! \[remote rejected\] main -> main \(deploy #\d+ superseded: ", outs[1])
+    assert other.tracking() == newer_sha and served(server) == "queued over ssh"
+    fetch_over_ssh(server, work)
+
+
+def test_client_killed_mid_deploy_over_ssh(server: Server, work: Work, first_push):
+    work.git("reset", "-q", "--hard", remote_tip(server))
+    fetch_over_ssh(server, work)
+    number = len(deploys(server)) + 1
+    sha = greet(work, "ssh client gone")
+    arm_pause(server, "switch", number)
+    client = background_push(server, work)
+    wait_until(lambda: (server.app / "run" / faults.PAUSED).exists())
+    os.killpg(client.pid, signal.SIGKILL)
+    client.wait(timeout=30)
+    (server.app / "run" / faults.PAUSED).unlink()
+    wait_until(lambda: any(e["deploy"] == number for e in deploys(server)))
+    assert deploys(server)[-1]["outcome"] == "live" and served(server) == "ssh client gone"
+    replay = server.ssh("shipyard", "log", "mysite", str(number))
+    assert f"shipyard ▸ live: {sha[:7]}" in replay.stdout
+    after = greet(work, "after the killed ssh client")
+    again = push(server, work)
+    assert again.returncode == 0 and work.tracking() == after == remote_tip(server)
+
+
+def test_full_build_output_in_the_log_and_no_ansi_through_ssh(
+    server: Server, work: Work, first_push
+):
+    live = remote_tip(server)
+    work.git("reset", "-q", "--hard", live)
+    number = len(deploys(server)) + 1
+    step = "python -c \\\"[print(f'line {i}') for i in range(1, 61)]\\\"; exit 4"
+    toml = f'build = ["{step}"]\nshared = [".env", "media/"]\n\n[health]\npath = "/healthz"\n'
+    work.commit("noisy", **{"shipyard.toml": toml})
+    result = push(server, work, "-o", "color=always", "main", check=False)
+    assert result.returncode != 0 and f"(deploy #{number} failed at build: " in result.out
+    shown = [ln for ln in remote_lines(result.out) if "│ line " in ln]
+    assert len(shown) == 20 and shown[-1].endswith("line 60")
+    assert f"40 earlier line(s) of this output are in the log: `shipyard log mysite {number}`" in (
+        result.out
+    )
+    replay = server.ssh("shipyard", "log", "mysite", str(number)).stdout  # no tty: a pipe
+    assert "\x1b[" not in replay and "✗ build" in replay
+    assert [ln.split("│ ")[1] for ln in replay.splitlines() if "│ line " in ln] == [
+        f"line {i}" for i in range(1, 61)
+    ]
+    work.git("reset", "-q", "--hard", live)
+
+
+def test_rollback_over_ssh_says_only_what_is_true(server: Server, work: Work, first_push):
+    out = server.ssh("shipyard", "rollback", "mysite")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "skip-migrate" not in out.stdout
+    assert "- migrate           -    a rollback runs no migrations" in out.stdout
+    push(server, work, "-f", "main")  # forward again
+
+
+def test_first_push_of_an_annotated_tag_to_an_empty_host_over_ssh(server: Server, tmp_path):
+    shipyard_bin = server.home / ".shipyard" / "venv" / "bin" / "shipyard"
+    server.as_user(shipyard_bin, "init", "tagged", "--port", str(free_port()))
+    tagged = clone_example(tmp_path / "tagged", server.url("tagged"))
+    tagged.commit("fast", **{"shipyard.toml": 'shared = [".env", "media/"]\n'})
+    sha = tagged.git("rev-parse", "HEAD").stdout.strip()
+    tagged.git("tag", "-a", "v1.0", "-m", "first release")
+    result = push(server, tagged, "v1.0:main")
+    assert result.returncode == 0
+    assert "* [new branch]      v1.0 -> main" in result.out
+    assert f"shipyard ▸ live: {sha[:7]} (v1.0) in" in result.out
+    assert remote_tip(server, "tagged") == sha == tagged.tracking()
+    # pinning it again after a migration names what stays applied, as a rollback does
+    old = (server.home / "apps" / "tagged" / "current").resolve().name
+    tagged.commit("migration", **{"polls/migrations/0003_votes.py": MIGRATION})
+    push(server, tagged)
+    pinned = push(server, tagged, "-f", "v1.0:main")
+    assert f"1 migration(s) applied since {old} stay applied: polls.0003_votes;" in pinned.out
 
 
 def test_doctor_reports_a_stopped_supervisord(server: Server, work: Work, first_push):

@@ -143,14 +143,7 @@ def resume(host: Host) -> None:
 
 def background_push(work: Work, *args: str) -> subprocess.Popen:
     """`git push production …` in its own process group (so a test can kill the client)."""
-    return subprocess.Popen(
-        ["git", "push", "production", *(args or ("main",))],
-        cwd=work.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return work.push_in_background(*args)
 
 
 def kill_client(proc: subprocess.Popen) -> None:

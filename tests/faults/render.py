@@ -32,11 +32,12 @@ the migration running, the new web process started) and then sent the worker SIG
 
 What happens to a killed deploy (see
 [architecture.md](architecture.md#interrupted-deploys-recovery-and-faults)): the
-post-receive hook sees its worker die without an outcome and starts `shipyard
+proc-receive hook sees its worker die without an outcome and starts `shipyard
 recover`; had the hook died too, the next deploy does the same first. Before the
-switch, nothing of the deploy went live: it is recorded `interrupted`. From the switch
+switch, nothing of the deploy went live: it is recorded `interrupted` and the push
+fails (`[remote rejected] main -> main (deploy #N interrupted at …)`). From the switch
 on, the deploy is completed (restart, verify, post-migrate, finish), with the usual
-undo if that fails.
+undo if that fails, and the push's exit status is that outcome's.
 """
 KINDS = [("fault", "Faults"), ("bad input", "Bad input"), ("security", "Security")]
 

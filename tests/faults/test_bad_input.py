@@ -191,7 +191,7 @@ def test_symlink_out_of_the_release(clean, observe, target, name):
     (work.path / name).symlink_to(target)
     sneaky = work.commit("sneaky link")
     n = len(entries(host))
-    out = work.push().out
+    out = work.push(fails=True).out
     line = next(ln for ln in remote_lines(out) if "✗ checkout" in ln)
     assert f"symlink {name} -> {target} points outside the release" in line
     assert "hint: make it a relative link to a file inside the repository" in out
@@ -256,7 +256,7 @@ def test_output_with_env_values_is_masked(clean, observe):
             },
         )
         n = len(entries(host)) + 1
-        out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main").out
+        out = work.push("-o", f"message=deploying {SECRETS['API_TOKEN']}", "main", fails=True).out
         assert "✗ build" in out and "key=********" in out and "token=********" in out
         assert re.search(r"by \S+: deploying \*{8}", out)
         assert "url=******** pw=********" in out  # a *_URL value whole, and its password
@@ -294,18 +294,60 @@ def test_extremely_long_output_lines(clean, observe):
     )
     work.commit("noisy", **{"shipyard.toml": f'build = ["{step}"]\n' + faultlib.NO_BUILD})
     started = time.monotonic()
-    out = work.push().out
+    out = work.push(fails=True).out
     seconds = time.monotonic() - started
     lines = remote_lines(out)
     assert "✗ build" in out and "exit 4" in out
     assert max(len(ln) for ln in lines) < 500
-    assert sum("│" in ln for ln in lines) <= 20
+    # the last 20 lines of the output, and one saying where the rest is
+    assert sum("│" in ln for ln in lines) == 21
+    assert "earlier line(s) of this output are in the log: `shipyard log mysite" in out
     assert check_invariants(host) == before
     log = (host.dir / "deploys" / f"{entries(host)[-1]['deploy']}.log").read_text()
     assert max(len(ln) for ln in log.splitlines()) < 500
+    kept = sum("│" in ln for ln in log.splitlines())  # 2.3 MB of output: both ends, the cut said
+    assert "line(s) cut here: the log keeps 1,000,000 characters" in log and kept > 10_000
     row["outcome"] = (
         f"failed in {seconds:.1f}s; the pusher got {len(lines)} lines, the longest "
-        f"{max(len(ln) for ln in lines)} characters (last 20 of the output, each cut at 400)"
+        f"{max(len(ln) for ln in lines)} characters (last 20 of the output, each cut at 400, "
+        f"and where the rest is); the log kept {kept} lines of it, saying where it was cut"
+    )
+
+
+def failed_at(host, work, before: str, phase: str) -> tuple[str, str]:
+    """Push; the deploy fails at ``phase``, before the switch: (its ✗ line's detail, output)."""
+    n = len(entries(host))
+    out = work.push(fails=True).out
+    line = next(ln for ln in remote_lines(out) if f"✗ {phase}" in ln)
+    assert check_invariants(host) == before
+    assert entries(host)[n]["outcome"] == "failed"
+    return re.sub(rf"^.*✗ {phase}\s+\d+\.\d+s\s+", "", line), out
+
+
+def test_a_python_version_the_host_does_not_have(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`.python-version` asks for a Python the host does not have")
+    work.commit("old python", **{".python-version": "3.6\n"})
+    said, out = failed_at(host, work, before, "venv")
+    assert said.startswith(".python-version asks for Python 3.6, which is not installed")
+    assert "uv python install 3.6" in out and "download" not in out.lower()
+    row["outcome"] = f"deploy failed at venv, no download tried: `{said[:110]}…`"
+
+
+def test_allowed_hosts_refuse_the_health_probe(clean, observe):
+    host, work, before = clean
+    row = observe("bad input", "`ALLOWED_HOSTS` without the host the health check sends")
+    settings = work.path / "mysite" / "settings.py"
+    text = settings.read_text()
+    work.commit(
+        "prod hosts", **{"mysite/settings.py": text.replace('["*"]', '["www.example.com"]')}
+    )
+    said, out = failed_at(host, work, before, "restart")
+    assert "got 400" in said and "an answer that waiting will not change" in said
+    assert "ALLOWED_HOSTS" in out and '[health] host = "your.domain"' in out
+    row["outcome"] = (
+        "deploy failed at restart after three 400s, not the 30 s timeout; the hint names "
+        "ALLOWED_HOSTS and `[health] host`; the old release kept serving"
     )
 
 

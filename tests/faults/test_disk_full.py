@@ -113,7 +113,7 @@ def test_disk_full_during_checkout(clean, observe):
     fill(mount, 12)
     try:
         n = len(entries(host))
-        out = work.push().out
+        out = work.push(fails=True).out
     finally:
         free_up(mount)
     line = next(ln for ln in out.splitlines() if "✗ checkout" in ln)
@@ -141,7 +141,7 @@ def test_disk_full_during_venv_build(clean, observe):
     fill(mount, 15)
     try:
         n = len(entries(host))
-        out = work.push().out
+        out = work.push(fails=True).out
     finally:
         free_up(mount)
     line = next(ln for ln in out.splitlines() if "✗ venv" in ln)

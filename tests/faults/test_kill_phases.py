@@ -3,9 +3,10 @@
 One deployed app for the module (its venv built once). Each case pushes a commit,
 kills the deploy's worker at (or in the middle of) one phase, and checks:
 
-* the push ends with what happened (the post-receive hook sees the worker die and
-  starts `shipyard recover`): before the switch nothing of the deploy went live and
-  it is recorded ``interrupted``; from the switch on it is completed;
+* the push ends with what happened (the proc-receive hook sees the worker die, starts
+  `shipyard recover`, then answers git with the outcome): before the switch nothing of
+  the deploy went live, it is recorded ``interrupted`` and the push fails; from the
+  switch on it is completed and the push succeeds;
 * ``current`` is a complete, good release whose processes serve it, the lock is free
   with no note left, every deploy has an outcome, no half-built release or venv;
 * `shipyard status`/`history`/`releases` say so;
@@ -88,8 +89,9 @@ def worker_pid(host) -> int:
     )
 
 
-def kill_when(host, work, ready, what: str) -> str:
-    """Push in the background, wait for ``ready()``, SIGKILL the worker; the push's output."""
+def kill_when(host, work, ready, what: str) -> tuple[str, int]:
+    """Push in the background, wait for ``ready()``, SIGKILL the worker; the push's output
+    and exit status."""
     from faultlib import background_push
 
     push = background_push(work)
@@ -98,8 +100,7 @@ def kill_when(host, work, ready, what: str) -> str:
     assert push.poll() is None, f"the deploy ended before {what}:\n{push.communicate()[0]}"
     os.kill(pid, signal.SIGKILL)
     out = push.communicate(timeout=180)[0]
-    assert push.returncode == 0, out
-    return out
+    return out, push.returncode
 
 
 def venv_building(host) -> bool:
@@ -144,9 +145,9 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
         **{"mysite/version.py": f'GREETING = "killed at {phase}"\n', **files},
     )
     if how == "mid" and phase == "venv":
-        out = kill_when(host, work, lambda: venv_building(host), "uv to build the venv")
+        out, code = kill_when(host, work, lambda: venv_building(host), "uv to build the venv")
     elif how == "mid" and phase == "build":
-        out = kill_when(
+        out, code = kill_when(
             host,
             work,
             lambda: any((host.dir / "releases").glob("*/build-started")),
@@ -156,7 +157,7 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
         flag = host.dir / "shared" / "slow-migration"
         flag.touch()
         try:
-            out = kill_when(
+            out, code = kill_when(
                 host,
                 work,
                 lambda: (host.dir / "shared" / "migration-started").exists(),
@@ -165,10 +166,11 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
         finally:
             flag.unlink()
     elif how == "mid" and phase == "restart":
-        out = kill_when(host, work, lambda: new_program_started(host, sha), "the handover")
+        out, code = kill_when(host, work, lambda: new_program_started(host, sha), "the handover")
     else:
         arm(host, {"at": phase, "when": how, "action": "kill"})
-        out = work.push().out
+        pushed = work.push(check=False)
+        out, code = pushed.out, pushed.returncode
     entry = next(e for e in entries(host) if e["deploy"] == n)
     assert f"deploy #{n} stopped without an outcome" in out
     assert f"deploy #{n} ({sha[:7]} by " in out and f"was interrupted at {phase}" in out
@@ -179,6 +181,8 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
     status = sy(host, "status", "mysite").stdout
     releases = json.loads(sy(host, "releases", "mysite", "--json").stdout)
     if phase in BEFORE_SWITCH:
+        # nothing went live: the push fails (it exited 0 before), git's line says why
+        assert code != 0 and f"(deploy #{n} interrupted at {phase}: " in out, out
         assert live == before, (live, before)
         assert entry["outcome"] == "interrupted" and entry["failed_phase"] == phase
         assert f"last       #{n} interrupted at {phase}" in status
@@ -192,6 +196,7 @@ def test_sigkill_at_phase(site, observe, phase, how, files):
             + (f"; its release kept as `interrupted` ({len(building)})" if building else "")
         )
     else:
+        assert code == 0, out  # completed by the recovery: live, so the push succeeds
         assert live.endswith(sha[:7]), (live, sha)
         assert entry["outcome"] == "live" and entry["recovered"]["phase"] == phase
         assert "completing it" in out

@@ -77,11 +77,12 @@ def test_client_killed_mid_push(site, observe, phase):
 
 
 def test_client_killed_after_the_branch_moved(site, observe):
-    """Cut off between proc-receive moving the branch and post-receive starting the deploy."""
+    """Cut off between proc-receive moving the branch and starting the deploy."""
     host, work, _ = site
     before = check_invariants(host)
     row = observe(
-        "fault", "pushing client SIGKILLed after proc-receive moved the branch, before post-receive"
+        "fault",
+        "pushing client SIGKILLed after proc-receive moved the branch, before it started a deploy",
     )
     n = len(entries(host))
     sha = greet(work, "cut off")
@@ -259,7 +260,11 @@ def test_five_pushes_race_while_deploying(site, observe):
     )
     resume(host)
     outs = [p.communicate(timeout=300)[0] for p in pushes]
-    assert all(p.returncode == 0 for p in pushes), outs
+    # the running one and the newest went live; the ones in between (all 0 before) deployed
+    # nothing, and their pushes say so
+    assert pushes[0].returncode == 0 and pushes[-1].returncode == 0, outs
+    for push, out in zip(pushes[1:-1], outs[1:-1], strict=True):
+        assert push.returncode != 0 and "[remote rejected]" in out and "superseded: " in out, out
     settled(host)
     new = {e["deploy"]: e for e in entries(host) if e["deploy"] >= n}
     assert sorted(new) == list(range(n, n + 5))  # every deploy recorded
@@ -270,7 +275,8 @@ def test_five_pushes_race_while_deploying(site, observe):
     assert set(others) == {"superseded"}, new
     row["outcome"] = (
         f"all 5 accepted and recorded: #{n} (running) live, {len(others)} superseded "
-        "(`superseded: main is now …`), the newest live; `current` = the last push"
+        "(`superseded: main is now …`, their pushes rejected with `deploy #N superseded: …`), "
+        "the newest live; `current` = the last push"
     )
     work.git("fetch", "-q", "production")
     work.git("reset", "-q", "--hard", "production/main")

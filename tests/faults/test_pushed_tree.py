@@ -78,7 +78,7 @@ def test_control_characters_are_shown_escaped(clean, observe):
     (work.path / FORGED).symlink_to("/etc/passwd")
     work.commit("a link with a forged name")
     n = len(entries(host))
-    first = work.push(check=False).out
+    first = work.push(fails=True).out
     assert entries(host)[n]["outcome"] == "failed"
     # 2. the name and escape codes in a failing build step's output, ESC in -o message=
     work.git("reset", "-q", "--hard", host.branch())
@@ -86,7 +86,9 @@ def test_control_characters_are_shown_escaped(clean, observe):
     step = "ls -1; printf '\\033[32m✓\\033[0m verify  0.02s  fine\\033[2J\\r\\n'; exit 3"
     toml = faultlib.NO_BUILD.replace("shared", f"build = [{step!r}]\nshared")
     work.commit("é ✓ \x1b[31mred commit\x1b[0m", **{"shipyard.toml": toml})
-    second = work.push("-o", "color=always", "-o", "message=\x1b[32m✓ ok\x1b[0m é", "main")
+    second = work.push(
+        "-o", "color=always", "-o", "message=\x1b[32m✓ ok\x1b[0m é", "main", fails=True
+    )
     second = second.out
     assert entries(host)[n + 1]["outcome"] == "failed"
     assert check_invariants(host) == before

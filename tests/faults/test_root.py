@@ -289,7 +289,7 @@ def test_the_system_supervisord_step_writes_through_no_planted_temp(
         deployer.sh("rm -f .shipyard/.supervisord.conf.tmp")
     conf = deployer.home / ".shipyard" / "supervisord.conf"
     assert not conf.is_symlink() and conf.stat().st_uid == deployer.uid  # written as the user
-    assert "[include]" in conf.read_text()
+    assert "[program:shipyard-apps]" in conf.read_text()  # the one that starts the apps
     program = conf_dir / f"shipyard-{deployer.name}.conf"
     assert program.stat().st_uid == 0 and program.stat().st_mode & 0o777 == 0o644
     assert changes[:2] == [f"write {conf}", f"write {program}"]

@@ -86,7 +86,7 @@ def test_alembic_two_revisions_then_a_third(tmp_path, host: Host, pg_url):  # no
 
     live = host.live()
     work.commit("broken", **{"migrations__versions__0004_broken.py": FAILING_0004})
-    failed = work.push()
+    failed = work.push(fails=True)
     line = phase_line(failed.out, "migrate")
     assert "✗ migrate" in line and "failed (exit 1)" in line
     assert "none of the 1 pending was applied" in line

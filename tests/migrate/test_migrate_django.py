@@ -67,7 +67,7 @@ def test_failing_migration_stops_before_switch(host: Host, work: Work, pg_url): 
             "0004_fix", "0003_votes", 'raise RuntimeError("boom: the 0004 data fix failed")'
         ),
     )
-    result = work.push()
+    result = work.push(fails=True)
     assert "2 pending (Django" in result.out
     assert "✓ polls.0003_votes" in result.out
     line = phase_line(result.out, "migrate")
@@ -93,7 +93,7 @@ def test_hung_migration_is_stopped(host: Host, work: Work, postgres, pg_url):  #
         **sql_migration("0003_hang", "0002_choice", "SELECT pg_sleep(600)"),
     )
     started = time.monotonic()
-    result = work.push()
+    result = work.push(fails=True)
     assert time.monotonic() - started < 60
     line = phase_line(result.out, "migrate")
     assert "migration polls.0003_hang did not finish within 4s and was stopped" in line
@@ -147,7 +147,7 @@ def test_two_roots_one_database_take_turns(tmp_path, work: Work, pg_url):  # noq
 
 def test_database_down_is_reported_as_unreachable(host: Host, work: Work, postgres):  # noqa: F811
     set_env(host, DATABASE_URL=postgres.url().replace(str(postgres.port), "1"))
-    result = work.push()
+    result = work.push(fails=True)
     line = phase_line(result.out, "migrate")
     assert "✗ migrate" in line and "database unreachable:" in line and "refused" in line
     assert "pending" not in line

@@ -54,7 +54,7 @@ def test_bad_inputs_fail_clearly(host: Host, work: Work):
     work.write("shipyard.toml", "")
     work.commit("no build")
     set_env(host, DATABASE_URL="postgresql://app:Sup3rSecret@db.example:54x2/app")
-    out = work.push().out
+    out = work.push(fails=True).out
     line = phase_line(out, "migrate")
     assert "DATABASE_URL in shared/.env is malformed: its port is not a number" in line
     assert "Sup3rSecret" not in out
@@ -70,7 +70,7 @@ def test_bad_inputs_fail_clearly(host: Host, work: Work):
         "explicit command that is not installed",
         **{"shipyard.toml": 'migrate = "no-such-migrate-tool up"\n'},
     )
-    out = work.push().out
+    out = work.push(fails=True).out
     line = phase_line(out, "migrate")
     assert "migrate command not found: `no-such-migrate-tool up` (exit 127)" in line
     assert "not found" in out

@@ -19,7 +19,7 @@ def test_unknown_key_names_line_and_known_keys():
     with pytest.raises(ConfigError) as err:
         parse_app_config('keep = 3\n\n[health]\npath = "/"\ncolour = "red"\n')
     assert "shipyard.toml:5: unknown key 'health.colour'" in str(err.value)
-    assert "known keys here: path, retries, status, timeout" in str(err.value)
+    assert "known keys here: host, https, path, retries, status, timeout" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,17 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from conftest import Host, run, shipyard
 
 from shipyard import doctor
 from shipyard.app import App
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """The index check stays on loopback in tests (test_realapps runs it against a local one)."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
 
 
 def check(host: Host, name: str) -> doctor.Check:
@@ -50,6 +57,20 @@ def test_broken_hooks(host: Host):
 
 
 def test_git_config(host: Host):
+    assert check(host, "git config").status == "ok"
+    # as `shipyard init` set it before tags went to proc-receive: `shipyard init` again
+    run("git", "--git-dir", host.repo, "config", "--unset-all", "receive.procReceiveRefs")
+    run(
+        "git",
+        "--git-dir",
+        host.repo,
+        "config",
+        "--add",
+        "receive.procReceiveRefs",
+        "refs/heads/main",
+    )
+    result = check(host, "git config")
+    assert result.status == "fail" and "not refs/tags, refs/heads/main" in result.detail
     run("git", "--git-dir", host.repo, "config", "--unset-all", "receive.procReceiveRefs")
     result = check(host, "git config")
     assert result.status == "fail" and "receive.procReceiveRefs is unset" in result.detail

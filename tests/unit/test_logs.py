@@ -65,6 +65,22 @@ def test_last_lines_merge_processes_by_time(tmp_path: Path, capsys):
     assert [s.process for s in logs.sources(app, "worker")] == ["worker.1"]
 
 
+def test_scheduled_jobs_runs_are_the_cron_process(tmp_path: Path):
+    """`shipyard logs APP --process cron` shows what cron.py writes to logs/cron-NAME.log."""
+    app = App.at("mysite", tmp_path)
+    (app.dir / "logs").mkdir(parents=True)
+    write(app.dir / "logs" / "web-blue.1.log", (100, "w1"))
+    write(app.dir / "logs" / "cron-clear-sessions.log", (200, "cron clear-sessions: start"))
+    assert [s.process for s in logs.sources(app, "cron")] == ["cron.clear-sessions"]
+    merged = sorted(
+        (ln for s in logs.sources(app) for ln in logs.last_lines(s, 3)), key=lambda ln: ln.when
+    )
+    assert [(ln.process, ln.text) for ln in merged] == [
+        ("web.1", "w1"),
+        ("cron.clear-sessions", "cron clear-sessions: start"),
+    ]
+
+
 def test_following_a_rotated_file(tmp_path: Path):
     path = tmp_path / "web-blue.1.log"
     write(path, (1, "a"))
@@ -95,3 +111,16 @@ def test_each_process_type_gets_its_colour():
     again = printer.line(logs.Line(6, "web.2", "blue", RELEASE, "c"))
     assert web.startswith(logs.COLORS[0]) and worker.startswith(logs.COLORS[1])
     assert again.startswith(logs.COLORS[0]) and logs.RESET in web
+
+
+def test_lines_after_supervisord_let_go_reach_the_log_file(tmp_path: Path):
+    """A stopped program's last lines (a goodbye, a traceback) are kept when supervisord has
+    already dropped its pipe: they go to the program's log file instead."""
+    source_r, source_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(out_r)  # supervisord is gone from the other end
+    os.write(source_w, b"goodbye\n")
+    os.close(source_w)
+    log = tmp_path / "web.1.log"
+    logs.stamp(source_r, out_w, "20261201T000000Z-1a2b3c4", log)
+    assert log.read_text().endswith("20261201T000000Z-1a2b3c4] goodbye\n")

@@ -63,6 +63,8 @@ def test_bad_input_is_refused_before_anything_happens(tmp_path: Path, alice: Pat
     one_line_error(twice, "are the same key")
     bad_app = shipyard("provision", "--app", "My App", check=False)
     one_line_error(bad_app, "invalid app name")
+    port_alone = shipyard("provision", "--port", "8001", check=False)
+    one_line_error(port_alone, "--port is the web port of an app")
 
 
 def test_not_root_is_refused_in_one_line(monkeypatch, alice: Path):
@@ -207,3 +209,21 @@ def test_many_hosts_programs_run_as_the_deploy_user(tmp_path: Path, monkeypatch)
 def test_a_receiver_address_that_is_not_one_is_refused(address: str):
     with pytest.raises(ProvisionError, match="write ADDR:PORT"):
         host.check_listen_address(address)
+
+
+def test_provision_installs_cron_when_it_is_missing(monkeypatch):
+    import io
+
+    def which(name, path=None):
+        return None if name == "crontab" else f"/usr/bin/{name}"
+
+    ran = []
+    monkeypatch.setattr(host.shutil, "which", which)
+    step = host.Provisioner(host.Options(dry_run=True), out=io.StringIO())
+    monkeypatch.setattr(step, "run", lambda *args, **kw: ran.append(args))
+    step.cron()
+    assert step.changes == ["install cron (Debian package; runs the apps' [cron] jobs)"]
+    assert ran == []  # a dry run installs nothing
+    step.o.dry_run = False
+    step.cron()
+    assert ran == [("apt-get", "install", "-y", "-qq", "cron")]

@@ -15,7 +15,15 @@ from shipyard.config import HostConfig, parse_app_config, parse_host_config
 from shipyard.errors import ConfigError
 from shipyard.provision import launch, listen
 from shipyard.provision import supervisor as prov
-from shipyard.supervise import check_process, excerpt, health_for
+from shipyard.supervise import (
+    Answer,
+    Health,
+    check_process,
+    excerpt,
+    final_answer,
+    health_for,
+    health_hint,
+)
 
 APP = App(Path("/srv/apps"), "mysite")
 RELEASE = "20261129T013000Z-1a2b3c4"
@@ -214,6 +222,67 @@ def test_log_excerpt_keeps_the_cause_when_it_scrolled_out():
     assert len(lines) == 20 and lines[:4] == cause and lines[4] == "…"
     assert lines[-1] == "gunicorn says 29"
     assert excerpt(log[:10], 20).splitlines() == log[:10]
+
+
+def test_health_statuses_host_and_proto():
+    config = parse_app_config(
+        '[health]\nstatus = [200, 302]\nhost = "www.example.com"\nhttps = true\n'
+    )
+    health = health_for(config.health, parse_host_config("", "host.toml"))
+    assert health.accepts == (200, 302) and str(health) == "GET / 200/302"
+    assert health.headers()["Host"] == "www.example.com"
+    assert health.headers()["X-Forwarded-Proto"] == "https"
+    assert "X-Forwarded-Proto" not in health_for({}, parse_host_config("", "h")).headers()
+    # with domains, the probe asks as the front door forwards: the first domain, over https
+    fronted = parse_host_config('domains = ["www.example.org", "example.org"]\n', "h")
+    assert health_for({}, fronted).headers()["Host"] == "www.example.org"
+    assert health_for({}, fronted).headers()["X-Forwarded-Proto"] == "https"
+    assert health_for(config.health, fronted).headers()["Host"] == "www.example.com"
+    plain = parse_host_config('domains = ["example.org"]\n[proxy]\ntls = "off"\n', "h")
+    assert "X-Forwarded-Proto" not in health_for({}, plain).headers()
+    for bad in ("status = []", 'status = ["ok"]', "status = [200, 9000]", 'host = "a b"'):
+        with pytest.raises(ConfigError, match=r"health\.(status|host)"):
+            parse_app_config(f"[health]\n{bad}\n")
+
+
+@pytest.mark.parametrize(
+    ("status", "location", "final", "hint"),
+    [
+        (400, "", True, "ALLOWED_HOSTS"),
+        (301, "https://x/", True, "SECURE_SSL_REDIRECT"),
+        (302, "/accounts/login/?next=/", True, "[health] status = [200, 302]"),
+        (403, "", True, "needs a login"),
+        (404, "", False, None),  # a route that may appear: keep waiting
+        (429, "", False, None),
+        (503, "", False, None),
+    ],
+)
+def test_answers_that_waiting_will_not_change(status, location, final, hint):
+    health = Health()
+    answer = Answer(status, location)
+    assert final_answer(answer, health) is final
+    if hint:
+        assert hint in health_hint(answer, health, "shipyard.toml")
+    assert not final_answer(Answer(302, "/login"), Health(status=[200, 302]))
+
+
+def test_stop_signals_per_type_and_uwsgi_by_default(tmp_path):
+    config = parse_app_config(
+        '[processes.worker]\ncount = 2\nstop_signal = "sigquit"\n'
+        '[processes.web]\nstop_signal = "HUP"\n'
+    )
+    assert config.processes == {"worker": 2} and config.signals == {"worker": "QUIT", "web": "HUP"}
+    procfile = {"web": "uwsgi --http :$PORT --wsgi-file app.py", "worker": "celery worker"}
+    programs = prov.plan(procfile, config.processes, RELEASE, 8000, 30, config.signals)
+    assert programs["web"].stop_signal == "HUP" and programs["worker"].count == 2
+    defaults = prov.plan(procfile, {}, RELEASE, 8000, 30)
+    assert (defaults["web"].stop_signal, defaults["worker"].stop_signal) == ("INT", "TERM")
+    assert prov.default_stop_signal("uwsgi --die-on-term --http :1") == "TERM"
+    assert prov.default_stop_signal("A=1 python -m uwsgi --ini x.ini") == "INT"
+    app = App(tmp_path, "site")
+    assert "stopsignal = INT\n" in prov.render_program(app, defaults["web"])
+    with pytest.raises(ConfigError, match=r"\[processes\] must map"):
+        parse_app_config('[processes.web]\nstop_signal = "STOP"\n')
 
 
 def test_web_zero_needs_no_web_line():

@@ -1,0 +1,240 @@
+"""The detached deploy worker, as the hooks run it: start it, copy its log, learn its outcome.
+
+The deploy runs in its own session, writing ``deploys/<N>.log``; the hook only
+reads that log. So Ctrl-C in the pusher's terminal or a dropped SSH connection
+kills the reader, never the deploy half-way through. The outcome is read back
+from the history file, where the worker (or the recovery of a killed worker)
+recorded it: that is what proc-receive reports to git.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from shipyard import history
+from shipyard.app import App
+from shipyard.errors import ShipyardError
+
+ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
+DETAIL = "    │ ".encode()
+TAIL = 20  # lines of a failed step's output the push shows; the log keeps them all
+
+
+class Worker:
+    """The forked deploy worker, polled like a ``subprocess.Popen``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Worker:
+    """Fork the deploy worker into a new session with the log as its only output.
+
+    A fork, not a new interpreter: no second Python start per push, and the modules this
+    hook already imported are not imported again.
+    """
+    from shipyard import cli  # the worker's code, loaded before the fork
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker inherits the log, and with it the hold that tells `shipyard status`
+    # it is alive; once the worker dies (even by SIGKILL) the deploy shows as interrupted.
+    with history.open_log(app, number) as log:
+        pid = os.fork()
+        if pid:
+            return Worker(pid)
+        code = 1
+        try:
+            os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            os.closerange(3, 1 << 16)  # nothing of git's is kept open (its pkt-line pipes)
+            os.chdir(app.dir)
+            for name in [k for k in os.environ if k.startswith("GIT_")]:
+                del os.environ[name]
+            try:
+                code = cli.run_deploy(app.root, app.name, number, sha, ref, options)
+            except ShipyardError as exc:
+                print(f"shipyard: error: {exc}", file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+
+def spawn(app: App, number: int, command: list[str]) -> subprocess.Popen:
+    """``shipyard COMMAND`` detached (its own session), appending to deploy ``number``'s log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    args = [sys.executable, "-m", "shipyard", "--root", str(app.root), *command]
+    with history.open_log(app, number) as log:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=app.dir,
+            start_new_session=True,
+        )
+
+
+class Lines:
+    """Pass a log through line by line (an escape sequence is never split)."""
+
+    def __init__(self, strip_ansi: bool = False) -> None:
+        self.strip_ansi = strip_ansi
+        self.partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        return b"".join(self.line(ln + b"\n") for ln in lines)
+
+    def flush(self) -> bytes:
+        rest, self.partial = self.partial, b""
+        return self.line(rest) if rest else b""
+
+    def line(self, line: bytes) -> bytes:
+        return ANSI.sub(b"", line) if self.strip_ansi else line
+
+
+class PushLines(Lines):
+    """What the pusher reads: a failed step's output cut to its last lines, saying where it all is.
+
+    The log keeps the step's whole output (``deploy.explain``); the push shows its
+    tail, since the real error is usually at the end, and names the command that
+    replays the whole log.
+    """
+
+    def __init__(self, app: App, number: int) -> None:
+        super().__init__()
+        self.where = f"shipyard log {app.name} {number}"
+        self.held: list[bytes] = []
+
+    def line(self, line: bytes) -> bytes:
+        if ANSI.sub(b"", line).startswith(DETAIL):
+            self.held.append(line)
+            return b""
+        return self.release() + line
+
+    def flush(self) -> bytes:
+        return super().flush() + self.release()
+
+    def release(self) -> bytes:
+        held, self.held = self.held, []
+        if len(held) <= TAIL:
+            return b"".join(held)
+        cut = len(held) - TAIL
+        note = f"    │ … {cut} earlier line(s) of this output are in the log: `{self.where}`\n"
+        return note.encode() + b"".join(held[-TAIL:])
+
+
+def follow(
+    path: Path,
+    done: Callable[[], bool],
+    out: BinaryIO | None = None,
+    poll: float = 0.02,
+    start: int = 0,
+    lines: Lines | None = None,
+) -> int | None:
+    """Copy the log to ``out`` from ``start`` until ``done()`` and the log is drained.
+
+    Returns where it stopped reading, or None if ``out`` went away.
+    """
+    out = sys.stdout.buffer if out is None else out
+    lines = lines or Lines()
+    with open(path, "rb") as log:
+        log.seek(start)
+        while True:
+            finished = done()
+            chunk = log.read()
+            text = lines.feed(chunk) if chunk else b""
+            if finished and not chunk:
+                text += lines.flush()
+            if text:
+                try:
+                    out.write(text)
+                    out.flush()
+                except (BrokenPipeError, OSError, ValueError):
+                    return None
+            if finished and not chunk:
+                return log.tell()
+            if not chunk:
+                time.sleep(poll)
+
+
+def outcome(app: App, number: int) -> dict | None:
+    """Deploy ``number``'s history line: what became of it (None: no outcome recorded)."""
+    for entry in reversed(history.entries(app)):
+        if entry.get("deploy") == number:
+            return entry
+    return None
+
+
+def report_lost(app: App, number: int, code: int | None, out: BinaryIO) -> None:
+    """A worker that died without recording an outcome (killed) must not end the push silently."""
+    live = app.live_release()
+    text = (
+        f"shipyard ▸ deploy #{number} stopped without an outcome (worker exit {code}); "
+        f"{'live: ' + live if live else 'nothing is live'}; recovering it "
+        f"(or run `shipyard recover {app.name}` on the host)\n"
+    )
+    with contextlib.suppress(OSError, ValueError):
+        out.write(text.encode())
+        out.flush()
+
+
+def deploy(
+    app: App, number: int, sha: str, ref: str, options: list[str], out: BinaryIO
+) -> dict | None:
+    """Run deploy ``number`` detached, copy its log to ``out``, return its outcome.
+
+    A worker killed without an outcome is recovered (completed after its switch,
+    closed before), detached like the worker, so the pusher going away does not
+    stop that either. ``out`` going away never stops anything: the hook then
+    waits for the outcome without copying.
+    """
+    worker = start(app, number, sha, ref, options)
+    log = history.log_path(app, number)
+    offset = follow(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
+    while worker.poll() is None:  # the pusher went away: wait anyway
+        time.sleep(0.1)
+    if outcome(app, number) is None:
+        recovery = spawn(
+            app,
+            number,
+            ["recover", app.name, "--into-log", "--number", str(number)]
+            + ["--sha", sha, "--ref", ref],
+        )
+        if offset is not None:
+            report_lost(app, number, worker.returncode, out)
+            follow(
+                log,
+                lambda: recovery.poll() is not None,
+                out,
+                start=offset,
+                lines=PushLines(app, number),
+            )
+        recovery.wait()
+    return outcome(app, number)

@@ -1,0 +1,121 @@
+"""`shipyard domains`, `maintenance`, `tls` and `proxy-reload`: the front door's commands.
+
+Changing domains touches three things that must agree: the host config, the
+nginx site and (on ACME) the certificate. Each is changed in that order and
+put back in reverse when a later one is refused, so a refusal leaves nothing
+half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import proxy
+from . import tls as certificates
+from .app import App
+from .config import HostConfig, check_domain, load_host_config, parse_host_config
+from .errors import ConfigError
+from .proxy import apply, check_claims, settings, write_atomic
+
+# --- domains ------------------------------------------------------------------
+
+
+def with_domains(text: str, domains: list[str]) -> str:
+    """Host config text with its top-level ``domains`` line set (above any table)."""
+    lines = [ln for ln in text.splitlines() if ln.split("=")[0].strip() != "domains"]
+    first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    lines.insert(first_table, "domains = " + json.dumps(domains))
+    return "\n".join(lines) + "\n"
+
+
+def set_domains(app: App, action: str, names: list[str]) -> HostConfig:
+    """Add or remove domains: host config and site change together, or neither does."""
+    text = app.config_file.read_text()
+    host = parse_host_config(text, str(app.config_file))
+    domains = list(host.domains)
+    for name in names:
+        check_domain(name)
+        if action == "add" and name not in domains:
+            domains.append(name)
+        elif action == "remove":
+            if name not in domains:
+                raise ConfigError(f"{name} is not a domain of {app.name}", "see `domains list`")
+            domains.remove(name)
+    new_text = with_domains(text, domains)
+    new_host = parse_host_config(new_text, str(app.config_file))
+    check_claims(app, new_host)
+    write_atomic(app.config_file, new_text, 0o600)
+    try:
+        apply(app, new_host)
+        if action == "add" and expands_certificate(app, new_host):
+            certificates.certify(app, new_host)
+    except BaseException:
+        write_atomic(app.config_file, text, 0o600)
+        apply(app, host)
+        raise
+    return new_host
+
+
+def expands_certificate(app: App, host: HostConfig) -> bool:
+    """An app already on an ACME certificate gets one for its new domains at once."""
+    return settings(host)["tls"] == "acme" and certificates.source(app) == "acme"
+
+
+def cmd_domains(args) -> int:
+    app = App.at(args.app, args.root).require()
+    if args.action == "list":
+        for name in load_host_config(app.config_file).domains:
+            print(name)
+        return 0
+    if not args.domains:
+        raise ConfigError(
+            f"name the domains to {args.action}", "e.g. `domains APP add www.example.com`"
+        )
+    host = set_domains(app, args.action, args.domains)
+    shown = ", ".join(host.domains) or "none (the proxy no longer serves it)"
+    print(f"shipyard ▸ {app.name} domains: {shown}")
+    return 0
+
+
+def cmd_maintenance(args) -> int:
+    app = App.at(args.app, args.root).require()
+    if args.state == "on":
+        proxy.maintenance_on(app, args.message)
+        print(f"shipyard ▸ {app.name}: maintenance on (503 with Retry-After; processes untouched)")
+    else:
+        was = proxy.maintenance_off(app)
+        print(f"shipyard ▸ {app.name}: maintenance off" + ("" if was else " (it was not on)"))
+    return 0
+
+
+def add_commands(sub) -> None:
+    """`shipyard domains`, `maintenance`, `tls` and the root helper `proxy-reload` (cli.py)."""
+    p = sub.add_parser("domains", help="the domains the proxy serves the app on")
+    p.add_argument("app")
+    p.add_argument("action", choices=("list", "add", "remove"))
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.set_defaults(func=cmd_domains)
+    p = sub.add_parser("maintenance", help="answer 503 with a maintenance page (processes run on)")
+    p.add_argument("app")
+    p.add_argument("state", choices=("on", "off"))
+    p.add_argument("--message", help="the text of the plain maintenance page")
+    p.set_defaults(func=cmd_maintenance)
+    p = sub.add_parser("tls", help="get or renew the app's certificate, or install given files")
+    p.add_argument("app")
+    p.add_argument("--certificate", type=Path, help="a PEM certificate chain (operator-provided)")
+    p.add_argument("--key", type=Path, help="its private key")
+    p.set_defaults(func=certificates.cmd_tls)
+    p = sub.add_parser("proxy-reload", help="(root) check the deploy users' sites, reload nginx")
+    p.add_argument("--sites", default="/etc/nginx/shipyard")
+    p.add_argument("--prefix", help=argparse_suppress())
+    p.add_argument("--conf", help=argparse_suppress())
+    p.add_argument("--home", help=argparse_suppress())
+    p.add_argument("--checked", help=argparse_suppress())
+    p.set_defaults(func=proxy.cmd_proxy_reload)
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS

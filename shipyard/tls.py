@@ -1,0 +1,187 @@
+"""The app's TLS certificate: issued and renewed by ACME (certbot), or files the operator gives.
+
+Certificates live in ``<app>/tls/``: each installed pair in its own directory
+(``tls/<stamp>/fullchain.pem`` + ``privkey.pem``), ``tls/live`` a symlink to
+the one the site serves, switched atomically once the new pair is checked
+(key matches, every domain covered, not expired) and the proxy accepted the
+site. A failed issue or a refused pair changes nothing: the site keeps serving
+its old certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import proxy
+from .app import App
+from .config import HostConfig, load_host_config
+from .errors import ConfigError, ShipyardError
+
+
+def tls_dir(app: App) -> Path:
+    return app.dir / "tls"
+
+
+installed = proxy.live_pair
+
+
+def source(app: App) -> str | None:
+    try:
+        return json.loads((tls_dir(app) / "live" / "source.json").read_text()).get("source")
+    except (OSError, ValueError):
+        return None
+
+
+def _openssl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True)
+
+
+def check_pair(certificate: Path, key: Path, domains: list[str]) -> None:
+    """Refuse a certificate that does not match its key, misses a domain, or has expired."""
+    cert_key = _openssl("x509", "-in", str(certificate), "-noout", "-pubkey")
+    if cert_key.returncode:
+        raise ConfigError(f"{certificate}: not a PEM certificate", "give the full chain, PEM")
+    priv = _openssl("pkey", "-in", str(key), "-pubout")
+    if priv.returncode:
+        raise ConfigError(f"{key}: not a PEM private key", "give the unencrypted key, PEM")
+    if cert_key.stdout.strip() != priv.stdout.strip():
+        raise ConfigError(
+            f"{certificate} does not match the key {key}",
+            "give the key the certificate was made for",
+        )
+    for name in domains:
+        check = _openssl("x509", "-in", str(certificate), "-noout", "-checkhost", name)
+        if "does match" not in check.stdout:
+            raise ConfigError(
+                f"{certificate} does not cover {name}",
+                "get a certificate for every domain of the app (`shipyard domains APP list`)",
+            )
+    if _openssl("x509", "-in", str(certificate), "-noout", "-checkend", "0").returncode:
+        raise ConfigError(f"{certificate} has expired", "renew it, or let ACME issue one")
+
+
+def install(app: App, host: HostConfig, certificate: Path, key: Path, origin: str) -> str:
+    """Check the pair, copy it in, point the site at it and reload; undone if the proxy refuses."""
+    check_pair(certificate, key, host.domains)
+    base = tls_dir(app)
+    base.mkdir(mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    pair = base / stamp
+    pair.mkdir(mode=0o755)
+    shutil.copyfile(certificate, pair / "fullchain.pem")
+    fd = os.open(pair / "privkey.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.read_bytes())
+    (pair / "source.json").write_text(json.dumps({"source": origin, "installed": time.time()}))
+    live = base / "live"
+    previous = os.readlink(live) if live.is_symlink() else None
+    _point(live, stamp)
+    try:
+        proxy.apply(app, host, installed(app), force=True)
+    except BaseException:
+        if previous:
+            _point(live, previous)
+        else:
+            live.unlink(missing_ok=True)
+        shutil.rmtree(pair, ignore_errors=True)
+        raise
+    for old in base.iterdir():  # keep the live pair and the one before it
+        if old.name not in (stamp, previous, "live", "acme") and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return stamp
+
+
+def _point(link: Path, target: str) -> None:
+    tmp = link.with_name(f".live-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def certbot_command(app: App, host: HostConfig) -> list[str]:
+    s = proxy.settings(host)
+    state = tls_dir(app) / "acme"
+    command = [
+        *s["certbot"],
+        "certonly",
+        "--non-interactive",
+        "--agree-tos",
+        "--webroot",
+        "-w",
+        str(proxy.acme_webroot(app)),
+        "--cert-name",
+        app.name,
+        "--server",
+        s["acme_directory"],
+        "--config-dir",
+        str(state),
+        "--work-dir",
+        str(state / "work"),
+        "--logs-dir",
+        str(state / "logs"),
+        "--keep-until-expiring",
+        "--expand",
+    ]
+    command += (
+        ["--email", s["acme_email"]] if s["acme_email"] else ["--register-unsafely-without-email"]
+    )
+    for name in host.domains:
+        command += ["-d", name]
+    return command
+
+
+def certify(app: App, host: HostConfig) -> str:
+    """Issue or renew by ACME (certbot renews within 30 days of expiry) and install if new."""
+    if not host.domains:
+        raise ConfigError(f"{app.name} has no domains", "add one: `shipyard domains APP add NAME`")
+    proxy.apply(app, host)  # the HTTP site answers the challenges
+    env = dict(os.environ)
+    bundle = proxy.settings(host)["acme_ca_bundle"]
+    if bundle:
+        env["REQUESTS_CA_BUNDLE"] = bundle
+    (tls_dir(app) / "acme").mkdir(parents=True, mode=0o700, exist_ok=True)
+    result = subprocess.run(certbot_command(app, host), capture_output=True, text=True, env=env)
+    if result.returncode:
+        lines = [ln.strip() for ln in (result.stderr + result.stdout).splitlines() if ln.strip()]
+        why = next(
+            (ln for ln in lines if "Detail:" in ln or "rror" in ln), lines[-1] if lines else ""
+        )
+        keeps = (
+            "the site keeps its current certificate" if installed(app) else "the site stays HTTP"
+        )
+        raise ShipyardError(
+            f"ACME certificate for {', '.join(host.domains)} failed: {why}",
+            f"{keeps}; see {tls_dir(app) / 'acme' / 'logs' / 'letsencrypt.log'}",
+        )
+    live = tls_dir(app) / "acme" / "live" / app.name
+    current = installed(app)
+    if (
+        current
+        and Path(current["certificate"]).read_bytes() == (live / "fullchain.pem").read_bytes()
+    ):
+        return "unchanged"
+    install(app, host, live / "fullchain.pem", live / "privkey.pem", "acme")
+    return "installed"
+
+
+def cmd_tls(args) -> int:
+    app = App.at(args.app, args.root).require()
+    host = load_host_config(app.config_file)
+    if bool(args.certificate) != bool(args.key):
+        raise ConfigError("give both --certificate and --key, or neither (ACME)")
+    if args.certificate:
+        install(app, host, args.certificate, args.key, "files")
+        print(f"shipyard ▸ {app.name}: serving {args.certificate} over HTTPS")
+        return 0
+    if source(app) == "files":
+        print(f"shipyard ▸ {app.name}: serves operator-provided files; nothing to renew")
+        return 0
+    outcome = certify(app, host)
+    what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
+    print(f"shipyard ▸ {app.name}: {what} for {', '.join(host.domains)}")
+    return 0

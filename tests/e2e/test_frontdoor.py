@@ -1,0 +1,353 @@
+"""The front door end to end: Debian's nginx and a real ACME server (pebble) on loopback.
+
+One nginx + pebble pair for the module; the app is the example Django site, deployed by push,
+with a view that shows the headers the proxy sends and a page that uses its static CSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_host, make_work, processes_under, run, shipyard
+from frontdoor import Nginx, Pebble, http_fetch, https_fetch
+
+pytestmark = pytest.mark.timeout(600)
+
+DOMAIN = "www.shop.test"
+BLOCKED = "blocked.shop.test"
+
+VIEWS = """import json
+from django.http import HttpResponse, JsonResponse
+from mysite.version import GREETING
+
+
+def index(request):
+    return HttpResponse(f"{GREETING}\\n", content_type="text/plain")
+
+
+def healthz(request):
+    return JsonResponse({"ok": True})
+
+
+def headers(request):
+    keys = ("HTTP_HOST", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO")
+    return JsonResponse({k: request.META.get(k) for k in keys})
+
+
+def page(request):
+    return HttpResponse(
+        '<!doctype html><html><head><link rel="stylesheet" href="/static/polls/style.css">'
+        '</head><body><h1 id="title">Shop</h1><script>document.title = "color=" + '
+        'getComputedStyle(document.getElementById("title")).color;</script></body></html>'
+    )
+"""
+URLS = """from django.urls import path
+from polls import views
+
+urlpatterns = [
+    path("", views.index),
+    path("healthz", views.healthz),
+    path("headers", views.headers),
+    path("page", views.page),
+]
+"""
+CSS = "body { font-family: sans-serif; }\n#title { color: rgb(200, 30, 40); }\n"
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory):
+    """nginx, pebble, and the app deployed behind them with DOMAIN (HTTP until `tls`)."""
+    base = tmp_path_factory.mktemp("door")
+    nginx = Nginx(base / "nginx", home=base).start()
+    pebble = Pebble(base / "pebble", nginx.http_port, validity=3600, blocklist=[BLOCKED]).start()
+    host = make_host(base / "apps")
+    work = make_work(base / "work", host)
+    table = nginx.proxy_table(acme_directory=pebble.url, acme_ca_bundle=str(pebble.ca))
+    with open(host.dir / "shipyard.toml", "a") as f:
+        f.write(table)
+    work.commit("headers and page", **{"polls/views.py": VIEWS, "mysite/urls.py": URLS})
+    (work.path / "polls/static/polls/style.css").write_text(CSS)
+    work.commit("styled title")
+    work.push()
+    try:
+        yield nginx, pebble, host, work
+    finally:
+        host.stop_processes()
+        nginx.stop()
+        pebble.stop()
+
+
+def root_of(d) -> list[str]:
+    return ["--root", str(d[2].root)]
+
+
+def test_domain_served_over_http_then_https_with_acme(door):
+    nginx, pebble, host, work = door
+    out = shipyard(*root_of(door), "domains", "mysite", "add", DOMAIN, check=False)
+    assert out.returncode == 0, out.stderr
+    assert shipyard(*root_of(door), "domains", "mysite", "list").stdout.split() == [DOMAIN]
+    site = nginx.sites / os.environ.get("USER", "root") / "mysite.conf"
+    assert site.is_file()
+
+    # before any certificate: plain HTTP serves the app, with the proxy's headers
+    status, _h, body = http_fetch(nginx.http_port, DOMAIN, "/headers")
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["HTTP_HOST"] == DOMAIN
+    assert seen["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
+    assert seen["HTTP_X_FORWARDED_PROTO"] == "http"
+
+    out = shipyard(*root_of(door), "tls", "mysite", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "new certificate live" in out.stdout
+    root = pebble.root()
+    assert wait_for(lambda: serves_https(nginx, root))
+
+    # what a user checks: curl trusting only pebble's root gets the app over HTTPS
+    curl = run(
+        "curl", "-sS", "--fail", "--cacert", root,
+        "--resolve", f"{DOMAIN}:{nginx.https_port}:127.0.0.1",
+        f"https://{DOMAIN}:{nginx.https_port}/",
+    )  # fmt: skip
+    assert curl.stdout.startswith("Hello")
+    status, _h, body = https_fetch(nginx.https_port, DOMAIN, root, "/headers")
+    assert status == 200 and json.loads(body)["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert json.loads(body)["HTTP_HOST"] == DOMAIN
+
+    # HTTP now redirects; HSTS is off by default
+    status, headers, _ = http_fetch(nginx.http_port, DOMAIN, "/page?x=1")
+    assert status == 308
+    assert headers["location"] == f"https://{DOMAIN}:{nginx.https_port}/page?x=1"
+    status, headers, _ = https_fetch(nginx.https_port, DOMAIN, root, "/")
+    assert "strict-transport-security" not in headers
+
+    # static files come from the live release, by nginx, with cache headers
+    status, headers, body = https_fetch(nginx.https_port, DOMAIN, root, "/static/polls/style.css")
+    assert status == 200 and "rgb(200, 30, 40)" in body
+    assert headers["cache-control"] == "public, max-age=300"
+    live_static = host.live() / "static"
+    hashed = live_static / "polls" / "style.0123abcd4567.css"
+    hashed.write_text(CSS)
+    status, headers, _ = https_fetch(nginx.https_port, DOMAIN, root, f"/static/polls/{hashed.name}")
+    assert status == 200 and "immutable" in headers["cache-control"]
+    hashed.unlink()
+
+
+def serves_https(nginx: Nginx, root: Path) -> bool:
+    try:
+        return https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
+    except OSError:
+        return False
+
+
+def serial(door, root: Path) -> str:
+    nginx = door[0]
+    result = subprocess.run(
+        f"openssl s_client -connect 127.0.0.1:{nginx.https_port} -servername {DOMAIN} "
+        f"-CAfile {root} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        shell=True, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def wait_for(condition, seconds: float = 20.0):
+    """The condition's value once truthy: nginx -s reload returns before new workers serve."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
+def test_renewal_replaces_a_short_lived_certificate_without_a_deploy(door):
+    nginx, pebble, host, work = door
+    root = pebble.root()
+    before = serial(door, root)
+    deploys = len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines())
+    # pebble issues for an hour: within certbot's 30-day window, so it is due
+    out = shipyard(*root_of(door), "tls", "mysite", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "new certificate live" in out.stdout
+    after = wait_for(lambda: serial(door, root) != before and serial(door, root))
+    assert after and after != before
+    assert https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
+    assert len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines()) == deploys
+
+
+def test_bad_input_one_line_each_nothing_half_applied(door, tmp_path):
+    nginx, pebble, host, work = door
+    root = pebble.root()
+    config = (host.dir / "shipyard.toml").read_text()
+    site = next(nginx.sites.glob("*/mysite.conf")).read_text()
+    before = serial(door, root)
+
+    def refused(*args: str) -> str:
+        out = shipyard(*root_of(door), *args, check=False)
+        assert out.returncode == 1, out.stdout
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        assert (host.dir / "shipyard.toml").read_text() == config
+        assert next(nginx.sites.glob("*/mysite.conf")).read_text() == site
+        assert serial(door, root) == before
+        return lines[0]
+
+    assert "is not a domain name" in refused("domains", "mysite", "add", "https://shop.test/")
+    assert "is not a domain name" in refused("domains", "mysite", "add", "shop_test")
+
+    other = make_host(host.root, "other")  # never deployed: nothing of its own runs
+    out = shipyard(*root_of(door), "domains", "other", "add", DOMAIN, check=False)
+    assert out.returncode == 1
+    assert f"{DOMAIN} is already served by app mysite" in out.stderr
+    assert "domains = " not in (other.dir / "shipyard.toml").read_text()
+
+    # operator files: a certificate for another key, and one for another domain
+    from frontdoor import make_ca
+
+    _ca, cert, key = make_ca(tmp_path / "a", DOMAIN)
+    _ca, _cert2, key2 = make_ca(tmp_path / "b", DOMAIN)
+    _ca, cert3, key3 = make_ca(tmp_path / "c", "elsewhere.test")
+    line = refused("tls", "mysite", "--certificate", str(cert), "--key", str(key2))
+    assert "does not match the key" in line
+    line = refused("tls", "mysite", "--certificate", str(cert3), "--key", str(key3))
+    assert f"does not cover {DOMAIN}" in line
+
+    # ACME refuses a name (pebble's blocklist): the add is undone, the old certificate stays
+    line = refused("domains", "mysite", "add", BLOCKED)
+    assert line.startswith("shipyard: error: ACME certificate for") and "failed" in line
+    assert "keeps its current certificate" in line
+    assert https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
+
+
+def test_maintenance_page_with_retry_after_processes_untouched(door):
+    nginx, pebble, host, work = door
+    root = pebble.root()
+    pids = sorted(processes_under(host.root))
+    out = shipyard(*root_of(door), "maintenance", "mysite", "on", "--message", "Back at 5 <pm>")
+    assert "maintenance on" in out.stdout
+    status, headers, body = https_fetch(nginx.https_port, DOMAIN, root, "/")
+    assert status == 503
+    assert headers["retry-after"] == "120"
+    assert "Back at 5 &lt;pm&gt;" in body
+    assert sorted(processes_under(host.root)) == pids
+    shipyard(*root_of(door), "maintenance", "mysite", "off")
+    assert https_fetch(nginx.https_port, DOMAIN, root, "/")[:1] == (200,)
+
+
+def test_chromium_loads_the_page_over_https_with_its_static_css(door, tmp_path):
+    """A real browser trusting pebble's root (a throw-away NSS db), not ignoring errors."""
+    nginx, pebble, host, work = door
+    home = tmp_path / "home"
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    run("certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password", stdin=subprocess.DEVNULL)
+    run(
+        "certutil",
+        "-d",
+        f"sql:{nssdb}",
+        "-A",
+        "-t",
+        "C,,",
+        "-n",
+        "pebble",
+        "-i",
+        pebble.root(),
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"https://{DOMAIN}:{nginx.https_port}/page"
+    browser = [
+        "timeout", "-k", "5", "90", "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600",
+        f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1", "--virtual-time-budget=5000",
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": str(home)}
+    dom = run(*browser, "--dump-dom", url, env=env, stdin=subprocess.DEVNULL)
+    # the page's script wrote the computed colour of its title into the document's title
+    assert "<title>color=rgb(200, 30, 40)</title>" in dom.stdout, dom.stdout[-2000:]
+    shot = tmp_path / "page.png"
+    run(*browser, f"--screenshot={shot}", url, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and with an empty NSS db the browser refuses: the trust above is what made it load
+    empty = tmp_path / "empty" / ".pki" / "nssdb"
+    empty.mkdir(parents=True)
+    run("certutil", "-d", f"sql:{empty}", "-N", "--empty-password", stdin=subprocess.DEVNULL)
+    env["HOME"] = str(tmp_path / "empty")
+    refused = run(*browser, "--dump-dom", url, env=env, check=False, stdin=subprocess.DEVNULL)
+    assert "color=rgb(200, 30, 40)" not in refused.stdout
+
+
+SLOW_MIGRATION = """import os
+import time
+
+from django.db import migrations
+
+
+def wait_for_the_test(apps, schema_editor):
+    flag = os.environ.get("SHIPYARD_SHARED", ".") + "/migration-may-finish"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("polls", "0002_choice")]
+    operations = [migrations.RunPython(wait_for_the_test, migrations.RunPython.noop)]
+"""
+
+
+def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_maintenance(door):
+    """HTTPS via nginx: 5 deploys (one with -o maintenance around a long migration), a proxy
+    reload and maintenance on/off; every answer is the app (200) or the maintenance page."""
+    from httpload import Load
+
+    nginx, pebble, host, work = door
+    root = pebble.root()
+
+    def get() -> tuple[int, str]:
+        status, _headers, body = https_fetch(nginx.https_port, DOMAIN, root, "/", timeout=30)
+        return status, body
+
+    load = Load(port=nginx.https_port, rate=20, seconds=240, limit=4000, get=get)
+    thread = threading.Thread(target=load.run)
+    thread.start()
+    maintenance_window = []
+    try:
+        for n in range(1, 5):
+            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n'})
+            work.push()
+            if n == 2:
+                reload = run(*nginx.reload_command())
+                assert reload.returncode == 0
+            if n == 3:
+                shipyard(*root_of(door), "maintenance", "mysite", "on")
+                assert wait_for(lambda: load.results and load.results[-1][2] == 503)
+                shipyard(*root_of(door), "maintenance", "mysite", "off")
+        # the fifth deploy runs a long migration behind the maintenance page
+        work.commit("v5", **{"mysite/version.py": 'GREETING = "Hello v5"\n',
+                             "polls/migrations/0003_slow.py": SLOW_MIGRATION})  # fmt: skip
+        pusher = threading.Thread(target=lambda: maintenance_window.append(
+            work.push("-o", "maintenance=Upgrading the shop", "main")))  # fmt: skip
+        pusher.start()
+        assert wait_for(lambda: load.results and load.results[-1][2] == 503, 120)
+        (host.dir / "shared" / "migration-may-finish").touch()
+        pusher.join(180)
+        assert wait_for(lambda: load.results and load.results[-1][3] == "Hello v5", 60)
+    finally:
+        load.stop.set()
+        thread.join(60)
+    push = maintenance_window[0]
+    assert "maintenance" in push.out and push.returncode == 0, push.out
+    answers = [r for r in load.results if r[2] != 200]
+    assert answers, "the maintenance page was never seen"
+    bad = [r for r in answers if r[2] != 503 or "maintenance" not in r[3].lower()]
+    assert not bad, bad[:5]
+    bodies = {r[3] for r in load.results if r[2] == 200}
+    assert {"Hello v1", "Hello v4", "Hello v5"} <= bodies
+    assert any("Upgrading the shop" in r[3] for r in answers)  # -o maintenance=MESSAGE
+    assert len(load.results) > 100
+    assert get() == (200, "Hello v5\n")

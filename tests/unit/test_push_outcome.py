@@ -1,0 +1,77 @@
+"""The pieces of a truthful push that need no git: options, the bounded log, the push's tail."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+
+from shipyard.app import App
+from shipyard.deploy import bounded
+from shipyard.errors import ShipyardError
+from shipyard.hooks.worker import Lines, PushLines, follow
+from shipyard.options import parse_options, refuse_push_only, waits
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (["skip-migrate=false"], "push option skip-migrate takes no value"),
+        (["no-wait=1"], "push option no-wait takes no value"),
+        (["wait", "no-wait"], "wait and no-wait contradict"),
+        (["no_wait"], "unknown push option 'no_wait'"),
+    ],
+)
+def test_impossible_options_are_refused(raw, said):
+    with pytest.raises(ShipyardError, match=said):
+        parse_options(raw)
+
+
+def test_who_waits():
+    host = SimpleNamespace(push_wait=True)
+    assert waits({}, host) and not waits({"no-wait": ""}, host)
+    quiet = SimpleNamespace(push_wait=False)
+    assert not waits({}, quiet) and waits({"wait": ""}, quiet)
+    with pytest.raises(ShipyardError, match="runs in the foreground"):
+        refuse_push_only({"no-wait": ""}, "rollback")
+    refuse_push_only({"skip-migrate": ""}, "rollback")
+
+
+def test_bounded_output_keeps_all_of_it_up_to_the_limit_then_both_ends():
+    short = "\n".join(f"line {i}" for i in range(100))
+    assert bounded(short) == short.splitlines()
+    long = "\n".join(f"line {i:05d}" for i in range(10000))  # 110,000 characters
+    kept = bounded(long, limit=11000)
+    assert kept[0] == "line 00000" and kept[-1] == "line 09999"
+    note = next(line for line in kept if "cut here" in line)
+    assert "line(s) cut here: the log keeps 11,000 characters" in note
+    assert int(note.split()[1]) + len(kept) - 1 == 10000
+
+
+def test_the_push_shows_a_long_outputs_tail_and_where_the_rest_is(tmp_path):
+    app = App(tmp_path, "mysite")
+    log = tmp_path / "7.log"
+    detail = "".join(f"    │ out {i}\n" for i in range(1, 51))
+    log.write_text("  ✗ build  0.10s  failed\n" + detail + "shipyard ▸ failed at build\n")
+    out = io.BytesIO()
+    follow(log, lambda: True, out, lines=PushLines(app, 7))
+    shown = out.getvalue().decode().splitlines()
+    assert (
+        shown[1]
+        == "    │ … 30 earlier line(s) of this output are in the log: `shipyard log mysite 7`"
+    )
+    assert shown[2] == "    │ out 31" and shown[-2] == "    │ out 50"
+    assert shown[-1] == "shipyard ▸ failed at build" and len(shown) == 23
+
+
+def test_log_lines_lose_colour_only_when_asked(tmp_path):
+    log = tmp_path / "1.log"
+    log.write_bytes(
+        b"\x1b[1mshipyard \xe2\x96\xb8 deploy\x1b[0m\n  \x1b[32m\xe2\x9c\x93\x1b[0m ok\n"
+    )
+    plain, coloured = io.BytesIO(), io.BytesIO()
+    follow(log, lambda: True, plain, lines=Lines(strip_ansi=True))
+    follow(log, lambda: True, coloured, lines=Lines())
+    assert plain.getvalue() == "shipyard ▸ deploy\n  ✓ ok\n".encode()
+    assert coloured.getvalue() == log.read_bytes()
