@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,7 +201,12 @@ def seed(d: Deploy, rel: str, kind: str) -> str | None:
     new = d.release / rel
     if os.path.lexists(new) and not new.is_symlink():
         empty = new.is_dir() and not any(new.iterdir())  # e.g. made by the app's import
-        os.rename(new, target)
+        if new.is_file():  # a tracked file: read-only, its inode shared with other releases
+            shutil.copy2(new, target)
+            os.chmod(target, stat.S_IMODE(os.stat(target).st_mode) | stat.S_IWUSR)
+            new.unlink()
+        else:
+            os.rename(new, target)
         return "new" if empty else "from the commit"
     if kind == "dir":
         target.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,25 @@ def test_the_live_releases_file_moves_to_shared_while_it_is_open(d):
     assert data.seed(d, "db.sqlite3", "file") is None  # there already: once only
 
 
+def test_a_committed_database_becomes_a_writable_file_of_its_own_in_shared(d):
+    """Tracked files are read-only and their inodes shared between releases: the copy in
+    shared/ must be the app's own, writable file (not the commit's inode)."""
+    os.unlink(d.app.current)  # a first deploy: nothing live
+    committed = d.release / "db.sqlite3"
+    sqlite3.connect(committed).execute("CREATE TABLE t (x)").connection.commit()
+    other = d.app.releases / OLD / "db.sqlite3"
+    os.link(committed, other)  # as a checkout from the diff links unchanged files
+    os.chmod(committed, 0o444)
+    assert data.seed(d, "db.sqlite3", "file") == "from the commit"
+    shared = d.app.shared / "db.sqlite3"
+    assert os.stat(shared).st_mode & 0o200 and os.stat(shared).st_ino != os.stat(other).st_ino
+    data.link_one(d, "db.sqlite3", "file")
+    conn = sqlite3.connect(d.release / "db.sqlite3")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    assert sqlite3.connect(other).execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
 def test_paths_inside_and_outside_the_release(d):
     assert data.inside(d.release, d.release / "db.sqlite3", d.app) == "db.sqlite3"
     assert data.inside(d.release, d.app.shared / "db.sqlite3", d.app) is None
