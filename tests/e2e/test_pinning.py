@@ -227,7 +227,8 @@ def test_unknown_push_option_is_refused_before_the_ref_moves(host: Host, fast: W
         result = fast.push("-o", bad, "main", check=False)
         assert result.returncode != 0 and "[remote rejected]" in result.out
         assert (
-            "known options: color, message, no-restart, no-wait, skip-migrate, wait" in result.out
+            "known options: color, maintenance, message, no-restart, no-wait, skip-migrate, wait"
+            in result.out
             or "is not one of never, always, auto" in result.out
             or "push option no-restart takes no value" in result.out
         )

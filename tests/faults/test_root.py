@@ -278,6 +278,7 @@ def test_the_system_supervisord_step_writes_through_no_planted_temp(
     )
     from shipyard.provision import host
 
+    deployer.sh("rm -f .shipyard/supervisord.conf")  # so that this step writes it again
     deployer.sh(f"ln -s {victims}/passwd .shipyard/.supervisord.conf.tmp")
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
