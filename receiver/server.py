@@ -51,6 +51,7 @@ from shipyard.options import parse_options
 from shipyard.report import Reporter
 
 from . import auth, objects, tls
+from .options import MAX_CONNECTIONS, REQUEST_TIMEOUT
 
 ROUTE = re.compile(r"^/v1/apps/([^/]+)/(info|status|objects|prepare|switch|revert|abort)$")
 METHODS = {"info": "GET", "status": "GET"}
@@ -59,8 +60,6 @@ KEEPALIVE = 2.0
 LOCK_WAIT = 120.0
 REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._/-]{1,200}$")
 MAX_HEAD = 64 * 1024  # bytes of request line and headers read before authentication
-MAX_CONNECTIONS = 64
-REQUEST_TIMEOUT = 10.0  # seconds from accept to an authenticated request (TLS, headers)
 LINGER = 64 * 1024  # of a refused request's body, at most this much is read (and dropped)
 BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
 WILDCARDS = ("0.0.0.0", "::")
@@ -582,39 +581,6 @@ class Receiver(ThreadingHTTPServer):
     def server_close(self) -> None:
         self.closing.set()
         super().server_close()
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `shipyard receiver` (the subcommand is added by shipyard/peers.py)."""
-    p.add_argument("--listen", required=True, metavar="ADDR:PORT")
-    p.add_argument("--max-pack", type=int, default=512, metavar="MiB", help="largest pack taken")
-    p.add_argument(
-        "--alias",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="another address the primary's `peers` may list this host under",
-    )
-    p.add_argument(
-        "--all-interfaces",
-        action="store_true",
-        help="allow --listen 0.0.0.0:PORT or [::]:PORT (then name this host with --alias)",
-    )
-    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate")
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="… and this private key")
-    p.add_argument(
-        "--make-cert",
-        action="store_true",
-        help="create --tls-cert/--tls-key (self-signed) unless they exist, print its pin, exit",
-    )
-    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N")
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=REQUEST_TIMEOUT,
-        metavar="SECONDS",
-        help="time a client has to send a signed request's headers",
-    )
 
 
 def main(args: argparse.Namespace) -> int:

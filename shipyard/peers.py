@@ -690,7 +690,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """`shipyard receiver`, `shipyard peers APP`, `shipyard sync APP` (called by cli.py)."""
-    from shipyard.receiver.server import add_arguments
+    from shipyard.receiver.options import add_arguments
 
     p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
     add_arguments(p)
