@@ -181,14 +181,14 @@ def compare_and_swap(ref: str, commit: str, old: str, message: str) -> subproces
         update = git("update-ref", "-m", message, ref, commit, cas, check=False)
         if not update.returncode:
             return update
-        tip = git("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
-        moved_behind = tip and tip != expected
+        current = tip(ref)
+        moved_behind = current and current != expected
         if (
             not moved_behind
-            or git("merge-base", "--is-ancestor", tip, commit, check=False).returncode
+            or git("merge-base", "--is-ancestor", current, commit, check=False).returncode
         ):
             return update
-        expected = tip
+        expected = current
     return update
 
 

@@ -220,7 +220,8 @@ def deploy(
     offset = follow(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
     while worker.poll() is None:  # the pusher went away: wait anyway
         time.sleep(0.1)
-    if outcome(app, number) is None:
+    entry = outcome(app, number)
+    if entry is None:
         recovery = spawn(
             app,
             number,
@@ -237,4 +238,5 @@ def deploy(
                 lines=PushLines(app, number),
             )
         recovery.wait()
-    return outcome(app, number)
+        entry = outcome(app, number)
+    return entry

@@ -135,8 +135,8 @@ class Verifier:
         mac = hmac.new(secret, message, "sha256")
         if not hmac.compare_digest(given[len(SCHEME) + 1 :], mac.hexdigest()):
             raise Refused("bad signature (is the cluster secret the same on both hosts?)")
-        if digest is not None and not hmac.compare_digest(digest, signed):
-            raise Refused("bad signature: the body is not the one signed")
+        if digest is not None:
+            check_body(headers, digest)
         if me is not None and destination(to) not in me:
             raise Refused(
                 f"request signed for {to or 'no host'!r}, and this receiver is "

@@ -405,11 +405,6 @@ def probe(
         conn.close()
 
 
-def get(address: Path | int, path: str, timeout: float = 5.0) -> int:
-    """GET ``path`` from a unix socket or 127.0.0.1:port; returns the status."""
-    return probe(address, path, timeout).status
-
-
 def final_answer(answer: Answer, health: Health) -> bool:
     """An answer waiting will not change: a client error (not 404/429) or an unwanted redirect."""
     if answer.status in health.accepts:

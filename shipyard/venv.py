@@ -138,12 +138,6 @@ def uv_bin() -> str:
     return find_uv_bin()
 
 
-def python_spec(config: AppConfig) -> str:
-    if config.python:
-        return config.python
-    return own_spec()
-
-
 def own_spec() -> str:
     # what platform.python_implementation().lower() and .python_version() say, without
     # importing platform (a noticeable part of a deploy's start)
