@@ -250,8 +250,9 @@ def cmd_processes(args: argparse.Namespace) -> int:
         print(line)
     from .scale import describe
 
-    if describe(app):
-        print(describe(app))
+    counts = describe(app)
+    if counts:
+        print(counts)
     return 0
 
 

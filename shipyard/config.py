@@ -466,6 +466,12 @@ def _check_relative(path: str, where: str) -> None:
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+)\s*:\s*(\S.*)$")
 
 
+def load_procfile(release: Path) -> dict[str, str]:
+    """A release's Procfile, parsed ({} when it has none)."""
+    path = release / "Procfile"
+    return parse_procfile(path.read_text(), "Procfile") if path.is_file() else {}
+
+
 def parse_procfile(text: str, source: str = "Procfile") -> dict[str, str]:
     """``name: command`` per line, the convention Heroku, Dokku and Piku share."""
     processes: dict[str, str] = {}

@@ -41,7 +41,7 @@ from . import (
     venv,
 )
 from .app import App
-from .config import AppConfig, HostConfig, load_app_config, parse_procfile
+from .config import AppConfig, HostConfig, load_app_config, load_procfile
 from .errors import PhaseError, ShipyardError
 from .report import Masker, Reporter, Skip
 
@@ -129,8 +129,7 @@ def checkout(d: Deploy) -> str:
         )
         d.manifest.save(d.release)
     d.config = load_app_config(d.release)
-    procfile = d.release / "Procfile"
-    d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
+    d.procfile = load_procfile(d.release)
     d.env = release.shared_env(d.app)
     d.out.mask = d.out.mask.__class__(d.env)
     if d.reused:

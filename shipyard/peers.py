@@ -54,13 +54,12 @@ def plan(names: tuple[str, ...]) -> list[Phase]:
 
 def load_release(d: Deploy) -> None:
     """Fill in what checkout would have for a release already on disk (d.release_id set)."""
-    from .config import load_app_config, parse_procfile
+    from .config import load_app_config, load_procfile
 
     d.manifest = release.Manifest.load(d.release)
     d.venv_key = d.manifest.venv if d.manifest else None
     d.config = load_app_config(d.release)
-    procfile = d.release / "Procfile"
-    d.procfile = parse_procfile(procfile.read_text(), "Procfile") if procfile.is_file() else {}
+    d.procfile = load_procfile(d.release)
     d.env = release.shared_env(d.app)
     d.out.mask = Masker(d.env)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import deploy, history, lock, peers
 from .app import App
-from .config import HostConfig, load_app_config, parse_procfile
+from .config import HostConfig, load_app_config, load_procfile
 from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
 from .report import Reporter
@@ -116,10 +116,7 @@ def planned(app: App, host: HostConfig, release_id: str | None) -> list:
     try:
         path = app.release_dir(release_id)
         config = load_app_config(path)
-        procfile_path = path / "Procfile"
-        procfile = (
-            parse_procfile(procfile_path.read_text(), "Procfile") if procfile_path.is_file() else {}
-        )
+        procfile = load_procfile(path)
         wanted = prov.plan(
             procfile, config.processes, release_id, host.port, config.stop_grace, config.signals
         )

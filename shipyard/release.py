@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .app import RELEASE_ID, App
 from .errors import ConfigError, PhaseError
+from .guard import check_not_root
 from .lock import owner_alive
 
 MANIFEST = Path(".shipyard") / "release.json"
@@ -574,8 +575,6 @@ def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
 
     Every pushed command runs in it, so it is also the root guard's last word.
     """
-    from .guard import check_not_root
-
     check_not_root(app)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
     venv_dir = release / ".venv"

@@ -9,11 +9,9 @@ before are put back (``supervise.restart_previous``) and the change fails.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import supervise
 from .app import App
-from .config import HostConfig, load_app_config, parse_procfile
+from .config import HostConfig, load_app_config, load_procfile
 from .deploy import Deploy
 from .errors import AppError, ShipyardError
 from .report import Reporter, Skip
@@ -26,19 +24,14 @@ def live_deploy(app: App, host: HostConfig, out: Reporter) -> Deploy:
         raise AppError(f"nothing is live in {app.name} yet", "push first: git push production main")
     d = Deploy(app=app, host=host, number=0, sha="", ref="", out=out, release_id=rid)
     d.config = load_app_config(d.release)
-    d.procfile = procfile_of(d.release)
+    d.procfile = load_procfile(d.release)
     return d
-
-
-def procfile_of(release: Path) -> dict[str, str]:
-    path = release / "Procfile"
-    return parse_procfile(path.read_text(), "Procfile") if path.is_file() else {}
 
 
 def types(app: App) -> list[str]:
     """The process types the live release's Procfile runs (``release:`` is not one)."""
     rid = app.live_release()
-    procfile = procfile_of(app.release_dir(rid)) if rid else {}
+    procfile = load_procfile(app.release_dir(rid)) if rid else {}
     return [t for t in procfile if t != supervise.prov.RELEASE_TYPE]
 
 
