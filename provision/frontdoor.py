@@ -22,6 +22,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .supervisor import replace_file
+
 HELPER = Path("/usr/local/sbin/shipyard-proxy-reload")
 SITES = Path("/etc/nginx/shipyard")
 PACKAGES = {"nginx": "/usr/sbin/nginx", "certbot": "/usr/bin/certbot", "sudo": "/usr/bin/sudo"}
@@ -76,12 +78,7 @@ def configure(user: str, shipyard_bin: Path, dry_run: bool = False) -> list[str]
             continue
         changes.append(f"write {f.path}")
         if not dry_run:
-            tmp = f.path.with_name(f".{f.path.name}.shipyard")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, f.mode)
-            with os.fdopen(fd, "w") as out:
-                out.write(f.text)
-            os.chmod(tmp, f.mode)
-            os.replace(tmp, f.path)
+            replace_file(f.path, f.text, f.mode)
     sites = SITES / user
     if not sites.is_dir():
         changes.append(f"create {sites} for {user}")

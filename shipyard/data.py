@@ -29,7 +29,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import migrate
+from . import migrate, release
 from .app import App
 from .errors import PhaseError
 from .report import Skip
@@ -234,13 +234,7 @@ def move_and_link(src: Path, dest: Path) -> None:
 
 
 def link_one(d: Deploy, rel: str, kind: str) -> None:
-    dest = d.release / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or dest.is_file():
-        dest.unlink()
-    elif dest.is_dir():
-        shutil.rmtree(dest)
-    os.symlink(os.path.relpath(d.app.shared / rel, dest.parent), dest)
+    release.link_into(d.release / rel, d.app.shared / rel)
 
 
 def link(d: Deploy) -> str:

@@ -355,15 +355,19 @@ def link_shared(app: App, release: Path, paths: list[str]) -> list[str]:
             source.mkdir(parents=True, exist_ok=True)
         elif not source.exists():
             continue
-        dest = release / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_symlink() or dest.is_file():
-            dest.unlink()
-        elif dest.is_dir():
-            shutil.rmtree(dest)
-        os.symlink(os.path.relpath(source, dest.parent), dest)
+        link_into(release / rel, source)
         linked.append(entry)
     return linked
+
+
+def link_into(dest: Path, source: Path) -> None:
+    """``dest`` in a release becomes a relative link to ``source`` (whatever was there goes)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.is_dir():
+        shutil.rmtree(dest)
+    os.symlink(os.path.relpath(source, dest.parent), dest)
 
 
 def switch(app: App, release_id: str) -> str | None:
