@@ -284,8 +284,8 @@ def written(d: Deploy) -> list[str]:
         for name in filenames:
             path = os.path.join(dirpath, name)
             try:
-                st = os.lstat(path)
-                if not os.path.isfile(path) or os.path.islink(path) or st.st_mtime < since:
+                st = os.lstat(path)  # one stat: a link is not a regular file here
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime < since:
                     continue
                 with open(path, "rb") as f:
                     if f.read(16) != SQLITE_MAGIC:
