@@ -190,7 +190,9 @@ def test_two_jobs_racing_leave_the_newest_live(ci: dict, failed_job):
     assert second.returncode == 0, second.stdout
     # the older job deployed first, was superseded by the newer one while queued
     # (nothing deployed for it), or was refused by git as going back
-    superseded = re.search(r"\[remote rejected\] \S+ -> main \(deploy #\d+ superseded: ", first.stdout)
+    superseded = re.search(
+        r"\[remote rejected\] \S+ -> main \(deploy #\d+ superseded: ", first.stdout
+    )
     assert first.returncode == 0 or "[rejected]" in first.stdout or superseded, first.stdout
     assert live_sha(server) == newer != older
     assert "newer" in fetch(port(server), "/")[1]
