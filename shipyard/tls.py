@@ -169,19 +169,40 @@ def certify(app: App, host: HostConfig) -> str:
     return "installed"
 
 
+def check_mode(app: App, host: HostConfig, files: bool) -> None:
+    """Refuse what ``[proxy] tls`` rules out: any certificate when off, ACME when "files"."""
+    mode = proxy.settings(host)["tls"]
+    if mode == "off":
+        raise ConfigError(
+            f'{app.name} has tls = "off" in [proxy] of {app.config_file}: it is served over '
+            "HTTP only",
+            'set tls = "acme" there (or "files", with --certificate and --key) to serve HTTPS',
+        )
+    if mode == "files" and not files:
+        raise ConfigError(
+            f'{app.name} has tls = "files" in [proxy] of {app.config_file}: no ACME',
+            'give --certificate and --key, or set tls = "acme" there',
+        )
+
+
+def renew(app: App, host: HostConfig) -> str:
+    """ACME's certificate renewed when due; the outcome in a few words."""
+    if source(app) == "files":
+        return "serves operator-provided files; nothing to renew"
+    outcome = certify(app, host)
+    what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
+    return f"{what} for {', '.join(host.domains)}"
+
+
 def cmd_tls(args) -> int:
     app = App.at(args.app, args.root).require()
     host = load_host_config(app.config_file)
     if bool(args.certificate) != bool(args.key):
         raise ConfigError("give both --certificate and --key, or neither (ACME)")
+    check_mode(app, host, bool(args.certificate))
     if args.certificate:
         install(app, host, args.certificate, args.key, "files")
         print(f"shipyard ▸ {app.name}: serving {args.certificate} over HTTPS")
         return 0
-    if source(app) == "files":
-        print(f"shipyard ▸ {app.name}: serves operator-provided files; nothing to renew")
-        return 0
-    outcome = certify(app, host)
-    what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
-    print(f"shipyard ▸ {app.name}: {what} for {', '.join(host.domains)}")
+    print(f"shipyard ▸ {app.name}: {renew(app, host)}")
     return 0
