@@ -3,7 +3,8 @@ loopback, in front of one deployed app that already serves DOMAIN over HTTPS.
 
 Each refusal is one line with a non-zero exit, and nothing is half-applied: the host config,
 the app's nginx site and the certificate nginx hands out are what they were, and the app still
-answers over HTTPS.
+answers over HTTPS. A deploy killed while it has the maintenance page on leaves the site
+answering with the app once it is recovered.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import os
 import faultlib
 import pytest
 from conftest import make_host
-from faultlib import sy, wait_for
+from faultlib import arm, check_invariants, disarm, entries, greeting_of, sy, wait_for
 from frontdoor import (
     Nginx,
     Pebble,
     free_port,
+    http_fetch,
     https_fetch,
     make_ca,
     served_certificate,
@@ -173,3 +175,79 @@ def test_tls_when_it_is_off(door, observe):
         config.write_text(text)
     assert 'tls = "off"' in line and 'tls = "acme"' in line, line
     row["outcome"] = f"exit 1: `{line}`; no certbot run, nothing written"
+
+
+# --- a deploy with -o maintenance, killed ---------------------------------------------------
+
+
+def push_killed(door, at: str, when: str = "start"):
+    """Push with `-o maintenance`, the worker SIGKILLed at ``at``; the push's result, after the
+    proc-receive hook's recovery answered."""
+    _nginx, _pebble, host, work = door
+    check_invariants(host)
+    arm(host, {"at": at, "when": when, "action": "kill"})
+    n = len(entries(host)) + 1
+    work.commit(f"killed at {at}", **{"mysite/version.py": f'GREETING = "killed at {at}"\n'})
+    try:
+        result = work.push("-o", "maintenance=Upgrading", "main", check=False)
+    finally:
+        disarm(host)
+    assert f"deploy #{n} stopped without an outcome" in result.out, result.out
+    return result
+
+
+@pytest.fixture
+def page_off(door):
+    """The maintenance page off after the case, whatever it left (so one failure stays one)."""
+    yield
+    sy(door[2], "maintenance", "mysite", "off")
+
+
+def answer(door) -> tuple[int, str]:
+    nginx, pebble = door[0], door[1]
+    status, _headers, body = https_fetch(nginx.https_port, DOMAIN, pebble.root_pem)
+    return status, body
+
+
+@pytest.mark.parametrize(
+    ("at", "completed"),
+    [("migrate", False), ("restart", True), ("maintenance-off", True)],
+    ids=["before the switch", "after the switch", "turning it off"],
+)
+def test_killed_maintenance_deploy_turns_the_page_off(door, page_off, observe, at, completed):
+    nginx, _pebble, host, work = door
+    row = observe("fault", f"SIGKILL of a `-o maintenance` deploy at the start of {at}")
+    assert answer(door)[0] == 200
+    result = push_killed(door, at)
+    live = check_invariants(host)
+    status, body = answer(door)
+    assert status == 200, (status, body)  # the app, not the maintenance page
+    assert body.strip() == greeting_of(host.dir / "releases" / live)
+    assert http_fetch(nginx.http_port, DOMAIN)[0] == 308  # and HTTP still redirects
+    if completed:
+        assert result.returncode == 0, result.out
+        assert body.strip() == f"killed at {at}"
+    else:
+        assert result.returncode != 0, result.out
+        assert body.strip() != f"killed at {at}"
+    assert "maintenance page it turned on: off" in result.out or completed, result.out
+    row["outcome"] = (
+        f"push exit {result.returncode} ({'completed' if completed else 'interrupted'}); "
+        f"the page off again: HTTPS answers 200 `{body.strip()}`"
+    )
+
+
+def test_killed_maintenance_deploy_leaves_an_operators_page_on(door, page_off, observe):
+    host = door[2]
+    row = observe(
+        "fault", "SIGKILL of a `-o maintenance` deploy after its switch, the page on before it"
+    )
+    sy(host, "maintenance", "mysite", "on", "--message", "Closed by the operator")
+    result = push_killed(door, "restart")
+    assert result.returncode == 0, result.out
+    status, body = answer(door)
+    assert status == 503 and "Closed by the operator" in body, (status, body)
+    sy(host, "maintenance", "mysite", "off")
+    status, body = answer(door)
+    assert status == 200 and body.strip() == "killed at restart"
+    row["outcome"] = "completed by the recovery; the operator's page stays on (503) until `off`"
