@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from . import proxy
-from .app import App
+from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ConfigError, ShipyardError
 
@@ -194,7 +195,31 @@ def renew(app: App, host: HostConfig) -> str:
     return f"{what} for {', '.join(host.domains)}"
 
 
+def renew_all(root: Path) -> int:
+    """`shipyard tls --all`, what the provisioned schedule runs daily: renew every app's ACME
+    certificate that is due. Apps without one (no domains, tls off or files) are skipped; one
+    app's failure is reported and the others still renewed."""
+    failed = 0
+    for config in sorted(root.glob("*/shipyard.toml")):
+        app = App.at(config.parent.name, root)
+        try:
+            host = load_host_config(config)
+            if not host.domains or proxy.settings(host)["tls"] != "acme" or source(app) != "acme":
+                continue
+            print(f"shipyard ▸ {app.name}: {renew(app, host)}", flush=True)
+        except ShipyardError as exc:
+            failed += 1
+            print(f"shipyard: error: {app.name}: {exc}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
 def cmd_tls(args) -> int:
+    if args.all:
+        if args.app or args.certificate or args.key:
+            raise ConfigError("--all renews every app's certificate: give no app or files")
+        return renew_all(Path(args.root).absolute() if args.root else default_root())
+    if not args.app:
+        raise ConfigError("name the app (`shipyard tls APP`), or renew every app with --all")
     app = App.at(args.app, args.root).require()
     host = load_host_config(app.config_file)
     if bool(args.certificate) != bool(args.key):
@@ -206,3 +231,68 @@ def cmd_tls(args) -> int:
         return 0
     print(f"shipyard ▸ {app.name}: {renew(app, host)}")
     return 0
+
+
+def lifetime(certificate: Path) -> tuple[float, float]:
+    """(notBefore, notAfter) of a PEM certificate, in seconds since the epoch."""
+    import ssl
+
+    dates = _openssl("x509", "-in", str(certificate), "-noout", "-startdate", "-enddate").stdout
+    found = dict(line.split("=", 1) for line in dates.splitlines() if "=" in line)
+    return ssl.cert_time_to_seconds(found["notBefore"]), ssl.cert_time_to_seconds(found["notAfter"])
+
+
+def renewal_check(
+    app: App, host: HostConfig | None, etc: Path = Path("/etc")
+) -> tuple[str, str, str]:
+    """`shipyard doctor`'s view of the certificate: (status, detail, fix).
+
+    An ACME certificate needs the renewal provision schedules (``/etc/cron.d/shipyard-tls-USER``
+    running ``tls --all`` for this deploy root), and must not be closer to its end than a
+    renewal would have let it get (a third of its lifetime, at most 20 days): then renewal
+    is failing.
+    """
+    import getpass
+
+    from .provision.frontdoor import renewal_file
+
+    if host is None or not host.domains:
+        return "skip", "no domains: not behind the proxy", ""
+    mode = proxy.settings(host)["tls"]
+    pair = installed(app)
+    if mode == "off":
+        return "skip", 'tls = "off": served over HTTP only', ""
+    if pair is None:
+        return "warn", "no certificate yet: served over HTTP", f"`shipyard tls {app.name}`"
+    start, end = lifetime(Path(pair["certificate"]))
+    left = end - time.time()
+    days = f"{left / 86400:.1f} days" if left > 86400 else f"{left / 3600:.1f} hours"
+    if left <= 0:
+        return "fail", "the certificate has expired", f"`shipyard tls {app.name}` says why"
+    if source(app) != "acme":
+        if left < 14 * 86400:
+            return (
+                "warn",
+                f"operator-provided certificate expires in {days}",
+                (f"install a new one: `shipyard tls {app.name} --certificate … --key …`"),
+            )
+        return "ok", f"operator-provided certificate, {days} left (not renewed by shipyard)", ""
+    user = getpass.getuser()
+    schedule = renewal_file(user, etc)
+    try:
+        entry = schedule.read_text()
+    except OSError:
+        entry = ""
+    if "tls --all" not in entry or f"--root {app.root} " not in entry:
+        return (
+            "fail",
+            f"ACME certificate ({days} left) but no renewal scheduled in {schedule}",
+            (f"as root: `shipyard provision --user {user} --proxy` writes it"),
+        )
+    if left < min(20 * 86400, (end - start) / 3):
+        return (
+            "fail",
+            f"ACME certificate expires in {days}: renewal is failing",
+            (f"`shipyard tls {app.name}` says why"),
+        )
+    return "ok", f"ACME certificate, {days} left; renewed by {schedule}", ""

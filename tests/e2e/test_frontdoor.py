@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_host, make_work, processes_under, run, shipyard
-from frontdoor import Nginx, Pebble, http_fetch, https_fetch
+from frontdoor import BIN, Nginx, Pebble, http_fetch, https_fetch
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -163,19 +164,48 @@ def wait_for(condition, seconds: float = 20.0):
     return value
 
 
-def test_renewal_replaces_a_short_lived_certificate_without_a_deploy(door):
+def test_renewal_replaces_a_short_lived_certificate_without_a_deploy(door, tmp_path):
+    """As provision schedules it: the cron entry's command, run with cron's environment."""
+    from shipyard.app import App
+    from shipyard.config import load_host_config
+    from shipyard.provision.frontdoor import renewal_entry
+    from shipyard.tls import renewal_check
+
     nginx, pebble, host, work = door
     root = pebble.root()
     before = serial(door, root)
     deploys = len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines())
+    user = os.environ.get("USER", "root")
+    app = App(host.root, "mysite")
+    # no entry on this machine: doctor fails the check and says how to get one
+    config = load_host_config(host.dir / "shipyard.toml")
+    status, detail, fix = renewal_check(app, config, tmp_path)
+    assert status == "fail" and "no renewal scheduled" in detail and "provision" in fix
+    if not Path(f"/etc/cron.d/shipyard-tls-{user}").exists():  # this machine was not provisioned
+        doctor = shipyard(*root_of(door), "doctor", "mysite", check=False)
+        assert doctor.returncode == 1
+        assert "✗ tls          ACME certificate (" in doctor.stdout, doctor.stdout
+        assert "but no renewal scheduled in /etc/cron.d/shipyard-tls-" in doctor.stdout
+    etc = tmp_path / "etc"
+    (etc / "cron.d").mkdir(parents=True)
+    entry = renewal_entry(user, BIN / "shipyard", host.root)
+    (etc / "cron.d" / f"shipyard-tls-{user}").write_text(entry)
+    line = entry.splitlines()[-1].split(None, 6)
+    assert line[5] == user
     # pebble issues for an hour: within certbot's 30-day window, so it is due
-    out = shipyard(*root_of(door), "tls", "mysite", check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "new certificate live" in out.stdout
+    # cron's environment: HOME and LOGNAME, and the variables the entry sets
+    cron_env = {"HOME": str(Path.home()), "LOGNAME": user}
+    cron_env.update(ln.split("=", 1) for ln in entry.splitlines() if re.match(r"^[A-Z]+=", ln))
+    ran = subprocess.run(["/bin/sh", "-c", line[6].replace(">/dev/null", "")], env=cron_env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout == f"shipyard ▸ mysite: new certificate live for {DOMAIN}\n", ran.stdout
     after = wait_for(lambda: serial(door, root) != before and serial(door, root))
     assert after and after != before
     assert https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
     assert len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines()) == deploys
+    status, detail, _fix = renewal_check(app, config, etc)
+    assert status == "ok" and "renewed by" in detail, detail
 
 
 def test_maintenance_page_with_retry_after_processes_untouched(door):
