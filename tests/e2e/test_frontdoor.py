@@ -285,6 +285,34 @@ class Migration(migrations.Migration):
 """
 
 
+class Assets:
+    """GET / then the stylesheet of the version it showed, until stopped (bounded): the
+    static files switch with the code, so the page's version always has its asset."""
+
+    def __init__(self, nginx: Nginx, root: Path) -> None:
+        self.nginx, self.root = nginx, root
+        self.stop = threading.Event()
+        self.seen: set[int] = set()
+        self.missing: list[tuple[int, int]] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _h, body = https_fetch(self.nginx.https_port, DOMAIN, self.root, "/")
+                match = re.match(r"Hello v(\d+)$", body.strip()) if status == 200 else None
+                if match:
+                    n = int(match.group(1))
+                    path = f"/static/polls/v{n}.css"
+                    got = https_fetch(self.nginx.https_port, DOMAIN, self.root, path)
+                    self.seen.add(n)
+                    if got[0] != 200 or f"v{n}" not in got[2]:
+                        self.missing.append((n, got[0]))
+            except OSError:
+                pass  # the load above counts failed requests
+            time.sleep(0.05)
+
+
 def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_maintenance(door):
     """HTTPS via nginx: 5 deploys (one with -o maintenance around a long migration), a proxy
     reload and maintenance on/off; every answer is the app (200) or the maintenance page."""
@@ -300,10 +328,15 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
     load = Load(port=nginx.https_port, rate=20, seconds=240, limit=4000, get=get)
     thread = threading.Thread(target=load.run)
     thread.start()
+    # each version brings a stylesheet of its own: once a page of vN is served, vN's is too
+    assets = Assets(nginx, root)
+    checker = threading.Thread(target=assets.run)
+    checker.start()
     maintenance_window = []
     try:
         for n in range(1, 5):
-            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n'})
+            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n',
+                                    f"polls/static/polls/v{n}.css": f"/* v{n} */\n"})  # fmt: skip
             work.push()
             if n == 2:
                 reload = run(*nginx.reload_command())
@@ -314,6 +347,7 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
                 shipyard(*root_of(door), "maintenance", "mysite", "off")
         # the fifth deploy runs a long migration behind the maintenance page
         work.commit("v5", **{"mysite/version.py": 'GREETING = "Hello v5"\n',
+                             "polls/static/polls/v5.css": "/* v5 */\n",
                              "polls/migrations/0003_slow.py": SLOW_MIGRATION})  # fmt: skip
         pusher = threading.Thread(target=lambda: maintenance_window.append(
             work.push("-o", "maintenance=Upgrading the shop", "main")))  # fmt: skip
@@ -324,7 +358,11 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
         assert wait_for(lambda: load.results and load.results[-1][3] == "Hello v5", 60)
     finally:
         load.stop.set()
+        assets.stop.set()
         thread.join(60)
+        checker.join(60)
+    assert not assets.missing, assets.missing[:5]  # no 404 for a new asset during the handover
+    assert {1, 4} <= assets.seen, assets.seen
     push = maintenance_window[0]
     assert "maintenance" in push.out and push.returncode == 0, push.out
     answers = [r for r in load.results if r[2] != 200]
