@@ -106,6 +106,7 @@ def add_commands(sub) -> None:
     p.add_argument("--all", action="store_true", help="renew every app's ACME certificate (cron)")
     p.add_argument("--certificate", type=Path, help="a PEM certificate chain (operator-provided)")
     p.add_argument("--key", type=Path, help="its private key")
+    p.add_argument("--acme", action="store_true", help="by ACME, in place of operator files")
     p.set_defaults(func=certificates.cmd_tls)
     p = sub.add_parser("proxy-reload", help="(root) check the deploy users' sites, reload nginx")
     p.add_argument("--sites", default="/etc/nginx/shipyard")

@@ -186,10 +186,11 @@ def check_mode(app: App, host: HostConfig, files: bool) -> None:
         )
 
 
-def renew(app: App, host: HostConfig) -> str:
-    """ACME's certificate renewed when due; the outcome in a few words."""
-    if source(app) == "files":
-        return "serves operator-provided files; nothing to renew"
+def renew(app: App, host: HostConfig, acme: bool = False) -> str:
+    """ACME's certificate renewed when due (``acme``: also in place of operator files); the
+    outcome in a few words."""
+    if source(app) == "files" and not acme:
+        return "serves operator-provided files; nothing to renew (`--acme` switches to ACME)"
     outcome = certify(app, host)
     what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
     return f"{what} for {', '.join(host.domains)}"
@@ -215,7 +216,7 @@ def renew_all(root: Path) -> int:
 
 def cmd_tls(args) -> int:
     if args.all:
-        if args.app or args.certificate or args.key:
+        if args.app or args.certificate or args.key or args.acme:
             raise ConfigError("--all renews every app's certificate: give no app or files")
         return renew_all(Path(args.root).absolute() if args.root else default_root())
     if not args.app:
@@ -224,12 +225,14 @@ def cmd_tls(args) -> int:
     host = load_host_config(app.config_file)
     if bool(args.certificate) != bool(args.key):
         raise ConfigError("give both --certificate and --key, or neither (ACME)")
+    if args.acme and args.certificate:
+        raise ConfigError("--acme gets a certificate by ACME: give no --certificate or --key")
     check_mode(app, host, bool(args.certificate))
     if args.certificate:
         install(app, host, args.certificate, args.key, "files")
         print(f"shipyard ▸ {app.name}: serving {args.certificate} over HTTPS")
         return 0
-    print(f"shipyard ▸ {app.name}: {renew(app, host)}")
+    print(f"shipyard ▸ {app.name}: {renew(app, host, args.acme)}")
     return 0
 
 

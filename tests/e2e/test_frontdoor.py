@@ -374,3 +374,32 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
     assert any("Upgrading the shop" in r[3] for r in answers)  # -o maintenance=MESSAGE
     assert len(load.results) > 100
     assert get() == (200, "Hello v5\n")
+
+
+def test_operator_files_replace_the_certificate_and_acme_takes_over_again(door, tmp_path):
+    import ssl
+
+    from frontdoor import make_ca, served_certificate
+
+    nginx, pebble, host, work = door
+    ca, cert, key = make_ca(tmp_path / "ca", DOMAIN)
+    out = shipyard(*root_of(door), "tls", "mysite", "--certificate", cert, "--key", key)
+    assert f"serving {cert} over HTTPS" in out.stdout
+    # a client trusting only the operator's CA gets the app
+    assert wait_for(lambda: serves_https(nginx, ca))
+    assert served_certificate(nginx.https_port, DOMAIN) == ssl.PEM_cert_to_DER_cert(
+        cert.read_text()
+    )
+    assert https_fetch(nginx.https_port, DOMAIN, ca, "/")[2].startswith("Hello")
+    out = shipyard(*root_of(door), "tls", "mysite")
+    assert "serves operator-provided files; nothing to renew" in out.stdout
+    out = shipyard(*root_of(door), "tls", "mysite", "--all", check=False)
+    assert out.returncode == 1 and "give no app or files" in out.stderr
+    # back to ACME
+    out = shipyard(*root_of(door), "tls", "mysite", "--acme")
+    assert "new certificate live" in out.stdout
+    root = pebble.root()
+    assert wait_for(lambda: serves_https(nginx, root))
+    assert served_certificate(nginx.https_port, DOMAIN) != ssl.PEM_cert_to_DER_cert(
+        cert.read_text()
+    )
