@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,36 @@ def certbot_command(app: App, host: HostConfig) -> list[str]:
     return command
 
 
+ACME_PROBLEM = re.compile(r"urn:ietf:params:acme:error:(\S+) :: (.*)")
+# what certbot says around a reason, not the reason (certbot 2.1 on Python 3.11 even masks
+# the ACME server's error with josepy's "AttributeError: can't set attribute")
+NOT_A_REASON = ("An unexpected error occurred", "can't set attribute", "Ask for help", "See the")
+
+
+def acme_reason(output: str, log: Path) -> str:
+    """Why certbot failed, in one line: the ACME server's problem if it sent one, else the
+    error certbot logged (its last run in ``log``), else its last line of output."""
+    try:
+        text = log.read_text(errors="replace")
+        text = text[text.rfind("certbot version:") :]
+    except OSError:
+        text = ""
+    found = [m for m in ACME_PROBLEM.finditer(output + "\n" + text)]
+    if found:
+        kind, detail = found[-1].groups()
+        return f"{detail.strip()} ({kind})"
+    candidates = [
+        ln.split(":ERROR:certbot._internal.log:", 1)[-1].strip()
+        for ln in (output + "\n" + text).splitlines()
+        if "Detail:" in ln or ":ERROR:" in ln or "rror" in ln
+    ]
+    candidates = [c for c in candidates if c and not any(n in c for n in NOT_A_REASON)]
+    if candidates:
+        return candidates[-1]
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1] if lines else "certbot failed without saying why"
+
+
 def certify(app: App, host: HostConfig) -> str:
     """Issue or renew by ACME (certbot renews within 30 days of expiry) and install if new."""
     if not host.domains:
@@ -148,16 +179,14 @@ def certify(app: App, host: HostConfig) -> str:
     (tls_dir(app) / "acme").mkdir(parents=True, mode=0o700, exist_ok=True)
     result = subprocess.run(certbot_command(app, host), capture_output=True, text=True, env=env)
     if result.returncode:
-        lines = [ln.strip() for ln in (result.stderr + result.stdout).splitlines() if ln.strip()]
-        why = next(
-            (ln for ln in lines if "Detail:" in ln or "rror" in ln), lines[-1] if lines else ""
-        )
+        log = tls_dir(app) / "acme" / "logs" / "letsencrypt.log"
+        why = acme_reason(result.stderr + result.stdout, log)
         keeps = (
             "the site keeps its current certificate" if installed(app) else "the site stays HTTP"
         )
         raise ShipyardError(
             f"ACME certificate for {', '.join(host.domains)} failed: {why}",
-            f"{keeps}; see {tls_dir(app) / 'acme' / 'logs' / 'letsencrypt.log'}",
+            f"{keeps}; see {log}",
         )
     live = tls_dir(app) / "acme" / "live" / app.name
     current = installed(app)

@@ -138,8 +138,9 @@ def test_acme_refuses_a_new_domain(door, observe):
     with unchanged(door):
         line = refused(host, "domains", "mysite", "add", BLOCKED)
     assert line.startswith(f"shipyard: error: ACME certificate for {DOMAIN}, {BLOCKED} failed")
+    assert f'forbidden by policy: "{BLOCKED}" (rejectedIdentifier)' in line  # the server's why
     assert "the site keeps its current certificate" in line
-    row["outcome"] = f"exit 1: `{line[:160]}…`; the add undone, HTTPS on the old certificate"
+    row["outcome"] = f"exit 1: `{line}`; the add undone, HTTPS on the old certificate"
 
 
 def test_acme_server_unreachable(door, observe):
@@ -155,8 +156,9 @@ def test_acme_server_unreachable(door, observe):
     finally:
         config.write_text(text)
     assert line.startswith(f"shipyard: error: ACME certificate for {DOMAIN} failed")
+    assert "Requesting 127.0.0.1/dir: Connection refused" in line  # where, and why
     assert "the site keeps its current certificate" in line
-    row["outcome"] = f"exit 1: `{line[:160]}…`; HTTPS on the old certificate"
+    row["outcome"] = f"exit 1: `{line}`; HTTPS on the old certificate"
 
 
 def test_tls_when_it_is_off(door, observe):
