@@ -284,7 +284,7 @@ def renewal_check(
     renewal would have let it get (a third of its lifetime, at most 20 days): then renewal
     is failing.
     """
-    import getpass
+    import pwd
 
     from .provision.frontdoor import renewal_file
 
@@ -309,7 +309,7 @@ def renewal_check(
                 (f"install a new one: `shipyard tls {app.name} --certificate … --key …`"),
             )
         return "ok", f"operator-provided certificate, {days} left (not renewed by shipyard)", ""
-    user = getpass.getuser()
+    user = pwd.getpwuid(os.geteuid()).pw_name  # doctor run by root checks as the app's owner
     schedule = renewal_file(user, etc)
     try:
         entry = schedule.read_text()
