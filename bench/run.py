@@ -10,7 +10,9 @@ Sections, one function each (all share ``row``):
 - ``bench_redeploys`` code-only and changed-requirement deploys, the classic script deploy's
                       and shipyard's in turns (so both see the same machine);
 - ``bench_shipyard``  first deploy, pinned push, rollback, a failing deploy;
-- ``bench_processes`` push → new code served and failed requests under load during deploys;
+- ``bench_processes`` push → new code served, failed requests and latency under load during
+                      deploys, direct and through nginx over HTTPS side by side (part of
+                      ``redeploys``; BENCH_ONLY=processes runs it alone);
 - ``bench_boot``      the app's own boot (gunicorn started by hand), for "served minus boot";
 - ``bench_capistrano`` Capistrano 3 (Debian's package, bench/capistrano/) and shipyard over one
                       private loopback sshd, in turns: first deploy, code-only, changed
@@ -21,7 +23,7 @@ Sections, one function each (all share ``row``):
 - ``bench_checkout``, ``bench_venv``  details (BENCH_DETAILS=1): checkout methods, uv against pip.
 
 At the end, issue 18's goals table with met / NOT MET for each row (and issue 9's goals).
-BENCH_ONLY=capistrano,coordination,checkout,hosts,redeploys runs only those sections and
+BENCH_ONLY=capistrano,coordination,checkout,hosts,redeploys,processes runs only those sections and
 writes no results (with BENCH_RUNS=1: a quick check that the code runs).
 
 Everything runs on 127.0.0.1 on free ports, in a temporary directory removed at the end; every
@@ -463,15 +465,55 @@ def bench_shipyard(work: Path, found: dict) -> None:
 # --- with processes: zero downtime --------------------------------------------------
 
 
-def bench_processes(work: Path, base: dict[str, float]) -> None:
+DOMAIN = "www.bench.test"  # served by nginx on loopback, with a certificate of a CA made here
+
+
+def front_door(work: Path, app: Shipyard):
+    """Debian's nginx in front of ``app`` (tests/frontdoor.py), HTTPS with a self-made CA's
+    certificate for DOMAIN installed by `shipyard tls --certificate`; (nginx, the CA)."""
+    from frontdoor import Nginx, make_ca
+
+    nginx = Nginx(work / "nginx", home=work).start()
+    cleanups.append(nginx.stop)
+    with open(app.dir / "shipyard.toml", "a") as f:
+        f.write(nginx.proxy_table())
+    ca, cert, key = make_ca(work / "ca", DOMAIN)
+    shipyard = [BIN / "shipyard", "--root", app.root]
+    sh(*shipyard, "domains", "mysite", "add", DOMAIN)
+    sh(*shipyard, "tls", "mysite", "--certificate", cert, "--key", key)
+    return nginx, ca
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+
+def bench_processes(work: Path, base: dict[str, float] | None) -> None:
+    """Push → served, and what users see during the deploys: failed requests and latency,
+    direct to the app's port and through nginx over HTTPS, two loads side by side."""
+    from frontdoor import https_fetch
+
     deploys = max(3, RUNS)
-    print(f"\nwith processes: {deploys} deploys (one with a changed requirement) under a load of")
-    print("~50 requests/s on loopback, push → new code served")
+    print(f"\nwith processes: {deploys} deploys (one with a changed requirement) under two loads")
+    print(
+        "of ~50 requests/s each on loopback, direct and via nginx + HTTPS; push → new code served"
+    )
     app = Shipyard(work / "processes")
     app.deploy()
-    load = Load(app.port, seconds=120, limit=6000)
-    thread = threading.Thread(target=load.run, daemon=True)
-    thread.start()
+    nginx, ca = front_door(work / "processes", app)
+
+    def via_proxy() -> tuple[int, str]:
+        status, _headers, body = https_fetch(nginx.https_port, DOMAIN, ca, timeout=30)
+        return status, body
+
+    loads = {
+        "direct": Load(app.port, seconds=120, limit=6000),
+        "nginx + HTTPS": Load(nginx.https_port, seconds=120, limit=6000, get=via_proxy),
+    }
+    threads = [threading.Thread(target=load.run, daemon=True) for load in loads.values()]
+    for thread in threads:
+        thread.start()
     served = []
     try:
         time.sleep(1)
@@ -480,29 +522,38 @@ def bench_processes(work: Path, base: dict[str, float]) -> None:
             served.append(timed(app.deploy))
         time.sleep(1)
     finally:
-        load.stop.set()
-        thread.join(timeout=60)
+        for load in loads.values():
+            load.stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
     app.stop()
     row(
         "processes",
         "push → new code served, under load",
         served,
-        base["code"],
+        base["code"] if base else None,
         base_name="baseline code-only",
     )
-    failed = load.failures()
-    total = len(load.results)
-    row(
-        "processes",
-        f"requests failed under load ({total} sent)",
-        [len(failed)],
-        unit="failed",
-        goal="0 failed",
-        met=not failed,
-    )
-    goal("0 failed requests during deploys under load", f"{len(failed)} of {total}", not failed)
-    for when, _, status, _ in failed[:5]:
-        print(f"    failed at {when:.2f}s: {status}")
+    for how, load in loads.items():
+        failed = load.failures()
+        total = len(load.results)
+        name = "requests failed under load" if how == "direct" else f"requests failed, {how}"
+        row(
+            "processes",
+            f"{name} ({total} sent)",
+            [len(failed)],
+            unit="failed",
+            goal="0 failed",
+            met=not failed,
+        )
+        ok = [r[1] * 1000 for r in load.results if r[2] == 200]
+        for p in (50, 99):
+            row("processes", f"latency p{p} during deploys, {how}", [round(percentile(ok, p), 1)],
+                unit="ms")  # fmt: skip
+        what = "during deploys under load" + ("" if how == "direct" else f" ({how})")
+        goal(f"0 failed requests {what}", f"{len(failed)} of {total}", not failed)
+        for when, _, status, _ in failed[:5]:
+            print(f"    {how}: failed at {when:.2f}s: {status}")
 
 
 # --- many hosts ---------------------------------------------------------------------
@@ -1149,6 +1200,8 @@ def main() -> None:
             bench_shipyard(work, found)
             bench_processes(work, found["base"])
             phases = phase_medians(found["phases"])
+        elif wanted("processes"):  # BENCH_ONLY=processes: zero downtime alone (no base ratio)
+            bench_processes(work, None)
         if wanted("capistrano"):
             versus = bench_capistrano(work)
             for key in ("cap_code", "cap_reqs", "cap_rollback", "push_minus_bare"):

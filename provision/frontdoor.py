@@ -9,7 +9,10 @@ Root's part, once per deploy user:
   ``shipyard proxy-reload``, which includes a site only if it is exactly what shipyard renders
   from its spec (paths inside the owner's home), copies it to ``shipyard.checked/``, then
   ``nginx -t`` and ``nginx -s reload``;
-- ``/etc/sudoers.d/shipyard-<user>``: the user may run that one command, without arguments.
+- ``/etc/sudoers.d/shipyard-<user>``: the user may run that one command, without arguments;
+- ``/etc/cron.d/shipyard-tls-<user>``: twice a day, as the user, ``shipyard tls --all`` renews
+  every app's ACME certificate that is due (certbot's own timer renews only root's
+  /etc/letsencrypt, not the apps' state in ``<app>/tls/acme``).
 Every file is written root-owned in a root-owned directory; nothing the deploy user can change
 is followed or run by root.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +40,32 @@ class RootFile:
     mode: int
 
 
-def root_files(user: str, shipyard_bin: Path, etc: Path = Path("/etc")) -> list[RootFile]:
-    """What root writes for ``user``; ``shipyard_bin`` must be root-owned (provision's venv)."""
+def renewal_file(user: str, etc: Path = Path("/etc")) -> Path:
+    """The cron entry that renews ``user``'s certificates (``shipyard doctor`` looks for it)."""
+    return etc / "cron.d" / f"shipyard-tls-{user}"
+
+
+def renewal_command(shipyard_bin: Path, apps: Path) -> str:
+    return f"{shipyard_bin} --root {apps} tls --all"
+
+
+def renewal_entry(user: str, shipyard_bin: Path, apps: Path) -> str:
+    """Twice a day at a minute of the user's own; output only on failure (cron mails it)."""
+    minute = zlib.crc32(user.encode()) % 60
+    return (
+        "# shipyard: renew the ACME certificates of the apps in "
+        f"{apps} when due (shipyard tls --all)\n"
+        # cron's own PATH lacks /usr/sbin, where Debian puts nginx (the reload helper runs it)
+        "SHELL=/bin/sh\nPATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n"
+        f"{minute} 3,15 * * * {user} {renewal_command(shipyard_bin, apps)} >/dev/null\n"
+    )
+
+
+def root_files(
+    user: str, shipyard_bin: Path, apps: Path, etc: Path = Path("/etc")
+) -> list[RootFile]:
+    """What root writes for ``user`` (apps in ``apps``); ``shipyard_bin`` must be root-owned
+    (provision's venv)."""
     helper = (
         "#!/bin/sh\n# shipyard: check the deploy users' nginx sites, then reload nginx.\n"
         f"exec {shipyard_bin} proxy-reload --sites {SITES}\n"
@@ -55,6 +83,7 @@ def root_files(user: str, shipyard_bin: Path, etc: Path = Path("/etc")) -> list[
             f'{user} ALL=(root) NOPASSWD: {HELPER} ""\n',
             0o440,
         ),
+        RootFile(renewal_file(user, etc), renewal_entry(user, shipyard_bin, apps), 0o644),
     ]
 
 
@@ -62,7 +91,7 @@ def missing_packages() -> list[str]:
     return [name for name, path in PACKAGES.items() if not os.path.exists(path)]
 
 
-def configure(user: str, shipyard_bin: Path, dry_run: bool = False) -> list[str]:
+def configure(user: str, shipyard_bin: Path, apps: Path, dry_run: bool = False) -> list[str]:
     """Install and configure the front door for ``user``; the changes made (or that would be)."""
     import pwd
 
@@ -73,7 +102,7 @@ def configure(user: str, shipyard_bin: Path, dry_run: bool = False) -> list[str]
         if not dry_run:
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             subprocess.run(["apt-get", "install", "-y", "-qq", *need], check=True, env=env)
-    for f in root_files(user, shipyard_bin):
+    for f in root_files(user, shipyard_bin, apps):
         if f.path.is_file() and not f.path.is_symlink() and f.path.read_text() == f.text:
             continue
         changes.append(f"write {f.path}")

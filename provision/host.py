@@ -802,7 +802,8 @@ class Provisioner:
         if self.o.proxy:
             from .frontdoor import configure as front_door
 
-            for change in front_door(self.o.user, self.layout.shipyard_bin, self.o.dry_run):
+            lay = self.layout
+            for change in front_door(self.o.user, lay.shipyard_bin, lay.apps, self.o.dry_run):
                 self.change(change)
         self.summary()
         return 0

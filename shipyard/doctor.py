@@ -7,10 +7,11 @@ Run as root, it runs its checks as the app's owner (``owner.first_owner``):
 some checks run the deploy user's files (a hook's ``#!`` interpreter), and
 root runs nothing the deploy user could have written.
 
-Two checks depend on features that live elsewhere and go through an adapter
+Three checks depend on features that live elsewhere and go through an adapter
 each, so they can follow those features without touching the rest:
 ``supervisor_check`` (the processes feature, ``shipyard.supervise``) and
-``receivers_check`` (peers in the host config).
+``receivers_check`` (peers in the host config) and ``tls_check`` (the front door's
+certificate and its renewal, ``shipyard.tls``).
 """
 
 from __future__ import annotations
@@ -271,6 +272,13 @@ def disk_check(ctx: Context) -> Check:
     return Check("disk", OK, text)
 
 
+def tls_check(ctx: Context) -> Check:
+    """The front door's certificate and its scheduled renewal (an adapter: shipyard.tls)."""
+    from .tls import renewal_check
+
+    return Check("tls", *renewal_check(ctx.app, ctx.host))
+
+
 def _peer_address(peer: str) -> tuple[str, int] | None:
     match = re.match(r"^(?:https?://)?\[?([^\]/]+?)\]?:(\d+)/?$", peer)
     return (match.group(1), int(match.group(2))) if match else None
@@ -384,6 +392,7 @@ CHECKS: list[Callable[[Context], Check]] = [
     receivers_check,
     ssh_keys_check,
     index_check,
+    tls_check,
 ]
 
 

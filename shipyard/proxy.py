@@ -440,7 +440,9 @@ def in_maintenance(app: App) -> bool:
     return maintenance_page(app).is_file()
 
 
-# the deploy's phases for `-o maintenance[=MESSAGE]` (deploy.PHASES): on around the migrations
+# the deploy's phases for `-o maintenance[=MESSAGE]` (deploy.PHASES): on around the migrations.
+# Whether the deploy turned the page on is kept in its journal (the deploy lock's note), so
+# that whoever recovers it when it is killed turns the page off again (recover.resume).
 
 
 def maintenance_start(d) -> str:
@@ -448,6 +450,8 @@ def maintenance_start(d) -> str:
     d.maintenance_was_on = in_maintenance(d.app)
     if d.maintenance_was_on:
         return "already on; left on after the deploy"
+    if d.journal is not None:  # before the page goes on: a kill in between finds it noted
+        d.journal.update(maintenance="on")
     maintenance_on(d.app, d.options.get("maintenance") or None)
     return "on: the proxy answers 503 with Retry-After"
 
@@ -455,13 +459,27 @@ def maintenance_start(d) -> str:
 def maintenance_end(d) -> str:
     if d.maintenance_was_on:
         return "left on (it was on before the deploy): `shipyard maintenance APP off`"
-    maintenance_off(d.app)
+    maintenance_undo(d)
     return "off"
 
 
 def maintenance_undo(d) -> None:
     if not d.maintenance_was_on:
         maintenance_off(d.app)
+        if d.journal is not None:
+            d.journal.update(maintenance=None)
+
+
+def turned_on_by(note: dict) -> bool:
+    """Whether the deploy of a deploy-lock note turned the maintenance page on (and not off)."""
+    return note.get("maintenance") == "on"
+
+
+def end_interrupted(app: App, note: dict) -> str | None:
+    """A killed deploy's page off again (called by recovery, whatever became of the deploy)."""
+    if turned_on_by(note) and maintenance_off(app):
+        return "the maintenance page it turned on: off"
+    return None
 
 
 # --- the root helper -----------------------------------------------------------

@@ -29,7 +29,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import deploy, history, lock, peers
+from . import deploy, history, lock, peers, proxy
 from .app import App
 from .config import HostConfig, load_app_config, load_procfile
 from .errors import LockTimeout, ShipyardError
@@ -44,6 +44,7 @@ RESUME_AT = {
     "switch": "restart",
     "restart": "restart",
     "verify": "restart",  # which pids the handover saw is not kept: hand over again
+    "maintenance-off": "post-migrate",  # verified; the page goes off below (resume)
     "post-migrate": "post-migrate",
     "finish": "finish",
 }
@@ -161,10 +162,14 @@ def resume(
         }
     )
     try:
-        return _resume(app, host, held, out, by, into_log, stale)
+        outcome = _resume(app, host, held, out, by, into_log, stale)
     except BaseException:
         held.handled = False  # leave it to the next holder, as we found it
         raise
+    said = proxy.end_interrupted(app, stale)  # `-o maintenance`: off, however it ended
+    if said:
+        out.line(f"  ↻ {said}")
+    return outcome
 
 
 def _resume(
@@ -179,7 +184,8 @@ def _resume(
     left = f"; stopped {stopped} process(es) it left running" if stopped else ""
     out.line(f"  ↻ {what} was interrupted at {phase}{left}")
     live = app.live_release()
-    if rid and stale.get("peers") is not None and phase not in ("post-migrate", "finish"):
+    verified = ("maintenance-off", "post-migrate", "finish")
+    if rid and stale.get("peers") is not None and phase not in verified:
         outcome = go_back(app, host, out, by, stale)
         if not into_log:
             _log_line(app, number, f"shipyard ▸ interrupted at {phase}; {by}: every host went back")
@@ -242,6 +248,7 @@ def from_note(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -
     )
     d.reused = bool(stale.get("reused"))
     d.previous = stale.get("previous")
+    d.maintenance_was_on = not proxy.turned_on_by(stale)  # `-o maintenance` found it on
     d.recovery = {"by": by, "phase": stale.get("phase"), "at": time.time()}
     return d
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from . import proxy
-from .app import App
+from .app import App, default_root
 from .config import HostConfig, load_host_config
 from .errors import ConfigError, ShipyardError
 
@@ -135,6 +137,36 @@ def certbot_command(app: App, host: HostConfig) -> list[str]:
     return command
 
 
+ACME_PROBLEM = re.compile(r"urn:ietf:params:acme:error:(\S+) :: (.*)")
+# what certbot says around a reason, not the reason (certbot 2.1 on Python 3.11 even masks
+# the ACME server's error with josepy's "AttributeError: can't set attribute")
+NOT_A_REASON = ("An unexpected error occurred", "can't set attribute", "Ask for help", "See the")
+
+
+def acme_reason(output: str, log: Path) -> str:
+    """Why certbot failed, in one line: the ACME server's problem if it sent one, else the
+    error certbot logged (its last run in ``log``), else its last line of output."""
+    try:
+        text = log.read_text(errors="replace")
+        text = text[text.rfind("certbot version:") :]
+    except OSError:
+        text = ""
+    found = [m for m in ACME_PROBLEM.finditer(output + "\n" + text)]
+    if found:
+        kind, detail = found[-1].groups()
+        return f"{detail.strip()} ({kind})"
+    candidates = [
+        ln.split(":ERROR:certbot._internal.log:", 1)[-1].strip()
+        for ln in (output + "\n" + text).splitlines()
+        if "Detail:" in ln or ":ERROR:" in ln or "rror" in ln
+    ]
+    candidates = [c for c in candidates if c and not any(n in c for n in NOT_A_REASON)]
+    if candidates:
+        return candidates[-1]
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1] if lines else "certbot failed without saying why"
+
+
 def certify(app: App, host: HostConfig) -> str:
     """Issue or renew by ACME (certbot renews within 30 days of expiry) and install if new."""
     if not host.domains:
@@ -147,16 +179,14 @@ def certify(app: App, host: HostConfig) -> str:
     (tls_dir(app) / "acme").mkdir(parents=True, mode=0o700, exist_ok=True)
     result = subprocess.run(certbot_command(app, host), capture_output=True, text=True, env=env)
     if result.returncode:
-        lines = [ln.strip() for ln in (result.stderr + result.stdout).splitlines() if ln.strip()]
-        why = next(
-            (ln for ln in lines if "Detail:" in ln or "rror" in ln), lines[-1] if lines else ""
-        )
+        log = tls_dir(app) / "acme" / "logs" / "letsencrypt.log"
+        why = acme_reason(result.stderr + result.stdout, log)
         keeps = (
             "the site keeps its current certificate" if installed(app) else "the site stays HTTP"
         )
         raise ShipyardError(
             f"ACME certificate for {', '.join(host.domains)} failed: {why}",
-            f"{keeps}; see {tls_dir(app) / 'acme' / 'logs' / 'letsencrypt.log'}",
+            f"{keeps}; see {log}",
         )
     live = tls_dir(app) / "acme" / "live" / app.name
     current = installed(app)
@@ -169,19 +199,132 @@ def certify(app: App, host: HostConfig) -> str:
     return "installed"
 
 
+def check_mode(app: App, host: HostConfig, files: bool) -> None:
+    """Refuse what ``[proxy] tls`` rules out: any certificate when off, ACME when "files"."""
+    mode = proxy.settings(host)["tls"]
+    if mode == "off":
+        raise ConfigError(
+            f'{app.name} has tls = "off" in [proxy] of {app.config_file}: it is served over '
+            "HTTP only",
+            'set tls = "acme" there (or "files", with --certificate and --key) to serve HTTPS',
+        )
+    if mode == "files" and not files:
+        raise ConfigError(
+            f'{app.name} has tls = "files" in [proxy] of {app.config_file}: no ACME',
+            'give --certificate and --key, or set tls = "acme" there',
+        )
+
+
+def renew(app: App, host: HostConfig, acme: bool = False) -> str:
+    """ACME's certificate renewed when due (``acme``: also in place of operator files); the
+    outcome in a few words."""
+    if source(app) == "files" and not acme:
+        return "serves operator-provided files; nothing to renew (`--acme` switches to ACME)"
+    outcome = certify(app, host)
+    what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
+    return f"{what} for {', '.join(host.domains)}"
+
+
+def renew_all(root: Path) -> int:
+    """`shipyard tls --all`, what the provisioned schedule runs daily: renew every app's ACME
+    certificate that is due. Apps without one (no domains, tls off or files) are skipped; one
+    app's failure is reported and the others still renewed."""
+    failed = 0
+    for config in sorted(root.glob("*/shipyard.toml")):
+        app = App.at(config.parent.name, root)
+        try:
+            host = load_host_config(config)
+            if not host.domains or proxy.settings(host)["tls"] != "acme" or source(app) != "acme":
+                continue
+            print(f"shipyard ▸ {app.name}: {renew(app, host)}", flush=True)
+        except ShipyardError as exc:
+            failed += 1
+            print(f"shipyard: error: {app.name}: {exc}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
 def cmd_tls(args) -> int:
+    if args.all:
+        if args.app or args.certificate or args.key or args.acme:
+            raise ConfigError("--all renews every app's certificate: give no app or files")
+        return renew_all(Path(args.root).absolute() if args.root else default_root())
+    if not args.app:
+        raise ConfigError("name the app (`shipyard tls APP`), or renew every app with --all")
     app = App.at(args.app, args.root).require()
     host = load_host_config(app.config_file)
     if bool(args.certificate) != bool(args.key):
         raise ConfigError("give both --certificate and --key, or neither (ACME)")
+    if args.acme and args.certificate:
+        raise ConfigError("--acme gets a certificate by ACME: give no --certificate or --key")
+    check_mode(app, host, bool(args.certificate))
     if args.certificate:
         install(app, host, args.certificate, args.key, "files")
         print(f"shipyard ▸ {app.name}: serving {args.certificate} over HTTPS")
         return 0
-    if source(app) == "files":
-        print(f"shipyard ▸ {app.name}: serves operator-provided files; nothing to renew")
-        return 0
-    outcome = certify(app, host)
-    what = "certificate unchanged (not due)" if outcome == "unchanged" else "new certificate live"
-    print(f"shipyard ▸ {app.name}: {what} for {', '.join(host.domains)}")
+    print(f"shipyard ▸ {app.name}: {renew(app, host, args.acme)}")
     return 0
+
+
+def lifetime(certificate: Path) -> tuple[float, float]:
+    """(notBefore, notAfter) of a PEM certificate, in seconds since the epoch."""
+    import ssl
+
+    dates = _openssl("x509", "-in", str(certificate), "-noout", "-startdate", "-enddate").stdout
+    found = dict(line.split("=", 1) for line in dates.splitlines() if "=" in line)
+    return ssl.cert_time_to_seconds(found["notBefore"]), ssl.cert_time_to_seconds(found["notAfter"])
+
+
+def renewal_check(
+    app: App, host: HostConfig | None, etc: Path = Path("/etc")
+) -> tuple[str, str, str]:
+    """`shipyard doctor`'s view of the certificate: (status, detail, fix).
+
+    An ACME certificate needs the renewal provision schedules (``/etc/cron.d/shipyard-tls-USER``
+    running ``tls --all`` for this deploy root), and must not be closer to its end than a
+    renewal would have let it get (a third of its lifetime, at most 20 days): then renewal
+    is failing.
+    """
+    import pwd
+
+    from .provision.frontdoor import renewal_file
+
+    if host is None or not host.domains:
+        return "skip", "no domains: not behind the proxy", ""
+    mode = proxy.settings(host)["tls"]
+    pair = installed(app)
+    if mode == "off":
+        return "skip", 'tls = "off": served over HTTP only', ""
+    if pair is None:
+        return "warn", "no certificate yet: served over HTTP", f"`shipyard tls {app.name}`"
+    start, end = lifetime(Path(pair["certificate"]))
+    left = end - time.time()
+    days = f"{left / 86400:.1f} days" if left > 86400 else f"{left / 3600:.1f} hours"
+    if left <= 0:
+        return "fail", "the certificate has expired", f"`shipyard tls {app.name}` says why"
+    if source(app) != "acme":
+        if left < 14 * 86400:
+            return (
+                "warn",
+                f"operator-provided certificate expires in {days}",
+                (f"install a new one: `shipyard tls {app.name} --certificate … --key …`"),
+            )
+        return "ok", f"operator-provided certificate, {days} left (not renewed by shipyard)", ""
+    user = pwd.getpwuid(os.geteuid()).pw_name  # doctor run by root checks as the app's owner
+    schedule = renewal_file(user, etc)
+    try:
+        entry = schedule.read_text()
+    except OSError:
+        entry = ""
+    if "tls --all" not in entry or f"--root {app.root} " not in entry:
+        return (
+            "fail",
+            f"ACME certificate ({days} left) but no renewal scheduled in {schedule}",
+            (f"as root: `shipyard provision --user {user} --proxy` writes it"),
+        )
+    if left < min(20 * 86400, (end - start) / 3):
+        return (
+            "fail",
+            f"ACME certificate expires in {days}: renewal is failing",
+            (f"`shipyard tls {app.name}` says why"),
+        )
+    return "ok", f"ACME certificate, {days} left; renewed by {schedule}", ""

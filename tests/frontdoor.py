@@ -240,3 +240,15 @@ def https_fetch(
 def http_fetch(port: int, domain: str, path: str = "/") -> tuple[int, dict[str, str], str]:
     """GET http://127.0.0.1:``port``/``path`` with ``Host: domain``: (status, headers, body)."""
     return _get(http.client.HTTPConnection("127.0.0.1", port, timeout=10), domain, path)
+
+
+def served_certificate(port: int, domain: str) -> bytes:
+    """The certificate (DER) nginx hands out for ``domain`` on 127.0.0.1:``port``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # not trusting it: comparing it
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname=domain) as tls,
+    ):
+        return tls.getpeercert(binary_form=True)

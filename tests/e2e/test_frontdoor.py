@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import make_host, make_work, processes_under, run, shipyard
-from frontdoor import Nginx, Pebble, http_fetch, https_fetch
+from frontdoor import BIN, Nginx, Pebble, http_fetch, https_fetch
 
 pytestmark = pytest.mark.timeout(600)
 
 DOMAIN = "www.shop.test"
-BLOCKED = "blocked.shop.test"
 
 VIEWS = """import json
 from django.http import HttpResponse, JsonResponse
@@ -65,7 +65,7 @@ def door(tmp_path_factory):
     """nginx, pebble, and the app deployed behind them with DOMAIN (HTTP until `tls`)."""
     base = tmp_path_factory.mktemp("door")
     nginx = Nginx(base / "nginx", home=base).start()
-    pebble = Pebble(base / "pebble", nginx.http_port, validity=3600, blocklist=[BLOCKED]).start()
+    pebble = Pebble(base / "pebble", nginx.http_port, validity=3600).start()
     host = make_host(base / "apps")
     work = make_work(base / "work", host)
     table = nginx.proxy_table(acme_directory=pebble.url, acme_ca_bundle=str(pebble.ca))
@@ -164,63 +164,48 @@ def wait_for(condition, seconds: float = 20.0):
     return value
 
 
-def test_renewal_replaces_a_short_lived_certificate_without_a_deploy(door):
+def test_renewal_replaces_a_short_lived_certificate_without_a_deploy(door, tmp_path):
+    """As provision schedules it: the cron entry's command, run with cron's environment."""
+    from shipyard.app import App
+    from shipyard.config import load_host_config
+    from shipyard.provision.frontdoor import renewal_entry
+    from shipyard.tls import renewal_check
+
     nginx, pebble, host, work = door
     root = pebble.root()
     before = serial(door, root)
     deploys = len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines())
+    user = os.environ.get("USER", "root")
+    app = App(host.root, "mysite")
+    # no entry on this machine: doctor fails the check and says how to get one
+    config = load_host_config(host.dir / "shipyard.toml")
+    status, detail, fix = renewal_check(app, config, tmp_path)
+    assert status == "fail" and "no renewal scheduled" in detail and "provision" in fix
+    if not Path(f"/etc/cron.d/shipyard-tls-{user}").exists():  # this machine was not provisioned
+        doctor = shipyard(*root_of(door), "doctor", "mysite", check=False)
+        assert doctor.returncode == 1
+        assert "✗ tls          ACME certificate (" in doctor.stdout, doctor.stdout
+        assert "but no renewal scheduled in /etc/cron.d/shipyard-tls-" in doctor.stdout
+    etc = tmp_path / "etc"
+    (etc / "cron.d").mkdir(parents=True)
+    entry = renewal_entry(user, BIN / "shipyard", host.root)
+    (etc / "cron.d" / f"shipyard-tls-{user}").write_text(entry)
+    line = entry.splitlines()[-1].split(None, 6)
+    assert line[5] == user
     # pebble issues for an hour: within certbot's 30-day window, so it is due
-    out = shipyard(*root_of(door), "tls", "mysite", check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "new certificate live" in out.stdout
+    # cron's environment: HOME and LOGNAME, and the variables the entry sets
+    cron_env = {"HOME": str(Path.home()), "LOGNAME": user}
+    cron_env.update(ln.split("=", 1) for ln in entry.splitlines() if re.match(r"^[A-Z]+=", ln))
+    ran = subprocess.run(["/bin/sh", "-c", line[6].replace(">/dev/null", "")], env=cron_env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout == f"shipyard ▸ mysite: new certificate live for {DOMAIN}\n", ran.stdout
     after = wait_for(lambda: serial(door, root) != before and serial(door, root))
     assert after and after != before
     assert https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
     assert len((host.dir / "deploys" / "deploys.jsonl").read_text().splitlines()) == deploys
-
-
-def test_bad_input_one_line_each_nothing_half_applied(door, tmp_path):
-    nginx, pebble, host, work = door
-    root = pebble.root()
-    config = (host.dir / "shipyard.toml").read_text()
-    site = next(nginx.sites.glob("*/mysite.conf")).read_text()
-    before = serial(door, root)
-
-    def refused(*args: str) -> str:
-        out = shipyard(*root_of(door), *args, check=False)
-        assert out.returncode == 1, out.stdout
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1, out.stderr
-        assert (host.dir / "shipyard.toml").read_text() == config
-        assert next(nginx.sites.glob("*/mysite.conf")).read_text() == site
-        assert serial(door, root) == before
-        return lines[0]
-
-    assert "is not a domain name" in refused("domains", "mysite", "add", "https://shop.test/")
-    assert "is not a domain name" in refused("domains", "mysite", "add", "shop_test")
-
-    other = make_host(host.root, "other")  # never deployed: nothing of its own runs
-    out = shipyard(*root_of(door), "domains", "other", "add", DOMAIN, check=False)
-    assert out.returncode == 1
-    assert f"{DOMAIN} is already served by app mysite" in out.stderr
-    assert "domains = " not in (other.dir / "shipyard.toml").read_text()
-
-    # operator files: a certificate for another key, and one for another domain
-    from frontdoor import make_ca
-
-    _ca, cert, key = make_ca(tmp_path / "a", DOMAIN)
-    _ca, _cert2, key2 = make_ca(tmp_path / "b", DOMAIN)
-    _ca, cert3, key3 = make_ca(tmp_path / "c", "elsewhere.test")
-    line = refused("tls", "mysite", "--certificate", str(cert), "--key", str(key2))
-    assert "does not match the key" in line
-    line = refused("tls", "mysite", "--certificate", str(cert3), "--key", str(key3))
-    assert f"does not cover {DOMAIN}" in line
-
-    # ACME refuses a name (pebble's blocklist): the add is undone, the old certificate stays
-    line = refused("domains", "mysite", "add", BLOCKED)
-    assert line.startswith("shipyard: error: ACME certificate for") and "failed" in line
-    assert "keeps its current certificate" in line
-    assert https_fetch(nginx.https_port, DOMAIN, root, "/")[0] == 200
+    status, detail, _fix = renewal_check(app, config, etc)
+    assert status == "ok" and "renewed by" in detail, detail
 
 
 def test_maintenance_page_with_retry_after_processes_untouched(door):
@@ -300,6 +285,34 @@ class Migration(migrations.Migration):
 """
 
 
+class Assets:
+    """GET / then the stylesheet of the version it showed, until stopped (bounded): the
+    static files switch with the code, so the page's version always has its asset."""
+
+    def __init__(self, nginx: Nginx, root: Path) -> None:
+        self.nginx, self.root = nginx, root
+        self.stop = threading.Event()
+        self.seen: set[int] = set()
+        self.missing: list[tuple[int, int]] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _h, body = https_fetch(self.nginx.https_port, DOMAIN, self.root, "/")
+                match = re.match(r"Hello v(\d+)$", body.strip()) if status == 200 else None
+                if match:
+                    n = int(match.group(1))
+                    path = f"/static/polls/v{n}.css"
+                    got = https_fetch(self.nginx.https_port, DOMAIN, self.root, path)
+                    self.seen.add(n)
+                    if got[0] != 200 or f"v{n}" not in got[2]:
+                        self.missing.append((n, got[0]))
+            except OSError:
+                pass  # the load above counts failed requests
+            time.sleep(0.05)
+
+
 def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_maintenance(door):
     """HTTPS via nginx: 5 deploys (one with -o maintenance around a long migration), a proxy
     reload and maintenance on/off; every answer is the app (200) or the maintenance page."""
@@ -315,10 +328,15 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
     load = Load(port=nginx.https_port, rate=20, seconds=240, limit=4000, get=get)
     thread = threading.Thread(target=load.run)
     thread.start()
+    # each version brings a stylesheet of its own: once a page of vN is served, vN's is too
+    assets = Assets(nginx, root)
+    checker = threading.Thread(target=assets.run)
+    checker.start()
     maintenance_window = []
     try:
         for n in range(1, 5):
-            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n'})
+            work.commit(f"v{n}", **{"mysite/version.py": f'GREETING = "Hello v{n}"\n',
+                                    f"polls/static/polls/v{n}.css": f"/* v{n} */\n"})  # fmt: skip
             work.push()
             if n == 2:
                 reload = run(*nginx.reload_command())
@@ -329,6 +347,7 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
                 shipyard(*root_of(door), "maintenance", "mysite", "off")
         # the fifth deploy runs a long migration behind the maintenance page
         work.commit("v5", **{"mysite/version.py": 'GREETING = "Hello v5"\n',
+                             "polls/static/polls/v5.css": "/* v5 */\n",
                              "polls/migrations/0003_slow.py": SLOW_MIGRATION})  # fmt: skip
         pusher = threading.Thread(target=lambda: maintenance_window.append(
             work.push("-o", "maintenance=Upgrading the shop", "main")))  # fmt: skip
@@ -339,7 +358,11 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
         assert wait_for(lambda: load.results and load.results[-1][3] == "Hello v5", 60)
     finally:
         load.stop.set()
+        assets.stop.set()
         thread.join(60)
+        checker.join(60)
+    assert not assets.missing, assets.missing[:5]  # no 404 for a new asset during the handover
+    assert {1, 4} <= assets.seen, assets.seen
     push = maintenance_window[0]
     assert "maintenance" in push.out and push.returncode == 0, push.out
     answers = [r for r in load.results if r[2] != 200]
@@ -351,3 +374,32 @@ def test_zero_failed_requests_through_the_proxy_across_deploys_reload_and_mainte
     assert any("Upgrading the shop" in r[3] for r in answers)  # -o maintenance=MESSAGE
     assert len(load.results) > 100
     assert get() == (200, "Hello v5\n")
+
+
+def test_operator_files_replace_the_certificate_and_acme_takes_over_again(door, tmp_path):
+    import ssl
+
+    from frontdoor import make_ca, served_certificate
+
+    nginx, pebble, host, work = door
+    ca, cert, key = make_ca(tmp_path / "ca", DOMAIN)
+    out = shipyard(*root_of(door), "tls", "mysite", "--certificate", cert, "--key", key)
+    assert f"serving {cert} over HTTPS" in out.stdout
+    # a client trusting only the operator's CA gets the app
+    assert wait_for(lambda: serves_https(nginx, ca))
+    assert served_certificate(nginx.https_port, DOMAIN) == ssl.PEM_cert_to_DER_cert(
+        cert.read_text()
+    )
+    assert https_fetch(nginx.https_port, DOMAIN, ca, "/")[2].startswith("Hello")
+    out = shipyard(*root_of(door), "tls", "mysite")
+    assert "serves operator-provided files; nothing to renew" in out.stdout
+    out = shipyard(*root_of(door), "tls", "mysite", "--all", check=False)
+    assert out.returncode == 1 and "give no app or files" in out.stderr
+    # back to ACME
+    out = shipyard(*root_of(door), "tls", "mysite", "--acme")
+    assert "new certificate live" in out.stdout
+    root = pebble.root()
+    assert wait_for(lambda: serves_https(nginx, root))
+    assert served_certificate(nginx.https_port, DOMAIN) != ssl.PEM_cert_to_DER_cert(
+        cert.read_text()
+    )

@@ -91,7 +91,8 @@ def test_host_config_refuses_bad_front_door_settings(text, message):
 def test_provision_writes_the_include_the_helper_and_one_sudo_rule(tmp_path):
     from shipyard.provision.frontdoor import root_files
 
-    files = {str(f.path): f for f in root_files("deploy", Path("/usr/local/lib/x/bin/shipyard"))}
+    shipyard = Path("/usr/local/lib/x/bin/shipyard")
+    files = {str(f.path): f for f in root_files("deploy", shipyard, Path("/home/deploy/apps"))}
     include = files["/etc/nginx/conf.d/shipyard.conf"]
     assert "include /etc/nginx/shipyard.checked/*.conf;" in include.text
     helper = files["/usr/local/sbin/shipyard-proxy-reload"]
@@ -102,6 +103,12 @@ def test_provision_writes_the_include_the_helper_and_one_sudo_rule(tmp_path):
     # the user may run the helper with no arguments at all, and nothing else
     assert rule.text == 'deploy ALL=(root) NOPASSWD: /usr/local/sbin/shipyard-proxy-reload ""\n'
     assert rule.mode == 0o440
+    # renewal without a deploy: cron runs `tls --all` as the deploy user, twice a day
+    renewal = files["/etc/cron.d/shipyard-tls-deploy"]
+    entry = renewal.text.splitlines()[-1].split()
+    assert entry[1:6] == ["3,15", "*", "*", "*", "deploy"]
+    assert " ".join(entry[6:]) == f"{shipyard} --root /home/deploy/apps tls --all >/dev/null"
+    assert renewal.mode == 0o644
 
 
 def test_root_helper_copies_only_checked_sites_and_keeps_the_old_set_when_refused(tmp_path):

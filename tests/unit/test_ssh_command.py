@@ -188,3 +188,28 @@ def test_the_log_hides_config_values(tmp_path: Path, monkeypatch):
         "shipyard config set mysite 'TOKEN=***' 'A=***'"
     )
     assert loggable("shipyard status mysite") == "shipyard status mysite"
+
+
+@pytest.mark.parametrize(
+    "command, tail",
+    [
+        (
+            "shipyard domains mysite add www.example.com",
+            ["domains", "mysite", "add", "www.example.com"],
+        ),
+        ("shipyard domains mysite list", ["domains", "mysite", "list"]),
+        ("shipyard maintenance mysite on", ["maintenance", "mysite", "on"]),
+        ("shipyard tls mysite", ["tls", "mysite"]),
+        ("shipyard tls --all", ["tls", "--all"]),
+    ],
+)
+def test_front_door_commands_over_ssh(home: Path, command: str, tail: list[str]):
+    assert allowed(command, home) == [*SHIPYARD, "--root", str(home / "apps"), *tail]
+
+
+def test_tls_files_are_not_given_over_ssh(home: Path):
+    """The certificate and key are paths on the host: installed there, not named over SSH."""
+    with pytest.raises(Refused, match="is not allowed"):
+        decide(
+            "shipyard tls mysite --certificate /etc/shadow --key /k", home, home / "apps", SHIPYARD
+        )
