@@ -223,7 +223,7 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
     # A lightweight tag is a bare commit on the wire: it has a name only when it is
     # pushed along (`git push production v1.2 v1.2:main`), as one of this push's refs.
     tag = tag or tags.get(commit)
-    # The deploy worker picks this up (cli.pushed_tag). Written after the ref moved,
+    # The deploy worker picks this up (worker.pushed_tag). Written after the ref moved,
     # so a refused update never leaves a stale name behind.
     if tag:
         (app.run / "tags").mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from shipyard import owner
 from shipyard.app import check_app_name
 from shipyard.config import parse_address
 from shipyard.errors import ShipyardError
+from shipyard.provision.frontdoor import configure as front_door
 from shipyard.provision.supervisor import replace_file
 from shipyard.venv import not_world_writable
 
@@ -800,8 +801,6 @@ class Provisioner:
         self.supervisor()
         self.cron()
         if self.o.proxy:
-            from .frontdoor import configure as front_door
-
             for change in front_door(self.o.user, self.layout.shipyard_bin, self.o.dry_run):
                 self.change(change)
         self.summary()

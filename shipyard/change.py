@@ -22,6 +22,7 @@ from . import history, lock, notify, release
 from .app import App
 from .config import HostConfig, load_host_config
 from .errors import LockTimeout, ShipyardError
+from .guard import check_not_root
 from .operate import Tee, pusher
 from .options import wants_color
 from .report import Masker, Reporter
@@ -84,8 +85,6 @@ def making(
     app: App, kind: str, numbered: bool = True, term: TextIO | None = None
 ) -> Iterator[Change]:
     """Hold the deploy lock for a change (refused if a deploy holds it); give it a number."""
-    from .guard import check_not_root
-
     host = load_host_config(app.config_file)
     check_not_root(app, host)
     check_unlocked(app)

@@ -27,15 +27,12 @@ import shutil
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import migrate, release
 from .app import App
+from .context import Deploy
 from .errors import PhaseError
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 PROBE = Path(__file__).with_name("data_probe.py")
 STATE = Path(".shipyard") / "data.json"  # the framework's answer and what it depended on

@@ -39,16 +39,14 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import history, release
 from .app import App
+from .context import Deploy
 from .errors import ConfigError, PhaseError, ShipyardError
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 STATE = Path(".shipyard") / "migrate.json"
 PROBE_MARK = "SHIPYARD-PROBE "

@@ -33,6 +33,8 @@ from . import history, lock, release
 from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
+from .guard import check_not_root
+from .operate import find_release
 from .report import Masker
 
 MIGRATING = ("migrate", "post-migrate")
@@ -42,8 +44,6 @@ NOT_FOUND = 127
 
 def target(app: App, name: str | None) -> Path:
     """The release to run in: the live one, or the kept release ``name`` names."""
-    from .operate import find_release
-
     rid = find_release(app, name) if name else app.live_release()
     if rid is None:
         raise ShipyardError(f"nothing is live in {app.name} yet", "push first, or give --release")
@@ -244,8 +244,6 @@ def split(words: list[str]) -> tuple[list[str], str | None, bool]:
 
 def run(app: App, words: list[str], release_name: str | None = None, wait: bool = True) -> int:
     """``shipyard run``: the command's exit status."""
-    from .guard import check_not_root
-
     argv, named, no_wait = split(words)
     release_name, wait = named or release_name, wait and not no_wait
     if not argv:

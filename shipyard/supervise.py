@@ -36,21 +36,20 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from supervisor.states import STOPPED_STATES, ProcessStates
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from .app import App
+from .command import run_in_release
 from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
+from .context import Deploy
+from .counts import counts_for  # the host's counts (`shipyard scale`) win
 from .errors import AppError, PhaseError, ShipyardError
 from .logs import unstamp
 from .provision import supervisor as prov
 from .provision.supervisor import Listener, Program
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
@@ -774,8 +773,6 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
-    from .scale import counts_for  # the host's counts (`shipyard scale`) win
-
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
     counts = counts_for(d.app, d.procfile, d.config.processes)
     if d.host.web == 0:  # a worker host runs no web, whatever the counts say
@@ -946,8 +943,6 @@ def release_command(d: Deploy) -> str:
         return Skip("no release: command in Procfile")
     if d.kind == "rollback" and "run-release" not in d.options:
         return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
-    from .deploy import run_in_release
-
     output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)
     last = output.strip().splitlines()[-1:] if output.strip() else []
     return f"`{command}` ran" + (f": {last[0]}" if last else "")

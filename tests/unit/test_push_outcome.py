@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from shipyard.app import App
-from shipyard.deploy import bounded
+from shipyard.engine import bounded
 from shipyard.errors import ShipyardError
 from shipyard.hooks.worker import Lines, PushLines, follow
 from shipyard.options import parse_options, refuse_push_only, waits
