@@ -21,7 +21,6 @@ import os
 import pty
 import select
 import signal
-import subprocess
 import sys
 import termios
 import time
@@ -29,7 +28,7 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from . import history, lock, release
+from . import command, history, lock, release
 from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
@@ -120,48 +119,23 @@ def exit_code(status: int) -> int:
 
 
 def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
-    """Run with stdin inherited and stdout/stderr masked by line."""
-    try:
-        child = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except FileNotFoundError:
+    """Run with stdin inherited and stdout/stderr masked by line (``command.run``); it stays
+    in our foreground job, since it may read the terminal, and gets our signals."""
+    out = Stream(sys.stdout.fileno(), mask, by_line=True)
+    err = Stream(sys.stderr.fileno(), mask, by_line=True)
+    result = command.run(
+        argv,
+        cwd,
+        env,
+        on_line=lambda text, _: out._write(text),
+        on_error_line=lambda text, _: err._write(text),
+        stdin=None,
+        own_group=False,
+        forward_signals=True,
+    )
+    if not result.started:
         print(f"shipyard: {argv[0]}: command not found in the release", file=sys.stderr)
-        return NOT_FOUND
-    assert child.stdout and child.stderr
-    streams = {
-        child.stdout.fileno(): Stream(sys.stdout.fileno(), mask, by_line=True),
-        child.stderr.fileno(): Stream(sys.stderr.fileno(), mask, by_line=True),
-    }
-    with forwarding(child.pid):
-        while streams:
-            ready, _, _ = select.select(list(streams), [], [], FLUSH_AFTER)
-            for fd in ready:
-                data = os.read(fd, 65536)
-                streams[fd].feed(data)
-                if not data:
-                    del streams[fd]
-            for stream in streams.values():
-                stream.tick()
-        code = child.wait()
-    return 128 - code if code < 0 else code
-
-
-@contextlib.contextmanager
-def forwarding(pid: int):
-    """Hang-up, Ctrl-C and TERM reach the command (and end shipyard when it ends)."""
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {s: signal.signal(s, forward) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
+    return 128 - result.exited if result.exited < 0 else result.exited
 
 
 def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
@@ -187,7 +161,7 @@ def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -
     out = Stream(sys.stdout.fileno(), mask, by_line=False)
     try:
         tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
-        with forwarding(pid):
+        with command.forwarding(pid):
             reading = [master, stdin]
             while master in reading:
                 try:
