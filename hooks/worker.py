@@ -212,7 +212,7 @@ class PushLines(Lines):
         return note.encode() + b"".join(held[-TAIL:])
 
 
-def follow(
+def copy_log(
     path: Path,
     done: Callable[[], bool],
     out: BinaryIO | None = None,
@@ -279,7 +279,7 @@ def deploy(
     """
     worker = start(app, number, sha, ref, options)
     log = history.log_path(app, number)
-    offset = follow(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
+    offset = copy_log(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
     while worker.poll() is None:  # the pusher went away: wait anyway
         time.sleep(0.1)
     entry = outcome(app, number)
@@ -292,7 +292,7 @@ def deploy(
         )
         if offset is not None:
             report_lost(app, number, worker.returncode, out)
-            follow(
+            copy_log(
                 log,
                 lambda: recovery.poll() is not None,
                 out,

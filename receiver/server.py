@@ -239,7 +239,7 @@ class Handler(BaseHTTPRequestHandler):
             spool = self.read_body()
         except BadRequest as exc:
             return self.refuse(exc.status, str(exc))
-        except auth.Refused as exc:
+        except auth.Unauthenticated as exc:
             return self.refuse(401, str(exc))
         except RootRefused as exc:
             return self.refuse(403, str(exc))
@@ -295,7 +295,7 @@ class Handler(BaseHTTPRequestHandler):
             self.unread -= len(chunk)
         try:
             auth.check_body(self.headers, digest.hexdigest())
-        except auth.Refused:
+        except auth.Unauthenticated:
             spool.close()
             raise
         spool.seek(0)
@@ -382,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
     @contextlib.contextmanager
     def locked(self, app: App, what: str):
         info = {"deploy": f"receiver {what}", "pusher": "primary", "since": time.time()}
-        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT) as held:
+        with lock.exclusive(app.deploy_lock, info, timeout=LOCK_WAIT) as held:
             yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
@@ -475,7 +475,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_abort(self, app, host, query, spool, stream) -> dict:
         rid = check_release_id(str(self.body(spool).get("release", "")))
         try:
-            with lock.exclusive(app.run / "deploy.lock", {"deploy": "abort"}, timeout=2):
+            with lock.exclusive(app.deploy_lock, {"deploy": "abort"}, timeout=2):
                 m = release.Manifest.load(app.release_dir(rid))
                 if app.live_release() != rid and (m is None or m.state != "good"):
                     release.remove(app, rid)

@@ -72,7 +72,7 @@ class Change:
 
 def check_unlocked(app: App) -> None:
     """Refuse (one line) while a deploy holds the app's lock."""
-    path = history.deploy_lock(app)
+    path = app.deploy_lock
     if lock.is_held(path):
         raise ShipyardError(
             f"{lock.describe(lock.holder(path))} is running on {app.name}: nothing was changed",
@@ -92,7 +92,7 @@ def making(
     by = pusher()
     note = {"deploy": kind, "sha": "-", "pusher": by, "since": time.time(), "pid": os.getpid()}
     try:
-        with lock.exclusive(history.deploy_lock(app), note, timeout=0) as held:
+        with lock.exclusive(app.deploy_lock, note, timeout=0) as held:
             if held.stale:
                 raise ShipyardError(
                     f"deploy #{held.stale.get('deploy', '?')} of {app.name} was interrupted: "

@@ -105,7 +105,7 @@ def deploy_number(text: str) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from . import history
-    from .hooks.worker import Lines, follow
+    from .hooks.worker import Lines, copy_log
 
     app = existing_app(args)
     number = args.deploy or history.last_number(app)
@@ -126,7 +126,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     # colour as the deploy wrote it only onto a terminal that wants it (a pipe, ssh without -t)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     sys.stdout.flush()
-    follow(
+    copy_log(
         path,
         finished if args.follow else lambda: True,
         poll=0.1,

@@ -927,7 +927,7 @@ def unknown_between(app: App, from_release: str, to_release: str) -> list[int]:
 
 def _between(entries: list[dict], from_release: str, to_release: str) -> list[dict] | None:
     """The history after ``to_release`` was last live, up to ``from_release`` (None: unknown)."""
-    made_live = ("live", "rolled-back")
+    made_live = ("live",)  # a rollback that went live too (its kind says rollback)
 
     def last_live(rid: str) -> int | None:
         for i in range(len(entries) - 1, -1, -1):

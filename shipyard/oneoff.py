@@ -28,7 +28,7 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from . import command, history, lock, release
+from . import command, lock, release
 from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
@@ -54,7 +54,7 @@ def target(app: App, name: str | None) -> Path:
 
 def migrating(app: App) -> dict | None:
     """The note of the deploy migrating the app's database right now, if one is."""
-    path = history.deploy_lock(app)
+    path = app.deploy_lock
     if not lock.is_held(path):
         return None
     note = lock.holder(path)

@@ -504,7 +504,7 @@ def disagreements(rows: list[dict]) -> list[str]:
 def sync(app: App, out: Reporter) -> bool:
     """Bring every peer (not drained) to the primary's live release; True if all are there."""
     host = load_host_config(app.config_file)
-    with lock.exclusive(app.run / "deploy.lock", {"deploy": "sync", "pusher": "shipyard sync"}):
+    with lock.exclusive(app.deploy_lock, {"deploy": "sync", "pusher": "shipyard sync"}):
         live = app.live_release()
         if not live:
             out.final("nothing is live on this host yet: push first", good=False)
@@ -566,7 +566,7 @@ def keep_in_sync(app: App, out: Reporter, every: float, stop: threading.Event) -
     while not stop.is_set():
         try:
             host = load_host_config(app.config_file)
-            if active_peers(host) and not lock.is_held(app.run / "deploy.lock", fcntl.LOCK_EX):
+            if active_peers(host) and not lock.is_held(app.deploy_lock, fcntl.LOCK_EX):
                 late = behind(app)
                 if late:
                     out.line(f"{time.strftime('%H:%M:%S')} behind: {', '.join(late)}")

@@ -312,7 +312,7 @@ def run(
     """
     try:
         with lock.exclusive(
-            history.deploy_lock(app), {"pid": os.getpid(), "since": time.time()}, timeout=0
+            app.deploy_lock, {"pid": os.getpid(), "since": time.time()}, timeout=0
         ) as held:
             outcome = resume(app, host, held, out, by, into_log) if held.stale else None
             if outcome is None and not lost:
@@ -320,7 +320,7 @@ def run(
     except LockTimeout:
         outcome = None
         if not lost:
-            who = lock.describe(lock.holder(history.deploy_lock(app)))
+            who = lock.describe(lock.holder(app.deploy_lock))
             out.line(f"shipyard ▸ {who} holds the deploy lock; it recovers what was interrupted")
     if lost:
         record_lost(app, lost, out)
@@ -332,7 +332,7 @@ def record_lost(app: App, lost: dict, out: Reporter) -> None:
     number = lost["deploy"]
     if any(e.get("deploy") == number for e in history.entries(app)):
         return
-    if lock.pending(lock.holder(history.deploy_lock(app))).get("deploy") == number:
+    if lock.pending(lock.holder(app.deploy_lock)).get("deploy") == number:
         return  # its note waits in the lock: whoever takes it next resumes it
     with contextlib.suppress(OSError):  # a full disk: it stays "interrupted", unrecorded
         history.record(

@@ -110,7 +110,7 @@ def status(app: App) -> dict:
                 "problem": app.current_problem(),  # e.g. current -> ../../.., not a release
                 "last_live": (last_live or {}).get("release"),
             }
-    lock_file = history.deploy_lock(app)
+    lock_file = app.deploy_lock
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
     branch, hosts, disagree = None, None, []
     config_problem = None

@@ -65,7 +65,7 @@ def execute(d: Deploy) -> bool:
     for note in d.notes:
         d.out.warn(note)
     with lock.exclusive(
-        d.app.run / "deploy.lock",
+        d.app.deploy_lock,
         journal_info(d),
         on_wait=lambda who: d.out.line(f"  … waiting for {lock.describe(who)}"),
         on_still_waiting=lambda who, s: d.out.line(

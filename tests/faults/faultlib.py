@@ -161,8 +161,8 @@ def greeting_of(release: Path) -> str:
 def settled(host: Host) -> None:
     """No deploy running or queued: the lock is free and its note empty (no stale lock)."""
     app = app_of(host)
-    wait_for(lambda: not lock.is_held(history.deploy_lock(app)), 120, "the deploy lock")
-    note = history.deploy_lock(app).read_text()
+    wait_for(lambda: not lock.is_held(app.deploy_lock), 120, "the deploy lock")
+    note = app.deploy_lock.read_text()
     assert not note.strip(), f"a dead deploy's note is still in the lock: {note}"
 
 
