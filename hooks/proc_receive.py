@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from dulwich.protocol import Protocol
 
-from shipyard import faults, history
+from shipyard import fault_injection, history
 from shipyard.app import App
 from shipyard.config import (
     AppConfig,
@@ -219,7 +219,7 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
     update = compare_and_swap(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
-    faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py
+    fault_injection.point(app.run, "receive", "end")  # tests only: see shipyard/fault_injection.py
     # A lightweight tag is a bare commit on the wire: it has a name only when it is
     # pushed along (`git push production v1.2 v1.2:main`), as one of this push's refs.
     tag = tag or tags.get(commit)

@@ -13,7 +13,7 @@ import errno
 import time
 from dataclasses import dataclass
 
-from . import faults, history, notify, release
+from . import fault_injection, history, notify, release
 from .app import App
 from .context import Deploy, Phase
 from .errors import ShipyardError
@@ -24,7 +24,7 @@ def progress(d: Deploy, phase: str, when: str = "start") -> None:
     """Note in the deploy lock how far the deploy got, for whoever recovers it if it dies."""
     if d.journal is not None:
         d.journal.update(phase=phase, release=d.release_id or None, reused=d.reused)
-    faults.point(d.app.run, phase, when, d.number)
+    fault_injection.point(d.app.run, phase, when, d.number)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from shipyard.receiver import objects
 from shipyard.receiver.client import Peer, PeerError
 
-from . import faults, lock, release, supervise
+from . import fault_injection, lock, release, supervise
 from .app import App
 from .config import HostConfig, load_host_config, read_secret
 from .context import Deploy, Phase
@@ -353,7 +353,7 @@ def rollout(d: Deploy, local: list[Phase]) -> str:
     if d.journal is not None:  # whoever recovers this deploy if it dies sends every host back
         d.journal.update(peers=[p.note() for p in cluster.peers])
     for number, batch in enumerate(batches, 1):
-        faults.point(d.app.run, f"batch-{number}", "start", d.number)
+        fault_injection.point(d.app.run, f"batch-{number}", "start", d.number)
         if len(batches) > 1:
             labels = ", ".join(here if h is None else h.label for h in batch)
             out.line(f"  … batch {number}/{len(batches)}: {labels}")

@@ -152,3 +152,11 @@ def test_the_checker_sees_a_cycle_made_by_a_function_local_import(tmp_path: Path
     assert found["p.b"] == [("p.a", True, 2)]
     edges = {m: {t for t, _, _ in found[m]} for m in found}
     assert cycles(edges) == [["p.a", "p.b"]]
+
+
+def test_fault_injection_is_imported_only_where_its_points_are():
+    """Test-only code, in a module whose name says so: only the fault points reach it."""
+    edges, _ = graph()
+    importers = {m for m, targets in edges.items() if "shipyard.fault_injection" in targets}
+    assert importers == {"shipyard.engine", "shipyard.peers", "shipyard.hooks.proc_receive"}
+    assert "shipyard.faults" not in edges

@@ -204,7 +204,7 @@ def test_an_unexpected_exception_in_a_phase_is_undone_by_the_one_runner(tmp_path
 
 def test_a_phase_that_ran_is_undone_when_what_follows_it_fails(tmp_path: Path):
     """An exception after a phase returned (its journal note, a fault point) undoes it too."""
-    from shipyard import engine, faults
+    from shipyard import engine, fault_injection
     from shipyard.app import App
 
     undone = []
@@ -213,7 +213,7 @@ def test_a_phase_that_ran_is_undone_when_what_follows_it_fails(tmp_path: Path):
         Phase("restart", lambda d: "restarted", lambda d: undone.append("restart")),
     ]
     app = App(tmp_path, "mysite")
-    faults.arm(app.run, {"at": "restart", "when": "end", "action": "raise"})
+    fault_injection.arm(app.run, {"at": "restart", "when": "end", "action": "raise"})
     d = Deploy(app, HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
     failure = engine.attempt(d, plan)
     assert failure.phase.name == "restart" and "Injected" in failure.message
