@@ -37,7 +37,7 @@ from shipyard.config import (
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options, waits
-from shipyard.provision.supervisor import check_counts, check_keeps_web
+from shipyard.programs import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
 from shipyard.report import escape

@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .supervisor import replace_file
+from shipyard.programs import replace_file
 
 HELPER = Path("/usr/local/sbin/shipyard-proxy-reload")
 SITES = Path("/etc/nginx/shipyard")

@@ -19,7 +19,7 @@ from .errors import ShipyardError
 def cmd_init(args: argparse.Namespace) -> int:
     from . import repo
     from .config import load_host_config
-    from .provision.supervisor import check_socket_path, listen_socket
+    from .programs import check_socket_path, listen_socket
 
     app = App.at(args.app, args.root)
     # before anything is created: the first deploy would fail at restart on such a root

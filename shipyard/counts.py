@@ -10,7 +10,7 @@ from pathlib import Path
 from .app import App
 from .config import load_procfile
 from .errors import ConfigError
-from .provision.supervisor import RELEASE_TYPE
+from .programs import RELEASE_TYPE
 
 
 def path(app: App) -> Path:

@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 from . import deploy, engine, history, lock, peers
+from . import programs as prov
 from .app import App
 from .config import HostConfig, load_app_config, load_procfile
 from .context import Deploy
 from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
-from .provision import supervisor as prov
 from .report import Reporter
 
 _NAMES = [p.name for p in deploy.PHASES]
