@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from dulwich.protocol import Protocol
 
-from shipyard import faults, history
+from shipyard import fault_injection, history
 from shipyard.app import App
 from shipyard.config import (
     AppConfig,
@@ -37,7 +37,7 @@ from shipyard.config import (
 from shipyard.errors import ShipyardError
 from shipyard.guard import check_not_root, safe_umask
 from shipyard.options import parse_options, waits
-from shipyard.provision.supervisor import check_counts, check_keeps_web
+from shipyard.programs import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
 from shipyard.report import escape
@@ -219,11 +219,11 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
     update = compare_and_swap(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
-    faults.point(app.run, "receive", "end")  # tests only: see shipyard/faults.py
+    fault_injection.point(app.run, "receive", "end")  # tests only: see shipyard/fault_injection.py
     # A lightweight tag is a bare commit on the wire: it has a name only when it is
     # pushed along (`git push production v1.2 v1.2:main`), as one of this push's refs.
     tag = tag or tags.get(commit)
-    # The deploy worker picks this up (cli.pushed_tag). Written after the ref moved,
+    # The deploy worker picks this up (worker.pushed_tag). Written after the ref moved,
     # so a refused update never leaves a stale name behind.
     if tag:
         (app.run / "tags").mkdir(parents=True, exist_ok=True)

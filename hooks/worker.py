@@ -10,8 +10,11 @@ recorded it: that is what proc-receive reports to git.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +25,12 @@ from typing import BinaryIO
 
 from shipyard import history
 from shipyard.app import App
+from shipyard.config import load_host_config
+from shipyard.context import Deploy
 from shipyard.errors import ShipyardError
+from shipyard.options import parse_options, wants_color
+from shipyard.release import tag_for
+from shipyard.report import Reporter
 
 ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
 DETAIL = "    │ ".encode()
@@ -50,8 +58,6 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
     A fork, not a new interpreter: no second Python start per push, and the modules this
     hook already imported are not imported again.
     """
-    from shipyard import cli  # the worker's code, loaded before the fork
-
     sys.stdout.flush()
     sys.stderr.flush()
     # The worker inherits the log, and with it the hold that tells `shipyard status`
@@ -71,7 +77,7 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
             for name in [k for k in os.environ if k.startswith("GIT_")]:
                 del os.environ[name]
             try:
-                code = cli.run_deploy(app.root, app.name, number, sha, ref, options)
+                code = run_deploy(app.root, app.name, number, sha, ref, options)
             except ShipyardError as exc:
                 print(f"shipyard: error: {exc}", file=sys.stderr)
         except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
@@ -81,6 +87,62 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+def pushed_tag(app: App, sha: str) -> str | None:
+    """The tag a push named, else a tag in the repo that points at the commit.
+
+    An annotated tag pushed as ``v1.2:main`` names itself (proc-receive peels it
+    and records the name). A lightweight tag is just a commit on the wire: the
+    server only knows its name if the tag was pushed too (``git push production
+    v1.2 v1.2:main``, ``--tags`` or ``--follow-tags`` for annotated tags).
+    """
+    record = app.run / "tags" / sha
+    if record.is_file():
+        try:
+            return json.loads(record.read_text()).get("tag")
+        except ValueError:
+            pass
+        finally:
+            record.unlink(missing_ok=True)
+    return tag_for(app, sha)
+
+
+def run_deploy(
+    root: Path | None, name: str, number: int, sha: str, ref: str, raw_options: list[str]
+) -> int:
+    """Run deploy ``number`` of ``sha``: the detached worker's body; its output is the log.
+
+    Imported here, in the forked worker only: the deploy's modules are not loaded by a hook
+    that refuses a push or by ``shipyard log`` (allowed in tests/unit/test_layers.py).
+    """
+    from shipyard.operate import older_release_notes
+    from shipyard.worker import execute
+
+    def stop(signum: int, _frame: object) -> None:
+        raise ShipyardError(f"deploy stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    app = App.at(name, root).require()
+    options = parse_options(raw_options)
+    host = load_host_config(app.config_file)
+    out = Reporter(sys.stdout, wants_color(options, dict(os.environ)), heartbeat=host.heartbeat)
+    d = Deploy(
+        app=app,
+        host=host,
+        number=number,
+        sha=sha,
+        ref=ref,
+        out=out,
+        pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
+        tag=pushed_tag(app, sha),
+        options=options,
+        kind="push",
+        notes=older_release_notes(app, sha),
+    )
+    return 0 if execute(d) else 1
 
 
 def spawn(app: App, number: int, command: list[str]) -> subprocess.Popen:
@@ -122,7 +184,7 @@ class Lines:
 class PushLines(Lines):
     """What the pusher reads: a failed step's output cut to its last lines, saying where it all is.
 
-    The log keeps the step's whole output (``deploy.explain``); the push shows its
+    The log keeps the step's whole output (``engine.explain``); the push shows its
     tail, since the real error is usually at the end, and names the command that
     replays the whole log.
     """
@@ -150,7 +212,7 @@ class PushLines(Lines):
         return note.encode() + b"".join(held[-TAIL:])
 
 
-def follow(
+def copy_log(
     path: Path,
     done: Callable[[], bool],
     out: BinaryIO | None = None,
@@ -217,7 +279,7 @@ def deploy(
     """
     worker = start(app, number, sha, ref, options)
     log = history.log_path(app, number)
-    offset = follow(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
+    offset = copy_log(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
     while worker.poll() is None:  # the pusher went away: wait anyway
         time.sleep(0.1)
     entry = outcome(app, number)
@@ -230,7 +292,7 @@ def deploy(
         )
         if offset is not None:
             report_lost(app, number, worker.returncode, out)
-            follow(
+            copy_log(
                 log,
                 lambda: recovery.poll() is not None,
                 out,

@@ -26,7 +26,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .supervisor import replace_file
+from shipyard.programs import replace_file
+from shipyard.tls import renewal_file
 
 HELPER = Path("/usr/local/sbin/shipyard-proxy-reload")
 SITES = Path("/etc/nginx/shipyard")
@@ -38,11 +39,6 @@ class RootFile:
     path: Path
     text: str
     mode: int
-
-
-def renewal_file(user: str, etc: Path = Path("/etc")) -> Path:
-    """The cron entry that renews ``user``'s certificates (``shipyard doctor`` looks for it)."""
-    return etc / "cron.d" / f"shipyard-tls-{user}"
 
 
 def renewal_command(shipyard_bin: Path, apps: Path) -> str:

@@ -44,7 +44,8 @@ from shipyard import owner
 from shipyard.app import check_app_name
 from shipyard.config import parse_address
 from shipyard.errors import ShipyardError
-from shipyard.provision.supervisor import replace_file
+from shipyard.programs import replace_file
+from shipyard.provision.frontdoor import configure as front_door
 from shipyard.venv import not_world_writable
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -800,8 +801,6 @@ class Provisioner:
         self.supervisor()
         self.cron()
         if self.o.proxy:
-            from .frontdoor import configure as front_door
-
             lay = self.layout
             for change in front_door(self.o.user, lay.shipyard_bin, lay.apps, self.o.dry_run):
                 self.change(change)

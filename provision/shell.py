@@ -29,8 +29,8 @@ from pathlib import Path
 from shipyard.app import APP_NAME, App, default_root
 
 GIT_COMMANDS = {"git-receive-pack": "receive-pack", "git-upload-pack": "upload-pack"}
-# Read-only or deploy-shaped commands an operator may run over SSH; never init, provision,
-# run-deploy or anything that takes a path.
+# Read-only or deploy-shaped commands an operator may run over SSH; never init, provision
+# or anything that takes a path.
 OPERATOR_COMMANDS = (
     "status",
     "releases",
@@ -59,7 +59,7 @@ ALLOWED = (
 )
 
 
-class Refused(Exception):
+class NotAllowed(Exception):
     """The request is not allowed; the message says why, on one line."""
 
 
@@ -74,33 +74,33 @@ def log_path(home: Path) -> Path:
 
 
 def resolve_repo(raw: str, home: Path, root: Path) -> App:
-    """The app whose bare repo ``raw`` names, as git clients send it; Refused otherwise.
+    """The app whose bare repo ``raw`` names, as git clients send it; NotAllowed otherwise.
 
     Clients send ``apps/mysite/repo.git`` (scp-like ``host:apps/…``),
     ``~/apps/mysite/repo.git`` (``ssh://host/~/apps/…``) or an absolute path.
     """
     if not raw or "\0" in raw or "\n" in raw:
-        raise Refused("empty or malformed repository path")
+        raise NotAllowed("empty or malformed repository path")
     path = raw
     if path.startswith("~/"):
         path = path[2:]
     elif path.startswith("~"):
-        raise Refused(f"repository path {raw!r}: only ~/ (this account's home) is allowed")
+        raise NotAllowed(f"repository path {raw!r}: only ~/ (this account's home) is allowed")
     if ".." in Path(path).parts:
-        raise Refused(f"repository path {raw!r} contains '..'")
+        raise NotAllowed(f"repository path {raw!r} contains '..'")
     candidate = Path(path) if Path(path).is_absolute() else home / path
     candidate = Path(os.path.normpath(candidate))
     if candidate.name != "repo.git" or candidate.parent.parent != root:
-        raise Refused(f"{raw!r} is not an app repository ({root}/APP/repo.git)")
+        raise NotAllowed(f"{raw!r} is not an app repository ({root}/APP/repo.git)")
     name = candidate.parent.name
     if not APP_NAME.match(name):
-        raise Refused(f"{raw!r}: invalid app name {name!r}")
+        raise NotAllowed(f"{raw!r}: invalid app name {name!r}")
     app = App(root, name)
     if not app.exists():
-        raise Refused(f"no app {name!r} on this host (create it with `shipyard init {name}`)")
+        raise NotAllowed(f"no app {name!r} on this host (create it with `shipyard init {name}`)")
     # no symlink may lead the repo out of the deploy root
     if app.repo.resolve() != root.resolve() / name / "repo.git":
-        raise Refused(f"{raw!r} does not resolve inside {root}")
+        raise NotAllowed(f"{raw!r} does not resolve inside {root}")
     return app
 
 
@@ -113,50 +113,50 @@ def check_operator_args(args: list[str]) -> None:
         free = args.index("--")
     for i, arg in enumerate(args[1:free], 1):
         if "\0" in arg:
-            raise Refused("an argument contains a NUL byte")
+            raise NotAllowed("an argument contains a NUL byte")
         if verb == "config" and args[1:2] == ["set"] and i > 2 and SETTING.match(arg):
             continue
         if not SAFE_ARG.match(arg) or arg.startswith("--root") or ".." in arg:
-            raise Refused(f"argument {arg!r} is not allowed")
+            raise NotAllowed(f"argument {arg!r} is not allowed")
     if any("\0" in arg for arg in args[free:]):
-        raise Refused("an argument contains a NUL byte")
+        raise NotAllowed("an argument contains a NUL byte")
 
 
 def decide(
     command: str | None, home: Path, root: Path, shipyard_argv: list[str], tty: bool = False
 ) -> Decision:
-    """What to exec for the client's ``command``; raises Refused for anything not allowed.
+    """What to exec for the client's ``command``; raises NotAllowed for anything not allowed.
 
     ``tty``: the client asked for a terminal (``ssh -t``), which only ``shipyard run`` gets.
     """
     if command is None or not command.strip():
-        raise Refused("interactive logins are disabled for this key")
+        raise NotAllowed("interactive logins are disabled for this key")
     if len(command) > 4096:
-        raise Refused("command too long")
+        raise NotAllowed("command too long")
     try:
         words = shlex.split(command, comments=False, posix=True)
     except ValueError as exc:
-        raise Refused(f"cannot parse the command ({exc})") from None
+        raise NotAllowed(f"cannot parse the command ({exc})") from None
     if not words:
-        raise Refused("empty command")
+        raise NotAllowed("empty command")
     head, args = words[0], words[1:]
     if tty and not (head == "shipyard" and args[:1] == ["run"]):
-        raise Refused("a terminal (ssh -t) is only allowed for `shipyard run`")
+        raise NotAllowed("a terminal (ssh -t) is only allowed for `shipyard run`")
     if head in GIT_COMMANDS:
         if len(args) != 1:
-            raise Refused(f"{head} takes exactly one repository path")
+            raise NotAllowed(f"{head} takes exactly one repository path")
         app = resolve_repo(args[0], home, root)
         git = shutil.which("git") or "/usr/bin/git"
         return Decision([git, GIT_COMMANDS[head], str(app.repo)], f"{head} {app.name}")
     if head == "shipyard":
         if not args or args[0] not in OPERATOR_COMMANDS:
             given = f"shipyard {args[0]}" if args else "shipyard without a command"
-            raise Refused(f"{given} is not allowed over SSH")
+            raise NotAllowed(f"{given} is not allowed over SSH")
         check_operator_args(args)
         return Decision(
             [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2])
         )
-    raise Refused(f"{head!r} is not allowed")
+    raise NotAllowed(f"{head!r} is not allowed")
 
 
 def loggable(command: str | None) -> str | None:
@@ -203,7 +203,7 @@ def main(name: str, root: Path | None = None) -> int:
     try:
         tty = bool(os.environ.get("SSH_TTY"))
         decision = decide(command, home, root, [sys.executable, "-m", "shipyard"], tty=tty)
-    except Refused as exc:
+    except NotAllowed as exc:
         record(home, name, command, f"refused ({exc})")
         print(f"shipyard: refused: {exc}; this key may only run {ALLOWED}", file=sys.stderr)
         return REFUSED_EXIT

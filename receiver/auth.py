@@ -31,7 +31,7 @@ H_TO, H_DIGEST = "X-Shipyard-To", "X-Shipyard-Digest"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the receiver's go-ahead for a signed body
 
 
-class Refused(Exception):
+class Unauthenticated(Exception):
     """A request that failed authentication; the message says why (and is logged)."""
 
 
@@ -78,7 +78,7 @@ def declared_length(headers) -> int:
     """The body's length as the request declares it (0 for a body-less GET)."""
     raw = headers.get("Content-Length") or "0"
     if not (raw.isascii() and raw.isdigit()):
-        raise Refused("malformed Content-Length")
+        raise Unauthenticated("malformed Content-Length")
     return int(raw)
 
 
@@ -94,14 +94,14 @@ class Verifier:
     def check_fresh(self, headers, now: float | None = None) -> None:
         """Cheap checks before the body is read: signed at all, and within the window."""
         if not all(headers.get(h) for h in (H_TIME, H_NONCE, H_SIG)):
-            raise Refused("unsigned request")
+            raise Unauthenticated("unsigned request")
         now = time.time() if now is None else now
         try:
             stamp = float(headers[H_TIME])
         except ValueError:
-            raise Refused("malformed timestamp") from None
+            raise Unauthenticated("malformed timestamp") from None
         if abs(now - stamp) > self.window:
-            raise Refused(
+            raise Unauthenticated(
                 f"stale request: its timestamp is {now - stamp:+.0f}s off this host's clock "
                 f"(window ±{self.window:.0f}s); check NTP on both hosts"
             )
@@ -122,23 +122,23 @@ class Verifier:
         nonce, given = headers[H_NONCE], headers[H_SIG]
         if not given.startswith(f"{SCHEME}="):
             scheme = given.partition("=")[0]
-            raise Refused(
+            raise Unauthenticated(
                 f"signature scheme {scheme[:8]!r} is not {SCHEME!r}: "
                 "run the same shipyard version on the primary and its peers"
             )
         signed = headers.get(H_DIGEST) or ""
         if len(nonce) != 32 or len(signed) != 64:
-            raise Refused("malformed signature headers")
+            raise Unauthenticated("malformed signature headers")
         to = headers.get(H_TO) or ""
         length = declared_length(headers)
         message = _message(method, path, to, headers[H_TIME], nonce, length, signed)
         mac = hmac.new(secret, message, "sha256")
         if not hmac.compare_digest(given[len(SCHEME) + 1 :], mac.hexdigest()):
-            raise Refused("bad signature (is the cluster secret the same on both hosts?)")
+            raise Unauthenticated("bad signature (is the cluster secret the same on both hosts?)")
         if digest is not None:
             check_body(headers, digest)
         if me is not None and destination(to) not in me:
-            raise Refused(
+            raise Unauthenticated(
                 f"request signed for {to or 'no host'!r}, and this receiver is "
                 f"{', '.join(sorted(me))}: replayed from another peer, or the primary lists "
                 "this host under another address (start the receiver with --alias HOST:PORT)"
@@ -152,9 +152,9 @@ class Verifier:
             if len(self._seen) > self.max_nonces // 2:
                 self._seen = {n: t for n, t in self._seen.items() if t > now}
             if self._seen.get(nonce, 0) > now:
-                raise Refused("replayed request (nonce already used)")
+                raise Unauthenticated("replayed request (nonce already used)")
             if len(self._seen) >= self.max_nonces:
-                raise Refused("too many requests in the replay window")
+                raise Unauthenticated("too many requests in the replay window")
             # kept for twice the window: a stamp may be up to `window` in the future
             self._seen[nonce] = now + 2 * self.window
 
@@ -162,7 +162,7 @@ class Verifier:
 def check_body(headers, digest: str) -> None:
     """The body read matches the digest its headers signed (called once it is all in)."""
     if not hmac.compare_digest(digest, headers.get(H_DIGEST) or ""):
-        raise Refused("bad signature: the body is not the one signed")
+        raise Unauthenticated("bad signature: the body is not the one signed")
 
 
 def result_mac(secret: bytes, nonce: str, before: bytes, result: bytes) -> str:

@@ -42,9 +42,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from shipyard import __version__, lock, peers, release, supervise
-from shipyard.app import App, check_release_id
+from shipyard.app import App, check_release_id, default_root
 from shipyard.config import load_host_config, parse_address, read_secret
-from shipyard.deploy import Deploy, attempt, discard, revert
+from shipyard.context import Deploy
+from shipyard.deploy import discard, load_release, load_undo, named
+from shipyard.engine import attempt, revert
 from shipyard.errors import RootRefused, ShipyardError
 from shipyard.guard import check_not_root
 from shipyard.options import parse_options
@@ -237,7 +239,7 @@ class Handler(BaseHTTPRequestHandler):
             spool = self.read_body()
         except BadRequest as exc:
             return self.refuse(exc.status, str(exc))
-        except auth.Refused as exc:
+        except auth.Unauthenticated as exc:
             return self.refuse(401, str(exc))
         except RootRefused as exc:
             return self.refuse(403, str(exc))
@@ -293,7 +295,7 @@ class Handler(BaseHTTPRequestHandler):
             self.unread -= len(chunk)
         try:
             auth.check_body(self.headers, digest.hexdigest())
-        except auth.Refused:
+        except auth.Unauthenticated:
             spool.close()
             raise
         spool.seek(0)
@@ -380,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
     @contextlib.contextmanager
     def locked(self, app: App, what: str):
         info = {"deploy": f"receiver {what}", "pusher": "primary", "since": time.time()}
-        with lock.exclusive(app.run / "deploy.lock", info, timeout=LOCK_WAIT) as held:
+        with lock.exclusive(app.deploy_lock, info, timeout=LOCK_WAIT) as held:
             yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
@@ -397,7 +399,7 @@ class Handler(BaseHTTPRequestHandler):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
             if not objects.has(app.repo, d.sha):
                 return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
-            failure = attempt(d, peers.plan(peers.PREPARE))
+            failure = attempt(d, named(peers.PREPARE))
             if failure:
                 return {"ok": False, "error": str(failure)}
             if not d.reused:
@@ -423,9 +425,9 @@ class Handler(BaseHTTPRequestHandler):
             d.reused = manifest.state == "good"
             d.journal = held
             d.committed = False  # until every host has verified, it may be sent back
-            peers.load_release(d)
+            load_release(d)
             previous = app.live_release()
-            failure = attempt(d, peers.plan(peers.ON_PEER_SWITCH))
+            failure = attempt(d, named(peers.ON_PEER_SWITCH))
             if failure:  # undone here; "switched" says where its undo left it
                 return {
                     "ok": False,
@@ -454,14 +456,14 @@ class Handler(BaseHTTPRequestHandler):
                 m = release.Manifest.load(app.release_dir(rid))
                 d = self.deploy_for(app, host, {"sha": m.sha, "release": rid}, stream)
                 d.previous = asked
-                peers.load_undo(d)
+                load_undo(d)
                 if d.previous and not app.release_dir(d.previous).is_dir():
                     return {
                         "ok": False,
                         "live": rid,
                         "error": f"cannot go back: release {d.previous} is not on this host",
                     }
-                revert(d, [peers.phase("switch"), peers.phase("restart")])
+                revert(d, named(("switch", "restart")))
                 back = release.Manifest.load(app.release_dir(d.previous)) if d.previous else None
                 if back:
                     objects.set_ref(app.repo, f"refs/heads/{host.branch}", back.sha)
@@ -473,7 +475,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_abort(self, app, host, query, spool, stream) -> dict:
         rid = check_release_id(str(self.body(spool).get("release", "")))
         try:
-            with lock.exclusive(app.run / "deploy.lock", {"deploy": "abort"}, timeout=2):
+            with lock.exclusive(app.deploy_lock, {"deploy": "abort"}, timeout=2):
                 m = release.Manifest.load(app.release_dir(rid))
                 if app.live_release() != rid and (m is None or m.state != "good"):
                     release.remove(app, rid)
@@ -627,8 +629,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def serve(listen: str, root: Path | None, max_pack: int = 512 << 20, **options: object) -> int:
-    from shipyard.app import default_root
-
     address = parse_address(listen)
     if address is None:
         raise ShipyardError(f"--listen {listen!r} is not ADDR:PORT", "e.g. 10.0.0.2:7070")

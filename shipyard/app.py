@@ -93,6 +93,11 @@ class App:
         return self.dir / "run"
 
     @property
+    def deploy_lock(self) -> Path:
+        """The per-app lock every deploy, change, recovery and receiver request takes."""
+        return self.run / "deploy.lock"
+
+    @property
     def history_file(self) -> Path:
         return self.deploys / "deploys.jsonl"
 

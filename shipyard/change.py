@@ -22,6 +22,7 @@ from . import history, lock, notify, release
 from .app import App
 from .config import HostConfig, load_host_config
 from .errors import LockTimeout, ShipyardError
+from .guard import check_not_root
 from .operate import Tee, pusher
 from .options import wants_color
 from .report import Masker, Reporter
@@ -71,7 +72,7 @@ class Change:
 
 def check_unlocked(app: App) -> None:
     """Refuse (one line) while a deploy holds the app's lock."""
-    path = history.deploy_lock(app)
+    path = app.deploy_lock
     if lock.is_held(path):
         raise ShipyardError(
             f"{lock.describe(lock.holder(path))} is running on {app.name}: nothing was changed",
@@ -84,8 +85,6 @@ def making(
     app: App, kind: str, numbered: bool = True, term: TextIO | None = None
 ) -> Iterator[Change]:
     """Hold the deploy lock for a change (refused if a deploy holds it); give it a number."""
-    from .guard import check_not_root
-
     host = load_host_config(app.config_file)
     check_not_root(app, host)
     check_unlocked(app)
@@ -93,7 +92,7 @@ def making(
     by = pusher()
     note = {"deploy": kind, "sha": "-", "pusher": by, "since": time.time(), "pid": os.getpid()}
     try:
-        with lock.exclusive(history.deploy_lock(app), note, timeout=0) as held:
+        with lock.exclusive(app.deploy_lock, note, timeout=0) as held:
             if held.stale:
                 raise ShipyardError(
                     f"deploy #{held.stale.get('deploy', '?')} of {app.name} was interrupted: "

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .errors import ShipyardError
 def cmd_init(args: argparse.Namespace) -> int:
     from . import repo
     from .config import load_host_config
-    from .provision.supervisor import check_socket_path, listen_socket
+    from .programs import check_socket_path, listen_socket
 
     app = App.at(args.app, args.root)
     # before anything is created: the first deploy would fail at restart on such a root
@@ -43,68 +43,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  {line}")
     print(f"  git push production {args.branch}")
     return 0
-
-
-def pushed_tag(app: App, sha: str) -> str | None:
-    """The tag a push named, else a tag in the repo that points at the commit.
-
-    An annotated tag pushed as ``v1.2:main`` names itself (proc-receive peels it
-    and records the name). A lightweight tag is just a commit on the wire: the
-    server only knows its name if the tag was pushed too (``git push production
-    v1.2 v1.2:main``, ``--tags`` or ``--follow-tags`` for annotated tags).
-    """
-    from .release import tag_for
-
-    record = app.run / "tags" / sha
-    if record.is_file():
-        try:
-            return json.loads(record.read_text()).get("tag")
-        except ValueError:
-            pass
-        finally:
-            record.unlink(missing_ok=True)
-    return tag_for(app, sha)
-
-
-def cmd_run_deploy(args: argparse.Namespace) -> int:
-    """The detached deploy worker, as a command (the post-receive hook forks into run_deploy)."""
-    return run_deploy(args.root, args.app, args.number, args.sha, args.ref, args.option or [])
-
-
-def run_deploy(
-    root: Path | None, name: str, number: int, sha: str, ref: str, raw_options: list[str]
-) -> int:
-    """Run deploy ``number`` of ``sha``: the detached worker's body; its output is the log."""
-    from .config import load_host_config
-    from .deploy import Deploy, execute
-    from .operate import older_release_notes
-    from .options import parse_options, wants_color
-    from .report import Reporter
-
-    def stop(signum: int, _frame: object) -> None:
-        raise ShipyardError(f"deploy stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    app = App.at(name, root).require()
-    options = parse_options(raw_options)
-    host = load_host_config(app.config_file)
-    out = Reporter(sys.stdout, wants_color(options, dict(os.environ)), heartbeat=host.heartbeat)
-    d = Deploy(
-        app=app,
-        host=host,
-        number=number,
-        sha=sha,
-        ref=ref,
-        out=out,
-        pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
-        tag=pushed_tag(app, sha),
-        options=options,
-        kind="push",
-        notes=older_release_notes(app, sha),
-    )
-    return 0 if execute(d) else 1
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -167,7 +105,7 @@ def deploy_number(text: str) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from . import history
-    from .hooks.worker import Lines, follow
+    from .hooks.worker import Lines, copy_log
 
     app = existing_app(args)
     number = args.deploy or history.last_number(app)
@@ -188,7 +126,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     # colour as the deploy wrote it only onto a terminal that wants it (a pipe, ssh without -t)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     sys.stdout.flush()
-    follow(
+    copy_log(
         path,
         finished if args.follow else lambda: True,
         poll=0.1,
@@ -315,6 +253,50 @@ def cmd_cron(args: argparse.Namespace) -> int:
         )
     check_not_root(app, host)
     return cron.execute(app, args.name, echo=sys.stdout if args.action == "run" else None)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from .peers import disagreements, peers_status
+
+    app = App.at(args.app, args.root).require()
+    rows = peers_status(app, processes=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        name = r["host"] or "?"
+        print(
+            f"{name:<16} {r['address']:<22} {r['role']:<8} {r['state']:<12} "
+            f"{r['live'] or '-'}" + (f"  ({r['error']})" if r.get("error") else "")
+        )
+    disagree = disagreements(rows)
+    for problem in disagree:
+        print(f"! {problem}")
+    return 0 if not disagree and all(r["state"] != "unreachable" for r in rows) else 1
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .options import wants_color
+    from .peers import keep_in_sync, sync
+    from .report import Reporter
+
+    app = App.at(args.app, args.root).require()
+    out = Reporter(sys.stdout, color=wants_color({}, dict(os.environ)) and sys.stdout.isatty())
+    if args.every is None:
+        return 0 if sync(app, out) else 1
+    if not args.every > 0:  # also NaN
+        raise ShipyardError(f"--every {args.every:g}: not a number of seconds above 0")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a sync under way finishes first
+        signal.signal(signum, lambda *_: stop.set())
+    keep_in_sync(app, out, args.every, stop)
+    return 0
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from .receiver.server import main
+
+    return main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,20 +444,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_cron)
 
-    p = sub.add_parser("run-deploy", help=argparse.SUPPRESS)
-    p.add_argument("app")
-    p.add_argument("--number", type=int, required=True)
-    p.add_argument("--sha", required=True)
-    p.add_argument("--ref", required=True)
-    p.add_argument("--option", action="append")
-    p.set_defaults(func=cmd_run_deploy)
     from .hostcli import register as register_host_commands
 
     register_host_commands(sub)  # provision, ssh-command, doctor
 
-    from .peers import add_commands  # many hosts: receiver, peers, sync
+    from .receiver.options import add_arguments as add_receiver_arguments
 
-    add_commands(sub)
+    p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
+    add_receiver_arguments(p)
+    p.set_defaults(func=cmd_receiver)
+    p = sub.add_parser("peers", help="every host of an app with its live release")
+    p.add_argument("app")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_peers)
+    p = sub.add_parser("sync", help="bring every peer to this host's live release")
+    p.add_argument("app")
+    p.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep doing it: sync the peers that are behind every SECONDS (until stopped)",
+    )
+    p.set_defaults(func=cmd_sync)
+
     from .domains import add_commands as add_front_door  # domains, maintenance, tls
 
     add_front_door(sub)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import lock, release
 from .app import App
 from .config import CronJob, HostConfig, cron_values, load_app_config
 from .errors import ShipyardError
@@ -254,8 +255,6 @@ def execute(app: App, name: str, echo: TextIO | None = None) -> int:
 
     Output goes to the job's log (and to ``echo`` too, for `shipyard cron APP run`).
     """
-    from . import release
-
     state_dir(app).mkdir(parents=True, exist_ok=True)
     with open_log(app, name) as log:
 
@@ -456,8 +455,6 @@ def daemon_running() -> bool:
 
 
 def _held(app: App, name: str) -> bool:
-    from . import lock
-
     return lock.is_held(state_dir(app) / f"{name}.lock")
 
 

@@ -27,15 +27,12 @@ import shutil
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import migrate, release
+from . import command, migrate, release
 from .app import App
+from .context import Deploy
 from .errors import PhaseError
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 PROBE = Path(__file__).with_name("data_probe.py")
 STATE = Path(".shipyard") / "data.json"  # the framework's answer and what it depended on
@@ -121,13 +118,13 @@ def _ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
     if not has:
         return {}, {}
     python = str(venv / "bin" / "python")
-    ran = migrate.run_command(d, [python, str(PROBE)], PROBE_TIMEOUT, stderr_apart=True)
+    ran = command.in_release(d, [python, str(PROBE)], PROBE_TIMEOUT, stderr_apart=True)
     answer = None
     for line in ran.output.splitlines():
         if line.startswith(migrate.PROBE_MARK):
             with suppress(ValueError):
                 answer = json.loads(line[len(migrate.PROBE_MARK) :])
-    if ran.code or not isinstance(answer, dict):
+    if ran.exited or not isinstance(answer, dict):
         last = (ran.everything.strip().splitlines() or ["no answer"])[-1]
         d.out.warn(f"data: could not ask the app where it keeps its data ({last[:120]})")
         return None

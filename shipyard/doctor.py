@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import owner
+from . import owner, supervise, venv
 from .app import App, default_root
+from .boot import started_by
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
-from .repo import proc_receive_refs
+from .repo import HOOKS, proc_receive_refs
+from .tls import renewal_check
 
 MIN_GIT = (2, 29)
 MIN_FREE = 1 << 30  # below this a venv build or checkout may fail half-way
@@ -112,8 +114,6 @@ def layout_check(ctx: Context) -> Check:
 
 
 def hooks_check(ctx: Context) -> Check:
-    from .repo import HOOKS
-
     problems = []
     for name, module in HOOKS.items():
         path = ctx.app.repo / "hooks" / name
@@ -222,8 +222,6 @@ def permissions_check(ctx: Context) -> Check:
 
 def supervisor_check(ctx: Context) -> Check:
     """Is the supervisord that runs this app's processes reachable?"""
-    from . import supervise
-
     if ctx.host is None:
         return Check("supervisord", SKIP, "host shipyard.toml unreadable")
     live = ctx.app.live_release()
@@ -247,8 +245,6 @@ def supervisor_check(ctx: Context) -> Check:
 
 def boot_check(ctx: Context) -> Check:
     """Will the app's processes come back after a reboot?"""
-    from .boot import started_by
-
     live = ctx.app.live_release()
     if not live or not (ctx.app.releases / live / "Procfile").is_file():
         return Check("boot", SKIP, "no processes to start")
@@ -274,8 +270,6 @@ def disk_check(ctx: Context) -> Check:
 
 def tls_check(ctx: Context) -> Check:
     """The front door's certificate and its scheduled renewal (an adapter: shipyard.tls)."""
-    from .tls import renewal_check
-
     return Check("tls", *renewal_check(ctx.app, ctx.host))
 
 
@@ -339,8 +333,6 @@ def index_check(ctx: Context, timeout: float = 10.0) -> Check:
     import http.client
     import ssl
     from urllib.parse import urlsplit
-
-    from . import venv
 
     if (ctx.host.installer if ctx.host else "uv") != "uv":
         return Check("index", SKIP, "installer is pip: pip reads its own configuration")

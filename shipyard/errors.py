@@ -40,3 +40,22 @@ class LockTimeout(ShipyardError):
 
 class RootRefused(ShipyardError):
     """Pushed code would run as root on a host that does not allow it (``shipyard.guard``)."""
+
+
+class CommandFailed(PhaseError):
+    """A command of the app's (build step, ``release:``, migration, probe) did not succeed;
+    ``result`` is its ``command.Result``, ``output`` what it printed."""
+
+    def __init__(self, result, what: str, message: str = "", hint: str = "") -> None:
+        message = message or f"{what} failed (exit {result.exited})"
+        super().__init__(message, hint, output=result.output)
+        self.result = result
+
+
+class CommandTimedOut(CommandFailed):
+    """A command of the app's ran past its timeout; it was stopped with its process group."""
+
+    def __init__(self, result, what: str, message: str = "", hint: str = "") -> None:
+        within = f"{result.timeout:.0f}s" if result.timeout is not None else "its time"
+        message = message or f"{what} did not finish within {within} and was stopped"
+        super().__init__(result, what, message, hint)

@@ -22,7 +22,9 @@ from typing import IO
 from . import lock
 from .app import App
 
-OUTCOMES = ("live", "failed", "rolled-back", "superseded", "interrupted")
+# what a history line's ``outcome`` is: a deploy's (a rollback that went live is ``live``,
+# its ``kind`` says rollback), or ``applied`` for a change (config, scale: change.py)
+OUTCOMES = ("live", "failed", "superseded", "interrupted", "applied")
 UNFINISHED = ("running", "waiting", "interrupted")
 
 
@@ -68,6 +70,8 @@ def last_number(app: App) -> int:
 
 def record(app: App, entry: dict) -> None:
     """Append one line; a single write(2) of a short line, so concurrent appends do not mix."""
+    if entry.get("outcome") not in OUTCOMES:
+        raise ValueError(f"not a history outcome: {entry.get('outcome')!r} (one of {OUTCOMES})")
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     fd = os.open(app.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
@@ -97,10 +101,6 @@ def last_live(app: App) -> dict | None:
     return None
 
 
-def deploy_lock(app: App) -> Path:
-    return app.run / "deploy.lock"
-
-
 def numbers(app: App) -> list[int]:
     return sorted(int(p.stem) for p in app.deploys.glob("*.log") if p.stem.isdigit())
 
@@ -115,10 +115,10 @@ def deploys(app: App) -> list[dict]:
     for entry in entries(app):
         if isinstance(entry.get("deploy"), int):
             recorded[entry["deploy"]] = entry
-    held = lock.is_held(deploy_lock(app))
+    held = lock.is_held(app.deploy_lock)
     # The holder's note survives a holder killed by SIGKILL: it says what that deploy was
     # (kept under "stale" while a holder that cannot resume it holds the lock).
-    note = lock.holder(deploy_lock(app))
+    note = lock.holder(app.deploy_lock)
     holder = note if held else (lock.pending(note) or note)
     dead = lock.pending(note)
     out = []

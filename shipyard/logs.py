@@ -29,7 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .app import App
+from .counts import types
 from .errors import AppError
+from .release import shared_env
 from .report import Masker, clip
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
@@ -259,8 +261,6 @@ class Printer:
 def check_process(app: App, process: str | None) -> None:
     if process is None:
         return
-    from .restart import types
-
     kinds = [*types(app), "cron"]  # cron: the scheduled jobs' runs
     if process.split(".")[0] not in kinds:
         raise AppError(
@@ -277,8 +277,6 @@ def show(
     color: bool | None = None,
 ) -> int:
     """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones."""
-    from .release import shared_env
-
     if count < 0:
         raise AppError(f"-n {count}: give a number of lines, 0 or more")
     check_process(app, process)

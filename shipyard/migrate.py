@@ -22,33 +22,27 @@ holds exactly what it held then (so a reset or a manual migrate is noticed).
 
 from __future__ import annotations
 
-import codecs
 import configparser
 import hashlib
 import json
 import os
 import re
-import select
-import signal
 import socket
 import sqlite3
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import history, release
 from .app import App
-from .errors import ConfigError, PhaseError, ShipyardError
+from .command import Result, in_release
+from .context import Deploy
+from .errors import CommandFailed, CommandTimedOut, ConfigError, PhaseError, ShipyardError
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 STATE = Path(".shipyard") / "migrate.json"
 PROBE_MARK = "SHIPYARD-PROBE "
@@ -269,112 +263,6 @@ def terminate_sessions(conn: Any, application_name: str) -> None:
         )
 
 
-# --- running commands in the release ----------------------------------------
-
-
-@dataclass
-class Ran:
-    code: int
-    output: str
-    seconds: float
-    timed_out: bool = False
-    errors: str = ""
-
-    @property
-    def everything(self) -> str:
-        return f"{self.output}{self.errors}"
-
-
-def run_command(
-    d: Deploy,
-    command: str | list[str],
-    timeout: float,
-    on_text: Callable[[str, float], None] | None = None,
-    extra_env: dict[str, str] | None = None,
-    stderr_apart: bool = False,
-) -> Ran:
-    """Run in the release with its venv and .env; stream output to ``on_text``; enforce timeout.
-
-    The command gets its own process group, so a timeout stops the whole tree (a shell and
-    the Python it started), not just the shell. With ``stderr_apart``, ``output`` is stdout
-    only and stderr lands in ``errors`` (for commands whose stdout is parsed).
-    """
-    env = release.command_env(d.app, d.release, d.env)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra_env or {})
-    with ExitStack() as stack:
-        errors = stack.enter_context(tempfile.TemporaryFile()) if stderr_apart else None
-        try:
-            proc = subprocess.Popen(
-                command,
-                shell=isinstance(command, str),
-                cwd=d.release,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors if errors else subprocess.STDOUT,
-                # its own process group (a timeout stops the whole tree), but the deploy's
-                # session: if the deploy is killed, its recovery stops what it left running
-                process_group=0,
-            )
-        except FileNotFoundError:
-            return Ran(127, f"{command[0]}: not found\n", 0.0)
-        ran = follow(proc, timeout, on_text)
-        if errors:
-            errors.seek(0)
-            ran.errors = errors.read().decode(errors="replace")
-        return ran
-
-
-def follow(
-    proc: subprocess.Popen, timeout: float, on_text: Callable[[str, float], None] | None
-) -> Ran:
-    """Read the command's output as it comes until it exits or its time is up."""
-    started = time.monotonic()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    chunks: list[str] = []
-    deadline = started + timeout
-    fd = proc.stdout.fileno()
-    timed_out = False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if not ready:
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            text = decoder.decode(data)
-            chunks.append(text)
-            if on_text:
-                on_text(text, time.monotonic())
-        if not timed_out:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-    finally:
-        if timed_out or proc.poll() is None:
-            stop_group(proc)
-        proc.stdout.close()
-    return Ran(proc.returncode, "".join(chunks), time.monotonic() - started, timed_out)
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 UNREACHABLE = re.compile(
     r"could not connect|connection refused|connection failed|could not translate host|"
     r"name or service not known|timeout expired|unable to open database file|"
@@ -501,27 +389,30 @@ def status(d: Deploy, plan: Plan) -> Status:
     return alembic_status(d, timeout, plan)
 
 
-def probe_failure(d: Deploy, what: str, ran: Ran, timeout: float) -> PhaseError:
+def probe_failure(d: Deploy, what: str, ran: Result, timeout: float) -> PhaseError:
     if ran.timed_out:
-        return PhaseError(
+        return CommandTimedOut(
+            ran,
+            what,
             f"{what} did not answer within {timeout:g}s and was stopped",
             "is the database locked or slow? (migrate_timeout in shipyard.toml)",
-            output=ran.output,
         )
     reason = unreachable_reason(ran.output)
     if reason:
-        return PhaseError(
+        return CommandFailed(
+            ran,
+            what,
             f"database unreachable: {d.out.mask(reason)}",
             "check the database and DATABASE_URL in shared/.env; the live release is untouched",
-            output=ran.output,
         )
-    if ran.code == 127:
-        return PhaseError(
+    if ran.exited == 127:
+        return CommandFailed(
+            ran,
+            what,
             f"{what}: command not found (exit 127)",
             "is it installed in the release's virtualenv (requirements) or on PATH?",
-            output=ran.output,
         )
-    return PhaseError(f"{what} failed (exit {ran.code})", output=ran.output)
+    return CommandFailed(ran, what)
 
 
 def release_python(d: Deploy) -> str:
@@ -530,12 +421,12 @@ def release_python(d: Deploy) -> str:
 
 def django_status(d: Deploy, timeout: float) -> Status:
     what = "listing migrations (manage.py showmigrations --plan)"
-    ran = run_command(
+    ran = in_release(
         d,
         [release_python(d), "manage.py", "showmigrations", "--plan", "--skip-checks", "-v", "1"],
         timeout,
     )
-    if ran.code or ran.timed_out:
+    if ran.exited or ran.timed_out:
         raise probe_failure(d, what, ran, timeout)
     applied, pending = [], []
     for line in ran.output.splitlines():
@@ -549,8 +440,8 @@ def alembic_status(d: Deploy, timeout: float, plan: Plan | None = None) -> Statu
     plan = plan or Plan("alembic", "Alembic", ALEMBIC_UPGRADE)
     what = "listing revisions (alembic current/heads)"
     args = [release_python(d), str(ALEMBIC_PROBE), plan.ini] + (["--flask"] if plan.flask else [])
-    ran = run_command(d, args, timeout)
-    if ran.code or ran.timed_out:
+    ran = in_release(d, args, timeout)
+    if ran.exited or ran.timed_out:
         for module, package in (("alembic", "alembic"), ("flask_migrate", "Flask-Migrate")):
             if f"No module named '{module}'" in ran.output:
                 raise PhaseError(
@@ -575,8 +466,8 @@ def alembic_status(d: Deploy, timeout: float, plan: Plan | None = None) -> Statu
 def command_status(d: Deploy, check: str, timeout: float) -> Status:
     """``migrate_check`` prints the pending migrations on stdout, one per line (nothing: none
     pending); what it writes to stderr is shown only when it fails."""
-    ran = run_command(d, check, timeout, stderr_apart=True)
-    if ran.code or ran.timed_out:
+    ran = in_release(d, check, timeout, stderr_apart=True)
+    if ran.exited or ran.timed_out:
         ran.output = ran.everything
         raise probe_failure(d, f"migrate_check `{check}`", ran, timeout)
     pending = [line.strip() for line in ran.output.splitlines() if line.strip()]
@@ -870,7 +761,7 @@ def record(d: Deploy, applied: list[str]) -> None:
 
 def migrate_run(
     d: Deploy, plan: Plan, command: str, before: Status | None, conn: Any, where: str
-) -> tuple[list[str], Status | None, Ran]:
+) -> tuple[list[str], Status | None, Result]:
     """Run ``command``; return (applied, status afterwards if known, the run).
 
     On failure raise a PhaseError naming what is now applied (asked of the database again,
@@ -883,8 +774,8 @@ def migrate_run(
         (lambda name, s: d.out.line(f"      ✓ {name:<40} {s:5.2f}s")) if live else None,
     )
     appname = session_name(d, "migrate")
-    ran = run_command(d, command, timeout, progress.feed, {"PGAPPNAME": appname})
-    if ran.code == 0 and not ran.timed_out:
+    ran = in_release(d, command, timeout, progress.feed, {"PGAPPNAME": appname})
+    if ran.exited == 0 and not ran.timed_out:
         progress.close(time.monotonic())
         if not live:
             times = dict(progress.done)
@@ -917,7 +808,7 @@ def migrate_run(
         subject = f"migration {running}" if running else f"{where} `{command}`"
         message = f"{subject} did not finish within {timeout:g}s and was stopped"
         hint = "make it faster or raise migrate_timeout in shipyard.toml"
-    elif ran.code == 127:
+    elif ran.exited == 127:
         message = f"{where} command not found: `{command}` (exit 127)"
         hint = "is it installed in the release's virtualenv (requirements) or on PATH?"
     else:
@@ -926,7 +817,7 @@ def migrate_run(
             message = f"database unreachable: {d.out.mask(reason)}"
         else:
             subject = f"migration {running}" if running else f"`{command}`"
-            message = f"{subject} failed (exit {ran.code})"
+            message = f"{subject} failed (exit {ran.exited})"
         hint = (
             "fix it and push again; the new release stays live"
             if where == "post_migrate"
@@ -945,7 +836,7 @@ def migrate_run(
             )
         else:
             message += f"; none of the {len(before.pending)} pending was applied{known}"
-    raise PhaseError(message, hint, output=ran.output)
+    raise (CommandTimedOut if ran.timed_out else CommandFailed)(ran, where, message, hint)
 
 
 def apply(d: Deploy) -> str:
@@ -1036,7 +927,7 @@ def unknown_between(app: App, from_release: str, to_release: str) -> list[int]:
 
 def _between(entries: list[dict], from_release: str, to_release: str) -> list[dict] | None:
     """The history after ``to_release`` was last live, up to ``from_release`` (None: unknown)."""
-    made_live = ("live", "rolled-back")
+    made_live = ("live",)  # a rollback that went live too (its kind says rollback)
 
     def last_live(rid: str) -> int | None:
         for i in range(len(entries) - 1, -1, -1):

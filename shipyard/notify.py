@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from .app import App
 from .config import HostConfig
+from .release import shared_env
 from .report import Masker
 
 USER_AGENT = "shipyard-notify"
@@ -142,8 +143,6 @@ def deploy_event(d: Any, outcome: str, seconds: float, extra: dict) -> None:
 
 def config_changed(app: App, host: HostConfig, who: str, detail: str) -> None:
     """For the commands that change an app's configuration on the host (e.g. its .env)."""
-    from .release import shared_env
-
     try:
         mask = Masker(shared_env(app))
     except Exception:  # noqa: BLE001 - an .env that does not parse: mask what we can

@@ -21,7 +21,6 @@ import os
 import pty
 import select
 import signal
-import subprocess
 import sys
 import termios
 import time
@@ -29,10 +28,12 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from . import history, lock, release
+from . import command, lock, release
 from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
+from .guard import check_not_root
+from .operate import find_release
 from .report import Masker
 
 MIGRATING = ("migrate", "post-migrate")
@@ -42,8 +43,6 @@ NOT_FOUND = 127
 
 def target(app: App, name: str | None) -> Path:
     """The release to run in: the live one, or the kept release ``name`` names."""
-    from .operate import find_release
-
     rid = find_release(app, name) if name else app.live_release()
     if rid is None:
         raise ShipyardError(f"nothing is live in {app.name} yet", "push first, or give --release")
@@ -55,7 +54,7 @@ def target(app: App, name: str | None) -> Path:
 
 def migrating(app: App) -> dict | None:
     """The note of the deploy migrating the app's database right now, if one is."""
-    path = history.deploy_lock(app)
+    path = app.deploy_lock
     if not lock.is_held(path):
         return None
     note = lock.holder(path)
@@ -120,48 +119,23 @@ def exit_code(status: int) -> int:
 
 
 def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
-    """Run with stdin inherited and stdout/stderr masked by line."""
-    try:
-        child = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except FileNotFoundError:
+    """Run with stdin inherited and stdout/stderr masked by line (``command.run``); it stays
+    in our foreground job, since it may read the terminal, and gets our signals."""
+    out = Stream(sys.stdout.fileno(), mask, by_line=True)
+    err = Stream(sys.stderr.fileno(), mask, by_line=True)
+    result = command.run(
+        argv,
+        cwd,
+        env,
+        on_line=lambda text, _: out._write(text),
+        on_error_line=lambda text, _: err._write(text),
+        stdin=None,
+        own_group=False,
+        forward_signals=True,
+    )
+    if not result.started:
         print(f"shipyard: {argv[0]}: command not found in the release", file=sys.stderr)
-        return NOT_FOUND
-    assert child.stdout and child.stderr
-    streams = {
-        child.stdout.fileno(): Stream(sys.stdout.fileno(), mask, by_line=True),
-        child.stderr.fileno(): Stream(sys.stderr.fileno(), mask, by_line=True),
-    }
-    with forwarding(child.pid):
-        while streams:
-            ready, _, _ = select.select(list(streams), [], [], FLUSH_AFTER)
-            for fd in ready:
-                data = os.read(fd, 65536)
-                streams[fd].feed(data)
-                if not data:
-                    del streams[fd]
-            for stream in streams.values():
-                stream.tick()
-        code = child.wait()
-    return 128 - code if code < 0 else code
-
-
-@contextlib.contextmanager
-def forwarding(pid: int):
-    """Hang-up, Ctrl-C and TERM reach the command (and end shipyard when it ends)."""
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {s: signal.signal(s, forward) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
+    return 128 - result.exited if result.exited < 0 else result.exited
 
 
 def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
@@ -187,7 +161,7 @@ def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -
     out = Stream(sys.stdout.fileno(), mask, by_line=False)
     try:
         tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
-        with forwarding(pid):
+        with command.forwarding(pid):
             reading = [master, stdin]
             while master in reading:
                 try:
@@ -244,8 +218,6 @@ def split(words: list[str]) -> tuple[list[str], str | None, bool]:
 
 def run(app: App, words: list[str], release_name: str | None = None, wait: bool = True) -> int:
     """``shipyard run``: the command's exit status."""
-    from .guard import check_not_root
-
     argv, named, no_wait = split(words)
     release_name, wait = named or release_name, wait and not no_wait
     if not argv:

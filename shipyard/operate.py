@@ -1,7 +1,7 @@
 """Operator commands that change what is live: ``shipyard deploy`` and ``shipyard rollback``.
 
 Both are deploys like a push's: they move the deploy branch, claim a deploy
-number and run ``deploy.execute`` (same lock, same phases, same log, same
+number and run ``worker.execute`` (same lock, same phases, same log, same
 history line), only in the foreground. A rollback is a deploy of a kept
 release: ``checkout`` reuses it, so nothing is fetched, installed or built,
 migrations are not run (they are never reversed; shipyard warns instead), and
@@ -19,10 +19,12 @@ import sys
 from collections.abc import Iterator
 from typing import IO, TextIO
 
-from . import deploy, history, migrate, release
+from . import engine, history, migrate, release, worker
 from .app import RELEASE_ID, App
 from .config import load_host_config
+from .context import Deploy
 from .errors import AppError, PhaseError, ShipyardError
+from .guard import check_not_root
 from .options import refuse_push_only, wants_color
 from .report import Reporter
 
@@ -290,7 +292,7 @@ def stoppable() -> Iterator[None]:
 
 def move_branch(app: App, ref: str, sha: str, why: str) -> None:
     """Point the deploy branch at ``sha`` (compare-and-swap, so a racing push is not lost)."""
-    old = deploy.branch_tip(app, ref) or ""
+    old = engine.branch_tip(app, ref) or ""
     try:
         release.git(app.repo, "update-ref", "-m", why, ref, sha, old)
     except PhaseError as exc:
@@ -310,8 +312,6 @@ def run_foreground(
     term: TextIO | None = None,
 ) -> bool:
     """Run one deploy here and now, printing what a push would; True when it went live."""
-    from .guard import check_not_root
-
     term = sys.stdout if term is None else term
     refuse_push_only(options, kind)
     host = load_host_config(app.config_file)
@@ -322,7 +322,7 @@ def run_foreground(
     number = history.claim_number(app)
     with history.open_log(app, number) as log:
         color = wants_color(options, dict(os.environ)) and term.isatty()
-        d = deploy.Deploy(
+        d = Deploy(
             app=app,
             host=host,
             number=number,
@@ -339,12 +339,12 @@ def run_foreground(
         with stoppable():
             try:
                 move_branch(app, ref, sha, f"shipyard {kind} #{number} by {d.pusher}")
-                return deploy.execute(d)
+                return worker.execute(d)
             except ShipyardError as exc:  # outside the phases: moving the branch, the lock wait
                 if any(e.get("deploy") == number for e in history.entries(app)):
                     return False  # stopped after its outcome was recorded
-                deploy.reset_branch(d)
-                deploy.record(d, "failed", 0.0, error=exc.message)
+                engine.reset_branch(d)
+                engine.record(d, "failed", 0.0, error=exc.message)
                 d.out.final(f"{kind} #{number} did not run: {exc}", good=False)
                 return False
 

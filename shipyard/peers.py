@@ -12,64 +12,32 @@ every host that switched goes back. Protocol and failure handling: docs/hosts.md
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import fcntl
 import io
-import os
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from . import faults, release
+from shipyard.receiver import objects
+from shipyard.receiver.client import Peer, PeerError
+
+from . import fault_injection, lock, release, supervise
 from .app import App
 from .config import HostConfig, load_host_config, read_secret
+from .context import Deploy, Phase
+from .engine import attempt, revert
 from .errors import PhaseError, ShipyardError
-from .report import Masker, Reporter, Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy, Phase
+from .report import Reporter, Skip
 
 PREPARE = ("checkout", "link", "venv", "build")
 ROLLOUT = ("switch", "restart", "verify")
 ON_PEER_SWITCH = (*ROLLOUT, "finish")
 
 
-# --- running the deploy's own phases (on the primary and in receivers) ------
-
-
-def phase(name: str) -> Phase:
-    from .deploy import PHASES
-
-    return next(p for p in PHASES if p.name == name)
-
-
-def plan(names: tuple[str, ...]) -> list[Phase]:
-    """The named phases of ``deploy.PHASES``, for ``deploy.attempt`` (receivers, the rollout)."""
-    return [phase(n) for n in names]
-
-
-def load_release(d: Deploy) -> None:
-    """Fill in what checkout would have for a release already on disk (d.release_id set)."""
-    from .config import load_app_config, load_procfile
-
-    d.manifest = release.Manifest.load(d.release)
-    d.venv_key = d.manifest.venv if d.manifest else None
-    d.config = load_app_config(d.release)
-    d.procfile = load_procfile(d.release)
-    d.env = release.shared_env(d.app)
-    d.out.mask = Masker(d.env)
-
-
-def load_undo(d: Deploy) -> None:
-    """Fill in the release (as ``load_release``) and what its switch wrote down for its undo."""
-    from .deploy import load_undo
-
-    load_release(d)
-    load_undo(d)
+# --- the primary's own lines, tagged like a peer's --------------------------
 
 
 class Prefixed(io.TextIOBase):
@@ -132,8 +100,6 @@ class PeerState:
 
     @classmethod
     def from_note(cls, note: dict, app: App, secret: bytes | None, host: HostConfig) -> PeerState:
-        from shipyard.receiver.client import Peer
-
         address = str(note.get("address"))
         pin = host.peer_tls.get(address)
         return cls(
@@ -159,8 +125,6 @@ class Cluster:
 
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:
-        from shipyard.receiver.client import Peer
-
         active = active_peers(host)
         secret = read_secret(host, app.config_file) if active else None
         if active and not secret:
@@ -189,8 +153,6 @@ def size(n: int) -> str:
 
 def send_objects(d: Deploy, p: PeerState, out: Reporter) -> None:
     """Info (what the peer has), then a pack of only the objects it lacks."""
-    from shipyard.receiver import objects
-
     info = p.client.call("GET", "info", query={"want": d.sha})
     p.name, p.live_before = info.get("name") or "", info.get("live")
     if info.get("has_want"):
@@ -212,8 +174,6 @@ def send_objects(d: Deploy, p: PeerState, out: Reporter) -> None:
 
 
 def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
-    from shipyard.receiver.client import PeerError
-
     try:
         send_objects(d, p, out)
         d.cluster.ready.wait()  # the primary's checkout has chosen the release id
@@ -299,8 +259,6 @@ def prepare(d: Deploy) -> str:
 def abort(d: Deploy) -> None:
     """Undo of prepare-peers: every peer discards the release it prepared (or is preparing)
     for this deploy; one still building discards it when done."""
-    from shipyard.receiver.client import PeerError
-
     cluster = d.cluster
     if not cluster or not d.release_id:
         return
@@ -323,7 +281,6 @@ def abort(d: Deploy) -> None:
 
 def with_peers(checkout: Phase) -> Phase:
     """The checkout phase, which with peers also starts their prepare (and aborts it on undo)."""
-    from .deploy import Phase
 
     def run(d: Deploy) -> str:
         begin(d, ready=False)
@@ -345,8 +302,6 @@ def with_peers(checkout: Phase) -> Phase:
 
 
 def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
-    from shipyard.receiver.client import PeerError
-
     p.switched = None
     try:
         result = p.client.call(
@@ -372,24 +327,23 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
         p.error = result.get("error") or "switch failed"
 
 
-def switch_local(d: Deploy, label: str) -> str | None:
-    """The primary's own switch → restart → verify, its lines tagged like a peer's."""
+def switch_local(d: Deploy, label: str, local: list[Phase]) -> str | None:
+    """The primary's own switch → restart → verify (``local``), its lines tagged like a peer's."""
     out = d.out
-    from .deploy import attempt
-
     d.out = Reporter(Prefixed(out, label), color=out.color, heartbeat=out.heartbeat)
     d.out.mask = out.mask
     try:
-        failure = attempt(d, plan(ROLLOUT), d.cluster.local_done)
+        failure = attempt(d, local, d.cluster.local_done)
     finally:
         d.out = out
     return str(failure) if failure else None
 
 
-def rollout(d: Deploy) -> str:
-    """Phase ``rollout``: switch, restart and verify every host, at once or in batches."""
+def rollout(d: Deploy, local: list[Phase]) -> str:
+    """Phase ``rollout``: switch, restart and verify (``local`` on this host) every host, at
+    once or in batches."""
     cluster: Cluster = d.cluster
-    local = local_name(d.host)
+    here = local_name(d.host)
     hosts: list[PeerState | None] = [None, *cluster.peers]  # None: this host
     per = d.host.rolling or len(hosts)
     batches = [hosts[i : i + per] for i in range(0, len(hosts), per)]
@@ -399,18 +353,18 @@ def rollout(d: Deploy) -> str:
     if d.journal is not None:  # whoever recovers this deploy if it dies sends every host back
         d.journal.update(peers=[p.note() for p in cluster.peers])
     for number, batch in enumerate(batches, 1):
-        faults.point(d.app.run, f"batch-{number}", "start", d.number)
+        fault_injection.point(d.app.run, f"batch-{number}", "start", d.number)
         if len(batches) > 1:
-            labels = ", ".join(local if h is None else h.label for h in batch)
+            labels = ", ".join(here if h is None else h.label for h in batch)
             out.line(f"  … batch {number}/{len(batches)}: {labels}")
 
         def one(h: PeerState | None) -> str | None:
             if h is None:
                 try:
-                    error = switch_local(d, local)
+                    error = switch_local(d, here, local)
                 except Exception as exc:  # never leave the other hosts switched
                     error = f"{type(exc).__name__}: {exc}"
-                return f"{local} (this host): {error}" if error else None
+                return f"{here} (this host): {error}" if error else None
             switch_one(d, h, out)
             return f"{h.label} ({h.address}): {h.error}" if h.error else None
 
@@ -430,8 +384,6 @@ def rollout(d: Deploy) -> str:
 
 def rollback(d: Deploy) -> None:
     """Undo of rollout: every host that switched (or may have) goes back to its previous."""
-    from .deploy import revert
-
     cluster: Cluster = d.cluster
     revert(d, cluster.local_done)
     cluster.local_done.clear()
@@ -447,8 +399,6 @@ def rollback(d: Deploy) -> None:
 
 def revert_peer(app: App, p: PeerState, rid: str, previous: str | None, out: Reporter) -> None:
     """Have a peer go back from ``rid`` (if live there) and discard it unless it was kept."""
-    from shipyard.receiver.client import PeerError
-
     try:
         result = p.client.call(
             "POST", "revert", {"release": rid, "previous": previous, "discard": not p.reused}
@@ -476,15 +426,14 @@ def go_back(app: App, host: HostConfig, rid: str, noted: list[dict], out: Report
 def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
     """The deploy's phases: with peers, checkout also starts the peers' prepare (which
     ``prepare-peers`` waits for), and switch/restart/verify become one ``rollout``."""
-    from .deploy import Phase
-
     if not active_peers(d.host):
         return all_phases
     names = [p.name for p in all_phases]
     first = names.index(ROLLOUT[0])
+    local = [p for p in all_phases if p.name in ROLLOUT]
     rest = [p for p in all_phases[first:] if p.name not in ROLLOUT]
     before = [with_peers(p) if p.name == "checkout" else p for p in all_phases[:first]]
-    return [*before, Phase("rollout", rollout, rollback), *rest]
+    return [*before, Phase("rollout", lambda d: rollout(d, local), rollback), *rest]
 
 
 # --- status and sync (outside deploys) --------------------------------------
@@ -496,10 +445,6 @@ def peers_status(app: App, processes: bool = False) -> list[dict]:
     With ``processes``, each row also has ``serving``: the releases its app processes
     run in (from /proc), None where that cannot be told.
     """
-    from shipyard.receiver.client import Peer, PeerError
-
-    from . import supervise
-
     host = load_host_config(app.config_file)
     live = app.live_release()
     manifest = release.Manifest.load(app.release_dir(live)) if live else None
@@ -558,11 +503,8 @@ def disagreements(rows: list[dict]) -> list[str]:
 
 def sync(app: App, out: Reporter) -> bool:
     """Bring every peer (not drained) to the primary's live release; True if all are there."""
-    from . import lock
-    from .deploy import Deploy
-
     host = load_host_config(app.config_file)
-    with lock.exclusive(app.run / "deploy.lock", {"deploy": "sync", "pusher": "shipyard sync"}):
+    with lock.exclusive(app.deploy_lock, {"deploy": "sync", "pusher": "shipyard sync"}):
         live = app.live_release()
         if not live:
             out.final("nothing is live on this host yet: push first", good=False)
@@ -575,8 +517,6 @@ def sync(app: App, out: Reporter) -> bool:
             out.warn(f"peer {address} is drained: skipped")
 
         def one(p: PeerState) -> None:
-            from shipyard.receiver.client import PeerError
-
             try:
                 info = p.client.call("GET", "info", query={"want": d.sha})
             except PeerError as exc:
@@ -623,14 +563,10 @@ def keep_in_sync(app: App, out: Reporter, every: float, stop: threading.Event) -
     the live release as soon as it answers again, without a push. A round is skipped
     while a deploy holds the lock: the deploy itself brings every peer along.
     """
-    import fcntl
-
-    from . import lock
-
     while not stop.is_set():
         try:
             host = load_host_config(app.config_file)
-            if active_peers(host) and not lock.is_held(app.run / "deploy.lock", fcntl.LOCK_EX):
+            if active_peers(host) and not lock.is_held(app.deploy_lock, fcntl.LOCK_EX):
                 late = behind(app)
                 if late:
                     out.line(f"{time.strftime('%H:%M:%S')} behind: {', '.join(late)}")
@@ -638,72 +574,3 @@ def keep_in_sync(app: App, out: Reporter, every: float, stop: threading.Event) -
         except ShipyardError as exc:
             out.line(f"{time.strftime('%H:%M:%S')} sync: {exc}")
         stop.wait(every)
-
-
-# --- commands ---------------------------------------------------------------
-
-
-def cmd_peers(args: argparse.Namespace) -> int:
-    import json
-
-    app = App.at(args.app, args.root).require()
-    rows = peers_status(app, processes=True)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        name = r["host"] or "?"
-        print(
-            f"{name:<16} {r['address']:<22} {r['role']:<8} {r['state']:<12} "
-            f"{r['live'] or '-'}" + (f"  ({r['error']})" if r.get("error") else "")
-        )
-    disagree = disagreements(rows)
-    for problem in disagree:
-        print(f"! {problem}")
-    return 0 if not disagree and all(r["state"] != "unreachable" for r in rows) else 1
-
-
-def cmd_sync(args: argparse.Namespace) -> int:
-    from .options import wants_color
-
-    app = App.at(args.app, args.root).require()
-    out = Reporter(sys.stdout, color=wants_color({}, dict(os.environ)) and sys.stdout.isatty())
-    if args.every is None:
-        return 0 if sync(app, out) else 1
-    if not args.every > 0:  # also NaN
-        raise ShipyardError(f"--every {args.every:g}: not a number of seconds above 0")
-    import signal
-
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # a sync under way finishes first
-        signal.signal(signum, lambda *_: stop.set())
-    keep_in_sync(app, out, args.every, stop)
-    return 0
-
-
-def cmd_receiver(args: argparse.Namespace) -> int:
-    from shipyard.receiver.server import main
-
-    return main(args)
-
-
-def add_commands(sub) -> None:
-    """`shipyard receiver`, `shipyard peers APP`, `shipyard sync APP` (called by cli.py)."""
-    from shipyard.receiver.options import add_arguments
-
-    p = sub.add_parser("receiver", help="serve this host's apps to their primary (many hosts)")
-    add_arguments(p)
-    p.set_defaults(func=cmd_receiver)
-    p = sub.add_parser("peers", help="every host of an app with its live release")
-    p.add_argument("app")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_peers)
-    p = sub.add_parser("sync", help="bring every peer to this host's live release")
-    p.add_argument("app")
-    p.add_argument(
-        "--every",
-        type=float,
-        metavar="SECONDS",
-        help="keep doing it: sync the peers that are behind every SECONDS (until stopped)",
-    )
-    p.set_defaults(func=cmd_sync)

@@ -29,9 +29,11 @@ import signal
 import time
 from pathlib import Path
 
-from . import deploy, history, lock, peers, proxy
+from . import deploy, engine, history, lock, peers, proxy
+from . import programs as prov
 from .app import App
 from .config import HostConfig, load_app_config, load_procfile
+from .context import Deploy
 from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
 from .report import Reporter
@@ -110,8 +112,6 @@ def remove_strays(app: App) -> None:
 
 def planned(app: App, host: HostConfig, release_id: str | None) -> list:
     """The programs a kept release runs (for handing the processes back to it)."""
-    from .provision import supervisor as prov
-
     if not release_id:
         return []
     try:
@@ -231,9 +231,9 @@ def _resume(
     return "interrupted"
 
 
-def from_note(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> deploy.Deploy:
+def from_note(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> Deploy:
     """The interrupted deploy as its note describes it, to finish or undo it here."""
-    d = deploy.Deploy(
+    d = Deploy(
         app=app,
         host=host,
         number=stale["deploy"],
@@ -262,12 +262,12 @@ def complete(
     d.journal = held
     done = [p for p in deploy.PHASES if p.name in ("checkout", "switch")]
     try:
-        peers.load_undo(d)  # the processes that ran before, as restart wrote them down
+        deploy.load_undo(d)  # the processes that ran before, as restart wrote them down
         if d.manifest is None:
             raise ShipyardError(f"release {d.release_id} has no readable manifest")
     except (ShipyardError, OSError) as exc:
         d.timings["switch"] = 0.0
-        deploy.fail(d, deploy.undo(d, done[-1], done, exc))
+        engine.fail(d, engine.undo(d, done[-1], done, exc))
         return False
     if "before" not in d.processes:  # killed before restart wrote them (or an older note)
         d.processes["before"] = planned(app, host, d.previous)
@@ -276,7 +276,7 @@ def complete(
         d.processes.pop("running", None)  # restart runs again, handing over from what runs
     else:  # restart ran: its undo is owed if what follows fails
         done.append(next(p for p in deploy.PHASES if p.name == "restart"))
-    return deploy.run(d, deploy.PHASES[_NAMES.index(resume_at) :], done)
+    return engine.run(d, deploy.with_options(d, deploy.PHASES[_NAMES.index(resume_at) :]), done)
 
 
 def go_back(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> str:
@@ -287,18 +287,18 @@ def go_back(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> 
     if app.live_release() == rid:
         d.timings["rollout"] = 0.0
         with contextlib.suppress(ShipyardError, OSError):
-            peers.load_undo(d)
-        deploy.revert(d, [p for p in deploy.PHASES if p.name in ("checkout", "switch", "restart")])
+            deploy.load_undo(d)
+        engine.revert(d, deploy.named(("checkout", "switch", "restart")))
     elif not d.reused:
         deploy.discard(d)
     lost = peers.go_back(app, host, rid, stale.get("peers") or [], out)
-    deploy.reset_branch(d)
+    engine.reset_branch(d)
     back = app.live_release()
     where = f"every host went back to {back}" if back else "nothing is live"
     if lost:
         where += f" (not {', '.join(lost)}, unreachable: `shipyard sync {app.name}` converges it)"
     message = f"interrupted during the rollout of {rid}; {where}"
-    deploy.record(d, "interrupted", 0.0, failed_phase="rollout", error=message, live=back)
+    engine.record(d, "interrupted", 0.0, failed_phase="rollout", error=message, live=back)
     out.line(f"  ↻ {message}")
     return "interrupted"
 
@@ -319,7 +319,7 @@ def run(
     """
     try:
         with lock.exclusive(
-            history.deploy_lock(app), {"pid": os.getpid(), "since": time.time()}, timeout=0
+            app.deploy_lock, {"pid": os.getpid(), "since": time.time()}, timeout=0
         ) as held:
             outcome = resume(app, host, held, out, by, into_log) if held.stale else None
             if outcome is None and not lost:
@@ -327,7 +327,7 @@ def run(
     except LockTimeout:
         outcome = None
         if not lost:
-            who = lock.describe(lock.holder(history.deploy_lock(app)))
+            who = lock.describe(lock.holder(app.deploy_lock))
             out.line(f"shipyard ▸ {who} holds the deploy lock; it recovers what was interrupted")
     if lost:
         record_lost(app, lost, out)
@@ -339,7 +339,7 @@ def record_lost(app: App, lost: dict, out: Reporter) -> None:
     number = lost["deploy"]
     if any(e.get("deploy") == number for e in history.entries(app)):
         return
-    if lock.pending(lock.holder(history.deploy_lock(app))).get("deploy") == number:
+    if lock.pending(lock.holder(app.deploy_lock)).get("deploy") == number:
         return  # its note waits in the lock: whoever takes it next resumes it
     with contextlib.suppress(OSError):  # a full disk: it stays "interrupted", unrecorded
         history.record(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import RELEASE_ID, App
+from .envfile import parse
 from .errors import ConfigError, PhaseError
 from .guard import check_not_root
 from .lock import owner_alive
@@ -556,8 +557,6 @@ def shared_env(app: App) -> dict[str, str]:
     path = app.shared / ".env"
     if not path.is_file():
         return {}
-    from .settings import parse
-
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from . import supervise
 from .app import App
+from .change import making
 from .config import HostConfig, load_app_config, load_procfile
-from .deploy import Deploy
+from .context import Deploy
+from .counts import types
 from .errors import AppError, ShipyardError
 from .report import Reporter, Skip
 
@@ -26,13 +28,6 @@ def live_deploy(app: App, host: HostConfig, out: Reporter) -> Deploy:
     d.config = load_app_config(d.release)
     d.procfile = load_procfile(d.release)
     return d
-
-
-def types(app: App) -> list[str]:
-    """The process types the live release's Procfile runs (``release:`` is not one)."""
-    rid = app.live_release()
-    procfile = load_procfile(app.release_dir(rid)) if rid else {}
-    return [t for t in procfile if t != supervise.prov.RELEASE_TYPE]
 
 
 def check_type(app: App, kind: str) -> None:
@@ -75,8 +70,6 @@ def handover(
 
 def run(app: App, process: str | None, term=None) -> str:
     """``shipyard restart APP [--process TYPE]``: the handover, under the deploy lock."""
-    from .change import making
-
     with making(app, "restart", numbered=False, term=term) as change:
         if process:
             check_type(app, process)

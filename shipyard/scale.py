@@ -14,39 +14,15 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 from .app import App
+from .change import making
+from .counts import counts, path, types
 from .errors import ConfigError
-from .restart import check_type, handover, types
+from .restart import check_type, handover
 
 COUNT = re.compile(r"^([A-Za-z0-9_]+)=(\d{1,3}|default)$")
 MAX = 100
-
-
-def path(app: App) -> Path:
-    return app.dir / "scale.json"
-
-
-def counts(app: App) -> dict[str, int]:
-    """The host's counts (``{}`` when none were set)."""
-    try:
-        data = json.loads(path(app).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path(app)}: cannot read it ({exc})", "fix or remove it") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in data.values()
-    ):
-        raise ConfigError(f"{path(app)}: must map process types to counts", "fix or remove it")
-    return data
-
-
-def counts_for(app: App, procfile: dict[str, str], app_counts: dict[str, int]) -> dict[str, int]:
-    """What a release runs: the app's ``[processes]``, then the host's counts of its types."""
-    host = {t: n for t, n in counts(app).items() if t in procfile}
-    return {**app_counts, **host}
 
 
 def parse(app: App, words: list[str]) -> dict[str, int | None]:
@@ -84,8 +60,6 @@ def describe(app: App) -> str:
 
 def run(app: App, words: list[str], term=None) -> None:
     """``shipyard scale``: new counts, applied with zero failed requests."""
-    from .change import making
-
     if not words:
         for t in types(app):
             print(f"{t}={counts(app).get(t, 'default')}")

@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 
 from .app import App
+from .change import making
+from .envfile import parse
 from .errors import ConfigError, ShipyardError
 from .report import Skip
+from .restart import handover
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+,=-]+$")  # written without quotes
@@ -73,25 +76,6 @@ def read_text(app: App) -> str:
         return ""
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
-
-
-def parse(text: str, source: str) -> dict[str, str]:
-    """What python-dotenv makes of ``text`` (as the processes get it); refuses a bad line.
-
-    python-dotenv only logs a warning for a line it cannot parse and then drops it, which
-    would run with a variable silently missing: refuse instead, without echoing the line.
-    """
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
-
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            raise ConfigError(
-                f"{source}:{binding.original.line}: cannot parse this line of .env "
-                "(not shown: it may hold a secret)",
-                "write KEY=value, one per line; quote a value that has spaces, '#' or quotes",
-            )
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def chunks(text: str) -> list[tuple[str | None, str]]:
@@ -198,9 +182,6 @@ def change(
     app: App, values: dict[str, str], unset: list[str], restart: bool = True, term=None
 ) -> bool:
     """``config set/unset``: under the deploy lock, numbered in history, then the handover."""
-    from .change import making
-    from .restart import handover
-
     old, new = plan(app, values, unset)  # bad input: refused before the lock is even taken
     keys = [*values, *unset]
     verb = "set" if values else "unset"

@@ -6,7 +6,7 @@ Everything goes through supervisord's XML-RPC interface on its unix socket
 restart
     The web process is handed over blue/green: the new release starts as the
     *other* colour, taking connections from the same listening socket (held
-    by the port's ``listen`` program, see provision/listen.py), is probed on
+    by the port's ``listen`` program, see shipyard/listen.py), is probed on
     its private unix socket until the health check passes, and only then is
     the old colour sent TERM (gunicorn drains in-flight requests; what is still
     queued goes to the new one; KILL after ``stop_grace``). Other types are
@@ -36,21 +36,20 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from supervisor.states import STOPPED_STATES, ProcessStates
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
+from . import programs as prov
 from .app import App
+from .command import run_in_release
 from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
+from .context import Deploy
+from .counts import counts_for  # the host's counts (`shipyard scale`) win
 from .errors import AppError, PhaseError, ShipyardError
 from .logs import unstamp
-from .provision import supervisor as prov
-from .provision.supervisor import Listener, Program
+from .programs import Listener, Program
 from .report import Skip
-
-if TYPE_CHECKING:
-    from .deploy import Deploy
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
@@ -58,6 +57,8 @@ CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 RPC_TIMEOUT = 30.0
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
 LOG_TAIL = 20
+# the launcher as programs.conf names it; the second, written before it moved, runs the shim
+LAUNCHERS = (prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
 
 
@@ -591,9 +592,10 @@ def wait_healthy(
 def launched(pid: int) -> bool:
     """Has the launcher exec'd the program yet (RUNNING only means up for startsecs)?"""
     try:
-        return b"shipyard.provision.launch" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # gone (supervisord will say so) or not ours to read
+    return not any(launcher in command for launcher in LAUNCHERS)
 
 
 def wait_running(sv: Supervisor, programs: list[Program], offsets: dict[str, dict[int, int]]):
@@ -774,8 +776,6 @@ def drop_unused_listeners(sv: Supervisor, running: list[Program]) -> None:
 
 
 def wanted_programs(d: Deploy) -> dict[str, Program]:
-    from .scale import counts_for  # the host's counts (`shipyard scale`) win
-
     prov.check_counts(d.procfile, d.config.processes, "shipyard.toml")
     counts = counts_for(d.app, d.procfile, d.config.processes)
     if d.host.web == 0:  # a worker host runs no web, whatever the counts say
@@ -946,8 +946,6 @@ def release_command(d: Deploy) -> str:
         return Skip("no release: command in Procfile")
     if d.kind == "rollback" and "run-release" not in d.options:
         return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
-    from .deploy import run_in_release
-
     output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)
     last = output.strip().splitlines()[-1:] if output.strip() else []
     return f"`{command}` ran" + (f": {last[0]}" if last else "")

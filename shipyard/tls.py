@@ -274,6 +274,11 @@ def lifetime(certificate: Path) -> tuple[float, float]:
     return ssl.cert_time_to_seconds(found["notBefore"]), ssl.cert_time_to_seconds(found["notAfter"])
 
 
+def renewal_file(user: str, etc: Path = Path("/etc")) -> Path:
+    """The cron entry that renews ``user``'s certificates (``shipyard doctor`` looks for it)."""
+    return etc / "cron.d" / f"shipyard-tls-{user}"
+
+
 def renewal_check(
     app: App, host: HostConfig | None, etc: Path = Path("/etc")
 ) -> tuple[str, str, str]:
@@ -285,8 +290,6 @@ def renewal_check(
     is failing.
     """
     import pwd
-
-    from .provision.frontdoor import renewal_file
 
     if host is None or not host.domains:
         return "skip", "no domains: not behind the proxy", ""

@@ -10,10 +10,14 @@ import contextlib
 import os
 import time
 
-from . import history, lock, release, supervise
+from . import history, lock, notify, release, supervise
 from .app import App
 from .config import load_host_config
+from .engine import branch_tip
 from .errors import ShipyardError
+from .operate import rollback_target
+from .peers import disagreements, peers_status
+from .peers import size as release_size
 
 SCHEMA = 1
 WIDTH = 80
@@ -55,8 +59,6 @@ def processes(app: App) -> object:
 
 
 def status(app: App) -> dict:
-    from .operate import rollback_target
-
     deploys = history.deploys(app)
     live_id = app.live_release()
     live = None
@@ -108,18 +110,14 @@ def status(app: App) -> dict:
                 "problem": app.current_problem(),  # e.g. current -> ../../.., not a release
                 "last_live": (last_live or {}).get("release"),
             }
-    lock_file = history.deploy_lock(app)
+    lock_file = app.deploy_lock
     deploying = (lock.holder(lock_file) or {"deploy": None}) if lock.is_held(lock_file) else None
     branch, hosts, disagree = None, None, []
     config_problem = None
     try:
         host = load_host_config(app.config_file)
-        from .deploy import branch_tip
-
         branch = {"name": host.branch, "sha": branch_tip(app, f"refs/heads/{host.branch}")}
         if host.peers:
-            from .peers import disagreements, peers_status
-
             hosts = peers_status(app, processes=True)
             disagree = disagreements(hosts)
     except ShipyardError as exc:  # deploys refuse it: say why here too
@@ -146,8 +144,6 @@ def status(app: App) -> dict:
 
 
 def notify_problems(app: App) -> list[dict]:
-    from . import notify
-
     return notify.problems(app)
 
 
@@ -303,8 +299,6 @@ def render_processes(report: object) -> list[str]:
 
 
 def releases(app: App) -> dict:
-    from .operate import rollback_target
-
     deploys = history.deploys(app)
     by_number = {e.get("deploy"): e for e in deploys}
     live_id = app.live_release()
@@ -351,8 +345,6 @@ def releases(app: App) -> dict:
 
 
 def render_releases(r: dict) -> str:
-    from .peers import size
-
     if not r["releases"]:
         return f"{r['app']}: no releases yet"
     cols = "  {:<24}  {:<7}  {:<11}  {:<6}  {:>4}  {:>5}  {}"
@@ -383,8 +375,8 @@ def render_releases(r: dict) -> str:
     lines.append("")
     lines.append("  DISK (bytes no other release shares: unchanged files are hard links)")
     for row in reversed(r["releases"]):
-        lines.append(f"  {row['id']:<24}  {size(row['own_bytes']):>9}")
-    lines.append(f"  {'all releases':<24}  {size(r['disk_bytes']):>9}")
+        lines.append(f"  {row['id']:<24}  {release_size(row['own_bytes']):>9}")
+    lines.append(f"  {'all releases':<24}  {release_size(r['disk_bytes']):>9}")
     return "\n".join(lines)
 
 

@@ -450,14 +450,14 @@ def test_foreground_deploy_killed_at_the_switch_shows_as_interrupted(host: Host,
 KILL_AFTER_SWITCH = """
 import os, signal, sys
 from pathlib import Path
-from shipyard import deploy, operate
+from shipyard import context, deploy, operate
 from shipyard.app import App
 
 real = deploy.switch
 def switch_then_die(d):
     real(d)
     os.kill(os.getpid(), signal.SIGKILL)
-deploy.PHASES[5] = deploy.Phase("switch", switch_then_die)
+deploy.PHASES[5] = context.Phase("switch", switch_then_die)
 app = App.at("mysite", Path(sys.argv[1]))
 sha, tag = operate.resolve(app, "staging")
 operate.run_foreground(app, sha, tag, "deploy", {})

@@ -19,7 +19,7 @@ import pytest
 from conftest import Host, Work, make_host, make_work, shipyard
 from httpload import fetch
 
-from shipyard import faults
+from shipyard import fault_injection
 
 BOOM = """from django.db import migrations
 
@@ -68,7 +68,7 @@ def site(deployed):
     """The shared app; afterwards the clone is back on what the host has."""
     host, work, _ = deployed
     yield deployed
-    faults.disarm(host.dir / "run")
+    fault_injection.disarm(host.dir / "run")
     work.git("reset", "-q", "--hard", host.branch())
 
 
@@ -125,7 +125,7 @@ def test_a_superseded_push_says_so_and_fails(site):
     host, work, base = site
     n = len(history(host)) + 1
     greet(work, "first")
-    faults.arm(host.dir / "run", {"at": "checkout", "action": "pause", "deploy": n})
+    fault_injection.arm(host.dir / "run", {"at": "checkout", "action": "pause", "deploy": n})
     first = background(work)
     wait_paused(host)
     other = clone(base / "other", host)
@@ -135,7 +135,7 @@ def test_a_superseded_push_says_so_and_fails(site):
     c = other.commit("newer", **{"mysite/c.py": "C = 1\n"})
     newer = background(other)
     wait(lambda: host.branch() == c)
-    (host.dir / "run" / faults.PAUSED).unlink()
+    (host.dir / "run" / fault_injection.PAUSED).unlink()
     out_first, out_b, out_c = (p.communicate(timeout=180)[0] for p in (first, queued, newer))
     assert first.returncode == 0, out_first
     assert queued.returncode != 0, out_b
@@ -154,12 +154,12 @@ def test_client_killed_mid_deploy(site):
     n = len(history(host)) + 1
     sha = greet(work, "client gone")
     before = work.tracking()
-    faults.arm(host.dir / "run", {"at": "switch", "action": "pause", "deploy": n})
+    fault_injection.arm(host.dir / "run", {"at": "switch", "action": "pause", "deploy": n})
     client = background(work)
     wait_paused(host)
     os.killpg(client.pid, signal.SIGKILL)
     client.wait(timeout=30)
-    (host.dir / "run" / faults.PAUSED).unlink()
+    (host.dir / "run" / fault_injection.PAUSED).unlink()
     wait(lambda: any(e["deploy"] == n for e in history(host)))
     assert history(host)[-1]["outcome"] == "live" and greeting(host) == "client gone"
     replay = shipyard("--root", host.root, "log", "mysite", str(n)).stdout
@@ -349,4 +349,4 @@ def wait(predicate, timeout: float = 120.0) -> None:
 
 
 def wait_paused(host: Host) -> None:
-    wait(lambda: (host.dir / "run" / faults.PAUSED).exists())
+    wait(lambda: (host.dir / "run" / fault_injection.PAUSED).exists())

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, Host, Work, shipyard
 
-from shipyard import faults
+from shipyard import fault_injection
 
 sys.path.insert(0, str(REPO / "tests"))
 import netns  # noqa: E402
@@ -122,7 +122,7 @@ def clean(hosts: Hosts):
     netns.set_config(hosts.cluster.config, rolling=0)
     for name, path in hosts.dirs.items():
         (path / "shared" / ".env").unlink(missing_ok=True)
-        faults.disarm(path / "run")
+        fault_injection.disarm(path / "run")
         if name != "web1":
             netns.set_config(path / "shipyard.toml", keep=5)
 
@@ -173,7 +173,7 @@ def test_a_failing_host_sends_every_host_back(clean, case):
     if fault is BROKEN:
         break_web(hosts, name)
     else:
-        faults.arm(hosts.dirs[name] / "run", fault)
+        fault_injection.arm(hosts.dirs[name] / "run", fault)
     hosts.next_version()
     out = hosts.push(fails=True)
     assert "✗ rollout" in out and all(line in out for line in expected), out
@@ -211,7 +211,7 @@ def test_the_primary_killed_during_the_rollout_leaves_every_host_on_one_release(
     hosts = clean
     netns.set_config(hosts.cluster.config, rolling=1)
     greeting, live = hosts.good()
-    faults.arm(hosts.cluster.dir / "run", {"at": "batch-3", "action": "kill"})
+    fault_injection.arm(hosts.cluster.dir / "run", {"at": "batch-3", "action": "kill"})
     hosts.next_version()
     push = subprocess.Popen(
         ["git", "push", "production", "main"],
@@ -243,7 +243,7 @@ def test_a_rollback_killed_during_the_rollout_is_undone_by_the_next_deploy(clean
     netns.set_config(hosts.cluster.config, rolling=1)
     hosts.good()
     greeting, live = hosts.good()
-    faults.arm(hosts.cluster.dir / "run", {"at": "batch-3", "action": "kill"})
+    fault_injection.arm(hosts.cluster.dir / "run", {"at": "batch-3", "action": "kill"})
     killed = shipyard("--root", hosts.cluster.root, "rollback", "mysite", check=False)
     assert killed.returncode == -9 and "[web2] ✓ verify" in killed.stdout, killed.stdout
     number = int(re.search(r"rollback #(\d+):", killed.stdout).group(1))

@@ -27,7 +27,7 @@ from conftest import EXAMPLES, Work, remove_user, run, shipyard
 from httpload import fetch
 from test_outcome import break_at
 
-from shipyard import faults
+from shipyard import fault_injection
 
 pytestmark = pytest.mark.e2e
 
@@ -454,9 +454,9 @@ def deploys(server: Server, app: str = "mysite") -> list[dict]:
 def arm_pause(server: Server, at: str, number: int) -> None:
     """Pause deploy ``number`` at ``at`` (the faults file must be the deploy user's own)."""
     run_dir = server.app / "run"
-    faults.arm(run_dir, {"at": at, "action": "pause", "deploy": number})
+    fault_injection.arm(run_dir, {"at": at, "action": "pause", "deploy": number})
     entry = pwd.getpwnam(server.user)
-    os.chown(run_dir / faults.FILE, entry.pw_uid, entry.pw_gid)
+    os.chown(run_dir / fault_injection.FILE, entry.pw_uid, entry.pw_gid)
 
 
 def wait_until(predicate, timeout: float = 120.0) -> None:
@@ -507,7 +507,7 @@ def test_a_superseded_push_fails_over_ssh(server: Server, work: Work, first_push
     greet(work, "first over ssh")
     arm_pause(server, "checkout", number)
     first = background_push(server, work)
-    wait_until(lambda: (server.app / "run" / faults.PAUSED).exists())
+    wait_until(lambda: (server.app / "run" / fault_injection.PAUSED).exists())
     other = clone_example(tmp_path / "other", server.url())
     fetch_over_ssh(server, other)
     other.git("reset", "-q", "--hard", "production/main")
@@ -517,7 +517,7 @@ def test_a_superseded_push_fails_over_ssh(server: Server, work: Work, first_push
     newer_sha = other.commit("newer", **{"mysite/c.py": "C = 1\n"})
     newer = background_push(server, other)
     wait_until(lambda: remote_tip(server) == newer_sha)
-    (server.app / "run" / faults.PAUSED).unlink()
+    (server.app / "run" / fault_injection.PAUSED).unlink()
     outs = [p.communicate(timeout=240)[0] for p in (first, queued, newer)]
     assert first.returncode == 0 and newer.returncode == 0, outs
     assert queued.returncode != 0, outs[1]
@@ -533,10 +533,10 @@ def test_client_killed_mid_deploy_over_ssh(server: Server, work: Work, first_pus
     sha = greet(work, "ssh client gone")
     arm_pause(server, "switch", number)
     client = background_push(server, work)
-    wait_until(lambda: (server.app / "run" / faults.PAUSED).exists())
+    wait_until(lambda: (server.app / "run" / fault_injection.PAUSED).exists())
     os.killpg(client.pid, signal.SIGKILL)
     client.wait(timeout=30)
-    (server.app / "run" / faults.PAUSED).unlink()
+    (server.app / "run" / fault_injection.PAUSED).unlink()
     wait_until(lambda: any(e["deploy"] == number for e in deploys(server)))
     assert deploys(server)[-1]["outcome"] == "live" and served(server) == "ssh client gone"
     replay = server.ssh("shipyard", "log", "mysite", str(number))

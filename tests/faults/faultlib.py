@@ -22,7 +22,7 @@ import pytest
 from conftest import Host, Work, make_host, make_work, processes_under, shipyard  # noqa: F401
 from httpload import fetch  # noqa: F401 - re-exported
 
-from shipyard import faults, history, lock, supervise
+from shipyard import fault_injection, history, lock, supervise
 from shipyard.app import App
 
 RECORD = os.environ.get("SHIPYARD_RELIABILITY")
@@ -107,11 +107,11 @@ def entries(host: Host) -> list[dict]:
 
 
 def arm(host: Host, *specs: dict) -> None:
-    faults.arm(host.dir / "run", *specs)
+    fault_injection.arm(host.dir / "run", *specs)
 
 
 def disarm(host: Host) -> None:
-    faults.disarm(host.dir / "run")
+    fault_injection.disarm(host.dir / "run")
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -127,7 +127,7 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
 
 def paused(host: Host, timeout: float = 120.0) -> dict:
     """Wait until a deploy paused at an armed point; returns who paused where."""
-    path = host.dir / "run" / faults.PAUSED
+    path = host.dir / "run" / fault_injection.PAUSED
 
     def read() -> dict | None:
         with contextlib.suppress(OSError, ValueError):
@@ -138,7 +138,7 @@ def paused(host: Host, timeout: float = 120.0) -> dict:
 
 
 def resume(host: Host) -> None:
-    (host.dir / "run" / faults.PAUSED).unlink(missing_ok=True)
+    (host.dir / "run" / fault_injection.PAUSED).unlink(missing_ok=True)
 
 
 def background_push(work: Work, *args: str) -> subprocess.Popen:
@@ -161,8 +161,8 @@ def greeting_of(release: Path) -> str:
 def settled(host: Host) -> None:
     """No deploy running or queued: the lock is free and its note empty (no stale lock)."""
     app = app_of(host)
-    wait_for(lambda: not lock.is_held(history.deploy_lock(app)), 120, "the deploy lock")
-    note = history.deploy_lock(app).read_text()
+    wait_for(lambda: not lock.is_held(app.deploy_lock), 120, "the deploy lock")
+    note = app.deploy_lock.read_text()
     assert not note.strip(), f"a dead deploy's note is still in the lock: {note}"
 
 

@@ -23,7 +23,7 @@ loses nothing. `tests/faults/` tries each case below against a real deploy root
 which runs the suite with `SHIPYARD_RELIABILITY` set (each case records what it tried and
 what it saw) and renders this file from the records (`tests/faults/render.py`).
 
-How the faults are made: a test-only hook (`shipyard/faults.py`) kills or pauses the
+How the faults are made: a test-only hook (`shipyard/fault_injection.py`) kills or pauses the
 deploy at a named phase. It is armed only by `run/faults.json` in the app's deploy
 root, owned by the deploy user and writable by no one else: nothing a pusher sends (a
 push option, the commit, an environment variable) can reach it. "In" a phase means the

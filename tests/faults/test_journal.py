@@ -10,7 +10,7 @@ import sys
 
 import faultlib
 
-from shipyard import faults, lock
+from shipyard import fault_injection, lock
 
 observe = faultlib.observe
 
@@ -62,21 +62,21 @@ def test_note_updates_are_never_half_written(tmp_path):
 def test_faults_file_is_trusted_only_from_the_deploy_user(tmp_path, observe):
     row = observe("security", "run/faults.json world-writable, or a symlink")
     run = tmp_path / "run"
-    faults.arm(run, {"at": "venv", "action": "pause", "timeout": 0.01})
-    path = run / faults.FILE
+    fault_injection.arm(run, {"at": "venv", "action": "pause", "timeout": 0.01})
+    path = run / fault_injection.FILE
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     path.chmod(0o646)
-    faults.point(run, "venv")  # ignored: would otherwise pause
-    assert path.exists() and not (run / faults.PAUSED).exists()
+    fault_injection.point(run, "venv")  # ignored: would otherwise pause
+    assert path.exists() and not (run / fault_injection.PAUSED).exists()
     path.chmod(0o600)
     target = tmp_path / "elsewhere.json"
     os.rename(path, target)
     path.symlink_to(target)
-    faults.point(run, "venv")  # a symlink: ignored
+    fault_injection.point(run, "venv")  # a symlink: ignored
     assert path.is_symlink()
     path.unlink()
-    faults.arm(run, {"at": "venv", "action": "pause", "timeout": 0.01}, {"at": "finish"})
-    faults.point(run, "checkout")  # not armed there
-    faults.point(run, "venv")  # fires once, the other fault stays
+    fault_injection.arm(run, {"at": "venv", "action": "pause", "timeout": 0.01}, {"at": "finish"})
+    fault_injection.point(run, "checkout")  # not armed there
+    fault_injection.point(run, "venv")  # fires once, the other fault stays
     assert json.loads(path.read_text()) == [{"at": "finish"}]
     row["outcome"] = "ignored (owner, mode, no symlinks); an armed fault fires once"

@@ -35,7 +35,6 @@ from faultlib import (
 )
 
 from shipyard import lock
-from shipyard.history import deploy_lock
 
 SLOW_MIGRATION = """\
 import os, pathlib, time
@@ -85,7 +84,7 @@ def site(tmp_path_factory):
 
 def worker_pid(host) -> int:
     return wait_for(
-        lambda: lock.holder(deploy_lock(app_of(host))).get("pid"), 120, "the deploy lock"
+        lambda: lock.holder(app_of(host).deploy_lock).get("pid"), 120, "the deploy lock"
     )
 
 

@@ -29,8 +29,8 @@ from faultlib import (
     sy,
 )
 
+from shipyard import programs as prov
 from shipyard import supervise
-from shipyard.provision import supervisor as prov
 
 observe = faultlib.observe
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shipyard import migrate
+from shipyard import command, migrate
 from shipyard.app import App
 from shipyard.config import AppConfig
 from shipyard.errors import ConfigError
@@ -140,8 +140,8 @@ def test_a_timed_out_command_is_stopped_with_its_children(tmp_path):
     d.app.dir.mkdir()
     d.app.config_file.write_text("allow_root = true\n")  # commands refuse root without it
     started = time.monotonic()
-    ran = migrate.run_command(d, "sleep 30 & echo started; wait", timeout=1)
+    ran = command.in_release(d, "sleep 30 & echo started; wait", timeout=1)
     assert ran.timed_out and ran.output == "started\n"
     assert time.monotonic() - started < 5
-    ran = migrate.run_command(d, "no-such-command-xyz", timeout=5)
-    assert ran.code == 127 and not ran.timed_out
+    ran = command.in_release(d, "no-such-command-xyz", timeout=5)
+    assert ran.exited == 127 and not ran.timed_out

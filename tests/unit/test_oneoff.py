@@ -66,7 +66,7 @@ def test_a_migration_in_progress(tmp_path: Path):
     app = App.at("mysite", tmp_path)
     app.run.mkdir(parents=True)
     note = {"deploy": 3, "sha": "a" * 40, "pusher": "bob", "since": time.time(), "phase": "migrate"}
-    with lock.exclusive(app.run / "deploy.lock", note):
+    with lock.exclusive(app.deploy_lock, note):
         assert oneoff.migrating(app)["deploy"] == 3
         with pytest.raises(ShipyardError, match="deploy #3 .* is migrating mysite's database"):
             oneoff.wait_for_migrations(app, wait=False, say=print)

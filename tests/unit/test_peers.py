@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from shipyard.config import HostConfig, load_host_config, parse_host_config, read_secret
-from shipyard.deploy import PHASES, Deploy
+from shipyard.context import Deploy, Phase
+from shipyard.deploy import PHASES
 from shipyard.errors import ConfigError
 from shipyard.peers import Prefixed, phases
 from shipyard.receiver import auth, objects
@@ -29,7 +30,7 @@ def test_a_signed_request_verifies_once():
     headers = headers_for()
     nonce = verifier.verify(SECRET, "POST", PATH, headers, auth.body_digest(b"{}"))
     assert nonce == headers[auth.H_NONCE]
-    with pytest.raises(auth.Refused, match="replayed"):
+    with pytest.raises(auth.Unauthenticated, match="replayed"):
         verifier.verify(SECRET, "POST", PATH, headers, auth.body_digest(b"{}"))
 
 
@@ -44,7 +45,7 @@ def test_a_signed_request_verifies_once():
 )
 def test_anything_changed_breaks_the_signature(change, reason):
     headers = headers_for()
-    with pytest.raises(auth.Refused, match=reason):
+    with pytest.raises(auth.Unauthenticated, match=reason):
         auth.Verifier().verify(
             change.get("secret", SECRET),
             change.get("method", "POST"),
@@ -58,9 +59,9 @@ def test_stale_future_and_unsigned_requests_are_refused():
     verifier = auth.Verifier(window=30)
     digest = auth.body_digest(b"{}")
     for skew in (-31, 31):
-        with pytest.raises(auth.Refused, match="stale request"):
+        with pytest.raises(auth.Unauthenticated, match="stale request"):
             verifier.verify(SECRET, "POST", PATH, headers_for(now=time.time() + skew), digest)
-    with pytest.raises(auth.Refused, match="unsigned"):
+    with pytest.raises(auth.Unauthenticated, match="unsigned"):
         verifier.verify(SECRET, "POST", PATH, {}, digest)
     verifier.verify(SECRET, "POST", PATH, headers_for(now=time.time() - 25), digest)
 
@@ -182,7 +183,7 @@ def test_with_peers_switch_restart_verify_become_one_rollout(tmp_path: Path):
 def test_an_unexpected_exception_in_a_phase_is_undone_by_the_one_runner(tmp_path: Path):
     """What a receiver runs for a peer's switch: a bug in a phase after the switch (not a
     ShipyardError or OSError) is reported and the switch undone, like any failure."""
-    from shipyard import deploy
+    from shipyard import engine
     from shipyard.app import App
 
     undone = []
@@ -191,30 +192,30 @@ def test_an_unexpected_exception_in_a_phase_is_undone_by_the_one_runner(tmp_path
         raise RuntimeError("a bug")
 
     plan = [
-        deploy.Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
-        deploy.Phase("restart", bug, lambda d: undone.append("restart")),
+        Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
+        Phase("restart", bug, lambda d: undone.append("restart")),
     ]
     out = io.StringIO()
     d = Deploy(App(tmp_path, "mysite"), HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(out))
-    failure = deploy.attempt(d, plan)
+    failure = engine.attempt(d, plan)
     assert str(failure).startswith("restart failed: internal error: RuntimeError: a bug")
     assert undone == ["switch"] and "✗ restart" in out.getvalue()
 
 
 def test_a_phase_that_ran_is_undone_when_what_follows_it_fails(tmp_path: Path):
     """An exception after a phase returned (its journal note, a fault point) undoes it too."""
-    from shipyard import deploy, faults
+    from shipyard import engine, fault_injection
     from shipyard.app import App
 
     undone = []
     plan = [
-        deploy.Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
-        deploy.Phase("restart", lambda d: "restarted", lambda d: undone.append("restart")),
+        Phase("switch", lambda d: "switched", lambda d: undone.append("switch")),
+        Phase("restart", lambda d: "restarted", lambda d: undone.append("restart")),
     ]
     app = App(tmp_path, "mysite")
-    faults.arm(app.run, {"at": "restart", "when": "end", "action": "raise"})
+    fault_injection.arm(app.run, {"at": "restart", "when": "end", "action": "raise"})
     d = Deploy(app, HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))
-    failure = deploy.attempt(d, plan)
+    failure = engine.attempt(d, plan)
     assert failure.phase.name == "restart" and "Injected" in failure.message
     assert undone == ["restart", "switch"]
 

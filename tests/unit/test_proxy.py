@@ -132,7 +132,8 @@ def test_push_option_maintenance_brackets_the_migrations_and_only_then():
     import io
 
     from shipyard.config import HostConfig
-    from shipyard.deploy import PHASES, Deploy, with_options
+    from shipyard.context import Deploy
+    from shipyard.deploy import PHASES, with_options
     from shipyard.report import Reporter
 
     d = Deploy(None, HostConfig(), 1, "a" * 40, "refs/heads/main", Reporter(io.StringIO()))

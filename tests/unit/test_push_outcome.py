@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from shipyard.app import App
-from shipyard.deploy import bounded
+from shipyard.engine import bounded
 from shipyard.errors import ShipyardError
-from shipyard.hooks.worker import Lines, PushLines, follow
+from shipyard.hooks.worker import Lines, PushLines, copy_log
 from shipyard.options import parse_options, refuse_push_only, waits
 
 
@@ -55,7 +55,7 @@ def test_the_push_shows_a_long_outputs_tail_and_where_the_rest_is(tmp_path):
     detail = "".join(f"    │ out {i}\n" for i in range(1, 51))
     log.write_text("  ✗ build  0.10s  failed\n" + detail + "shipyard ▸ failed at build\n")
     out = io.BytesIO()
-    follow(log, lambda: True, out, lines=PushLines(app, 7))
+    copy_log(log, lambda: True, out, lines=PushLines(app, 7))
     shown = out.getvalue().decode().splitlines()
     assert (
         shown[1]
@@ -71,7 +71,7 @@ def test_log_lines_lose_colour_only_when_asked(tmp_path):
         b"\x1b[1mshipyard \xe2\x96\xb8 deploy\x1b[0m\n  \x1b[32m\xe2\x9c\x93\x1b[0m ok\n"
     )
     plain, coloured = io.BytesIO(), io.BytesIO()
-    follow(log, lambda: True, plain, lines=Lines(strip_ansi=True))
-    follow(log, lambda: True, coloured, lines=Lines())
+    copy_log(log, lambda: True, plain, lines=Lines(strip_ansi=True))
+    copy_log(log, lambda: True, coloured, lines=Lines())
     assert plain.getvalue() == "shipyard ▸ deploy\n  ✓ ok\n".encode()
     assert coloured.getvalue() == log.read_bytes()

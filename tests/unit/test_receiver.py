@@ -24,14 +24,14 @@ PIN = "sha256:" + ":".join(["AB"] * 32)
 def test_a_request_names_its_receiver_and_another_refuses_it():
     headers = auth.sign(SECRET, "POST", PATH, b"{}", to="10.0.0.2:7070")
     web3 = frozenset({auth.destination("10.0.0.3:7070")})
-    with pytest.raises(auth.Refused, match="request signed for '10.0.0.2:7070'"):
+    with pytest.raises(auth.Unauthenticated, match="request signed for '10.0.0.2:7070'"):
         auth.Verifier().verify(SECRET, "POST", PATH, headers, me=web3)
     web2 = frozenset({auth.destination("10.0.0.2:7070")})
     assert auth.Verifier().verify(SECRET, "POST", PATH, headers, me=web2)
     for changed in ({auth.H_TO: "10.0.0.3:7070"}, {"Content-Length": "3"}):
-        with pytest.raises(auth.Refused, match="bad signature"):
+        with pytest.raises(auth.Unauthenticated, match="bad signature"):
             auth.Verifier().verify(SECRET, "POST", PATH, {**headers, **changed}, me=web2)
-    with pytest.raises(auth.Refused, match="the body is not the one signed"):
+    with pytest.raises(auth.Unauthenticated, match="the body is not the one signed"):
         auth.check_body(headers, auth.body_digest(b"{ }"))
 
 

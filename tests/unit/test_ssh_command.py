@@ -10,7 +10,7 @@ from conftest import run
 
 from shipyard import repo
 from shipyard.app import App
-from shipyard.provision.shell import Refused, decide, main
+from shipyard.provision.shell import NotAllowed, decide, main
 
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 
@@ -81,7 +81,7 @@ def test_git_commands_on_app_repos_are_allowed(home: Path, verb: str, path: str)
     ],
 )
 def test_everything_else_is_refused(home: Path, command: str | None, reason: str):
-    with pytest.raises(Refused, match=reason.replace("(", r"\(").replace("$", r"\$")):
+    with pytest.raises(NotAllowed, match=reason.replace("(", r"\(").replace("$", r"\$")):
         decide(command, home, home / "apps", SHIPYARD)
 
 
@@ -90,7 +90,7 @@ def test_symlinked_app_out_of_the_root_is_refused(tmp_path: Path):
     repo.create(elsewhere)
     (tmp_path / "apps").mkdir()
     (tmp_path / "apps" / "link").symlink_to(elsewhere.dir)
-    with pytest.raises(Refused, match="does not resolve inside"):
+    with pytest.raises(NotAllowed, match="does not resolve inside"):
         allowed("git-upload-pack apps/link/repo.git", tmp_path)
 
 
@@ -170,14 +170,14 @@ def test_operating_commands_pass_with_their_data(home: Path, command: str, tail:
     ],
 )
 def test_operating_commands_refuse_paths_and_root(home: Path, command: str, reason: str):
-    with pytest.raises(Refused, match=reason.replace("(", r"\(")):
+    with pytest.raises(NotAllowed, match=reason.replace("(", r"\(")):
         decide(command, home, home / "apps", SHIPYARD)
 
 
 def test_a_terminal_only_for_run(home: Path):
-    with pytest.raises(Refused, match="only allowed for `shipyard run`"):
+    with pytest.raises(NotAllowed, match="only allowed for `shipyard run`"):
         decide("shipyard status mysite", home, home / "apps", SHIPYARD, tty=True)
-    with pytest.raises(Refused, match="only allowed for `shipyard run`"):
+    with pytest.raises(NotAllowed, match="only allowed for `shipyard run`"):
         decide("git-upload-pack apps/mysite/repo.git", home, home / "apps", SHIPYARD, tty=True)
 
 
@@ -209,7 +209,7 @@ def test_front_door_commands_over_ssh(home: Path, command: str, tail: list[str])
 
 def test_tls_files_are_not_given_over_ssh(home: Path):
     """The certificate and key are paths on the host: installed there, not named over SSH."""
-    with pytest.raises(Refused, match="is not allowed"):
+    with pytest.raises(NotAllowed, match="is not allowed"):
         decide(
             "shipyard tls mysite --certificate /etc/shadow --key /k", home, home / "apps", SHIPYARD
         )

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from shipyard import launch, listen
+from shipyard import programs as prov
 from shipyard.app import App
 from shipyard.config import HostConfig, parse_app_config, parse_host_config
 from shipyard.errors import ConfigError
-from shipyard.provision import launch, listen
-from shipyard.provision import supervisor as prov
 from shipyard.supervise import (
     Answer,
     Health,
@@ -104,11 +104,11 @@ def test_render_programs_pins_releases_and_keeps_secrets_out():
     worker = prov.Program("worker", RELEASE, 1, 10, compound=True)
     text = prov.render_programs(APP, [web, worker], [web.listener()], user="deploy")
     assert "[program:mysite-listen-8123]" in text
-    assert "shipyard.provision.listen /srv/apps/mysite --host 127.0.0.1 --port 8123" in text
+    assert "shipyard.listen /srv/apps/mysite --host 127.0.0.1 --port 8123" in text
     assert "[program:mysite-web-green]" in text and "[program:mysite-worker]" in text
     assert f"directory = /srv/apps/mysite/releases/{RELEASE}" in text
     assert (
-        f"-m shipyard.provision.launch /srv/apps/mysite {RELEASE} web --index "
+        f"-m shipyard.launch /srv/apps/mysite {RELEASE} web --index "
         "'%(process_num)d' --color green --port 8123"
     ) in text
     assert "numprocs = 2" in text and "stopwaitsecs = 45" in text

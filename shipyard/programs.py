@@ -5,12 +5,12 @@ process group), ``numprocs`` = the type's count (default 1, 0 = not run). The
 ``web`` type, when its command is a plain ``gunicorn …``, runs as one of two
 alternating programs, ``web-blue`` and ``web-green``, that accept from one
 listening socket held by a third program, ``listen-<port>`` (see
-``provision/listen.py``): a deploy starts the new release next to the old one,
+``shipyard/listen.py``): a deploy starts the new release next to the old one,
 probes it on a private unix socket, and stops the old one only when the new
 one answers.
 
 A program is pinned to one release: its ``directory`` is that release and its
-command is shipyard's launcher (``shipyard.provision.launch``), which reads the
+command is shipyard's launcher (``shipyard.launch``), which reads the
 release's Procfile and ``shared/.env`` at start and execs the command with the
 release's virtualenv first on PATH. So secrets never land in supervisor's
 config, and a program started for release X runs release X even while
@@ -38,13 +38,15 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shipyard.app import App
-from shipyard.config import SUPERVISOR_MODES, HostConfig, load_host_config
-from shipyard.errors import ConfigError
+from .app import App
+from .config import SUPERVISOR_MODES, HostConfig, load_host_config
+from .errors import ConfigError
 
 SYSTEM_SOCKET = "/var/run/supervisor.sock"
 COLORS = ("blue", "green")
 RELEASE_TYPE = "release"
+LAUNCHER = "shipyard.launch"  # python -m …: what every program runs (shipyard/launch.py)
+LISTENER = "shipyard.listen"  # … and the port's socket holder (shipyard/listen.py)
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
 LOG_MAXBYTES = "10MB"
@@ -187,7 +189,7 @@ class Program:
 
 @dataclass(frozen=True)
 class Listener:
-    """The program holding the web port's listening socket (provision/listen.py)."""
+    """The program holding the web port's listening socket (shipyard/listen.py)."""
 
     host: str
     port: int
@@ -433,7 +435,7 @@ def render_program(app: App, program: Program, user: str | None = None) -> str:
     args = [
         sys.executable,
         "-m",
-        "shipyard.provision.launch",
+        LAUNCHER,
         str(app.dir),
         program.release,
         program.type,
@@ -472,7 +474,7 @@ def render_program(app: App, program: Program, user: str | None = None) -> str:
 
 
 def render_listener(app: App, listener: Listener, user: str | None = None) -> str:
-    args = [sys.executable, "-m", "shipyard.provision.listen", str(app.dir)]
+    args = [sys.executable, "-m", LISTENER, str(app.dir)]
     args += ["--host", listener.host, "--port", str(listener.port)]
     lines = [
         f"[program:{listener.group(app)}]",

@@ -39,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import PhaseError
+
 FILE = "faults.json"
 PAUSED = "faults.paused"
 
@@ -127,8 +129,6 @@ def point(run: Path, at: str, when: str = "start", number: int | None = None) ->
             return
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "fail":
-        from .errors import PhaseError
-
         raise PhaseError(f"injected failure at {at} {when}")
     elif action == "raise":
         raise Injected(f"injected exception at {at} {when}")
