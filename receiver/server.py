@@ -11,7 +11,7 @@ Endpoints (all under /v1/apps/<app>/, all signed with that app's cluster secret)
     POST abort           discard a prepared release that never went live
 
 Answers stream ``L`` lines (the phases' progress), ``H`` keep-alives and one
-signed ``R`` result line. The phases are the primary's own (deploy.PHASES), run
+signed ``R`` result line. The phases are the primary's own (deploy.PEER_PREPARE, PEER_SWITCH), run
 under the app's deploy lock. Refusals are logged to stderr with the reason.
 
 Before a request is authenticated it costs little: at most ``max_connections``
@@ -41,15 +41,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shipyard import __version__, lock, peers, release, supervise
+from shipyard import __version__, deploy, lock, peers, release, supervise
 from shipyard.app import App, check_release_id, default_root
 from shipyard.config import load_host_config, parse_address, read_secret
 from shipyard.context import Deploy
-from shipyard.deploy import discard, load_release, load_undo, named
 from shipyard.engine import attempt, revert
 from shipyard.errors import RootRefused, ShipyardError
 from shipyard.guard import check_not_root
 from shipyard.options import parse_options
+from shipyard.release_phases import discard, load_release, load_undo
 from shipyard.report import Reporter
 
 from . import auth, objects, tls
@@ -399,7 +399,7 @@ class Handler(BaseHTTPRequestHandler):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
             if not objects.has(app.repo, d.sha):
                 return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
-            failure = attempt(d, named(peers.PREPARE))
+            failure = attempt(d, deploy.peer_prepare(d))
             if failure:
                 return {"ok": False, "error": str(failure)}
             if not d.reused:
@@ -427,7 +427,7 @@ class Handler(BaseHTTPRequestHandler):
             d.committed = False  # until every host has verified, it may be sent back
             load_release(d)
             previous = app.live_release()
-            failure = attempt(d, named(peers.ON_PEER_SWITCH))
+            failure = attempt(d, deploy.PEER_SWITCH)
             if failure:  # undone here; "switched" says where its undo left it
                 return {
                     "ok": False,
@@ -463,7 +463,7 @@ class Handler(BaseHTTPRequestHandler):
                         "live": rid,
                         "error": f"cannot go back: release {d.previous} is not on this host",
                     }
-                revert(d, named(("switch", "restart")))
+                revert(d, deploy.PEER_REVERT)
                 back = release.Manifest.load(app.release_dir(d.previous)) if d.previous else None
                 if back:
                     objects.set_ref(app.repo, f"refs/heads/{host.branch}", back.sha)

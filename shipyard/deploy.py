@@ -1,206 +1,101 @@
-"""The deploy's plans: short lists of named phases, each with one job and, where it changes
-what is live, an undo; and the phases of the release itself (checkout, link, venv, build,
-switch, finish).
-
-    checkout → link → venv → data → build → prepare-peers → migrate → release → data-check
-             → switch → restart → verify → post-migrate → finish
-
-(with peers, switch → restart → verify run on every host as one ``rollout``: peers.py)
+"""The deploy's plans, declared (Capistrano's framework.rake): every flow a deploy runs, on
+one host or many, forward or back, as a list of named phases with their undos.
 
 Phases run in order (engine.py); when one fails, the undos of those that ran are
 called in reverse, the branch is set back to the live commit so a plain re-push
 retries, and the last line says what failed and what is still live. A phase that
 runs once the new release is live and verified (post-migrate) is not fatal: its
 failure is reported and recorded, and the new release stays.
+
+The phases themselves live with their nouns: the release's in release_phases.py,
+the others in migrate, data, supervise, peers and proxy.
 """
 
 from __future__ import annotations
 
-import time
-
-from . import build, command, cron, data, migrate, peers, proxy, release, supervise, venv
-from .config import load_app_config, load_procfile
+from . import data, migrate, peers, proxy, supervise
+from . import release_phases as rp
 from .context import Deploy, Phase
-from .errors import PhaseError
-from .report import Masker, Skip
 
-# --- the phases -------------------------------------------------------------
+# --- the phases ---------------------------------------------------------------
 
+CHECKOUT = Phase("checkout", rp.checkout, rp.discard)
+LINK = Phase("link", rp.link)
+VENV = Phase("venv", rp.build_venv)
+DATA = Phase("data", data.link)
+BUILD = Phase("build", rp.build_steps)
+PREPARE_PEERS = Phase("prepare-peers", peers.prepare, peers.abort)
+MIGRATE = Phase("migrate", migrate.apply)
+RELEASE = Phase("release", supervise.release_command)
+DATA_CHECK = Phase("data-check", data.check)
+SWITCH = Phase("switch", rp.switch, rp.switch_back)
+RESTART = Phase("restart", supervise.restart, supervise.restart_previous)
+VERIFY = Phase("verify", supervise.verify)
+POST_MIGRATE = Phase("post-migrate", migrate.post_apply, fatal=False)
+FINISH = Phase("finish", rp.finish)
 
-def checkout(d: Deploy) -> str:
-    if d.kind == "rollback":  # a rollback names its release; it must still be there and good
-        problem = release.unusable(d.app, d.release_id)
-        if problem:
-            raise PhaseError(problem, f"see `shipyard releases {d.app.name}`")
-        kept = d.release_id
-    elif d.release_id:  # a peer builds the release id its primary chose (peers.py)
-        m = release.Manifest.load(d.release) if d.release.is_dir() else None
-        kept = d.release_id if m and m.sha == d.sha and m.state in release.GOOD_STATES else None
-    else:
-        kept = release.find_good(d.app, d.sha)
-    if kept:
-        d.release_id, d.reused = kept, True
-        d.manifest = release.Manifest.load(d.release)
-        d.venv_key = d.manifest.venv if d.manifest else None
-    else:
-        d.release_id = d.release_id or release.new_release_id(d.sha)
-        if d.release.exists() and d.release_id != d.app.live_release():
-            # a half-made release of this id, e.g. by a deploy of this commit killed this second
-            release.remove(d.app, d.release_id)
-        release.checkout(d.app, d.sha, d.release_id)
-        d.manifest = release.Manifest(
-            sha=d.sha,
-            ref=d.ref,
-            release=d.release_id,
-            deploy=d.number,
-            pusher=d.pusher,
-            created=time.time(),
-            tag=d.tag,
-        )
-        d.manifest.save(d.release)
-    d.config = load_app_config(d.release)
-    d.procfile = load_procfile(d.release)
-    d.env = release.shared_env(d.app)
-    d.out.mask = d.out.mask.__class__(d.env)
-    if d.reused:
-        return f"reused releases/{d.release_id} (already built)"
-    return f"{release.count_files(d.release)} files → releases/{d.release_id}"
+# a rollback makes a kept release live as it is: no checkout, build or migration
+KEPT = Phase("checkout", rp.checkout_kept)
+NO_MIGRATE = Phase("migrate", migrate.none_on_rollback)
+RELEASE_IF_ASKED = Phase("release", supervise.release_command_on_rollback)
+NO_POST_MIGRATE = Phase("post-migrate", migrate.post_none_on_rollback, fatal=False)
 
+# many hosts: checkout also starts the peers' prepare; switch → restart → verify run on
+# every host as one rollout (this host's part is ROLLOUT_HERE)
+ROLLOUT_HERE = [SWITCH, RESTART, VERIFY]
+CHECKOUT_WITH_PEERS = peers.with_peers(CHECKOUT)
+KEPT_WITH_PEERS = peers.with_peers(KEPT)
+ROLLOUT = Phase("rollout", lambda d: peers.rollout(d, ROLLOUT_HERE), peers.rollback)
 
-def discard(d: Deploy) -> None:
-    if d.release_id and not d.reused:
-        release.remove(d.app, d.release_id)
+# --- the plans ----------------------------------------------------------------
 
+# a push (and `shipyard deploy`) on one host
+PUSH = [
+    CHECKOUT, LINK, VENV, DATA, BUILD, PREPARE_PEERS, MIGRATE, RELEASE, DATA_CHECK,
+    SWITCH, RESTART, VERIFY, POST_MIGRATE, FINISH,
+]  # fmt: skip
+# a push on the primary of many hosts
+PUSH_MANY = [
+    CHECKOUT_WITH_PEERS, LINK, VENV, DATA, BUILD, PREPARE_PEERS, MIGRATE, RELEASE, DATA_CHECK,
+    ROLLOUT, POST_MIGRATE, FINISH,
+]  # fmt: skip
+# `shipyard rollback` on one host, and on the primary of many
+ROLLBACK = [KEPT, PREPARE_PEERS, NO_MIGRATE, RELEASE_IF_ASKED, SWITCH, RESTART, VERIFY,
+            NO_POST_MIGRATE, FINISH]  # fmt: skip
+ROLLBACK_MANY = [KEPT_WITH_PEERS, PREPARE_PEERS, NO_MIGRATE, RELEASE_IF_ASKED, ROLLOUT,
+                 NO_POST_MIGRATE, FINISH]  # fmt: skip
 
-def link(d: Deploy) -> str:
-    if d.reused:
-        return Skip("reused release")
-    linked = release.link_shared(d.app, d.release, d.config.shared)
-    return ", ".join(linked) if linked else Skip("no shared paths present yet")
+# a peer, asked by its primary's receiver calls (receiver/server.py)
+PEER_PREPARE = [CHECKOUT, LINK, VENV, BUILD]  # POST /prepare
+PEER_PREPARE_KEPT = [KEPT]  # POST /prepare of a rollback: the release must be there, good
+PEER_SWITCH = [SWITCH, RESTART, VERIFY, FINISH]  # POST /switch
+PEER_REVERT = [SWITCH, RESTART]  # POST /revert: the undos, as the switch wrote them down
 
+# recovery (recover.py) of a deploy killed after its switch: where it picks up again,
+# by the phase its journal names, and the undos it owes from there
+RESUME = {
+    "switch": [RESTART, VERIFY, POST_MIGRATE, FINISH],
+    "restart": [RESTART, VERIFY, POST_MIGRATE, FINISH],
+    "verify": [RESTART, VERIFY, POST_MIGRATE, FINISH],  # the handover's pids are not kept
+    "maintenance-off": [POST_MIGRATE, FINISH],  # verified; the page goes off (recover.py)
+    "post-migrate": [POST_MIGRATE, FINISH],
+    "finish": [FINISH],
+}
+RESUME_ROLLBACK = {
+    "switch": [RESTART, VERIFY, NO_POST_MIGRATE, FINISH],
+    "restart": [RESTART, VERIFY, NO_POST_MIGRATE, FINISH],
+    "verify": [RESTART, VERIFY, NO_POST_MIGRATE, FINISH],
+    "maintenance-off": [NO_POST_MIGRATE, FINISH],
+    "post-migrate": [NO_POST_MIGRATE, FINISH],
+    "finish": [FINISH],
+}
+RESUMED_UNDO = [CHECKOUT, SWITCH]  # what ran before the resume point; RESTART too once it ran
+GO_BACK = [CHECKOUT, SWITCH, RESTART]  # a primary killed in its rollout: this host's undos
+# where a deploy interrupted before its switch was (``start``: still waiting for the lock)
+BEFORE_SWITCH = ("start", "checkout", "link", "venv", "data", "build", "prepare-peers",
+                 "maintenance", "migrate", "release", "data-check")  # fmt: skip
 
-def build_venv(d: Deploy) -> str:
-    if d.reused:
-        return Skip(f"reused {(d.venv_key or '?')[:6]} (release already built)")
-    the_plan = venv.plan(d.release, d.config, d.host.installer)
-    d.venv_key, reused = venv.ensure(d.app, d.release, the_plan)
-    d.manifest.venv = d.venv_key
-    d.manifest.save(d.release)
-    if reused:
-        return f"reused {d.venv_key[:6]} (requirements unchanged)"
-    note = venv.carried() if the_plan.installer == "uv" else ""
-    note = f" ({note})" if note else ""
-    return (
-        f"built {d.venv_key[:6]} with {the_plan.installer} from {the_plan.requirements.name}{note}"
-    )
-
-
-def build_steps(d: Deploy) -> str:
-    if d.reused:
-        return Skip("reused release")
-    if not d.config.build:
-        return Skip("no build steps")
-    live = d.app.live_release()
-    before = release.Manifest.load(d.app.release_dir(live)) if live else None
-    ran, reused = 0, 0
-    d.manifest.builds = {}
-    for step in d.config.build:
-        key = build.input_key(step, d.release, d.venv_key) if step.cacheable else None
-        if (
-            key
-            and before
-            and (before.builds or {}).get(step.run) == key
-            and build.reuse_outputs(step, d.app.release_dir(live), d.release)
-        ):
-            reused += 1
-        else:
-            command.run_in_release(d, step.run, f"build step `{step.run}`")
-            ran += 1
-        if key:
-            d.manifest.builds[step.run] = key
-    d.manifest.save(d.release)
-    return f"{ran} ran" + (f", {reused} reused (inputs unchanged)" if reused else "")
-
-
-def switch(d: Deploy) -> str:
-    # what going back needs, written before current moves: whoever undoes this switch (this
-    # process, a receiver asked to revert, a recovery) reads it from the release's manifest
-    if d.manifest is not None:
-        d.manifest.undo = {"deploy": d.number, "previous": d.app.live_release()}
-        d.manifest.save(d.release)
-    d.previous = release.switch(d.app, d.release_id)
-    d.switched_at = time.time()
-    return f"current → {d.release_id}{cron.apply(d, d.release_id)}"
-
-
-def load_release(d: Deploy) -> None:
-    """Fill in what checkout would have for a release already on disk (d.release_id set)."""
-    d.manifest = release.Manifest.load(d.release)
-    d.venv_key = d.manifest.venv if d.manifest else None
-    d.config = load_app_config(d.release)
-    d.procfile = load_procfile(d.release)
-    d.env = release.shared_env(d.app)
-    d.out.mask = Masker(d.env)
-
-
-def load_undo(d: Deploy) -> None:
-    """Fill in the release (as ``load_release``) and take over what the switch and restart
-    that made ``d.release_id`` live wrote down for their undo (``switch_back``,
-    ``restart_previous``), in another process than theirs."""
-    load_release(d)
-    undo = (d.manifest.undo if d.manifest else None) or {}
-    if "previous" in undo:
-        d.previous = undo["previous"]
-    supervise.load_undo(d, undo)
-
-
-def switch_back(d: Deploy) -> None:
-    if d.previous:
-        release.switch(d.app, d.previous)
-    elif d.app.current.is_symlink():
-        d.app.current.unlink()
-    cron.apply(d, d.previous)  # the jobs of what is live again
-
-
-def finish(d: Deploy) -> str:
-    d.manifest.state = "good"
-    d.manifest.live_at = time.time()
-    if d.manifest.migrations is None and not d.reused and d.migrations_known:
-        d.manifest.migrations = list(d.migrations)  # None stays: unknown
-    d.manifest.save(d.release)
-    keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
-    # a peer keeps the release it would go back to until the cluster has committed
-    protect = {d.previous} if d.previous and not d.committed else set()
-    removed = release.prune(d.app, keep, protect)
-    used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
-    venv.prune(d.app, used)
-    return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
-
-
-# --- the plans --------------------------------------------------------------
-
-
-PHASES = [
-    Phase("checkout", checkout, discard),
-    Phase("link", link),
-    Phase("venv", build_venv),
-    Phase("data", data.link),
-    Phase("build", build_steps),
-    Phase("prepare-peers", peers.prepare, peers.abort),
-    Phase("migrate", migrate.apply),
-    Phase("release", supervise.release_command),
-    Phase("data-check", data.check),
-    Phase("switch", switch, switch_back),
-    Phase("restart", supervise.restart, supervise.restart_previous),
-    Phase("verify", supervise.verify),
-    Phase("post-migrate", migrate.post_apply, fatal=False),
-    Phase("finish", finish),
-]
-
-
-def named(names: tuple[str, ...]) -> list[Phase]:
-    """The named phases of ``PHASES``, in that order (a receiver's prepare and switch)."""
-    return [next(p for p in PHASES if p.name == n) for n in names]
+PHASES = PUSH  # the name bench/ and older tools read the phase order by
 
 
 def with_options(d: Deploy, phases: list[Phase]) -> list[Phase]:
@@ -219,6 +114,20 @@ def with_options(d: Deploy, phases: list[Phase]) -> list[Phase]:
 
 
 def plan(d: Deploy) -> list[Phase]:
-    """The plan of deploy ``d``: with peers, switch/restart/verify become one ``rollout``;
-    with ``-o maintenance``, the page around the migrations."""
-    return with_options(d, peers.phases(d, PHASES))
+    """The plan of deploy ``d``: a push or a rollback, on one host or many, with its options."""
+    many = bool(peers.active_peers(d.host))
+    if d.kind == "rollback":
+        return with_options(d, ROLLBACK_MANY if many else ROLLBACK)
+    return with_options(d, PUSH_MANY if many else PUSH)
+
+
+def peer_prepare(d: Deploy) -> list[Phase]:
+    """What a peer runs for its primary's prepare."""
+    return PEER_PREPARE_KEPT if d.kind == "rollback" else PEER_PREPARE
+
+
+def resume(d: Deploy, phase: str) -> list[Phase]:
+    """What a recovery runs of a deploy whose journal says it was at ``phase`` (after its
+    switch)."""
+    resumed = RESUME_ROLLBACK if d.kind == "rollback" else RESUME
+    return with_options(d, resumed[phase])

@@ -841,8 +841,6 @@ def migrate_run(
 
 def apply(d: Deploy) -> str:
     """The migrate phase: before the switch, so a failure leaves the old release serving."""
-    if d.kind == "rollback":  # its migrations are applied already; newer ones are never reversed
-        return Skip("a rollback runs no migrations")
     if "skip-migrate" in d.options:
         d.out.warn("migrations skipped (-o skip-migrate): pending ones, if any, were not applied")
         return Skip("skipped by -o skip-migrate")
@@ -886,13 +884,25 @@ def apply(d: Deploy) -> str:
     return f"{len(applied)} applied: {', '.join(applied)}{lock_note}"
 
 
+def none_on_rollback(d: Deploy) -> str:
+    """A rollback's migrate phase: the older release's migrations are applied already, and
+    newer ones are never reversed."""
+    return Skip("a rollback runs no migrations")
+
+
+def post_none_on_rollback(d: Deploy) -> str:
+    """A rollback's post-migrate phase: says what it did not run."""
+    command = d.config.post_migrate
+    if not command:
+        return Skip("no post_migrate in shipyard.toml")
+    return Skip(f"a rollback runs no migrations: `{command}` did not run")
+
+
 def post_apply(d: Deploy) -> str:
     """The post-migrate phase: ``post_migrate`` once the new release is live and verified."""
     command = d.config.post_migrate
     if not command:
         return Skip("no post_migrate in shipyard.toml")
-    if d.kind == "rollback":
-        return Skip(f"a rollback runs no migrations: `{command}` did not run")
     if "skip-migrate" in d.options:
         d.out.warn(f"post-migrate skipped (-o skip-migrate): `{command}` did not run")
         return Skip("skipped by -o skip-migrate")

@@ -3,7 +3,7 @@
     … build → prepare-peers → migrate → rollout (switch → restart → verify on every host) → finish
 
 ``prepare-peers`` sends each peer the objects it lacks and has it run the same
-checkout/link/venv/build phases the primary ran (deploy.PHASES, run by its
+checkout/link/venv/build phases the primary ran (deploy.PEER_PREPARE, run by its
 receiver); if any peer fails, every prepared release is discarded and nothing
 has switched. ``rollout`` then runs the switch, restart and verify phases on
 every host, all at once or in batches of ``rolling`` hosts; when a host fails,
@@ -31,11 +31,6 @@ from .context import Deploy, Phase
 from .engine import attempt, revert
 from .errors import PhaseError, ShipyardError
 from .report import Reporter, Skip
-
-PREPARE = ("checkout", "link", "venv", "build")
-ROLLOUT = ("switch", "restart", "verify")
-ON_PEER_SWITCH = (*ROLLOUT, "finish")
-
 
 # --- the primary's own lines, tagged like a peer's --------------------------
 
@@ -421,19 +416,6 @@ def go_back(app: App, host: HostConfig, rid: str, noted: list[dict], out: Report
     states = [PeerState.from_note(n, app, secret, host) for n in noted]
     parallel(lambda p: revert_peer(app, p, rid, p.live_before, out), states)
     return [p.label for p in states if p.error_reverting]
-
-
-def phases(d: Deploy, all_phases: list[Phase]) -> list[Phase]:
-    """The deploy's phases: with peers, checkout also starts the peers' prepare (which
-    ``prepare-peers`` waits for), and switch/restart/verify become one ``rollout``."""
-    if not active_peers(d.host):
-        return all_phases
-    names = [p.name for p in all_phases]
-    first = names.index(ROLLOUT[0])
-    local = [p for p in all_phases if p.name in ROLLOUT]
-    rest = [p for p in all_phases[first:] if p.name not in ROLLOUT]
-    before = [with_peers(p) if p.name == "checkout" else p for p in all_phases[:first]]
-    return [*before, Phase("rollout", lambda d: rollout(d, local), rollback), *rest]
 
 
 # --- status and sync (outside deploys) --------------------------------------

@@ -31,25 +31,13 @@ from pathlib import Path
 
 from . import deploy, engine, history, lock, peers, proxy
 from . import programs as prov
+from . import release_phases as rp
 from .app import App
 from .config import HostConfig, load_app_config, load_procfile
 from .context import Deploy
 from .errors import LockTimeout, ShipyardError
 from .lock import owner_alive
 from .report import Reporter
-
-_NAMES = [p.name for p in deploy.PHASES]
-# where a deploy interrupted before its switch was (``start``: still waiting for the lock)
-BEFORE_SWITCH = ("start", *_NAMES[: _NAMES.index("switch")])
-# where a deploy interrupted after its switch picks up again
-RESUME_AT = {
-    "switch": "restart",
-    "restart": "restart",
-    "verify": "restart",  # which pids the handover saw is not kept: hand over again
-    "maintenance-off": "post-migrate",  # verified; the page goes off below (resume)
-    "post-migrate": "post-migrate",
-    "finish": "finish",
-}
 
 
 def boot_id() -> str:
@@ -190,7 +178,7 @@ def _resume(
         if not into_log:
             _log_line(app, number, f"shipyard ▸ interrupted at {phase}; {by}: every host went back")
         return outcome
-    if phase in RESUME_AT and rid and live == rid:
+    if phase in deploy.RESUME and rid and live == rid:
         out.line(f"  ↻ it had switched current to {rid}: completing it")
         ok = complete(app, host, held, out, by, stale)
         if not into_log:
@@ -218,7 +206,7 @@ def _resume(
     }
     history.record(app, entry)
     still = f"still live: {live}" if live else "nothing is live"
-    if rid and live == rid and phase not in BEFORE_SWITCH:
+    if rid and live == rid and phase not in deploy.BEFORE_SWITCH:
         # e.g. killed during a many-host `rollout`: the other hosts are not ours to finish
         out.line(
             f"  ↻ it had switched current to {rid} but cannot be completed here; "
@@ -260,9 +248,9 @@ def complete(
     phase = stale["phase"]
     d = from_note(app, host, out, by, stale)
     d.journal = held
-    done = [p for p in deploy.PHASES if p.name in ("checkout", "switch")]
+    done = list(deploy.RESUMED_UNDO)
     try:
-        deploy.load_undo(d)  # the processes that ran before, as restart wrote them down
+        rp.load_undo(d)  # the processes that ran before, as restart wrote them down
         if d.manifest is None:
             raise ShipyardError(f"release {d.release_id} has no readable manifest")
     except (ShipyardError, OSError) as exc:
@@ -271,12 +259,12 @@ def complete(
         return False
     if "before" not in d.processes:  # killed before restart wrote them (or an older note)
         d.processes["before"] = planned(app, host, d.previous)
-    resume_at = RESUME_AT[phase]
-    if resume_at == "restart":
+    plan = deploy.resume(d, phase)
+    if deploy.RESTART in plan:
         d.processes.pop("running", None)  # restart runs again, handing over from what runs
     else:  # restart ran: its undo is owed if what follows fails
-        done.append(next(p for p in deploy.PHASES if p.name == "restart"))
-    return engine.run(d, deploy.with_options(d, deploy.PHASES[_NAMES.index(resume_at) :]), done)
+        done.append(deploy.RESTART)
+    return engine.run(d, plan, done)
 
 
 def go_back(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> str:
@@ -287,10 +275,10 @@ def go_back(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> 
     if app.live_release() == rid:
         d.timings["rollout"] = 0.0
         with contextlib.suppress(ShipyardError, OSError):
-            deploy.load_undo(d)
-        engine.revert(d, deploy.named(("checkout", "switch", "restart")))
+            rp.load_undo(d)
+        engine.revert(d, deploy.GO_BACK)
     elif not d.reused:
-        deploy.discard(d)
+        rp.discard(d)
     lost = peers.go_back(app, host, rid, stale.get("peers") or [], out)
     engine.reset_branch(d)
     back = app.live_release()

@@ -944,11 +944,17 @@ def release_command(d: Deploy) -> str:
     command = d.procfile.get(prov.RELEASE_TYPE)
     if not command:
         return Skip("no release: command in Procfile")
-    if d.kind == "rollback" and "run-release" not in d.options:
-        return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
     output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)
     last = output.strip().splitlines()[-1:] if output.strip() else []
     return f"`{command}` ran" + (f": {last[0]}" if last else "")
+
+
+def release_command_on_rollback(d: Deploy) -> str:
+    """A rollback's release phase: ``release:`` runs only when asked (``--run-release``)."""
+    command = d.procfile.get(prov.RELEASE_TYPE)
+    if command and "run-release" not in d.options:
+        return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
+    return release_command(d)
 
 
 # --- `shipyard processes` -------------------------------------------------------

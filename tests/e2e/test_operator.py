@@ -453,11 +453,12 @@ from pathlib import Path
 from shipyard import context, deploy, operate
 from shipyard.app import App
 
-real = deploy.switch
+real = deploy.SWITCH.run
 def switch_then_die(d):
     real(d)
     os.kill(os.getpid(), signal.SIGKILL)
-deploy.PHASES[5] = context.Phase("switch", switch_then_die)
+at = deploy.PUSH.index(deploy.SWITCH)
+deploy.PUSH[at] = context.Phase("switch", switch_then_die, deploy.SWITCH.undo)
 app = App.at("mysite", Path(sys.argv[1]))
 sha, tag = operate.resolve(app, "staging")
 operate.run_foreground(app, sha, tag, "deploy", {})
