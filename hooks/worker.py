@@ -129,17 +129,16 @@ def run_deploy(
     options = parse_options(raw_options)
     host = load_host_config(app.config_file)
     out = Reporter(sys.stdout, wants_color(options, dict(os.environ)), heartbeat=host.heartbeat)
-    d = Deploy(
-        app=app,
-        host=host,
-        number=number,
-        sha=sha,
-        ref=ref,
-        out=out,
+    d = Deploy.for_push(
+        app,
+        host,
+        number,
+        sha,
+        ref,
+        out,
         pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
         tag=pushed_tag(app, sha),
         options=options,
-        kind="push",
         notes=older_release_notes(app, sha),
     )
     return 0 if execute(d) else 1

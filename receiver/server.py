@@ -364,19 +364,18 @@ class Handler(BaseHTTPRequestHandler):
         kind = str(data.get("kind") or "push")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-        return Deploy(
-            app=app,
-            host=host,
-            number=number,
+        return Deploy.for_request(
+            app,
+            host,
+            Reporter(stream, color=False),
             sha=sha,
             ref=ref,
-            out=Reporter(stream, color=False),
+            number=number,
+            release_id=check_release_id(str(data.get("release", ""))),
             pusher=str(data.get("pusher") or "unknown")[:100],
             tag=str(data["tag"])[:200] if data.get("tag") else None,
             options=options,
             kind=kind,
-            release_id=check_release_id(str(data.get("release", ""))),
-            peer=True,
         )
 
     @contextlib.contextmanager

@@ -1,22 +1,35 @@
-"""The deploy's context: what one deploy knows (``Deploy``) and one step of its plan (``Phase``).
+"""The deploy's context: what one deploy knows (``Deploy``), made by one factory per way a
+deploy starts (a push, a rollback, a recovery's journal note, a receiver's request, the
+live release); the handover's state (``ProcessState``); one step of a plan (``Phase``).
 
 The lowest layer of the deploy: every phase module (migrate, data, supervise, peers, …),
 the engine that runs phases (engine.py) and the plans (deploy.py) import it, and it
-imports none of them.
+imports none of them (the cluster's type is a noun of its own, cluster.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .app import App
+from .cluster import Cluster
 from .config import AppConfig, HostConfig
 from .lock import Held
+from .programs import Program
 from .release import Manifest
 from .report import Reporter
+
+
+@dataclass
+class ProcessState:
+    """The handover of a deploy's processes, as restart leaves it for verify and its undo."""
+
+    before: list[Program] | None = None  # what ran before (restart_previous hands back to it)
+    running: list[Program] | None = None  # what the handover started; None: nothing to undo
+    pids: dict[str, int] = field(default_factory=dict)  # namespec → pid right after it
 
 
 @dataclass
@@ -46,14 +59,109 @@ class Deploy:
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: Manifest | None = None
-    processes: dict = field(default_factory=dict)  # supervise: what ran before, what runs now
-    cluster: Any = None  # peers.Cluster while peers are prepared and switched
+    processes: ProcessState = field(default_factory=ProcessState)
+    cluster: Cluster | None = None  # while peers are prepared and switched (peers.py)
     switched_at: float | None = None  # wall clock when `current` moved (switch skew)
     journal: Held | None = None  # the deploy lock's note: how far this deploy got
     recovery: dict | None = None  # set when this run completes an interrupted deploy
     maintenance_was_on: bool = False  # `-o maintenance` found the page on: leave it on
     committed: bool = True  # False on a peer: the other hosts may still send it back
     peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
+
+    @classmethod
+    def for_push(
+        cls,
+        app: App,
+        host: HostConfig,
+        number: int,
+        sha: str,
+        ref: str,
+        out: Reporter,
+        *,
+        pusher: str,
+        tag: str | None,
+        options: dict[str, str],
+        kind: str = "push",
+        notes: list[str] | None = None,
+    ) -> Deploy:
+        """A push (the post-receive worker) or ``shipyard deploy`` (kind ``deploy``) of
+        ``sha`` to ``ref``."""
+        return cls(app, host, number, sha, ref, out, pusher, tag, options, kind, notes=notes or [])
+
+    @classmethod
+    def for_rollback(
+        cls,
+        app: App,
+        host: HostConfig,
+        number: int,
+        release_id: str,
+        kept: Manifest,
+        out: Reporter,
+        *,
+        pusher: str,
+        options: dict[str, str],
+        notes: list[str] | None = None,
+    ) -> Deploy:
+        """``shipyard rollback``: the kept release ``release_id`` (``kept`` its manifest) made
+        live again, as it is."""
+        ref = f"refs/heads/{host.branch}"
+        d = cls.for_push(
+            app, host, number, kept.sha, ref, out, pusher=pusher, tag=kept.tag, options=options,
+            kind="rollback", notes=notes,
+        )  # fmt: skip
+        d.release_id = release_id
+        return d
+
+    @classmethod
+    def from_note(cls, app: App, host: HostConfig, out: Reporter, note: dict, by: str) -> Deploy:
+        """The interrupted deploy a journal note (the deploy lock's) describes, for recovery."""
+        d = cls(
+            app,
+            host,
+            note["deploy"],
+            note["sha"],
+            note.get("ref") or f"refs/heads/{host.branch}",
+            out,
+            note.get("pusher") or "unknown",
+            note.get("tag"),
+            note.get("options") or {},
+            note.get("kind") or "push",
+            note["release"],
+        )
+        d.reused = bool(note.get("reused"))
+        d.previous = note.get("previous")
+        d.recovery = {"by": by, "phase": note.get("phase"), "at": time.time()}
+        return d
+
+    @classmethod
+    def for_request(
+        cls,
+        app: App,
+        host: HostConfig,
+        out: Reporter,
+        *,
+        sha: str,
+        ref: str,
+        number: int,
+        release_id: str,
+        pusher: str,
+        tag: str | None,
+        options: dict[str, str],
+        kind: str,
+    ) -> Deploy:
+        """A peer's part of its primary's deploy (receiver/server.py checks the request)."""
+        return cls(
+            app, host, number, sha, ref, out, pusher, tag, options, kind, release_id, peer=True
+        )
+
+    @classmethod
+    def of_live(cls, app: App, host: HostConfig, out: Reporter, release_id: str) -> Deploy:
+        """A deploy-shaped view of a release already live (restart, config, scale, sync):
+        its identity from its manifest when it has one."""
+        m = Manifest.load(app.release_dir(release_id))
+        if m is None:
+            return cls(app, host, 0, "", "", out, release_id=release_id)
+        return cls(app, host, m.deploy, m.sha, m.ref, out, m.pusher, m.tag, release_id=release_id)
 
     @property
     def release(self) -> Path:

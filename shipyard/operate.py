@@ -322,20 +322,18 @@ def run_foreground(
     number = history.claim_number(app)
     with history.open_log(app, number) as log:
         color = wants_color(options, dict(os.environ)) and term.isatty()
-        d = Deploy(
-            app=app,
-            host=host,
-            number=number,
-            sha=sha,
-            ref=ref,
-            out=Reporter(Tee(log, term), color=color, heartbeat=host.heartbeat),
-            pusher=pusher(),
-            tag=tag,
-            options=options,
-            kind=kind,
-            release_id=release_id,
-            notes=notes or [],
-        )
+        out = Reporter(Tee(log, term), color=color, heartbeat=host.heartbeat)
+        if kind == "rollback":
+            kept = release.Manifest.load(app.release_dir(release_id))
+            d = Deploy.for_rollback(
+                app, host, number, release_id, kept, out, pusher=pusher(), options=options,
+                notes=notes,
+            )  # fmt: skip
+        else:
+            d = Deploy.for_push(
+                app, host, number, sha, ref, out, pusher=pusher(), tag=tag, options=options,
+                kind=kind, notes=notes,
+            )  # fmt: skip
         with stoppable():
             try:
                 move_branch(app, ref, sha, f"shipyard {kind} #{number} by {d.pusher}")

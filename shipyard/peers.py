@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from shipyard.receiver import objects
 from shipyard.receiver.client import Peer, PeerError
 
 from . import fault_injection, lock, release, supervise
 from .app import App
+from .cluster import Cluster, PeerState, active_peers, local_name
 from .config import HostConfig, load_host_config, read_secret
 from .context import Deploy, Phase
 from .engine import attempt, revert
@@ -47,92 +46,6 @@ class Prefixed(io.TextIOBase):
             line, self.buf = self.buf.split("\n", 1)
             self.target.relay(f"  [{self.label}] {line.strip()}")  # made safe by its reporter
         return len(text)
-
-
-# --- the cluster as the primary sees it -------------------------------------
-
-
-def local_name(host: HostConfig) -> str:
-    return host.name or socket.gethostname()
-
-
-def active_peers(host: HostConfig) -> list[str]:
-    return [p for p in host.peers if p not in host.drained]
-
-
-@dataclass
-class PeerState:
-    """One peer during one deploy."""
-
-    client: object
-    address: str
-    name: str = ""
-    live_before: str | None = None
-    prepared: bool = False
-    reused: bool = False
-    switched: bool | None = False  # None: unknown (the answer to switch was lost)
-    switched_at: float | None = None
-    previous: str | None = None
-    error: str | None = None
-    objects: int = 0
-    bytes_sent: int = 0
-    aborted: bool = False
-    error_reverting: str | None = None
-    task: threading.Thread | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.address
-
-    def note(self) -> dict:
-        """What the journal keeps of it: enough to send it back after the primary died."""
-        return {
-            "address": self.address,
-            "name": self.name,
-            "live_before": self.live_before,
-            "reused": self.reused,
-        }
-
-    @classmethod
-    def from_note(cls, note: dict, app: App, secret: bytes | None, host: HostConfig) -> PeerState:
-        address = str(note.get("address"))
-        pin = host.peer_tls.get(address)
-        return cls(
-            Peer(address, app.name, secret or b"", host.peer_timeout, pin),
-            address,
-            name=str(note.get("name") or ""),
-            live_before=note.get("live_before"),
-            reused=bool(note.get("reused")),
-        )
-
-
-@dataclass
-class Cluster:
-    peers: list[PeerState]
-    drained: list[str]
-    local_done: list = field(default_factory=list)
-    skew: float = 0.0
-    packs: dict = field(default_factory=dict)
-    packing: threading.Lock = field(default_factory=threading.Lock)
-    error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
-    cancelled: bool = False
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    @classmethod
-    def load(cls, app: App, host: HostConfig) -> Cluster:
-        active = active_peers(host)
-        secret = read_secret(host, app.config_file) if active else None
-        if active and not secret:
-            raise PhaseError(
-                f"{app.config_file} lists peers but no cluster secret",
-                "set secret_file (a file only the deploy user can read) on every host; "
-                "see docs/hosts.md",
-            )
-        peers = [
-            PeerState(Peer(a, app.name, secret, host.peer_timeout, host.peer_tls.get(a)), a)
-            for a in active
-        ]
-        return cls(peers, [p for p in host.drained if p in host.peers])
 
 
 def parallel(fn, items: list) -> list:
@@ -491,8 +404,7 @@ def sync(app: App, out: Reporter) -> bool:
         if not live:
             out.final("nothing is live on this host yet: push first", good=False)
             return False
-        m = release.Manifest.load(app.release_dir(live))
-        d = Deploy(app, host, m.deploy, m.sha, m.ref, out, m.pusher, m.tag, release_id=live)
+        d = Deploy.of_live(app, host, out, live)
         d.cluster = cluster = Cluster.load(app, host)
         cluster.ready.set()
         for address in cluster.drained:

@@ -221,23 +221,8 @@ def _resume(
 
 def from_note(app: App, host: HostConfig, out: Reporter, by: str, stale: dict) -> Deploy:
     """The interrupted deploy as its note describes it, to finish or undo it here."""
-    d = Deploy(
-        app=app,
-        host=host,
-        number=stale["deploy"],
-        sha=stale["sha"],
-        ref=stale.get("ref") or f"refs/heads/{host.branch}",
-        out=out,
-        pusher=stale.get("pusher") or "unknown",
-        tag=stale.get("tag"),
-        options=stale.get("options") or {},
-        kind=stale.get("kind") or "push",
-        release_id=stale["release"],
-    )
-    d.reused = bool(stale.get("reused"))
-    d.previous = stale.get("previous")
+    d = Deploy.from_note(app, host, out, stale, by)
     d.maintenance_was_on = not proxy.turned_on_by(stale)  # `-o maintenance` found it on
-    d.recovery = {"by": by, "phase": stale.get("phase"), "at": time.time()}
     return d
 
 
@@ -257,11 +242,11 @@ def complete(
         d.timings["switch"] = 0.0
         engine.fail(d, engine.undo(d, done[-1], done, exc))
         return False
-    if "before" not in d.processes:  # killed before restart wrote them (or an older note)
-        d.processes["before"] = planned(app, host, d.previous)
+    if d.processes.before is None:  # killed before restart wrote them (or an older note)
+        d.processes.before = planned(app, host, d.previous)
     plan = deploy.resume(d, phase)
     if deploy.RESTART in plan:
-        d.processes.pop("running", None)  # restart runs again, handing over from what runs
+        d.processes.running = None  # restart runs again, handing over from what runs
     else:  # restart ran: its undo is owed if what follows fails
         done.append(deploy.RESTART)
     return engine.run(d, plan, done)

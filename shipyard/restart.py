@@ -24,7 +24,7 @@ def live_deploy(app: App, host: HostConfig, out: Reporter) -> Deploy:
     rid = app.live_release()
     if rid is None:
         raise AppError(f"nothing is live in {app.name} yet", "push first: git push production main")
-    d = Deploy(app=app, host=host, number=0, sha="", ref="", out=out, release_id=rid)
+    d = Deploy.of_live(app, host, out, rid)
     d.config = load_app_config(d.release)
     d.procfile = load_procfile(d.release)
     return d
@@ -52,12 +52,12 @@ def handover(
     if not wanted and not before:
         return Skip("no Procfile processes")
     sv.ensure()
-    d.processes["before"] = before
-    d.processes["running"] = before  # what restart_previous puts back if this fails
+    d.processes.before = before
+    d.processes.running = before  # what restart_previous puts back if this fails
     try:
         running, summary = supervise.converge(sv, wanted, restart_same=restart)
-        d.processes["running"] = running
-        d.processes["pids"] = supervise._pids(sv, running)
+        d.processes.running = running
+        d.processes.pids = supervise._pids(sv, running)
         checked = supervise.verify(d)
     except ShipyardError as exc:
         try:

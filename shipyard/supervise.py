@@ -786,7 +786,7 @@ def wanted_programs(d: Deploy) -> dict[str, Program]:
 
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:
-    return {p.type: replace(p, color=None) for p in d.processes.get("before", [])}
+    return {p.type: replace(p, color=None) for p in d.processes.before or []}
 
 
 def _pids(sv: Supervisor, programs: list[Program]) -> dict[str, int]:
@@ -804,10 +804,11 @@ def restart(d: Deploy) -> str:
     if "no-restart" in d.options:
         return Skip("-o no-restart: processes left as they were")
     how = sv.ensure()
-    d.processes.setdefault("before", before)  # a recovery presets the previous release's
+    if d.processes.before is None:  # a recovery presets the previous release's
+        d.processes.before = before
     if d.manifest is not None:  # the undo's half of the journal: see deploy.load_undo
         undo = d.manifest.undo or {}
-        d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes["before"]]}
+        d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes.before]}
         d.manifest.save(d.release)
     try:
         running, summary = converge(sv, wanted)
@@ -820,8 +821,8 @@ def restart(d: Deploy) -> str:
             what = "the previous release kept serving" if before else "nothing was running"
             exc.hint = f"{what}; {exc.hint}" if exc.hint else what
         raise
-    d.processes["running"] = running
-    d.processes["pids"] = _pids(sv, running)
+    d.processes.running = running
+    d.processes.pids = _pids(sv, running)
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
@@ -830,19 +831,19 @@ def restart(d: Deploy) -> str:
 def load_undo(d: Deploy, undo: dict) -> None:
     """The processes restart handed over, as its manifest note says (another process's undo)."""
     if "processes" in undo:
-        d.processes["before"] = [Program.from_dict(p) for p in undo["processes"]]
-        d.processes["running"] = Supervisor(d.app, d.host).load_state()  # what runs now
+        d.processes.before = [Program.from_dict(p) for p in undo["processes"]]
+        d.processes.running = Supervisor(d.app, d.host).load_state()  # what runs now
 
 
 def restart_previous(d: Deploy) -> None:
     """Undo of restart: hand the processes back to the release that ran before."""
-    if "running" not in d.processes:
+    if d.processes.running is None:
         return
     started = time.monotonic()
     sv = Supervisor(d.app, d.host)
     previous = _previous_programs(d)
     _, summary = converge(sv, previous, restart_same=False)
-    d.processes.pop("running", None)
+    d.processes.running = None
     release = next(iter(previous.values())).release if previous else None
     where = f"releases/{release}" if release else "nothing (no processes ran before)"
     done = ", ".join(summary) or "nothing to do"
@@ -851,7 +852,7 @@ def restart_previous(d: Deploy) -> None:
 
 def verify(d: Deploy) -> str:
     """The processes run the new release with its venv, and the public port answers."""
-    running: list[Program] = d.processes.get("running", [])
+    running: list[Program] = d.processes.running or []
     if not running:
         if "no-restart" in d.options and d.procfile:
             return Skip("-o no-restart: processes not checked")
@@ -869,7 +870,7 @@ def verify(d: Deploy) -> str:
             if info is None or info["state"] not in (STARTING, RUNNING):
                 state = info["statename"] if info else "missing"
                 raise Failed(f"{ns} is {state}, not RUNNING", output=tail(log, 0))
-            expected = d.processes.get("pids", {}).get(ns)
+            expected = d.processes.pids.get(ns)
             if expected and info["pid"] != expected:
                 raise Failed(
                     f"{ns} restarted since the handover (pid {expected} → {info['pid']})",

@@ -1,0 +1,101 @@
+"""The cluster as a primary sees it during one deploy: its peers (``PeerState``), the
+drained ones, the packs it sends, and the primary's own part of the rollout.
+
+A noun of its own, below the deploy's context (context.py types ``Deploy.cluster`` with
+it); peers.py drives it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from shipyard.receiver.client import Peer
+
+from .app import App
+from .config import HostConfig, read_secret
+from .errors import PhaseError, ShipyardError
+
+
+def local_name(host: HostConfig) -> str:
+    return host.name or socket.gethostname()
+
+
+def active_peers(host: HostConfig) -> list[str]:
+    return [p for p in host.peers if p not in host.drained]
+
+
+@dataclass
+class PeerState:
+    """One peer during one deploy."""
+
+    client: object
+    address: str
+    name: str = ""
+    live_before: str | None = None
+    prepared: bool = False
+    reused: bool = False
+    switched: bool | None = False  # None: unknown (the answer to switch was lost)
+    switched_at: float | None = None
+    previous: str | None = None
+    error: str | None = None
+    objects: int = 0
+    bytes_sent: int = 0
+    aborted: bool = False
+    error_reverting: str | None = None
+    task: threading.Thread | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.address
+
+    def note(self) -> dict:
+        """What the journal keeps of it: enough to send it back after the primary died."""
+        return {
+            "address": self.address,
+            "name": self.name,
+            "live_before": self.live_before,
+            "reused": self.reused,
+        }
+
+    @classmethod
+    def from_note(cls, note: dict, app: App, secret: bytes | None, host: HostConfig) -> PeerState:
+        address = str(note.get("address"))
+        pin = host.peer_tls.get(address)
+        return cls(
+            Peer(address, app.name, secret or b"", host.peer_timeout, pin),
+            address,
+            name=str(note.get("name") or ""),
+            live_before=note.get("live_before"),
+            reused=bool(note.get("reused")),
+        )
+
+
+@dataclass
+class Cluster:
+    peers: list[PeerState]
+    drained: list[str]
+    local_done: list = field(default_factory=list)
+    skew: float = 0.0
+    packs: dict = field(default_factory=dict)
+    packing: threading.Lock = field(default_factory=threading.Lock)
+    error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
+    cancelled: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def load(cls, app: App, host: HostConfig) -> Cluster:
+        active = active_peers(host)
+        secret = read_secret(host, app.config_file) if active else None
+        if active and not secret:
+            raise PhaseError(
+                f"{app.config_file} lists peers but no cluster secret",
+                "set secret_file (a file only the deploy user can read) on every host; "
+                "see docs/hosts.md",
+            )
+        peers = [
+            PeerState(Peer(a, app.name, secret, host.peer_timeout, host.peer_tls.get(a)), a)
+            for a in active
+        ]
+        return cls(peers, [p for p in host.drained if p in host.peers])
