@@ -8,11 +8,14 @@ import json
 import os
 import re
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import BIN, Host, Work, processes_under, run, shipyard
 from httpload import fetch
+from pgcluster import pg_url, postgres  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +148,84 @@ def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
     assert "['bob']" in in_live(host, "python", "manage.py", "shell", "-c", DJANGO_READ)
 
 
+# DATABASES from DATABASE_URL in the environment (shared/.env), as dj-database-url's docs show
+PG_SETTINGS = """
+import dj_database_url
+
+DATABASES = {"default": dj_database_url.config(conn_max_age=600)}
+"""
+PG_REQUIREMENTS = "django>=5.1,<5.3\ngunicorn>=23\ndj-database-url\npsycopg[binary]\n"
+
+
+def admin_login(port: int, username: str, password: str) -> tuple[int, str]:
+    """Log in to Django's admin as a browser does: (status, Location) of the form's POST."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/admin/login/")
+        answer = conn.getresponse()
+        page = answer.read().decode()
+        cookie = answer.getheader("Set-Cookie", "").split(";")[0]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+        body = urllib.parse.urlencode(
+            {"csrfmiddlewaretoken": token, "username": username, "password": password}
+        )
+        headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        conn.request("POST", "/admin/login/?next=/admin/", body, headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, answer.getheader("Location", "")
+    finally:
+        conn.close()
+
+
+def test_startproject_on_postgresql_keeps_its_rows(tmp_path, host, tools, pg_url):  # noqa: F811
+    work = startproject(tools, tmp_path / "site", host, **{"requirements.txt": PG_REQUIREMENTS})
+    settings = work.path / "mysite" / "settings.py"
+    text = re.sub(r"(?ms)^DATABASES = \{.*?^\}\n", PG_SETTINGS, settings.read_text())
+    assert "dj_database_url" in text and "sqlite3" not in text
+    settings.write_text(text)
+    work.commit("DATABASES from DATABASE_URL")
+    (host.dir / "shared" / ".env").write_text(
+        f"DATABASE_URL={pg_url}\nDJANGO_SUPERUSER_PASSWORD=pg-admin-pw-4711\n"
+    )
+    first = work.push()
+    assert re.search(r"✓ migrate .* 18 applied: contenttypes\.0001_initial", first.out), first.out
+    assert "under the database lock" in first.out
+    # a PostgreSQL app keeps no data inside the release: nothing to link, nothing refused
+    assert "is inside the release" not in first.out and "refused" not in first.out
+    assert re.search(r"- data .*no data inside the release", first.out), first.out
+    assert re.search(r"- data-check .*no data written inside the release", first.out)
+    assert (
+        not list((host.dir / "shared").glob("*.sqlite3"))
+        and not (host.dir / "run" / "data.json").exists()
+    )
+
+    # rows written through manage.py, run by shipyard in the live release with shared/.env
+    made = shipyard(
+        "--root", host.root, "run", "mysite", "--",
+        "python", "manage.py", "createsuperuser", "--noinput", "--username", "bob",
+        "--email", "bob@example.com",
+    )  # fmt: skip
+    assert "Superuser created successfully" in made.stdout
+    assert admin_login(host.port, "bob", "pg-admin-pw-4711") == (302, "/admin/")
+    with psycopg.connect(pg_url) as conn:
+        applied = conn.execute("SELECT app, name, applied FROM django_migrations").fetchall()
+    assert len(applied) == 18
+
+    work.commit("a change", **{"mysite__version.py": "VERSION = 2\n"})
+    second = work.push()
+    assert "nothing pending (Django: 18 applied;" in second.out, second.out
+    assert re.search(r"- data .*no data inside the release", second.out), second.out
+    with psycopg.connect(pg_url) as conn:
+        users = conn.execute("SELECT username, is_superuser FROM auth_user").fetchall()
+        again = conn.execute("SELECT app, name, applied FROM django_migrations").fetchall()
+    assert users == [("bob", True)]
+    assert sorted(again) == sorted(applied)  # applied once: the same 18 rows, same times
+    assert admin_login(host.port, "bob", "pg-admin-pw-4711") == (302, "/admin/")
+    assert admin_login(host.port, "bob", "wrong")[0] == 200  # the form again: a real check
+    assert {release_of(p) for p in web_pids(host)} == {host.live().name}
+
+
 def get_as(port: int, path: str, host: str, proto: str = "") -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -270,6 +351,7 @@ HELLO_WSGI = """def app(environ, start_response):
     return [b"hello"]
 """
 MIGRATE_DB = """import sqlite3
+import urllib.parse
 db = sqlite3.connect("data.db")
 db.execute("CREATE TABLE IF NOT EXISTS runs (n INTEGER)")
 db.execute("INSERT INTO runs VALUES (1)")
