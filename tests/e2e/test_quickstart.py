@@ -1,0 +1,249 @@
+"""README.md's quickstart, tried from scratch as a new user would: its commands taken from the page.
+
+A fresh host is a deploy user that does not exist yet and a private sshd on loopback (as in
+test_ssh.py). Root's commands run in a clean root shell, the developer's in a terminal (a pty) on
+"their machine": a HOME of its own whose ``~/.ssh/config`` says where ``server`` is. The app is a
+stock ``django-admin startproject mysite .``. What the test changes in the page's commands, and
+why: the deploy user's name (one of its own, ``deploy`` may exist), ``/opt/shipyard`` and
+``/path/to/shipyard`` (a temp dir; a copy of this checkout), the web port (a free one, added as
+``--port``: 8000 may be taken on this machine), and ``apt-get install`` becomes a check that the
+packages are installed (tests/system-deps.sh installs them; apt's lock is the machine's).
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import secrets
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import test_realapps
+from conftest import REPO, processes_under, remove_user, run
+from httpload import fetch
+from test_realapps import admin_login, cmdline
+from test_ssh import SSHD, free_port, keygen, sshd_config
+
+tools = test_realapps.tools  # the frameworks' command-line tools
+
+pytestmark = pytest.mark.e2e
+
+README = REPO / "README.md"
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PASSWORD = "quick-Start-pw-4711"
+
+
+def quickstart() -> dict[str, list[str]]:
+    """The page's shell blocks: the host's (as root), the machine's, and the operator's lines."""
+    text = README.read_text()
+    section = text.split("## Quickstart on a real server", 1)[1].split("\n## ", 1)[0]
+    setup, operating = section.split("### Operating the app without a shell", 1)
+    blocks = re.findall(r"```sh\n(.*?)```", setup, re.S)
+    assert len(blocks) == 2, "the quickstart has a root block and a block for your machine"
+    lines = [re.findall(r"(?m)^\S.*$", block) for block in (*blocks, operating)]
+    return {"root": lines[0], "machine": lines[1], "operating": lines[2]}
+
+
+def in_terminal(
+    command: str, cwd: Path, env: dict, answers: tuple[tuple[str, str], ...] = ()
+) -> tuple[int, str]:
+    """``sh -c command`` in a terminal of its own; each prompt seen gets its answer typed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.chdir(cwd)
+        os.execve("/bin/sh", ["sh", "-c", command], env)
+    out, seen, pending = b"", 0, list(answers)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 1)[0]:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            out += data
+            if pending and pending[0][0].encode() in out[seen:]:
+                seen = out.index(pending[0][0].encode(), seen) + len(pending[0][0])
+                os.write(fd, pending.pop(0)[1].encode() + b"\n")
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"{command!r} did not end:\n{out.decode(errors='replace')}")
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def as_seen(raw: str) -> str:
+    """What the terminal shows: colours dropped, each line's \\r-overwritten progress settled."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r\n", "\n")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+@pytest.fixture
+def fresh_host(tmp_path):
+    """A deploy user's name nobody has, a private sshd that will let it in, and alice's key."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a deploy user and runs a private sshd")
+    if not SSHD.exists() or not shutil.which("ssh"):
+        pytest.skip("openssh-server/client not installed (make system-deps installs them)")
+    directory = tmp_path / "sshd"
+    directory.mkdir()
+    user, port = f"syquick{secrets.token_hex(3)}", free_port()
+    keygen(directory / "ssh_host_ed25519_key", "test-host")
+    (directory / "sshd_config").write_text(sshd_config(directory, port, user))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - closed in the finally
+    sshd = subprocess.Popen(
+        [str(SSHD), "-D", "-f", str(directory / "sshd_config"), "-e"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield {"user": user, "port": port, "dir": directory}
+    finally:
+        sshd.terminate()
+        try:
+            sshd.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sshd.kill()
+            sshd.wait()
+        log.close()
+        remove_user(user)
+
+
+def source_copy(path: Path) -> Path:
+    """This checkout as a download of shipyard would be (no venv, no git, no caches)."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "build", "demo")
+    shutil.copytree(REPO, path, ignore=ignore)
+    return path
+
+
+def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_data(
+    tmp_path, fresh_host, tools
+):
+    steps = quickstart()
+    user, app_port = fresh_host["user"], free_port()
+    admin = tmp_path / "root"  # where root has alice.pub
+    admin.mkdir()
+    opt = tmp_path / "opt-shipyard"
+    source = source_copy(tmp_path / "shipyard-src")
+
+    # --- once, as root on the host -------------------------------------------------------
+    laptop = tmp_path / "laptop"  # alice's machine: her HOME, her key
+    (laptop / ".ssh").mkdir(parents=True, mode=0o700)
+    key = keygen(laptop / ".ssh" / "id_ed25519", "alice@laptop")
+    shutil.copy(f"{key}.pub", admin / "alice.pub")
+    keep = ("LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "HTTPS_PROXY", "https_proxy")
+    root_env = {k: os.environ[k] for k in keep if k in os.environ}
+    root_env |= {"PATH": ROOT_PATH, "HOME": "/root", "USER": "root", "LANG": "C.UTF-8"}
+    provisioned = ""
+    for line in steps["root"]:
+        if line.startswith("apt-get install -y "):
+            line = "dpkg-query -W " + line.removeprefix("apt-get install -y ")
+        line = line.replace("/opt/shipyard", str(opt)).replace("/path/to/shipyard", str(source))
+        if " provision " in line:
+            line += f" --user {user} --port {app_port}"
+        done = subprocess.run(
+            ["sh", "-c", line], cwd=admin, env=root_env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"{line}:\n{done.stdout}\n{done.stderr}"
+        provisioned += done.stdout
+    assert f"create app mysite at /home/{user}/apps/mysite" in provisioned, provisioned
+    assert "Authorised keys: alice" in provisioned
+    home = Path(f"/home/{user}")
+    app = home / "apps" / "mysite"
+
+    # --- on alice's machine: a stock startproject app in a repository of its own ------------
+    (laptop / ".ssh" / "config").write_text(
+        "Host server\n"
+        "  HostName 127.0.0.1\n"
+        f"  Port {fresh_host['port']}\n"
+        f"  IdentityFile {key}\n"
+        "  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking accept-new\n"
+        f"  UserKnownHostsFile {laptop / '.ssh' / 'known_hosts'}\n"
+    )
+    # ssh reads ~/.ssh of the uid's home in /etc/passwd, not $HOME (this test runs as root):
+    # her ssh is told where her config is, so root's own ~/.ssh is never read nor written
+    bin_dir = laptop / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {laptop}/.ssh/config "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    (laptop / ".gitconfig").write_text("[user]\n\tname = Alice\n\temail = alice@example.com\n")
+    env = {
+        "HOME": str(laptop),
+        "PATH": f"{bin_dir}:{tools}:{ROOT_PATH}",  # django-admin: as `pip install django` gave it
+        "LANG": "C.UTF-8",
+        "TERM": "xterm-256color",
+        "USER": "alice",
+    }
+    site = laptop / "mysite"
+    site.mkdir()
+    for command in ("django-admin startproject mysite .", "git init -q -b main", "git add -A"):
+        run("sh", "-c", command, cwd=site, env=env)
+    run("git", "commit", "-q", "-m", "startproject", cwd=site, env=env)
+
+    pushes, session = [], tmp_path / "session.txt"  # what she saw, kept for reading
+    for line in steps["machine"]:
+        line = line.replace("deploy@", f"{user}@")
+        status, out = in_terminal(line, site, env)
+        with session.open("a") as seen:
+            seen.write(f"$ {line}\n{as_seen(out).lstrip(chr(10))}")
+        assert status == 0, f"{line}:\n{out}"
+        if line.startswith("git push"):
+            pushes.append(as_seen(out).lstrip("\n"))
+        elif " status mysite" in line:
+            assert re.search(r"live\b.*\b[0-9a-f]{7}\b", out), out
+    [first] = pushes
+    (tmp_path / "quickstart-push.txt").write_text(f"$ git push production main\n{first}")
+    assert "shipyard ▸ deploy #1: main" in first and "by alice" in first, first
+    assert "db.sqlite3 (Django DATABASES['default']['NAME']) is inside the release" in first
+    assert re.search(r"✓ migrate .*18 applied", first)
+    assert "shipyard ▸ live:" in first and "* [new branch]      main -> main" in first
+    assert (app / "shared" / "db.sqlite3").is_file()
+    assert fetch(app_port, "/")[0] == 200
+
+    # --- data written through the app's own command, as the README shows it --------------
+    [createsuperuser] = [ln for ln in steps["operating"] if "createsuperuser" in ln]
+    answers = (
+        ("Username", "admin"),
+        ("Email address:", "admin@example.com"),
+        ("Password:", PASSWORD),
+        ("Password (again):", PASSWORD),
+    )
+    status, out = in_terminal(createsuperuser.replace("deploy@", f"{user}@"), site, env, answers)
+    assert status == 0 and "Superuser created successfully." in out, out
+    assert admin_login(app_port, "admin", PASSWORD) == (302, "/admin/")
+
+    # --- a change, pushed as the README says: the data is still there --------------------
+    (site / "mysite" / "urls.py").write_text(
+        (site / "mysite" / "urls.py").read_text() + "\n# the second deploy\n"
+    )
+    run("git", "commit", "-q", "-am", "a change", cwd=site, env=env)
+    [push] = [ln for ln in steps["machine"] if ln.startswith("git push")]
+    status, out = in_terminal(push, site, env)
+    second = as_seen(out).lstrip("\n")
+    (tmp_path / "quickstart-push-2.txt").write_text(f"$ {push}\n{second}")
+    assert status == 0 and "shipyard ▸ deploy #2" in second, second
+    assert "is inside the release" not in second
+    assert re.search(r"✓ data .*db\.sqlite3 linked from shared/", second), second
+    assert "nothing pending (Django: 18 applied" in second
+    users = sqlite3.connect(app / "shared" / "db.sqlite3").execute("SELECT username FROM auth_user")
+    assert users.fetchall() == [("admin",)]
+    assert admin_login(app_port, "admin", PASSWORD) == (302, "/admin/")
+    assert admin_login(app_port, "admin", "not the password")[0] == 200
+    live = (app / "current").resolve()
+    assert live.name.endswith(run("git", "rev-parse", "--short=7", "HEAD", cwd=site).stdout.strip())
+    web = [p for p in processes_under(app / "releases") if b"gunicorn" in cmdline(p)]
+    assert web and {os.path.realpath(f"/proc/{p}/cwd") for p in web} == {str(live)}
