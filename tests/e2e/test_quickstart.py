@@ -47,14 +47,20 @@ def quickstart() -> dict[str, list[str]]:
     setup, operating = section.split("### Operating the app without a shell", 1)
     blocks = re.findall(r"```sh\n(.*?)```", setup, re.S)
     assert len(blocks) == 2, "the quickstart has a root block and a block for your machine"
+    operating = re.search(r"```sh\n(.*?)```", operating, re.S)[1]
     lines = [re.findall(r"(?m)^\S.*$", block) for block in (*blocks, operating)]
     return {"root": lines[0], "machine": lines[1], "operating": lines[2]}
 
 
 def in_terminal(
-    command: str, cwd: Path, env: dict, answers: tuple[tuple[str, str], ...] = ()
+    command: str,
+    cwd: Path,
+    env: dict,
+    answers: tuple[tuple[str, str], ...] = (),
+    until: str | None = None,
 ) -> tuple[int, str]:
-    """``sh -c command`` in a terminal of its own; each prompt seen gets its answer typed."""
+    """``sh -c command`` in a terminal of its own; each prompt seen gets its answer typed, and
+    Ctrl-C is typed once ``until`` shows (for a command that runs until stopped)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once
         os.chdir(cwd)
@@ -72,6 +78,9 @@ def in_terminal(
             if not data:
                 break
             out += data
+            if until and until.encode() in out:
+                os.write(fd, b"\x03")
+                until = None
             if pending and pending[0][0].encode() in out[seen:]:
                 seen = out.index(pending[0][0].encode(), seen) + len(pending[0][0])
                 os.write(fd, pending.pop(0)[1].encode() + b"\n")
@@ -247,3 +256,18 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
     assert live.name.endswith(run("git", "rev-parse", "--short=7", "HEAD", cwd=site).stdout.strip())
     web = [p for p in processes_under(app / "releases") if b"gunicorn" in cmdline(p)]
     assert web and {os.path.realpath(f"/proc/{p}/cwd") for p in web} == {str(live)}
+
+    # --- and the README's other operator commands, each as written ---------------------
+    (site / "secret.txt").write_text(secrets.token_urlsafe(40) + "\n")
+    stops = {"logs mysite -f": "Booting worker"}  # followed until Ctrl-C
+    for line in steps["operating"]:
+        if "createsuperuser" in line:
+            continue
+        line = line.replace("deploy@", f"{user}@")
+        until = next((text for cmd, text in stops.items() if cmd in line), None)
+        status, out = in_terminal(line, site, env, until=until)
+        with session.open("a") as seen:
+            seen.write(f"$ {line}\n{as_seen(out).lstrip(chr(10))}")
+        assert status == 0 or (until and until in out), f"{line}:\n{out}"
+    assert fetch(app_port, "/")[0] == 200
+    assert admin_login(app_port, "admin", PASSWORD) == (302, "/admin/")
