@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pty
+import pwd
 import re
 import secrets
 import select
@@ -36,6 +37,7 @@ tools = test_realapps.tools  # the frameworks' command-line tools
 pytestmark = pytest.mark.e2e
 
 README = REPO / "README.md"
+SERVER_MD = REPO / "docs" / "server.md"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSWORD = "quick-Start-pw-4711"
 
@@ -50,6 +52,12 @@ def quickstart() -> dict[str, list[str]]:
     operating = re.search(r"```sh\n(.*?)```", operating, re.S)[1]
     lines = [re.findall(r"(?m)^\S.*$", block) for block in (*blocks, operating)]
     return {"root": lines[0], "machine": lines[1], "operating": lines[2]}
+
+
+def env_as_root() -> str:
+    """docs/server.md's way to write the app's shared/.env as root on the host."""
+    after = SERVER_MD.read_text().split("or, on the host as root:", 1)[1]
+    return re.search(r"```sh\n(.*?)```", after, re.S)[1]
 
 
 def in_terminal(
@@ -110,7 +118,8 @@ def fresh_host(tmp_path):
     directory.mkdir()
     user, port = f"syquick{secrets.token_hex(3)}", free_port()
     keygen(directory / "ssh_host_ed25519_key", "test-host")
-    (directory / "sshd_config").write_text(sshd_config(directory, port, user))
+    config = re.sub(r" SSL_CERT_(FILE|DIR)=\S+", "", sshd_config(directory, port, user))
+    (directory / "sshd_config").write_text(re.sub(r"(?m)^SetEnv$\n", "", config))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - closed in the finally
     sshd = subprocess.Popen(
@@ -172,6 +181,14 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
     assert "Authorised keys: alice" in provisioned
     home = Path(f"/home/{user}")
     app = home / "apps" / "mysite"
+    # the app's settings in shared/.env, written as docs/server.md says (its example value is
+    # a placeholder: a setting of the test's own instead)
+    script = env_as_root().replace("deploy", user)
+    script = re.sub(r"(?m)^DATABASE_URL=.*$", "GREETING=set by root", script)
+    done = subprocess.run(["sh", "-c", script], cwd=admin, env=root_env, capture_output=True)
+    assert done.returncode == 0, done
+    written = (app / "shared" / ".env").stat()
+    assert written.st_mode & 0o777 == 0o600 and written.st_uid == pwd.getpwnam(user).pw_uid
 
     # --- on alice's machine: a stock startproject app in a repository of its own ------------
     (laptop / ".ssh" / "config").write_text(
@@ -271,3 +288,6 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
         assert status == 0 or (until and until in out), f"{line}:\n{out}"
     assert fetch(app_port, "/")[0] == 200
     assert admin_login(app_port, "admin", PASSWORD) == (302, "/admin/")
+    env_file = (app / "shared" / ".env").read_text()
+    assert "GREETING='set by root'" in env_file or "GREETING=set by root" in env_file
+    assert "ALLOWED_HOSTS='example.com www.example.com'" in env_file, env_file
