@@ -912,7 +912,8 @@ def check_process(pid: int, release: Path, venv: Path, compound: bool) -> str:
         cwd = os.readlink(proc / "cwd")
     except OSError as exc:
         return f"cannot be inspected: {exc.strerror}"
-    if cwd != os.path.realpath(release):
+    real = os.path.realpath(release)
+    if cwd != real and not cwd.startswith(real + os.sep):  # below it: `gunicorn --chdir backend`
         return f"runs in {cwd}, not in {release}"
     if compound:
         return ""  # a shell running a pipeline: the shell is not the app's interpreter
@@ -1007,7 +1008,7 @@ def status(app: App) -> list[dict]:
             release = program.release
             if pid:
                 with contextlib.suppress(OSError):
-                    release = Path(os.readlink(f"/proc/{pid}/cwd")).name
+                    release = release_of(app, os.readlink(f"/proc/{pid}/cwd"))
             rows.append(
                 {
                     "process": ns.split(":", 1)[1],
@@ -1022,6 +1023,12 @@ def status(app: App) -> list[dict]:
                 }
             )
     return rows
+
+
+def release_of(app: App, cwd: str) -> str:
+    """The release a process whose cwd is ``cwd`` runs: the release dir or a directory in it."""
+    base = os.path.realpath(app.releases) + os.sep
+    return cwd[len(base) :].split(os.sep, 1)[0] if cwd.startswith(base) else Path(cwd).name
 
 
 def serving(app: App) -> list[str] | None:

@@ -346,6 +346,99 @@ def test_flask_migrate_revisions_listed_and_applied_data_kept(tmp_path, host, to
     assert [r[1] for r in db.execute("PRAGMA table_info(user)")] == ["id", "username", "email"]
 
 
+NOTES_WSGI = """import os
+
+import sqlalchemy as sa
+
+engine = sa.create_engine(os.environ["DATABASE_URL"])
+
+
+def app(environ, start_response):
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(sa.text("SELECT title FROM notes ORDER BY id"))]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [", ".join(names).encode()]
+"""
+NOTES_TABLE = """    op.create_table(
+        "notes",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("title", sa.String(200), nullable=False),
+    )
+"""
+NOTES_COLUMN = '    op.add_column("notes", sa.Column("done", sa.Boolean, server_default="false"))\n'
+
+
+def alembic_revision(tools: Path, backend: Path, message: str, upgrade: str) -> str:
+    """`alembic revision -m MESSAGE`, its upgrade() filled in: the new revision's id."""
+    made = run(tools / "alembic", "revision", "-m", message, cwd=backend).stdout
+    path = Path(re.search(r"Generating (\S+\.py)", made)[1])
+    text = path.read_text().replace("    pass\n", upgrade, 1)
+    path.write_text(
+        text.replace("from alembic import op", "import sqlalchemy as sa\nfrom alembic import op")
+    )
+    return re.search(r"^revision: str = '(\w+)'", text, re.M)[1]
+
+
+def test_alembic_in_a_subdirectory_on_postgresql_listed_applied_rows_kept(
+    tmp_path,
+    host,
+    tools,
+    pg_url,  # noqa: F811
+):
+    path = tmp_path / "notes"
+    backend = path / "backend"
+    backend.mkdir(parents=True)
+    run(tools / "alembic", "init", "migrations", cwd=backend)  # backend/alembic.ini
+    env_py = backend / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text()
+        .replace(
+            "config = context.config\n",
+            "config = context.config\n"
+            'config.set_main_option("sqlalchemy.url", os.environ["DATABASE_URL"])\n',
+        )
+        .replace("from logging.config", "import os\nfrom logging.config")
+    )
+    first_rev = alembic_revision(tools, backend, "notes", NOTES_TABLE)
+    work = new_work(path, host)
+    work.commit(
+        "notes app, its alembic in backend/",
+        **{
+            "backend__app.py": NOTES_WSGI,
+            "requirements.txt": "alembic\nsqlalchemy\npsycopg[binary]\ngunicorn\n",
+            "Procfile": "web: gunicorn --chdir backend app:app --bind 127.0.0.1:$PORT\n",
+            "shipyard.toml": '[health]\npath = "/"\n',
+        },
+    )
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://")
+    (host.dir / "shared" / ".env").write_text(f"DATABASE_URL={url}\n")
+    first = work.push()
+    assert re.search(
+        rf"migrate: 1 pending \(Alembic \(backend/alembic\.ini\).*\):\s+remote:\s+{first_rev}",
+        first.out,
+    ), first.out
+    assert re.search(r"✓ migrate .*1 applied", first.out)
+    assert "is inside the release" not in first.out
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO notes (title) VALUES ('written after deploy 1')")
+    assert fetch(host.port, "/") == (200, "written after deploy 1")
+    # its web runs in backend/ (gunicorn --chdir): still the release's, for verify and ps
+    listed = shipyard("--root", host.root, "processes", "mysite").stdout
+    assert re.search(rf"web\.1 .* {host.live().name}  \(blue, :\d+, live\)", listed), listed
+
+    second_rev = alembic_revision(tools, backend, "done flag", NOTES_COLUMN)
+    work.commit("done flag")
+    second = work.push()
+    assert re.search(rf"1 pending \(Alembic.*\):\s+remote:\s+{second_rev}", second.out), second.out
+    assert fetch(host.port, "/") == (200, "written after deploy 1")
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(second_rev,)]
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"
+        ).fetchall()
+    assert sorted(c[0] for c in columns) == ["done", "id", "title"]
+
+
 HELLO_WSGI = """def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello"]
