@@ -642,6 +642,16 @@ def test_python_version_file_picks_an_installed_python_or_says_what_there_is(tmp
     assert f"{version}" in out.split("it has: ", 1)[1].split(")")[0]
     assert "uv python install 3.6" in out and "download" not in out.lower()
 
+    # without .python-version, pyproject.toml's requires-python is what the app asks for
+    work.git("rm", "-q", ".python-version")
+    project = '[project]\nname = "app"\nversion = "1"\nrequires-python = "==3.6.*"\n'
+    work.commit("requires-python", **{"pyproject.toml": project})
+    out = work.push(check=False).out
+    assert "requires-python in pyproject.toml asks for Python ==3.6.*, which is not" in out, out
+    work.commit("a python it has", **{"pyproject.toml": project.replace("==3.6.*", f"=={version}")})
+    work.push()
+    assert in_live(host, "python", "-c", code).strip() == version
+
 
 # --- uwsgi ----------------------------------------------------------------------
 
