@@ -12,6 +12,7 @@ packages are installed (tests/system-deps.sh installs them; apt's lock is the ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import pwd
@@ -29,6 +30,7 @@ import pytest
 import test_realapps
 from conftest import REPO, processes_under, remove_user, run
 from httpload import fetch
+from netns import wait_listening
 from test_realapps import admin_login, cmdline
 from test_ssh import SSHD, free_port, keygen, sshd_config
 
@@ -107,28 +109,28 @@ def as_seen(raw: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
-@pytest.fixture
-def fresh_host(tmp_path):
-    """A deploy user's name nobody has, a private sshd that will let it in, and alice's key."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates a deploy user and runs a private sshd")
-    if not SSHD.exists() or not shutil.which("ssh"):
-        pytest.skip("openssh-server/client not installed (make system-deps installs them)")
-    directory = tmp_path / "sshd"
-    directory.mkdir()
-    user, port = f"syquick{secrets.token_hex(3)}", free_port()
+@contextlib.contextmanager
+def private_sshd(directory: Path, user: str, wrap: tuple[str, ...] = ()):
+    """An sshd on a free loopback port that lets ``user`` in (who may not exist yet); its port.
+
+    The user's sessions get none of this machine's SSL_CERT_* (a fresh host has none set).
+    ``wrap``: a command that execs sshd after it, e.g. in a mount namespace of its own.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
     keygen(directory / "ssh_host_ed25519_key", "test-host")
     config = re.sub(r" SSL_CERT_(FILE|DIR)=\S+", "", sshd_config(directory, port, user))
     (directory / "sshd_config").write_text(re.sub(r"(?m)^SetEnv$\n", "", config))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - closed in the finally
     sshd = subprocess.Popen(
-        [str(SSHD), "-D", "-f", str(directory / "sshd_config"), "-e"],
+        [*wrap, str(SSHD), "-D", "-f", str(directory / "sshd_config"), "-e"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        yield {"user": user, "port": port, "dir": directory}
+        wait_listening("127.0.0.1", port)
+        yield port
     finally:
         sshd.terminate()
         try:
@@ -137,6 +139,24 @@ def fresh_host(tmp_path):
             sshd.kill()
             sshd.wait()
         log.close()
+
+
+def need_root_and_sshd() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a deploy user and runs a private sshd")
+    if not SSHD.exists() or not shutil.which("ssh"):
+        pytest.skip("openssh-server/client not installed (make system-deps installs them)")
+
+
+@pytest.fixture
+def fresh_host(tmp_path):
+    """A deploy user's name nobody has, and a private sshd that will let it in."""
+    need_root_and_sshd()
+    user = f"syquick{secrets.token_hex(3)}"
+    try:
+        with private_sshd(tmp_path / "sshd", user) as port:
+            yield {"user": user, "port": port}
+    finally:
         remove_user(user)
 
 
