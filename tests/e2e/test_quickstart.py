@@ -56,6 +56,15 @@ def quickstart() -> dict[str, list[str]]:
     return {"root": lines[0], "machine": lines[1], "operating": lines[2]}
 
 
+def test_server_md_installs_shipyard_as_the_readme_does():
+    """docs/server.md's step 1 is the quickstart's, with one more key: the same commands."""
+    text = SERVER_MD.read_text().split("## 1. Provision the host (as root)", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", text, re.S)[1].splitlines()
+    readme = quickstart()["root"]
+    assert block[:2] == readme[:2]
+    assert block[2].replace(" --key ci=ci.pub", "") == readme[2]
+
+
 def env_as_root() -> str:
     """docs/server.md's way to write the app's shared/.env as root on the host."""
     after = SERVER_MD.read_text().split("or, on the host as root:", 1)[1]
@@ -187,8 +196,8 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
     root_env |= {"PATH": ROOT_PATH, "HOME": "/root", "USER": "root", "LANG": "C.UTF-8"}
     provisioned = ""
     for line in steps["root"]:
-        if line.startswith("apt-get install -y "):
-            line = "dpkg-query -W " + line.removeprefix("apt-get install -y ")
+        if line.startswith("apt-get update && apt-get install -y "):
+            line = "dpkg-query -W " + line.removeprefix("apt-get update && apt-get install -y ")
         line = line.replace("/opt/shipyard", str(opt)).replace("/path/to/shipyard", str(source))
         if " provision " in line:
             line += f" --user {user} --port {app_port}"
