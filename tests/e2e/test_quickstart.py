@@ -208,6 +208,7 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
         provisioned += done.stdout
     assert f"create app mysite at /home/{user}/apps/mysite" in provisioned, provisioned
     assert "Authorised keys: alice" in provisioned
+    (tmp_path / "provision.txt").write_text(provisioned)
     home = Path(f"/home/{user}")
     app = home / "apps" / "mysite"
     # the app's settings in shared/.env, written as docs/server.md says (its example value is
@@ -268,6 +269,10 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
     assert "shipyard ▸ live:" in first and "* [new branch]      main -> main" in first
     assert (app / "shared" / "db.sqlite3").is_file()
     assert fetch(app_port, "/")[0] == 200
+    # provision's "Next steps" end with checking the host
+    status, out = in_terminal(f"ssh {user}@server shipyard doctor mysite", site, env)
+    (tmp_path / "doctor.txt").write_text(as_seen(out))
+    assert status == 0 and "shipyard doctor ▸ all checks passed" in out, out
 
     # --- data written through the app's own command, as the README shows it --------------
     [createsuperuser] = [ln for ln in steps["operating"] if "createsuperuser" in ln]
