@@ -443,6 +443,12 @@ def health_hint(answer: Answer, health: Health, where: str) -> str:
         )
     if status in (401, 403):
         return f"{health.path} needs a login: set [health] path in {where} to a public page"
+    if status == 404:
+        return (
+            f"the app has no page at {health.path} (a Django project with DEBUG = False and no "
+            f"view there answers 404): set [health] path in {where} to one that answers "
+            f'{health.wanted}, e.g. path = "/admin/login/" or a /healthz view of its own'
+        )
     return f"set [health] path (and status) in {where} to a page that answers {health.wanted}"
 
 
@@ -579,10 +585,13 @@ def wait_healthy(
             index = min(pending)
             log = program.log(app, index)
             waited = f"{now - started:.1f}s" if now < deadline else f"{health.timeout:g}s"
+            hint = f"its log: {log}"
+            if final is not None and final.status == 404 and last == "got 404":  # answered 404
+                hint = f"{health_hint(final, health, 'shipyard.toml')}; {hint}"
             raise Failed(
                 f"{program.type}.{index} on releases/{program.release} failed the health check "
                 f"(GET {health.path}: {last}, wanted {health.wanted}, after {waited})",
-                f"its log: {log}",
+                hint,
                 output=tail(log, offsets.get(index, 0)),
             )
         time.sleep(pause)

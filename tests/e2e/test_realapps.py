@@ -277,6 +277,26 @@ def test_health_check_of_a_production_django_fails_fast_with_the_fix(tmp_path, h
     assert get_as(host.port, "/admin/login/", "www.example.com", "https") == 200
 
 
+def test_health_check_of_a_startproject_without_a_page_at_root_names_the_path_setting(
+    tmp_path, host, tools
+):
+    # DEBUG = False: Django's "it worked" page is gone and / answers 404 (waiting might change
+    # that, so the probe waits: here 3 s)
+    work = startproject(
+        tools, tmp_path / "site", host, **{"shipyard.toml": "[health]\ntimeout = 3\n"}
+    )
+    out = work.push(fails=True).out
+    assert "failed the health check (GET /: got 404, wanted 200, after 3s)" in out, out
+    assert "the app has no page at / (a Django project with DEBUG = False" in out
+    assert (
+        '[health] path in shipyard.toml to one that answers 200, e.g. path = "/admin/login/"' in out
+    )
+    assert not host.releases()
+    work.commit("health path", **{"shipyard.toml": '[health]\npath = "/admin/login/"\n'})
+    assert "healthy (GET /admin/login/ 200)" in work.push().out
+    assert fetch(host.port, "/admin/login/")[0] == 200
+
+
 FLASK_APP = """from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
