@@ -201,8 +201,13 @@ def test_other_branches_are_stored_not_deployed(host: Host, work: Work):
     work.git("checkout", "-q", "-b", "feature")
     result = work.push("feature")
     assert "stored refs/heads/feature (not deployed: this app deploys main)" in result.out
+    # nothing is live: `git init` may have named the branch otherwise; the fix is said
+    assert "nothing is live yet: `git push production feature:main` deploys this" in result.out
     assert not (host.dir / "current").exists()
     assert host.branch("feature")
+    work.push("feature:main")
+    work.git("commit", "-q", "--allow-empty", "-m", "later")
+    assert "nothing is live yet" not in work.push("feature").out
 
 
 def test_deleting_the_deploy_branch_is_refused(host: Host, work: Work):
