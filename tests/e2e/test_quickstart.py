@@ -45,15 +45,16 @@ PASSWORD = "quick-Start-pw-4711"
 
 
 def quickstart() -> dict[str, list[str]]:
-    """The page's shell blocks: the host's (as root), the machine's, and the operator's lines."""
+    """The page's shell blocks: the host's (as root), the machine's, the operator's, pinning's."""
     text = README.read_text()
     section = text.split("## Quickstart on a real server", 1)[1].split("\n## ", 1)[0]
-    setup, operating = section.split("### Operating the app without a shell", 1)
+    setup, rest = section.split("### Operating the app without a shell", 1)
+    operating, pinning = rest.split("### Pinning a release, rolling back", 1)
     blocks = re.findall(r"```sh\n(.*?)```", setup, re.S)
     assert len(blocks) == 2, "the quickstart has a root block and a block for your machine"
-    operating = re.search(r"```sh\n(.*?)```", operating, re.S)[1]
-    lines = [re.findall(r"(?m)^\S.*$", block) for block in (*blocks, operating)]
-    return {"root": lines[0], "machine": lines[1], "operating": lines[2]}
+    blocks += [re.search(r"```sh\n(.*?)```", part, re.S)[1] for part in (operating, pinning)]
+    lines = [re.findall(r"(?m)^\S.*$", block) for block in blocks]
+    return dict(zip(("root", "machine", "operating", "pinning"), lines, strict=True))
 
 
 def test_server_md_installs_shipyard_as_the_readme_does():
@@ -262,6 +263,7 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
         elif " status mysite" in line:
             assert re.search(r"live\b.*\b[0-9a-f]{7}\b", out), out
     [first] = pushes
+    first_sha = run("git", "rev-parse", "HEAD", cwd=site).stdout.strip()  # deploy #1's commit
     (tmp_path / "quickstart-push.txt").write_text(f"$ git push production main\n{first}")
     assert "shipyard ▸ deploy #1: main" in first and "by alice" in first, first
     assert "db.sqlite3 (Django DATABASES['default']['NAME']) is inside the release" in first
@@ -325,3 +327,19 @@ def test_readme_quickstart_on_a_fresh_host_deploys_a_startproject_and_keeps_its_
     env_file = (app / "shared" / ".env").read_text()
     assert "GREETING='set by root'" in env_file or "GREETING=set by root" in env_file
     assert "ALLOWED_HOSTS='example.com www.example.com'" in env_file, env_file
+
+    # --- pinning and rolling back, as the README shows: tags of her own, a kept release's id
+    run("git", "commit", "-q", "--allow-empty", "-m", "v1.2", cwd=site, env=env)
+    run("git", "tag", "v1.1", first_sha, cwd=site, env=env)
+    run("git", "tag", "-a", "v1.2", "-m", "v1.2", cwd=site, env=env)
+    kept = sorted(p.name for p in (app / "releases").iterdir() if not p.name.startswith("."))
+    for line in steps["pinning"]:
+        line = line.replace("deploy@", f"{user}@").replace("20261129T013000Z-1a2b3c4", kept[0])
+        status, out = in_terminal(line, site, env)
+        with session.open("a") as seen:
+            seen.write(f"$ {line}\n{as_seen(out).lstrip(chr(10))}")
+        assert status == 0, f"{line}:\n{out}"
+        if "v1.2:main" in line:
+            assert "shipyard ▸ live:" in out, out
+    assert (app / "current").resolve().name == kept[0]  # the last line's release is live
+    assert admin_login(app_port, "admin", PASSWORD) == (302, "/admin/")  # code-only: data kept
