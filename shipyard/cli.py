@@ -41,7 +41,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print("Add it as a git remote in your project, then push:")
     for line in repo.remote_lines(app):
         print(f"  {line}")
-    print(f"  git push production {args.branch}")
+    print(f"  git push production {load_host_config(app.config_file).branch}")
     return 0
 
 
@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
-    p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
+    p.add_argument(
+        "--branch",
+        help="the branch whose pushes deploy (default main); on an existing app, changes it",
+    )
     p.add_argument(
         "--port",
         type=int,

@@ -44,8 +44,15 @@ def check_key(key: str) -> str:
     return key
 
 
-def parse_assignment(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` from the command line."""
+def parse_assignment(text: str, before: str = "") -> tuple[str, str]:
+    """``KEY=VALUE`` from the command line (``before``: the word before it, if any)."""
+    if "=" not in text and "=" in before:  # a value's spaces split it: ssh re-splits the line
+        raise ConfigError(
+            f"{text!r} has no '=': is it the rest of {before.split('=', 1)[0]}'s value, "
+            "split off at a space?",
+            "quote KEY=VALUE as one word; over ssh quote it twice, as ssh joins the words and "
+            f"the server splits them again: \"'{before} {text}'\"",
+        )
     if "=" not in text:
         raise ConfigError(
             f"{text!r} has no '=': write KEY=VALUE",
@@ -249,5 +256,5 @@ def command(words: list[str], root: Path | None, show: bool, stdin: bool, restar
         value = sys.stdin.read()
         values = {check_key(args[0]): value[:-1] if value.endswith("\n") else value}
     else:
-        values = dict(parse_assignment(a) for a in args)
+        values = dict(parse_assignment(a, b) for a, b in zip(args, ["", *args], strict=False))
     return 0 if change(app, values, [], restart) else 1
