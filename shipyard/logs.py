@@ -243,11 +243,12 @@ class Printer:
         self.color = color
         self.palette: dict[str, str] = {}
 
-    def line(self, line: Line) -> str:
+    def line(self, line: Line, host: str = "") -> str:
+        """One line as shown; ``host`` (with peers): the host's name in front."""
         when = time.strftime("%m-%d %H:%M:%S", time.gmtime(line.when)) if line.when else " " * 14
         who = line.process + (f" {line.color}" if line.color else "")
         commit = line.release.rsplit("-", 1)[-1][:7] if line.release else "-"
-        head = f"{when} {who:<12} {commit:<7}"
+        head = f"{host}{when} {who:<12} {commit:<7}"
         if self.color:
             code = self.palette.setdefault(
                 line.process.split(".")[0], COLORS[len(self.palette) % len(COLORS)]
@@ -275,19 +276,36 @@ def show(
     follow: bool = False,
     process: str | None = None,
     color: bool | None = None,
+    host: str | None = None,
 ) -> int:
-    """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones."""
-    from .release import shared_env
+    """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones.
+
+    With peers, every host's lines (or ``host``'s only), the host's name in front."""
+    from .config import load_host_config
+    from .hosts import Fleet
 
     if count < 0:
         raise AppError(f"-n {count}: give a number of lines, 0 or more")
-    check_process(app, process)
-    mask = Masker()
-    with contextlib.suppress(Exception):
-        mask = Masker(shared_env(app))
+    fleet = Fleet.load(app, load_host_config(app.config_file))
+    members = fleet.pick(host)
     if color is None:  # over SSH there is no terminal (only `run` gets one): --color asks
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    printer = Printer(mask, color)
+    printer = Printer(masker(app), color)
+    if not fleet.peers:
+        return show_here(app, count, follow, process, printer)
+    return show_hosts(app, fleet, members, count, follow, process, printer)
+
+
+def masker(app: App) -> Masker:
+    from .release import shared_env
+
+    with contextlib.suppress(Exception):
+        return Masker(shared_env(app))
+    return Masker()
+
+
+def show_here(app: App, count: int, follow: bool, process: str | None, printer: Printer) -> int:
+    check_process(app, process)
     known = {s.path: s for s in sources(app, process)}
     merged = sorted(
         (ln for s in known.values() for ln in last_lines(s, count)), key=lambda ln: ln.when
@@ -303,6 +321,126 @@ def show(
         if not emit([printer.line(ln) for ln in new]):
             return 0
     return 0
+
+
+def show_hosts(
+    app: App, fleet, members: list, count: int, follow: bool, process: str | None, printer
+) -> int:
+    """Every host's lines (this one's read here, the peers' through their ``logs`` route),
+    merged by time for ``-n``; with ``-f`` each host's new lines as they come."""
+    import json
+    import queue
+    import threading
+
+    from shipyard.receiver.client import PeerError
+
+    local = next((m for m in members if m.peer is None), None)
+    remote = [m for m in members if m.peer is not None]
+    if remote and not fleet.named:
+        fleet.learn_names()
+    width = max(len(m.label) for m in members) + 1
+    incoming: queue.Queue = queue.Queue()
+    first: dict[str, list[Line]] = {m.label: [] for m in remote}
+    ready = {m.label: threading.Event() for m in remote}
+    errors: dict[str, str] = {}
+
+    def fetch(m) -> None:
+        def on_line(text: str) -> None:
+            if text == "f":  # its last lines are all sent: what follows is new
+                ready[m.label].set()
+                return
+            with contextlib.suppress(ValueError, TypeError):
+                when, proc, colour, rid, body = json.loads(text.partition(" ")[2])
+                line = Line(float(when), str(proc), colour, str(rid), str(body))
+                if ready[m.label].is_set():
+                    incoming.put((m.label, line))
+                else:
+                    first[m.label].append(line)
+
+        query = {"lines": str(count), **({"process": process} if process else {})}
+        try:
+            answer = m.peer.call(
+                "GET",
+                "logs",
+                query={**query, **({"follow": "1"} if follow else {})},
+                on_line=on_line,
+                retries=1,
+            )
+            if not answer.get("ok"):
+                errors[m.label] = f"{m.where}: {answer.get('error')}"
+        except PeerError as exc:
+            errors[m.label] = f"{m.where}: {exc.message}"
+        finally:
+            ready[m.label].set()
+
+    threads = [threading.Thread(target=fetch, args=(m,), daemon=True) for m in remote]
+    for t in threads:
+        t.start()
+    known: dict = {}
+    lines: list[tuple[str, Line]] = []
+    if local:
+        check_process(app, process)
+        known = {s.path: s for s in sources(app, process)}
+        lines = [(local.label, ln) for s in known.values() for ln in last_lines(s, count)]
+    for m in remote:
+        ready[m.label].wait()
+        lines += [(m.label, ln) for ln in first[m.label]]
+    lines.sort(key=lambda pair: pair[1].when)
+    shown = lines[-count:] if count else []
+    emit([printer.line(ln, f"{label:<{width}}") for label, ln in shown])
+    reported = set(errors)
+    for message in errors.values():
+        print(f"shipyard: {message}: its lines are missing", file=sys.stderr, flush=True)
+    while follow:
+        time.sleep(POLL)
+        new = []
+        if local:
+            for source in sources(app, process):
+                known.setdefault(source.path, source)
+            new = [(local.label, ln) for s in known.values() for ln in read_new(s)]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                new.append(incoming.get_nowait())
+        new.sort(key=lambda pair: pair[1].when)
+        if not emit([printer.line(ln, f"{label:<{width}}") for label, ln in new]):
+            return 0
+        for label in [x for x in errors if x not in reported]:
+            print(f"shipyard: {errors[label]}: no longer followed", file=sys.stderr, flush=True)
+            reported.add(label)
+    return 1 if errors else 0
+
+
+def serve(app: App, query: dict, stream) -> dict:
+    """The receiver's ``logs`` route: the last lines (``l`` lines of JSON), then with
+    ``follow=1`` an ``f`` line and the new ones, until the primary goes away."""
+    import json
+
+    count = int(query.get("lines", "100"))
+    if count < 0:
+        raise AppError(f"lines={count}: give a number of lines, 0 or more")
+    process = query.get("process") or None
+    check_process(app, process)
+    mask = masker(app)
+
+    def send(lines: list[Line]) -> None:
+        for ln in lines:
+            row = [ln.when, ln.process, ln.color, ln.release, mask(ln.text)]
+            stream.write("l " + json.dumps(row) + "\n")
+
+    known = {s.path: s for s in sources(app, process)}
+    merged = sorted(
+        (ln for s in known.values() for ln in last_lines(s, count)), key=lambda ln: ln.when
+    )
+    send(merged[-count:] if count else [])
+    if query.get("follow") != "1":
+        return {"ok": True}
+    stream.write("f\n")
+    while not stream.gone:
+        time.sleep(POLL)
+        for source in sources(app, process):
+            known.setdefault(source.path, source)
+        send(sorted((ln for s in known.values() for ln in read_new(s)), key=lambda ln: ln.when))
+    return {"ok": True}
 
 
 def emit(lines: list[str]) -> bool:

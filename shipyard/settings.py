@@ -13,7 +13,6 @@ and never recorded: the history line of a change names its keys only.
 from __future__ import annotations
 
 import io
-import os
 import re
 import sys
 import time
@@ -124,19 +123,9 @@ def edit(text: str, values: dict[str, str], unset: list[str]) -> str:
 
 def write(app: App, text: str) -> None:
     """Replace ``shared/.env`` atomically with ``text``, mode 0600."""
-    path = env_file(app)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".env.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from .hosts import replace
+
+    replace(env_file(app), text, 0o600)
 
 
 def masked(value: str) -> str:
@@ -199,6 +188,7 @@ def change(
 ) -> bool:
     """``config set/unset``: under the deploy lock, numbered in history, then the handover."""
     from .change import making
+    from .hosts import Fleet, apply, new_token
     from .restart import handover
 
     old, new = plan(app, values, unset)  # bad input: refused before the lock is even taken
@@ -207,6 +197,20 @@ def change(
     what = f"config {verb} {', '.join(keys)}"
     with making(app, "config", term=term) as c:
         old, new = plan(app, values, unset)  # again, under the lock
+        fleet = Fleet.load(app, c.host)
+        if fleet.peers:  # every host gets the new .env before any restarts
+            c.out.title(f"config #{c.number}: {verb} {', '.join(keys)} by {c.by}")
+            fleet.warn_drained(c.out, f"config {verb}")
+            token = new_token("config", c.number)
+            request = {"values": values, "unset": unset}
+            names = apply(
+                fleet, c.out, token, request, env_file(app), new, 0o600, True if restart else None
+            )
+            c.record(
+                f"{verb} {', '.join(keys)}", keys=keys, change=verb, restarted=restart, hosts=names
+            )
+            c.out.final(f"{app.name}: {what} on {len(names)} hosts: {', '.join(names)}", True)
+            return True
         if old == new:
             c.out.final(f"{app.name}: {what}: already so; nothing changed", True)
             c.record(f"{verb} {', '.join(keys)} (no change)", keys=keys, change=verb)
