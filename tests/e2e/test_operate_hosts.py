@@ -1,11 +1,10 @@
 """Operating an app of many hosts: config, scale, restart, run and logs reach every host.
 
-One primary and two peers (each peer a real network namespace with its receiver and its
-own supervisord) for the whole module, running the smallest WSGI app (gunicorn) that
-answers with a setting of its environment, and a worker. The tests check what every host
-*serves* over HTTP, which release and how many processes run there (/proc), the files on
-each host and the primary's history; a change one host cannot take changes nothing
-anywhere.
+The cluster is tests/manyhosts.py's (a primary and two peers, each peer a real network
+namespace with its receiver and its own supervisord) for the whole module. The tests check
+what every host *serves* over HTTP, which release and how many processes run there (/proc),
+each host's files and the primary's history. When a host cannot follow:
+tests/faults/test_many_hosts_operate.py.
 """
 
 from __future__ import annotations
@@ -17,123 +16,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, Host, Work, processes_under, run, shipyard
-from httpload import fetch
+from conftest import BIN, REPO
 
 sys.path.insert(0, str(REPO / "tests"))
+import manyhosts  # noqa: E402
 import netns  # noqa: E402
+from manyhosts import Hosts, everyone, out_of  # noqa: E402
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
-
-APP = """\
-import os
-import sys
-
-if os.environ.get("BROKEN"):  # set in a host's shared/.env: its web cannot start
-    raise SystemExit("BROKEN is set on this host")
-
-
-def app(environ, start_response):
-    path = environ.get("PATH_INFO")
-    body = b"ok" if path == "/healthz" else f"color={os.environ.get('COLOR', '-')}".encode()
-    if path != "/healthz":
-        print(f"served {path}", flush=True)
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-"""
-WORKER = "import time\nwhile True:\n    time.sleep(1)\n"
-FILES = {
-    "app.py": APP,
-    "worker.py": WORKER,
-    "requirements.txt": "gunicorn>=23\n",
-    "Procfile": "web: gunicorn app:app --workers 1 --bind 127.0.0.1:$PORT\n"
-    "worker: python worker.py\n",
-    "shipyard.toml": 'shared = [".env"]\n\n[health]\npath = "/healthz"\n',
-}
-
-
-class Hosts:
-    """The module's cluster: the primary (web1) and its two peers (web2, web3)."""
-
-    def __init__(self, base: Path, net: netns.Net) -> None:
-        self.cluster = netns.Cluster(net, base, BIN)
-        self.peers = [self.cluster.add_peer(), self.cluster.add_peer()]
-        self.work = Work(base / "work")
-        self.work.path.mkdir()
-        self.work.git("init", "-q", "-b", "main")
-        self.work.commit("a web and a worker", **FILES)
-        self.work.git("remote", "add", "production", str(self.cluster.dir / "repo.git"))
-
-    def peer(self, name: str) -> netns.PeerHost:
-        return next(p for p in self.peers if p.name == name)
-
-    def dir(self, name: str) -> Path:
-        return self.cluster.dir if name == "web1" else self.peer(name).dir
-
-    def env(self, name: str) -> Path:
-        return self.dir(name) / "shared" / ".env"
-
-    def serves(self, name: str, path: str = "/") -> str:
-        if name == "web1":
-            status, body = fetch(self.cluster.port, path)
-            assert status == 200, body
-            return body
-        code = netns.FETCH.replace("8000/'", f"8000{path}'")
-        return run(*self.peer(name).node.cmd(sys.executable, "-c", code)).stdout
-
-    def every_host_serves(self, text: str, out: str = "") -> None:
-        """Every host answers ``text`` and its processes run the live release only."""
-        self.cluster.assert_serving(text, self.cluster.live(), out)
-
-    def workers(self, name: str) -> int:
-        count = 0
-        for pid in processes_under(self.dir(name).parent):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            count += b"worker.py" in cmdline
-        return count
-
-    def shipyard(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return shipyard("--root", self.cluster.root, *args, check=False, **kw)
-
-    def history(self, name: str = "web1") -> list[dict]:
-        path = self.dir(name) / "deploys" / "deploys.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory) -> Hosts:
-    net = netns.Net()
-    base = tmp_path_factory.mktemp("operate")
-    try:
-        made = Hosts(base, net)
-        out = made.work.push().out
-        assert "shipyard ▸ live" in out, out
-        made.every_host_serves("color=-", out)
+    with manyhosts.operated(tmp_path_factory.mktemp("operate")) as made:
         yield made
-    finally:
-        net.close()  # the peers' receivers and supervisords, in their namespaces
-        Host(base / "web1").stop_processes()
-
-
-def out_of(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
-
-
-def files(hosts: Hosts, name: str) -> dict[str, bytes | None]:
-    """The host's .env and scale.json as they are on disk."""
-    found = {}
-    for path in (hosts.env(name), hosts.dir(name) / "scale.json"):
-        found[path.name] = path.read_bytes() if path.exists() else None
-    return found
-
-
-def everyone(hosts: Hosts) -> dict[str, dict]:
-    return {name: files(hosts, name) for name in ("web1", "web2", "web3")}
 
 
 def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
@@ -159,93 +55,32 @@ def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
         assert not [e for e in hosts.history(name) if e.get("kind") == "config"], name
 
 
-def test_a_peer_that_is_down_changes_nothing_anywhere(hosts: Hosts):
+def test_restart_rolls_host_by_host(hosts: Hosts):
     hosts.shipyard("config", "set", "mysite", "COLOR=blue")
-    hosts.every_host_serves("color=blue")
-    web3 = hosts.peer("web3")
-    before = everyone(hosts)
-    hosts.cluster.kill(web3)
-    try:
-        for words in (["config", "set", "mysite", "COLOR=red"], ["scale", "mysite", "worker=2"]):
-            result = hosts.shipyard(*words)
-            out = out_of(result)
-            assert result.returncode == 1, out
-            last = [ln for ln in result.stderr.splitlines() if ln.strip()][0]
-            assert "web3" in last or web3.address in last, out
-            assert "connection refused" in out and "nothing changed anywhere" in out, out
-            assert everyone(hosts) == before, out  # web2 took it, then put its old file back
-            for name in ("web1", "web2"):
-                assert not list((hosts.dir(name) / "run").glob("staged-*")), name
-            assert hosts.cluster.serves() == "color=blue"
-            assert hosts.serves("web2") == "color=blue"
-    finally:
-        hosts.cluster.start(web3)
-    hosts.every_host_serves("color=blue")
-
-
-def test_a_peer_that_cannot_take_the_change_changes_nothing_anywhere(hosts: Hosts):
-    hosts.shipyard("config", "set", "mysite", "COLOR=blue")
-    env = hosts.env("web3")
-    good = env.read_text()
-    env.write_text(good + "THIS LINE IS NOT KEY=VALUE 'oops\n")  # web3's .env does not parse
-    before = everyone(hosts)
-    try:
-        result = hosts.shipyard("config", "set", "mysite", "COLOR=red")
-        out = out_of(result)
-        assert result.returncode == 1 and "web3" in result.stderr, out
-        assert "cannot parse" in out and "nothing changed anywhere" in out, out
-        assert everyone(hosts) == before
-    finally:
-        env.write_text(good)
-    hosts.every_host_serves("color=blue", out)
-    assert hosts.history()[-1]["outcome"] == "failed"
-
-
-def test_a_host_failing_its_restart_puts_every_host_back(hosts: Hosts):
-    hosts.shipyard("config", "set", "mysite", "COLOR=blue")
-    env = hosts.env("web3")
-    good = env.read_text()
-    env.write_text(good + "BROKEN=1\n")  # web3's next web cannot start
-    before = everyone(hosts)
-    try:
-        result = hosts.shipyard("config", "set", "mysite", "COLOR=green")
-        out = out_of(result)
-        assert result.returncode == 1, out
-        assert "[web1] restart" in out and "✗ [web3] restart" in out, out
-        assert "web3" in result.stderr and "nothing changed anywhere" in out, out
-        assert everyone(hosts) == before
-        for name in ("web1", "web2", "web3"):  # web1 and web2 restarted again onto blue
-            assert hosts.serves(name) == "color=blue", (name, out)
-    finally:
-        env.write_text(good)
-    hosts.shipyard("restart", "mysite")
-    hosts.every_host_serves("color=blue")
-
-
-def test_restart_rolls_host_by_host_and_stops_at_a_failing_one(hosts: Hosts):
-    hosts.shipyard("config", "set", "mysite", "COLOR=blue")
+    before = {n: hosts.app_pids(n) for n in manyhosts.NAMES}
     result = hosts.shipyard("restart", "mysite")
     out = out_of(result)
     assert result.returncode == 0 and "restarted on 3 hosts, one by one" in out, out
     assert out.index("[web1] restart") < out.index("[web2] restart") < out.index("[web3] restart")
     hosts.every_host_serves("color=blue", out)
+    for name in manyhosts.NAMES:  # every host's processes are new ones
+        assert not before[name] & hosts.app_pids(name), name
 
-    env = hosts.env("web2")
-    good = env.read_text()
-    env.write_text(good + "BROKEN=1\n")
-    pids = set(processes_under(hosts.dir("web3").parent))
-    try:
-        result = hosts.shipyard("restart", "mysite", "--process", "web")
-        out = out_of(result)
-        assert result.returncode == 1, out
-        assert "✗ [web2] restart" in out and "[web3] restart" not in out, out
-        assert "the roll stopped at web2" in out and "not restarted: web3" in out, out
-        for name in ("web1", "web2", "web3"):  # the others keep serving; web2 its old web
-            assert hosts.serves(name) == "color=blue", (name, out)
-        assert pids <= set(processes_under(hosts.dir("web3").parent))  # web3 not touched
-    finally:
-        env.write_text(good)
-    hosts.every_host_serves("color=blue")
+
+def test_config_set_no_restart_writes_every_host_and_restarts_none(hosts: Hosts):
+    hosts.shipyard("config", "set", "mysite", "COLOR=blue")
+    before = {n: hosts.app_pids(n) for n in manyhosts.NAMES}
+    result = hosts.shipyard("config", "set", "mysite", "COLOR=cyan", "--no-restart")
+    out = out_of(result)
+    assert result.returncode == 0 and "- restart" in out and "] restart" not in out, out
+    for name in manyhosts.NAMES:
+        assert "COLOR=cyan" in hosts.env(name).read_text(), name
+        assert hosts.serves(name) == "color=blue", name  # the processes get it when restarted
+        assert before[name] <= hosts.app_pids(name), name
+    assert hosts.history()[-1]["restarted"] is False
+    hosts.shipyard("restart", "mysite")
+    hosts.every_host_serves("color=cyan")
+    hosts.shipyard("config", "set", "mysite", "COLOR=blue")
 
 
 def test_scale_applies_to_every_host(hosts: Hosts):
@@ -301,34 +136,6 @@ def test_run_on_the_primary_or_on_a_named_host(hosts: Hosts):
         "import os; print(os.environ['COLOR'])",
     )
     assert env.returncode == 0 and env.stdout == "blue\n", out_of(env)  # web3's own .env
-
-
-@pytest.mark.parametrize(
-    "words, message",
-    [
-        (["run", "mysite", "--host", "web9", "--", "true"], "no host 'web9' among mysite's hosts"),
-        (["run", "mysite", "--host", "../web2", "--", "true"], "is not a host name"),
-        (["logs", "mysite", "--host", "web9"], "no host 'web9' among mysite's hosts"),
-        (["logs", "mysite", "--host", "/etc/passwd"], "is not a host name"),
-        (["run", "mysite", "--host", "web2", "--", "no-such-command"], "command not found"),
-    ],
-)
-def test_bad_host_input(hosts: Hosts, words, message: str):
-    before = everyone(hosts)
-    result = hosts.shipyard(*words)
-    assert result.returncode != 0 and message in result.stderr, out_of(result)
-    assert everyone(hosts) == before
-
-
-def test_run_on_a_peer_that_is_down(hosts: Hosts):
-    web3 = hosts.peer("web3")
-    hosts.cluster.kill(web3)
-    try:
-        result = hosts.shipyard("run", "mysite", "--host", web3.address, "--", "true")
-        assert result.returncode == 1, out_of(result)
-        assert "connection refused" in result.stderr and len(result.stderr.splitlines()) <= 2
-    finally:
-        hosts.cluster.start(web3)
 
 
 def test_logs_show_every_hosts_lines_with_its_name(hosts: Hosts):
