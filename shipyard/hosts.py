@@ -249,7 +249,8 @@ def stage_everywhere(
 
 
 def unstage(fleet: Fleet, out: Reporter, token: str, keep: bool = False) -> None:
-    """Undo of ``stage`` (or, ``keep``, its end): every host that staged settles."""
+    """Undo of ``stage`` (or, ``keep``, its end): every host that staged settles, the peers
+    first and this host last, so that its record outlives theirs (``finish_interrupted``)."""
     from shipyard.receiver.client import PeerError
 
     def one(m: Member) -> None:
@@ -269,9 +270,50 @@ def unstage(fleet: Fleet, out: Reporter, token: str, keep: bool = False) -> None
                 f"{fleet.app.run.name}/staged-{token}.json there"
             )
 
-    parallel(one, fleet.members)
+    if keep and fleet.members[0].staged:
+        decide(fleet.app, token)  # from here on, an interrupted change is finished, not undone
+    parallel(one, fleet.peers)
+    one(fleet.members[0])
     if not keep:
-        out.line(f"  ↩ every host that took it has its old {fleet.app.name} file back")
+        out.line("  ↩ every host that took it has its old file back")
+
+
+def decide(app: App, token: str) -> None:
+    """Write down on this host that the change is kept (every host took it and restarted)."""
+    record = record_path(app, token)
+    note = json.loads(record.read_text())
+    replace(record, json.dumps({**note, "keep": True}), 0o600)
+
+
+def interrupted(app: App) -> list[tuple[str, bool]]:
+    """The changes this host staged and never settled (the primary died): (token, kept)."""
+    found = []
+    for path in sorted(app.run.glob("staged-*.json")):
+        token = path.name.removeprefix("staged-").removesuffix(".json")
+        if TOKEN.match(token):
+            try:
+                found.append((token, bool(json.loads(path.read_text()).get("keep"))))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def finish_interrupted(fleet: Fleet, out: Reporter) -> bool:
+    """Before a change: one that was interrupted is finished on every host as its record says,
+    kept if it had been decided, else every host's old file put back; True if there was one."""
+    found = interrupted(fleet.app)
+    for token, keep in found:
+        how = "kept on" if keep else "undone on"
+        out.warn(f"an interrupted change ({token}) is {how} every host first")
+        for m in fleet.members:
+            m.staged = True  # a peer without the record answers found=False: nothing to do
+        unstage(fleet, out, token, keep)
+        if not keep:
+            out.warn(
+                f"a host that had restarted onto it runs its settings until restarted "
+                f"(`shipyard restart {fleet.app.name}`)"
+            )
+    return bool(found)
 
 
 def restart_one(fleet: Fleet, m: Member, out: Reporter, restart: bool | list[str]) -> str:

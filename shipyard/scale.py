@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .app import App
 from .errors import ConfigError
-from .hosts import Fleet, apply, new_token, replace
+from .hosts import Fleet, apply, finish_interrupted, new_token, replace
 from .restart import check_type, handover, types
 
 COUNT = re.compile(r"^([A-Za-z0-9_]+)=(\d{1,3}|default)$")
@@ -107,6 +107,8 @@ def run(app: App, words: list[str], term=None) -> None:
         fleet = Fleet.load(app, c.host)
         if fleet.peers:  # every host gets its new counts before any restarts
             fleet.warn_drained(c.out, "scale")
+            if finish_interrupted(fleet, c.out):  # it changed scale.json: count again
+                new = merged(app, wanted)
             token = new_token("scale", c.number)
             request = {"counts": wanted}
             names = apply(fleet, c.out, token, request, path(app), text(new), 0o644, False)

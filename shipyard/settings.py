@@ -188,7 +188,7 @@ def change(
 ) -> bool:
     """``config set/unset``: under the deploy lock, numbered in history, then the handover."""
     from .change import making
-    from .hosts import Fleet, apply, new_token
+    from .hosts import Fleet, apply, finish_interrupted, new_token
     from .restart import handover
 
     old, new = plan(app, values, unset)  # bad input: refused before the lock is even taken
@@ -201,6 +201,8 @@ def change(
         if fleet.peers:  # every host gets the new .env before any restarts
             c.out.title(f"config #{c.number}: {verb} {', '.join(keys)} by {c.by}")
             fleet.warn_drained(c.out, f"config {verb}")
+            if finish_interrupted(fleet, c.out):  # it changed .env: plan again
+                old, new = plan(app, values, unset)
             token = new_token("config", c.number)
             request = {"values": values, "unset": unset}
             names = apply(

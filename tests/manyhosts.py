@@ -22,7 +22,9 @@ NAMES = ("web1", "web2", "web3")
 APP = """\
 import os
 import sys
+import time
 
+time.sleep(float(os.environ.get("SLOW_START", "0")))  # set in a host's .env: a slow start
 if os.environ.get("BROKEN"):  # set in a host's shared/.env: its web cannot start
     raise SystemExit("BROKEN is set on this host")
 

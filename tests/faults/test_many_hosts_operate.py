@@ -9,11 +9,12 @@ peers, each in a real network namespace with its receiver and its own supervisor
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import faultlib
 import pytest
-from conftest import REPO
+from conftest import BIN, REPO
 
 sys.path.insert(0, str(REPO / "tests"))
 import manyhosts  # noqa: E402
@@ -170,4 +171,45 @@ def test_run_and_logs_with_a_peer_down(hosts: Hosts, observe):
     row["outcome"] = (
         f"`run`: status 1, `{first_line(result)[:120]}…`; `logs`: the other hosts' lines, "
         "one line on stderr for web3, status 1"
+    )
+
+
+def test_the_primary_killed_during_a_change_is_finished_by_the_next(hosts: Hosts, observe):
+    row = observe("fault", "the primary killed during `config set`'s restart roll (SIGKILL)")
+    with manyhosts.appended(hosts, "web3", "SLOW_START=4\n"):  # the roll is at web3 a while
+        change = subprocess.Popen(
+            [
+                BIN / "shipyard",
+                "--root",
+                hosts.cluster.root,
+                "config",
+                "set",
+                "mysite",
+                "COLOR=red",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        seen = ""
+        while "✓ [web2] restart" not in seen:
+            line = change.stdout.readline()
+            assert line, seen
+            seen += line
+        change.kill()
+        change.wait()
+        staged = {n: list((hosts.dir(n) / "run").glob("staged-*")) for n in manyhosts.NAMES}
+        assert all(staged.values()), (staged, seen)  # every host still has its undo record
+        result = hosts.shipyard("config", "set", "mysite", "COLOR=green")
+        out = out_of(result)
+        assert result.returncode == 0, out
+        assert "interrupted change" in out and "is undone on every host first" in out, out
+        hosts.every_host_serves("color=green", out)
+        for name in manyhosts.NAMES:
+            assert not list((hosts.dir(name) / "run").glob("staged-*")), name
+            assert "COLOR=green" in hosts.env(name).read_text(), name
+    assert hosts.shipyard("config", "set", "mysite", "COLOR=blue").returncode == 0
+    row["outcome"] = (
+        "each host kept its undo record; the next change put the old file back on every host "
+        "first (`an interrupted change (…) is undone on every host first`), then applied itself"
     )

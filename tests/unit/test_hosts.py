@@ -148,3 +148,22 @@ def test_staged_twice_under_one_token_the_first_record_stands(app: App):
     hosts.stage(app, "config-3-0123abcd", env, "A=2\n")  # a retried request
     hosts.settle(app, "config-3-0123abcd", keep=False)
     assert env.read_text() == "A=1\n"
+
+
+def test_an_interrupted_change_is_undone_or_kept_everywhere_as_its_record_says(app: App):
+    env = settings.env_file(app)
+    web2 = FakePeer("web2")
+    out, buf = reporter()
+    hosts.stage(app, "config-3-0123abcd", env, "A=2\n")  # and then the primary died
+    assert hosts.finish_interrupted(fleet_of(app, web2), out)
+    assert env.read_text() == "A=1\n" and not list(app.run.glob("staged-*"))
+    assert web2.calls == [("settle", {"token": "config-3-0123abcd", "keep": False})]
+    assert "interrupted change (config-3-0123abcd) is undone on every host" in buf.getvalue()
+
+    hosts.stage(app, "config-4-0123abcd", env, "A=3\n")
+    hosts.decide(app, "config-4-0123abcd")  # every host had taken it and restarted: kept
+    web2.calls.clear()
+    assert hosts.finish_interrupted(fleet_of(app, web2), out)
+    assert env.read_text() == "A=3\n" and not list(app.run.glob("staged-*"))
+    assert web2.calls == [("settle", {"token": "config-4-0123abcd", "keep": True})]
+    assert not hosts.finish_interrupted(fleet_of(app, web2), out)  # nothing left to finish
