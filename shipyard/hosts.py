@@ -28,9 +28,9 @@ from pathlib import Path
 
 from . import lock
 from .app import App
-from .config import HostConfig, read_secret
+from .config import HostConfig
 from .errors import ShipyardError
-from .peers import active_peers, local_name, parallel
+from .peers import active_peers, cluster_secret, local_name, parallel
 from .report import Reporter, Skip
 
 TOKEN = re.compile(r"^(config|scale)-\d{1,9}-[0-9a-f]{8}$")
@@ -134,12 +134,7 @@ class Fleet:
         from shipyard.receiver.client import Peer
 
         active = active_peers(host)
-        secret = read_secret(host, app.config_file) if active else None
-        if active and not secret:
-            raise ShipyardError(
-                f"{app.config_file} lists peers but no cluster secret",
-                "set secret_file on every host; see docs/hosts.md",
-            )
+        secret = cluster_secret(app, host) if active else None
         members = [Member(local_name(host), THIS_HOST)]
         for address in active:
             peer = Peer(address, app.name, secret, host.peer_timeout, host.peer_tls.get(address))
