@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import netns
 from conftest import BIN, Host, Work, processes_under, run, shipyard
-from httpload import fetch
+from httpload import Load, fetch
 
 NAMES = ("web1", "web2", "web3")
 
@@ -156,3 +158,42 @@ def appended(hosts: Hosts, name: str, text: str) -> Iterator[None]:
         yield
     finally:
         env.write_text(good)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter(ns: str) -> None:
+    """Move the calling thread (only it) into the network namespace ``ns`` (setns(2))."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{ns}") as handle:
+        if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+
+
+@contextlib.contextmanager
+def under_load(hosts: Hosts, rate: float = 20) -> Iterator[dict[str, Load]]:
+    """GET / on every host at once, each from a thread inside that host's namespace."""
+    loads = {"web1": Load(hosts.cluster.port, rate=rate, seconds=120)}
+    for peer in hosts.peers:
+        loads[peer.name] = Load(8000, rate=rate, seconds=120)
+
+    def run(name: str) -> None:
+        if name != "web1":
+            enter(hosts.peer(name).node.ns)
+        loads[name].run()
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in loads]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        yield loads
+    finally:
+        time.sleep(0.5)
+        for load in loads.values():
+            load.stop.set()
+        for t in threads:
+            t.join(timeout=60)

@@ -34,9 +34,13 @@ def hosts(tmp_path_factory) -> Hosts:
 
 def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
     before = len(hosts.history())
-    result = hosts.shipyard("config", "set", "mysite", "COLOR=blue")
+    with manyhosts.under_load(hosts) as loads:
+        result = hosts.shipyard("config", "set", "mysite", "COLOR=blue")
     out = out_of(result)
     assert result.returncode == 0, out
+    for name, load in loads.items():  # every host served throughout its restart
+        assert load.results and not load.failures(), (name, load.failures()[:5])
+        assert load.results[-1][3] == "color=blue", (name, load.results[-1])
     assert "✓ stage" in out and "3 hosts: web1, web2, web3" in out, out
     stage = out.index("✓ stage")
     assert all(out.index(f"[{h}] restart") > stage for h in ("web1", "web2", "web3")), out
@@ -58,8 +62,11 @@ def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
 def test_restart_rolls_host_by_host(hosts: Hosts):
     hosts.shipyard("config", "set", "mysite", "COLOR=blue")
     before = {n: hosts.app_pids(n) for n in manyhosts.NAMES}
-    result = hosts.shipyard("restart", "mysite")
+    with manyhosts.under_load(hosts) as loads:
+        result = hosts.shipyard("restart", "mysite")
     out = out_of(result)
+    for name, load in loads.items():
+        assert load.results and not load.failures(), (name, load.failures()[:5])
     assert result.returncode == 0 and "restarted on 3 hosts, one by one" in out, out
     assert out.index("[web1] restart") < out.index("[web2] restart") < out.index("[web3] restart")
     hosts.every_host_serves("color=blue", out)
@@ -86,19 +93,28 @@ def test_config_set_no_restart_writes_every_host_and_restarts_none(hosts: Hosts)
 def test_scale_applies_to_every_host(hosts: Hosts):
     hosts.shipyard("config", "set", "mysite", "COLOR=blue")
     before = len(hosts.history())
-    result = hosts.shipyard("scale", "mysite", "worker=2")
+    with manyhosts.under_load(hosts) as loads:
+        result = hosts.shipyard("scale", "mysite", "worker=2", "web=2")
     out = out_of(result)
+    for name, load in loads.items():
+        assert load.results and not load.failures(), (name, load.failures()[:5])
     assert result.returncode == 0 and "on 3 hosts" in out, out
     for name in ("web1", "web2", "web3"):
-        assert json.loads((hosts.dir(name) / "scale.json").read_text()) == {"worker": 2}
+        assert json.loads((hosts.dir(name) / "scale.json").read_text()) == {"web": 2, "worker": 2}
+        line = next(ln for ln in out.splitlines() if f"[{name}] restart" in ln)
+        assert "web ×2 healthy" in line, line
         deadline = time.monotonic() + 30
         while hosts.workers(name) != 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert hosts.workers(name) == 2, (name, out)
     added = hosts.history()[before:]
-    assert len(added) == 1 and added[0]["kind"] == "scale" and added[0]["counts"] == {"worker": 2}
+    assert (
+        len(added) == 1
+        and added[0]["kind"] == "scale"
+        and added[0]["counts"] == {"web": 2, "worker": 2}
+    )
     hosts.every_host_serves("color=blue", out)
-    result = hosts.shipyard("scale", "mysite", "worker=default")
+    result = hosts.shipyard("scale", "mysite", "worker=default", "web=default")
     assert result.returncode == 0, out_of(result)
     for name in ("web1", "web2", "web3"):
         assert json.loads((hosts.dir(name) / "scale.json").read_text()) == {}
