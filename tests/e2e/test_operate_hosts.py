@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,21 +182,37 @@ def test_logs_show_every_hosts_lines_with_its_name(hosts: Hosts):
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+    reader.start()
+
+    def shown(name: str, text: str) -> bool:
+        return any(ln.startswith(f"{name} ") and text in ln for ln in list(lines))
+
+    def wait_until_every_host_shows(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not all(shown(name, text) for name in manyhosts.NAMES):
+            assert time.monotonic() < deadline and follow.poll() is None, (text, lines)
+            time.sleep(0.1)
+
     try:
         time.sleep(2)  # following every host now
-        for name in ("web1", "web2", "web3"):
+        for name in manyhosts.NAMES:
             hosts.serves(name, f"/follow-{name}")
-        seen = ""
-        deadline = time.monotonic() + 20
-        while not all(f"/follow-{n}" in seen for n in ("web1", "web2", "web3")):
-            assert time.monotonic() < deadline, seen
-            seen += follow.stdout.readline()
-        for name in ("web1", "web2", "web3"):
-            line = next(ln for ln in seen.splitlines() if f"/follow-{name}" in ln)
-            assert line.startswith(f"{name} "), line
+        wait_until_every_host_shows("/follow-")  # each line with its host's name in front
+        for name in manyhosts.NAMES:
+            assert shown(name, f"/follow-{name}"), (name, lines)
+        # across a deploy: the processes it starts on every host are followed too
+        hosts.work.commit("a new release", **{"worker.py": WORKER_V2})
+        assert "shipyard ▸ live" in hosts.work.push().out
+        wait_until_every_host_shows(f"starting on releases/{hosts.cluster.live()}")
     finally:
         follow.terminate()
         follow.wait(timeout=10)
+        reader.join(timeout=10)
+
+
+WORKER_V2 = "import time\n\nwhile True:  # v2\n    time.sleep(1)\n"
 
 
 def signed(peer: netns.PeerHost, action: str, payload: dict, secret: str = netns.SECRET):
