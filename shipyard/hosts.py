@@ -116,9 +116,19 @@ class Member:
     staged: bool = False
     restarted: bool = False
 
+    def said(self, message: str) -> str:
+        """``message`` about this host, named once (a peer's errors often start with its
+        address already)."""
+        if self.peer is not None and message.startswith(self.address):
+            rest = message[len(self.address) :].lstrip(": ")
+            return f"{self.where}: {rest}" if self.label != self.address else message
+        return f"{self.where}: {message}"
+
     @property
     def where(self) -> str:
-        return f"{self.label} ({self.address})" if self.peer else f"{self.label} (this host)"
+        if self.peer is None:
+            return f"{self.label} (this host)"
+        return self.address if self.label == self.address else f"{self.label} ({self.address})"
 
 
 @dataclass
@@ -170,7 +180,7 @@ class Fleet:
         errors = self.learn_names()
         if errors:
             raise HostFailed(
-                "; ".join(f"{address}: {error}" for address, error in errors.items()),
+                "; ".join(m.said(errors[m.address]) for m in self.peers if m.address in errors),
                 "nothing was changed on any host; bring it back, or drain it "
                 f"(drained = [...] in {self.app.config_file})",
             )
@@ -232,12 +242,17 @@ def stage_everywhere(
     parallel(one, fleet.members)
     if failures:
         unstage(fleet, out, token)
+        fleet.learn_names()  # to name the hosts that refused (their refusals do not)
         which = [m for m in fleet.members if m.address in failures]
         out.fail("stage", time.monotonic() - started, ", ".join(m.label for m in which))
         raise HostFailed(
-            "; ".join(f"{m.where}: {failures[m.address]}" for m in which),
-            f"nothing changed anywhere; fix {', '.join(m.label for m in which)} and try again, "
-            f"or drain it (drained = [...] in {fleet.app.config_file})",
+            "; ".join(m.said(failures[m.address]) for m in which),
+            f"nothing changed anywhere; fix {', '.join(m.label for m in which)} and try again"
+            + (
+                f', or drain it (drained = ["{which[0].address}"] in {fleet.app.config_file})'
+                if which[0].peer
+                else ""
+            ),
         )
     names = ", ".join(m.label for m in fleet.members)
     out.ok("stage", time.monotonic() - started, f"{len(fleet.members)} hosts: {names}")
@@ -338,7 +353,7 @@ def restart_one(fleet: Fleet, m: Member, out: Reporter, restart: bool | list[str
                 detail = Skip(detail)
     except (PeerError, ShipyardError) as exc:
         out.fail(label, time.monotonic() - started, exc.message)
-        raise HostFailed(f"{m.where}: {exc.message}", exc.hint) from None
+        raise HostFailed(m.said(exc.message), exc.hint) from None
     m.restarted = True
     if isinstance(detail, Skip):
         out.skip(label, detail)

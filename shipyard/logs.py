@@ -367,9 +367,9 @@ def show_hosts(
                 retries=1,
             )
             if not answer.get("ok"):
-                errors[m.label] = f"{m.where}: {answer.get('error')}"
+                errors[m.label] = m.said(str(answer.get("error")))
         except PeerError as exc:
-            errors[m.label] = f"{m.where}: {exc.message}"
+            errors[m.label] = m.said(exc.message)
         finally:
             ready[m.label].set()
 

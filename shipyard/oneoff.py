@@ -334,7 +334,7 @@ def remote(member, argv: list[str], release_name: str | None, wait: bool) -> int
         idempotent=False,
     )
     if not answer.get("ok"):
-        raise ShipyardError(f"{member.where}: {answer.get('error') or 'run failed'}")
+        raise ShipyardError(member.said(str(answer.get("error") or "run failed")))
     return int(answer.get("code", 1))
 
 

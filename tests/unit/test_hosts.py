@@ -88,7 +88,8 @@ def test_one_host_that_cannot_take_it_puts_every_other_back(app: App):
         hosts.apply(fleet, out, "config-7-0123abcd", {}, env, "A=2\n", 0o600, True)
     assert "nothing changed anywhere" in failed.value.hint
     assert env.read_text() == "A=1\n"  # this host put its old file back
-    assert [a for a, p in web2.calls] == ["stage", "settle"]  # and so did web2
+    assert failed.value.message.startswith("web3 (10.0.0.3:7070): unreachable: connection")
+    assert [a for a, p in web2.calls if a != "info"] == ["stage", "settle"]  # and so did web2
     assert web2.calls[1][1] == {"token": "config-7-0123abcd", "keep": False}
     assert "restart" not in [a for a, _ in web2.calls + web3.calls]  # nobody restarted
 
@@ -167,3 +168,13 @@ def test_an_interrupted_change_is_undone_or_kept_everywhere_as_its_record_says(a
     assert env.read_text() == "A=3\n" and not list(app.run.glob("staged-*"))
     assert web2.calls == [("settle", {"token": "config-4-0123abcd", "keep": True})]
     assert not hosts.finish_interrupted(fleet_of(app, web2), out)  # nothing left to finish
+
+
+def test_a_host_is_named_once_in_what_is_said_about_it():
+    peer = hosts.Member("10.0.0.3:7070", "10.0.0.3:7070", FakePeer("web3"))
+    refused = "10.0.0.3:7070 unreachable: connection refused"
+    assert peer.said(refused) == refused
+    peer.label = "web3"
+    assert peer.said(refused) == "web3 (10.0.0.3:7070): unreachable: connection refused"
+    assert peer.said("cannot parse") == "web3 (10.0.0.3:7070): cannot parse"
+    assert hosts.Member("web1", hosts.THIS_HOST).said("x") == "web1 (this host): x"
