@@ -56,6 +56,9 @@ def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
     assert added[0]["keys"] == ["COLOR"] and added[0]["hosts"] == ["web1", "web2", "web3"]
     recorded = (hosts.dir("web1") / "deploys" / "deploys.jsonl").read_text()
     assert "blue" not in recorded  # keys, never values
+    shown = hosts.shipyard("history", "mysite").stdout
+    line = next(ln for ln in shown.splitlines() if " config " in ln)
+    assert "applied" in line and "set CO" in line and "blue" not in shown, shown
     for name in ("web2", "web3"):  # recorded once, in the primary's history
         assert not [e for e in hosts.history(name) if e.get("kind") == "config"], name
 
