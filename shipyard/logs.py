@@ -365,6 +365,7 @@ def show_hosts(
                 query={**query, **({"follow": "1"} if follow else {})},
                 on_line=on_line,
                 retries=1,
+                idempotent=False,  # repeated after some lines came, they would come twice
             )
             if not answer.get("ok"):
                 errors[m.label] = m.said(str(answer.get("error")))
