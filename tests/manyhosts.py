@@ -93,6 +93,22 @@ class Hosts:
                     found.add(pid)
         return found
 
+    def environs(self, name: str, key: str) -> set[str | None]:
+        """The value of ``key`` in the environment of each of the host's web and worker
+        processes (``/proc/<pid>/environ``; None where it is not set)."""
+        found: set[str | None] = set()
+        for pid in self.app_pids(name):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"gunicorn" not in cmdline and b"worker.py" not in cmdline:
+                    continue  # the log stamper: the launcher's environment, before .env
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                values = [
+                    e.split(b"=", 1)[1].decode() for e in env if e.startswith(f"{key}=".encode())
+                ]
+                found.add(values[0] if values else None)
+        return found
+
     def workers(self, name: str) -> int:
         count = 0
         for pid in processes_under(self.dir(name).parent):
@@ -197,3 +213,11 @@ def under_load(hosts: Hosts, rate: float = 20) -> Iterator[dict[str, Load]]:
             load.stop.set()
         for t in threads:
             t.join(timeout=60)
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    """Until ``predicate()`` holds (the processes before a handover drain first), bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)

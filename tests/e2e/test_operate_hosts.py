@@ -48,6 +48,8 @@ def test_config_set_reaches_every_host_before_any_restarts(hosts: Hosts):
     assert out.index("[web1] restart") < out.index("[web2] restart") < out.index("[web3] restart")
     hosts.every_host_serves("color=blue", out)
     for name in ("web1", "web2", "web3"):
+        # every web and worker process has it (those from before the handover drain first)
+        manyhosts.wait_for(lambda n=name: hosts.environs(n, "COLOR") == {"blue"}, name)
         env = hosts.env(name)
         assert "COLOR=blue" in env.read_text() and env.stat().st_mode & 0o777 == 0o600, name
         assert not list((hosts.dir(name) / "run").glob("staged-*")), name  # settled

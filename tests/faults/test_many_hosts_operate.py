@@ -98,6 +98,7 @@ def test_a_host_failing_its_restart_puts_every_host_back(hosts: Hosts, observe):
         assert everyone(hosts) == before
         for name in manyhosts.NAMES:  # web1 and web2 restarted again onto blue
             assert hosts.serves(name) == "color=blue", (name, out)
+            manyhosts.wait_for(lambda n=name: hosts.environs(n, "COLOR") == {"blue"}, name)
     row["outcome"] = (
         "status 1, every host's `.env` back, web1 and web2 restarted onto it again, web3 kept "
         "its processes: every host serves the old value"
