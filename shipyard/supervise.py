@@ -47,9 +47,9 @@ from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
 from .context import Deploy
 from .counts import counts_for  # the host's counts (`shipyard scale`) win
 from .errors import AppError, PhaseError, ShipyardError
-from .logs import unstamp
 from .programs import Listener, Program
 from .report import Skip
+from .stamp import unstamp
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
