@@ -30,6 +30,13 @@ def main() -> None:
             print(f"shipyard ▸ stored tag {ref.removeprefix('refs/tags/')}")
         else:
             print(f"shipyard ▸ stored {ref} (not deployed: this app deploys {host.branch})")
+            if app.live_release() is None:  # nothing live: likely `git init`'s other default
+                name = ref.removeprefix("refs/heads/")
+                print(
+                    f"  nothing is live yet: `git push production {name}:{host.branch}` deploys "
+                    f"this branch (or `shipyard init {app.name} --branch {name}` on the host "
+                    "makes it the one deployed)"
+                )
     sys.stdout.flush()
 
 

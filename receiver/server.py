@@ -9,10 +9,15 @@ Endpoints (all under /v1/apps/<app>/, all signed with that app's cluster secret)
     POST switch          run switch → restart → verify → finish for a prepared release
     POST revert          go back to the previous release (after another host failed)
     POST abort           discard a prepared release that never went live
+    POST stage           config/scale: write the new .env or counts, its undo written first
+    POST settle          keep what stage wrote, or put the old file back
+    POST restart         hand the processes over again (health check included)
+    POST run             a one-off command in the live release, its output streamed
+    GET  logs?lines=N    the processes' last lines (follow=1: and then new ones)
 
 Answers stream ``L`` lines (the phases' progress), ``H`` keep-alives and one
-signed ``R`` result line. The phases are the primary's own (deploy.PEER_PREPARE, PEER_SWITCH), run
-under the app's deploy lock. Refusals are logged to stderr with the reason.
+signed ``R`` result line. The phases are the primary's own (deploy.PEER_PREPARE,
+PEER_SWITCH), run under the app's deploy lock. Refusals are logged to stderr with the reason.
 
 Before a request is authenticated it costs little: at most ``max_connections``
 connections are served at once (the next ones get a 503 and are closed), the
@@ -41,7 +46,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shipyard import __version__, deploy, lock, peers, release, supervise
+from shipyard import (
+    __version__,
+    deploy,
+    hosts,
+    lock,
+    logs,
+    oneoff,
+    peers,
+    release,
+    scale,
+    settings,
+    supervise,
+)
 from shipyard.app import App, check_release_id, default_root
 from shipyard.config import load_host_config, parse_address, read_secret
 from shipyard.context import Deploy
@@ -55,8 +72,9 @@ from shipyard.report import Reporter
 from . import auth, objects, tls
 from .options import MAX_CONNECTIONS, REQUEST_TIMEOUT
 
-ROUTE = re.compile(r"^/v1/apps/([^/]+)/(info|status|objects|prepare|switch|revert|abort)$")
-METHODS = {"info": "GET", "status": "GET"}
+ACTIONS = "info|status|objects|prepare|switch|revert|abort|stage|settle|restart|run|logs"
+ROUTE = re.compile(rf"^/v1/apps/([^/]+)/({ACTIONS})$")
+METHODS = {"info": "GET", "status": "GET", "logs": "GET"}
 MAX_JSON = 64 * 1024
 KEEPALIVE = 2.0
 LOCK_WAIT = 120.0
@@ -481,6 +499,25 @@ class Handler(BaseHTTPRequestHandler):
         except ShipyardError:  # still preparing: it discards itself when done
             self.server.aborted.add((app.name, rid))
         return {"ok": True}
+
+    # --- operating commands (shipyard/hosts.py): config, scale, restart, run, logs ----
+
+    def on_stage(self, app, host, query, spool, stream) -> dict:
+        return hosts.take(
+            app, host, self.body(spool), {"config": settings.staged, "scale": scale.staged}
+        )
+
+    def on_settle(self, app, host, query, spool, stream) -> dict:
+        return hosts.settle_here(app, host, self.body(spool))
+
+    def on_restart(self, app, host, query, spool, stream) -> dict:
+        return hosts.restart_here(app, host, self.body(spool), Reporter(stream, color=False))
+
+    def on_run(self, app, host, query, spool, stream) -> dict:
+        return oneoff.serve(app, self.body(spool), stream)
+
+    def on_logs(self, app, host, query, spool, stream) -> dict:
+        return logs.serve(app, query, stream)
 
 
 class Receiver(ThreadingHTTPServer):

@@ -41,7 +41,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print("Add it as a git remote in your project, then push:")
     for line in repo.remote_lines(app):
         print(f"  {line}")
-    print(f"  git push production {args.branch}")
+    print(f"  git push production {load_host_config(app.config_file).branch}")
     return 0
 
 
@@ -210,14 +210,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import oneoff
 
-    return oneoff.run(existing_app(args), args.command, args.release, wait=not args.no_wait)
+    app, wait = existing_app(args), not args.no_wait
+    return oneoff.run(app, args.command, args.release, wait=wait, host_name=args.host)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from . import logs
 
     color = True if args.color else None
-    return logs.show(existing_app(args), args.lines, args.follow, args.process, color)
+    return logs.show(existing_app(args), args.lines, args.follow, args.process, color, args.host)
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -309,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
-    p.add_argument("--branch", default="main", help="the branch whose pushes deploy")
+    p.add_argument(
+        "--branch",
+        help="the branch whose pushes deploy (default main); on an existing app, changes it",
+    )
     p.add_argument(
         "--port",
         type=int,
@@ -407,10 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="a one-off command in the live release (its venv, .env, directory)",
-        usage="shipyard run APP [--release ID] [--no-wait] -- COMMAND [ARGS…]",
+        usage="shipyard run APP [--release ID] [--host NAME] [--no-wait] -- COMMAND [ARGS…]",
     )
     p.add_argument("app")
     p.add_argument("--release", help="run in this kept release instead (id, commit or tag)")
+    p.add_argument("--host", metavar="NAME", help="many hosts: run on this peer (default: here)")
     p.add_argument(
         "--no-wait", action="store_true", help="fail instead of waiting for a running migration"
     )
@@ -423,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
     p.add_argument("--process", metavar="TYPE", help="one Procfile type (web) or process (web.1)")
     p.add_argument("--color", action="store_true", help="colour even without a terminal (ssh)")
+    p.add_argument("--host", metavar="NAME", help="many hosts: only this host's lines")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("scale", help="host-side process counts, e.g. web=3 worker=0")

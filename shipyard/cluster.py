@@ -87,15 +87,21 @@ class Cluster:
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:
         active = active_peers(host)
-        secret = read_secret(host, app.config_file) if active else None
-        if active and not secret:
-            raise PhaseError(
-                f"{app.config_file} lists peers but no cluster secret",
-                "set secret_file (a file only the deploy user can read) on every host; "
-                "see docs/hosts.md",
-            )
+        secret = cluster_secret(app, host) if active else None
         peers = [
             PeerState(Peer(a, app.name, secret, host.peer_timeout, host.peer_tls.get(a)), a)
             for a in active
         ]
         return cls(peers, [p for p in host.drained if p in host.peers])
+
+
+def cluster_secret(app: App, host: HostConfig) -> bytes:
+    """The secret that signs the requests to the app's peers; refused when there is none."""
+    secret = read_secret(host, app.config_file)
+    if not secret:
+        raise PhaseError(
+            f"{app.config_file} lists peers but no cluster secret",
+            "set secret_file (a file only the deploy user can read) on every host; "
+            "see docs/hosts.md",
+        )
+    return secret

@@ -68,11 +68,13 @@ def run(
     stdin: int | IO | None = subprocess.DEVNULL,
     own_group: bool = True,
     forward_signals: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Result:
     """Run ``command`` (a string through the shell); never raises for how it ended (see
     ``check``). ``stdin=None`` and ``own_group=False`` keep it in the caller's foreground
     job, for a command that may read the terminal (``shipyard run``); ``forward_signals``
-    passes hang-up, Ctrl-C and TERM on to it while it runs."""
+    passes hang-up, Ctrl-C and TERM on to it while it runs; once ``cancelled()`` (the one
+    who asked went away) it is stopped as on a timeout."""
     apart = stderr_apart or on_error_line is not None
     try:
         proc = subprocess.Popen(
@@ -97,7 +99,7 @@ def run(
     forwarded = forwarding(proc.pid) if forward_signals else contextlib.nullcontext()
     try:
         with forwarded:
-            timed_out = _read(readers, None if timeout is None else started + timeout)
+            timed_out = _read(readers, None if timeout is None else started + timeout, cancelled)
             if not timed_out:
                 try:
                     left = None if timeout is None else started + timeout - time.monotonic()
@@ -150,10 +152,15 @@ class Lines:
         return "".join(self.chunks)
 
 
-def _read(readers: dict[int, Lines], deadline: float | None) -> bool:
-    """Read every stream until each is closed; True if ``deadline`` came first."""
+def _read(
+    readers: dict[int, Lines], deadline: float | None, cancelled: Callable[[], bool] | None
+) -> bool:
+    """Read every stream until each is closed; True if ``deadline`` (or ``cancelled``) came
+    first."""
     open_fds = list(readers)
     while open_fds:
+        if cancelled and cancelled():
+            return True
         wait = PARTIAL_AFTER
         if deadline is not None:
             remaining = deadline - time.monotonic()

@@ -36,7 +36,7 @@ from . import lock, release
 from .app import App
 from .config import CronJob, HostConfig, cron_values, load_app_config
 from .errors import ShipyardError
-from .logs import stamp_line
+from .stamp import stamp_line
 
 STOP_GRACE = 10  # seconds between TERM and KILL for a job past its limit
 LOG_LIMIT = 10 * 1024 * 1024  # a job's log is rotated to .1 beyond this

@@ -12,7 +12,7 @@ gunicorn uses instead of its ``--bind`` addresses): fd 3 is the shared
 listening socket, fetched from the port's holder (``shipyard/listen.py``),
 fd 4 a private unix socket, ``run/web-<color>.<n>.sock``, for the health probe.
 
-Its output (and the program's) goes through a stamper first (``shipyard/logs.py``).
+Its output (and the program's) goes through a stamper first (``shipyard/stamp.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from .app import App
 from .config import parse_procfile
 from .errors import ShipyardError
-from .logs import start_stamper
 from .programs import (
     control_socket,
     gunicorn_version,
@@ -41,6 +40,7 @@ from .programs import (
     shell_script,
 )
 from .release import command_env, shared_env
+from .stamp import start_stamper
 
 # Exit status for "cannot even start": supervisord retries a few times, then FATAL.
 EX_CONFIG = 78

@@ -4,7 +4,7 @@ supervisord captures each process's stdout and stderr into
 ``logs/<program>.<n>.log`` and rotates it by size (``LOG_MAXBYTES``, with
 ``LOG_BACKUPS`` old files), so a chatty app cannot fill the disk. What it
 writes has no times, so the launcher puts a *stamper* between the program and
-supervisord: a small process, forked before the program is exec'd (the pid
+supervisord (shipyard/stamp.py): a small process, forked before the program is exec'd (the pid
 supervisord started stays the program), that prefixes each line with the time
 and the release it runs::
 
@@ -18,117 +18,34 @@ files of processes a deploy starts, and rotated files.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
 import re
 import select
-import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shipyard.receiver.client import PeerError
+
 from .app import App
+from .config import load_host_config
 from .counts import types
 from .errors import AppError
+from .hosts import Fleet
 from .release import shared_env
 from .report import Masker, clip
+from .stamp import STAMP
 
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
 LOG_NAME = re.compile(r"^(?P<type>[A-Za-z0-9_]+?)(?:-(?P<color>blue|green))?\.(?P<n>\d+)\.log$")
 CRON_LOG = re.compile(r"^cron-(?P<job>[a-z0-9][a-z0-9_-]*)\.log$")  # a job's runs (cron.py)
-IDLE_FLUSH = 0.5  # a partial line (no newline yet) is written after this long
 COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 RESET = "\033[0m"
 POLL = 0.2
-
-
-# --- writing: the stamper -------------------------------------------------------
-
-
-def stamp_line(text: str, release: str, now: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    millis = f"{moment.microsecond // 1000:03d}"
-    return f"[{moment.strftime('%Y-%m-%dT%H:%M:%S.')}{millis}Z {release}] {text}"
-
-
-def unstamp(text: str) -> str:
-    """The lines as the program wrote them (for the excerpts a failed deploy shows)."""
-    return "\n".join(STAMP.sub("", line, count=1) for line in text.split("\n"))
-
-
-def stamp(source: int, out: int, release: str, fallback: Path | None = None) -> None:
-    """Copy ``source`` to ``out`` line by line, each line stamped; until EOF.
-
-    Once ``out`` is gone (supervisord dropped a stopped program's pipe while its last
-    lines — a goodbye, a traceback — were still on their way), they are appended to
-    ``fallback``, the program's log file, instead of being lost.
-    """
-    pending = b""
-
-    def write(data: bytes) -> None:
-        nonlocal out
-        try:
-            _write_all(out, data)
-        except BrokenPipeError:
-            if fallback is None:
-                raise
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-            out = os.open(fallback, flags, 0o644)
-            _write_all(out, data)
-
-    while True:
-        ready, _, _ = select.select([source], [], [], IDLE_FLUSH if pending else None)
-        data = os.read(source, 65536) if ready else b""
-        if ready and not data:
-            break
-        pending += data
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        if not ready or len(pending) > 65536:  # idle or huge: the partial line goes too
-            lines.append(pending)
-            pending = b""
-        if lines:
-            text = "".join(stamp_line(ln.decode(errors="replace"), release) + "\n" for ln in lines)
-            write(text.encode())
-    if pending:
-        write((stamp_line(pending.decode(errors="replace"), release) + "\n").encode())
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def start_stamper(release: str, log: Path | None = None) -> None:
-    """From here on, this process's stdout and stderr reach supervisord stamped.
-
-    The stamper is a child of the program (so it stays among supervisord's
-    descendants, and in its session for the orphan clean-up), closes every
-    other descriptor (it must never hold the web sockets), ignores the stop
-    signals and ends when the last writer (the program, its workers) is gone.
-    """
-    read, write = os.pipe()
-    if os.fork() == 0:
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-                signal.signal(sig, signal.SIG_IGN)
-            os.close(write)
-            keep = os.dup2(read, 3)
-            os.dup2(1, 4)
-            os.closerange(5, os.sysconf("SC_OPEN_MAX"))
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            with contextlib.suppress(OSError):
-                stamp(keep, 4, release, log)
-        finally:
-            os._exit(0)
-    os.close(read)
-    os.dup2(write, 1)
-    os.dup2(write, 2)
-    os.close(write)
 
 
 # --- reading --------------------------------------------------------------------
@@ -245,11 +162,12 @@ class Printer:
         self.color = color
         self.palette: dict[str, str] = {}
 
-    def line(self, line: Line) -> str:
+    def line(self, line: Line, host: str = "") -> str:
+        """One line as shown; ``host`` (with peers): the host's name in front."""
         when = time.strftime("%m-%d %H:%M:%S", time.gmtime(line.when)) if line.when else " " * 14
         who = line.process + (f" {line.color}" if line.color else "")
         commit = line.release.rsplit("-", 1)[-1][:7] if line.release else "-"
-        head = f"{when} {who:<12} {commit:<7}"
+        head = f"{host}{when} {who:<12} {commit:<7}"
         if self.color:
             code = self.palette.setdefault(
                 line.process.split(".")[0], COLORS[len(self.palette) % len(COLORS)]
@@ -275,17 +193,31 @@ def show(
     follow: bool = False,
     process: str | None = None,
     color: bool | None = None,
+    host: str | None = None,
 ) -> int:
-    """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones."""
+    """``shipyard logs``: the last ``count`` lines merged by time, then (``follow``) new ones.
+
+    With peers, every host's lines (or ``host``'s only), the host's name in front."""
     if count < 0:
         raise AppError(f"-n {count}: give a number of lines, 0 or more")
-    check_process(app, process)
-    mask = Masker()
-    with contextlib.suppress(Exception):
-        mask = Masker(shared_env(app))
+    fleet = Fleet.load(app, load_host_config(app.config_file))
+    members = fleet.pick(host)
     if color is None:  # over SSH there is no terminal (only `run` gets one): --color asks
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    printer = Printer(mask, color)
+    printer = Printer(masker(app), color)
+    if not fleet.peers:
+        return show_here(app, count, follow, process, printer)
+    return show_hosts(app, fleet, members, count, follow, process, printer)
+
+
+def masker(app: App) -> Masker:
+    with contextlib.suppress(Exception):
+        return Masker(shared_env(app))
+    return Masker()
+
+
+def show_here(app: App, count: int, follow: bool, process: str | None, printer: Printer) -> int:
+    check_process(app, process)
     known = {s.path: s for s in sources(app, process)}
     merged = sorted(
         (ln for s in known.values() for ln in last_lines(s, count)), key=lambda ln: ln.when
@@ -301,6 +233,119 @@ def show(
         if not emit([printer.line(ln) for ln in new]):
             return 0
     return 0
+
+
+def show_hosts(
+    app: App, fleet, members: list, count: int, follow: bool, process: str | None, printer
+) -> int:
+    """Every host's lines (this one's read here, the peers' through their ``logs`` route),
+    merged by time for ``-n``; with ``-f`` each host's new lines as they come."""
+    local = next((m for m in members if m.peer is None), None)
+    remote = [m for m in members if m.peer is not None]
+    if remote and not fleet.named:
+        fleet.learn_names()
+    width = max(len(m.label) for m in members) + 1
+    incoming: queue.Queue = queue.Queue()
+    first: dict[str, list[Line]] = {m.label: [] for m in remote}
+    ready = {m.label: threading.Event() for m in remote}
+    errors: dict[str, str] = {}
+
+    def fetch(m) -> None:
+        def on_line(text: str) -> None:
+            if text == "f":  # its last lines are all sent: what follows is new
+                ready[m.label].set()
+                return
+            with contextlib.suppress(ValueError, TypeError):
+                when, proc, colour, rid, body = json.loads(text.partition(" ")[2])
+                line = Line(float(when), str(proc), colour, str(rid), str(body))
+                if ready[m.label].is_set():
+                    incoming.put((m.label, line))
+                else:
+                    first[m.label].append(line)
+
+        query = {"lines": str(count), **({"process": process} if process else {})}
+        try:
+            answer = m.peer.call(
+                "GET",
+                "logs",
+                query={**query, **({"follow": "1"} if follow else {})},
+                on_line=on_line,
+                retries=1,
+                idempotent=False,  # repeated after some lines came, they would come twice
+            )
+            if not answer.get("ok"):
+                errors[m.label] = m.said(str(answer.get("error")))
+        except PeerError as exc:
+            errors[m.label] = m.said(exc.message)
+        finally:
+            ready[m.label].set()
+
+    threads = [threading.Thread(target=fetch, args=(m,), daemon=True) for m in remote]
+    for t in threads:
+        t.start()
+    known: dict = {}
+    lines: list[tuple[str, Line]] = []
+    if local:
+        check_process(app, process)
+        known = {s.path: s for s in sources(app, process)}
+        lines = [(local.label, ln) for s in known.values() for ln in last_lines(s, count)]
+    for m in remote:
+        ready[m.label].wait()
+        lines += [(m.label, ln) for ln in first[m.label]]
+    lines.sort(key=lambda pair: pair[1].when)
+    shown = lines[-count:] if count else []
+    emit([printer.line(ln, f"{label:<{width}}") for label, ln in shown])
+    reported = set(errors)
+    for message in errors.values():
+        print(f"shipyard: {message}: its lines are missing", file=sys.stderr, flush=True)
+    while follow:
+        time.sleep(POLL)
+        new = []
+        if local:
+            for source in sources(app, process):
+                known.setdefault(source.path, source)
+            new = [(local.label, ln) for s in known.values() for ln in read_new(s)]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                new.append(incoming.get_nowait())
+        new.sort(key=lambda pair: pair[1].when)
+        if not emit([printer.line(ln, f"{label:<{width}}") for label, ln in new]):
+            return 0
+        for label in [x for x in errors if x not in reported]:
+            print(f"shipyard: {errors[label]}: no longer followed", file=sys.stderr, flush=True)
+            reported.add(label)
+    return 1 if errors else 0
+
+
+def serve(app: App, query: dict, stream) -> dict:
+    """The receiver's ``logs`` route: the last lines (``l`` lines of JSON), then with
+    ``follow=1`` an ``f`` line and the new ones, until the primary goes away."""
+    count = int(query.get("lines", "100"))
+    if count < 0:
+        raise AppError(f"lines={count}: give a number of lines, 0 or more")
+    process = query.get("process") or None
+    check_process(app, process)
+    mask = masker(app)
+
+    def send(lines: list[Line]) -> None:
+        for ln in lines:
+            row = [ln.when, ln.process, ln.color, ln.release, mask(ln.text)]
+            stream.write("l " + json.dumps(row) + "\n")
+
+    known = {s.path: s for s in sources(app, process)}
+    merged = sorted(
+        (ln for s in known.values() for ln in last_lines(s, count)), key=lambda ln: ln.when
+    )
+    send(merged[-count:] if count else [])
+    if query.get("follow") != "1":
+        return {"ok": True}
+    stream.write("f\n")
+    while not stream.gone:
+        time.sleep(POLL)
+        for source in sources(app, process):
+            known.setdefault(source.path, source)
+        send(sorted((ln for s in known.values() for ln in read_new(s)), key=lambda ln: ln.when))
+    return {"ok": True}
 
 
 def emit(lines: list[str]) -> bool:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import select
 import signal
 import sys
 import termios
+import threading
 import time
 import tty
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
 from .guard import check_not_root
+from .hosts import Fleet
 from .operate import find_release
 from .report import Masker
 
@@ -76,7 +79,7 @@ def wait_for_migrations(app: App, wait: bool, say: Callable[[str], None]) -> Non
 class Stream:
     """Bytes from the command to our output, masked; by line, or by chunk for a terminal."""
 
-    def __init__(self, out: int, mask: Masker, by_line: bool) -> None:
+    def __init__(self, out: int | Callable[[str], None], mask: Masker, by_line: bool) -> None:
         self.out = out
         self.mask = mask
         self.by_line = by_line
@@ -106,6 +109,9 @@ class Stream:
         self.since = time.monotonic()
 
     def _write(self, text: str) -> None:
+        if callable(self.out):  # a receiver's answer (``serve``)
+            self.out(self.mask(text))
+            return
         data = self.mask(text).encode()
         with contextlib.suppress(BrokenPipeError):
             while data:
@@ -114,7 +120,11 @@ class Stream:
 
 def exit_code(status: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128 + the signal."""
-    code = os.waitstatus_to_exitcode(status)
+    return shell_code(os.waitstatus_to_exitcode(status))
+
+
+def shell_code(code: int) -> int:
+    """A return code (negative: killed by that signal) as a shell reports it."""
     return 128 - code if code < 0 else code
 
 
@@ -135,7 +145,7 @@ def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
     )
     if not result.started:
         print(f"shipyard: {argv[0]}: command not found in the release", file=sys.stderr)
-    return 128 - result.exited if result.exited < 0 else result.exited
+    return shell_code(result.exited)
 
 
 def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
@@ -190,41 +200,55 @@ def interactive(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -
     return exit_code(status)
 
 
-def split(words: list[str]) -> tuple[list[str], str | None, bool]:
-    """(command, --release, --no-wait) from what follows APP (argparse leaves them together)."""
-    release_name, no_wait = None, False
+def split(words: list[str]) -> tuple[list[str], dict[str, str | bool]]:
+    """(command, options) from what follows APP (argparse leaves them together): --release ID,
+    --host NAME, --no-wait."""
+    valued = ("--release", "--host")
     if "--" in words:
         options, command = words[: words.index("--")], words[words.index("--") + 1 :]
     else:  # no --: the options are the leading words that look like them
         cut = 0
         while cut < len(words) and words[cut].startswith("--"):
-            cut += 2 if words[cut] == "--release" else 1
+            cut += 2 if words[cut] in valued else 1
         options, command = words[:cut], words[cut:]
+    found: dict[str, str | bool] = {}
     while options:
         word = options.pop(0)
+        name, eq, value = word.partition("=")
         if word == "--no-wait":
-            no_wait = True
-        elif word == "--release" and options:
-            release_name = options.pop(0)
-        elif word.startswith("--release="):
-            release_name = word.split("=", 1)[1]
+            found["no-wait"] = True
+        elif name in valued and (eq or options):
+            found[name[2:]] = value if eq else options.pop(0)
         else:
             raise ShipyardError(
                 f"unexpected {word!r} before --",
-                "usage: shipyard run APP [--release ID] -- COMMAND",
+                "usage: shipyard run APP [--release ID] [--host NAME] -- COMMAND",
             )
-    return command, release_name, no_wait
+    return command, found
 
 
-def run(app: App, words: list[str], release_name: str | None = None, wait: bool = True) -> int:
-    """``shipyard run``: the command's exit status."""
-    argv, named, no_wait = split(words)
-    release_name, wait = named or release_name, wait and not no_wait
+def run(
+    app: App,
+    words: list[str],
+    release_name: str | None = None,
+    wait: bool = True,
+    host_name: str | None = None,
+) -> int:
+    """``shipyard run``: the command's exit status (on the primary, or on ``--host NAME``)."""
+    argv, found = split(words)
+    release_name = str(found.get("release") or release_name or "") or None
+    host_name = str(found.get("host") or host_name or "") or None
+    wait = wait and not found.get("no-wait")
     if not argv:
         raise ShipyardError(
             "no command given", f"e.g. shipyard run {app.name} -- python manage.py check"
         )
-    check_not_root(app, load_host_config(app.config_file))
+    host = load_host_config(app.config_file)
+    check_not_root(app, host)
+    if host_name:
+        member = Fleet.load(app, host).pick(host_name)[0]
+        if member.peer is not None:
+            return remote(member, argv, release_name, wait)
     cwd = target(app, release_name)
     shared = release.shared_env(app)
     env = release.command_env(app, cwd, shared)
@@ -234,3 +258,78 @@ def run(app: App, words: list[str], release_name: str | None = None, wait: bool 
     if sys.stdin.isatty() and sys.stdout.isatty():
         return interactive(argv, cwd, env, Masker(shared))
     return piped(argv, cwd, env, Masker(shared))
+
+
+# --- on another host: through its receiver (``run`` route) ---------------------------------
+
+
+def remote(member, argv: list[str], release_name: str | None, wait: bool) -> int:
+    """Run on a peer through its receiver: output streamed back, its exit status returned.
+
+    No terminal and no stdin travel (the receiver is not a shell): an interactive
+    command runs on that host with ``ssh -t deploy@HOST shipyard run …``."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        print(
+            f"shipyard ▸ {member.label}: no terminal through the receiver "
+            f"(for one: ssh -t to that host)",
+            file=sys.stderr,
+            flush=True,
+        )
+    sys.stdout.flush()
+
+    def on_line(line: str) -> None:
+        which, _, payload = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            text = json.loads(payload)
+            stream = sys.stderr if which == "e" else sys.stdout
+            stream.write(text)
+            stream.flush()
+
+    answer = member.peer.call(
+        "POST",
+        "run",
+        {"argv": argv, "release": release_name, "wait": wait},
+        on_line=on_line,
+        idempotent=False,
+    )
+    if not answer.get("ok"):
+        raise ShipyardError(member.said(str(answer.get("error") or "run failed")))
+    return int(answer.get("code", 1))
+
+
+def serve(app: App, data: dict, stream) -> dict:
+    """The receiver's ``run`` route: the command here, its output as ``o``/``e`` lines."""
+    argv = data.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ShipyardError("argv must be a non-empty list of strings")
+    if any("\0" in a for a in argv):
+        raise ShipyardError("an argument contains a NUL byte")
+    name = data.get("release")
+    cwd = target(app, str(name) if name else None)
+    shared = release.shared_env(app)
+    env = release.command_env(app, cwd, shared)
+    env["SHIPYARD_PROCESS"] = "run"
+    lock_ = threading.Lock()
+
+    def sink(which: str) -> Callable[[str], None]:
+        def write(text: str) -> None:
+            with lock_:
+                stream.write(f"{which} {json.dumps(text)}\n")
+
+        return write
+
+    wait_for_migrations(app, bool(data.get("wait", True)), lambda t: sink("e")(t + "\n"))
+    mask = Masker(shared)
+    out, err = Stream(sink("o"), mask, by_line=True), Stream(sink("e"), mask, by_line=True)
+    result = command.run(
+        argv,
+        cwd,
+        env,
+        on_line=lambda text, _: out._write(text),
+        on_error_line=lambda text, _: err._write(text),
+        cancelled=lambda: stream.gone,  # the primary went away: TERM, then KILL
+    )
+    if not result.started:
+        sink("e")(f"shipyard: {argv[0]}: command not found in the release\n")
+        return {"ok": True, "code": NOT_FOUND}
+    return {"ok": True, "code": shell_code(result.exited)}

@@ -30,16 +30,23 @@ def hook_script(module: str) -> str:
 
 
 def create(
-    app: App, branch: str = "main", port: int | None = None, allow_root: bool = False
+    app: App, branch: str | None = None, port: int | None = None, allow_root: bool = False
 ) -> list[str]:
     """Create or repair the app's layout, bare repo and hooks. Returns what it changed.
 
-    ``port`` on an existing app changes its web port: the next deploy moves the processes.
+    ``port`` on an existing app changes its web port: the next deploy moves the processes;
+    ``branch`` changes the branch whose pushes deploy (default for a new app: main).
     """
     import git
 
     if port is not None and not 0 < port < 65536:
         raise AppError(f"--port {port}: a port is 1-65535", "e.g. --port 8001")
+    if branch is not None and (
+        not branch
+        or git.Git().execute(["git", "check-ref-format", "--branch", branch], with_exceptions=False)
+        != branch
+    ):
+        raise AppError(f"--branch {branch!r} is not a branch name", "e.g. --branch main")
     changed: list[str] = []
     if app.dir.exists() and not app.exists() and any(app.dir.iterdir()):
         known = {
@@ -62,12 +69,15 @@ def create(
             path.mkdir(parents=True)
             changed.append(f"created {path.relative_to(app.root)}/")
     if not (app.repo / "HEAD").is_file():
-        git.Repo.init(app.repo, bare=True, initial_branch=branch)
+        git.Repo.init(app.repo, bare=True, initial_branch=branch or "main")
         changed.append(f"created bare repo {app.repo.relative_to(app.root)}")
     root_note = "# deploys run as root: only for throwaway hosts and tests\nallow_root = true\n"
     if not app.config_file.is_file():
         text = HOST_CONFIG.format(
-            name=app.name, branch=branch, port=port or 8000, extra=root_note if allow_root else ""
+            name=app.name,
+            branch=branch or "main",
+            port=port or 8000,
+            extra=root_note if allow_root else "",
         )
         # 0600: it may get the receivers' secret, which must not be readable by others
         fd = os.open(app.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -85,6 +95,12 @@ def create(
         host = load_host_config(app.config_file)
         live = " (the next deploy moves the processes: push, or `shipyard deploy`)"
         changed.append(f"set port = {port} in shipyard.toml, was {was}{live}")
+    if branch is not None and branch != host.branch:
+        was = host.branch
+        set_top_level(app.config_file, "branch", f'branch = "{branch}"\n')
+        git.Repo(app.repo).git.symbolic_ref("HEAD", f"refs/heads/{branch}")
+        host = load_host_config(app.config_file)
+        changed.append(f"set branch = {branch!r} in shipyard.toml, was {was!r} (its pushes deploy)")
     changed += configure(app, host)
     changed += install_hooks(app)
     return changed

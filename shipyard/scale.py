@@ -11,15 +11,16 @@ blue/green handover: no request fails); ``TYPE=default`` drops a host count.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
+from pathlib import Path
 
 from .app import App
 from .change import making
 from .counts import counts, path, types
-from .errors import ConfigError
-from .restart import check_type, handover
+from .errors import ConfigError, ShipyardError
+from .handover import check_type, handover
+from .hosts import Fleet, apply, finish_interrupted, new_token, replace
 
 COUNT = re.compile(r"^([A-Za-z0-9_]+)=(\d{1,3}|default)$")
 MAX = 100
@@ -42,11 +43,17 @@ def parse(app: App, words: list[str]) -> dict[str, int | None]:
     return wanted
 
 
+def text(data: dict[str, int]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def merged(app: App, wanted: dict[str, int | None]) -> dict[str, int]:
+    """The host's counts with ``wanted`` applied (``None``: the host count dropped)."""
+    return {t: n for t, n in {**counts(app), **wanted}.items() if n is not None}
+
+
 def write(app: App, data: dict[str, int]) -> None:
-    target = path(app)
-    tmp = target.with_name(f".scale.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.rename(tmp, target)
+    replace(path(app), text(data), 0o644)
 
 
 def describe(app: App) -> str:
@@ -67,11 +74,22 @@ def run(app: App, words: list[str], term=None) -> None:
     wanted = parse(app, words)
     with making(app, "scale", term=term) as c:
         old = counts(app)
-        new = {t: n for t, n in {**old, **wanted}.items() if n is not None}
+        new = merged(app, wanted)
         what = "scale " + " ".join(
             f"{t}={'default' if n is None else n}" for t, n in wanted.items()
         )
         c.out.title(f"scale #{c.number}: {what.removeprefix('scale ')} by {c.by}")
+        fleet = Fleet.load(app, c.host)
+        if fleet.peers:  # every host gets its new counts before any restarts
+            fleet.warn_drained(c.out, "scale")
+            if finish_interrupted(fleet, c.out):  # it changed scale.json: count again
+                new = merged(app, wanted)
+            token = new_token("scale", c.number)
+            request = {"counts": wanted}
+            names = apply(fleet, c.out, token, request, path(app), text(new), 0o644, False)
+            c.record(what.removeprefix("scale "), counts=new, hosts=names)
+            c.out.final(f"{app.name}: {what} on {len(names)} hosts", True)
+            return
         existed = path(app).exists()
         write(app, new)
         started = time.monotonic()
@@ -87,3 +105,15 @@ def run(app: App, words: list[str], term=None) -> None:
         c.out.ok("restart", time.monotonic() - started, detail)
         c.record(what.removeprefix("scale "), counts=new)
         c.out.final(f"{app.name}: {what}", True)
+
+
+def staged(app: App, data: dict) -> tuple[Path, str, int]:
+    """A peer's new counts for the receiver's ``stage`` route, merged into this host's own."""
+    wanted = data.get("counts") or {}
+    if not isinstance(wanted, dict) or not all(
+        isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool)))
+        for k, v in wanted.items()
+    ):
+        raise ShipyardError("counts must map process types to counts")
+    words = [f"{t}={'default' if n is None else n}" for t, n in wanted.items()]
+    return path(app), text(merged(app, parse(app, words))), 0o644

@@ -13,7 +13,6 @@ and never recorded: the history line of a change names its keys only.
 from __future__ import annotations
 
 import io
-import os
 import re
 import sys
 import time
@@ -23,8 +22,9 @@ from .app import App
 from .change import making
 from .envfile import parse
 from .errors import ConfigError, ShipyardError
+from .handover import handover
+from .hosts import Fleet, apply, finish_interrupted, new_token, replace
 from .report import Skip
-from .restart import handover
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+,=-]+$")  # written without quotes
@@ -44,8 +44,15 @@ def check_key(key: str) -> str:
     return key
 
 
-def parse_assignment(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` from the command line."""
+def parse_assignment(text: str, before: str = "") -> tuple[str, str]:
+    """``KEY=VALUE`` from the command line (``before``: the word before it, if any)."""
+    if "=" not in text and "=" in before:  # a value's spaces split it: ssh re-splits the line
+        raise ConfigError(
+            f"{text!r} has no '=': is it the rest of {before.split('=', 1)[0]}'s value, "
+            "split off at a space?",
+            "quote KEY=VALUE as one word; over ssh quote it twice, as ssh joins the words and "
+            f"the server splits them again: \"'{before} {text}'\"",
+        )
     if "=" not in text:
         raise ConfigError(
             f"{text!r} has no '=': write KEY=VALUE",
@@ -108,19 +115,7 @@ def edit(text: str, values: dict[str, str], unset: list[str]) -> str:
 
 def write(app: App, text: str) -> None:
     """Replace ``shared/.env`` atomically with ``text``, mode 0600."""
-    path = env_file(app)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".env.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace(env_file(app), text, 0o600)
 
 
 def masked(value: str) -> str:
@@ -188,6 +183,22 @@ def change(
     what = f"config {verb} {', '.join(keys)}"
     with making(app, "config", term=term) as c:
         old, new = plan(app, values, unset)  # again, under the lock
+        fleet = Fleet.load(app, c.host)
+        if fleet.peers:  # every host gets the new .env before any restarts
+            c.out.title(f"config #{c.number}: {verb} {', '.join(keys)} by {c.by}")
+            fleet.warn_drained(c.out, f"config {verb}")
+            if finish_interrupted(fleet, c.out):  # it changed .env: plan again
+                old, new = plan(app, values, unset)
+            token = new_token("config", c.number)
+            request = {"values": values, "unset": unset}
+            names = apply(
+                fleet, c.out, token, request, env_file(app), new, 0o600, True if restart else None
+            )
+            c.record(
+                f"{verb} {', '.join(keys)}", keys=keys, change=verb, restarted=restart, hosts=names
+            )
+            c.out.final(f"{app.name}: {what} on {len(names)} hosts: {', '.join(names)}", True)
+            return True
         if old == new:
             c.out.final(f"{app.name}: {what}: already so; nothing changed", True)
             c.record(f"{verb} {', '.join(keys)} (no change)", keys=keys, change=verb)
@@ -249,5 +260,20 @@ def command(words: list[str], root: Path | None, show: bool, stdin: bool, restar
         value = sys.stdin.read()
         values = {check_key(args[0]): value[:-1] if value.endswith("\n") else value}
     else:
-        values = dict(parse_assignment(a) for a in args)
+        values = dict(parse_assignment(a, b) for a, b in zip(args, ["", *args], strict=False))
     return 0 if change(app, values, [], restart) else 1
+
+
+def staged(app: App, data: dict) -> tuple[Path, str, int]:
+    """A peer's new ``.env`` for the receiver's ``stage`` route: the same keys set and unset
+    as on the primary, applied to this host's own file."""
+    values, unset = data.get("values") or {}, data.get("unset") or []
+    if not isinstance(values, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+    ):
+        raise ShipyardError("values must map keys to strings")
+    if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
+        raise ShipyardError("unset must be a list of keys")
+    present = parse(read_text(app), str(env_file(app)))
+    _, text = plan(app, values, [k for k in unset if k in present])
+    return env_file(app), text, 0o600

@@ -47,9 +47,9 @@ from .config import HEALTH_SCHEMA, HostConfig, load_app_config, load_host_config
 from .context import Deploy
 from .counts import counts_for  # the host's counts (`shipyard scale`) win
 from .errors import AppError, PhaseError, ShipyardError
-from .logs import unstamp
 from .programs import Listener, Program
 from .report import Skip
+from .stamp import unstamp
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
@@ -444,6 +444,12 @@ def health_hint(answer: Answer, health: Health, where: str) -> str:
         )
     if status in (401, 403):
         return f"{health.path} needs a login: set [health] path in {where} to a public page"
+    if status == 404:
+        return (
+            f"the app has no page at {health.path} (a Django project with DEBUG = False and no "
+            f"view there answers 404): set [health] path in {where} to one that answers "
+            f'{health.wanted}, e.g. path = "/admin/login/" or a /healthz view of its own'
+        )
     return f"set [health] path (and status) in {where} to a page that answers {health.wanted}"
 
 
@@ -580,10 +586,13 @@ def wait_healthy(
             index = min(pending)
             log = program.log(app, index)
             waited = f"{now - started:.1f}s" if now < deadline else f"{health.timeout:g}s"
+            hint = f"its log: {log}"
+            if final is not None and final.status == 404 and last == "got 404":  # answered 404
+                hint = f"{health_hint(final, health, 'shipyard.toml')}; {hint}"
             raise Failed(
                 f"{program.type}.{index} on releases/{program.release} failed the health check "
                 f"(GET {health.path}: {last}, wanted {health.wanted}, after {waited})",
-                f"its log: {log}",
+                hint,
                 output=tail(log, offsets.get(index, 0)),
             )
         time.sleep(pause)
@@ -913,7 +922,8 @@ def check_process(pid: int, release: Path, venv: Path, compound: bool) -> str:
         cwd = os.readlink(proc / "cwd")
     except OSError as exc:
         return f"cannot be inspected: {exc.strerror}"
-    if cwd != os.path.realpath(release):
+    real = os.path.realpath(release)
+    if cwd != real and not cwd.startswith(real + os.sep):  # below it: `gunicorn --chdir backend`
         return f"runs in {cwd}, not in {release}"
     if compound:
         return ""  # a shell running a pipeline: the shell is not the app's interpreter
@@ -1012,7 +1022,7 @@ def status(app: App) -> list[dict]:
             release = program.release
             if pid:
                 with contextlib.suppress(OSError):
-                    release = Path(os.readlink(f"/proc/{pid}/cwd")).name
+                    release = release_of(app, os.readlink(f"/proc/{pid}/cwd"))
             rows.append(
                 {
                     "process": ns.split(":", 1)[1],
@@ -1027,6 +1037,12 @@ def status(app: App) -> list[dict]:
                 }
             )
     return rows
+
+
+def release_of(app: App, cwd: str) -> str:
+    """The release a process whose cwd is ``cwd`` runs: the release dir or a directory in it."""
+    base = os.path.realpath(app.releases) + os.sep
+    return cwd[len(base) :].split(os.sep, 1)[0] if cwd.startswith(base) else Path(cwd).name
 
 
 def serving(app: App) -> list[str] | None:

@@ -201,8 +201,25 @@ def test_other_branches_are_stored_not_deployed(host: Host, work: Work):
     work.git("checkout", "-q", "-b", "feature")
     result = work.push("feature")
     assert "stored refs/heads/feature (not deployed: this app deploys main)" in result.out
+    # nothing is live: `git init` may have named the branch otherwise; the fix is said
+    assert "nothing is live yet: `git push production feature:main` deploys this" in result.out
     assert not (host.dir / "current").exists()
     assert host.branch("feature")
+    # the hint's other way: the app deploys that branch from now on
+    out = shipyard("--root", host.root, "init", "mysite", "--branch", "feature").stdout
+    assert (
+        "set branch = 'feature' in shipyard.toml, was 'main'" in out and "nothing to do" not in out
+    )
+    assert "git push production feature" in out
+    work.git("commit", "-q", "--allow-empty", "-m", "later")
+    deployed = work.push("feature")
+    assert "shipyard ▸ live:" in deployed.out and host.live().name.endswith(
+        host.branch("feature")[:7]
+    )
+    work.git("checkout", "-q", "-b", "other")
+    assert "nothing is live yet" not in work.push("other").out  # something is live
+    refused = shipyard("--root", host.root, "init", "mysite", "--branch", "a b", check=False)
+    assert refused.returncode == 1 and "--branch 'a b' is not a branch name" in refused.stderr
 
 
 def test_deleting_the_deploy_branch_is_refused(host: Host, work: Work):

@@ -148,6 +148,9 @@ def test_config_secret_from_stdin_and_unset(server: Server, site: Work):  # noqa
         (["restart", "mysite", "--process", "nosuch"], "no process type 'nosuch'"),
         (["config", "--root", "/", "mysite"], "refused"),
         (["config", "set", "mysite", "../x=1"], "refused"),
+        (["run", "mysite", "--host", "../web2", "--", "ls"], "refused"),
+        (["logs", "mysite", "--host", "/etc/passwd"], "refused"),
+        (["run", "mysite", "--host", "web2", "--", "ls"], "no host 'web2' among mysite's hosts"),
     ],
 )
 def test_bad_input_over_ssh(server: Server, site: Work, command, message: str):  # noqa: F811

@@ -8,11 +8,14 @@ import json
 import os
 import re
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import BIN, Host, Work, processes_under, run, shipyard
 from httpload import fetch
+from pgcluster import pg_url, postgres  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +148,84 @@ def test_startproject_keeps_its_data_and_releases_in_use(tmp_path, host, tools):
     assert "['bob']" in in_live(host, "python", "manage.py", "shell", "-c", DJANGO_READ)
 
 
+# DATABASES from DATABASE_URL in the environment (shared/.env), as dj-database-url's docs show
+PG_SETTINGS = """
+import dj_database_url
+
+DATABASES = {"default": dj_database_url.config(conn_max_age=600)}
+"""
+PG_REQUIREMENTS = "django>=5.1,<5.3\ngunicorn>=23\ndj-database-url\npsycopg[binary]\n"
+
+
+def admin_login(port: int, username: str, password: str) -> tuple[int, str]:
+    """Log in to Django's admin as a browser does: (status, Location) of the form's POST."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/admin/login/")
+        answer = conn.getresponse()
+        page = answer.read().decode()
+        cookie = answer.getheader("Set-Cookie", "").split(";")[0]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+        body = urllib.parse.urlencode(
+            {"csrfmiddlewaretoken": token, "username": username, "password": password}
+        )
+        headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        conn.request("POST", "/admin/login/?next=/admin/", body, headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, answer.getheader("Location", "")
+    finally:
+        conn.close()
+
+
+def test_startproject_on_postgresql_keeps_its_rows(tmp_path, host, tools, pg_url):  # noqa: F811
+    work = startproject(tools, tmp_path / "site", host, **{"requirements.txt": PG_REQUIREMENTS})
+    settings = work.path / "mysite" / "settings.py"
+    text = re.sub(r"(?ms)^DATABASES = \{.*?^\}\n", PG_SETTINGS, settings.read_text())
+    assert "dj_database_url" in text and "sqlite3" not in text
+    settings.write_text(text)
+    work.commit("DATABASES from DATABASE_URL")
+    (host.dir / "shared" / ".env").write_text(
+        f"DATABASE_URL={pg_url}\nDJANGO_SUPERUSER_PASSWORD=pg-admin-pw-4711\n"
+    )
+    first = work.push()
+    assert re.search(r"✓ migrate .* 18 applied: contenttypes\.0001_initial", first.out), first.out
+    assert "under the database lock" in first.out
+    # a PostgreSQL app keeps no data inside the release: nothing to link, nothing refused
+    assert "is inside the release" not in first.out and "refused" not in first.out
+    assert re.search(r"- data .*no data inside the release", first.out), first.out
+    assert re.search(r"- data-check .*no data written inside the release", first.out)
+    assert (
+        not list((host.dir / "shared").glob("*.sqlite3"))
+        and not (host.dir / "run" / "data.json").exists()
+    )
+
+    # rows written through manage.py, run by shipyard in the live release with shared/.env
+    made = shipyard(
+        "--root", host.root, "run", "mysite", "--",
+        "python", "manage.py", "createsuperuser", "--noinput", "--username", "bob",
+        "--email", "bob@example.com",
+    )  # fmt: skip
+    assert "Superuser created successfully" in made.stdout
+    assert admin_login(host.port, "bob", "pg-admin-pw-4711") == (302, "/admin/")
+    with psycopg.connect(pg_url) as conn:
+        applied = conn.execute("SELECT app, name, applied FROM django_migrations").fetchall()
+    assert len(applied) == 18
+
+    work.commit("a change", **{"mysite__version.py": "VERSION = 2\n"})
+    second = work.push()
+    assert "nothing pending (Django: 18 applied;" in second.out, second.out
+    assert re.search(r"- data .*no data inside the release", second.out), second.out
+    with psycopg.connect(pg_url) as conn:
+        users = conn.execute("SELECT username, is_superuser FROM auth_user").fetchall()
+        again = conn.execute("SELECT app, name, applied FROM django_migrations").fetchall()
+    assert users == [("bob", True)]
+    assert sorted(again) == sorted(applied)  # applied once: the same 18 rows, same times
+    assert admin_login(host.port, "bob", "pg-admin-pw-4711") == (302, "/admin/")
+    assert admin_login(host.port, "bob", "wrong")[0] == 200  # the form again: a real check
+    assert {release_of(p) for p in web_pids(host)} == {host.live().name}
+
+
 def get_as(port: int, path: str, host: str, proto: str = "") -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -194,6 +275,26 @@ def test_health_check_of_a_production_django_fails_fast_with_the_fix(tmp_path, h
     out = work.push().out
     assert "healthy (GET /admin/ 200/302)" in out, out
     assert get_as(host.port, "/admin/login/", "www.example.com", "https") == 200
+
+
+def test_health_check_of_a_startproject_without_a_page_at_root_names_the_path_setting(
+    tmp_path, host, tools
+):
+    # DEBUG = False: Django's "it worked" page is gone and / answers 404 (waiting might change
+    # that, so the probe waits: here 3 s)
+    work = startproject(
+        tools, tmp_path / "site", host, **{"shipyard.toml": "[health]\ntimeout = 3\n"}
+    )
+    out = work.push(fails=True).out
+    assert "failed the health check (GET /: got 404, wanted 200, after 3s)" in out, out
+    assert "the app has no page at / (a Django project with DEBUG = False" in out
+    assert (
+        '[health] path in shipyard.toml to one that answers 200, e.g. path = "/admin/login/"' in out
+    )
+    assert not host.releases()
+    work.commit("health path", **{"shipyard.toml": '[health]\npath = "/admin/login/"\n'})
+    assert "healthy (GET /admin/login/ 200)" in work.push().out
+    assert fetch(host.port, "/admin/login/")[0] == 200
 
 
 FLASK_APP = """from flask import Flask
@@ -265,11 +366,105 @@ def test_flask_migrate_revisions_listed_and_applied_data_kept(tmp_path, host, to
     assert [r[1] for r in db.execute("PRAGMA table_info(user)")] == ["id", "username", "email"]
 
 
+NOTES_WSGI = """import os
+
+import sqlalchemy as sa
+
+engine = sa.create_engine(os.environ["DATABASE_URL"])
+
+
+def app(environ, start_response):
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(sa.text("SELECT title FROM notes ORDER BY id"))]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [", ".join(names).encode()]
+"""
+NOTES_TABLE = """    op.create_table(
+        "notes",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("title", sa.String(200), nullable=False),
+    )
+"""
+NOTES_COLUMN = '    op.add_column("notes", sa.Column("done", sa.Boolean, server_default="false"))\n'
+
+
+def alembic_revision(tools: Path, backend: Path, message: str, upgrade: str) -> str:
+    """`alembic revision -m MESSAGE`, its upgrade() filled in: the new revision's id."""
+    made = run(tools / "alembic", "revision", "-m", message, cwd=backend).stdout
+    path = Path(re.search(r"Generating (\S+\.py)", made)[1])
+    text = path.read_text().replace("    pass\n", upgrade, 1)
+    path.write_text(
+        text.replace("from alembic import op", "import sqlalchemy as sa\nfrom alembic import op")
+    )
+    return re.search(r"^revision: str = '(\w+)'", text, re.M)[1]
+
+
+def test_alembic_in_a_subdirectory_on_postgresql_listed_applied_rows_kept(
+    tmp_path,
+    host,
+    tools,
+    pg_url,  # noqa: F811
+):
+    path = tmp_path / "notes"
+    backend = path / "backend"
+    backend.mkdir(parents=True)
+    run(tools / "alembic", "init", "migrations", cwd=backend)  # backend/alembic.ini
+    env_py = backend / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text()
+        .replace(
+            "config = context.config\n",
+            "config = context.config\n"
+            'config.set_main_option("sqlalchemy.url", os.environ["DATABASE_URL"])\n',
+        )
+        .replace("from logging.config", "import os\nfrom logging.config")
+    )
+    first_rev = alembic_revision(tools, backend, "notes", NOTES_TABLE)
+    work = new_work(path, host)
+    work.commit(
+        "notes app, its alembic in backend/",
+        **{
+            "backend__app.py": NOTES_WSGI,
+            "requirements.txt": "alembic\nsqlalchemy\npsycopg[binary]\ngunicorn\n",
+            "Procfile": "web: gunicorn --chdir backend app:app --bind 127.0.0.1:$PORT\n",
+            "shipyard.toml": '[health]\npath = "/"\n',
+        },
+    )
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://")
+    (host.dir / "shared" / ".env").write_text(f"DATABASE_URL={url}\n")
+    first = work.push()
+    assert re.search(
+        rf"migrate: 1 pending \(Alembic \(backend/alembic\.ini\).*\):\s+remote:\s+{first_rev}",
+        first.out,
+    ), first.out
+    assert re.search(r"✓ migrate .*1 applied", first.out)
+    assert "is inside the release" not in first.out
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO notes (title) VALUES ('written after deploy 1')")
+    assert fetch(host.port, "/") == (200, "written after deploy 1")
+    # its web runs in backend/ (gunicorn --chdir): still the release's, for verify and ps
+    listed = shipyard("--root", host.root, "processes", "mysite").stdout
+    assert re.search(rf"web\.1 .* {host.live().name}  \(blue, :\d+, live\)", listed), listed
+
+    second_rev = alembic_revision(tools, backend, "done flag", NOTES_COLUMN)
+    work.commit("done flag")
+    second = work.push()
+    assert re.search(rf"1 pending \(Alembic.*\):\s+remote:\s+{second_rev}", second.out), second.out
+    assert fetch(host.port, "/") == (200, "written after deploy 1")
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(second_rev,)]
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"
+        ).fetchall()
+    assert sorted(c[0] for c in columns) == ["done", "id", "title"]
+
+
 HELLO_WSGI = """def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello"]
 """
 MIGRATE_DB = """import sqlite3
+import urllib.parse
 db = sqlite3.connect("data.db")
 db.execute("CREATE TABLE IF NOT EXISTS runs (n INTEGER)")
 db.execute("INSERT INTO runs VALUES (1)")
@@ -466,6 +661,16 @@ def test_python_version_file_picks_an_installed_python_or_says_what_there_is(tmp
     )
     assert f"{version}" in out.split("it has: ", 1)[1].split(")")[0]
     assert "uv python install 3.6" in out and "download" not in out.lower()
+
+    # without .python-version, pyproject.toml's requires-python is what the app asks for
+    work.git("rm", "-q", ".python-version")
+    project = '[project]\nname = "app"\nversion = "1"\nrequires-python = "==3.6.*"\n'
+    work.commit("requires-python", **{"pyproject.toml": project})
+    out = work.push(check=False).out
+    assert "requires-python in pyproject.toml asks for Python ==3.6.*, which is not" in out, out
+    work.commit("a python it has", **{"pyproject.toml": project.replace("==3.6.*", f"=={version}")})
+    work.push()
+    assert in_live(host, "python", "-c", code).strip() == version
 
 
 # --- uwsgi ----------------------------------------------------------------------

@@ -369,6 +369,8 @@ OPERATE_BAD = [
     (["logs", "mysite", "--process", "worker"], "mysite has no process type 'worker'"),
     (["run", "mysite", "--"], "no command given"),
     (["config", "nosuchapp"], "no shipyard app at"),
+    # `ssh … config set APP 'HOSTS=a b'`: ssh's line split again at the space
+    (["config", "set", "mysite", "HOSTS=a", "b"], "is it the rest of HOSTS's value"),
 ]
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shipyard import logs
+from shipyard import logs, stamp
 from shipyard.app import App
 from shipyard.report import Masker
 
@@ -19,7 +19,7 @@ def test_stamper_stamps_each_line_and_ends_with_its_writers(tmp_path: Path):
     """Through the real fork: the program's pid stays the program, its output arrives stamped."""
     out = tmp_path / "captured.log"
     code = (
-        "import os, sys; from shipyard.logs import start_stamper; "
+        "import os, sys; from shipyard.stamp import start_stamper; "
         f"start_stamper({RELEASE!r}); pid = os.getpid(); "
         "print('one', flush=True); print('two', file=sys.stderr, flush=True); "
         "sys.stdout.write('partial'); sys.stdout.flush(); "
@@ -31,8 +31,8 @@ def test_stamper_stamps_each_line_and_ends_with_its_writers(tmp_path: Path):
     while "exec " not in out.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     lines = out.read_text().splitlines()
-    texts = [logs.STAMP.sub("", ln) for ln in lines]
-    assert all(logs.STAMP.match(ln) and f" {RELEASE}] " in ln for ln in lines), lines
+    texts = [stamp.STAMP.sub("", ln) for ln in lines]
+    assert all(stamp.STAMP.match(ln) and f" {RELEASE}] " in ln for ln in lines), lines
     assert texts[:2] == ["one", "two"]
     assert texts[2].startswith("partial")  # with what followed, or on its own once idle
     shell_pid, program_pid = texts[-1].split()[-2:]
@@ -40,14 +40,14 @@ def test_stamper_stamps_each_line_and_ends_with_its_writers(tmp_path: Path):
 
 
 def test_unstamp_gives_the_program_lines_back():
-    text = logs.stamp_line("Traceback (most recent call last):", RELEASE) + "\nplain"
-    assert logs.unstamp(text) == "Traceback (most recent call last):\nplain"
+    text = stamp.stamp_line("Traceback (most recent call last):", RELEASE) + "\nplain"
+    assert stamp.unstamp(text) == "Traceback (most recent call last):\nplain"
 
 
 def write(path: Path, *entries: tuple[float, str]) -> None:
     with open(path, "a") as f:
         for when, text in entries:
-            f.write(logs.stamp_line(text, RELEASE, when) + "\n")
+            f.write(stamp.stamp_line(text, RELEASE, when) + "\n")
 
 
 def test_last_lines_merge_processes_by_time(tmp_path: Path, capsys):
@@ -91,7 +91,7 @@ def test_following_a_rotated_file(tmp_path: Path):
     write(path, (3, "c"))
     assert [ln.text for ln in logs.read_new(source)] == ["b", "c"]
     with open(path, "a") as f:
-        f.write(logs.stamp_line("half", RELEASE, 4))  # no newline yet
+        f.write(stamp.stamp_line("half", RELEASE, 4))  # no newline yet
     assert logs.read_new(source) == []
     with open(path, "a") as f:
         f.write(" done\n")
@@ -122,5 +122,5 @@ def test_lines_after_supervisord_let_go_reach_the_log_file(tmp_path: Path):
     os.write(source_w, b"goodbye\n")
     os.close(source_w)
     log = tmp_path / "web.1.log"
-    logs.stamp(source_r, out_w, "20261201T000000Z-1a2b3c4", log)
+    stamp.stamp(source_r, out_w, "20261201T000000Z-1a2b3c4", log)
     assert log.read_text().endswith("20261201T000000Z-1a2b3c4] goodbye\n")

@@ -18,13 +18,18 @@ from shipyard.report import Masker
 @pytest.mark.parametrize(
     "words, expected",
     [
-        (["--", "python", "-c", "x"], (["python", "-c", "x"], None, False)),
-        (["--no-wait", "--", "ls", "--", "-l"], (["ls", "--", "-l"], None, True)),
-        (["--release", "v1.2", "--", "ls"], (["ls"], "v1.2", False)),
-        (["--release=v1.2", "ls", "-l"], (["ls", "-l"], "v1.2", False)),
-        (["python", "manage.py", "shell"], (["python", "manage.py", "shell"], None, False)),
-        (["--"], ([], None, False)),
-        ([], ([], None, False)),
+        (["--", "python", "-c", "x"], (["python", "-c", "x"], {})),
+        (["--no-wait", "--", "ls", "--", "-l"], (["ls", "--", "-l"], {"no-wait": True})),
+        (["--release", "v1.2", "--", "ls"], (["ls"], {"release": "v1.2"})),
+        (["--release=v1.2", "ls", "-l"], (["ls", "-l"], {"release": "v1.2"})),
+        (["--host", "web2", "ls"], (["ls"], {"host": "web2"})),
+        (
+            ["--host=web2", "--release", "v1", "--", "ls"],
+            (["ls"], {"host": "web2", "release": "v1"}),
+        ),
+        (["python", "manage.py", "shell"], (["python", "manage.py", "shell"], {})),
+        (["--"], ([], {})),
+        ([], ([], {})),
     ],
 )
 def test_options_around_the_command(words, expected):

@@ -92,6 +92,13 @@ def test_assignment_needs_an_equals_sign():
     assert settings.parse_assignment("A=b=c") == ("A", "b=c")
     with pytest.raises(ShipyardError, match="has no '='"):
         settings.parse_assignment("GREETING")
+    # ssh joined `'HOSTS=a.example b.example'` into a line the server split at the space
+    with pytest.raises(ShipyardError, match="rest of HOSTS's value, split off at a space") as e:
+        settings.parse_assignment("b.example", "HOSTS=a.example")
+    assert (
+        "over ssh quote it twice" in e.value.hint
+        and "\"'HOSTS=a.example b.example'\"" in e.value.hint
+    )
 
 
 def test_listing_masks_values(app: App):
@@ -112,6 +119,7 @@ def cli(app: App, *args: str, input: str | None = None):
         (["config", "set", "mysite", "GREETING"], "has no '='"),
         (["config", "set", "mysite", "9X=1"], "is not a valid environment variable name"),
         (["config", "set", "mysite", "A=1", "B"], "has no '='"),
+        (["config", "set", "mysite", "HOSTS=a.example", "b.example"], "rest of HOSTS's value"),
         (["config", "unset", "mysite", "NOPE"], "NOPE is not set"),
         (["config", "get", "mysite", "NOPE"], "NOPE is not set"),
         (["config", "set", "mysite"], "name at least one KEY"),

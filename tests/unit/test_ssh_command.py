@@ -151,6 +151,15 @@ def test_forced_command_execs_git_with_the_pusher(home: Path):
         ("shipyard config unset mysite A B", ["config", "unset", "mysite", "A", "B"]),
         ("shipyard restart mysite --process web", ["restart", "mysite", "--process", "web"]),
         ("shipyard processes mysite --start", ["processes", "mysite", "--start"]),
+        (
+            "shipyard run mysite --host web2 -- python manage.py check",
+            ["run", "mysite", "--host", "web2", "--", "python", "manage.py", "check"],
+        ),
+        (
+            "shipyard logs mysite --host 10.0.0.2:7070",
+            ["logs", "mysite", "--host", "10.0.0.2:7070"],
+        ),
+        ("shipyard logs mysite -n 50 --host=web3", ["logs", "mysite", "-n", "50", "--host=web3"]),
     ],
 )
 def test_operating_commands_pass_with_their_data(home: Path, command: str, tail: list[str]):
@@ -167,6 +176,10 @@ def test_operating_commands_pass_with_their_data(home: Path, command: str, tail:
         ("shipyard config mysite 'A=b c'", "is not allowed"),  # a value only after `set APP`
         ("shipyard restart mysite --process ../web", "is not allowed"),
         ("shipyard processes ../../etc --start", "is not allowed"),
+        ("shipyard run mysite --host ../web2 -- ls", "'../web2' is not allowed"),
+        ("shipyard run mysite --host /etc/passwd -- ls", "'/etc/passwd' is not allowed"),
+        ("shipyard logs mysite --host=~/x", "'--host=~/x' is not allowed"),
+        ("shipyard logs mysite --host 'web2 --root=/'", "is not allowed"),
     ],
 )
 def test_operating_commands_refuse_paths_and_root(home: Path, command: str, reason: str):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from shipyard import launch, listen
+from shipyard import launch, listen, supervise
 from shipyard import programs as prov
 from shipyard.app import App
 from shipyard.config import HostConfig, parse_app_config, parse_host_config
@@ -185,6 +186,25 @@ def test_check_process_on_this_process():
     )
     problem = check_process(os.getpid(), here, Path("/nonexistent/venv"), compound=False)
     assert "not the release's virtualenv /nonexistent/venv" in problem
+
+
+def test_check_process_in_a_directory_of_the_release(tmp_path):
+    """`gunicorn --chdir backend`, `cd backend && …`: the release's code, run from below it."""
+    app = App.at("mysite", tmp_path)
+    release, other = app.releases / "20261201T000000Z-aaaaaaa", tmp_path / "other"
+    (release / "backend").mkdir(parents=True)
+    (other / "backend").mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "30"], cwd=release / "backend")
+    try:
+        assert check_process(sleeper.pid, release, tmp_path / "venv", compound=False) == ""
+        problem = check_process(sleeper.pid, other, tmp_path / "venv", compound=False)
+        assert problem.startswith(f"runs in {release / 'backend'}, not in {other}")
+        sibling = release.with_name(release.name + "-b")  # a name that starts like it
+        assert check_process(sleeper.pid, sibling, tmp_path / "venv", compound=False)
+        assert supervise.release_of(app, str(release / "backend")) == release.name
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_holder_hands_out_its_very_socket(tmp_path):
