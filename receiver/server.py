@@ -54,10 +54,10 @@ from shipyard import (
     logs,
     oneoff,
     peers,
+    process_views,
     release,
     scale,
     settings,
-    supervise,
 )
 from shipyard.app import App, check_release_id, default_root
 from shipyard.config import load_host_config, parse_address, read_secret
@@ -341,7 +341,7 @@ class Handler(BaseHTTPRequestHandler):
     def on_info(self, app, host, query, spool, stream) -> dict:
         info = self.info(app, host, query.get("want"))
         if query.get("processes"):  # what its processes run, for `shipyard status`
-            info["serving"] = supervise.serving(app)
+            info["serving"] = process_views.serving(app)
         return info
 
     def on_status(self, app, host, query, spool, stream) -> dict:

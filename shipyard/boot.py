@@ -13,7 +13,7 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from . import guard, supervise
+from . import guard, supervisord
 from .app import App
 from .config import load_host_config
 from .errors import ShipyardError
@@ -35,7 +35,7 @@ def start_all(root: Path) -> int:
     for app in apps(root):
         try:
             host = load_host_config(app.config_file)
-            sv = supervise.Supervisor(app, host)
+            sv = supervisord.Supervisor(app, host)
             if not sv.settings.embedded:
                 print(f"shipyard boot ▸ {app.name}: the system supervisord runs its processes")
                 continue

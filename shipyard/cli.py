@@ -171,20 +171,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_processes(args: argparse.Namespace) -> int:
     """Show what runs (pid, uptime, release); --start / --stop the app's supervisord."""
-    from . import supervise
+    from . import process_views, supervisord
 
     app = App.at(args.app, args.root).require()
     if args.stop:
-        stopped = supervise.shutdown(app)
+        stopped = supervisord.shutdown(app)
         print(f"shipyard ▸ {app.name}: {'stopped' if stopped else 'nothing was running'}")
         return 0
     if args.start:
         from . import guard
 
-        guard.check_not_root(app, supervise._host(app))
-        how = supervise.start(app)
+        guard.check_not_root(app, supervisord.host_of(app))
+        how = supervisord.start(app)
         print(f"shipyard ▸ {app.name}: supervisord {how}")
-    for line in supervise.format_status(app, supervise.status(app)):
+    for line in process_views.format_status(app, process_views.status(app)):
         print(line)
     from .scale import describe
 

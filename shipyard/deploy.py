@@ -26,7 +26,7 @@ DATA = Phase("data", data.link)
 BUILD = Phase("build", rp.build_steps)
 PREPARE_PEERS = Phase("prepare-peers", peers.prepare, peers.abort)
 MIGRATE = Phase("migrate", migrate.apply)
-RELEASE = Phase("release", supervise.release_command)
+RELEASE = Phase("release", rp.release_command)
 DATA_CHECK = Phase("data-check", data.check)
 SWITCH = Phase("switch", rp.switch, rp.switch_back)
 RESTART = Phase("restart", supervise.restart, supervise.restart_previous)
@@ -37,7 +37,7 @@ FINISH = Phase("finish", rp.finish)
 # a rollback makes a kept release live as it is: no checkout, build or migration
 KEPT = Phase("checkout", rp.checkout_kept)
 NO_MIGRATE = Phase("migrate", migrate.none_on_rollback)
-RELEASE_IF_ASKED = Phase("release", supervise.release_command_on_rollback)
+RELEASE_IF_ASKED = Phase("release", rp.release_command_on_rollback)
 NO_POST_MIGRATE = Phase("post-migrate", migrate.post_none_on_rollback, fatal=False)
 
 # many hosts: checkout also starts the peers' prepare; switch → restart → verify run on

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import owner, supervise, venv
+from . import owner, supervisord, venv
 from .app import App, default_root
 from .boot import started_by
 from .config import HostConfig, load_host_config
@@ -228,7 +228,7 @@ def supervisor_check(ctx: Context) -> Check:
     if not live or not (ctx.app.releases / live / "Procfile").is_file():
         return Check("supervisord", SKIP, "not configured (no Procfile in the live release)")
     try:
-        sv = supervise.Supervisor(ctx.app, ctx.host)
+        sv = supervisord.Supervisor(ctx.app, ctx.host)
         if sv.reachable():
             return Check("supervisord", OK, f"reachable at {sv.settings.socket}")
         where = sv.settings.socket

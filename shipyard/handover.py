@@ -1,6 +1,6 @@
 """The live release's processes handed over again, without a deploy (restart, config, scale).
 
-The same handover a deploy's ``restart`` phase makes (``supervise.converge``:
+The same handover a deploy's ``restart`` phase makes (``converge.converge``:
 the web process blue/green with its health check, zero failed requests), onto
 the release that is already live, then the deploy's ``verify``; nothing is
 checked out or built. If the new processes do not come up, the ones that ran
@@ -9,7 +9,7 @@ before are put back (``supervise.restart_previous``) and the change fails.
 
 from __future__ import annotations
 
-from . import supervise
+from . import converge, supervise, supervisord
 from .app import App
 from .config import HostConfig, load_app_config, load_procfile
 from .context import Deploy
@@ -45,7 +45,7 @@ def handover(
     if app.live_release() is None:
         return Skip("nothing is live yet: the first deploy starts the processes")
     d = live_deploy(app, host, out)
-    sv = supervise.Supervisor(app, d.host)
+    sv = supervisord.Supervisor(app, d.host)
     before = sv.load_state()
     wanted = supervise.wanted_programs(d)
     if not wanted and not before:
@@ -54,7 +54,7 @@ def handover(
     d.processes.before = before
     d.processes.running = before  # what restart_previous puts back if this fails
     try:
-        running, summary = supervise.converge(sv, wanted, restart_same=restart)
+        running, summary = converge.converge(sv, wanted, restart_same=restart)
         d.processes.running = running
         d.processes.pids = supervise._pids(sv, running)
         checked = supervise.verify(d)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from shipyard.receiver import objects
 from shipyard.receiver.client import Peer, PeerError
 
-from . import fault_injection, lock, release, supervise
+from . import fault_injection, lock, process_views, release
 from .app import App
 from .cluster import Cluster, PeerState, active_peers, local_name
 from .config import HostConfig, load_host_config, read_secret
@@ -355,7 +355,7 @@ def peers_status(app: App, processes: bool = False) -> list[dict]:
         }
     ]
     if processes:
-        rows[0]["serving"] = supervise.serving(app)
+        rows[0]["serving"] = process_views.serving(app)
     secret = read_secret(host, app.config_file) if host.peers else None
     query = {"processes": "1"} if processes else None
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 
 from . import build, command, cron, release, supervise, venv
+from . import programs as prov
+from .command import run_in_release
 from .config import load_app_config, load_procfile
 from .context import Deploy
 from .errors import PhaseError
@@ -170,3 +172,21 @@ def finish(d: Deploy) -> str:
     used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
     venv.prune(d.app, used)
     return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
+
+
+def release_command(d: Deploy) -> str:
+    """The Procfile's ``release:`` command: once per deploy, in the new release, before switch."""
+    command = d.procfile.get(prov.RELEASE_TYPE)
+    if not command:
+        return Skip("no release: command in Procfile")
+    output = run_in_release(d, command, "release command", timeout=d.config.migrate_timeout)
+    last = output.strip().splitlines()[-1:] if output.strip() else []
+    return f"`{command}` ran" + (f": {last[0]}" if last else "")
+
+
+def release_command_on_rollback(d: Deploy) -> str:
+    """A rollback's release phase: ``release:`` runs only when asked (``--run-release``)."""
+    command = d.procfile.get(prov.RELEASE_TYPE)
+    if command and "run-release" not in d.options:
+        return Skip(f"a rollback runs no `{command}` (shipyard rollback --run-release does)")
+    return release_command(d)

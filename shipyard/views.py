@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 
-from . import history, lock, notify, release, supervise
+from . import history, lock, notify, process_views, release
 from .app import App
 from .config import load_host_config
 from .engine import branch_tip
@@ -48,9 +48,9 @@ def ended(entry: dict) -> float | None:
 
 
 def processes(app: App) -> object:
-    """What ``supervise.status`` reports; an error there is shown, never raised."""
+    """What ``process_views.status`` reports; an error there is shown, never raised."""
     try:
-        return supervise.status(app)
+        return process_views.status(app)
     except Exception as exc:  # a broken process view must not hide what is live
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -271,7 +271,7 @@ def render_status(s: dict) -> str:
 
 
 def _process_line(row: dict) -> str:
-    """One row of ``supervise.status``: name, state, pid, and whether it runs the live release."""
+    """One row of ``process_views.status``: name, state, pid, whether it runs the live release."""
     where = (
         ""
         if row.get("release") is None

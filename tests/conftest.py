@@ -172,11 +172,11 @@ class Host:
 
     def stop_processes(self) -> None:
         """Stop the app's supervisord and its programs; then anything left in the root."""
-        from shipyard import supervise
+        from shipyard import supervisord
         from shipyard.app import App
 
         with contextlib.suppress(Exception):
-            supervise.shutdown(App(self.root, self.name))
+            supervisord.shutdown(App(self.root, self.name))
         for pid in processes_under(self.root):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

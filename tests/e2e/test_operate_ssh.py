@@ -28,7 +28,7 @@ from test_ssh import (  # noqa: F401 - server: the module's sshd
     server,
 )
 
-from shipyard import lock, supervise
+from shipyard import lock, process_views
 from shipyard.app import App
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,7 @@ def under_load(server: Server) -> Iterator[Load]:  # noqa: F811
 
 def pids(server: Server, kind: str = "web") -> set[int]:  # noqa: F811
     """The pids supervisord runs for a process type (what `shipyard processes` lists)."""
-    rows = supervise.status(App(server.home / "apps", "mysite"))
+    rows = process_views.status(App(server.home / "apps", "mysite"))
     return {r["pid"] for r in rows if r["process"].startswith(f"{kind}.") and r["pid"]}
 
 

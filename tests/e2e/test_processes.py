@@ -20,7 +20,7 @@ import pytest
 from conftest import Host, Work, make_host, make_work, shipyard
 from httpload import Load, fetch
 
-from shipyard import supervise
+from shipyard import process_views
 from shipyard.app import App
 
 WORKER = """\
@@ -40,7 +40,7 @@ def greeting(port: int) -> str:
 
 def rows(host: Host) -> dict[str, dict]:
     """The app's processes (not the port's socket holder), by name."""
-    found = supervise.status(App(host.root, host.name))
+    found = process_views.status(App(host.root, host.name))
     return {r["process"]: r for r in found if r["release"] is not None}
 
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import Host, Work, make_host, make_work, processes_under, shipyard  # noqa: F401
 from httpload import fetch  # noqa: F401 - re-exported
 
-from shipyard import fault_injection, history, lock, supervise
+from shipyard import fault_injection, history, lock, process_views
 from shipyard.app import App
 
 RECORD = os.environ.get("SHIPYARD_RELIABILITY")
@@ -189,7 +189,7 @@ def check_invariants(host: Host, served: bool = True) -> str:
     if served:
         status, body = fetch(host.port)
         assert status == 200 and body.strip() == greeting_of(release), body
-        rows = [r for r in supervise.status(app) if r["release"] is not None]
+        rows = [r for r in process_views.status(app) if r["release"] is not None]
         # STARTING: up and healthy, but not yet for startsecs
         assert rows and all(r["state"] in ("RUNNING", "STARTING") and r["live"] for r in rows), rows
         for row in rows:

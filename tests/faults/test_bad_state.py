@@ -125,7 +125,7 @@ def test_procfile_without_web_while_web_runs(clean, observe):
         out = work.push().out
         assert last_line(out).startswith("shipyard ▸ live:"), out
         assert "web stopped" in out and "worker ×1 running" in out
-        rows = [r for r in faultlib.supervise.status(faultlib.app_of(host)) if r["release"]]
+        rows = [r for r in faultlib.process_views.status(faultlib.app_of(host)) if r["release"]]
         assert [r["process"].split(".")[0] for r in rows if r["live"]] == ["worker"], rows
     finally:
         without_web_setting(host)

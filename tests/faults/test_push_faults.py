@@ -29,8 +29,8 @@ from faultlib import (
     sy,
 )
 
+from shipyard import process_views
 from shipyard import programs as prov
-from shipyard import supervise
 
 observe = faultlib.observe
 
@@ -375,7 +375,7 @@ def test_supervisord_state_survives(site):
     """Sanity for the module: what runs is what processes.json says."""
     host, _, _ = site
     state = json.loads(prov.state_file(app_of(host)).read_text())
-    rows = [r for r in supervise.status(app_of(host)) if r["release"]]
+    rows = [r for r in process_views.status(app_of(host)) if r["release"]]
     assert {r["release"] for r in rows} == {p["release"] for p in state["programs"]}
 
 

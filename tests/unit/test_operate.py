@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shipyard import history, migrate, operate, release, supervise, views
+from shipyard import history, migrate, operate, process_views, release, views
 from shipyard.app import App
 from shipyard.errors import AppError, ShipyardError
 
@@ -92,7 +92,7 @@ def test_process_status_view(app, monkeypatch):
         {"process": "web-blue.0", "state": "RUNNING", "pid": 42, "release": "r1", "live": True},
         {"process": "worker.0", "state": "FATAL", "pid": 0, "release": "r0", "live": False},
     ]
-    monkeypatch.setattr(supervise, "status", lambda a: rows)
+    monkeypatch.setattr(process_views, "status", lambda a: rows)
     assert views.processes(app) == rows
     assert views.render_processes(rows) == [
         "  processes  web-blue.0: RUNNING pid 42 live",
@@ -102,7 +102,7 @@ def test_process_status_view(app, monkeypatch):
     def broken(a):
         raise RuntimeError("no socket")
 
-    monkeypatch.setattr(supervise, "status", broken, raising=False)
+    monkeypatch.setattr(process_views, "status", broken, raising=False)
     assert views.processes(app) == {"error": "RuntimeError: no socket"}
     json.dumps(views.status(app))  # always serialisable
 

@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from shipyard import launch, listen, supervise
+from shipyard import launch, listen, process_views
 from shipyard import programs as prov
 from shipyard.app import App
 from shipyard.config import HostConfig, parse_app_config, parse_host_config
 from shipyard.errors import ConfigError
-from shipyard.supervise import (
-    Answer,
-    Health,
-    check_process,
-    excerpt,
-    final_answer,
-    health_for,
-    health_hint,
-)
+from shipyard.health import Answer, Health, final_answer, health_for, health_hint
+from shipyard.supervise import check_process
+from shipyard.supervisord import excerpt
 
 APP = App(Path("/srv/apps"), "mysite")
 RELEASE = "20261129T013000Z-1a2b3c4"
@@ -201,7 +195,7 @@ def test_check_process_in_a_directory_of_the_release(tmp_path):
         assert problem.startswith(f"runs in {release / 'backend'}, not in {other}")
         sibling = release.with_name(release.name + "-b")  # a name that starts like it
         assert check_process(sleeper.pid, sibling, tmp_path / "venv", compound=False)
-        assert supervise.release_of(app, str(release / "backend")) == release.name
+        assert process_views.release_of(app, str(release / "backend")) == release.name
     finally:
         sleeper.kill()
         sleeper.wait()

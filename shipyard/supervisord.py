@@ -1,0 +1,323 @@
+"""One app's supervisord, through its XML-RPC interface on the unix socket
+(``supervisor.xmlrpc.SupervisorTransport``), never through ``supervisorctl``: the
+programs, the state file, the calls; starting and stopping it; its logs' tails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+
+from supervisor.states import STOPPED_STATES, ProcessStates
+from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
+
+from . import programs as prov
+from .app import App
+from .config import HostConfig, load_host_config
+from .errors import AppError, PhaseError
+from .orphans import alive, read_pid, stop_orphans
+from .programs import Listener, Program
+from .stamp import unstamp
+
+STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
+DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
+RPC_TIMEOUT = 30.0
+LOG_TAIL = 20
+
+
+# --- talking to supervisord ---------------------------------------------------
+
+
+class _UnixConnection(UnixStreamHTTPConnection):
+    def connect(self) -> None:  # pragma: no cover - exercised by every e2e test
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socketfile)
+
+
+class _Transport(SupervisorTransport):
+    """supervisor's own transport, with a timeout so a wedged supervisord cannot hang a deploy."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__(None, None, f"unix://{path}")
+
+        def connect() -> _UnixConnection:
+            conn = _UnixConnection("localhost", timeout=timeout)
+            conn.socketfile = str(path)
+            return conn
+
+        self._get_connection = connect
+
+
+class Supervisor:
+    """One app's view of its supervisord: programs.conf, the state file and the RPC calls."""
+
+    def __init__(self, app: App, host: HostConfig, timeout: float = RPC_TIMEOUT) -> None:
+        self.app = app
+        self.host = host
+        self.settings = prov.settings(app, host)
+        self.listeners: list[Listener] = []
+        self.transport = _Transport(self.settings.socket, timeout)
+        self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
+
+    # RPC
+
+    def call(self, method: str, *args: object) -> object:
+        try:
+            return getattr(self.proxy.supervisor, method)(*args)
+        except xmlrpc.client.Fault:
+            raise
+        except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as exc:
+            raise self.unreachable(exc) from None
+        finally:
+            self.transport.close()
+
+    def unreachable(self, exc: BaseException) -> PhaseError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = reason or type(exc).__name__
+        if self.settings.embedded:
+            hint = f"see {prov.supervisord_log(self.app)}; `shipyard processes {self.app.name}`"
+        else:
+            hint = (
+                "is the system supervisord running, with its [unix_http_server] socket at that "
+                "path and writable by this user? (see [supervisor] in the host's shipyard.toml)"
+            )
+        return PhaseError(f"supervisord not reachable at {self.settings.socket}: {reason}", hint)
+
+    def reachable(self) -> bool:
+        try:
+            self.call("getState")
+        except PhaseError:
+            return False
+        return True
+
+    def ensure(self) -> str:
+        """Make sure supervisord answers; start the embedded one if it is not running yet."""
+        # supervisord binds "<socket>.<pid>" first, then links it into place
+        prov.check_socket_path(self.settings.socket, "supervisord socket", reserve=8)
+        prov.check_socket_path(prov.listen_socket(self.app, 65535), "web socket")
+        if self.reachable():
+            return "running"
+        if not self.settings.embedded:
+            self.call("getState")  # raises the unreachable error with its reason
+        orphans = stop_orphans(self.app)
+        self.start_embedded()
+        if orphans:
+            return f"started (the previous one had died; stopped {orphans} process(es) it left)"
+        return "started"
+
+    def start_embedded(self) -> None:
+        app = self.app
+        app.run.mkdir(parents=True, exist_ok=True)
+        prov.logs_dir(app).mkdir(parents=True, exist_ok=True)
+        prov.write_programs(app, self.settings, self.load_state(), self.listeners)
+        prov.write_main(app, self.settings)
+        # The deploy's own variables (GIT_*, SHIPYARD_PUSHER, …) are no business of the app's.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("GIT_", "VIRTUAL_ENV", "SHIPYARD_"))
+        }
+        out = app.run / "supervisord.out"
+        with open(out, "ab") as log:
+            result = subprocess.run(
+                [sys.executable, "-m", "supervisor.supervisord", "-c", str(prov.main_conf(app))],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=app.dir,
+                env=env,
+                start_new_session=True,
+                timeout=60,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.reachable():
+                return
+            if result.returncode:
+                break
+            time.sleep(0.05)
+        raise PhaseError(
+            f"could not start supervisord for {app.name} (exit {result.returncode})",
+            f"see {out} and {prov.supervisord_log(app)}",
+            output=tail(out, 0),
+        )
+
+    def infos(self) -> dict[str, dict]:
+        """Every process supervisord knows, by ``group:name``."""
+        return {f"{i['group']}:{i['name']}": i for i in self.call("getAllProcessInfo")}
+
+    # programs.conf and the state file
+
+    def load_state(self) -> list[Program]:
+        """The programs that should run (``run/processes.json``); also loads ``listeners``."""
+        try:
+            data = json.loads(prov.state_file(self.app).read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.listeners = [Listener.from_dict(x) for x in data.get("listeners", [])]
+        return [Program.from_dict(p) for p in data.get("programs", [])]
+
+    def save_state(self, programs: list[Program]) -> None:
+        state = {
+            "programs": [p.to_dict() for p in programs],
+            "listeners": [x.to_dict() for x in self.listeners],
+        }
+        prov.write_atomic(prov.state_file(self.app), json.dumps(state, indent=2) + "\n")
+
+    def apply(self, programs: list[Program], listeners: list[Listener] | None = None) -> None:
+        """Record what should run, write programs.conf and have supervisord re-read it."""
+        if listeners is not None:
+            self.listeners = list(listeners)
+        self.save_state(programs)
+        prov.write_programs(self.app, self.settings, programs, self.listeners)
+        try:
+            self.call("reloadConfig")
+        except xmlrpc.client.Fault as fault:
+            raise PhaseError(
+                f"supervisord could not read its config: {fault.faultString}",
+                f"check {self.settings.include}",
+            ) from None
+
+    # groups
+
+    def start(self, program: Program | Listener) -> dict[int, int]:
+        """Add the program's group (it autostarts); returns each log's size before the start."""
+        group = program.group(self.app)
+        count = getattr(program, "count", 1)
+        offsets = {i: _size(program.log(self.app, i)) for i in range(1, count + 1)}
+        if isinstance(program, Program):
+            for i in offsets:
+                path = program.socket(self.app, i)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+        try:
+            self.call("addProcessGroup", group)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode == Faults.BAD_NAME:
+                raise PhaseError(
+                    f"supervisord does not know {group} after re-reading its config",
+                    f"does its [include] list {self.settings.include}?",
+                ) from None
+            if fault.faultCode != Faults.ALREADY_ADDED:
+                raise PhaseError(f"supervisord refused {group}: {fault.faultString}") from None
+            self.stop(program)
+            self.call("addProcessGroup", group)
+        return offsets
+
+    def stop(self, *programs: Program | Listener, grace: float | None = None) -> None:
+        """TERM every process of the programs (KILL after stop_grace), wait, remove their groups."""
+        groups = []
+        for program in programs:
+            group = program.group(self.app)
+            try:
+                self.call("stopProcessGroup", group, False)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode == Faults.BAD_NAME:
+                    continue
+                raise PhaseError(f"could not stop {group}: {fault.faultString}") from None
+            groups.append(group)
+        longest = max((p.stop_grace for p in programs), default=0)
+        deadline = time.monotonic() + (grace if grace is not None else longest) + 15
+        while groups:
+            infos = self.infos().values()
+            if all(i["state"] in DOWN for i in infos if i["group"] in groups):
+                break
+            if time.monotonic() > deadline:
+                raise PhaseError(f"{', '.join(groups)} did not stop", "see `shipyard processes`")
+            time.sleep(0.05)
+        for group in groups:
+            try:
+                self.call("removeProcessGroup", group)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode != Faults.BAD_NAME:
+                    raise PhaseError(f"could not remove {group}: {fault.faultString}") from None
+        for program in programs:  # gunicorn leaves inherited sockets' paths behind
+            if isinstance(program, Program):
+                for i in range(1, program.count + 1):
+                    path = program.socket(self.app, i)
+                    if path is not None:
+                        path.unlink(missing_ok=True)
+
+    def is_up(self, program: Program | Listener) -> bool:
+        infos = self.infos()
+        return all(
+            infos.get(ns, {}).get("state") in (STARTING, RUNNING)
+            for ns in program.namespecs(self.app)
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def tail(path: Path, offset: int, lines: int = LOG_TAIL) -> str:
+    """What a process logged since ``offset``, cut to ``lines`` (the Reporter masks it)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = offset if offset <= size else 0
+            start = max(start, size - 256 * 1024)
+            f.seek(start)
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return excerpt(unstamp(data).rstrip().splitlines(), lines)
+
+
+def excerpt(text: list[str], lines: int = LOG_TAIL) -> str:
+    """The last ``lines`` lines; when the first traceback (the cause, usually) scrolled out of
+    them, its last frame and exception line first, then the end."""
+    if len(text) <= lines:
+        return "\n".join(text)
+    cause: list[str] = []
+    for i, line in enumerate(text):
+        if line.startswith("Traceback (most recent call last):"):
+            end = i + 1
+            while end < len(text) and text[end].startswith((" ", "\t")):
+                end += 1
+            frames = text[max(i + 1, end - 2) : end]
+            cause = [line, *frames, *text[end : end + 1]]
+            break
+    if not cause or len(text) - text.index(cause[0]) <= lines:
+        return "\n".join(text[-lines:])
+    return "\n".join([*cause, "…", *text[-(lines - len(cause) - 1) :]])
+
+
+def host_of(app: App) -> HostConfig:
+    return load_host_config(app.config_file)
+
+
+def start(app: App) -> str:
+    sv = Supervisor(app, host_of(app))
+    return sv.ensure()
+
+
+def shutdown(app: App, timeout: float = 60) -> bool:
+    """Stop the app's processes and, when embedded, its supervisord. True if one was running."""
+    host = host_of(app) if app.config_file.is_file() else HostConfig()
+    sv = Supervisor(app, host)
+    if not sv.reachable():
+        return False
+    if not sv.settings.embedded:
+        programs = sv.load_state()
+        sv.stop(*programs, *sv.listeners)
+        return True
+    pid = read_pid(prov.pid_file(app))
+    sv.call("shutdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (pid and alive(pid)) and not sv.reachable():
+            return True
+        time.sleep(0.05)
+    raise AppError(f"supervisord for {app.name} (pid {pid}) did not stop in {timeout:.0f}s")
