@@ -16,8 +16,10 @@ PostgreSQL URL, a session-level ``pg_advisory_lock`` taken on shipyard's own con
 
 When nothing is pending the phase says so; it skips the tool's own start-up (about half a
 second for Django) when the live release recorded that nothing was pending, the release's
-migration inputs are byte-for-byte the same, and the database's own migration table still
-holds exactly what it held then (so a reset or a manual migrate is noticed).
+migration inputs are byte-for-byte the same (for Django also the venv's migration files and
+app configs, so a changed requirement that brings none keeps the fast path), the ``.env`` file
+is the same file, and the database's own migration table still holds exactly what it held then
+(so a reset or a manual migrate is noticed).
 """
 
 from __future__ import annotations
@@ -591,18 +593,48 @@ def alembic_files(root: Path, ini: str = "alembic.ini") -> list[Path] | None:
     return [root / ini, *(root / p.relative_to(root.resolve()) for p in files)]
 
 
-def inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
-    """What decides the set of migrations, apart from the database: None when unknown."""
+def inputs_fingerprint(d: Deploy, plan: Plan, known: dict | None = None) -> str | None:
+    """What decides the set of migrations, apart from the database: None when unknown.
+
+    ``known``: the state the live release recorded (its venv's digest is reused as is).
+    """
     if plan.check is not None or plan.kind not in ("django", "alembic") or plan.flask:
         return None  # Flask-Migrate: the database is the app's config, not DATABASE_URL
     try:
-        return _inputs_fingerprint(d, plan)
+        return _inputs_fingerprint(d, plan, known)
     except (OSError, ValueError):
         return None  # unreadable: no fast path, the tool is asked
 
 
-def _inputs_fingerprint(d: Deploy, plan: Plan) -> str | None:
-    digest = hashlib.sha256(f"v1\0{plan.kind}\0{plan.command}\0{d.venv_key}\0".encode())
+def venv_files(venv: Path) -> list[Path]:
+    """What of a virtualenv decides the set of migrations: its packages' migration files and
+    app configs (an app's label names its migrations). A requirement that brings neither,
+    the usual change, leaves the fast path open; a package upgrade that changes them closes it.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(venv / "lib"):
+        dirnames[:] = [n for n in dirnames if n != "__pycache__"]
+        if os.path.basename(dirpath) == "migrations":
+            found.extend(Path(dirpath) / n for n in filenames if n.endswith(".py"))
+        elif "apps.py" in filenames:
+            found.append(Path(dirpath) / "apps.py")
+    return found
+
+
+def venv_digest(d: Deploy, known: dict | None = None) -> str:
+    """``venv_files`` hashed. A venv is content-addressed and never changes once built, so the
+    digest a release recorded for the same venv key is reused without walking the venv."""
+    if known and known.get("venv") == d.venv_key and known.get("venv_digest"):
+        return known["venv_digest"]
+    digest = hashlib.sha256()
+    venv = d.release / ".venv"
+    files_digest(digest, venv, [p for p in venv_files(venv) if p.is_file()])
+    return digest.hexdigest()
+
+
+def _inputs_fingerprint(d: Deploy, plan: Plan, known: dict | None = None) -> str | None:
+    venv = venv_digest(d, known) if plan.kind == "django" else d.venv_key
+    digest = hashlib.sha256(f"v2\0{plan.kind}\0{plan.command}\0{venv}\0".encode())
     if plan.kind == "django":
         settings = settings_files(d)
         if settings is None:
@@ -669,7 +701,8 @@ def _save_state(d: Deploy, plan: Plan, db: Database, conn: Any, now: Status) -> 
         path.unlink()
     if now.pending:
         return
-    inputs = inputs_fingerprint(d, plan)
+    known = {"venv": d.venv_key, "venv_digest": venv_digest(d) if plan.kind == "django" else None}
+    inputs = inputs_fingerprint(d, plan, known)
     rows = recorded_in_database(plan, db, conn, d.release)
     if inputs is None or rows is None:
         return
@@ -681,6 +714,7 @@ def _save_state(d: Deploy, plan: Plan, db: Database, conn: Any, now: Status) -> 
         "inputs": inputs,
         "database": digest_of(rows),
         "applied": now.applied if plan.kind == "alembic" else len(now.applied),
+        **known,
         "deploy": d.number,
         "checked": time.time(),
     }
@@ -701,14 +735,14 @@ def unchanged(d: Deploy, plan: Plan, db: Database, conn: Any) -> str | None:
         return None
     if state.get("tool") != plan.kind:
         return None
-    inputs = inputs_fingerprint(d, plan)
+    inputs = inputs_fingerprint(d, plan, state)
     if inputs is None or inputs != state.get("inputs"):
         return None
     rows = recorded_in_database(plan, db, conn, d.release)
     if rows is None or digest_of(rows) != state.get("database"):
         return None
-    with suppress(OSError):
-        save_state_copy(d, state)
+    with suppress(OSError):  # the same migrations, maybe another venv: recorded with its key
+        save_state_copy(d, {**state, "venv": d.venv_key})
     applied = state.get("applied", "?")
     if isinstance(applied, list):
         held = f"at {', '.join(applied) or 'base'}"
