@@ -28,7 +28,7 @@ import stat
 from contextlib import suppress
 from pathlib import Path
 
-from . import command, migrate, release
+from . import command, migration_cache, migration_tools, release
 from .app import App
 from .context import Deploy
 from .errors import PhaseError
@@ -71,11 +71,11 @@ def inputs_key(d: Deploy) -> str | None:
     if not (d.release / "manage.py").is_file():
         return None
     try:
-        settings = migrate.settings_files(d)
+        settings = migration_cache.settings_files(d)
         if settings is None:
             return None
         digest = hashlib.sha256(f"data v1\0{d.venv_key}\0".encode())
-        migrate.files_digest(digest, d.release, settings)
+        migration_cache.files_digest(digest, d.release, settings)
     except (OSError, ValueError):
         return None
     with suppress(OSError):
@@ -121,9 +121,9 @@ def _ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
     ran = command.in_release(d, [python, str(PROBE)], PROBE_TIMEOUT, stderr_apart=True)
     answer = None
     for line in ran.output.splitlines():
-        if line.startswith(migrate.PROBE_MARK):
+        if line.startswith(migration_tools.PROBE_MARK):
             with suppress(ValueError):
-                answer = json.loads(line[len(migrate.PROBE_MARK) :])
+                answer = json.loads(line[len(migration_tools.PROBE_MARK) :])
     if ran.exited or not isinstance(answer, dict):
         last = (ran.everything.strip().splitlines() or ["no answer"])[-1]
         d.out.warn(f"data: could not ask the app where it keeps its data ({last[:120]})")

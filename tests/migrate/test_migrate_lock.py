@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from pgcluster import pg_url, postgres  # noqa: F401  (fixtures)
 
-from shipyard import migrate
+from shipyard import advisory_lock, database
 from shipyard.app import App
 from shipyard.config import AppConfig
 from shipyard.errors import PhaseError
@@ -37,7 +37,7 @@ def take_in_thread(d, db) -> tuple[threading.Thread, dict]:
 
     def run() -> None:
         try:
-            with migrate.database_lock(d, db) as conn:
+            with advisory_lock.database_lock(d, db) as conn:
                 state["taken"] = time.monotonic()
                 state["pid"] = conn.info.backend_pid
         except Exception as exc:  # noqa: BLE001
@@ -49,8 +49,8 @@ def take_in_thread(d, db) -> tuple[threading.Thread, dict]:
 
 
 def test_waiter_names_a_manual_holder(tmp_path, pg_url):  # noqa: F811
-    db = migrate.parse_database_url(pg_url)
-    key = migrate.lock_key("mysite")
+    db = database.parse_database_url(pg_url)
+    key = advisory_lock.lock_key("mysite")
     holder = psycopg.connect(pg_url, autocommit=True, application_name="manual migrate by bob")
     holder.execute("SELECT pg_advisory_lock(%s)", (key,))
     d, out = fake_deploy(tmp_path)
@@ -67,7 +67,7 @@ def test_waiter_names_a_manual_holder(tmp_path, pg_url):  # noqa: F811
 
 
 def test_a_holder_that_dies_releases_the_lock(tmp_path, pg_url):  # noqa: F811
-    key = migrate.lock_key("mysite")
+    key = advisory_lock.lock_key("mysite")
     script = (
         "import psycopg, sys, time\n"
         f"c = psycopg.connect({pg_url!r}, autocommit=True, application_name='doomed')\n"
@@ -78,7 +78,7 @@ def test_a_holder_that_dies_releases_the_lock(tmp_path, pg_url):  # noqa: F811
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     d, out = fake_deploy(tmp_path)
-    thread, state = take_in_thread(d, migrate.parse_database_url(pg_url))
+    thread, state = take_in_thread(d, database.parse_database_url(pg_url))
     time.sleep(1.0)
     assert "taken" not in state and "`doomed`" in out.getvalue()
     proc.kill()  # no cleanup code runs: the server drops the session and its lock
@@ -88,12 +88,12 @@ def test_a_holder_that_dies_releases_the_lock(tmp_path, pg_url):  # noqa: F811
 
 
 def test_waiting_gives_up_after_migrate_timeout(tmp_path, pg_url):  # noqa: F811
-    key = migrate.lock_key("mysite")
+    key = advisory_lock.lock_key("mysite")
     holder = psycopg.connect(pg_url, autocommit=True, application_name="slow one")
     holder.execute("SELECT pg_advisory_lock(%s)", (key,))
     d, _ = fake_deploy(tmp_path, timeout=1)
-    db = migrate.parse_database_url(pg_url)
-    with pytest.raises(PhaseError) as info, migrate.database_lock(d, db):
+    db = database.parse_database_url(pg_url)
+    with pytest.raises(PhaseError) as info, advisory_lock.database_lock(d, db):
         pass
     assert "gave up after 1s waiting for the database migration lock" in info.value.message
     assert "`slow one`" in info.value.message
@@ -102,9 +102,9 @@ def test_waiting_gives_up_after_migrate_timeout(tmp_path, pg_url):  # noqa: F811
 
 def test_other_apps_do_not_wait(tmp_path, pg_url):  # noqa: F811
     holder = psycopg.connect(pg_url, autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(%s)", (migrate.lock_key("blog"),))
+    holder.execute("SELECT pg_advisory_lock(%s)", (advisory_lock.lock_key("blog"),))
     d, out = fake_deploy(tmp_path)
-    with migrate.database_lock(d, migrate.parse_database_url(pg_url)) as conn:
+    with advisory_lock.database_lock(d, database.parse_database_url(pg_url)) as conn:
         assert conn is not None
     assert "waiting" not in out.getvalue()
     holder.close()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shipyard import migrate, release
+from shipyard import database, migration_cache, migration_tools, release
 from shipyard.app import App
 
 SITE = "lib/python3.11/site-packages"
@@ -35,7 +35,7 @@ class Site:
                 [n.split(".") for n in APPLIED],
             )
         conn.close()
-        self.plan = migrate.Plan("django", "Django", migrate.DJANGO_MIGRATE)
+        self.plan = migration_tools.Plan("django", "Django", migration_tools.DJANGO_MIGRATE)
         self.live = self.release("20260101T000000Z-aaaaaaa", venv="v1")
         self.deploy(self.live, "v1", 1).save()
         os.symlink(self.live.relative_to(self.app.dir), self.app.current)
@@ -66,9 +66,11 @@ class Site:
             number=number,
             env=release.shared_env(self.app),
         )
-        db = migrate.database_of(d)
-        d.save = lambda: migrate.save_state(d, self.plan, db, None, migrate.Status(APPLIED, []))
-        d.unchanged = lambda: migrate.unchanged(d, self.plan, db, None)
+        db = database.database_of(d)
+        d.save = lambda: migration_cache.save_state(
+            d, self.plan, db, None, migration_tools.Status(APPLIED, [])
+        )
+        d.unchanged = lambda: migration_cache.unchanged(d, self.plan, db, None)
         return d
 
 
@@ -85,13 +87,13 @@ def site(tmp_path: Path) -> Site:
 def test_a_changed_requirement_without_migrations_keeps_the_fast_path(site: Site):
     d = site.deploy(site.new, "v2")
     assert "unchanged since deploy #1" in d.unchanged()
-    state = (site.new / migrate.STATE).read_text()
+    state = (site.new / migration_cache.STATE).read_text()
     assert '"venv": "v2"' in state  # inherited, recorded with the new venv's key
 
 
 def test_a_code_only_deploy_does_not_walk_the_venv(site: Site, monkeypatch):
     d = site.deploy(site.new, "v1")  # the same venv key as the live release
-    monkeypatch.setattr(migrate, "venv_files", lambda venv: pytest.fail("walked the venv"))
+    monkeypatch.setattr(migration_cache, "venv_files", lambda venv: pytest.fail("walked the venv"))
     assert d.unchanged()
 
 

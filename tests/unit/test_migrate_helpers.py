@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shipyard import command, migrate
+from shipyard import advisory_lock, command, database, migration_progress, migration_tools
 from shipyard.app import App
 from shipyard.config import AppConfig
 from shipyard.errors import ConfigError
@@ -29,12 +29,12 @@ from shipyard.report import Masker, Skip
     ],
 )
 def test_database_urls(url, kind, where):
-    db = migrate.parse_database_url(url)
+    db = database.parse_database_url(url)
     assert (db.kind, db.where) == (kind, where)
 
 
 def test_conninfo_drops_the_sqlalchemy_driver():
-    db = migrate.parse_database_url("postgresql+psycopg://u:p@h/db")
+    db = database.parse_database_url("postgresql+psycopg://u:p@h/db")
     assert db.conninfo == "postgresql://u:p@h/db"
 
 
@@ -50,27 +50,27 @@ def test_conninfo_drops_the_sqlalchemy_driver():
 )
 def test_malformed_database_urls_never_echo_the_url(url, reason):
     with pytest.raises(ConfigError) as info:
-        migrate.parse_database_url(url, "DATABASE_URL in shared/.env")
+        database.parse_database_url(url, "DATABASE_URL in shared/.env")
     assert reason in info.value.message and "DATABASE_URL in shared/.env" in info.value.message
     assert "hunter22" not in str(info.value)
 
 
 def test_sqlite_paths(tmp_path):
-    four = migrate.parse_database_url("sqlite:////srv/db.sqlite3")
-    assert migrate.sqlite_paths(four, tmp_path) == [Path("/srv/db.sqlite3")]
-    three = migrate.parse_database_url("sqlite:///db.sqlite3")
-    assert migrate.sqlite_paths(three, tmp_path) == [Path("/db.sqlite3"), tmp_path / "db.sqlite3"]
+    four = database.parse_database_url("sqlite:////srv/db.sqlite3")
+    assert database.sqlite_paths(four, tmp_path) == [Path("/srv/db.sqlite3")]
+    three = database.parse_database_url("sqlite:///db.sqlite3")
+    assert database.sqlite_paths(three, tmp_path) == [Path("/db.sqlite3"), tmp_path / "db.sqlite3"]
 
 
 def test_lock_key_is_a_stable_signed_bigint_per_app():
-    key = migrate.lock_key("mysite")
-    assert key == migrate.lock_key("mysite") != migrate.lock_key("mysite-staging")
+    key = advisory_lock.lock_key("mysite")
+    assert key == advisory_lock.lock_key("mysite") != advisory_lock.lock_key("mysite-staging")
     assert -(2**63) <= key < 2**63
 
 
 def test_django_progress_times_each_migration_from_its_start():
     done = []
-    progress = migrate.Progress("django", lambda name, s: done.append((name, s)))
+    progress = migration_progress.Progress("django", lambda name, s: done.append((name, s)))
     progress.feed("Operations to perform:\n  Apply all migrations: polls\nRunning migrations:\n", 0)
     progress.feed("  Applying polls.0001_initial...", 1.0)
     assert progress.current == "polls.0001_initial" and not done
@@ -82,7 +82,7 @@ def test_django_progress_times_each_migration_from_its_start():
 
 
 def test_alembic_progress_ends_one_when_the_next_starts():
-    progress = migrate.Progress("alembic")
+    progress = migration_progress.Progress("alembic")
     log = "INFO  [alembic.runtime.migration] Running upgrade {} -> {}, {}\n"
     progress.feed(log.format("", "0001", "create notes"), 1.0)
     progress.feed(log.format("0001", "0002", "add done"), 3.0)
@@ -96,24 +96,26 @@ def test_unreachable_reason_picks_the_driver_line():
         'django.db.utils.OperationalError: connection failed: connection to server at "h", '
         "port 1 failed: Connection refused\n"
     )
-    assert migrate.unreachable_reason(output).startswith("connection failed: connection to")
-    assert migrate.unreachable_reason("ValueError: nope\n") is None
+    assert advisory_lock.unreachable_reason(output).startswith("connection failed: connection to")
+    assert advisory_lock.unreachable_reason("ValueError: nope\n") is None
 
 
 def test_detection(tmp_path):
-    assert isinstance(migrate.detect(tmp_path, AppConfig()), Skip)
+    assert isinstance(migration_tools.detect(tmp_path, AppConfig()), Skip)
     (tmp_path / "alembic.ini").write_text("[alembic]\n")
-    plan = migrate.detect(tmp_path, AppConfig())
+    plan = migration_tools.detect(tmp_path, AppConfig())
     assert (plan.kind, plan.command) == ("alembic", "alembic upgrade heads")
     (tmp_path / "manage.py").write_text("")
-    plan = migrate.detect(tmp_path, AppConfig())
+    plan = migration_tools.detect(tmp_path, AppConfig())
     assert (plan.kind, plan.command) == ("django", "python manage.py migrate --noinput")
-    plan = migrate.detect(tmp_path, AppConfig(migrate="make migrate", migrate_check="make check"))
+    plan = migration_tools.detect(
+        tmp_path, AppConfig(migrate="make migrate", migrate_check="make check")
+    )
     assert (plan.kind, plan.command, plan.check) == ("command", "make migrate", "make check")
-    assert isinstance(migrate.detect(tmp_path, AppConfig(migrate="")), Skip)
+    assert isinstance(migration_tools.detect(tmp_path, AppConfig(migrate="")), Skip)
     plain = tmp_path / "plain"
     plain.mkdir()
-    plan = migrate.detect(plain, AppConfig(migrate="./bin/migrate"))
+    plan = migration_tools.detect(plain, AppConfig(migrate="./bin/migrate"))
     assert (plan.kind, plan.listable) == ("command", False)
 
 
