@@ -16,6 +16,30 @@ from shipyard.receiver.client import Peer
 from .app import App
 from .config import HostConfig, read_secret
 from .errors import PhaseError, ShipyardError
+from .group import Running
+
+
+@dataclass
+class Prepared:
+    """What one peer's prepare came to: made in its thread, taken in by the primary's."""
+
+    name: str = ""
+    live_before: str | None = None
+    objects: int = 0
+    bytes_sent: int = 0
+    prepared: bool = False
+    reused: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Switched:
+    """What one peer's switch came to (``switched`` None: unknown, the answer was lost)."""
+
+    switched: bool | None = None
+    switched_at: float | None = None
+    previous: str | None = None
+    error: str | None = None
 
 
 def local_name(host: HostConfig) -> str:
@@ -44,11 +68,21 @@ class PeerState:
     bytes_sent: int = 0
     aborted: bool = False
     error_reverting: str | None = None
-    task: threading.Thread | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.address
+
+    def took(self, r: Prepared) -> None:
+        """What its prepare came to (peers.prepare_one, in its thread)."""
+        self.name, self.live_before = r.name or self.name, r.live_before
+        self.objects, self.bytes_sent = r.objects, r.bytes_sent
+        self.prepared, self.reused, self.error = r.prepared, r.reused, r.error
+
+    def took_switch(self, r: Switched) -> None:
+        """What its switch came to (peers.switch_one, in its thread)."""
+        self.switched, self.switched_at, self.previous = r.switched, r.switched_at, r.previous
+        self.error = r.error
 
     def note(self) -> dict:
         """What the journal keeps of it: enough to send it back after the primary died."""
@@ -83,6 +117,7 @@ class Cluster:
     error: ShipyardError | None = None  # the peers could not even be set up (no secret…)
     cancelled: bool = False
     ready: threading.Event = field(default_factory=threading.Event)
+    preparing: Running | None = None  # the peers' prepares, started with the checkout
 
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:

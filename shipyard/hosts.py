@@ -33,8 +33,8 @@ from .app import App
 from .cluster import active_peers, cluster_secret, local_name
 from .config import HostConfig
 from .errors import ShipyardError
+from .group import Group
 from .handover import check_type, handover
-from .peers import parallel
 from .report import Reporter, Skip
 
 TOKEN = re.compile(r"^(config|scale)-\d{1,9}-[0-9a-f]{8}$")
@@ -175,7 +175,7 @@ class Fleet:
             except PeerError as exc:
                 errors[m.address] = exc.message
 
-        parallel(one, self.peers)
+        Group(self.peers).run(one).raise_first()
         self.named = True
         return errors
 
@@ -241,7 +241,7 @@ def stage_everywhere(
         except (PeerError, ShipyardError, OSError) as exc:
             failures[m.address] = exc.message if isinstance(exc, ShipyardError) else str(exc)
 
-    parallel(one, fleet.members)
+    Group(fleet.members).run(one).raise_first()
     if failures:
         unstage(fleet, out, token)
         fleet.learn_names()  # to name the hosts that refused (their refusals do not)
@@ -283,7 +283,7 @@ def unstage(fleet: Fleet, out: Reporter, token: str, keep: bool = False) -> None
 
     if keep and fleet.members[0].staged:
         decide(fleet.app, token)  # from here on, an interrupted change is finished, not undone
-    parallel(one, fleet.peers)
+    Group(fleet.peers).run(one).raise_first()
     one(fleet.members[0])
     if not keep:
         out.line("  ↩ every host that took it has its old file back")

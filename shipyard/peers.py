@@ -17,18 +17,18 @@ import fcntl
 import io
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from shipyard.receiver import objects
 from shipyard.receiver.client import Peer, PeerError
 
 from . import fault_injection, lock, process_views, release
 from .app import App
-from .cluster import Cluster, PeerState, active_peers, local_name
+from .cluster import Cluster, PeerState, Prepared, Switched, active_peers, local_name
 from .config import HostConfig, load_host_config, read_secret
 from .context import Deploy, Phase
 from .engine import attempt, revert
 from .errors import PhaseError, ShipyardError
+from .group import Group
 from .report import Reporter, Skip
 
 # --- the primary's own lines, tagged like a peer's --------------------------
@@ -48,45 +48,41 @@ class Prefixed(io.TextIOBase):
         return len(text)
 
 
-def parallel(fn, items: list) -> list:
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
 def size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n >> 20} MiB"
 
 
-def send_objects(d: Deploy, p: PeerState, out: Reporter) -> None:
+def send_objects(d: Deploy, p: PeerState, r: Prepared, out: Reporter) -> None:
     """Info (what the peer has), then a pack of only the objects it lacks."""
     info = p.client.call("GET", "info", query={"want": d.sha})
-    p.name, p.live_before = info.get("name") or "", info.get("live")
+    r.name, r.live_before = info.get("name") or "", info.get("live")
+    label = r.name or p.address
     if info.get("has_want"):
-        out.line(f"  [{p.label}] - {'objects':<14}    -    has {d.sha[:7]} already")
+        out.line(f"  [{label}] - {'objects':<14}    -    has {d.sha[:7]} already")
         return
     t0 = time.monotonic()
     haves = frozenset(info.get("refs", {}).values())
     with d.cluster.packing:  # peers at the same commit (the usual case) share one pack
         if haves not in d.cluster.packs:
             d.cluster.packs[haves] = objects.pack_missing(d.app.repo, d.sha, sorted(haves))
-        p.objects, pack = d.cluster.packs[haves]
+        r.objects, pack = d.cluster.packs[haves]
     p.client.call("POST", "objects", pack, query={"want": d.sha})
-    p.bytes_sent = len(pack)
+    r.bytes_sent = len(pack)
     seconds = time.monotonic() - t0
     out.line(
-        f"  [{p.label}] ✓ {'objects':<14} {seconds:5.2f}s  {p.objects} objects, "
-        f"{size(p.bytes_sent)} sent"
+        f"  [{label}] ✓ {'objects':<14} {seconds:5.2f}s  {r.objects} objects, "
+        f"{size(r.bytes_sent)} sent"
     )
 
 
-def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
+def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> Prepared:
+    """One peer's prepare (in a thread of its own): the objects, then its checkout/build."""
+    r = Prepared()
     try:
-        send_objects(d, p, out)
+        send_objects(d, p, r, out)
         d.cluster.ready.wait()  # the primary's checkout has chosen the release id
         if d.cluster.cancelled:
-            return
+            return r
         result = p.client.call(
             "POST",
             "prepare",
@@ -100,19 +96,20 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> None:
                 "options": d.options,
                 "kind": d.kind,  # a rollback: the peer must have this release, good, as it is
             },
-            on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
+            on_line=lambda line: out.line(f"  [{r.name or p.address}] {line.strip()}"),
             idempotent=False,
         )
     except PeerError as exc:
-        p.error = exc.message
-        return
+        r.error = exc.message
+        return r
     except Exception as exc:  # in a thread: anything unexpected must still fail the deploy
-        p.error = f"{type(exc).__name__}: {exc}"
-        return
+        r.error = f"{type(exc).__name__}: {exc}"
+        return r
     if result.get("ok"):
-        p.prepared, p.reused = True, bool(result.get("reused"))
+        r.prepared, r.reused = True, bool(result.get("reused"))
     else:
-        p.error = result.get("error") or "prepare failed"
+        r.error = result.get("error") or "prepare failed"
+    return r
 
 
 def begin(d: Deploy, ready: bool = True) -> None:
@@ -127,9 +124,7 @@ def begin(d: Deploy, ready: bool = True) -> None:
     if ready:
         cluster.ready.set()
     out = d.out
-    for p in cluster.peers:  # daemon threads: a failed deploy never waits for a slow peer
-        p.task = threading.Thread(target=prepare_one, args=(d, p, out), daemon=True)
-        p.task.start()
+    cluster.preparing = Group(cluster.peers).start(lambda p: prepare_one(d, p, out))
 
 
 def prepare(d: Deploy) -> str:
@@ -143,8 +138,8 @@ def prepare(d: Deploy) -> str:
         d.out.warn(f"peer {address} is drained: skipped (remove it from `drained` to deploy it)")
     if not cluster.peers:
         return Skip("all peers drained" if cluster.drained else "no peers")
-    for p in cluster.peers:
-        p.task.join()
+    for r in cluster.preparing.join():
+        r.host.took(r.value if r.ok else Prepared(error=r.error))
     failed = [p for p in cluster.peers if p.error or not p.prepared]
     if failed:
         abort(d)
@@ -172,19 +167,22 @@ def abort(d: Deploy) -> None:
         return
     cluster.cancelled = True
 
-    def one(p: PeerState) -> None:
+    def one(p: PeerState) -> bool:
         if p.aborted:
-            return
+            return True
         try:
             p.client.call("POST", "abort", {"release": d.release_id})
-            p.prepared, p.aborted = False, True
+            return True
         except PeerError as exc:
             d.out.warn(
                 f"{p.label}: could not discard {d.release_id} ({exc.message}); "
                 "its next deploy prunes it"
             )
+            return False
 
-    parallel(one, cluster.peers)
+    for r in Group(cluster.peers).run(one).raise_first():
+        if r.value:
+            r.host.prepared, r.host.aborted = False, True
 
 
 def with_peers(checkout: Phase) -> Phase:
@@ -209,8 +207,8 @@ def with_peers(checkout: Phase) -> Phase:
     return Phase(checkout.name, run, undo)
 
 
-def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
-    p.switched = None
+def switch_one(d: Deploy, p: PeerState, out: Reporter) -> Switched:
+    """One peer's switch → restart → verify → finish (in a thread of its own)."""
     try:
         result = p.client.call(
             "POST",
@@ -222,17 +220,13 @@ def switch_one(d: Deploy, p: PeerState, out: Reporter) -> None:
             idempotent=False,
         )
     except PeerError as exc:
-        p.error = exc.message
-        p.switched = None if exc.sent else False  # unknown, or certainly not
-        return
+        return Switched(None if exc.sent else False, error=exc.message)  # unknown, or not
     except Exception as exc:
-        p.error = f"{type(exc).__name__}: {exc}"
-        return
-    p.switched = bool(result.get("switched"))
-    p.switched_at = result.get("switched_at")
-    p.previous = result.get("previous")
-    if not result.get("ok"):
-        p.error = result.get("error") or "switch failed"
+        return Switched(None, error=f"{type(exc).__name__}: {exc}")
+    error = None if result.get("ok") else result.get("error") or "switch failed"
+    return Switched(
+        bool(result.get("switched")), result.get("switched_at"), result.get("previous"), error
+    )
 
 
 def switch_local(d: Deploy, label: str, local: list[Phase]) -> str | None:
@@ -252,9 +246,9 @@ def rollout(d: Deploy, local: list[Phase]) -> str:
     once or in batches."""
     cluster: Cluster = d.cluster
     here = local_name(d.host)
-    hosts: list[PeerState | None] = [None, *cluster.peers]  # None: this host
+    hosts: Group[PeerState | None] = Group([None, *cluster.peers])  # None: this host
     per = d.host.rolling or len(hosts)
-    batches = [hosts[i : i + per] for i in range(0, len(hosts), per)]
+    batches = hosts.batches(per)
     out = d.out
     failures: list[str] = []
     times: list[float] = []
@@ -266,17 +260,23 @@ def rollout(d: Deploy, local: list[Phase]) -> str:
             labels = ", ".join(here if h is None else h.label for h in batch)
             out.line(f"  … batch {number}/{len(batches)}: {labels}")
 
-        def one(h: PeerState | None) -> str | None:
+        def one(h: PeerState | None) -> str | Switched | None:
             if h is None:
                 try:
-                    error = switch_local(d, here, local)
+                    return switch_local(d, here, local)
                 except Exception as exc:  # never leave the other hosts switched
-                    error = f"{type(exc).__name__}: {exc}"
-                return f"{here} (this host): {error}" if error else None
-            switch_one(d, h, out)
-            return f"{h.label} ({h.address}): {h.error}" if h.error else None
+                    return f"{type(exc).__name__}: {exc}"
+            return switch_one(d, h, out)
 
-        failures = [f for f in parallel(one, batch) if f]
+        failures = []
+        for r in batch.run(one).raise_first():
+            if r.host is None:
+                if r.value:
+                    failures.append(f"{here} (this host): {r.value}")
+                continue
+            r.host.took_switch(r.value)
+            if r.host.error:
+                failures.append(f"{r.host.label} ({r.host.address}): {r.host.error}")
         times += [d.switched_at for h in batch if h is None and d.switched_at]
         times += [h.switched_at for h in batch if h is not None and h.switched_at]
         if failures:
@@ -296,39 +296,49 @@ def rollback(d: Deploy) -> None:
     revert(d, cluster.local_done)
     cluster.local_done.clear()
 
-    def one(p: PeerState) -> None:
-        if p.switched is not False:
-            revert_peer(d.app, p, d.release_id, p.previous if p.switched else p.live_before, d.out)
-            if not p.error_reverting:
-                p.switched = False
+    back = Group(p for p in cluster.peers if p.switched is not False)
+    for r in back.run(
+        lambda p: revert_peer(d.app, p, d.release_id, p.previous if p.switched else p.live_before)
+    ).raise_first():
+        r.host.error_reverting = r.value
+        if r.value:
+            warn_not_back(d.app, r.host, d.out)
+        else:
+            r.host.switched = False
 
-    parallel(one, cluster.peers)
 
-
-def revert_peer(app: App, p: PeerState, rid: str, previous: str | None, out: Reporter) -> None:
-    """Have a peer go back from ``rid`` (if live there) and discard it unless it was kept."""
+def revert_peer(app: App, p: PeerState, rid: str, previous: str | None) -> str | None:
+    """Have a peer go back from ``rid`` (if live there) and discard it unless it was kept;
+    None when it did, else why not."""
     try:
         result = p.client.call(
             "POST", "revert", {"release": rid, "previous": previous, "discard": not p.reused}
         )
-        p.error_reverting = None if result.get("ok") else str(result.get("error"))
     except PeerError as exc:
-        p.error_reverting = exc.message
-    if p.error_reverting:
-        out.warn(
-            f"{p.label}: could not switch back ({p.error_reverting}); it converges to "
-            f"{app.live_release() or 'the live release'} on the next deploy or "
-            f"`shipyard sync {app.name}`"
-        )
+        return exc.message
+    return None if result.get("ok") else str(result.get("error"))
+
+
+def warn_not_back(app: App, p: PeerState, out: Reporter) -> None:
+    out.warn(
+        f"{p.label}: could not switch back ({p.error_reverting}); it converges to "
+        f"{app.live_release() or 'the live release'} on the next deploy or "
+        f"`shipyard sync {app.name}`"
+    )
 
 
 def go_back(app: App, host: HostConfig, rid: str, noted: list[dict], out: Reporter) -> list[str]:
     """Every peer of an interrupted rollout (as its journal noted them) goes back from ``rid``;
     returns the labels of those that could not be reached."""
     secret = read_secret(host, app.config_file) if noted else None
-    states = [PeerState.from_note(n, app, secret, host) for n in noted]
-    parallel(lambda p: revert_peer(app, p, rid, p.live_before, out), states)
-    return [p.label for p in states if p.error_reverting]
+    states = Group(PeerState.from_note(n, app, secret, host) for n in noted)
+    lost = []
+    for r in states.run(lambda p: revert_peer(app, p, rid, p.live_before)).raise_first():
+        r.host.error_reverting = r.value
+        if r.value:
+            warn_not_back(app, r.host, out)
+            lost.append(r.host.label)
+    return lost
 
 
 # --- status and sync (outside deploys) --------------------------------------
@@ -379,7 +389,7 @@ def peers_status(app: App, processes: bool = False) -> list[dict]:
             row.update(state="in sync" if info.get("live") == live else "differs", error=None)
         return row
 
-    return rows + parallel(one, list(host.peers))
+    return rows + Group(host.peers).run(one).raise_first().values()
 
 
 def disagreements(rows: list[dict]) -> list[str]:
@@ -410,24 +420,27 @@ def sync(app: App, out: Reporter) -> bool:
         for address in cluster.drained:
             out.warn(f"peer {address} is drained: skipped")
 
-        def one(p: PeerState) -> None:
+        def one(p: PeerState) -> tuple[str, str | None]:
+            """(its name, why it is not on ``live``), in a thread of its own."""
             try:
                 info = p.client.call("GET", "info", query={"want": d.sha})
             except PeerError as exc:
-                p.error = exc.message
-                return
-            p.name = info.get("name") or ""
+                return "", exc.message
+            name = info.get("name") or ""
             if info.get("live") == live:
-                out.line(f"  [{p.label}] ✓ in sync        {live}")
-                return
-            prepare_one(d, p, out)
-            if not p.error:
-                switch_one(d, p, out)  # a peer that fails here has switched itself back
-            if p.error and p.prepared and not p.reused:
+                out.line(f"  [{name or p.address}] ✓ in sync        {live}")
+                return name, None
+            prepared = prepare_one(d, p, out)
+            error = prepared.error
+            if not error:
+                error = switch_one(d, p, out).error  # one failing here switched itself back
+            if error and prepared.prepared and not prepared.reused:
                 with contextlib.suppress(PeerError):
                     p.client.call("POST", "abort", {"release": live})
+            return name, error
 
-        parallel(one, cluster.peers)
+        for r in Group(cluster.peers).run(one).raise_first():
+            r.host.name, r.host.error = r.value
     failed = [p for p in cluster.peers if p.error]
     for p in failed:
         out.line(f"  ✗ {p.label} ({p.address}): {p.error}")
