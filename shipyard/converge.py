@@ -14,7 +14,7 @@ from supervisor.states import ProcessStates
 from . import programs as prov
 from .app import App
 from .config import HostConfig, load_app_config
-from .errors import PhaseError, ShipyardError
+from .errors import ProcessFailed, ShipyardError
 from .health import Health, final_answer, health_for, health_hint, probe
 from .ports import check_port_free
 from .programs import Listener, Program
@@ -31,11 +31,9 @@ SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fail
 # --- the handover ---------------------------------------------------------------
 
 
-class Failed(PhaseError):
-    """A process that did not come up; ``output`` holds its last log lines."""
-
-
-def _crashed(sv: Supervisor, program: Program, info: dict, offsets: dict[int, int]) -> Failed:
+def _crashed(
+    sv: Supervisor, program: Program, info: dict, offsets: dict[int, int]
+) -> ProcessFailed:
     index = int(info["name"].rsplit(".", 1)[1])
     log = program.log(sv.app, index)
     if info.get("exitstatus"):
@@ -43,7 +41,7 @@ def _crashed(sv: Supervisor, program: Program, info: dict, offsets: dict[int, in
     else:
         how = info.get("spawnerr") or info["statename"]
         how = how.replace(" (process log may have details)", "")
-    return Failed(
+    return ProcessFailed(
         f"{info['name']} on releases/{program.release} exited on start ({how})",
         f"its log: {log}",
         output=tail(log, offsets.get(index, 0)),
@@ -73,7 +71,7 @@ def wait_healthy(
         for ns in program.namespecs(app):
             info = infos.get(ns)
             if info is None:
-                raise Failed(f"{ns} is not in supervisord any more")
+                raise ProcessFailed(f"{ns} is not in supervisord any more")
             if info["state"] in CRASHED:
                 raise _crashed(sv, program, info, offsets)
         pause = 0.1
@@ -100,7 +98,7 @@ def wait_healthy(
             final = answer
             if final_answer(answer, health) and same >= SAME_ANSWERS:
                 log = program.log(app, index)
-                raise Failed(
+                raise ProcessFailed(
                     f"{program.type}.{index} on releases/{program.release} failed the health "
                     f"check (GET {health.path} with Host: {health.host or 'localhost'}: {last}, "
                     f"wanted {health.wanted}; an answer that waiting will not change)",
@@ -117,7 +115,7 @@ def wait_healthy(
             hint = f"its log: {log}"
             if final is not None and final.status == 404 and last == "got 404":  # answered 404
                 hint = f"{health_hint(final, health, 'shipyard.toml')}; {hint}"
-            raise Failed(
+            raise ProcessFailed(
                 f"{program.type}.{index} on releases/{program.release} failed the health check "
                 f"(GET {health.path}: {last}, wanted {health.wanted}, after {waited})",
                 hint,
@@ -144,13 +142,15 @@ def wait_running(sv: Supervisor, programs: list[Program], offsets: dict[str, dic
         for ns, program in list(waiting.items()):
             info = infos.get(ns)
             if info is None:
-                raise Failed(f"{ns} is not in supervisord any more")
+                raise ProcessFailed(f"{ns} is not in supervisord any more")
             if info["state"] == RUNNING and launched(info["pid"]):
                 del waiting[ns]
             elif info["state"] in CRASHED:
                 raise _crashed(sv, program, info, offsets[program.name])
         if waiting and time.monotonic() > deadline:
-            raise Failed(f"{', '.join(waiting)} did not reach RUNNING in {START_TIMEOUT:.0f}s")
+            raise ProcessFailed(
+                f"{', '.join(waiting)} did not reach RUNNING in {START_TIMEOUT:.0f}s"
+            )
         if waiting:
             time.sleep(0.05)
 
@@ -292,7 +292,7 @@ def ensure_listener(sv: Supervisor, running: list[Program], want: Listener) -> N
             log = want.log(sv.app)
             sv.stop(want)
             sv.apply(running, [x for x in sv.listeners if x != want])
-            raise Failed(
+            raise ProcessFailed(
                 f"could not listen on {want.host}:{want.port}",
                 f"its log: {log}",
                 output=tail(log, offsets.get(1, 0)),

@@ -35,15 +35,11 @@ from typing import Any, TextIO
 from . import lock, release
 from .app import App
 from .config import CronJob, HostConfig, cron_values, load_app_config
-from .errors import ShipyardError
+from .errors import CronError, ShipyardError
 from .stamp import stamp_line
 
 STOP_GRACE = 10  # seconds between TERM and KILL for a job past its limit
 LOG_LIMIT = 10 * 1024 * 1024  # a job's log is rotated to .1 beyond this
-
-
-class CronError(ShipyardError):
-    """A job that cannot be run or a crontab that cannot be installed."""
 
 
 def logs_dir(app: App) -> Path:

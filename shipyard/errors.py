@@ -59,3 +59,15 @@ class CommandTimedOut(CommandFailed):
         within = f"{result.timeout:.0f}s" if result.timeout is not None else "its time"
         message = message or f"{what} did not finish within {within} and was stopped"
         super().__init__(result, what, message, hint)
+
+
+class ProcessFailed(PhaseError):
+    """The app's processes did not come up or do not run the release (restart, verify)."""
+
+
+class CronError(ShipyardError):
+    """A job that cannot be run or a crontab that cannot be installed."""
+
+
+class HostFailed(ShipyardError):
+    """One host of several could not take a change (config, scale, restart): named in it."""

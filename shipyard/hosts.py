@@ -32,7 +32,7 @@ from . import lock
 from .app import App
 from .cluster import active_peers, cluster_secret, local_name
 from .config import HostConfig
-from .errors import ShipyardError
+from .errors import HostFailed, ShipyardError
 from .group import Group
 from .handover import check_type, handover
 from .report import Reporter, Skip
@@ -213,10 +213,6 @@ class Fleet:
             f"no host {name!r} among {self.app.name}'s hosts: {known}{silent}",
             f"see `shipyard peers {self.app.name}`",
         )
-
-
-class HostFailed(ShipyardError):
-    pass
 
 
 def stage_everywhere(

@@ -33,9 +33,9 @@ from supervisor.states import ProcessStates
 
 from . import programs as prov
 from .context import Deploy
-from .converge import Failed, converge, health_of
+from .converge import converge, health_of
 from .counts import counts_for  # the host's counts (`shipyard scale`) win
-from .errors import ShipyardError
+from .errors import ProcessFailed, ShipyardError
 from .health import public_status
 from .programs import Program
 from .report import Skip
@@ -141,17 +141,17 @@ def verify(d: Deploy) -> str:
             log = program.log(d.app, index)
             if info is None or info["state"] not in (STARTING, RUNNING):
                 state = info["statename"] if info else "missing"
-                raise Failed(f"{ns} is {state}, not RUNNING", output=tail(log, 0))
+                raise ProcessFailed(f"{ns} is {state}, not RUNNING", output=tail(log, 0))
             expected = d.processes.pids.get(ns)
             if expected and info["pid"] != expected:
-                raise Failed(
+                raise ProcessFailed(
                     f"{ns} restarted since the handover (pid {expected} → {info['pid']})",
                     f"it probably crashed; its log: {log}",
                     output=tail(log, 0),
                 )
             problem = check_process(info["pid"], release, venv, program.compound)
             if problem:
-                raise Failed(f"{program.type}.{index} (pid {info['pid']}) {problem}")
+                raise ProcessFailed(f"{program.type}.{index} (pid {info['pid']}) {problem}")
             checked += 1
     detail = f"{checked} process(es) in releases/{d.release_id} with .venv → {venv.name[:6]}"
     web = next((p for p in running if p.type == "web"), None)
@@ -159,7 +159,7 @@ def verify(d: Deploy) -> str:
         health = health_of(d.app, d.host, web.release)
         status = public_status(web.port, health)
         if status not in health.accepts:
-            raise Failed(f"port {web.port} answers GET {health.path} with {status}")
+            raise ProcessFailed(f"port {web.port} answers GET {health.path} with {status}")
         detail += f"; :{web.port} GET {health.path} {status}"
     return detail
 

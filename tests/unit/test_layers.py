@@ -24,7 +24,6 @@ ALLOWED_LOCAL = {
     # each command loads only the modules it runs, so `shipyard --help`, `status` and the
     # forced SSH command start fast
     ("shipyard.cli", "*"): "start-up speed",
-    ("shipyard.hostcli", "*"): "start-up speed",
     # the deploy's modules load in the forked push worker only: a hook that refuses a push,
     # and `shipyard log`, which follows a log with this module, never load them
     ("shipyard.hooks.worker", "shipyard.worker"): "start-up speed",
