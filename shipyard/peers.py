@@ -207,14 +207,16 @@ def with_peers(checkout: Phase) -> Phase:
     return Phase(checkout.name, run, undo)
 
 
-def switch_one(d: Deploy, p: PeerState, out: Reporter) -> Switched:
-    """One peer's switch → restart → verify → finish (in a thread of its own)."""
+def switch_one(d: Deploy, p: PeerState, out: Reporter, label: str = "") -> Switched:
+    """One peer's switch → restart → verify → finish (in a thread of its own); its lines
+    tagged ``[label]`` (by default, the name it gave at its prepare)."""
+    label = label or p.label
     try:
         result = p.client.call(
             "POST",
             "switch",
             {"release": d.release_id, "sha": d.sha, "options": d.options},
-            on_line=lambda line: out.line(f"  [{p.label}] {line.strip()}"),
+            on_line=lambda line: out.line(f"  [{label}] {line.strip()}"),
             # not repeated once sent: a lost answer leaves it unknown, and revert uses the
             # live release the peer reported before the deploy
             idempotent=False,
@@ -433,7 +435,7 @@ def sync(app: App, out: Reporter) -> bool:
             prepared = prepare_one(d, p, out)
             error = prepared.error
             if not error:
-                error = switch_one(d, p, out).error  # one failing here switched itself back
+                error = switch_one(d, p, out, name or p.address).error  # back if it failed
             if error and prepared.prepared and not prepared.reused:
                 with contextlib.suppress(PeerError):
                     p.client.call("POST", "abort", {"release": live})
