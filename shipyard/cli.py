@@ -318,6 +318,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def cmd_domains(args) -> int:
+    from . import domains
+
+    return domains.command(existing_app(args), args.action, args.domains)
+
+
+def cmd_maintenance(args) -> int:
+    from . import domains
+
+    return domains.maintenance(existing_app(args), args.state, args.message)
+
+
+def cmd_tls(args) -> int:
+    from . import tls
+
+    return tls.command(args.root, args.app, args.all, args.certificate, args.key, args.acme)
+
+
+def cmd_proxy_reload(args) -> int:
+    from . import proxy
+
+    return proxy.reload_command(args.sites, args.prefix, args.conf, args.home, args.checked)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -542,9 +566,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_sync)
 
-    from .domains import add_commands as add_front_door  # domains, maintenance, tls
-
-    add_front_door(sub)
+    # the front door: domains, maintenance, tls and root's proxy-reload helper
+    p = sub.add_parser("domains", help="the domains the proxy serves the app on")
+    p.add_argument("app")
+    p.add_argument("action", choices=("list", "add", "remove"))
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.set_defaults(func=cmd_domains)
+    p = sub.add_parser("maintenance", help="answer 503 with a maintenance page (processes run on)")
+    p.add_argument("app")
+    p.add_argument("state", choices=("on", "off"))
+    p.add_argument("--message", help="the text of the plain maintenance page")
+    p.set_defaults(func=cmd_maintenance)
+    p = sub.add_parser("tls", help="get or renew the app's certificate, or install given files")
+    p.add_argument("app", nargs="?")
+    p.add_argument("--all", action="store_true", help="renew every app's ACME certificate (cron)")
+    p.add_argument("--certificate", type=Path, help="a PEM certificate chain (operator-provided)")
+    p.add_argument("--key", type=Path, help="its private key")
+    p.add_argument("--acme", action="store_true", help="by ACME, in place of operator files")
+    p.set_defaults(func=cmd_tls)
+    p = sub.add_parser("proxy-reload", help="(root) check the deploy users' sites, reload nginx")
+    p.add_argument("--sites", type=Path, default=Path("/etc/nginx/shipyard"))
+    for hidden in ("--prefix", "--conf"):  # the tests' own nginx
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    p.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--checked", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_proxy_reload)
     return parser
 
 

@@ -9,7 +9,6 @@ half-applied.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from . import proxy
 from . import tls as certificates
@@ -62,62 +61,26 @@ def expands_certificate(app: App, host: HostConfig) -> bool:
     return settings(host)["tls"] == "acme" and certificates.source(app) == "acme"
 
 
-def cmd_domains(args) -> int:
-    app = App.at(args.app, args.root).require()
-    if args.action == "list":
+def command(app: App, action: str, names: list[str]) -> int:
+    """``shipyard domains APP list|add|remove [DOMAIN…]``."""
+    if action == "list":
         for name in load_host_config(app.config_file).domains:
             print(name)
         return 0
-    if not args.domains:
-        raise ConfigError(
-            f"name the domains to {args.action}", "e.g. `domains APP add www.example.com`"
-        )
-    host = set_domains(app, args.action, args.domains)
+    if not names:
+        raise ConfigError(f"name the domains to {action}", "e.g. `domains APP add www.example.com`")
+    host = set_domains(app, action, names)
     shown = ", ".join(host.domains) or "none (the proxy no longer serves it)"
     print(f"shipyard ▸ {app.name} domains: {shown}")
     return 0
 
 
-def cmd_maintenance(args) -> int:
-    app = App.at(args.app, args.root).require()
-    if args.state == "on":
-        proxy.maintenance_on(app, args.message)
+def maintenance(app: App, state: str, message: str | None = None) -> int:
+    """``shipyard maintenance APP on|off [--message TEXT]``."""
+    if state == "on":
+        proxy.maintenance_on(app, message)
         print(f"shipyard ▸ {app.name}: maintenance on (503 with Retry-After; processes untouched)")
     else:
         was = proxy.maintenance_off(app)
         print(f"shipyard ▸ {app.name}: maintenance off" + ("" if was else " (it was not on)"))
     return 0
-
-
-def add_commands(sub) -> None:
-    """`shipyard domains`, `maintenance`, `tls` and the root helper `proxy-reload` (cli.py)."""
-    p = sub.add_parser("domains", help="the domains the proxy serves the app on")
-    p.add_argument("app")
-    p.add_argument("action", choices=("list", "add", "remove"))
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
-    p.set_defaults(func=cmd_domains)
-    p = sub.add_parser("maintenance", help="answer 503 with a maintenance page (processes run on)")
-    p.add_argument("app")
-    p.add_argument("state", choices=("on", "off"))
-    p.add_argument("--message", help="the text of the plain maintenance page")
-    p.set_defaults(func=cmd_maintenance)
-    p = sub.add_parser("tls", help="get or renew the app's certificate, or install given files")
-    p.add_argument("app", nargs="?")
-    p.add_argument("--all", action="store_true", help="renew every app's ACME certificate (cron)")
-    p.add_argument("--certificate", type=Path, help="a PEM certificate chain (operator-provided)")
-    p.add_argument("--key", type=Path, help="its private key")
-    p.add_argument("--acme", action="store_true", help="by ACME, in place of operator files")
-    p.set_defaults(func=certificates.cmd_tls)
-    p = sub.add_parser("proxy-reload", help="(root) check the deploy users' sites, reload nginx")
-    p.add_argument("--sites", default="/etc/nginx/shipyard")
-    p.add_argument("--prefix", help=argparse_suppress())
-    p.add_argument("--conf", help=argparse_suppress())
-    p.add_argument("--home", help=argparse_suppress())
-    p.add_argument("--checked", help=argparse_suppress())
-    p.set_defaults(func=proxy.cmd_proxy_reload)
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS

@@ -537,9 +537,15 @@ def reload_sites(
     return sorted(wanted)
 
 
-def cmd_proxy_reload(args) -> int:
-    nginx = ["nginx", *(["-p", args.prefix] if args.prefix else [])]
-    nginx += ["-c", args.conf] if args.conf else []
-    checked = Path(args.checked or f"{args.sites.rstrip('/')}.checked")
-    reload_sites(Path(args.sites), checked, nginx, Path(args.home) if args.home else None)
+def reload_command(
+    sites: Path,
+    prefix: str | None = None,
+    conf: str | None = None,
+    home: Path | None = None,
+    checked: Path | None = None,
+) -> int:
+    """``shipyard proxy-reload`` (root's helper): check the deploy users' sites, reload nginx."""
+    nginx = ["nginx", *(["-p", prefix] if prefix else [])]
+    nginx += ["-c", conf] if conf else []
+    reload_sites(sites, checked or Path(f"{str(sites).rstrip('/')}.checked"), nginx, home)
     return 0

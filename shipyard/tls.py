@@ -243,25 +243,33 @@ def renew_all(root: Path) -> int:
     return 1 if failed else 0
 
 
-def cmd_tls(args) -> int:
-    if args.all:
-        if args.app or args.certificate or args.key or args.acme:
+def command(
+    root: Path | None,
+    app_name: str | None,
+    every: bool = False,
+    certificate: Path | None = None,
+    key: Path | None = None,
+    acme: bool = False,
+) -> int:
+    """``shipyard tls [APP] [--all] [--certificate F --key F] [--acme]``."""
+    if every:
+        if app_name or certificate or key or acme:
             raise ConfigError("--all renews every app's certificate: give no app or files")
-        return renew_all(Path(args.root).absolute() if args.root else default_root())
-    if not args.app:
+        return renew_all(Path(root).absolute() if root else default_root())
+    if not app_name:
         raise ConfigError("name the app (`shipyard tls APP`), or renew every app with --all")
-    app = App.at(args.app, args.root).require()
+    app = App.at(app_name, root).require()
     host = load_host_config(app.config_file)
-    if bool(args.certificate) != bool(args.key):
+    if bool(certificate) != bool(key):
         raise ConfigError("give both --certificate and --key, or neither (ACME)")
-    if args.acme and args.certificate:
+    if acme and certificate:
         raise ConfigError("--acme gets a certificate by ACME: give no --certificate or --key")
-    check_mode(app, host, bool(args.certificate))
-    if args.certificate:
-        install(app, host, args.certificate, args.key, "files")
-        print(f"shipyard ▸ {app.name}: serving {args.certificate} over HTTPS")
+    check_mode(app, host, bool(certificate))
+    if certificate:
+        install(app, host, certificate, key, "files")
+        print(f"shipyard ▸ {app.name}: serving {certificate} over HTTPS")
         return 0
-    print(f"shipyard ▸ {app.name}: {renew(app, host, args.acme)}")
+    print(f"shipyard ▸ {app.name}: {renew(app, host, acme)}")
     return 0
 
 
