@@ -128,20 +128,33 @@ def shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
-    """Run with stdin inherited and stdout/stderr masked by line (``command.run``); it stays
-    in our foreground job, since it may read the terminal, and gets our signals."""
-    out = Stream(sys.stdout.fileno(), mask, by_line=True)
-    err = Stream(sys.stderr.fileno(), mask, by_line=True)
-    result = command.run(
+def masked(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    out: int | Callable[[str], None],
+    err: int | Callable[[str], None],
+    mask: Masker,
+    **options,
+) -> command.Result:
+    """``command.run`` with every line of its output masked on its way to ``out``/``err``."""
+    to_out, to_err = Stream(out, mask, by_line=True), Stream(err, mask, by_line=True)
+    return command.run(
         argv,
         cwd,
         env,
-        on_line=lambda text, _: out._write(text),
-        on_error_line=lambda text, _: err._write(text),
-        stdin=None,
-        own_group=False,
-        forward_signals=True,
+        on_line=lambda text, _: to_out._write(text),
+        on_error_line=lambda text, _: to_err._write(text),
+        **options,
+    )
+
+
+def piped(argv: list[str], cwd: Path, env: dict[str, str], mask: Masker) -> int:
+    """Run with stdin inherited and stdout/stderr masked by line (``command.run``); it stays
+    in our foreground job, since it may read the terminal, and gets our signals."""
+    out, err = sys.stdout.fileno(), sys.stderr.fileno()
+    result = masked(
+        argv, cwd, env, out, err, mask, stdin=None, own_group=False, forward_signals=True
     )
     if not result.started:
         print(f"shipyard: {argv[0]}: command not found in the release", file=sys.stderr)
@@ -320,15 +333,8 @@ def serve(app: App, data: dict, stream) -> dict:
 
     wait_for_migrations(app, bool(data.get("wait", True)), lambda t: sink("e")(t + "\n"))
     mask = Masker(shared)
-    out, err = Stream(sink("o"), mask, by_line=True), Stream(sink("e"), mask, by_line=True)
-    result = command.run(
-        argv,
-        cwd,
-        env,
-        on_line=lambda text, _: out._write(text),
-        on_error_line=lambda text, _: err._write(text),
-        cancelled=lambda: stream.gone,  # the primary went away: TERM, then KILL
-    )
+    # the primary went away (stream.gone): TERM, then KILL
+    result = masked(argv, cwd, env, sink("o"), sink("e"), mask, cancelled=lambda: stream.gone)
     if not result.started:
         sink("e")(f"shipyard: {argv[0]}: command not found in the release\n")
         return {"ok": True, "code": NOT_FOUND}
