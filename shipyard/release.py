@@ -481,19 +481,37 @@ def tag_for(app: App, sha: str) -> str | None:
     return tags[0] if tags else None
 
 
-def remove(app: App, release_id: str) -> None:
-    """Delete a release; renamed aside first so no half-deleted directory is ever listed."""
+def remove(app: App, release_id: str, trash: list[Path] | None = None) -> None:
+    """Delete a release; renamed aside first so no half-deleted directory is ever listed.
+
+    With ``trash``, only renamed aside and added to it, for ``empty`` to delete later (after
+    the push's outcome is reported); a stray left by a killed process is swept by ``prune``.
+    """
     path = app.release_dir(release_id)
     if not path.exists():
         return
-    trash = app.releases / f".trash-{release_id}-{os.getpid()}"
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    aside = app.releases / f".trash-{release_id}-{os.getpid()}"
+    os.rename(path, aside)
+    if trash is None:
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        trash.append(aside)
 
 
-def prune(app: App, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+def empty(trash: list[Path]) -> None:
+    """Delete what ``remove`` (or ``venv.prune``) renamed aside."""
+    while trash:
+        shutil.rmtree(trash.pop(), ignore_errors=True)
+
+
+def prune(
+    app: App,
+    keep: int,
+    protect: set[str] | frozenset[str] = frozenset(),
+    trash: list[Path] | None = None,
+) -> list[str]:
     """Keep the ``keep`` most recently live good releases, the live one and ``protect``;
-    drop the rest.
+    drop the rest (renamed aside into ``trash`` when given, see ``remove``).
 
     Recency, not build time: a release made live again by a pinned push or a
     rollback counts as new, so the release it replaced is the one kept for the
@@ -515,10 +533,10 @@ def prune(app: App, keep: int, protect: set[str] | frozenset[str] = frozenset())
             in_use = running_from(app) if in_use is None else in_use
             if rid in in_use:  # e.g. after -o no-restart: its processes still need its files
                 continue
-            remove(app, rid)
+            remove(app, rid, trash)
             removed.append(rid)
     for stray in app.releases.glob(".t*-*"):
-        if not owner_alive(stray.name):
+        if stray not in (trash or ()) and not owner_alive(stray.name):
             shutil.rmtree(stray, ignore_errors=True)
     return removed
 
