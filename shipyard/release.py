@@ -495,7 +495,12 @@ def remove(app: App, release_id: str, trash: list[Path] | None = None) -> None:
     path = app.release_dir(release_id)
     if not path.exists():
         return
-    aside = app.releases / f".trash-{release_id}-{os.getpid()}"
+    set_aside(path, app.releases / f".trash-{release_id}-{os.getpid()}", trash)
+
+
+def set_aside(path: Path, aside: Path, trash: list[Path] | None) -> None:
+    """Rename ``path`` to ``aside`` (out of every listing at once), then delete it now, or
+    later with ``empty`` when ``trash`` is given (it is added to it)."""
     os.rename(path, aside)
     if trash is None:
         shutil.rmtree(aside, ignore_errors=True)

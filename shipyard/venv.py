@@ -25,6 +25,7 @@ from .app import App
 from .config import AppConfig
 from .errors import ConfigError, PhaseError
 from .lock import owner_alive
+from .release import set_aside
 
 DETECTED = ("uv.lock", "requirements.txt", "pyproject.toml")
 INCLUDE = re.compile(r"^\s*-[rc]\s*(\S+)|^\s*--(?:requirement|constraint)[= ]\s*(\S+)")
@@ -456,11 +457,6 @@ def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> lis
                 shutil.rmtree(path, ignore_errors=True)
             continue
         if path.name not in keep_keys:
-            aside = app.venvs / f".tmp-trash-{path.name}-{os.getpid()}"
-            os.rename(path, aside)
-            if trash is None:
-                shutil.rmtree(aside, ignore_errors=True)
-            else:
-                trash.append(aside)
+            set_aside(path, app.venvs / f".tmp-trash-{path.name}-{os.getpid()}", trash)
             removed.append(path.name)
     return removed
