@@ -37,12 +37,18 @@ DETAIL = "    │ ".encode()
 TAIL = 20  # lines of a failed step's output the push shows; the log keeps them all
 
 
-class Worker:
-    """The forked deploy worker, polled like a ``subprocess.Popen``."""
+REPORTED_FD = 3  # the worker's end of the pipe that says "the outcome is recorded"
 
-    def __init__(self, pid: int) -> None:
+
+class Worker:
+    """The forked deploy worker, polled like a ``subprocess.Popen``; ``outcome_known`` turns
+    true once it recorded its outcome, though it may still be deleting what it pruned."""
+
+    def __init__(self, pid: int, reported: int | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.reported = reported  # our end of the pipe: a byte once the outcome is recorded
+        self.said = False
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -50,6 +56,20 @@ class Worker:
             if done:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
+
+    def outcome_known(self) -> bool:
+        if not self.said and self.reported is not None:
+            with contextlib.suppress(BlockingIOError):
+                self.said = bool(os.read(self.reported, 1))
+        return self.said or self.poll() is not None
+
+
+def say_reported() -> None:
+    """In the worker: the outcome is recorded and its last line is in the log."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        os.write(REPORTED_FD, b"1")
+        os.close(REPORTED_FD)
 
 
 def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Worker:
@@ -62,17 +82,21 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
     sys.stderr.flush()
     # The worker inherits the log, and with it the hold that tells `shipyard status`
     # it is alive; once the worker dies (even by SIGKILL) the deploy shows as interrupted.
+    ours, theirs = os.pipe()
+    os.set_blocking(ours, False)
     with history.open_log(app, number) as log:
         pid = os.fork()
         if pid:
-            return Worker(pid)
+            os.close(theirs)
+            return Worker(pid, ours)
         code = 1
         try:
             os.setsid()
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            os.closerange(3, 1 << 16)  # nothing of git's is kept open (its pkt-line pipes)
+            os.dup2(theirs, REPORTED_FD)
+            os.closerange(REPORTED_FD + 1, 1 << 16)  # nothing of git's is kept (its pkt-lines)
             os.chdir(app.dir)
             for name in [k for k in os.environ if k.startswith("GIT_")]:
                 del os.environ[name]
@@ -141,7 +165,7 @@ def run_deploy(
         options=options,
         notes=older_release_notes(app, sha),
     )
-    return 0 if execute(d) else 1
+    return 0 if execute(d, say_reported) else 1
 
 
 def spawn(app: App, number: int, command: list[str]) -> subprocess.Popen:
@@ -278,10 +302,13 @@ def deploy(
     """
     worker = start(app, number, sha, ref, options)
     log = history.log_path(app, number)
-    offset = copy_log(log, lambda: worker.poll() is not None, out, lines=PushLines(app, number))
-    while worker.poll() is None:  # the pusher went away: wait anyway
+    offset = copy_log(log, worker.outcome_known, out, lines=PushLines(app, number))
+    while not worker.outcome_known():  # the pusher went away: wait anyway
         time.sleep(0.1)
     entry = outcome(app, number)
+    while entry is None and worker.poll() is None:  # said so, yet not recorded: wait it out
+        time.sleep(0.1)
+        entry = outcome(app, number)
     if entry is None:
         recovery = spawn(
             app,

@@ -67,6 +67,7 @@ class Deploy:
     maintenance_was_on: bool = False  # `-o maintenance` found the page on: leave it on
     committed: bool = True  # False on a peer: the other hosts may still send it back
     peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
+    trash: list[Path] | None = None  # a list: pruned dirs renamed aside, deleted after the outcome
 
     @classmethod
     def for_push(

@@ -32,7 +32,7 @@ from .app import App, default_root
 from .boot import started_by
 from .config import HostConfig, load_host_config
 from .errors import ShipyardError
-from .repo import HOOKS, proc_receive_refs
+from .repo import HOOKS, hook_interpreter, proc_receive_refs
 from .tls import renewal_check
 
 MIN_GIT = (2, 29)
@@ -124,8 +124,7 @@ def hooks_check(ctx: Context) -> Check:
             problems.append(f"hooks/{name} is not executable")
             continue
         text = path.read_text(errors="replace")
-        first = text.splitlines()[0] if text else ""
-        interpreter = first[2:].strip().split()[0] if first.startswith("#!") and first[2:] else ""
+        interpreter = hook_interpreter(text)
         if not interpreter or not os.access(interpreter, os.X_OK):
             problems.append(f"hooks/{name} runs {interpreter or '(nothing)'}, which does not exist")
             continue

@@ -98,6 +98,12 @@ def run(d: Deploy, plan: list[Phase], done: list[Phase] | None = None) -> bool:
     return True
 
 
+def tidy(d: Deploy) -> None:
+    """Delete what ``finish`` pruned (renamed aside), once the outcome is out (a fault point)."""
+    fault_injection.point(d.app.run, "tidy", "start", d.number)
+    release.empty(d.trash or [])
+
+
 def report(d: Deploy, phase: Phase, detail: str | Skip) -> None:
     """A phase's ✓ line (or its - line when it had nothing to do)."""
     if isinstance(detail, Skip):

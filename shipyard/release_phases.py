@@ -168,9 +168,10 @@ def finish(d: Deploy) -> str:
     keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
     # a peer keeps the release it would go back to until the cluster has committed
     protect = {d.previous} if d.previous and not d.committed else set()
-    removed = release.prune(d.app, keep, protect)
+    # with d.trash, what is pruned is only renamed aside here: deleted once the outcome is out
+    removed = release.prune(d.app, keep, protect, d.trash)
     used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
-    venv.prune(d.app, used)
+    venv.prune(d.app, used, d.trash)
     return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -24,9 +25,38 @@ port = {port}
 {extra}"""
 
 
+# post-receive has nothing to say about the deploy branch (proc-receive reported it), the
+# only ref of most pushes: a shell wrapper starts Python only for a tag or another branch.
+POST_RECEIVE = """#!/bin/sh
+# shipyard: {module} for tags and branches this app does not deploy
+python={python}
+input=$(cat)
+deploy=
+for r in $(git config --get-all receive.procReceiveRefs); do
+  case "$r" in refs/heads/*) deploy=$r ;; esac
+done
+printf '%s\\n' "$input" | while read -r old new ref; do
+  case "$new" in *[!0]*) [ "$ref" = "$deploy" ] || exit 1 ;; esac
+done && exit 0
+printf '%s\\n' "$input" | exec "$python" -c 'from {module} import main; main()'
+"""
+
+
 def hook_script(module: str) -> str:
     """A hook is the interpreter shipyard is installed in, running one of its hook modules."""
+    if module == HOOKS["post-receive"]:
+        return POST_RECEIVE.format(module=module, python=shlex.quote(sys.executable))
     return f"#!{sys.executable}\nfrom {module} import main\nmain()\n"
+
+
+def hook_interpreter(text: str) -> str:
+    """The Python a hook script runs: its ``#!`` line's, or the one its shell wrapper names."""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    if first == "#!/bin/sh":
+        named = next((ln[len("python=") :] for ln in lines if ln.startswith("python=")), "")
+        return (shlex.split(named) or ["/bin/sh"])[0]  # no python=: not shipyard's wrapper
+    return first[2:].strip().split()[0] if first.startswith("#!") and first[2:].strip() else ""
 
 
 def create(

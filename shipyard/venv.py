@@ -25,6 +25,7 @@ from .app import App
 from .config import AppConfig
 from .errors import ConfigError, PhaseError
 from .lock import owner_alive
+from .release import set_aside
 
 DETECTED = ("uv.lock", "requirements.txt", "pyproject.toml")
 INCLUDE = re.compile(r"^\s*-[rc]\s*(\S+)|^\s*--(?:requirement|constraint)[= ]\s*(\S+)")
@@ -444,19 +445,18 @@ def _rewrite_shebangs(tmp: Path, target: Path) -> None:
             script.write_bytes(first.replace(old, new) + b"\n" + rest)
 
 
-def prune(app: App, keep_keys: set[str]) -> list[str]:
-    """Remove venvs that no kept release links to (and stray half-built ones)."""
+def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> list[str]:
+    """Remove venvs that no kept release links to (and stray half-built ones); with ``trash``,
+    rename them aside into it for ``release.empty`` to delete later."""
     removed = []
     if not app.venvs.is_dir():
         return removed
-    for path in app.venvs.iterdir():
+    for path in list(app.venvs.iterdir()):  # listed first: what is renamed aside stays there
         if path.name.startswith(".tmp-"):
             if not owner_alive(path.name):
                 shutil.rmtree(path, ignore_errors=True)
             continue
         if path.name not in keep_keys:
-            trash = app.venvs / f".tmp-trash-{path.name}-{os.getpid()}"
-            os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            set_aside(path, app.venvs / f".tmp-trash-{path.name}-{os.getpid()}", trash)
             removed.append(path.name)
     return removed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 from . import deploy, engine, guard, lock, notify, recover, release
 from .context import Deploy
@@ -46,11 +47,13 @@ def journal_info(d: Deploy) -> dict:
     }
 
 
-def execute(d: Deploy) -> bool:
+def execute(d: Deploy, reported: Callable[[], None] | None = None) -> bool:
     """Take the app's deploy lock and run the deploy, unless a newer push superseded it.
 
     A deploy that died holding the lock left its note there: it is finished or
     cleaned up first (``recover``), so this one starts from a consistent host.
+    ``reported`` is called once the outcome is recorded and its last line written (the push
+    hook answers git then); what ``finish`` pruned is deleted after it and after the lock.
     """
     with contextlib.suppress(ShipyardError, OSError):  # checkout reports a .env that won't parse
         d.out.mask = Masker(release.shared_env(d.app))  # e.g. a secret pasted into -o message=
@@ -87,4 +90,12 @@ def execute(d: Deploy) -> bool:
             )
             return True
         notify.deploy_event(d, "started", 0.0, {})
-        return engine.run(d, deploy.plan(d))
+        d.trash = []
+        ok = engine.run(d, deploy.plan(d))
+        if reported:
+            reported()
+    # What finish pruned is out of every listing; deleting it needs no deploy lock (the next
+    # deploy goes on meanwhile): the dirs' names carry our pid, so no one else sweeps them
+    # while we live, and the next prune sweeps them if we are killed.
+    engine.tidy(d)
+    return ok

@@ -11,6 +11,8 @@ import time
 
 from conftest import Host, Work, make_work, run, shipyard
 
+from shipyard import fault_injection, lock
+
 
 def manifest(host: Host) -> dict:
     return json.loads((host.live() / ".shipyard" / "release.json").read_text())
@@ -114,6 +116,38 @@ def test_prune_keeps_last_n_good_releases_and_their_venvs(host: Host, work: Work
     releases = host.releases()
     assert len(releases) == 2 and host.live().name == releases[-1]
     assert len(list((host.dir / "venvs").iterdir())) == 1
+
+
+def test_the_push_returns_before_what_it_pruned_is_deleted(host: Host, work: Work):
+    """Pruning is off the push's critical path: the pruned release is out of every listing when
+    the push says live, and deleted after it, by the worker, the deploy lock already free."""
+    host.set_host_config(keep=1)
+    work.write("shipyard.toml", "")  # no build step: faster pushes
+    work.commit("first", **{"mysite/version.py": 'GREETING = "v0"\n'})
+    work.push()
+    run_dir = host.dir / "run"
+    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    try:
+        sha = work.commit("second", **{"mysite/version.py": 'GREETING = "v1"\n'})
+        out = work.push().out  # with the worker paused after its outcome, before deleting
+        assert f"shipyard ▸ live: {sha[:7]}" in out
+        assert (run_dir / fault_injection.PAUSED).exists()
+        assert host.releases() == [host.live().name]
+        trash = list((host.dir / "releases").glob(".trash-*"))
+        assert trash  # renamed aside, not deleted yet
+        assert not lock.is_held(host.dir / "run" / "deploy.lock")  # the next deploy may go on
+        third = work.commit("third", **{"mysite/version.py": 'GREETING = "v2"\n'})
+        assert f"shipyard ▸ live: {third[:7]}" in work.push().out  # and its prune leaves ours
+        assert all(p.is_dir() for p in trash)
+    finally:
+        fault_injection.disarm(run_dir)
+        (run_dir / fault_injection.PAUSED).unlink(missing_ok=True)
+    deadline = time.monotonic() + 60  # bounded: the paused worker ends once it deleted its trash
+    while list((host.dir / "releases").glob(".trash-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list((host.dir / "releases").glob(".trash-*"))
+    assert host.releases() == [host.live().name]
+    assert history(host)[-1]["outcome"] == "live"
 
 
 def test_failing_build_step_leaves_live_release_and_retry_works(host: Host, work: Work):

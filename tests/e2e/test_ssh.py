@@ -28,6 +28,7 @@ from httpload import fetch
 from test_outcome import break_at
 
 from shipyard import fault_injection
+from shipyard.repo import hook_interpreter
 
 pytestmark = pytest.mark.e2e
 
@@ -281,7 +282,7 @@ def test_provision_creates_user_key_and_app(server: Server):
     assert venv.stat().st_uid == 0  # the deploy user runs shipyard but cannot change it
     assert (server.home / ".shipyard" / "venv").resolve() == venv  # where earlier hooks look
     hook = (server.app / "repo.git" / "hooks" / "post-receive").read_text()
-    assert hook.startswith(f"#!{venv}/bin/python")
+    assert hook_interpreter(hook) == f"{venv}/bin/python"  # post-receive: a shell wrapper
 
 
 def test_push_over_ssh_deploys_the_example_app_by_alice(server: Server, work: Work, first_push):
