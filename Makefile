@@ -22,12 +22,12 @@ system-deps:
 demo: venv
 	@$(BIN)/python examples/demo.py
 
-# Three test processes (pytest-xdist), one per test file at a time: most of an end-to-end test
+# Four test processes (pytest-xdist) on two cores, one per test file at a time: most of an end-to-end test
 # is waiting on git, uv, gunicorn and supervisord. A short --basetemp: deploy roots under it
 # hold unix sockets, whose paths the kernel limits to 107 bytes.
 TEST_TMP ?= /tmp/sytest
 test: venv system-deps
-	$(BIN)/python -m pytest -q -rfE --durations=15 -n 3 --dist loadfile --basetemp=$(TEST_TMP)
+	$(BIN)/python -m pytest -q -rfE --durations=15 -n 4 --dist loadfile --basetemp=$(TEST_TMP)
 
 # The fault and bad-input suite, recorded; docs/reliability.md rendered from the records.
 reliability: venv system-deps
