@@ -54,6 +54,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """TERM a process the tests started, KILL it after ``grace`` seconds, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def processes_under(root: Path) -> list[int]:
     """Pids of processes running in (a release under) ``root``: the ones a test started."""
     base = os.path.realpath(root)

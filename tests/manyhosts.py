@@ -53,13 +53,15 @@ FILES = {
 class Hosts:
     """The module's cluster: the primary (web1) and its two peers (web2, web3)."""
 
-    def __init__(self, base: Path, net: netns.Net) -> None:
+    def __init__(
+        self, base: Path, net: netns.Net, files: dict | None = None, what="a web and a worker"
+    ) -> None:
         self.cluster = netns.Cluster(net, base, BIN)
         self.peers = [self.cluster.add_peer(), self.cluster.add_peer()]
         self.work = Work(base / "work")
         self.work.path.mkdir()
         self.work.git("init", "-q", "-b", "main")
-        self.work.commit("a web and a worker", **FILES)
+        self.work.commit(what, **(FILES if files is None else files))
         self.work.git("remote", "add", "production", str(self.cluster.dir / "repo.git"))
 
     def peer(self, name: str) -> netns.PeerHost:

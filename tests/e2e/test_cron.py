@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import test_ssh
-from conftest import EXAMPLES, run
+from conftest import EXAMPLES, run, stop
 from test_ssh import Server, clone_example, push, remote_lines
 
 pytestmark = pytest.mark.e2e
@@ -78,12 +78,7 @@ def daemon(server: Server):  # noqa: F811 - the fixture above
     finally:
         run("crontab", "-u", server.user, "-r", check=False)
         if started is not None:
-            started.terminate()
-            try:
-                started.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                started.kill()
-                started.wait()
+            stop(started)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import test_realapps
-from conftest import REPO, processes_under, remove_user, run
+from conftest import REPO, processes_under, remove_user, run, stop
 from httpload import fetch
 from netns import wait_listening
 from test_realapps import admin_login, cmdline
@@ -142,12 +142,7 @@ def private_sshd(directory: Path, user: str, wrap: tuple[str, ...] = ()):
         wait_listening("127.0.0.1", port)
         yield port
     finally:
-        sshd.terminate()
-        try:
-            sshd.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sshd.kill()
-            sshd.wait()
+        stop(sshd)
         log.close()
 
 

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, Host, Work, shipyard
+from conftest import REPO, Host, shipyard
 
 from shipyard import fault_injection
 
 sys.path.insert(0, str(REPO / "tests"))
+import manyhosts  # noqa: E402
 import netns  # noqa: E402
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
@@ -51,25 +52,16 @@ FILES = {
 }
 
 
-class Hosts:
-    """The module's cluster: the primary (``hosts[0]``) and its two peers, and the clone."""
+class Hosts(manyhosts.Hosts):
+    """The module's cluster: the primary (web1) and its two peers, and the clone."""
 
     def __init__(self, base: Path, net: netns.Net) -> None:
-        self.cluster = netns.Cluster(net, base, BIN)
-        self.peers = [self.cluster.add_peer(), self.cluster.add_peer()]
-        self.work = Work(base / "work")
-        self.work.path.mkdir()
-        self.work.git("init", "-q", "-b", "main")
+        super().__init__(base, net, FILES, "the smallest WSGI app")
         self.version = 0
-        self.work.commit("the smallest WSGI app", **FILES)
-        self.work.git("remote", "add", "production", str(self.cluster.dir / "repo.git"))
 
     @property
     def dirs(self) -> dict[str, Path]:
         return {"web1": self.cluster.dir, **{p.name: p.dir for p in self.peers}}
-
-    def peer(self, name: str) -> netns.PeerHost:
-        return next(p for p in self.peers if p.name == name)
 
     def next_version(self) -> str:
         self.version += 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, Work, remove_user, run, shipyard
+from conftest import EXAMPLES, Work, remove_user, run, shipyard, stop
 from httpload import fetch
 from test_outcome import break_at
 
@@ -202,12 +202,7 @@ def server(tmp_path_factory):
         yield srv
     finally:
         if sshd is not None:
-            sshd.terminate()
-            try:
-                sshd.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sshd.kill()
-                sshd.wait()
+            stop(sshd)
         log.close()
         remove_user(user)
 
