@@ -672,9 +672,13 @@ def serve(listen: str, root: Path | None, max_pack: int = 512 << 20, **options: 
     server = Receiver(address, root, max_pack, **options)
 
     def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+        # not an exception raised wherever the signal lands (in the middle of starting a
+        # request's thread, it was swallowed there and the receiver served on): the serving
+        # loop is asked to end, from a thread, since shutdown() waits for it
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     scheme = "TLS" if server.context else "plain HTTP"
     log(
         f"listening on {listen} ({scheme}; requests for {', '.join(sorted(server.me))}) "
@@ -682,7 +686,6 @@ def serve(listen: str, root: Path | None, max_pack: int = 512 << 20, **options: 
     )
     try:
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
         log("stopping")
     finally:
         server.server_close()

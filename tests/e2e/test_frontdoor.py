@@ -43,8 +43,9 @@ def headers(request):
 def page(request):
     return HttpResponse(
         '<!doctype html><html><head><link rel="stylesheet" href="/static/polls/style.css">'
-        '</head><body><h1 id="title">Shop</h1><script>document.title = "color=" + '
-        'getComputedStyle(document.getElementById("title")).color;</script></body></html>'
+        '</head><body><h1 id="title">Shop</h1><script>addEventListener("load", () => {'
+        'document.title = "color=" + getComputedStyle(document.getElementById("title")).color;'
+        '});</script></body></html>'
     )
 """
 URLS = """from django.urls import path
@@ -252,7 +253,8 @@ def test_chromium_loads_the_page_over_https_with_its_static_css(door, tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "HOME": str(home)}
     dom = run(*browser, "--dump-dom", url, env=env, stdin=subprocess.DEVNULL)
-    # the page's script wrote the computed colour of its title into the document's title
+    # once the page had loaded (its stylesheet too), its script wrote the computed colour of
+    # its title into the document's title
     assert "<title>color=rgb(200, 30, 40)</title>" in dom.stdout, dom.stdout[-2000:]
     shot = tmp_path / "page.png"
     run(*browser, f"--screenshot={shot}", url, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
