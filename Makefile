@@ -22,9 +22,9 @@ system-deps:
 demo: venv
 	@$(BIN)/python examples/demo.py
 
-# Four test processes (pytest-xdist) on two cores, one per test file at a time: most of an end-to-end test
-# is waiting on git, uv, gunicorn and supervisord. A short --basetemp: deploy roots under it
-# hold unix sockets, whose paths the kernel limits to 107 bytes.
+# Four test processes (pytest-xdist) on two cores, one test file each at a time: most of an
+# end-to-end test is waiting on git, uv, gunicorn and supervisord. A short --basetemp: deploy
+# roots under it hold unix sockets, whose paths the kernel limits to 107 bytes.
 TEST_TMP ?= /tmp/sytest
 test: venv system-deps
 	$(BIN)/python -m pytest -q -rfE --durations=15 -n 4 --dist loadfile --basetemp=$(TEST_TMP)
