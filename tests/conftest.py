@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from portpick import free_port  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -45,13 +45,6 @@ def _environment():
     yield
     for host in list(HOSTS):
         host.stop_processes()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (the kernel's pick); tests never use fixed ports."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen, grace: float = 10) -> None:

@@ -20,13 +20,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portpick import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:

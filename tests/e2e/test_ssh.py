@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, Work, remove_user, run, shipyard, stop
 from httpload import fetch
+from portpick import free_port
 from test_outcome import break_at
 
 from shipyard import fault_injection
@@ -56,12 +57,6 @@ PASS_ENV = (
     "UV_EXTRA_INDEX_URL",
     "UV_NATIVE_TLS",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path, comment: str) -> Path:
