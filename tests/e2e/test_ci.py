@@ -189,9 +189,11 @@ def test_two_jobs_racing_leave_the_newest_live(ci: dict, failed_job):
     first, second = finish(older_job), finish(newer_job)
     assert second.returncode == 0, second.stdout
     # the older job deployed first, was superseded by the newer one while queued
-    # (nothing deployed for it), or was refused by git as going back
+    # (nothing deployed for it), lost the branch's compare-and-swap to it (refused, "push
+    # again"), or was refused by git as going back
     superseded = re.search(
-        r"\[remote rejected\] \S+ -> main \(deploy #\d+ superseded: ", first.stdout
+        r"\[remote rejected\] \S+ -> main \((deploy #\d+ superseded|could not move main): ",
+        first.stdout,
     )
     assert first.returncode == 0 or "[rejected]" in first.stdout or superseded, first.stdout
     assert live_sha(server) == newer != older
