@@ -30,6 +30,8 @@ class ProcessState:
     before: list[Program] | None = None  # what ran before (restart_previous hands back to it)
     running: list[Program] | None = None  # what the handover started; None: nothing to undo
     pids: dict[str, int] = field(default_factory=dict)  # namespec → pid right after it
+    # the old web's graceful stop is waited for after the deploy's answer (supervise.settle)
+    settle_later: bool = False
 
 
 @dataclass

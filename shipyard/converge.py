@@ -18,11 +18,12 @@ from .errors import ProcessFailed, ShipyardError
 from .health import Health, final_answer, health_for, health_hint, probe
 from .ports import check_port_free
 from .programs import Listener, Program
-from .supervisord import Supervisor, tail
+from .supervisord import Supervisor, handover_lock, tail
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
+STARTSECS = 1.0  # … and have run as itself this long (programs.conf's startsecs)
 # the launcher as programs.conf names it; the second, written before it moved, runs the shim
 LAUNCHERS = (prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
@@ -134,19 +135,31 @@ def launched(pid: int) -> bool:
 
 
 def wait_running(sv: Supervisor, programs: list[Program], offsets: dict[str, dict[int, int]]):
-    """Wait until every process is RUNNING (up for startsecs) as itself; fail fast on a crash."""
+    """Wait until every process has been up as itself for ``STARTSECS``; fail fast on a crash.
+
+    supervisord's RUNNING (up for ``startsecs``) counts from the spawn, the launcher's start:
+    on a busy machine a program that dies as soon as it runs could pass for started. So the
+    time counts from when the pid is seen past the launcher's exec, and a new pid is a crash.
+    """
     deadline = time.monotonic() + START_TIMEOUT
     waiting = {ns: p for p in programs for ns in p.namespecs(sv.app)}
+    since: dict[str, tuple[int, float]] = {}  # namespec → (pid, first seen as itself)
     while waiting:
         infos = sv.infos()
+        now = time.monotonic()
         for ns, program in list(waiting.items()):
             info = infos.get(ns)
             if info is None:
                 raise ProcessFailed(f"{ns} is not in supervisord any more")
-            if info["state"] == RUNNING and launched(info["pid"]):
-                del waiting[ns]
-            elif info["state"] in CRASHED:
+            if info["state"] in CRASHED:
                 raise _crashed(sv, program, info, offsets[program.name])
+            if info["state"] not in (STARTING, RUNNING) or not launched(info["pid"]):
+                continue
+            pid, seen = since.setdefault(ns, (info["pid"], now))
+            if pid != info["pid"]:  # it exited and supervisord started it again
+                raise _crashed(sv, program, info, offsets[program.name])
+            if info["state"] == RUNNING and now - seen >= STARTSECS:
+                del waiting[ns]
         if waiting and time.monotonic() > deadline:
             raise ProcessFailed(
                 f"{', '.join(waiting)} did not reach RUNNING in {START_TIMEOUT:.0f}s"
@@ -164,15 +177,28 @@ def health_of(app: App, host: HostConfig, release: str) -> Health:
 
 
 def converge(
-    sv: Supervisor, wanted: dict[str, Program], restart_same: bool | frozenset[str] = True
+    sv: Supervisor,
+    wanted: dict[str, Program],
+    restart_same: bool | frozenset[str] = True,
+    retire: bool = False,
 ) -> tuple[list[Program], list[str]]:
     """Bring supervisord from what runs (the state file) to ``wanted``, web without downtime.
 
     With ``restart_same`` false (switching back), a program already running
     exactly what is wanted is left alone; a set of types restarts only those
-    (`shipyard restart --process`). Returns the programs now running and a
-    summary per type.
+    (`shipyard restart --process`). With ``retire``, the old web is sent TERM
+    but not waited for: the new one serves alone from then on, and whoever
+    ``reap``s next (the deploy, after its answer, or the next handover) waits
+    for its graceful stop. Returns the programs now running and a summary per type.
     """
+    with handover_lock(sv.app):
+        sv.reap()  # what the previous handover stopped without waiting is gone first
+        return _converge(sv, wanted, restart_same, retire)
+
+
+def _converge(
+    sv: Supervisor, wanted: dict[str, Program], restart_same: bool | frozenset[str], retire: bool
+) -> tuple[list[Program], list[str]]:
     app, host = sv.app, sv.host
 
     def again(kind: str) -> bool:
@@ -248,7 +274,14 @@ def converge(
         for p in others_new
         if not again(p.type) and any(p.same_as(o) and sv.is_up(o) for o in others_old)
     ]
-    stopping = leaving + [o for o in others_old if not any(o.same_as(k) for k in kept)]
+    # the old web taking its socket from the new one's holder can drain after the answer
+    shared = {p.listener() for p in running if p.type == "web" and p not in leaving}
+    retired = [p for p in leaving if retire and p.listener() is not None and p.listener() in shared]
+    if retired:
+        running = [p for p in running if p not in retired]
+        sv.retire(running, retired)
+    stopping = [p for p in leaving if p not in retired]
+    stopping += [o for o in others_old if not any(o.same_as(k) for k in kept)]
     starting = [p for p in others_new if p not in kept]
     if stopping:
         sv.stop(*stopping)

@@ -9,8 +9,10 @@ restart
     by the port's ``listen`` program, see shipyard/listen.py), is probed on
     its private unix socket until the health check passes, and only then is
     the old colour sent TERM (gunicorn drains in-flight requests; what is still
-    queued goes to the new one; KILL after ``stop_grace``). Other types are
-    stopped (TERM, KILL after ``stop_grace``) and started on the new release.
+    queued goes to the new one; KILL after ``stop_grace``). A deploy does not
+    wait for it to exit: its worker does after the answer (``settle``), or the
+    next handover does first. Other types are stopped (TERM, KILL after
+    ``stop_grace``), waited for, and started on the new release.
     If anything fails, the processes are put back as they were before the
     phase reports the failure.
 verify
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from supervisor.states import ProcessStates
 
+from . import fault_injection
 from . import programs as prov
 from .context import Deploy
 from .converge import converge, health_of
@@ -39,7 +42,7 @@ from .errors import ProcessFailed, ShipyardError
 from .health import public_status
 from .programs import Program
 from .report import Skip
-from .supervisord import Supervisor, tail
+from .supervisord import Supervisor, handover_lock, tail
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 
@@ -83,7 +86,7 @@ def restart(d: Deploy) -> str:
         d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes.before]}
         d.manifest.save(d.release)
     try:
-        running, summary = converge(sv, wanted)
+        running, summary = converge(sv, wanted, retire=d.processes.settle_later)
     except ShipyardError as exc:
         try:
             converge(sv, _previous_programs(d), restart_same=False)
@@ -98,6 +101,24 @@ def restart(d: Deploy) -> str:
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
+
+
+def settle(d: Deploy) -> None:
+    """After the deploy's answer: wait for the old web that restart sent TERM to be gone.
+
+    Outside the deploy lock, under the handover lock: a next deploy goes on meanwhile and
+    waits for it only at its own restart (its ``converge`` reaps first), and if this
+    process dies, that is who waits for it.
+    """
+    if not d.processes.settle_later or d.processes.running is None:
+        return
+    fault_injection.point(d.app.run, "settle", "start", d.number)
+    sv = Supervisor(d.app, d.host)
+    try:
+        with handover_lock(d.app):
+            sv.reap()
+    except (ShipyardError, OSError) as exc:  # the outcome is out: the log says it
+        d.out.warn(f"the previous processes did not stop cleanly: {exc}")
 
 
 def load_undo(d: Deploy, undo: dict) -> None:

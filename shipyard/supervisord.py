@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from supervisor.states import STOPPED_STATES, ProcessStates
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
+from . import lock
 from . import programs as prov
 from .app import App
 from .config import HostConfig, load_host_config
@@ -64,6 +67,7 @@ class Supervisor:
         self.host = host
         self.settings = prov.settings(app, host)
         self.listeners: list[Listener] = []
+        self.stopping: list[Program] = []  # sent TERM, not yet waited for (``reap``)
         self.transport = _Transport(self.settings.socket, timeout)
         self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
 
@@ -157,12 +161,14 @@ class Supervisor:
     # programs.conf and the state file
 
     def load_state(self) -> list[Program]:
-        """The programs that should run (``run/processes.json``); also loads ``listeners``."""
+        """The programs that should run (``run/processes.json``); also loads ``listeners``
+        and ``stopping``."""
         try:
             data = json.loads(prov.state_file(self.app).read_text())
         except (OSError, ValueError):
             data = {}
         self.listeners = [Listener.from_dict(x) for x in data.get("listeners", [])]
+        self.stopping = [Program.from_dict(p) for p in data.get("stopping", [])]
         return [Program.from_dict(p) for p in data.get("programs", [])]
 
     def save_state(self, programs: list[Program]) -> None:
@@ -170,6 +176,8 @@ class Supervisor:
             "programs": [p.to_dict() for p in programs],
             "listeners": [x.to_dict() for x in self.listeners],
         }
+        if self.stopping:
+            state["stopping"] = [p.to_dict() for p in self.stopping]
         prov.write_atomic(prov.state_file(self.app), json.dumps(state, indent=2) + "\n")
 
     def apply(self, programs: list[Program], listeners: list[Listener] | None = None) -> None:
@@ -214,16 +222,7 @@ class Supervisor:
 
     def stop(self, *programs: Program | Listener, grace: float | None = None) -> None:
         """TERM every process of the programs (KILL after stop_grace), wait, remove their groups."""
-        groups = []
-        for program in programs:
-            group = program.group(self.app)
-            try:
-                self.call("stopProcessGroup", group, False)
-            except xmlrpc.client.Fault as fault:
-                if fault.faultCode == Faults.BAD_NAME:
-                    continue
-                raise PhaseError(f"could not stop {group}: {fault.faultString}") from None
-            groups.append(group)
+        groups = self.term(*programs)
         longest = max((p.stop_grace for p in programs), default=0)
         deadline = time.monotonic() + (grace if grace is not None else longest) + 15
         while groups:
@@ -246,12 +245,53 @@ class Supervisor:
                     if path is not None:
                         path.unlink(missing_ok=True)
 
+    def term(self, *programs: Program | Listener) -> list[str]:
+        """Ask supervisord to stop the programs' groups (TERM, its KILL after stop_grace),
+        without waiting; returns the groups it knows."""
+        groups = []
+        for program in programs:
+            group = program.group(self.app)
+            try:
+                self.call("stopProcessGroup", group, False)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode == Faults.BAD_NAME:
+                    continue
+                raise PhaseError(f"could not stop {group}: {fault.faultString}") from None
+            groups.append(group)
+        return groups
+
+    def retire(self, running: list[Program], leaving: list[Program]) -> None:
+        """Stop ``leaving`` without waiting for it: written down as stopping first (whoever
+        converges next waits for it, if ``reap`` never ran), then sent TERM."""
+        self.stopping = [*self.stopping, *leaving]
+        self.apply(running)
+        self.term(*leaving)
+
+    def reap(self) -> int:
+        """Wait for what ``retire`` stopped to be gone, remove its groups; how many it was.
+        Hold ``handover_lock``: the next handover may start the same group again."""
+        programs = self.load_state()
+        if not self.stopping:
+            return 0
+        leaving, self.stopping = self.stopping, []
+        self.stop(*leaving)
+        self.save_state(programs)
+        return len(leaving)
+
     def is_up(self, program: Program | Listener) -> bool:
         infos = self.infos()
         return all(
             infos.get(ns, {}).get("state") in (STARTING, RUNNING)
             for ns in program.namespecs(self.app)
         )
+
+
+@contextmanager
+def handover_lock(app: App) -> Iterator[None]:
+    """One handover of an app's processes at a time: a deploy's, and the wait for what the
+    previous one stopped (``Supervisor.reap``), which may run after that deploy's lock."""
+    with lock.exclusive(app.run / "handover.lock", {"pid": os.getpid()}):
+        yield
 
 
 def _size(path: Path) -> int:
@@ -311,7 +351,10 @@ def shutdown(app: App, timeout: float = 60) -> bool:
         return False
     if not sv.settings.embedded:
         programs = sv.load_state()
-        sv.stop(*programs, *sv.listeners)
+        sv.stop(*programs, *sv.stopping, *sv.listeners)
+        if sv.stopping:
+            sv.stopping = []
+            sv.save_state(programs)
         return True
     pid = read_pid(prov.pid_file(app))
     sv.call("shutdown")

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
-from . import deploy, engine, guard, lock, notify, recover, release
+from . import deploy, engine, guard, lock, notify, recover, release, supervise
 from .context import Deploy
 from .errors import ShipyardError
 from .report import Masker
@@ -91,9 +91,11 @@ def execute(d: Deploy, reported: Callable[[], None] | None = None) -> bool:
             return True
         notify.deploy_event(d, "started", 0.0, {})
         d.trash = []
+        d.processes.settle_later = True  # the old web's stop is waited for after the answer
         ok = engine.run(d, deploy.plan(d))
         if reported:
             reported()
+    supervise.settle(d)  # before the tidy: the next deploy's restart may wait for it
     # What finish pruned is out of every listing; deleting it needs no deploy lock (the next
     # deploy goes on meanwhile): the dirs' names carry our pid, so no one else sweeps them
     # while we live, and the next prune sweeps them if we are killed.

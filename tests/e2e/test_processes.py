@@ -20,7 +20,7 @@ import pytest
 from conftest import Host, Work, make_host, make_work, shipyard
 from httpload import Load, fetch
 
-from shipyard import process_views
+from shipyard import fault_injection, process_views, supervisord
 from shipyard.app import App
 
 WORKER = """\
@@ -362,6 +362,97 @@ def test_zero_downtime_under_load(site: Site):
     live = str(site.host.live())
     venv = os.path.realpath(f"{live}/.venv/bin")
     assert interpreter_dir(rows(site.host)["web.1"]["pid"]) == venv  # the new requirements' venv
+
+
+SLOW_VIEW = """
+
+def slow(request):
+    \"\"\"Holds its request until the test's flag file exists (20 s at most).\"\"\"
+    import os, time
+
+    flag = request.GET["flag"]
+    open(flag + ".started", "w").close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return HttpResponse(f"slow {GREETING}\\n", content_type="text/plain")
+"""
+
+
+def supervised(host: Host) -> list[str]:
+    """The states of what the app's supervisord runs (as supervisorctl lists it), sorted."""
+    app = App(host.root, host.name)
+    infos = supervisord.Supervisor(app, supervisord.host_of(app)).infos()
+    return sorted(info["statename"] for info in infos.values())
+
+
+def settled(host: Host, timeout: float = 60) -> list[str]:
+    """``supervised`` once only the socket holder, web and worker are left (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while len(supervised(host)) > 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return supervised(host)
+
+
+def test_the_push_answers_while_the_old_web_drains(site: Site, tmp_path: Path):
+    """Once the new web is healthy the old one is sent TERM and the push answers: a request
+    still in flight on the old one is answered after the push returned, and it then stops."""
+    views = (site.work.path / "polls" / "views.py").read_text()
+    urls = (site.work.path / "mysite" / "urls.py").read_text()
+    site.work.commit(
+        "a slow page",
+        **{
+            "polls/views.py": views + SLOW_VIEW,
+            "mysite/urls.py": urls.replace("]", '    path("slow", views.slow),\n]'),
+        },
+    )
+    site.work.push()
+    old = rows(site.host)["web.1"]["pid"]
+    flag, started = tmp_path / "go", tmp_path / "go.started"
+    answers: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: answers.append(fetch(site.port, f"/slow?flag={flag}")))
+    slow.start()
+    try:
+        deadline = time.monotonic() + 30  # bounded: until the old web holds the request
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        site.work.commit("drained", **{"mysite/version.py": 'GREETING = "Hello after a drain"\n'})
+        out = site.work.push().out
+        assert "shipyard ▸ live" in out
+        assert slow.is_alive() and alive(old)  # answered while the old web still drains
+        assert greeting(site.port) == "Hello after a drain"
+        assert rows(site.host)["web.1"]["pid"] != old
+    finally:
+        flag.touch()
+        slow.join(timeout=60)
+    assert len(answers) == 1 and answers[0][0] == 200 and answers[0][1].startswith("slow ")
+    assert gone(old)
+    assert settled(site.host) == ["RUNNING"] * 3  # the worker removed the old web's group
+
+
+def test_a_worker_killed_before_the_old_web_stopped_leaves_it_to_the_next_deploy(site: Site):
+    """Killed after its answer, before it waited for the old web: the old web stops anyway
+    (it was sent TERM), and the next handover removes what is left of it first."""
+    run_dir = site.host.dir / "run"
+    old = rows(site.host)["web.1"]["pid"]
+    fault_injection.arm(run_dir, {"at": "settle", "action": "kill"})
+    try:
+        site.work.commit("killed", **{"mysite/version.py": 'GREETING = "Hello, killed"\n'})
+        assert "shipyard ▸ live" in site.work.push().out
+        assert greeting(site.port) == "Hello, killed"
+        deadline = time.monotonic() + 30  # bounded: the fault fires once the push answered
+        while (run_dir / "faults.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (run_dir / "faults.json").exists()
+    finally:
+        fault_injection.disarm(run_dir)
+    assert gone(old)
+    assert supervised(site.host) == ["RUNNING"] * 3 + ["STOPPED"]  # its group is left
+    site.work.commit("next", **{"mysite/version.py": 'GREETING = "Hello, next"\n'})
+    assert "shipyard ▸ live" in site.work.push().out
+    assert greeting(site.port) == "Hello, next"
+    assert settled(site.host) == ["RUNNING"] * 3
 
 
 def test_processes_stop_and_start(site: Site):

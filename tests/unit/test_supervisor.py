@@ -18,7 +18,7 @@ from shipyard.config import HostConfig, parse_app_config, parse_host_config
 from shipyard.errors import ConfigError
 from shipyard.health import Answer, Health, final_answer, health_for, health_hint
 from shipyard.supervise import check_process
-from shipyard.supervisord import excerpt
+from shipyard.supervisord import Supervisor, excerpt
 
 APP = App(Path("/srv/apps"), "mysite")
 RELEASE = "20261129T013000Z-1a2b3c4"
@@ -307,3 +307,19 @@ def test_web_zero_needs_no_web_line():
         prov.check_counts({"worker": "sleep 9"}, {"web": 1}, "shipyard.toml")
     with pytest.raises(ConfigError, match="beat = 0, but the Procfile has no `beat:`"):
         prov.check_counts({"worker": "sleep 9"}, {"beat": 0}, "shipyard.toml")
+
+
+def test_what_is_stopping_is_kept_in_the_state_file(tmp_path):
+    """The old web sent TERM without a wait is written down, for whoever reaps it."""
+    app = App(tmp_path, "mysite")
+    app.run.mkdir(parents=True)
+    web = prov.plan({"web": "gunicorn x"}, {}, RELEASE, 8123, 5)["web"]
+    sv = Supervisor(app, HostConfig())
+    sv.stopping = [web]
+    sv.save_state([])
+    again = Supervisor(app, HostConfig())
+    assert again.load_state() == [] and again.stopping == [web]
+    again.stopping = []
+    again.save_state([web])
+    assert "stopping" not in prov.state_file(app).read_text()
+    assert Supervisor(app, HostConfig()).load_state() == [web]
