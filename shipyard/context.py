@@ -71,6 +71,11 @@ class Deploy:
     peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
     trash: list[Path] | None = None  # a list: pruned dirs renamed aside, deleted after the outcome
 
+    @property
+    def keep(self) -> int:
+        """How many good releases ``finish`` keeps: the host's ``keep``, the app's if lower."""
+        return self.host.keep if self.config.keep is None else min(self.host.keep, self.config.keep)
+
     @classmethod
     def for_push(
         cls,

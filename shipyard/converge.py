@@ -16,7 +16,7 @@ from .app import App
 from .config import HostConfig, load_app_config
 from .errors import ProcessFailed, ShipyardError
 from .health import Health, final_answer, health_for, health_hint, probe
-from .ports import check_port_free
+from .ports import check_port_free, holds, listening_sockets
 from .programs import Listener, Program
 from .supervisord import Supervisor, handover_lock, tail
 
@@ -26,6 +26,7 @@ START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) withi
 STARTSECS = 1.0  # … and have run as itself this long (programs.conf's startsecs)
 # the launcher as programs.conf names it; the second, written before it moved, runs the shim
 LAUNCHERS = (prov.LAUNCHER.encode(), b"shipyard.provision.launch")
+ACCEPT_WAIT = 1.0  # seconds an old gunicorn master may take to close the shared socket on TERM
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
 
 
@@ -168,6 +169,25 @@ def wait_running(sv: Supervisor, programs: list[Program], offsets: dict[str, dic
             time.sleep(0.05)
 
 
+def masters(sv: Supervisor, programs: list[Program]) -> list[int]:
+    """The pids supervisord started for the programs (gunicorn's masters)."""
+    infos = sv.infos()
+    return [infos[ns]["pid"] for p in programs for ns in p.namespecs(sv.app) if ns in infos]
+
+
+def stop_accepting(pids: list[int], sockets: set[str], wait: float = ACCEPT_WAIT) -> None:
+    """Wait until gunicorn's masters, sent TERM, have closed the shared socket: a master
+    closes it first, then signals its workers, which leave their accept loop as they wake (no
+    request sent 20 ms after the TERM reached an old worker, measured), so the push's answer
+    does not come before the old web has begun to stop. A worker busy with a request holds
+    the socket until its exit (0.2–0.35 s) but accepts no other: that is not waited for."""
+    deadline = time.monotonic() + wait
+    while sockets and any(holds(pid, sockets) for pid in pids if pid):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
 def health_of(app: App, host: HostConfig, release: str) -> Health:
     try:
         config = load_app_config(app.release_dir(release))
@@ -279,7 +299,9 @@ def _converge(
     retired = [p for p in leaving if retire and p.listener() is not None and p.listener() in shared]
     if retired:
         running = [p for p in running if p not in retired]
+        old = masters(sv, retired)
         sv.retire(running, retired)
+        stop_accepting(old, listening_sockets(retired[0].port))
     stopping = [p for p in leaving if p not in retired]
     stopping += [o for o in others_old if not any(o.same_as(k) for k in kept)]
     starting = [p for p in others_new if p not in kept]

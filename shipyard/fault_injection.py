@@ -19,9 +19,9 @@ The file holds a list of faults, each fired once (then removed from the file)::
 ``when = "start"``, the default — or just completed — ``"end"``; in a peer's
 receiver too, armed in the peer's own ``run/``), a batch of a many-host
 rollout (``batch-1``, ``batch-2`` … as it starts), ``receive``
-(proc-receive, just after it moved the branch), ``settle`` (the worker, its outcome
-reported, before it waits for the old web that ``restart`` sent TERM), or ``tidy`` (then,
-before it deletes what ``finish`` pruned). ``kill`` sends the process
+(proc-receive, just after it moved the branch), ``tidy`` (the worker, its outcome
+reported, before it deletes what ``finish`` pruned) or ``settle`` (then, before it waits
+for the old web that ``restart`` sent TERM). ``kill`` sends the process
 SIGKILL, right away or ``delay`` seconds later while the phase runs. ``fail``
 fails the phase as a phase fails (``PhaseError``); ``raise`` raises an
 exception no phase expects (``Injected``, a ``RuntimeError``), as a bug would.

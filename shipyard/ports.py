@@ -12,8 +12,8 @@ from .errors import PhaseError
 # --- ports ----------------------------------------------------------------------
 
 
-def port_owner(port: int) -> str:
-    """Who listens on a TCP port (best effort, from /proc): 'gunicorn (pid 123)' or ''."""
+def listening_sockets(port: int) -> set[str]:
+    """The TCP sockets listening on ``port``, as /proc/<pid>/fd links name them."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -25,17 +25,36 @@ def port_owner(port: int) -> str:
             listening = len(fields) > 9 and fields[3] == "0A"
             if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def holds(pid: int | str, sockets: set[str]) -> bool:
+    """Does process ``pid`` hold one of ``sockets`` open (False once it is gone)?"""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def port_owner(port: int) -> str:
+    """Who listens on a TCP port (best effort, from /proc): 'gunicorn (pid 123)' or ''."""
+    inodes = listening_sockets(port)
     if not inodes:
         return ""
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            for fd in fds:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    name = Path(f"/proc/{pid}/comm").read_text().strip()
-                    return f"{name} (pid {pid})"
-        except OSError:
-            continue
+        if holds(pid, inodes):
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            return f"{name} (pid {pid})"
     return ""
 
 

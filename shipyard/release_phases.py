@@ -165,7 +165,7 @@ def finish(d: Deploy) -> str:
     if d.manifest.migrations is None and not d.reused and d.migrations_known:
         d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
-    keep = d.host.keep if d.config.keep is None else min(d.host.keep, d.config.keep)
+    keep = d.keep
     # a peer keeps the release it would go back to until the cluster has committed
     protect = {d.previous} if d.previous and not d.committed else set()
     # with d.trash, what is pruned is only renamed aside here: deleted once the outcome is out

@@ -86,7 +86,7 @@ def restart(d: Deploy) -> str:
         d.manifest.undo = {**undo, "processes": [p.to_dict() for p in d.processes.before]}
         d.manifest.save(d.release)
     try:
-        running, summary = converge(sv, wanted, retire=d.processes.settle_later)
+        running, summary = converge(sv, wanted, retire=can_retire(d))
     except ShipyardError as exc:
         try:
             converge(sv, _previous_programs(d), restart_same=False)
@@ -101,6 +101,14 @@ def restart(d: Deploy) -> str:
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"
+
+
+def can_retire(d: Deploy) -> bool:
+    """May restart leave the old web to stop after the answer? Only when someone waits for it
+    then (``settle``) and ``finish`` keeps its release anyway (the previous one, keep ≥ 2):
+    a release a process runs from is not pruned, so with ``keep = 1`` it waits as before."""
+    old = [p for p in d.processes.before or [] if p.type == "web"]
+    return d.processes.settle_later and d.keep >= 2 and all(p.release == d.previous for p in old)
 
 
 def settle(d: Deploy) -> None:

@@ -95,9 +95,9 @@ def execute(d: Deploy, reported: Callable[[], None] | None = None) -> bool:
         ok = engine.run(d, deploy.plan(d))
         if reported:
             reported()
-    supervise.settle(d)  # before the tidy: the next deploy's restart may wait for it
     # What finish pruned is out of every listing; deleting it needs no deploy lock (the next
     # deploy goes on meanwhile): the dirs' names carry our pid, so no one else sweeps them
     # while we live, and the next prune sweeps them if we are killed.
     engine.tidy(d)
+    supervise.settle(d)  # the old web's group, once it stopped (or the next handover does)
     return ok

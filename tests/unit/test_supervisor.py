@@ -17,6 +17,7 @@ from shipyard.app import App
 from shipyard.config import HostConfig, parse_app_config, parse_host_config
 from shipyard.errors import ConfigError
 from shipyard.health import Answer, Health, final_answer, health_for, health_hint
+from shipyard.ports import holds, listening_sockets, port_owner
 from shipyard.supervise import check_process
 from shipyard.supervisord import Supervisor, excerpt
 
@@ -323,3 +324,17 @@ def test_what_is_stopping_is_kept_in_the_state_file(tmp_path):
     again.save_state([web])
     assert "stopping" not in prov.state_file(app).read_text()
     assert Supervisor(app, HostConfig()).load_state() == [web]
+
+
+def test_who_holds_a_listening_socket():
+    """What restart waits for once the old web is sent TERM: its master lets go of the socket."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    sockets = listening_sockets(port)
+    assert len(sockets) == 1 and holds(os.getpid(), sockets)
+    assert port_owner(port).endswith(f"(pid {os.getpid()})")
+    listener.close()
+    assert listening_sockets(port) == set() and not holds(os.getpid(), sockets)
+    assert not holds(2**22 + 1, sockets)  # no such process
