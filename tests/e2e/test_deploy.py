@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import Host, Work, make_work, run, shipyard
+from httpload import fetch
 
 from shipyard import fault_injection, lock
 
@@ -372,3 +375,39 @@ def test_heartbeat_during_a_long_step(host: Host, work: Work):
     result = work.push()
     beats = [ln for ln in result.out.splitlines() if "… build" in ln and "still running" in ln]
     assert len(beats) >= 2
+
+
+def wait_for_spare(host: Host, sha: str) -> Path:
+    """The worker prepares the live commit's spare once the push is answered: soon after."""
+    spare = host.dir / "releases" / f".next-{sha}"
+    deadline = time.monotonic() + 60  # bounded
+    while not (spare / ".shipyard" / "spare.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (spare / ".shipyard" / "spare.json").is_file(), "no spare after the answer"
+    return spare
+
+
+def test_the_next_push_starts_from_the_spare_made_after_the_answer(host: Host, work: Work):
+    work.commit("notes", **{"notes/old.txt": "deleted by the next push\n"})
+    work.push()
+    first = host.live()
+    first_sha = manifest(host)["sha"]
+    spare = wait_for_spare(host, first_sha)
+    assert host.releases() == [first.name]  # no release: not listed, not kept, no rollback
+    listed = shipyard("--root", host.root, "releases", host.name, "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)["releases"]] == [first.name]
+
+    (work.path / "notes" / "old.txt").unlink()
+    sha = work.commit("v2", **{"mysite/version.py": 'GREETING = "from the spare"\n'})
+    assert f"shipyard ▸ live: {sha[:7]}" in work.push().out
+    second = host.live()
+    assert not spare.exists()  # taken by the checkout
+    assert (second / "manage.py").stat().st_ino == (first / "manage.py").stat().st_ino
+    assert not (second / "notes").exists() and (first / "notes" / "old.txt").exists()
+    assert 'GREETING = "from the spare"' in (second / "mysite" / "version.py").read_text()
+    assert wait_for_spare(host, sha).is_dir()
+
+    shutil.rmtree(first)  # deleting another release breaks none
+    status, body = fetch(host.port)
+    assert status == 200 and "from the spare" in body
+    assert shipyard("--root", host.root, "status", host.name).returncode == 0
