@@ -372,3 +372,30 @@ def test_the_spare_is_no_release_in_disk_use(site):
     own_with, total_with = release.disk_use(site.app)
     assert own_with == own and set(own) == {first.name, second.name}
     assert total < total_with < total + 4096  # its note and the symlink it wrote
+
+
+def test_a_link_that_leaves_the_release_by_the_diff_is_refused_from_the_spare(spare_only):
+    site = spare_only
+    site.write("s/inside.txt", "s is a directory\n")
+    site.link("up", "s/..")  # the release itself while s is a directory
+    live = check(site, site.commit())
+    site.remove("s")
+    site.link("s", ".")  # up, not in the diff, now resolves to the release's parent
+    sha = site.commit()
+    with pytest.raises(PhaseError, match="symlink up -> s/.. points outside the release"):
+        site.checkout(sha)
+    assert site.app.live_release() == live.name
+    assert [p.name for p in site.app.releases.iterdir()] == [live.name]
+
+
+def test_the_spare_of_a_release_with_shared_links_is_the_commit_tree(spare_only):
+    site = spare_only
+    sha = site.commit()
+    first = site.checkout(sha)
+    (first / "media").rename(first / "media.real")  # a shared path, as link_shared leaves it
+    os.symlink("media.real", first / "media")
+    site.go_live(first, sha)  # and its spare
+    site.write("a.txt", "changed\n")
+    second = check(site, site.commit())
+    assert (second / "media").is_dir() and not (second / "media").is_symlink()
+    assert not same_inode(first / "media.real/readme.txt", second / "media/readme.txt")
