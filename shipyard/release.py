@@ -282,7 +282,9 @@ def from_spare(app: App, sha: str, tmp: Path) -> list[str] | None:
         made = apply_diff(app.repo, sha, tmp, diff, links) if intact(tmp) else None
     except (OSError, PhaseError):  # out of space, an object missing: the usual path says so
         made = None
-    if made is None:
+    if made is None and os.path.islink(tmp):
+        os.unlink(tmp)
+    elif made is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return made
 
@@ -306,9 +308,9 @@ def intact(spare: Path) -> bool:
     was added or removed there.
     """
     note = spare / SPARE_NOTE
-    sealed = os.lstat(note).st_mtime_ns
-    if os.lstat(spare).st_mtime_ns > sealed:
-        return False
+    top = os.lstat(spare)
+    if not stat.S_ISDIR(top.st_mode) or top.st_mtime_ns > os.lstat(note).st_mtime_ns:
+        return False  # a link where the spare was is no spare
     found = subprocess.run(
         ["find", str(spare), "-mindepth", "1", "-cnewer", str(note), "-print", "-quit"],
         capture_output=True,

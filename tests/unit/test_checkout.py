@@ -399,3 +399,16 @@ def test_the_spare_of_a_release_with_shared_links_is_the_commit_tree(spare_only)
     second = check(site, site.commit())
     assert (second / "media").is_dir() and not (second / "media").is_symlink()
     assert not same_inode(first / "media.real/readme.txt", second / "media/readme.txt")
+
+
+def test_a_link_in_place_of_the_spare_is_not_followed(site):
+    check(site, site.commit())
+    elsewhere = site.tmp / "elsewhere"
+    spare = release.make_spare(site.app)
+    os.rename(spare, elsewhere)
+    os.symlink(elsewhere, spare)
+    before = snapshot(elsewhere)
+    site.write("a.txt", "changed\n")
+    made = check(site, site.commit())
+    assert not made.is_symlink() and snapshot(elsewhere) == before
+    assert spares(site) == []
