@@ -153,11 +153,8 @@ def site(tmp_path):
     return s
 
 
-def test_a_release_from_the_diff_is_the_commit_tree(site):
-    first = check(site, site.commit())  # no live release: a full checkout
-    unchanged = "pkg/filler/mod0.py"
-
-    # +x and -x flips, a changed file, a deletion, a rename, symlinks retargeted and added
+def flips_and_moves(site: Site) -> None:
+    """+x and -x flips, a changed file, a deletion, a rename, symlinks retargeted and added."""
     site.work.joinpath("a.txt").chmod(0o755)
     site.work.joinpath("bin/run.sh").chmod(0o644)
     site.write("pkg/filler/mod1.py", "VALUE = 'changed'\n")
@@ -165,6 +162,13 @@ def test_a_release_from_the_diff_is_the_commit_tree(site):
     os.rename(site.work / "dir/sub/x.py", site.work / "dir/sub/y.py")
     site.link("link", "bin/run.sh")
     site.link("dirlink", "dir/sub")
+
+
+def test_a_release_from_the_diff_is_the_commit_tree(site):
+    first = check(site, site.commit())  # no live release: a full checkout
+    unchanged = "pkg/filler/mod0.py"
+
+    flips_and_moves(site)
     second = check(site, site.commit())
     assert same_inode(first / unchanged, second / unchanged)  # made from the diff
     assert not same_inode(first / "a.txt", second / "a.txt")  # the mode flip is its own file
@@ -253,14 +257,7 @@ def test_a_release_from_the_spare_is_the_commit_tree(spare_only):
     assert spares(site) == [f".next-{release.Manifest.load(first).sha}"]
     assert [rid for rid, _ in release.releases(site.app)] == [first.name]  # not a release
 
-    # +x and -x flips, a changed file, a deletion, a rename, symlinks retargeted and added
-    site.work.joinpath("a.txt").chmod(0o755)
-    site.work.joinpath("bin/run.sh").chmod(0o644)
-    site.write("pkg/filler/mod1.py", "VALUE = 'changed'\n")
-    site.remove("later.txt")
-    os.rename(site.work / "dir/sub/x.py", site.work / "dir/sub/y.py")
-    site.link("link", "bin/run.sh")
-    site.link("dirlink", "dir/sub")
+    flips_and_moves(site)
     second = check(site, site.commit())
     assert same_inode(first / unchanged, second / unchanged)
     assert not same_inode(first / "a.txt", second / "a.txt")
