@@ -15,6 +15,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,17 +223,10 @@ def make_spare(app: App) -> Path | None:
         if not linkable(app, tree) or any(p.split("/", 1)[0] == ".shipyard" for *_, p in tree):
             return None
         tmp.mkdir()
-        links = link_tree(
-            app.repo, app.release_dir(live), manifest.created, manifest.sha, tree, set(), tmp
-        )
+        link_tree(app.repo, app.release_dir(live), manifest.created, manifest.sha, tree, set(), tmp)
         os.chmod(tmp, 0o755)
         (tmp / SPARE_NOTE.parent).mkdir(mode=0o755)
-        note = {
-            "sha": manifest.sha,
-            "files": len(tree),
-            "links": [p[len(f"{tmp}/") :] for p in links],
-        }
-        (tmp / SPARE_NOTE).write_text(json.dumps(note))
+        (tmp / SPARE_NOTE).write_text(json.dumps({"sha": manifest.sha, "files": len(tree)}))
         # inode times come from a clock that ticks every few ms: wait for the next tick, so
         # that any change once the spare is visible is strictly newer than the note
         time.sleep(max(0.0, os.lstat(tmp / SPARE_NOTE).st_mtime + SPARE_TICK - time.time()))
@@ -269,7 +263,7 @@ def from_spare(app: App, sha: str, tmp: Path) -> list[str] | None:
         if note.get("sha") != manifest.sha:
             return None
         diff = raw_diff(app.repo, manifest.sha, sha)
-        files, links = int(note["files"]), list(note["links"])
+        files = int(note["files"])
     except (OSError, ValueError, KeyError, TypeError, PhaseError):
         return None
     if len(diff) > LARGE_DIFF * max(files, 1) or not diff_linkable(app, diff):
@@ -279,7 +273,8 @@ def from_spare(app: App, sha: str, tmp: Path) -> list[str] | None:
     except OSError:  # taken meanwhile, or gone
         return None
     try:
-        made = apply_diff(app.repo, sha, tmp, diff, links) if intact(tmp) else None
+        links = intact(tmp)
+        made = None if links is None else apply_diff(app.repo, sha, tmp, diff, links)
     except (OSError, PhaseError):  # out of space, an object missing: the usual path says so
         made = None
     if made is None and os.path.islink(tmp):
@@ -298,24 +293,32 @@ def diff_linkable(app: App, diff: list[tuple[str, str, str, str]]) -> bool:
     return not exported_differently(app, added)
 
 
-def intact(spare: Path) -> bool:
-    """Has nothing under ``spare`` changed since its note was written?
+def intact(spare: Path) -> list[str] | None:
+    """The spare's symlinks (paths under it), as they are on disk; None when anything under
+    ``spare`` changed since its note was written.
 
     Any change to an entry (a file written, chmod'ed, replaced, added or removed, a link
     count changed by another release's deletion) sets the inode's or its directory's ctime,
     which no chmod or utime can set back; one ``find`` compares them all with the note's
-    mtime. The top directory's ctime moved with our rename: its mtime says whether an entry
-    was added or removed there.
+    mtime, and lists the symlinks on the way. The top directory's ctime moved with our
+    rename: its mtime says whether an entry was added or removed there. (A change made with
+    the deploy user's rights and the note rewritten after it is not seen: such a user can
+    change any release as well.)
     """
     note = spare / SPARE_NOTE
     top = os.lstat(spare)
     if not stat.S_ISDIR(top.st_mode) or top.st_mtime_ns > os.lstat(note).st_mtime_ns:
-        return False  # a link where the spare was is no spare
+        return None  # a link where the spare was is no spare
     found = subprocess.run(
-        ["find", str(spare), "-mindepth", "1", "-cnewer", str(note), "-print", "-quit"],
+        # an empty record for a changed entry (then stop), the relative path of each symlink
+        ["find", str(spare), "-mindepth", "1", "(", "-cnewer", str(note), "-printf", "\\0"]
+        + ["-quit", ")", "-o", "-type", "l", "-printf", "%P\\0"],
         capture_output=True,
     )
-    return found.returncode == 0 and not found.stdout
+    records = found.stdout.split(b"\0")[:-1]
+    if found.returncode or b"" in records:
+        return None
+    return [os.fsdecode(path) for path in records]
 
 
 def apply_diff(
@@ -530,38 +533,35 @@ def disk_use(app: App) -> tuple[dict[str, int], int]:
     make them shared, and what it holds alone counts in the total. The ``.venv`` link is not
     followed (venvs are in ``venvs/``).
     """
-    in_spares: dict[tuple[int, int], int] = {}
-    spares = {p.name: p for p in app.releases.glob(f"{SPARE}*")} if app.releases.is_dir() else {}
-    for _, st in files_under(spares.values()):
-        key = (st.st_dev, st.st_ino)
-        in_spares[key] = in_spares.get(key, 0) + 1
+    spares = list(app.releases.glob(f"{SPARE}*")) if app.releases.is_dir() else []
+    in_spares = Counter((st.st_dev, st.st_ino) for st in files_under(spares))
     own: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
     total = 0
-    for rid, path in [(rid, app.release_dir(rid)) for rid, _ in releases(app)] + list(
-        spares.items()
-    ):
+
+    def first_time(st: os.stat_result) -> bool:
+        if (st.st_dev, st.st_ino) in seen:
+            return False
+        seen.add((st.st_dev, st.st_ino))
+        return True
+
+    for rid, _ in releases(app):
         own[rid] = 0
-        for _, st in files_under([path]):
-            key = (st.st_dev, st.st_ino)
-            if key not in seen:
-                seen.add(key)
-                total += st.st_size
-            if st.st_nlink - in_spares.get(key, 0) == 1 and rid not in spares:
+        for st in files_under([app.release_dir(rid)]):
+            total += st.st_size if first_time(st) else 0
+            if st.st_nlink - in_spares[(st.st_dev, st.st_ino)] == 1:
                 own[rid] += st.st_size
-    for name in spares:
-        own.pop(name)
+    total += sum(st.st_size for st in files_under(spares) if first_time(st))
     return own, total
 
 
 def files_under(trees):
-    """(path, lstat) of every file and symlink under each of ``trees``."""
+    """The lstat of every file and symlink under each of ``trees``."""
     for tree in trees:
         for dirpath, _, filenames in os.walk(tree):
             for name in filenames:
-                path = os.path.join(dirpath, name)
                 try:
-                    yield path, os.lstat(path)
+                    yield os.lstat(os.path.join(dirpath, name))
                 except OSError:
                     continue
 
