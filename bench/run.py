@@ -218,6 +218,16 @@ def example_files(src: str, names: list[str]) -> set[str]:
     return skip & set(names)
 
 
+SIX = ("1.17.0", "1.16.0", "1.15.0", "1.14.0", "1.13.0", "1.12.0", "1.11.0", "1.10.0")
+
+
+def changed_requirement(i: int) -> str:
+    """The requirement of the i-th changed-requirement deploy: another release of six each
+    time, so every such deploy installs a package its previous venv does not hold (a range
+    like ``six>=1.1i`` resolves to the same six every time, which a deploy may rightly reuse)."""
+    return f"six=={SIX[i % len(SIX)]}"
+
+
 def greeting_file(n: int | str) -> str:
     return f'GREETING = "Hello, bench {n}"\n'
 
@@ -391,7 +401,7 @@ def bench_redeploys(work: Path) -> dict:
             phases.append(app.last()["phases"])
     for i in range(RUNS):
         for who in (app, b) if i % 2 == 0 else (b, app):
-            who.clone.change(requirement=f"six>=1.{10 + i}")
+            who.clone.change(requirement=changed_requirement(i))
             times["reqs" if who is app else "base reqs"].append(timed(who.deploy))
             b.prune()
     b.stop()
@@ -854,7 +864,7 @@ def bench_capistrano(work: Path) -> dict:
     cap["first"].append(timed(v.capistrano))
     for kind, runs in (("code", RUNS), ("reqs", RUNS)):
         for i in range(runs):
-            v.clone.change(requirement=f"six>=1.{10 + i}" if kind == "reqs" else None)
+            v.clone.change(requirement=changed_requirement(i) if kind == "reqs" else None)
             turns = (("ship", v.shipyard), ("cap", v.capistrano))
             for who, fn in turns if i % 2 == 0 else turns[::-1]:
                 (times if who == "ship" else cap)[kind].append(timed(fn))
