@@ -21,9 +21,8 @@ import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from dulwich.protocol import Protocol
 
 from shipyard import fault_injection, history
 from shipyard.app import App
@@ -46,6 +45,39 @@ from shipyard.venv import DETECTED
 from . import worker
 
 ZERO = "0" * 40
+
+
+class PktLines:
+    """git's pkt-line framing on our stdin/stdout, the little of it proc-receive speaks:
+    length-prefixed lines and the flush-pkt that ends each list (``0000``).
+
+    Our own few lines rather than dulwich's protocol module, whose import (with logging,
+    hashlib and dulwich's object model) cost every push more than the rest of this hook.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object]) -> None:
+        self.read = read
+        self.write = write
+
+    def read_seq(self) -> list[bytes]:
+        """The lines up to the next flush-pkt (a delim-pkt ends a list too)."""
+        lines = []
+        while True:
+            head = self.read(4)
+            try:
+                size = int(head, 16) if len(head) == 4 else -1
+            except ValueError:
+                size = -1
+            if size in (0, 1):
+                return lines
+            body = self.read(size - 4) if size >= 4 else b""
+            if len(body) != size - 4:
+                raise SystemExit(f"proc-receive: git sent a broken pkt-line ({head!r})")
+            lines.append(body)
+
+    def write_line(self, line: bytes | None) -> None:
+        """One pkt-line; None: the flush-pkt."""
+        self.write(b"0000" if line is None else b"%04x%s" % (len(line) + 4, line))
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -371,22 +403,22 @@ def _write(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def answer(proto: Protocol, replies: list[Reply]) -> None:
+def answer(proto: PktLines, replies: list[Reply]) -> None:
     """Our reply for every ref, in git's order; the pusher may be gone by now."""
     with contextlib.suppress(OSError, ValueError):
         for reply in replies:
             for line in reply.lines():
-                proto.write_pkt_line(line)
-        proto.write_pkt_line(None)
+                proto.write_line(line)
+        proto.write_line(None)
 
 
 def main() -> None:
-    proto = Protocol(sys.stdin.buffer.read, _write)
-    list(proto.read_pkt_seq())
-    proto.write_pkt_line(b"version=1\0push-options")
-    proto.write_pkt_line(None)
-    commands = [line.decode().strip().split(" ", 2) for line in proto.read_pkt_seq()]
-    raw_options = [line.decode().rstrip("\n") for line in proto.read_pkt_seq()]
+    proto = PktLines(sys.stdin.buffer.read, _write)
+    proto.read_seq()
+    proto.write_line(b"version=1\0push-options")
+    proto.write_line(None)
+    commands = [line.decode().strip().split(" ", 2) for line in proto.read_seq()]
+    raw_options = [line.decode().rstrip("\n") for line in proto.read_seq()]
     app = hook_app()
     safe_umask()
     try:
