@@ -34,6 +34,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile  # not in replace_file: it also runs as another user (owner.call_as)
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -558,8 +559,6 @@ def write_atomic(path: Path, text: str) -> bool:
 def replace_file(path: Path | str, text: str, mode: int = 0o644) -> None:
     """A new file of ``mode`` renamed over ``path``: its temp file is new (``O_EXCL``), so a
     link planted under a temp name is never written through."""
-    import tempfile  # here: the hooks import this module, and most pushes write no config
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
