@@ -70,10 +70,8 @@ class Supervisor:
         self.host = host
         self.settings = prov.settings(app, host)
         self.listeners: list[Listener] = []
-        import xmlrpc.client
-
-        self.transport = _transport_class()(self.settings.socket, timeout)
-        self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
+        self.timeout = timeout
+        self.transport = self.proxy = None  # made by the first call: many deploys make none
 
     # RPC
 
@@ -81,6 +79,9 @@ class Supervisor:
         import http.client
         import xmlrpc.client
 
+        if self.proxy is None:
+            self.transport = _transport_class()(self.settings.socket, self.timeout)
+            self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
         try:
             return getattr(self.proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault:
