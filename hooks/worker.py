@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -117,6 +116,8 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
             except ShipyardError as exc:
                 print(f"shipyard: error: {exc}", file=sys.stderr)
         except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
+            import traceback  # only for the log of a crash: not imported by every push
+
             traceback.print_exc()
         finally:
             with contextlib.suppress(Exception):
