@@ -16,11 +16,11 @@ way in that forgot it still cannot run pushed code as root.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from .app import App
 from .errors import RootRefused
 
+TYPE_CHECKING = False  # typing's, without importing typing: the forced SSH command's path
 if TYPE_CHECKING:
     from .config import HostConfig
 

@@ -61,3 +61,4 @@ def test_the_forced_ssh_command_loads_no_parser_and_no_host_config():
     )
     assert "argparse" in found  # cli's own import; the parsers are what is not built
     assert "tomllib" not in found and "shipyard.config" not in found
+    assert "typing" not in found
