@@ -594,12 +594,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def forced_command(argv: list[str]) -> argparse.Namespace | None:
+    """``ssh-command NAME``, the forced command of every push over SSH, read without the
+    parser: building every command's parser first cost each push more than deciding."""
+    if len(argv) == 2 and argv[0] == "ssh-command" and not argv[1].startswith("-"):
+        return argparse.Namespace(root=None, name=argv[1], func=cmd_ssh_command)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     from .guard import safe_umask
 
     safe_umask()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = forced_command(argv) or build_parser().parse_args(argv)
     if args.root is None and os.environ.get("SHIPYARD_ROOT"):
         args.root = Path(os.environ["SHIPYARD_ROOT"])
     try:

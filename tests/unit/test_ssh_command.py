@@ -226,3 +226,18 @@ def test_tls_files_are_not_given_over_ssh(home: Path):
         decide(
             "shipyard tls mysite --certificate /etc/shadow --key /k", home, home / "apps", SHIPYARD
         )
+
+
+def test_the_forced_command_runs_without_building_the_parser(monkeypatch, tmp_path):
+    from shipyard import cli
+    from shipyard.provision import shell
+
+    called = []
+    monkeypatch.setattr(cli, "build_parser", lambda: pytest.fail("the parser was built"))
+    monkeypatch.setattr(shell, "main", lambda name, root: called.append((name, root)) or 126)
+    monkeypatch.setenv("SHIPYARD_ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["ssh-command", "alice"])
+    assert (stop.value.code, called) == (126, [("alice", tmp_path)])
+    assert cli.forced_command(["ssh-command", "--help"]) is None  # the parser's, as before
+    assert cli.forced_command(["ssh-command", "alice", "x"]) is None
