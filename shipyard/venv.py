@@ -4,6 +4,11 @@
 built in a temporary directory and renamed into place when complete, so a venv
 under its key is always whole. uv builds it (relocatable, from uv's shared
 cache); pip is the fallback installer.
+
+Changed requirements that resolve to exactly the packages a kept venv holds (a
+dependency named explicitly, a bound moved, a comment) link to that venv instead:
+``venvs/<new key>`` becomes a symlink to it. Everything keyed on the venv (build
+steps, the data probe, migrate's fast path) then sees the same venv and is reused.
 """
 
 from __future__ import annotations
@@ -266,19 +271,32 @@ def _included(requirements: Path, release: Path, seen: set[Path] | None = None) 
     return found
 
 
-def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
+def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, str | None]:
     """Link ``release/.venv`` to the venv for the plan, building it if needed.
 
-    Returns (key, reused).
+    Returns (key, why it was reused: None when it was built). The key is the venv's own:
+    requirements that resolve to the packages a kept venv holds are linked to that one.
     """
-    key = the_plan.key
+    key, why = the_plan.key, "requirements unchanged"
     target = app.venvs / key
-    reused = target.is_dir()
-    if not reused:
-        live_id = app.live_release()  # not `current` itself: it may point anywhere
-        live = app.release_dir(live_id) / ".venv" if live_id else None
-        bytecode_from = live.resolve() if live and live.is_dir() else None
-        build(target, release, the_plan, bytecode_from=bytecode_from)
+    if target.is_symlink():  # these requirements resolved before to another key's venv
+        found = app.venvs / os.readlink(target)
+        if found.parent == app.venvs and found.is_dir() and not found.is_symlink():
+            key, target = found.name, found
+        else:
+            target.unlink()
+    if not target.is_dir():
+        same = same_packages(app, the_plan, release)
+        if same:
+            key, why = same
+            os.symlink(key, target)  # the next push of these requirements resolves nothing
+            target = app.venvs / key
+        else:
+            live_id = app.live_release()  # not `current` itself: it may point anywhere
+            live = app.release_dir(live_id) / ".venv" if live_id else None
+            bytecode_from = live.resolve() if live and live.is_dir() else None
+            build(target, release, the_plan, bytecode_from=bytecode_from)
+            why = None
     link = release / ".venv"
     if link.is_symlink() or link.exists():
         if link.is_dir() and not link.is_symlink():
@@ -286,7 +304,129 @@ def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
         else:
             link.unlink()
     os.symlink(os.path.relpath(target, release), link)
-    return key, reused
+    return key, why
+
+
+# --- requirements that resolve to what a kept venv holds -----------------------
+
+PACKAGES = "shipyard-packages.json"  # in a venv: what it holds, written before it is renamed in
+PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed(venv: Path) -> list[str] | None:
+    """``name==version`` of every distribution in the venv, sorted; None when one came from a
+    path or a URL (its version does not name its content)."""
+    found = []
+    for site in venv.glob("lib/python*/site-packages"):
+        with os.scandir(site) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".dist-info"):
+                    continue
+                if os.path.exists(os.path.join(entry.path, "direct_url.json")):
+                    return None
+                name, _, version = entry.name[: -len(".dist-info")].rpartition("-")
+                found.append(f"{_canonical(name)}=={version}")
+    return sorted(found)
+
+
+def packages_record(the_plan: Plan, release: Path, packages: list[str]) -> dict:
+    """Everything a venv's key is made of but the requirements' bytes, and what they gave."""
+    return {
+        "python": the_plan.python,
+        "installer": the_plan.installer,
+        "sources": sources(the_plan, release),
+        "packages": packages,
+    }
+
+
+def sources(the_plan: Plan, release: Path) -> list[str]:
+    """Where the packages come from, as the app says it: the requirements files' options
+    (``--index-url``, ``--find-links``, ``--pre``…) and uv's settings in the release. One
+    name and version from two indexes may be two packages."""
+    found = []
+    for path in the_plan.inputs:
+        if path.suffix == ".txt":
+            for line in path.read_text(errors="replace").splitlines():
+                if line.strip().startswith("-") and not INCLUDE.match(line):
+                    found.append(" ".join(line.split()))
+    if (release / "uv.toml").is_file():
+        found.append("uv.toml " + (release / "uv.toml").read_text(errors="replace"))
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        tool = tomllib.loads((release / "pyproject.toml").read_text()).get("tool", {})
+        if isinstance(tool, dict) and "uv" in tool:
+            found.append("tool.uv " + json.dumps(tool["uv"], sort_keys=True, default=str))
+    return found
+
+
+def resolved(the_plan: Plan, release: Path, env: dict[str, str]) -> list[str] | None:
+    """What the requirements resolve to now (``uv pip compile``: the resolution the install
+    would make, without installing), as ``installed`` names it; None when that does not say
+    what a venv would hold: not uv's ``pip install``, hashes to check, a path or URL, an error."""
+    req = the_plan.requirements
+    if the_plan.installer != "uv" or req.name == "uv.lock":
+        return None
+    texts = [path.read_bytes() for path in the_plan.inputs]
+    if any(b"--hash" in text or b"--require-hashes" in text for text in texts):
+        return None  # installing checks each file; reusing would not
+    cmd = [uv_bin(), "pip", "compile", "--quiet", "--no-header", "--no-annotate"]
+    cmd += ["--python", the_plan.interpreter, str(req)]
+    try:
+        result = subprocess.run(cmd, cwd=release, env=env, capture_output=True, text=True)
+    except OSError:
+        return None
+    if result.returncode:
+        return None  # the install says why
+    pins = []
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = PIN.fullmatch(line)
+        if not match:
+            return None
+        pins.append(f"{_canonical(match.group(1))}=={match.group(2)}")
+    return sorted(pins)
+
+
+def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | None:
+    """(key, why) of a kept venv built for the same Python and installer that holds exactly
+    what the requirements resolve to now (the live release's first); None if there is none."""
+    if not app.venvs.is_dir():
+        return None
+    candidates = sorted(
+        p for p in app.venvs.iterdir() if not p.name.startswith(".") and not p.is_symlink()
+    )
+    live_id = app.live_release()
+    live = (app.release_dir(live_id) / ".venv").resolve() if live_id else None
+    candidates.sort(key=lambda p: p != live)
+    records = {}
+    for path in candidates:
+        with contextlib.suppress(OSError, ValueError):
+            records[path.name] = json.loads((path / PACKAGES).read_text())
+    if not records:
+        return None
+    pins = resolved(the_plan, release, build_env(the_plan))
+    if pins is None:
+        return None
+    wanted = packages_record(the_plan, release, pins)
+    for key, record in records.items():
+        if record == wanted:
+            plural = "s" if len(pins) != 1 else ""
+            return key, f"requirements changed, resolved to the same {len(pins)} package{plural}"
+    return None
+
+
+def build_env(the_plan: Plan) -> dict[str, str]:
+    """The installer's environment: the host's pip settings for uv, never a Python download."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+    if the_plan.installer == "uv":
+        env.update(uv_environment(env))
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    return env
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
@@ -312,10 +452,7 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    if the_plan.installer == "uv":
-        env.update(uv_environment(env))
-    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    env = build_env(the_plan)
     interpreter = the_plan.interpreter
     # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
     reuse = bytecode_from is not None and interpreter == sys.executable
@@ -336,6 +473,12 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
                 _run(install, release, env, "installing requirements")
             if reuse:
                 compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
+            if req.name != "uv.lock":
+                packages = installed(tmp)
+                if packages is not None:  # best effort: without it, no other key reuses it
+                    record = json.dumps(packages_record(the_plan, release, packages), indent=1)
+                    with contextlib.suppress(OSError):
+                        (tmp / PACKAGES).write_text(record + "\n")
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)
@@ -492,8 +635,9 @@ def _rewrite_shebangs(tmp: Path, target: Path) -> None:
 
 
 def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> list[str]:
-    """Remove venvs that no kept release links to (and stray half-built ones); with ``trash``,
-    rename them aside into it for ``release.empty`` to delete later."""
+    """Remove venvs that no kept release links to (and stray half-built ones, and the other
+    keys' links to a removed one); with ``trash``, rename them aside into it for
+    ``release.empty`` to delete later."""
     removed = []
     if not app.venvs.is_dir():
         return removed
@@ -501,6 +645,10 @@ def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> lis
         if path.name.startswith(".tmp-"):
             if not owner_alive(path.name):
                 shutil.rmtree(path, ignore_errors=True)
+            continue
+        if path.is_symlink():  # another key's way to a venv (see ensure)
+            if os.readlink(path) not in keep_keys:
+                path.unlink()
             continue
         if path.name not in keep_keys:
             set_aside(path, app.venvs / f".tmp-trash-{path.name}-{os.getpid()}", trash)

@@ -3,6 +3,7 @@ requirements resolve to the packages a kept venv already holds) the venv itself.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -90,3 +91,135 @@ def test_nothing_left_world_writable(tmp_path: Path, monkeypatch, with_find: boo
         "bin": 0o755,
         "bin/tool": 0o775,
     }
+
+
+# --- requirements that resolve to what a kept venv holds ---------------------------
+
+
+def dist(venv_dir: Path, name: str, version: str, url: bool = False) -> None:
+    info = venv_dir / "lib" / "python3.11" / "site-packages" / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Name: {name}\nVersion: {version}\n")
+    if url:
+        (info / "direct_url.json").write_text('{"url": "file:///src/pkg"}')
+
+
+def test_what_a_venv_holds_is_named_by_name_and_version(tmp_path: Path):
+    dist(tmp_path, "Django", "5.2.17")
+    dist(tmp_path, "typing_extensions", "4.16.0")
+    dist(tmp_path, "zope.interface", "7.0")
+    (tmp_path / "lib" / "python3.11" / "site-packages" / "django").mkdir()
+    assert venv.installed(tmp_path) == [
+        "django==5.2.17",
+        "typing-extensions==4.16.0",
+        "zope-interface==7.0",
+    ]
+    dist(tmp_path, "mylib", "0.1", url=True)  # from a path: its version does not name it
+    assert venv.installed(tmp_path) is None
+
+
+def fake_uv(tmp_path: Path, monkeypatch, output: str, status: int = 0) -> Path:
+    """A `uv` that answers `pip compile` with ``output`` and logs its arguments."""
+    script = tmp_path / "uv"
+    (tmp_path / "answer").write_text(output)
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncat {tmp_path}/answer\nexit {status}\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setattr(venv, "uv_bin", lambda: str(script))
+    return tmp_path / "calls"
+
+
+def a_plan(release: Path, text: str, python: str = "cpython-3.11.7", name: str = "r.txt"):
+    release.mkdir(parents=True, exist_ok=True)
+    req = release / name
+    req.write_text(text)
+    return venv.Plan(req, "uv", python, (req,))
+
+
+def test_requirements_resolved_without_installing(tmp_path: Path, monkeypatch):
+    release = tmp_path / "release"
+    plan = a_plan(release, "Django>=5.1\n")
+    compiled = "Django==5.2.17\n    # via -r r.txt\nsqlparse==0.6.0\n"
+    calls = fake_uv(tmp_path, monkeypatch, compiled)
+    assert venv.resolved(plan, release, {}) == ["django==5.2.17", "sqlparse==0.6.0"]
+    assert calls.read_text().startswith("pip compile ")
+    # what does not name a venv's content by names and versions: no answer
+    fake_uv(tmp_path, monkeypatch, "django==5.2.17\nmylib @ file:///src/mylib\n")
+    assert venv.resolved(plan, release, {}) is None
+    fake_uv(tmp_path, monkeypatch, "-e file:///src/mylib\n")
+    assert venv.resolved(plan, release, {}) is None
+    fake_uv(tmp_path, monkeypatch, "", status=1)
+    assert venv.resolved(plan, release, {}) is None
+    fake_uv(tmp_path, monkeypatch, compiled)
+    hashed = a_plan(release, "django==5.2.17 --hash=sha256:00\n")  # checked files only
+    assert venv.resolved(hashed, release, {}) is None
+    assert venv.resolved(venv.Plan(release / "uv.lock", "uv", "cpython", ()), release, {}) is None
+    assert venv.resolved(venv.Plan(plan.requirements, "pip", "cpython", ()), release, {}) is None
+
+
+def test_requirements_resolving_to_a_kept_venv_link_to_it(tmp_path: Path, monkeypatch):
+    from shipyard.app import App
+
+    app = App(tmp_path / "apps", "blog")
+    app.venvs.mkdir(parents=True)
+    holds = {"django>=5.1\n": ["django==5.2.17"], "django>=5.1\nsix\n": ["django==5.2.17"]}
+    built: list[str] = []
+
+    def build(target: Path, release: Path, plan, bytecode_from=None) -> None:
+        built.append(target.name)
+        packages = holds[plan.requirements.read_text()]
+        for line in packages:
+            dist(target, *line.split("=="))
+        (target / venv.PACKAGES).write_text(
+            json.dumps(venv.packages_record(plan, release, packages))
+        )
+
+    resolutions: list[str] = []
+
+    def resolved(plan, release, env):
+        resolutions.append(plan.requirements.read_text())
+        return holds[plan.requirements.read_text()]
+
+    monkeypatch.setattr(venv, "build", build)
+    monkeypatch.setattr(venv, "resolved", resolved)
+    first = a_plan(tmp_path / "r1", "django>=5.1\n")
+    key, why = venv.ensure(app, tmp_path / "r1", first)
+    assert (key, why, built) == (first.key, None, [first.key])
+    assert resolutions == []  # no venv recorded what it holds yet: nothing resolved
+
+    second = a_plan(tmp_path / "r2", "django>=5.1\nsix\n")
+    key, why = venv.ensure(app, tmp_path / "r2", second)
+    assert key == first.key and why == "requirements changed, resolved to the same 1 package"
+    assert built == [first.key] and len(resolutions) == 1
+    assert (tmp_path / "r2" / ".venv").resolve() == app.venvs / first.key
+    assert os.readlink(app.venvs / second.key) == first.key
+
+    again = a_plan(tmp_path / "r3", "django>=5.1\nsix\n")  # the same requirements again
+    assert venv.ensure(app, tmp_path / "r3", again) == (first.key, "requirements unchanged")
+    assert len(resolutions) == 1  # known: nothing resolved
+
+    other_python = a_plan(tmp_path / "r4", "django>=5.1\nsix\n", python="cpython-3.12.1")
+    key, why = venv.ensure(app, tmp_path / "r4", other_python)
+    assert why is None and key == other_python.key and built[-1] == other_python.key
+
+    private = "--index-url https://pypi.example/simple\ndjango>=5.1\n"
+    holds[private] = ["django==5.2.17"]  # the same name and version from another index
+    key, why = venv.ensure(app, tmp_path / "r7", a_plan(tmp_path / "r7", private))
+    assert why is None and built[-1] == key
+
+    holds["django>=5.1\nsix>=1.16\n"] = ["django==5.2.17", "six==1.17.0"]
+    third = a_plan(tmp_path / "r5", "django>=5.1\nsix>=1.16\n")  # other packages: built
+    key, why = venv.ensure(app, tmp_path / "r5", third)
+    assert why is None and key == third.key and built[-1] == third.key
+
+    venv.prune(app, {first.key, third.key})
+    assert os.readlink(app.venvs / second.key) == first.key  # its venv is kept: so is the link
+    venv.prune(app, {third.key})
+    assert sorted(p.name for p in app.venvs.iterdir()) == [third.key]
+
+    # a link left to a venv that is gone is no venv: these requirements are built again
+    os.symlink(first.key, app.venvs / second.key)
+    key, why = venv.ensure(app, tmp_path / "r6", a_plan(tmp_path / "r6", "django>=5.1\nsix\n"))
+    assert why is None and key == second.key and built[-1] == second.key
+    assert not (app.venvs / second.key).is_symlink()
