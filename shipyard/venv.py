@@ -587,15 +587,20 @@ COMPILE_ONE_BY_ONE = 300  # up to this many files, one process; more: compileall
 
 def compile_bytecode(python: str, venv: Path, env: dict[str, str], files: list[str]) -> None:
     """Compile ``files`` (if many: everything without valid bytecode). Best effort, as an
-    installer does it: a file that does not compile fails at import, not here."""
+    installer does it: a file that does not compile fails at import, not here.
+
+    The venv runs shipyard's own interpreter (``build`` links bytecode only then), so a few
+    files are compiled here, in this process: the same bytecode, without a Python start."""
     if not files:
         return
-    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if len(files) <= COMPILE_ONE_BY_ONE:
-        listed = "\n".join(files) + "\n"
-        compile_list = [python, "-m", "compileall", "-q", "-i", "-"]
-        subprocess.run(compile_list, input=listed.encode(), **quiet)
+        import py_compile
+
+        for path in files:
+            with contextlib.suppress(Exception):  # e.g. a file only another Python reads
+                py_compile.compile(path, doraise=True)
         return
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     for site in venv.glob("lib/python*/site-packages"):
         subprocess.run(
             [python, "-m", "compileall", "-q", "-j", "0", str(site)],

@@ -223,3 +223,12 @@ def test_requirements_resolving_to_a_kept_venv_link_to_it(tmp_path: Path, monkey
     key, why = venv.ensure(app, tmp_path / "r6", a_plan(tmp_path / "r6", "django>=5.1\nsix\n"))
     assert why is None and key == second.key and built[-1] == second.key
     assert not (app.venvs / second.key).is_symlink()
+
+
+def test_a_few_files_compiled_in_process_a_broken_one_left(tmp_path: Path):
+    good, broken = tmp_path / "good.py", tmp_path / "broken.py"
+    good.write_text("ANSWER = 42\n")
+    broken.write_text("print 'only Python 2'\n")
+    venv.compile_bytecode("/no/such/python", tmp_path, {}, [str(broken), str(good)])
+    assert (tmp_path / "__pycache__" / f"good.{TAG}.pyc").is_file()
+    assert not (tmp_path / "__pycache__" / f"broken.{TAG}.pyc").exists()
