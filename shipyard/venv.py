@@ -6,7 +6,8 @@ under its key is always whole. uv builds it (relocatable, from uv's shared
 cache); pip is the fallback installer.
 
 Changed requirements that resolve to exactly the packages a kept venv holds (a
-dependency named explicitly, a bound moved, a comment) link to that venv instead:
+dependency named explicitly, a bound moved, a comment; a ``uv.lock`` whose only change
+is the app's own version) link to that venv instead:
 ``venvs/<new key>`` becomes a symlink to it. Everything keyed on the venv (build
 steps, the data probe, migrate's fast path) then sees the same venv and is reused.
 """
@@ -365,10 +366,13 @@ def sources(the_plan: Plan, release: Path) -> list[str]:
 def resolved(the_plan: Plan, release: Path, env: dict[str, str]) -> list[str] | None:
     """What the requirements resolve to now (``uv pip compile``: the resolution the install
     would make, without installing), as ``installed`` names it; None when that does not say
-    what a venv would hold: not uv's ``pip install``, hashes to check, a path or URL, an error."""
+    what a venv would hold: not uv, hashes to check, a path or URL, an error. From a lock:
+    ``locked``, nothing resolved."""
     req = the_plan.requirements
-    if the_plan.installer != "uv" or req.name == "uv.lock":
+    if the_plan.installer != "uv":
         return None
+    if req.name == "uv.lock":
+        return locked(req)
     texts = [path.read_bytes() for path in the_plan.inputs]
     if any(b"--hash" in text or b"--require-hashes" in text for text in texts):
         return None  # installing checks each file; reusing would not
@@ -390,6 +394,31 @@ def resolved(the_plan: Plan, release: Path, env: dict[str, str]) -> list[str] | 
             return None
         pins.append(f"{_canonical(match.group(1))}=={match.group(2)}")
     return sorted(pins)
+
+
+def locked(lock: Path) -> list[str] | None:
+    """What ``uv sync --frozen`` installs from a lock, as one line: the lock without what names
+    the app itself (its version and the requirements it declares, e.g. a version bump); None
+    when a package comes from a path, a URL or a git checkout (its version does not name it).
+    The packages' hashes are part of it: what is reused was checked against the same ones."""
+    try:
+        data = tomllib.loads(lock.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    packages = []
+    for package in data.get("package", []):
+        source = package.get("source", {}) if isinstance(package, dict) else None
+        if not isinstance(source, dict):
+            return None
+        if source.get("editable") == "." or source.get("virtual") == ".":
+            package = {k: v for k, v in package.items() if k not in ("version", "metadata")}
+        elif "registry" not in source:
+            return None
+        packages.append(json.dumps(package, sort_keys=True, default=str))
+    rest = {k: v for k, v in data.items() if k != "package"}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
+    digest.update("\n".join(sorted(packages)).encode())
+    return [f"uv.lock {digest.hexdigest()}"]
 
 
 def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | None:
@@ -414,6 +443,8 @@ def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | 
         return None
     wanted = packages_record(the_plan, release, pins)
     for key, record in records.items():
+        if record == wanted and the_plan.requirements.name == "uv.lock":
+            return key, "uv.lock changed, not the packages it installs"
         if record == wanted:
             plural = "s" if len(pins) != 1 else ""
             return key, f"requirements changed, resolved to the same {len(pins)} package{plural}"
@@ -473,12 +504,13 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
                 _run(install, release, env, "installing requirements")
             if reuse:
                 compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
-            if req.name != "uv.lock":
-                packages = installed(tmp)
-                if packages is not None:  # best effort: without it, no other key reuses it
-                    record = json.dumps(packages_record(the_plan, release, packages), indent=1)
-                    with contextlib.suppress(OSError):
-                        (tmp / PACKAGES).write_text(record + "\n")
+            packages = installed(tmp)
+            if packages is not None and req.name == "uv.lock":
+                packages = locked(req)
+            if packages is not None:  # best effort: without it, no other key reuses it
+                record = json.dumps(packages_record(the_plan, release, packages), indent=1)
+                with contextlib.suppress(OSError):
+                    (tmp / PACKAGES).write_text(record + "\n")
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)

@@ -232,3 +232,75 @@ def test_a_few_files_compiled_in_process_a_broken_one_left(tmp_path: Path):
     venv.compile_bytecode("/no/such/python", tmp_path, {}, [str(broken), str(good)])
     assert (tmp_path / "__pycache__" / f"good.{TAG}.pyc").is_file()
     assert not (tmp_path / "__pycache__" / f"broken.{TAG}.pyc").exists()
+
+
+LOCK = """version = 1
+revision = 5
+requires-python = ">=3.11"
+
+[[package]]
+name = "mysite"
+version = "1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "six" },
+]
+
+[package.metadata]
+requires-dist = [{ name = "six", specifier = ">=1.16" }]
+
+[[package]]
+name = "six"
+version = "1.17.0"
+source = { registry = "https://pypi.org/simple" }
+wheels = [
+    { url = "https://files.example/six-1.17.0-py2.py3-none-any.whl", hash = "sha256:4721f3" },
+]
+"""
+
+
+def test_a_lock_names_what_it_installs_not_the_apps_own_version(tmp_path: Path):
+    lock = tmp_path / "uv.lock"
+    lock.write_text(LOCK)
+    first = venv.locked(lock)
+    assert first is not None and len(first) == 1
+    bumped = LOCK.replace('version = "1.0"', 'version = "1.1"').replace(">=1.16", ">=1.17")
+    lock.write_text(bumped)  # the app's version and its declared bound: the same packages
+    assert venv.locked(lock) == first
+    lock.write_text(LOCK.replace("sha256:4721f3", "sha256:000000"))  # another file
+    assert venv.locked(lock) != first
+    lock.write_text(
+        LOCK.replace('{ name = "six" },', '{ name = "six", marker = "python_version < \'3\'" },')
+    )
+    assert venv.locked(lock) != first  # installed or not: the app's dependencies count
+    lock.write_text(
+        LOCK.replace('{ registry = "https://pypi.org/simple" }', '{ git = "https://g/six" }')
+    )
+    assert venv.locked(lock) is None
+    lock.write_text("not = [toml")
+    assert venv.locked(lock) is None
+    plan = venv.Plan(lock, "uv", "cpython", (lock,))
+    lock.write_text(LOCK)
+    assert venv.resolved(plan, tmp_path, {}) == first  # nothing to resolve: no uv call
+
+
+def test_a_version_bump_in_the_lock_reuses_the_venv(tmp_path: Path, monkeypatch):
+    from shipyard.app import App
+
+    app = App(tmp_path / "apps", "blog")
+    app.venvs.mkdir(parents=True)
+
+    def build(target: Path, release: Path, plan, bytecode_from=None) -> None:
+        dist(target, "six", "1.17.0")
+        record = venv.packages_record(plan, release, venv.locked(plan.requirements))
+        (target / venv.PACKAGES).write_text(json.dumps(record))
+
+    monkeypatch.setattr(venv, "build", build)
+    first = a_plan(tmp_path / "r1", LOCK, name="uv.lock")
+    assert venv.ensure(app, tmp_path / "r1", first) == (first.key, None)
+    bumped = a_plan(tmp_path / "r2", LOCK.replace('"1.0"', '"1.1"'), name="uv.lock")
+    assert bumped.key != first.key
+    assert venv.ensure(app, tmp_path / "r2", bumped) == (
+        first.key,
+        "uv.lock changed, not the packages it installs",
+    )
