@@ -433,11 +433,14 @@ def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | 
     live = (app.release_dir(live_id) / ".venv").resolve() if live_id else None
     candidates.sort(key=lambda p: p != live)
     records = {}
+    mine = packages_record(the_plan, release, [])
     for path in candidates:
-        with contextlib.suppress(OSError, ValueError):
-            records[path.name] = json.loads((path / PACKAGES).read_text())
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            record = json.loads((path / PACKAGES).read_text())
+            if {**record, "packages": []} == mine and may_hold(the_plan, record["packages"]):
+                records[path.name] = record
     if not records:
-        return None
+        return None  # nothing to compare with: nothing resolved (a new package, an upgrade)
     pins = resolved(the_plan, release, build_env(the_plan))
     if pins is None:
         return None
@@ -449,6 +452,38 @@ def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | 
             plural = "s" if len(pins) != 1 else ""
             return key, f"requirements changed, resolved to the same {len(pins)} package{plural}"
     return None
+
+
+def may_hold(the_plan: Plan, packages: list[str]) -> bool:
+    """False when a requirement as written (a plain ``name[extras] specifier`` line) names a
+    package that ``packages`` lacks, or a version it does not hold: then no resolution can
+    give ``packages``, and none is asked for. Anything else (options, URLs, markers): True."""
+    if the_plan.requirements.name == "uv.lock":
+        return True
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    held = dict(p.split("==", 1) for p in packages if "==" in p)
+    for path in the_plan.inputs:
+        if path.suffix != ".txt":
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if not line or line.startswith(("#", "-")) or line.endswith("\\"):
+                continue
+            try:
+                wanted = Requirement(line)
+            except InvalidRequirement:
+                continue
+            if wanted.marker is not None or wanted.url:
+                continue
+            version = held.get(_canonical(wanted.name))
+            if version is None:
+                return False
+            with contextlib.suppress(InvalidVersion):
+                if not wanted.specifier.contains(Version(version), prereleases=True):
+                    return False
+    return True
 
 
 def build_env(the_plan: Plan) -> dict[str, str]:

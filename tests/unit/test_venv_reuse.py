@@ -163,7 +163,8 @@ def test_requirements_resolving_to_a_kept_venv_link_to_it(tmp_path: Path, monkey
 
     app = App(tmp_path / "apps", "blog")
     app.venvs.mkdir(parents=True)
-    holds = {"django>=5.1\n": ["django==5.2.17"], "django>=5.1\nsix\n": ["django==5.2.17"]}
+    both = ["django==5.2.17", "sqlparse==0.6.0"]  # sqlparse: a dependency of Django
+    holds = {"django>=5.1\n": both, "django>=5.1\nsqlparse\n": both}
     built: list[str] = []
 
     def build(target: Path, release: Path, plan, bytecode_from=None) -> None:
@@ -188,30 +189,32 @@ def test_requirements_resolving_to_a_kept_venv_link_to_it(tmp_path: Path, monkey
     assert (key, why, built) == (first.key, None, [first.key])
     assert resolutions == []  # no venv recorded what it holds yet: nothing resolved
 
-    second = a_plan(tmp_path / "r2", "django>=5.1\nsix\n")
+    second = a_plan(tmp_path / "r2", "django>=5.1\nsqlparse\n")
     key, why = venv.ensure(app, tmp_path / "r2", second)
-    assert key == first.key and why == "requirements changed, resolved to the same 1 package"
+    assert key == first.key and why == "requirements changed, resolved to the same 2 packages"
     assert built == [first.key] and len(resolutions) == 1
     assert (tmp_path / "r2" / ".venv").resolve() == app.venvs / first.key
     assert os.readlink(app.venvs / second.key) == first.key
 
-    again = a_plan(tmp_path / "r3", "django>=5.1\nsix\n")  # the same requirements again
+    again = a_plan(tmp_path / "r3", "django>=5.1\nsqlparse\n")  # the same requirements again
     assert venv.ensure(app, tmp_path / "r3", again) == (first.key, "requirements unchanged")
     assert len(resolutions) == 1  # known: nothing resolved
 
-    other_python = a_plan(tmp_path / "r4", "django>=5.1\nsix\n", python="cpython-3.12.1")
+    other_python = a_plan(tmp_path / "r4", "django>=5.1\nsqlparse\n", python="cpython-3.12.1")
     key, why = venv.ensure(app, tmp_path / "r4", other_python)
     assert why is None and key == other_python.key and built[-1] == other_python.key
 
     private = "--index-url https://pypi.example/simple\ndjango>=5.1\n"
-    holds[private] = ["django==5.2.17"]  # the same name and version from another index
+    holds[private] = both  # the same names and versions from another index
     key, why = venv.ensure(app, tmp_path / "r7", a_plan(tmp_path / "r7", private))
     assert why is None and built[-1] == key
 
     holds["django>=5.1\nsix>=1.16\n"] = ["django==5.2.17", "six==1.17.0"]
     third = a_plan(tmp_path / "r5", "django>=5.1\nsix>=1.16\n")  # other packages: built
+    asked = len(resolutions)
     key, why = venv.ensure(app, tmp_path / "r5", third)
     assert why is None and key == third.key and built[-1] == third.key
+    assert len(resolutions) == asked  # no kept venv holds six: nothing resolved
 
     venv.prune(app, {first.key, third.key})
     assert os.readlink(app.venvs / second.key) == first.key  # its venv is kept: so is the link
@@ -220,7 +223,7 @@ def test_requirements_resolving_to_a_kept_venv_link_to_it(tmp_path: Path, monkey
 
     # a link left to a venv that is gone is no venv: these requirements are built again
     os.symlink(first.key, app.venvs / second.key)
-    key, why = venv.ensure(app, tmp_path / "r6", a_plan(tmp_path / "r6", "django>=5.1\nsix\n"))
+    key, why = venv.ensure(app, tmp_path / "r6", a_plan(tmp_path / "r6", "django>=5.1\nsqlparse\n"))
     assert why is None and key == second.key and built[-1] == second.key
     assert not (app.venvs / second.key).is_symlink()
 
@@ -304,3 +307,21 @@ def test_a_version_bump_in_the_lock_reuses_the_venv(tmp_path: Path, monkeypatch)
         first.key,
         "uv.lock changed, not the packages it installs",
     )
+
+
+def test_a_resolution_is_asked_for_only_when_a_kept_venv_may_hold_its_answer(tmp_path: Path):
+    held = ["django==5.2.17", "sqlparse==0.6.0", "six==1.17.0"]
+
+    def may(text: str) -> bool:
+        return venv.may_hold(a_plan(tmp_path / "r", text), held)
+
+    assert may("Django>=5.1,<5.3\nsqlparse  # explicit\n\n# a comment\n")
+    assert may("six>=1.16\n")
+    assert not may("django>=5.1\npython-dotenv\n")  # a package it does not hold
+    assert not may("django>=5.2.18\n")  # a version it does not hold
+    assert not may("six[extra]>=1.18\n")
+    # what it cannot judge is left to the resolution
+    assert may("--index-url https://pypi.example/simple\ndjango\n")
+    assert may("tzdata; sys_platform == 'win32'\n")
+    assert may("mylib @ https://example.com/mylib.whl\n")
+    assert may("${NAME}>=1\n")
