@@ -454,36 +454,50 @@ def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | 
     return None
 
 
+PLAIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;@]*)")
+CLAUSE = re.compile(r"(==|!=|<=|>=|<|>)\s*(\d+(?:\.\d+)*)")
+
+
 def may_hold(the_plan: Plan, packages: list[str]) -> bool:
     """False when a requirement as written (a plain ``name[extras] specifier`` line) names a
     package that ``packages`` lacks, or a version it does not hold: then no resolution can
-    give ``packages``, and none is asked for. Anything else (options, URLs, markers): True."""
+    give ``packages``, and none is asked for. What it cannot judge (options, URLs, markers,
+    ``~=``, wildcards, pre-releases) is left to the resolution: True."""
     if the_plan.requirements.name == "uv.lock":
         return True
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.version import InvalidVersion, Version
-
     held = dict(p.split("==", 1) for p in packages if "==" in p)
     for path in the_plan.inputs:
         if path.suffix != ".txt":
             continue
         for line in path.read_text(errors="replace").splitlines():
             line = line.split(" #", 1)[0].strip()
-            if not line or line.startswith(("#", "-")) or line.endswith("\\"):
+            plain = PLAIN.fullmatch(line)
+            if not plain or line.startswith("#"):
                 continue
-            try:
-                wanted = Requirement(line)
-            except InvalidRequirement:
-                continue
-            if wanted.marker is not None or wanted.url:
-                continue
-            version = held.get(_canonical(wanted.name))
+            version = held.get(_canonical(plain.group(1)))
             if version is None:
                 return False
-            with contextlib.suppress(InvalidVersion):
-                if not wanted.specifier.contains(Version(version), prereleases=True):
+            for clause in filter(None, (c.strip() for c in plain.group(3).split(","))):
+                match = CLAUSE.fullmatch(clause)
+                judged = match and re.fullmatch(r"\d+(\.\d+)*", version)
+                if judged and not _holds(version, match.group(1), match.group(2)):
                     return False
     return True
+
+
+def _holds(version: str, op: str, bound: str) -> bool:
+    """``version op bound`` for release numbers (1.2 == 1.2.0)."""
+    mine, theirs = [int(n) for n in version.split(".")], [int(n) for n in bound.split(".")]
+    width = max(len(mine), len(theirs))
+    mine, theirs = mine + [0] * (width - len(mine)), theirs + [0] * (width - len(theirs))
+    return {
+        "==": mine == theirs,
+        "!=": mine != theirs,
+        "<=": mine <= theirs,
+        ">=": mine >= theirs,
+        "<": mine < theirs,
+        ">": mine > theirs,
+    }[op]
 
 
 def build_env(the_plan: Plan) -> dict[str, str]:

@@ -309,7 +309,11 @@ def test_a_version_bump_in_the_lock_reuses_the_venv(tmp_path: Path, monkeypatch)
     )
 
 
-def test_a_resolution_is_asked_for_only_when_a_kept_venv_may_hold_its_answer(tmp_path: Path):
+def test_a_resolution_is_asked_for_only_when_a_kept_venv_may_hold_its_answer(
+    tmp_path: Path, monkeypatch
+):
+    for name in ("packaging", "packaging.requirements", "packaging.version"):
+        monkeypatch.setitem(sys.modules, name, None)  # not among shipyard's dependencies
     held = ["django==5.2.17", "sqlparse==0.6.0", "six==1.17.0"]
 
     def may(text: str) -> bool:
@@ -325,3 +329,6 @@ def test_a_resolution_is_asked_for_only_when_a_kept_venv_may_hold_its_answer(tmp
     assert may("tzdata; sys_platform == 'win32'\n")
     assert may("mylib @ https://example.com/mylib.whl\n")
     assert may("${NAME}>=1\n")
+    assert may("six~=1.20\nsix==1.*\n")
+    assert not may("six!=1.17\n") and not may("six<1.17\n") and may("six==1.17.0\n")
+    assert may("six>=1.17,<2\n") and not may("six>1.17\n")
