@@ -327,6 +327,36 @@ def test_build_outputs_reused_while_inputs_unchanged(host: Host, work: Work):
     assert "sans-serif" in (first / css).read_text()  # the old release is untouched
 
 
+def test_requirements_resolving_to_the_same_packages_reuse_the_venv(host: Host, work: Work):
+    work.push()
+    first = host.live()
+    venv = (first / ".venv").resolve()
+    css = "static/polls/style.css"
+    reqs = (work.path / "requirements.txt").read_text()
+    work.commit("explicit", **{"requirements.txt": reqs + "sqlparse>=0.4\n"})  # Django's own
+    same = work.push()
+    line = same.out.split("✓ venv")[1].splitlines()[0]
+    assert "reused" in line and "requirements changed, resolved to the same" in line, line
+    assert (host.live() / ".venv").resolve() == venv
+    assert "0 ran, 1 reused (inputs unchanged)" in same.out
+    assert (host.live() / css).stat().st_ino == (first / css).stat().st_ino
+    assert manifest(host)["venv"] == venv.name
+
+    work.commit("added", **{"requirements.txt": reqs + "sqlparse>=0.4\npython-dotenv>=1.0\n"})
+    added = work.push()  # another package: a venv of its own, and the build runs with it
+    assert "built" in added.out.split("✓ venv")[1].splitlines()[0]
+    grown = (host.live() / ".venv").resolve()
+    assert grown != venv and manifest(host)["venv"] == grown.name
+    assert "1 ran" in added.out.split("✓ build")[1].splitlines()[0]
+    run(host.live() / ".venv" / "bin" / "python", "-c", "import dotenv, django")
+    assert run(venv / "bin" / "python", "-c", "import dotenv", check=False).returncode != 0
+
+    work.commit("code", **{"mysite/version.py": 'GREETING = "code only"\n'})
+    code_only = work.push()
+    assert "requirements unchanged" in code_only.out
+    assert (host.live() / ".venv").resolve() == grown
+
+
 def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):
     work.write("shipyard.toml", 'build = ["sleep 3"]\n')
     work.commit("slow build")
