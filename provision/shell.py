@@ -10,9 +10,12 @@ parses that request strictly (shlex, no shell), allows only
   with plain arguments (besides ``config set``'s values and ``run``'s command);
 * a terminal (``ssh -t``) for ``shipyard run`` only;
 
-and execs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
-pushed it. Anything else gets one line on stderr, a non-zero exit and a line
-in ``~/.shipyard/ssh.log``.
+and runs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
+pushed it: git by exec, a ``shipyard`` command in this same process when the
+CLI hands ``main`` its dispatcher (a second interpreter and CLI import would be
+most of a quick command's time), with the environment it would have been exec'd
+with. Anything else gets one line on stderr, a non-zero exit and a line in
+``~/.shipyard/ssh.log``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +58,7 @@ OPERATOR_COMMANDS += ("domains", "maintenance", "tls")  # the front door (shipya
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
 REFUSED_EXIT = 126
+SHIPYARD_ARGV = [sys.executable, "-m", "shipyard"]  # how an allowed shipyard command is exec'd
 ALLOWED = (
     "git push/fetch of ~/apps/APP/repo.git and `shipyard " + "|".join(OPERATOR_COMMANDS) + " APP …`"
 )
@@ -192,8 +197,12 @@ def record(home: Path, name: str, command: str | None, verdict: str) -> None:
         pass
 
 
-def main(name: str, root: Path | None = None) -> int:
-    """Entry point: ``shipyard ssh-command NAME`` (the forced command)."""
+def main(name: str, root: Path | None = None, run: Callable[[list[str]], int] | None = None) -> int:
+    """Entry point: ``shipyard ssh-command NAME`` (the forced command).
+
+    ``run``: the CLI's dispatcher (``cli.run``); an allowed ``shipyard`` command runs
+    through it here, else in a second interpreter.
+    """
     home = Path(os.environ.get("HOME") or Path.home())
     root = (root or default_root()).absolute()
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
@@ -202,7 +211,7 @@ def main(name: str, root: Path | None = None) -> int:
         return REFUSED_EXIT
     try:
         tty = bool(os.environ.get("SSH_TTY"))
-        decision = decide(command, home, root, [sys.executable, "-m", "shipyard"], tty=tty)
+        decision = decide(command, home, root, SHIPYARD_ARGV, tty=tty)
     except NotAllowed as exc:
         record(home, name, command, f"refused ({exc})")
         print(f"shipyard: refused: {exc}; this key may only run {ALLOWED}", file=sys.stderr)
@@ -214,5 +223,9 @@ def main(name: str, root: Path | None = None) -> int:
     env["SHIPYARD_PUSHER"] = name
     sys.stdout.flush()
     sys.stderr.flush()
+    if run is not None and decision.argv[: len(SHIPYARD_ARGV)] == SHIPYARD_ARGV:
+        os.environ.clear()  # exactly what the exec would have passed (putenv follows)
+        os.environ.update(env)
+        return run(decision.argv[len(SHIPYARD_ARGV) :])
     os.execve(decision.argv[0], decision.argv, env)
     return 0  # not reached

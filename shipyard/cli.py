@@ -309,7 +309,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def cmd_ssh_command(args: argparse.Namespace) -> int:
     from .provision.shell import main
 
-    return main(args.name, args.root)
+    return main(args.name, args.root, run=run)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -594,19 +594,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .guard import safe_umask
-
-    safe_umask()
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run its command; its exit status. The forced SSH command runs the
+    command it allows through here, in its own process."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.root is None and os.environ.get("SHIPYARD_ROOT"):
         args.root = Path(os.environ["SHIPYARD_ROOT"])
     try:
-        code = args.func(args)
+        return args.func(args)
     except ShipyardError as exc:
         print(f"shipyard: error: {exc}", file=sys.stderr)
-        code = 1
+        return 1
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .guard import safe_umask
+
+    safe_umask()
+    sys.exit(run(argv))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from conftest import run
 
 from shipyard import repo
 from shipyard.app import App
+from shipyard.errors import ShipyardError
 from shipyard.provision.shell import NotAllowed, decide, main
 
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -226,3 +228,60 @@ def test_tls_files_are_not_given_over_ssh(home: Path):
         decide(
             "shipyard tls mysite --certificate /etc/shadow --key /k", home, home / "apps", SHIPYARD
         )
+
+
+def test_an_allowed_shipyard_command_runs_in_the_forced_commands_process(home: Path, monkeypatch):
+    """No second interpreter: the command runs in `shipyard ssh-command`'s own process, with
+    the environment the exec would have had (no GIT_*/SHIPYARD_* of the client's, the pusher)
+    and the deploy root; its exit status is the session's."""
+    from shipyard import cli
+
+    environ = {
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "SSH_ORIGINAL_COMMAND": "shipyard rollback mysite",
+        "SHIPYARD_NOTIFY": "http://elsewhere/",
+        "SHIPYARD_PUSHER": "mallory",
+        "GIT_DIR": "/tmp/other.git",
+        "GIT_PROTOCOL": "version=2",
+    }
+    monkeypatch.setattr(os, "environ", environ)  # a copy the forced command may rewrite
+
+    def no_exec(*args):
+        raise AssertionError(f"exec'd {args[1]}")
+
+    seen = {}
+
+    def rollback(args):
+        seen.update(env=dict(os.environ), root=args.root, app=args.app, release=args.release)
+        return 3
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(cli, "cmd_rollback", rollback)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["ssh-command", "alice"])
+    assert exit.value.code == 3
+    assert seen == {
+        "env": {
+            "HOME": str(home),
+            "PATH": "/usr/bin:/bin",
+            "SSH_ORIGINAL_COMMAND": "shipyard rollback mysite",
+            "GIT_PROTOCOL": "version=2",
+            "SHIPYARD_PUSHER": "alice",
+        },
+        "root": home / "apps",
+        "app": "mysite",
+        "release": None,
+    }
+    assert (
+        "key=alice from=- allowed: 'shipyard rollback mysite'"
+        in (home / ".shipyard" / "ssh.log").read_text()
+    )
+
+    def failing(args):
+        raise ShipyardError("nothing to roll back to")
+
+    monkeypatch.setattr(cli, "cmd_rollback", failing)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["ssh-command", "alice"])
+    assert exit.value.code == 1
