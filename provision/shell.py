@@ -72,6 +72,7 @@ class NotAllowed(Exception):
 class Decision:
     argv: list[str]
     what: str  # for the log: the app or command it was about
+    verb: str | None = None  # a shipyard command's (status, rollback, …)
 
 
 def log_path(home: Path) -> Path:
@@ -159,7 +160,7 @@ def decide(
             raise NotAllowed(f"{given} is not allowed over SSH")
         check_operator_args(args)
         return Decision(
-            [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2])
+            [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2]), args[0]
         )
     raise NotAllowed(f"{head!r} is not allowed")
 
@@ -197,11 +198,13 @@ def record(home: Path, name: str, command: str | None, verdict: str) -> None:
         pass
 
 
-def main(name: str, root: Path | None = None, run: Callable[[list[str]], int] | None = None) -> int:
+def main(
+    name: str, root: Path | None = None, run: Callable[[list[str], str], int] | None = None
+) -> int:
     """Entry point: ``shipyard ssh-command NAME`` (the forced command).
 
-    ``run``: the CLI's dispatcher (``cli.run``); an allowed ``shipyard`` command runs
-    through it here, else in a second interpreter.
+    ``run``: the CLI's dispatcher (``cli.run``, given the arguments and the command); an
+    allowed ``shipyard`` command runs through it here, else in a second interpreter.
     """
     home = Path(os.environ.get("HOME") or Path.home())
     root = (root or default_root()).absolute()
@@ -223,9 +226,9 @@ def main(name: str, root: Path | None = None, run: Callable[[list[str]], int] | 
     env["SHIPYARD_PUSHER"] = name
     sys.stdout.flush()
     sys.stderr.flush()
-    if run is not None and decision.argv[: len(SHIPYARD_ARGV)] == SHIPYARD_ARGV:
+    if run is not None and decision.verb:
         os.environ.clear()  # exactly what the exec would have passed (putenv follows)
         os.environ.update(env)
-        return run(decision.argv[len(SHIPYARD_ARGV) :])
+        return run(decision.argv[len(SHIPYARD_ARGV) :], decision.verb)
     os.execve(decision.argv[0], decision.argv, env)
     return 0  # not reached

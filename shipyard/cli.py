@@ -342,13 +342,35 @@ def cmd_proxy_reload(args) -> int:
     return proxy.reload_command(args.sites, args.prefix, args.conf, args.home, args.checked)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Ignored:
+    """A command's parser that is not built: every call on it does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self
+
+
+class _OnlyOne:
+    """The sub-parsers with only ``command``'s built (about 1 ms instead of 6 for them all)."""
+
+    def __init__(self, sub: argparse._SubParsersAction, command: str) -> None:
+        self.sub, self.command = sub, command
+
+    def add_parser(self, name: str, **kwargs):
+        if self.command in (name, *kwargs.get("aliases", ())):
+            return self.sub.add_parser(name, **kwargs)
+        return _Ignored()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; ``only``: with that command's sub-parser alone (it is known)."""
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
     parser.add_argument(
         "--root", type=Path, default=None, help="deploy root (default: $SHIPYARD_ROOT or ~/apps)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if only:
+        sub = _OnlyOne(sub, only)
 
     p = sub.add_parser("init", help="create (or repair) an app: bare repo, hooks, layout")
     p.add_argument("app")
@@ -594,10 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, only: str | None = None) -> int:
     """Parse ``argv`` and run its command; its exit status. The forced SSH command runs the
-    command it allows through here, in its own process."""
-    parser = build_parser()
+    command it allows through here, in its own process (``only``: that command)."""
+    parser = build_parser(only)
     args = parser.parse_args(argv)
     if args.root is None and os.environ.get("SHIPYARD_ROOT"):
         args.root = Path(os.environ["SHIPYARD_ROOT"])
