@@ -234,6 +234,8 @@ def test_an_allowed_shipyard_command_runs_in_the_forced_commands_process(home: P
     """No second interpreter: the command runs in `shipyard ssh-command`'s own process, with
     the environment the exec would have had (no GIT_*/SHIPYARD_* of the client's, the pusher)
     and the deploy root; its exit status is the session's."""
+    import atexit
+
     from shipyard import cli
 
     environ = {
@@ -256,7 +258,12 @@ def test_an_allowed_shipyard_command_runs_in_the_forced_commands_process(home: P
         seen.update(env=dict(os.environ), root=args.root, app=args.app, release=args.release)
         return 3
 
+    def exit_now(code):
+        raise SystemExit(code)  # the process would end here, the interpreter not torn down
+
     monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)  # pytest's own stay registered
     monkeypatch.setattr(cli, "cmd_rollback", rollback)
     with pytest.raises(SystemExit) as exit:
         cli.main(["ssh-command", "alice"])
@@ -285,3 +292,25 @@ def test_an_allowed_shipyard_command_runs_in_the_forced_commands_process(home: P
     with pytest.raises(SystemExit) as exit:
         cli.main(["ssh-command", "alice"])
     assert exit.value.code == 1
+
+
+def test_the_in_process_command_ends_the_process_once_done(monkeypatch):
+    """Output flushed and exit handlers run, then os._exit; a normal exit while a thread runs."""
+    import atexit
+    import threading
+
+    from shipyard.provision.shell import exit_now
+
+    ended, handled = [], []
+    monkeypatch.setattr(os, "_exit", ended.append)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: handled.append("ran"))
+    exit_now(3)
+    assert ended == [3] and handled == ["ran"]
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        assert exit_now(4) == 4 and ended == [3]
+    finally:
+        release.set()
+        worker.join()
