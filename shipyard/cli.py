@@ -166,7 +166,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     app = existing_app(args)
     check_not_root(app, load_host_config(app.config_file))
     options = push_options(args.option)
-    return 0 if operate.rollback(app, args.release, options, run_release=args.run_release) else 1
+    ok = operate.rollback(app, args.release, options, run_release=args.run_release, detach=True)
+    return 0 if ok else 1
 
 
 def cmd_processes(args: argparse.Namespace) -> int:
