@@ -361,7 +361,7 @@ def answered(d: Deploy) -> None:
 
     Not without the record (a full disk: the deploy ends here, as before), nor with another
     thread running (a fork would not have it)."""
-    entry = history.find(d.app, d.number)
+    entry = history.recorded(d.app, d.number)
     if entry is None or threading.active_count() > 1:
         return
     for stream in (sys.stdout, sys.stderr):
