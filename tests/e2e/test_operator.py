@@ -242,6 +242,7 @@ def test_rollback_answers_before_the_work_after_its_outcome(three):
         result = shipyard("--root", host.root, "rollback", "mysite", timeout=60)  # then paused
         assert result.stdout.splitlines()[-1].startswith("shipyard ▸ live: ")
         assert host.live().name == releases[1] and history(host)[-1]["outcome"] == "live"
+        wait_for((run_dir / fault_injection.PAUSED).exists, what="the detached rest's pause")
         paused = json.loads((run_dir / fault_injection.PAUSED).read_text())
         os.kill(paused["pid"], 0)  # the detached rest of the rollback, still there
         assert os.getsid(paused["pid"]) == paused["pid"]  # in its own session
