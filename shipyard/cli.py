@@ -155,7 +155,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     options = push_options(args.option)
     ref = args.ref or f"refs/heads/{host.branch}"
     sha, tag = operate.resolve(app, ref)
-    return 0 if operate.run_foreground(app, sha, tag, "deploy", options) else 1
+    return 0 if operate.run_foreground(app, sha, tag, "deploy", options, detach=True) else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
