@@ -19,7 +19,8 @@ Sections, one function each (all share ``row``):
                       requirement, rollback, and a bare ``git push`` over the same ssh;
 - ``bench_hosts``     1/2/4/8 hosts, switch skew, bytes per peer ;
 - ``bench_coordination`` 1/8/16/32 hosts with no processes (prepare + switch only), skew;
-- ``bench_checkout_change`` release.checkout of a one-file change in a 20,000-file repo;
+- ``bench_checkout_change`` release.checkout of a one-file change in a 20,000-file repo (and
+                      the spare engine.tidy prepares for it after the answer);
 - ``bench_checkout``, ``bench_venv``  details (BENCH_DETAILS=1): checkout methods, uv against pip.
 
 At the end, issue 18's goals table with met / NOT MET for each row (and issue 9's goals).
@@ -217,6 +218,16 @@ def example_files(src: str, names: list[str]) -> set[str]:
     return skip & set(names)
 
 
+SIX = ("1.17.0", "1.16.0", "1.15.0", "1.14.0", "1.13.0", "1.12.0", "1.11.0", "1.10.0")
+
+
+def changed_requirement(i: int) -> str:
+    """The requirement of the i-th changed-requirement deploy: another release of six each
+    time, so every such deploy installs a package its previous venv does not hold (a range
+    like ``six>=1.1i`` resolves to the same six every time, which a deploy may rightly reuse)."""
+    return f"six=={SIX[i % len(SIX)]}"
+
+
 def greeting_file(n: int | str) -> str:
     return f'GREETING = "Hello, bench {n}"\n'
 
@@ -390,7 +401,7 @@ def bench_redeploys(work: Path) -> dict:
             phases.append(app.last()["phases"])
     for i in range(RUNS):
         for who in (app, b) if i % 2 == 0 else (b, app):
-            who.clone.change(requirement=f"six>=1.{10 + i}")
+            who.clone.change(requirement=changed_requirement(i))
             times["reqs" if who is app else "base reqs"].append(timed(who.deploy))
             b.prune()
     b.stop()
@@ -853,7 +864,7 @@ def bench_capistrano(work: Path) -> dict:
     cap["first"].append(timed(v.capistrano))
     for kind, runs in (("code", RUNS), ("reqs", RUNS)):
         for i in range(runs):
-            v.clone.change(requirement=f"six>=1.{10 + i}" if kind == "reqs" else None)
+            v.clone.change(requirement=changed_requirement(i) if kind == "reqs" else None)
             turns = (("ship", v.shipyard), ("cap", v.capistrano))
             for who, fn in turns if i % 2 == 0 else turns[::-1]:
                 (times if who == "ship" else cap)[kind].append(timed(fn))
@@ -953,8 +964,15 @@ def bench_boot(app: Shipyard) -> float:
 
 
 def bench_checkout_change(work: Path) -> float:
-    """release.checkout of a one-file change in a 20,000-file repo, against a full checkout."""
-    from shipyard import release
+    """release.checkout of a one-file change in a 20,000-file repo, against a full checkout.
+
+    As a push runs it: each release made live, then ``engine.tidy`` (what the worker runs
+    once the push has its answer) prepares the spare that the next checkout starts from. Its
+    hard link per file is off the push's path; its own row says what it costs there.
+    """
+    from types import SimpleNamespace
+
+    from shipyard import engine, release
     from shipyard.app import App
 
     files = 20000
@@ -978,12 +996,14 @@ def bench_checkout_change(work: Path) -> float:
                          pusher="bench", created=time.time()).save(path)  # fmt: skip
         release.switch(app, path.name)
 
-    full, changed = [], []
+    full, changed, spare = [], [], []
     for n in range(RUNS + 1):
         sha, path = release_of(n)
         took = timed(lambda s=sha, p=path: release.checkout(app, s, p.name))
         (changed if n else full).append(took)
         live(sha, path)
+        after = SimpleNamespace(app=app, number=n, trash=[])  # what tidy reads of a Deploy
+        spare.append(timed(lambda d=after: engine.tidy(d)))
         if n:  # a full checkout of the same commit, for the ratio
             tmp = work / f"co-full-{n}"
             tmp.mkdir()
@@ -992,6 +1012,7 @@ def bench_checkout_change(work: Path) -> float:
     base = row("checkout", f"full checkout, {files:,} files (git archive | tar)", full)["median"]
     entry = row("checkout", f"checkout, one file changed, {files:,} files", changed, base,
                 base_name="full checkout")  # fmt: skip
+    row("checkout", "after the answer: the spare for the next push (engine.tidy)", spare)
     return entry["median"]
 
 

@@ -21,9 +21,8 @@ import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from dulwich.protocol import Protocol
 
 from shipyard import fault_injection, history
 from shipyard.app import App
@@ -48,29 +47,70 @@ from . import worker
 ZERO = "0" * 40
 
 
+class PktLines:
+    """git's pkt-line framing on our stdin/stdout, the little of it proc-receive speaks:
+    length-prefixed lines and the flush-pkt that ends each list (``0000``).
+
+    Our own few lines rather than dulwich's protocol module, whose import (with logging,
+    hashlib and dulwich's object model) cost every push more than the rest of this hook.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object]) -> None:
+        self.read = read
+        self.write = write
+
+    def read_seq(self) -> list[bytes]:
+        """The lines up to the next flush-pkt (a delim-pkt ends a list too)."""
+        lines = []
+        while True:
+            head = self.read(4)
+            try:
+                size = int(head, 16) if len(head) == 4 else -1
+            except ValueError:
+                size = -1
+            if size in (0, 1):
+                return lines
+            body = self.read(size - 4) if size >= 4 else b""
+            if len(body) != size - 4:
+                raise SystemExit(f"proc-receive: git sent a broken pkt-line ({head!r})")
+            lines.append(body)
+
+    def write_line(self, line: bytes | None) -> None:
+        """One pkt-line; None: the flush-pkt."""
+        self.write(b"0000" if line is None else b"%04x%s" % (len(line) + 4, line))
+
+
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["git", *args], capture_output=True, text=True, errors="replace", check=check
     )
 
 
-def read_blobs(commit: str, names: list[str]) -> dict[str, bytes]:
-    """The content of each of ``names`` that is a file in ``commit``: one git process for all."""
-    query = "".join(f"{commit}:{name}\n" for name in names).encode()
+def read_objects(names: list[str]) -> list[tuple[str, bytes] | None]:
+    """(type, content) of each object ``names`` names (None: there is none): one git process."""
+    query = "".join(f"{name}\n" for name in names).encode()
     out = subprocess.run(
         ["git", "cat-file", "--batch"], input=query, capture_output=True, check=True
     ).stdout
-    found, pos = {}, 0
-    for name in names:
+    found: list[tuple[str, bytes] | None] = []
+    pos = 0
+    for _name in names:
         end = out.index(b"\n", pos)
         header = out[pos:end].split()  # "<oid> <type> <size>", or "<name> missing"
         pos = end + 1
-        if header[-1] not in (b"missing", b"ambiguous"):
-            size = int(header[2])
-            if header[1] == b"blob":
-                found[name] = out[pos : pos + size]
-            pos += size + 1
+        if header[-1] in (b"missing", b"ambiguous"):
+            found.append(None)
+            continue
+        size = int(header[2])
+        found.append((header[1].decode(), out[pos : pos + size]))
+        pos += size + 1
     return found
+
+
+def read_blobs(commit: str, names: list[str]) -> dict[str, bytes]:
+    """The content of each of ``names`` that is a file in ``commit``: one git process for all."""
+    objects = read_objects([f"{commit}:{name}" for name in names])
+    return {name: o[1] for name, o in zip(names, objects, strict=True) if o and o[0] == "blob"}
 
 
 def as_text(name: str, data: bytes) -> str:
@@ -84,9 +124,33 @@ def as_text(name: str, data: bytes) -> str:
         ) from None
 
 
-def peel(new: str) -> tuple[str, str | None]:
+@dataclass
+class Pushed:
+    """What a push sent for the branch, read at once: the commit, the tag it came as, the
+    commit's parents (None: not read) and the files the checks read from it."""
+
+    commit: str
+    tag: str | None
+    parents: list[str] | None
+    blobs: dict[str, bytes]
+
+
+def read_pushed(new: str, names: list[str]) -> Pushed:
+    """The pushed object and the files ``names`` of its commit, by one git process: a commit
+    (every push of a branch) needs no other; a tag is peeled by ``peel``."""
+    first, *files = read_objects([new, *(f"{new}:{name}" for name in names)])
+    blobs = {name: o[1] for name, o in zip(names, files, strict=True) if o and o[0] == "blob"}
+    if first is None or first[0] != "commit":
+        commit, tag = peel(new, first[0] if first else "")
+        return Pushed(commit, tag, None, blobs)
+    headers = first[1].split(b"\n\n", 1)[0].split(b"\n")
+    parents = [line[len(b"parent ") :].decode() for line in headers if line.startswith(b"parent ")]
+    return Pushed(new, None, parents, blobs)
+
+
+def peel(new: str, kind: str | None = None) -> tuple[str, str | None]:
     """(commit, tag name) for a pushed object; refuses trees, blobs and tags of those."""
-    kind = git("cat-file", "-t", new).stdout.strip()
+    kind = git("cat-file", "-t", new).stdout.strip() if kind is None else kind
     tag = None
     if kind == "tag":
         tag = git("cat-file", "tag", new).stdout.split("\ntag ", 1)[1].split("\n", 1)[0]
@@ -102,10 +166,14 @@ def peel(new: str) -> tuple[str, str | None]:
     return new, tag
 
 
-def check_commit(app: App, commit: str) -> None:
-    """Refuse a commit whose deploy would fail anyway, or take the app down by mistake."""
+CHECKED = ["shipyard.toml", "Procfile", *DETECTED]  # the files check_commit reads
+
+
+def check_commit(app: App, commit: str, blobs: dict[str, bytes]) -> None:
+    """Refuse a commit whose deploy would fail anyway, or take the app down by mistake.
+
+    ``blobs``: the commit's files named in CHECKED that it has."""
     parsers = {"shipyard.toml": parse_app_config, "Procfile": parse_procfile}
-    blobs = read_blobs(commit, [*parsers, *DETECTED])
     parsed = {
         name: parse(as_text(name, blobs[name]), name)
         for name, parse in parsers.items()
@@ -214,8 +282,9 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
             f"deleting the deploy branch {branch} is refused",
             f"to roll back, run `shipyard rollback {app.name}` on the host",
         )
-    commit, tag = peel(new)
-    check_commit(app, commit)
+    pushed = read_pushed(new, CHECKED)
+    commit, tag = pushed.commit, pushed.tag
+    check_commit(app, commit, pushed.blobs)
     update = compare_and_swap(ref, commit, old, f"push{' ' + tag if tag else ''}")
     if update.returncode:
         raise ShipyardError(f"could not move {branch}: {update.stderr.strip()}", "push again")
@@ -233,6 +302,7 @@ def move_branch(app: App, old: str, new: str, ref: str, tags: dict[str, str]) ->
         reply.options.append(f"new-oid {commit}")
     if (
         ZERO not in (old, commit)
+        and old not in (pushed.parents or ())  # a parent: a fast-forward, no need to ask git
         and git("merge-base", "--is-ancestor", old, commit, check=False).returncode
     ):
         reply.options.append("forced-update")
@@ -371,22 +441,22 @@ def _write(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def answer(proto: Protocol, replies: list[Reply]) -> None:
+def answer(proto: PktLines, replies: list[Reply]) -> None:
     """Our reply for every ref, in git's order; the pusher may be gone by now."""
     with contextlib.suppress(OSError, ValueError):
         for reply in replies:
             for line in reply.lines():
-                proto.write_pkt_line(line)
-        proto.write_pkt_line(None)
+                proto.write_line(line)
+        proto.write_line(None)
 
 
 def main() -> None:
-    proto = Protocol(sys.stdin.buffer.read, _write)
-    list(proto.read_pkt_seq())
-    proto.write_pkt_line(b"version=1\0push-options")
-    proto.write_pkt_line(None)
-    commands = [line.decode().strip().split(" ", 2) for line in proto.read_pkt_seq()]
-    raw_options = [line.decode().rstrip("\n") for line in proto.read_pkt_seq()]
+    proto = PktLines(sys.stdin.buffer.read, _write)
+    proto.read_seq()
+    proto.write_line(b"version=1\0push-options")
+    proto.write_line(None)
+    commands = [line.decode().strip().split(" ", 2) for line in proto.read_seq()]
+    raw_options = [line.decode().rstrip("\n") for line in proto.read_seq()]
     app = hook_app()
     safe_umask()
     try:

@@ -14,11 +14,11 @@ import getpass
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -61,7 +61,18 @@ class Worker:
         if not self.said and self.reported is not None:
             with contextlib.suppress(BlockingIOError):
                 self.said = bool(os.read(self.reported, 1))
+                if not self.said:  # the pipe's end: the worker is gone without a word
+                    os.close(self.reported)
+                    self.reported = None
         return self.said or self.poll() is not None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout``, woken the moment the worker says its outcome is recorded
+        (the push's answer then goes out at once, not at the next poll)."""
+        if self.said or self.reported is None:
+            time.sleep(timeout)
+        else:
+            select.select([self.reported], [], [], timeout)
 
 
 def say_reported() -> None:
@@ -105,6 +116,8 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
             except ShipyardError as exc:
                 print(f"shipyard: error: {exc}", file=sys.stderr)
         except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
+            import traceback  # only for the log of a crash: not imported by every push
+
             traceback.print_exc()
         finally:
             with contextlib.suppress(Exception):
@@ -242,10 +255,12 @@ def copy_log(
     poll: float = 0.02,
     start: int = 0,
     lines: Lines | None = None,
+    wait: Callable[[float], None] = time.sleep,
 ) -> int | None:
     """Copy the log to ``out`` from ``start`` until ``done()`` and the log is drained.
 
-    Returns where it stopped reading, or None if ``out`` went away.
+    ``wait(poll)`` between reads (``Worker.wait`` wakes early). Returns where it stopped
+    reading, or None if ``out`` went away.
     """
     out = sys.stdout.buffer if out is None else out
     lines = lines or Lines()
@@ -266,7 +281,7 @@ def copy_log(
             if finished and not chunk:
                 return log.tell()
             if not chunk:
-                time.sleep(poll)
+                wait(poll)
 
 
 def outcome(app: App, number: int) -> dict | None:
@@ -302,9 +317,10 @@ def deploy(
     """
     worker = start(app, number, sha, ref, options)
     log = history.log_path(app, number)
-    offset = copy_log(log, worker.outcome_known, out, lines=PushLines(app, number))
+    lines = PushLines(app, number)
+    offset = copy_log(log, worker.outcome_known, out, lines=lines, wait=worker.wait)
     while not worker.outcome_known():  # the pusher went away: wait anyway
-        time.sleep(0.1)
+        worker.wait(0.1)
     entry = outcome(app, number)
     while entry is None and worker.poll() is None:  # said so, yet not recorded: wait it out
         time.sleep(0.1)

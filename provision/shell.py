@@ -10,19 +10,26 @@ parses that request strictly (shlex, no shell), allows only
   with plain arguments (besides ``config set``'s values and ``run``'s command);
 * a terminal (``ssh -t``) for ``shipyard run`` only;
 
-and execs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
-pushed it. Anything else gets one line on stderr, a non-zero exit and a line
-in ``~/.shipyard/ssh.log``.
+and runs it with ``SHIPYARD_PUSHER=NAME``, so every deploy records whose key
+pushed it: git by exec, a ``shipyard`` command in this same process when the
+CLI hands ``main`` its dispatcher (a second interpreter and CLI import would be
+most of a quick command's time), with the environment it would have been exec'd
+with. Anything else gets one line on stderr, a non-zero exit and a line in
+``~/.shipyard/ssh.log``.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +61,7 @@ OPERATOR_COMMANDS += ("domains", "maintenance", "tls")  # the front door (shipya
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SAFE_ARG = re.compile(r"^[A-Za-z0-9._:=#@+-]{1,200}$")
 REFUSED_EXIT = 126
+SHIPYARD_ARGV = [sys.executable, "-m", "shipyard"]  # how an allowed shipyard command is exec'd
 ALLOWED = (
     "git push/fetch of ~/apps/APP/repo.git and `shipyard " + "|".join(OPERATOR_COMMANDS) + " APP …`"
 )
@@ -67,6 +75,7 @@ class NotAllowed(Exception):
 class Decision:
     argv: list[str]
     what: str  # for the log: the app or command it was about
+    verb: str | None = None  # a shipyard command's (status, rollback, …)
 
 
 def log_path(home: Path) -> Path:
@@ -154,7 +163,7 @@ def decide(
             raise NotAllowed(f"{given} is not allowed over SSH")
         check_operator_args(args)
         return Decision(
-            [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2])
+            [*shipyard_argv, "--root", str(root), *args], "shipyard " + " ".join(args[:2]), args[0]
         )
     raise NotAllowed(f"{head!r} is not allowed")
 
@@ -192,8 +201,14 @@ def record(home: Path, name: str, command: str | None, verdict: str) -> None:
         pass
 
 
-def main(name: str, root: Path | None = None) -> int:
-    """Entry point: ``shipyard ssh-command NAME`` (the forced command)."""
+def main(
+    name: str, root: Path | None = None, run: Callable[[list[str], str], int] | None = None
+) -> int:
+    """Entry point: ``shipyard ssh-command NAME`` (the forced command).
+
+    ``run``: the CLI's dispatcher (``cli.run``, given the arguments and the command); an
+    allowed ``shipyard`` command runs through it here, else in a second interpreter.
+    """
     home = Path(os.environ.get("HOME") or Path.home())
     root = (root or default_root()).absolute()
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
@@ -202,7 +217,7 @@ def main(name: str, root: Path | None = None) -> int:
         return REFUSED_EXIT
     try:
         tty = bool(os.environ.get("SSH_TTY"))
-        decision = decide(command, home, root, [sys.executable, "-m", "shipyard"], tty=tty)
+        decision = decide(command, home, root, SHIPYARD_ARGV, tty=tty)
     except NotAllowed as exc:
         record(home, name, command, f"refused ({exc})")
         print(f"shipyard: refused: {exc}; this key may only run {ALLOWED}", file=sys.stderr)
@@ -214,5 +229,27 @@ def main(name: str, root: Path | None = None) -> int:
     env["SHIPYARD_PUSHER"] = name
     sys.stdout.flush()
     sys.stderr.flush()
+    if run is not None and decision.verb:
+        os.environ.clear()  # exactly what the exec would have passed (putenv follows)
+        os.environ.update(env)
+        return exit_now(run(decision.argv[len(SHIPYARD_ARGV) :], decision.verb))
     os.execve(decision.argv[0], decision.argv, env)
     return 0  # not reached
+
+
+def exit_now(code: int) -> int:
+    """End the process with ``code`` once the command is done, without tearing down the
+    interpreter: sshd ends the session only when the process is gone, and freeing every
+    module a deploy loaded costs the operator 10-20 ms for nothing. The exit handlers run and
+    the output is flushed as at a normal exit; with a thread still running (a normal exit
+    waits for it), or without ``atexit._run_exitfuncs``, it returns ``code`` instead."""
+    main = threading.main_thread()
+    busy = any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate())
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if busy or run_exit_handlers is None:
+        return code
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # the client went away: nothing to tell
+            stream.flush()
+    os._exit(code)

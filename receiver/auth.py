@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
-import secrets
+import os
 import threading
 import time
 
@@ -60,7 +60,7 @@ def sign(
 ) -> dict:
     """The headers that sign one request to the receiver at ``to`` (HOST:PORT)."""
     stamp = f"{time.time() if now is None else now:.3f}"
-    nonce = secrets.token_hex(16)
+    nonce = os.urandom(16).hex()  # secrets.token_hex's, without importing random for it
     to, digest = destination(to) if to else "", body_digest(body)
     message = _message(method, path, to, stamp, nonce, len(body), digest)
     mac = hmac.new(secret, message, "sha256")

@@ -16,18 +16,21 @@ connection is TLS and the peer's certificate must be the pinned one.
 from __future__ import annotations
 
 import errno
-import http.client
 import io
 import json
 import socket
-import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from shipyard.errors import ShipyardError
 
 from . import auth, tls
+
+if TYPE_CHECKING:  # imported where a call is made: a single host's deploy makes none
+    import http.client
+    import ssl
 
 API = f"/{auth.VERSION}/apps"
 CONNECT_TIMEOUT = 3.0
@@ -88,6 +91,8 @@ class Peer:
         idempotent: bool = True,
     ) -> dict:
         """One signed call; returns the verified result. Raises PeerError."""
+        import http.client
+
         body = payload if isinstance(payload, bytes) else json.dumps(payload or {}).encode()
         path = f"{API}/{self.app}/{action}" + (f"?{urlencode(query)}" if query else "")
         attempt = 0
@@ -152,6 +157,8 @@ class Peer:
 
     def _go_ahead(self, conn: http.client.HTTPConnection, nonce: str, action: str) -> None:
         """Wait for the receiver's 100 Continue; anything else is its refusal, raised."""
+        import http.client
+
         got = b""
         while len(got) < len(auth.CONTINUE):
             chunk = conn.sock.recv(len(auth.CONTINUE) - len(got))
@@ -194,6 +201,9 @@ class Peer:
                 on_line(line[2:].decode(errors="replace").rstrip("\n"))
 
     def describe(self, exc: BaseException, action: str, sent: bool) -> str:
+        import http.client
+        import ssl
+
         where = f"{self.address} unreachable"
         if isinstance(exc, ConnectionRefusedError):
             return f"{where}: connection refused (is `shipyard receiver` running there?)"

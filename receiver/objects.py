@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from dulwich.pack import write_pack_data
-from dulwich.repo import Repo
+if TYPE_CHECKING:
+    from dulwich.repo import Repo
 
 PREPARED_REF = b"refs/shipyard/prepared"
+
+
+def _repo(repo_path: Path) -> Repo:
+    """The repo, through dulwich: imported here, by the few calls that send or take a pack,
+    not by every deploy that imports this module (a single host's sends none)."""
+    from dulwich.repo import Repo
+
+    return Repo(str(repo_path))
 
 
 def is_sha(value: str) -> bool:
@@ -24,23 +32,25 @@ def is_sha(value: str) -> bool:
 
 def tips(repo_path: Path) -> dict[str, str]:
     """Every ref of the repo and the object it names (what a peer 'has')."""
-    with Repo(str(repo_path)) as repo:
+    with _repo(repo_path) as repo:
         return {k.decode(): v.decode() for k, v in repo.get_refs().items() if k != b"HEAD"}
 
 
 def has(repo_path: Path, sha: str) -> bool:
-    with Repo(str(repo_path)) as repo:
+    with _repo(repo_path) as repo:
         return sha.encode() in repo.object_store
 
 
 def pack_missing(repo_path: Path, want: str, haves: list[str]) -> tuple[int, bytes]:
     """(object count, pack bytes) for ``want`` and what it needs beyond ``haves``."""
-    with Repo(str(repo_path)) as repo:
+    with _repo(repo_path) as repo:
         store = repo.object_store
         known = [h.encode() for h in haves if is_sha(h) and h.encode() in store]
         count, records = store.generate_pack_data(known, [want.encode()], ofs_delta=True)
         if not count:
             return 0, b""
+        from dulwich.pack import write_pack_data
+
         buf = io.BytesIO()
         write_pack_data(buf.write, records, num_records=count, object_format=repo.object_format)
         return count, buf.getvalue()
@@ -48,7 +58,7 @@ def pack_missing(repo_path: Path, want: str, haves: list[str]) -> tuple[int, byt
 
 def add_pack(repo_path: Path, pack: BinaryIO, want: str) -> None:
     """Store a (possibly thin) pack; check it brought ``want`` and keep it reachable."""
-    with Repo(str(repo_path)) as repo:
+    with _repo(repo_path) as repo:
         repo.object_store.add_thin_pack(pack.read, None)
         if want.encode() not in repo.object_store:
             raise ValueError(f"the pack did not contain {want[:7]}")
@@ -56,5 +66,5 @@ def add_pack(repo_path: Path, pack: BinaryIO, want: str) -> None:
 
 
 def set_ref(repo_path: Path, ref: str, sha: str) -> None:
-    with Repo(str(repo_path)) as repo:
+    with _repo(repo_path) as repo:
         repo.refs[ref.encode()] = sha.encode()

@@ -13,12 +13,15 @@ import hashlib
 import hmac
 import os
 import shutil
-import ssl
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shipyard.config import PIN
 from shipyard.errors import ShipyardError
+
+if TYPE_CHECKING:  # imported where TLS is spoken: most deploys (one host, or plain HTTP) never
+    import ssl
 
 DAYS = 3650  # a pin is replaced by hand when the certificate is; it need not expire first
 
@@ -37,6 +40,8 @@ def file_fingerprint(path: Path) -> str:
             f"cannot read the certificate {path}: {getattr(exc, 'strerror', None) or exc}",
             "copy the receiver's cert.pem here, or pin its sha256 fingerprint instead",
         ) from None
+    import ssl
+
     try:
         return fingerprint(ssl.PEM_cert_to_DER_cert(pem))
     except ValueError:
@@ -90,6 +95,8 @@ def make_cert(cert: Path, key: Path, address: str) -> bool:
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """What the receiver serves with: TLS 1.2 or later, its own certificate."""
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -105,6 +112,8 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 def client_context() -> ssl.SSLContext:
     """What the primary connects with: no CA and no hostname, the caller checks the pin."""
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False

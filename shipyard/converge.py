@@ -3,7 +3,6 @@ behind the health check, the other types stopped and started, the port's socket 
 
 from __future__ import annotations
 
-import http.client
 import socket
 import time
 from dataclasses import replace
@@ -62,6 +61,8 @@ def wait_healthy(
     sv: Supervisor, program: Program, health: Health, offsets: dict[int, int], tcp: bool
 ) -> None:
     """Probe each instance (its private socket, or the public port) until it answers ``health``."""
+    import http.client  # as health.probe does: only an app with processes probes
+
     app = sv.app
     pending = set(range(1, program.count + 1))
     started = time.monotonic()

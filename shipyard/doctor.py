@@ -423,5 +423,12 @@ def main(args) -> int:
     root_given = app.root != default_root().absolute()
     user = owner.first_owner(app.dir) if os.geteuid() == 0 else None
     if user is not None:  # root: check as the app's owner
+        # what the checks import when they first talk to supervisord or over HTTP, loaded
+        # while we can read it all: the owner may not read root's Python (e.g. under /root)
+        import http.client  # noqa: F401
+        import xmlrpc.client  # noqa: F401
+
+        import supervisor.xmlrpc  # noqa: F401
+
         return owner.call_as(user, lambda: report(app, run_checks(app, root_given=root_given)))
     return report(app, run_checks(app, root_given=root_given))

@@ -99,9 +99,12 @@ def run(d: Deploy, plan: list[Phase], done: list[Phase] | None = None) -> bool:
 
 
 def tidy(d: Deploy) -> None:
-    """Delete what ``finish`` pruned (renamed aside), once the outcome is out (a fault point)."""
+    """Once the outcome is out (a fault point): delete what ``finish`` pruned (renamed
+    aside), then prepare the spare copy of the live release that the next push's checkout
+    starts from (``release.make_spare``: its hard links are paid here, not on that push)."""
     fault_injection.point(d.app.run, "tidy", "start", d.number)
     release.empty(d.trash or [])
+    release.make_spare(d.app)
 
 
 def report(d: Deploy, phase: Phase, detail: str | Skip) -> None:

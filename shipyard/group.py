@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -111,6 +110,8 @@ class Group(Generic[H]):
         """``call`` on every host in parallel; returns when every call has."""
         if not self.hosts:
             return GroupResult()
+        from concurrent.futures import ThreadPoolExecutor  # with logging: a single host needs none
+
         with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(self.hosts))) as pool:
             return GroupResult(pool.map(lambda h: call_on(h, call), self.hosts))
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 import os
 
 from .app import App
-from .config import HostConfig, load_host_config
 from .errors import RootRefused
+
+TYPE_CHECKING = False  # typing's, without importing typing: the forced SSH command's path
+if TYPE_CHECKING:
+    from .config import HostConfig
 
 REFUSAL = "refusing to deploy as root: the pushed code would run as root"
 
@@ -28,6 +31,8 @@ def root_problem(app: App, host: HostConfig | None = None) -> str | None:
     if os.geteuid() != 0:
         return None
     if host is None:
+        from .config import load_host_config  # see ALLOWED_LOCAL in tests/unit/test_layers.py
+
         try:
             host = load_host_config(app.config_file)
         except OSError:  # no host config: nothing allows root

@@ -3,13 +3,17 @@ private socket or the public port, and what an answer says."""
 
 from __future__ import annotations
 
-import http.client
 import socket
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import HEALTH_SCHEMA, HostConfig
+
+if TYPE_CHECKING:  # imported by the first probe: an app without processes sends none
+    import http.client
 
 # --- health -------------------------------------------------------------------
 
@@ -58,15 +62,21 @@ def health_for(app_health: dict, host: HostConfig) -> Health:
     return Health(**merged)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
+@cache
+def _unix_http_connection() -> type:
+    import http.client
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
+    class _UnixHTTPConnection(http.client.HTTPConnection):
+        def __init__(self, path: Path, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self.unix_path = str(path)
+
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(self.unix_path)
+
+    return _UnixHTTPConnection
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,10 @@ def probe(
     address: Path | int, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> Answer:
     """GET ``path`` from a unix socket or 127.0.0.1:port, as the health check sends it."""
+    import http.client
+
     if isinstance(address, Path):
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(address, timeout)
+        conn: http.client.HTTPConnection = _unix_http_connection()(address, timeout)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
     try:
@@ -141,6 +153,8 @@ def health_hint(answer: Answer, health: Health, where: str) -> str:
 
 
 def public_status(port: int, health: Health, attempts: int = 3) -> int | str:
+    import http.client
+
     last: int | str = "no answer"
     for attempt in range(attempts):
         try:

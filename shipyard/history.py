@@ -94,6 +94,25 @@ def entries(app: App) -> list[dict]:
     return out
 
 
+def recorded(app: App, number: int, tail: int = 65536) -> dict | None:
+    """Deploy ``number``'s history line, looked for in the last ``tail`` bytes only: for a
+    deploy that has just written its own (the file grows with every deploy)."""
+    try:
+        with open(app.history_file, "rb") as history:
+            history.seek(max(0, history.seek(0, os.SEEK_END) - tail))
+            lines = history.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:  # e.g. the cut first line
+            continue
+        if isinstance(entry, dict) and entry.get("deploy") == number:
+            return entry
+    return None
+
+
 def last_live(app: App) -> dict | None:
     for entry in reversed(entries(app)):
         if entry.get("outcome") == "live":

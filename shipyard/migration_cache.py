@@ -3,12 +3,10 @@ checked, so the tool's own start-up is skipped. See migrate.py's docstring for w
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -62,6 +60,8 @@ def migration_files(root: Path) -> list[Path]:
 
 
 def alembic_files(root: Path, ini: str = "alembic.ini") -> list[Path] | None:
+    import configparser  # only an Alembic app reads an alembic.ini
+
     here = (root / ini).parent
     parser = configparser.ConfigParser(defaults={"here": str(here)})
     try:
@@ -153,6 +153,8 @@ def recorded_in_database(plan: Plan, db: Database, conn: Any, cwd: Path) -> set[
         except Exception:  # noqa: BLE001 - no table yet, or not this database: no fast path
             return None
     if db.kind == "sqlite":
+        import sqlite3  # here: a deploy whose fingerprint matched never opens the database
+
         for path in sqlite_paths(db, cwd):
             if not path.is_file():
                 continue

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,6 +169,8 @@ def spawn(job: dict) -> subprocess.Popen:
 
 def opener(url: str) -> urllib.request.OpenerDirector:
     """No proxy for a loopback or private address (the host's own network), else the usual."""
+    import urllib.request  # here: http.client and email are a deploy's slowest import
+
     hostname = urlsplit(url).hostname or ""
     try:
         direct = hostname == "localhost" or not ipaddress.ip_address(hostname).is_global
@@ -186,6 +187,8 @@ def post(url: str, body: bytes, secret: str | None, timeout: float) -> None:
         now = int(time.time())
         headers["X-Shipyard-Timestamp"] = str(now)
         headers["X-Shipyard-Signature"] = sign(secret, now, body)
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     with opener(url).open(request, timeout=timeout) as response:
         response.read(65536)

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import IO, TextIO
 
@@ -310,8 +311,12 @@ def run_foreground(
     release_id: str = "",
     notes: list[str] | None = None,
     term: TextIO | None = None,
+    detach: bool = False,
 ) -> bool:
-    """Run one deploy here and now, printing what a push would; True when it went live."""
+    """Run one deploy here and now, printing what a push would; True when it went live.
+
+    ``detach`` (the command, not a caller in this process): the command ends with the
+    outcome (``answered``), what comes after it runs on in a detached child."""
     term = sys.stdout if term is None else term
     refuse_push_only(options, kind)
     host = load_host_config(app.config_file)
@@ -337,7 +342,7 @@ def run_foreground(
         with stoppable():
             try:
                 move_branch(app, ref, sha, f"shipyard {kind} #{number} by {d.pusher}")
-                return worker.execute(d)
+                return worker.execute(d, (lambda: answered(d)) if detach else None)
             except ShipyardError as exc:  # outside the phases: moving the branch, the lock wait
                 if any(e.get("deploy") == number for e in history.entries(app)):
                     return False  # stopped after its outcome was recorded
@@ -347,12 +352,39 @@ def run_foreground(
                 return False
 
 
+def answered(d: Deploy) -> None:
+    """The outcome is recorded and its last line written: the command ends here, its status
+    the outcome's, while a child detached from the terminal goes on with what is left (the
+    deploy lock's release and ``engine.tidy``: deleting what ``finish`` pruned and any other
+    work after the answer, as a push's worker does it after git has its answer). Neither
+    ``ssh host shipyard rollback`` nor a terminal waits for that.
+
+    Not without the record (a full disk: the deploy ends here, as before), nor with another
+    thread running (a fork would not have it)."""
+    entry = history.recorded(d.app, d.number)
+    if entry is None or threading.active_count() > 1:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if os.fork():
+        os._exit(0 if entry.get("outcome") == "live" else 1)  # nothing else of ours to run
+    os.setsid()  # the terminal's hang-up, Ctrl-C or a closed ssh session spare it
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    if d.journal is not None:  # the lock's holder is this process now (a recovery reads it)
+        d.journal.update(pid=os.getpid(), session=True)
+
+
 def rollback(
     app: App,
     name: str | None,
     options: dict[str, str],
     term: TextIO | None = None,
     run_release: bool = False,
+    detach: bool = False,
 ) -> bool:
     """Make a kept release live again: no migrations, and the ``release:`` command only if asked.
 
@@ -391,4 +423,5 @@ def rollback(
         release_id=target,
         notes=notes,
         term=term,
+        detach=detach,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import xmlrpc.client
 from pathlib import Path
 
 from .app import App
@@ -86,6 +85,8 @@ def release_of(app: App, cwd: str) -> str:
 
 def serving(app: App) -> list[str] | None:
     """The releases the app's processes run in (their /proc/<pid>/cwd); None if unknown."""
+    import xmlrpc.client  # as supervisord.py does: only once there is a supervisord to ask
+
     try:
         rows = status(app)
     except (ShipyardError, OSError, xmlrpc.client.Error):

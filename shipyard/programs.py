@@ -34,7 +34,7 @@ import os
 import re
 import shlex
 import sys
-import tempfile
+import tempfile  # not in replace_file: it also runs as another user (owner.call_as)
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +351,8 @@ def check_claims(app: App, host: HostConfig) -> None:
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    import tempfile  # here: every deploy imports this module, few write a site
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

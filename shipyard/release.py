@@ -7,6 +7,7 @@ directory that looks like a release but is not one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +56,22 @@ def git_bytes(repo: Path, *args: str, input: bytes | None = None) -> bytes:
 def checkout(app: App, sha: str, release_id: str) -> Path:
     """Materialise ``sha`` as ``releases/<release_id>`` (no .git), its files read-only.
 
-    From the live release plus the diff when there is one to start from and the diff is
-    small (``from_live``), else ``git archive | tar``. Either way the tree is the commit's:
-    the same paths, bytes, symlink targets and executable bits.
+    From the spare copy of the live release plus the diff when there is an intact one
+    (``from_spare``), else from the live release plus the diff when the diff is small
+    (``from_live``), else ``git archive | tar``. Either way the tree is the commit's: the same
+    paths, bytes, symlink targets and executable bits.
     """
     target = app.release_dir(release_id)
     tmp = app.releases / f".tmp-{release_id}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        try:
-            links = from_live(app, sha, tmp)
-        except OSError:  # out of space, say: the full checkout says so in its own words
-            links = None
+        links = from_spare(app, sha, tmp)
+        if links is None:
+            tmp.mkdir(parents=True)
+            try:
+                links = from_live(app, sha, tmp)
+            except OSError:  # out of space, say: the full checkout says so in its own words
+                links = None
         if links is None:
             shutil.rmtree(tmp)
             tmp.mkdir()
@@ -114,29 +119,48 @@ LARGE_DIFF = 0.3
 def from_live(app: App, sha: str, tmp: Path) -> list[str] | None:
     """Make ``sha`` in ``tmp`` from the live release and the diff; return the symlinks it
     made (the only ones in ``tmp``), or None: check out in full.
-
-    Unchanged files are hard links to the live release's: a release shares the inodes of
-    the one before it, so every tracked file is read-only (0444/0555) and an in-place write
-    fails (docs/performance.md). A file the live release has not kept as checked out (not a
-    regular file, another executable bit, modified since, under a shared link) is written
-    from git instead, like every added or changed file and every symlink.
     """
     live = app.live_release()
     manifest = Manifest.load(app.release_dir(live)) if live else None
     if manifest is None or not manifest.sha or manifest.sha == sha:
         return None
-    base = app.release_dir(live)
     try:
         tree = list_tree(app.repo, sha)
         changed = changed_paths(app.repo, manifest.sha, sha)
     except PhaseError:  # the live sha is gone from the repo, say
         return None
-    if len(changed) > LARGE_DIFF * max(len(tree), 1) or exported_differently(app, tree):
+    if len(changed) > LARGE_DIFF * max(len(tree), 1) or not linkable(app, tree):
         return None
-    if any(kind == "commit" for _, kind, _, _ in tree):  # submodules: git archive's way
-        return None
+    return link_tree(app.repo, app.release_dir(live), manifest.created, sha, tree, changed, tmp)
+
+
+def linkable(app: App, tree: list[tuple[str, str, str, str]]) -> bool:
+    """Can ``tree`` be made from another release's files: no submodule (``git archive``'s
+    way), nothing ``git archive`` would leave out or rewrite?"""
+    if any(kind == "commit" for _, kind, _, _ in tree):
+        return False
+    return not exported_differently(app, [obj for _, _, obj, path in tree if is_attributes(path)])
+
+
+def link_tree(
+    repo: Path,
+    base: Path,
+    sealed_before: float,
+    sha: str,
+    tree: list[tuple[str, str, str, str]],
+    changed: set[str],
+    tmp: Path,
+) -> list[str]:
+    """Fill ``tmp`` with ``tree``: a hard link to ``base``'s file for each path not in
+    ``changed``, the rest from git; return the symlinks it made (every one of ``tree``).
+
+    A release shares the inodes of the one before it, so every tracked file is read-only
+    (0444/0555) and an in-place write fails (docs/performance.md). A file ``base`` has not
+    kept as checked out (not a regular file, another executable bit, modified after
+    ``sealed_before``, under a shared link) is written from git instead, like every changed
+    file and every symlink.
+    """
     make_dirs(tmp, tree)
-    sealed_before = manifest.created  # a file modified after its release was made: not linked
     real_dirs: dict[str, bool] = {}
     write: list[tuple[str, str, str]] = []
     src, dest = f"{base}/", f"{tmp}/"
@@ -159,8 +183,178 @@ def from_live(app: App, sha: str, tmp: Path) -> list[str] | None:
             continue
         if st.st_mode & 0o222:  # a release made before releases were read-only
             os.chmod(dest + path, 0o555 if mode == "100755" else 0o444)
-    write_blobs(app.repo, sha, tmp, write)
+    write_blobs(repo, sha, tmp, write)
     return [dest + path for mode, _, path in write if mode == "120000"]
+
+
+# The spare: a hard-linked copy of the live release's tree, made after a deploy has answered,
+# that the next push's checkout renames into place and applies the diff to.
+SPARE = ".next-"
+SPARE_NOTE = MANIFEST.with_name("spare.json")  # written last: its mtime seals the spare
+SPARE_TICK = 0.02  # s: longer than the kernel's timestamp granularity (1/HZ, 4-10 ms)
+
+
+def spare_dir(app: App, sha: str) -> Path:
+    return app.releases / f"{SPARE}{sha}"
+
+
+def make_spare(app: App) -> Path | None:
+    """Prepare ``releases/.next-<live sha>`` for the next push's checkout (``from_spare``).
+
+    Run after a deploy's outcome is out (``engine.tidy``): the ``link(2)`` per unchanged file
+    that a checkout from the live release costs is paid here, off the next push's path. The
+    spare is the live commit's tree only (no manifest, venv or shared links), its files the
+    live release's inodes (checked as ``from_live`` checks them); spares of other commits go.
+    None when there is nothing to prepare or it could not be made (the next push then checks
+    out from the live release, as without a spare).
+    """
+    live = app.live_release()
+    manifest = Manifest.load(app.release_dir(live)) if live else None
+    if manifest is None or not manifest.sha:
+        return None
+    spare = spare_dir(app, manifest.sha)
+    drop_spares(app, spare)
+    if os.path.lexists(spare):
+        return spare
+    tmp = app.releases / f".tmp-next-{manifest.sha[:12]}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tree = list_tree(app.repo, manifest.sha)
+        if not linkable(app, tree) or any(p.split("/", 1)[0] == ".shipyard" for *_, p in tree):
+            return None
+        tmp.mkdir()
+        link_tree(app.repo, app.release_dir(live), manifest.created, manifest.sha, tree, set(), tmp)
+        os.chmod(tmp, 0o755)
+        (tmp / SPARE_NOTE.parent).mkdir(mode=0o755)
+        (tmp / SPARE_NOTE).write_text(json.dumps({"sha": manifest.sha, "files": len(tree)}))
+        # inode times come from a clock that ticks every few ms: wait for the next tick, so
+        # that any change once the spare is visible is strictly newer than the note
+        time.sleep(max(0.0, os.lstat(tmp / SPARE_NOTE).st_mtime + SPARE_TICK - time.time()))
+        os.rename(tmp, spare)  # fails if another process made it meanwhile: theirs stands
+    except (OSError, PhaseError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    return spare
+
+
+def drop_spares(app: App, keep: Path | None, trash: list[Path] | None = None) -> None:
+    """Remove every spare but ``keep`` (renamed aside into ``trash`` when given)."""
+    for path in app.releases.glob(f"{SPARE}*"):
+        if path != keep:
+            with contextlib.suppress(OSError):  # another process took or removed it
+                set_aside(path, app.releases / f".trash-{path.name}-{os.getpid()}", trash)
+
+
+def from_spare(app: App, sha: str, tmp: Path) -> list[str] | None:
+    """Make ``sha`` in ``tmp`` from the spare of the live commit and the diff; return every
+    symlink of the new tree, or None (no spare, or not intact: ``tmp`` is left absent).
+
+    The spare is renamed to ``tmp`` first (no other process can take or change it through
+    its name from then on), then checked: nothing under it may have changed since it was
+    sealed (``intact``). Then only the diff is applied, so the cost is the change's.
+    """
+    live = app.live_release()
+    manifest = Manifest.load(app.release_dir(live)) if live else None
+    if manifest is None or not manifest.sha or manifest.sha == sha:
+        return None
+    spare = spare_dir(app, manifest.sha)
+    try:
+        note = json.loads((spare / SPARE_NOTE).read_bytes())
+        if note.get("sha") != manifest.sha:
+            return None
+        diff = raw_diff(app.repo, manifest.sha, sha)
+        files = int(note["files"])
+    except (OSError, ValueError, KeyError, TypeError, PhaseError):
+        return None
+    if len(diff) > LARGE_DIFF * max(files, 1) or not diff_linkable(app, diff):
+        return None
+    try:
+        os.rename(spare, tmp)
+    except OSError:  # taken meanwhile, or gone
+        return None
+    try:
+        links = intact(tmp)
+        made = None if links is None else apply_diff(app.repo, sha, tmp, diff, links)
+    except (OSError, PhaseError):  # out of space, an object missing: the usual path says so
+        made = None
+    if made is None and os.path.islink(tmp):
+        os.unlink(tmp)
+    elif made is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return made
+
+
+def diff_linkable(app: App, diff: list[tuple[str, str, str, str]]) -> bool:
+    """``linkable`` for a tree that was (the spare's) plus ``diff``: no submodule added, no
+    export attribute added (the spare's tree had neither)."""
+    if any(new == "160000" for _, new, _, _ in diff):
+        return False
+    added = [obj for _, new, obj, path in diff if new != "000000" and is_attributes(path)]
+    return not exported_differently(app, added)
+
+
+def intact(spare: Path) -> list[str] | None:
+    """The spare's symlinks (paths under it), as they are on disk; None when anything under
+    ``spare`` changed since its note was written.
+
+    Any change to an entry (a file written, chmod'ed, replaced, added or removed, a link
+    count changed by another release's deletion) sets the inode's or its directory's ctime,
+    which no chmod or utime can set back; one ``find`` compares them all with the note's
+    mtime, and lists the symlinks on the way. The top directory's ctime moved with our
+    rename: its mtime says whether an entry was added or removed there. (A change made with
+    the deploy user's rights and the note rewritten after it is not seen: such a user can
+    change any release as well.)
+    """
+    note = spare / SPARE_NOTE
+    top = os.lstat(spare)
+    if not stat.S_ISDIR(top.st_mode) or top.st_mtime_ns > os.lstat(note).st_mtime_ns:
+        return None  # a link where the spare was is no spare
+    found = subprocess.run(
+        # an empty record for a changed entry (then stop), the relative path of each symlink
+        ["find", str(spare), "-mindepth", "1", "(", "-cnewer", str(note), "-printf", "\\0"]
+        + ["-quit", ")", "-o", "-type", "l", "-printf", "%P\\0"],
+        capture_output=True,
+    )
+    records = found.stdout.split(b"\0")[:-1]
+    if found.returncode or b"" in records:
+        return None
+    return [os.fsdecode(path) for path in records]
+
+
+def apply_diff(
+    repo: Path, sha: str, tmp: Path, diff: list[tuple[str, str, str, str]], links: list[str]
+) -> list[str]:
+    """Turn the spare in ``tmp`` into ``sha``: the diff's old paths deleted (and the
+    directories they leave empty), its new ones written from git; return every symlink."""
+    root = f"{tmp}/"
+    os.unlink(tmp / SPARE_NOTE)
+    os.rmdir(tmp / SPARE_NOTE.parent)
+    gone = [path for old, _, _, path in diff if old != "000000"]
+    for path in gone:
+        os.unlink(root + path)  # a directory here is not the spare's tree: OSError
+    emptied = {path.rpartition("/")[0] for path in gone} - {""}
+    for path in sorted(emptied, key=lambda p: p.count("/"), reverse=True):
+        while path:
+            try:
+                os.rmdir(root + path)  # no tree keeps an empty directory
+            except OSError:  # not empty, or gone with a deeper one
+                break
+            path = path.rpartition("/")[0]
+    write = [(new, obj, path) for _, new, obj, path in diff if new != "000000"]
+    dirs = {path.rpartition("/")[0] for _, _, path in write} - {""}
+    for path in list(dirs):
+        while path := path.rpartition("/")[0]:
+            dirs.add(path)
+    for path in sorted(dirs):
+        try:
+            os.mkdir(root + path)
+            os.chmod(root + path, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(root + path).st_mode):
+                raise
+    write_blobs(repo, sha, tmp, write)
+    kept = set(links).difference(gone).union(p for mode, _, p in write if mode == "120000")
+    return [root + path for path in sorted(kept)]
 
 
 def list_tree(repo: Path, sha: str) -> list[tuple[str, str, str, str]]:
@@ -176,19 +370,29 @@ def list_tree(repo: Path, sha: str) -> list[tuple[str, str, str, str]]:
 
 def changed_paths(repo: Path, old: str, new: str) -> set[str]:
     """The paths added, changed (bytes, mode or type) or deleted between two commits."""
+    return {path for _, _, _, path in raw_diff(repo, old, new)}
+
+
+def raw_diff(repo: Path, old: str, new: str) -> list[tuple[str, str, str, str]]:
+    """``git diff-tree --raw``: (old mode, new mode, new object, path) of each path added,
+    changed (bytes, mode or type) or deleted; a mode of 000000 where there is none."""
     out = git_bytes(repo, "diff-tree", "-r", "-z", "--raw", "--no-renames", old, new)
     fields = out.split(b"\0")[:-1]
     # each entry is ":oldmode newmode old new status" then its path (no renames: one path)
-    return {os.fsdecode(path) for path in fields[1::2]}
+    entries = []
+    for meta, path in zip(fields[::2], fields[1::2], strict=True):
+        old_mode, new_mode, _, obj, _ = meta[1:].decode().split(" ")
+        entries.append((old_mode, new_mode, obj, os.fsdecode(path)))
+    return entries
 
 
-def exported_differently(app: App, tree: list[tuple[str, str, str, str]]) -> bool:
-    """Would ``git archive`` leave out or rewrite files (export-ignore, export-subst)?"""
-    attributes = [
-        obj
-        for _, _, obj, path in tree
-        if path.endswith(".gitattributes") and os.path.basename(path) == ".gitattributes"
-    ]
+def is_attributes(path: str) -> bool:
+    return path.endswith(".gitattributes") and os.path.basename(path) == ".gitattributes"
+
+
+def exported_differently(app: App, attributes: list[str]) -> bool:
+    """Would ``git archive`` leave out or rewrite files (export-ignore, export-subst), by
+    these ``.gitattributes`` blobs or the repo's info/attributes?"""
     texts = [git_bytes(app.repo, "cat-file", "blob", obj) for obj in attributes]
     info = app.repo / "info" / "attributes"
     if info.is_file():
@@ -325,25 +529,41 @@ def disk_use(app: App) -> tuple[dict[str, int], int]:
 
     Releases share their unchanged files' inodes, so the sum of their sizes overstates the
     disk used; a file linked from ``n`` places counts once in the total and in no release's
-    own bytes. The ``.venv`` link is not followed (venvs are in ``venvs/``).
+    own bytes. A spare (``make_spare``) is no release: its links to a release's files do not
+    make them shared, and what it holds alone counts in the total. The ``.venv`` link is not
+    followed (venvs are in ``venvs/``).
     """
+    spares = list(app.releases.glob(f"{SPARE}*")) if app.releases.is_dir() else []
+    in_spares = Counter((st.st_dev, st.st_ino) for st in files_under(spares))
     own: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
     total = 0
+
+    def first_time(st: os.stat_result) -> bool:
+        if (st.st_dev, st.st_ino) in seen:
+            return False
+        seen.add((st.st_dev, st.st_ino))
+        return True
+
     for rid, _ in releases(app):
         own[rid] = 0
-        for dirpath, _, filenames in os.walk(app.release_dir(rid)):
+        for st in files_under([app.release_dir(rid)]):
+            total += st.st_size if first_time(st) else 0
+            if st.st_nlink - in_spares[(st.st_dev, st.st_ino)] == 1:
+                own[rid] += st.st_size
+    total += sum(st.st_size for st in files_under(spares) if first_time(st))
+    return own, total
+
+
+def files_under(trees):
+    """The lstat of every file and symlink under each of ``trees``."""
+    for tree in trees:
+        for dirpath, _, filenames in os.walk(tree):
             for name in filenames:
                 try:
-                    st = os.lstat(os.path.join(dirpath, name))
+                    yield os.lstat(os.path.join(dirpath, name))
                 except OSError:
                     continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-                if st.st_nlink == 1:
-                    own[rid] += st.st_size
-    return own, total
 
 
 def count_files(tree: Path) -> int:
@@ -548,6 +768,8 @@ def prune(
     for stray in app.releases.glob(".t*-*"):
         if stray not in (trash or ()) and not owner_alive(stray.name):
             shutil.rmtree(stray, ignore_errors=True)
+    live_sha = manifest.sha if live and (manifest := Manifest.load(app.release_dir(live))) else ""
+    drop_spares(app, spare_dir(app, live_sha) if live_sha else None, trash)  # of another commit
     return removed
 
 

@@ -84,7 +84,7 @@ def build_venv(d: Deploy) -> str:
     d.manifest.venv = d.venv_key
     d.manifest.save(d.release)
     if reused:
-        return f"reused {d.venv_key[:6]} (requirements unchanged)"
+        return f"reused {d.venv_key[:6]} ({reused})"
     note = venv.carried() if the_plan.installer == "uv" else ""
     note = f" ({note})" if note else ""
     return (

@@ -5,20 +5,18 @@ programs, the state file, the calls; starting and stopping it; its logs' tails.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from supervisor.states import STOPPED_STATES, ProcessStates
-from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from . import lock
 from . import programs as prov
@@ -38,25 +36,33 @@ LOG_TAIL = 20
 # --- talking to supervisord ---------------------------------------------------
 
 
-class _UnixConnection(UnixStreamHTTPConnection):
-    def connect(self) -> None:  # pragma: no cover - exercised by every e2e test
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socketfile)
+@cache
+def _transport_class() -> type:
+    """supervisor's own transport, with a timeout so a wedged supervisord cannot hang a deploy.
 
+    Made on first use: supervisor.xmlrpc (with xmlrpc.client, http.client and supervisor's
+    medusa) is the slowest import of a deploy, and an app without processes never needs it.
+    """
+    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
-class _Transport(SupervisorTransport):
-    """supervisor's own transport, with a timeout so a wedged supervisord cannot hang a deploy."""
+    class _UnixConnection(UnixStreamHTTPConnection):
+        def connect(self) -> None:  # pragma: no cover - exercised by every e2e test
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(self.socketfile)
 
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__(None, None, f"unix://{path}")
+    class _Transport(SupervisorTransport):
+        def __init__(self, path: Path, timeout: float) -> None:
+            super().__init__(None, None, f"unix://{path}")
 
-        def connect() -> _UnixConnection:
-            conn = _UnixConnection("localhost", timeout=timeout)
-            conn.socketfile = str(path)
-            return conn
+            def connect() -> _UnixConnection:
+                conn = _UnixConnection("localhost", timeout=timeout)
+                conn.socketfile = str(path)
+                return conn
 
-        self._get_connection = connect
+            self._get_connection = connect
+
+    return _Transport
 
 
 class Supervisor:
@@ -68,12 +74,18 @@ class Supervisor:
         self.settings = prov.settings(app, host)
         self.listeners: list[Listener] = []
         self.stopping: list[Program] = []  # sent TERM, not yet waited for (``reap``)
-        self.transport = _Transport(self.settings.socket, timeout)
-        self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
+        self.timeout = timeout
+        self.transport = self.proxy = None  # made by the first call: many deploys make none
 
     # RPC
 
     def call(self, method: str, *args: object) -> object:
+        import http.client
+        import xmlrpc.client
+
+        if self.proxy is None:
+            self.transport = _transport_class()(self.settings.socket, self.timeout)
+            self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
         try:
             return getattr(self.proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault:
@@ -186,6 +198,8 @@ class Supervisor:
             self.listeners = list(listeners)
         self.save_state(programs)
         prov.write_programs(self.app, self.settings, programs, self.listeners)
+        import xmlrpc.client
+
         try:
             self.call("reloadConfig")
         except xmlrpc.client.Fault as fault:
@@ -206,6 +220,10 @@ class Supervisor:
                 path = program.socket(self.app, i)
                 if path is not None:
                     path.unlink(missing_ok=True)
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import Faults
+
         try:
             self.call("addProcessGroup", group)
         except xmlrpc.client.Fault as fault:
@@ -222,6 +240,10 @@ class Supervisor:
 
     def stop(self, *programs: Program | Listener, grace: float | None = None) -> None:
         """TERM every process of the programs (KILL after stop_grace), wait, remove their groups."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import Faults
+
         groups = self.term(*programs)
         longest = max((p.stop_grace for p in programs), default=0)
         deadline = time.monotonic() + (grace if grace is not None else longest) + 15
@@ -248,6 +270,10 @@ class Supervisor:
     def term(self, *programs: Program | Listener) -> list[str]:
         """Ask supervisord to stop the programs' groups (TERM, its KILL after stop_grace),
         without waiting; returns the groups it knows."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import Faults
+
         groups = []
         for program in programs:
             group = program.group(self.app)

@@ -4,6 +4,12 @@
 built in a temporary directory and renamed into place when complete, so a venv
 under its key is always whole. uv builds it (relocatable, from uv's shared
 cache); pip is the fallback installer.
+
+Changed requirements that resolve to exactly the packages a kept venv holds (a
+dependency named explicitly, a bound moved, a comment; a ``uv.lock`` whose only change
+is the app's own version) link to that venv instead:
+``venvs/<new key>`` becomes a symlink to it. Everything keyed on the venv (build
+steps, the data probe, migrate's fast path) then sees the same venv and is reused.
 """
 
 from __future__ import annotations
@@ -266,19 +272,32 @@ def _included(requirements: Path, release: Path, seen: set[Path] | None = None) 
     return found
 
 
-def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
+def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, str | None]:
     """Link ``release/.venv`` to the venv for the plan, building it if needed.
 
-    Returns (key, reused).
+    Returns (key, why it was reused: None when it was built). The key is the venv's own:
+    requirements that resolve to the packages a kept venv holds are linked to that one.
     """
-    key = the_plan.key
+    key, why = the_plan.key, "requirements unchanged"
     target = app.venvs / key
-    reused = target.is_dir()
-    if not reused:
-        live_id = app.live_release()  # not `current` itself: it may point anywhere
-        live = app.release_dir(live_id) / ".venv" if live_id else None
-        bytecode_from = live.resolve() if live and live.is_dir() else None
-        build(target, release, the_plan, bytecode_from=bytecode_from)
+    if target.is_symlink():  # these requirements resolved before to another key's venv
+        found = app.venvs / os.readlink(target)
+        if found.parent == app.venvs and found.is_dir() and not found.is_symlink():
+            key, target = found.name, found
+        else:
+            target.unlink()
+    if not target.is_dir():
+        same = same_packages(app, the_plan, release)
+        if same:
+            key, why = same
+            os.symlink(key, target)  # the next push of these requirements resolves nothing
+            target = app.venvs / key
+        else:
+            live_id = app.live_release()  # not `current` itself: it may point anywhere
+            live = app.release_dir(live_id) / ".venv" if live_id else None
+            bytecode_from = live.resolve() if live and live.is_dir() else None
+            build(target, release, the_plan, bytecode_from=bytecode_from)
+            why = None
     link = release / ".venv"
     if link.is_symlink() or link.exists():
         if link.is_dir() and not link.is_symlink():
@@ -286,7 +305,208 @@ def ensure(app: App, release: Path, the_plan: Plan) -> tuple[str, bool]:
         else:
             link.unlink()
     os.symlink(os.path.relpath(target, release), link)
-    return key, reused
+    return key, why
+
+
+# --- requirements that resolve to what a kept venv holds -----------------------
+
+PACKAGES = "shipyard-packages.json"  # in a venv: what it holds, written before it is renamed in
+PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed(venv: Path) -> list[str] | None:
+    """``name==version`` of every distribution in the venv, sorted; None when one came from a
+    path or a URL (its version does not name its content)."""
+    found = []
+    for site in venv.glob("lib/python*/site-packages"):
+        with os.scandir(site) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".dist-info"):
+                    continue
+                if os.path.exists(os.path.join(entry.path, "direct_url.json")):
+                    return None
+                name, _, version = entry.name[: -len(".dist-info")].rpartition("-")
+                found.append(f"{_canonical(name)}=={version}")
+    return sorted(found)
+
+
+def packages_record(the_plan: Plan, release: Path, packages: list[str]) -> dict:
+    """Everything a venv's key is made of but the requirements' bytes, and what they gave."""
+    return {
+        "python": the_plan.python,
+        "installer": the_plan.installer,
+        "sources": sources(the_plan, release),
+        "packages": packages,
+    }
+
+
+def sources(the_plan: Plan, release: Path) -> list[str]:
+    """Where the packages come from, as the app says it: the requirements files' options
+    (``--index-url``, ``--find-links``, ``--pre``…) and uv's settings in the release. One
+    name and version from two indexes may be two packages."""
+    found = []
+    for path in the_plan.inputs:
+        if path.suffix == ".txt":
+            for line in path.read_text(errors="replace").splitlines():
+                if line.strip().startswith("-") and not INCLUDE.match(line):
+                    found.append(" ".join(line.split()))
+    if (release / "uv.toml").is_file():
+        found.append("uv.toml " + (release / "uv.toml").read_text(errors="replace"))
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        tool = tomllib.loads((release / "pyproject.toml").read_text()).get("tool", {})
+        if isinstance(tool, dict) and "uv" in tool:
+            found.append("tool.uv " + json.dumps(tool["uv"], sort_keys=True, default=str))
+    return found
+
+
+def resolved(the_plan: Plan, release: Path, env: dict[str, str]) -> list[str] | None:
+    """What the requirements resolve to now (``uv pip compile``: the resolution the install
+    would make, without installing), as ``installed`` names it; None when that does not say
+    what a venv would hold: not uv, hashes to check, a path or URL, an error. From a lock:
+    ``locked``, nothing resolved."""
+    req = the_plan.requirements
+    if the_plan.installer != "uv":
+        return None
+    if req.name == "uv.lock":
+        return locked(req)
+    texts = [path.read_bytes() for path in the_plan.inputs]
+    if any(b"--hash" in text or b"--require-hashes" in text for text in texts):
+        return None  # installing checks each file; reusing would not
+    cmd = [uv_bin(), "pip", "compile", "--quiet", "--no-header", "--no-annotate"]
+    cmd += ["--python", the_plan.interpreter, str(req)]
+    try:
+        result = subprocess.run(cmd, cwd=release, env=env, capture_output=True, text=True)
+    except OSError:
+        return None
+    if result.returncode:
+        return None  # the install says why
+    pins = []
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = PIN.fullmatch(line)
+        if not match:
+            return None
+        pins.append(f"{_canonical(match.group(1))}=={match.group(2)}")
+    return sorted(pins)
+
+
+def locked(lock: Path) -> list[str] | None:
+    """What ``uv sync --frozen`` installs from a lock, as one line: the lock without what names
+    the app itself (its version and the requirements it declares, e.g. a version bump); None
+    when a package comes from a path, a URL or a git checkout (its version does not name it).
+    The packages' hashes are part of it: what is reused was checked against the same ones."""
+    try:
+        data = tomllib.loads(lock.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    packages = []
+    for package in data.get("package", []):
+        source = package.get("source", {}) if isinstance(package, dict) else None
+        if not isinstance(source, dict):
+            return None
+        if source.get("editable") == "." or source.get("virtual") == ".":
+            package = {k: v for k, v in package.items() if k not in ("version", "metadata")}
+        elif "registry" not in source:
+            return None
+        packages.append(json.dumps(package, sort_keys=True, default=str))
+    rest = {k: v for k, v in data.items() if k != "package"}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
+    digest.update("\n".join(sorted(packages)).encode())
+    return [f"uv.lock {digest.hexdigest()}"]
+
+
+def same_packages(app: App, the_plan: Plan, release: Path) -> tuple[str, str] | None:
+    """(key, why) of a kept venv built for the same Python and installer that holds exactly
+    what the requirements resolve to now (the live release's first); None if there is none."""
+    if not app.venvs.is_dir():
+        return None
+    candidates = sorted(
+        p for p in app.venvs.iterdir() if not p.name.startswith(".") and not p.is_symlink()
+    )
+    live_id = app.live_release()
+    live = (app.release_dir(live_id) / ".venv").resolve() if live_id else None
+    candidates.sort(key=lambda p: p != live)
+    records = {}
+    mine = packages_record(the_plan, release, [])
+    for path in candidates:
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            record = json.loads((path / PACKAGES).read_text())
+            if {**record, "packages": []} == mine and may_hold(the_plan, record["packages"]):
+                records[path.name] = record
+    if not records:
+        return None  # nothing to compare with: nothing resolved (a new package, an upgrade)
+    pins = resolved(the_plan, release, build_env(the_plan))
+    if pins is None:
+        return None
+    wanted = packages_record(the_plan, release, pins)
+    for key, record in records.items():
+        if record == wanted and the_plan.requirements.name == "uv.lock":
+            return key, "uv.lock changed, not the packages it installs"
+        if record == wanted:
+            plural = "s" if len(pins) != 1 else ""
+            return key, f"requirements changed, resolved to the same {len(pins)} package{plural}"
+    return None
+
+
+PLAIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;@]*)")
+CLAUSE = re.compile(r"(==|!=|<=|>=|<|>)\s*(\d+(?:\.\d+)*)")
+
+
+def may_hold(the_plan: Plan, packages: list[str]) -> bool:
+    """False when a requirement as written (a plain ``name[extras] specifier`` line) names a
+    package that ``packages`` lacks, or a version it does not hold: then no resolution can
+    give ``packages``, and none is asked for. What it cannot judge (options, URLs, markers,
+    ``~=``, wildcards, pre-releases) is left to the resolution: True."""
+    if the_plan.requirements.name == "uv.lock":
+        return True
+    held = dict(p.split("==", 1) for p in packages if "==" in p)
+    for path in the_plan.inputs:
+        if path.suffix != ".txt":
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            plain = PLAIN.fullmatch(line)
+            if not plain or line.startswith("#"):
+                continue
+            version = held.get(_canonical(plain.group(1)))
+            if version is None:
+                return False
+            for clause in filter(None, (c.strip() for c in plain.group(3).split(","))):
+                match = CLAUSE.fullmatch(clause)
+                judged = match and re.fullmatch(r"\d+(\.\d+)*", version)
+                if judged and not _holds(version, match.group(1), match.group(2)):
+                    return False
+    return True
+
+
+def _holds(version: str, op: str, bound: str) -> bool:
+    """``version op bound`` for release numbers (1.2 == 1.2.0)."""
+    mine, theirs = [int(n) for n in version.split(".")], [int(n) for n in bound.split(".")]
+    width = max(len(mine), len(theirs))
+    mine, theirs = mine + [0] * (width - len(mine)), theirs + [0] * (width - len(theirs))
+    return {
+        "==": mine == theirs,
+        "!=": mine != theirs,
+        "<=": mine <= theirs,
+        ">=": mine >= theirs,
+        "<": mine < theirs,
+        ">": mine > theirs,
+    }[op]
+
+
+def build_env(the_plan: Plan) -> dict[str, str]:
+    """The installer's environment: the host's pip settings for uv, never a Python download."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
+    if the_plan.installer == "uv":
+        env.update(uv_environment(env))
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    return env
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
@@ -312,10 +532,7 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    if the_plan.installer == "uv":
-        env.update(uv_environment(env))
-    env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # an installed Python, or a clear refusal
+    env = build_env(the_plan)
     interpreter = the_plan.interpreter
     # Linking needs the new venv's bytecode tag: known when it runs shipyard's interpreter.
     reuse = bytecode_from is not None and interpreter == sys.executable
@@ -336,6 +553,13 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
                 _run(install, release, env, "installing requirements")
             if reuse:
                 compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
+            packages = installed(tmp)
+            if packages is not None and req.name == "uv.lock":
+                packages = locked(req)
+            if packages is not None:  # best effort: without it, no other key reuses it
+                record = json.dumps(packages_record(the_plan, release, packages), indent=1)
+                with contextlib.suppress(OSError):
+                    (tmp / PACKAGES).write_text(record + "\n")
         else:
             _run([interpreter, "-m", "venv", str(tmp)], release, env, "creating the virtualenv")
             pip_req = _pip_requirements(req, tmp, env)
@@ -354,7 +578,15 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
 
 
 def not_world_writable(tree: Path) -> None:
-    """Clear o+w everywhere (uv makes its ``.lock`` 0666 whatever the umask)."""
+    """Clear o+w everywhere (uv makes its ``.lock`` 0666 whatever the umask; files linked
+    from uv's cache keep the modes they were written with). find(1) walks the venv's
+    thousands of files several times faster than a walk in Python does."""
+    find = shutil.which("find")
+    if find:
+        cmd = [find, str(tree), "-perm", "-0002", "!", "-type", "l"]
+        result = subprocess.run([*cmd, "-exec", "chmod", "o-w", "{}", "+"], capture_output=True)
+        if not result.returncode:
+            return
     for dirpath, dirnames, filenames in os.walk(tree):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
@@ -365,32 +597,70 @@ def not_world_writable(tree: Path) -> None:
 
 def link_bytecode(source: Path, venv: Path) -> list[str]:
     """Hard-link ``source``'s compiled files into ``venv`` for the .py files both venvs hold as
-    the very same file (same device and inode: both linked from uv's cache), so their bytecode
-    is valid as is. Python replaces a .pyc by renaming, never in place: sharing is safe.
-    Returns the .py files left to compile."""
+    the very same file (same inode: both linked from uv's cache), so their bytecode is valid
+    as is. Python replaces a .pyc by renaming, never in place: sharing is safe.
+    Returns the .py files left to compile.
+
+    Directory listings only (``scandir`` gives each entry's inode and type without a stat):
+    a venv holds thousands of files, and a stat or two for each was most of this step."""
     tag = sys.implementation.cache_tag
-    todo = []
+    todo: list[str] = []
     for site in venv.glob("lib/python*/site-packages"):
         other_site = source / site.relative_to(venv)
-        for dirpath, dirnames, filenames in os.walk(site):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-            other = other_site / os.path.relpath(dirpath, site)
-            cache = os.path.join(dirpath, "__pycache__")
-            for name in filenames:
-                if not name.endswith(".py"):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    mine, theirs = os.stat(path), os.stat(other / name)
-                    if (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev):
-                        pyc = f"{name[:-3]}.{tag}.pyc"
-                        os.makedirs(cache, exist_ok=True)
-                        os.link(other / "__pycache__" / pyc, os.path.join(cache, pyc))
+        try:
+            same_device = os.stat(site).st_dev == os.stat(other_site).st_dev
+        except OSError:
+            same_device = False
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            here, there = os.path.join(site, rel), os.path.join(other_site, rel)
+            theirs = _py_inodes(there) if same_device else {}
+            compiled = _names(os.path.join(there, "__pycache__")) if theirs else set()
+            cache = os.path.join(here, "__pycache__")
+            made = False
+            with os.scandir(here) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name != "__pycache__":
+                            pending.append(os.path.join(rel, entry.name))
                         continue
-                except OSError:
-                    pass  # not there, or no bytecode there: compiled below
-                todo.append(path)
+                    if not entry.name.endswith(".py"):
+                        continue
+                    pyc = f"{entry.name[:-3]}.{tag}.pyc"
+                    if theirs.get(entry.name) == entry.inode() and pyc in compiled:
+                        try:
+                            if not made:
+                                os.makedirs(cache, exist_ok=True)
+                                made = True
+                            os.link(
+                                os.path.join(there, "__pycache__", pyc), os.path.join(cache, pyc)
+                            )
+                            continue
+                        except OSError:
+                            pass  # compiled below
+                    todo.append(entry.path)
     return todo
+
+
+def _py_inodes(directory: str) -> dict[str, int]:
+    """{name: inode} of the regular .py files in ``directory`` (none if it is not there)."""
+    try:
+        with os.scandir(directory) as entries:
+            return {
+                e.name: e.inode()
+                for e in entries
+                if e.name.endswith(".py") and not e.is_symlink() and e.is_file()
+            }
+    except OSError:
+        return {}
+
+
+def _names(directory: str) -> set[str]:
+    try:
+        return set(os.listdir(directory))
+    except OSError:
+        return set()
 
 
 COMPILE_ONE_BY_ONE = 300  # up to this many files, one process; more: compileall's workers
@@ -398,15 +668,20 @@ COMPILE_ONE_BY_ONE = 300  # up to this many files, one process; more: compileall
 
 def compile_bytecode(python: str, venv: Path, env: dict[str, str], files: list[str]) -> None:
     """Compile ``files`` (if many: everything without valid bytecode). Best effort, as an
-    installer does it: a file that does not compile fails at import, not here."""
+    installer does it: a file that does not compile fails at import, not here.
+
+    The venv runs shipyard's own interpreter (``build`` links bytecode only then), so a few
+    files are compiled here, in this process: the same bytecode, without a Python start."""
     if not files:
         return
-    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if len(files) <= COMPILE_ONE_BY_ONE:
-        listed = "\n".join(files) + "\n"
-        compile_list = [python, "-m", "compileall", "-q", "-i", "-"]
-        subprocess.run(compile_list, input=listed.encode(), **quiet)
+        import py_compile
+
+        for path in files:
+            with contextlib.suppress(Exception):  # e.g. a file only another Python reads
+                py_compile.compile(path, doraise=True)
         return
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     for site in venv.glob("lib/python*/site-packages"):
         subprocess.run(
             [python, "-m", "compileall", "-q", "-j", "0", str(site)],
@@ -446,8 +721,9 @@ def _rewrite_shebangs(tmp: Path, target: Path) -> None:
 
 
 def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> list[str]:
-    """Remove venvs that no kept release links to (and stray half-built ones); with ``trash``,
-    rename them aside into it for ``release.empty`` to delete later."""
+    """Remove venvs that no kept release links to (and stray half-built ones, and the other
+    keys' links to a removed one); with ``trash``, rename them aside into it for
+    ``release.empty`` to delete later."""
     removed = []
     if not app.venvs.is_dir():
         return removed
@@ -455,6 +731,10 @@ def prune(app: App, keep_keys: set[str], trash: list[Path] | None = None) -> lis
         if path.name.startswith(".tmp-"):
             if not owner_alive(path.name):
                 shutil.rmtree(path, ignore_errors=True)
+            continue
+        if path.is_symlink():  # another key's way to a venv (see ensure)
+            if os.readlink(path) not in keep_keys:
+                path.unlink()
             continue
         if path.name not in keep_keys:
             set_aside(path, app.venvs / f".tmp-trash-{path.name}-{os.getpid()}", trash)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import Host, Work, make_work, run, shipyard
+from httpload import fetch
 
 from shipyard import fault_injection, lock
 
@@ -324,6 +327,36 @@ def test_build_outputs_reused_while_inputs_unchanged(host: Host, work: Work):
     assert "sans-serif" in (first / css).read_text()  # the old release is untouched
 
 
+def test_requirements_resolving_to_the_same_packages_reuse_the_venv(host: Host, work: Work):
+    work.push()
+    first = host.live()
+    venv = (first / ".venv").resolve()
+    css = "static/polls/style.css"
+    reqs = (work.path / "requirements.txt").read_text()
+    work.commit("explicit", **{"requirements.txt": reqs + "sqlparse>=0.4\n"})  # Django's own
+    same = work.push()
+    line = same.out.split("✓ venv")[1].splitlines()[0]
+    assert "reused" in line and "requirements changed, resolved to the same" in line, line
+    assert (host.live() / ".venv").resolve() == venv
+    assert "0 ran, 1 reused (inputs unchanged)" in same.out
+    assert (host.live() / css).stat().st_ino == (first / css).stat().st_ino
+    assert manifest(host)["venv"] == venv.name
+
+    work.commit("added", **{"requirements.txt": reqs + "sqlparse>=0.4\npython-dotenv>=1.0\n"})
+    added = work.push()  # another package: a venv of its own, and the build runs with it
+    assert "built" in added.out.split("✓ venv")[1].splitlines()[0]
+    grown = (host.live() / ".venv").resolve()
+    assert grown != venv and manifest(host)["venv"] == grown.name
+    assert "1 ran" in added.out.split("✓ build")[1].splitlines()[0]
+    run(host.live() / ".venv" / "bin" / "python", "-c", "import dotenv, django")
+    assert run(venv / "bin" / "python", "-c", "import dotenv", check=False).returncode != 0
+
+    work.commit("code", **{"mysite/version.py": 'GREETING = "code only"\n'})
+    code_only = work.push()
+    assert "requirements unchanged" in code_only.out
+    assert (host.live() / ".venv").resolve() == grown
+
+
 def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):
     work.write("shipyard.toml", 'build = ["sleep 3"]\n')
     work.commit("slow build")
@@ -372,3 +405,39 @@ def test_heartbeat_during_a_long_step(host: Host, work: Work):
     result = work.push()
     beats = [ln for ln in result.out.splitlines() if "… build" in ln and "still running" in ln]
     assert len(beats) >= 2
+
+
+def wait_for_spare(host: Host, sha: str) -> Path:
+    """The worker prepares the live commit's spare once the push is answered: soon after."""
+    spare = host.dir / "releases" / f".next-{sha}"
+    deadline = time.monotonic() + 60  # bounded
+    while not (spare / ".shipyard" / "spare.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (spare / ".shipyard" / "spare.json").is_file(), "no spare after the answer"
+    return spare
+
+
+def test_the_next_push_starts_from_the_spare_made_after_the_answer(host: Host, work: Work):
+    work.commit("notes", **{"notes/old.txt": "deleted by the next push\n"})
+    work.push()
+    first = host.live()
+    first_sha = manifest(host)["sha"]
+    spare = wait_for_spare(host, first_sha)
+    assert host.releases() == [first.name]  # no release: not listed, not kept, no rollback
+    listed = shipyard("--root", host.root, "releases", host.name, "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)["releases"]] == [first.name]
+
+    (work.path / "notes" / "old.txt").unlink()
+    sha = work.commit("v2", **{"mysite/version.py": 'GREETING = "from the spare"\n'})
+    assert f"shipyard ▸ live: {sha[:7]}" in work.push().out
+    second = host.live()
+    assert not spare.exists()  # taken by the checkout
+    assert (second / "manage.py").stat().st_ino == (first / "manage.py").stat().st_ino
+    assert not (second / "notes").exists() and (first / "notes" / "old.txt").exists()
+    assert 'GREETING = "from the spare"' in (second / "mysite" / "version.py").read_text()
+    assert wait_for_spare(host, sha).is_dir()
+
+    shutil.rmtree(first)  # deleting another release breaks none
+    status, body = fetch(host.port)
+    assert status == 200 and "from the spare" in body
+    assert shipyard("--root", host.root, "status", host.name).returncode == 0

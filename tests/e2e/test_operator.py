@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import BIN, Host, Work, shipyard
 
+from shipyard import fault_injection, lock
+
 
 def sy(host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return shipyard("--root", host.root, *args, check=check)
@@ -227,6 +229,33 @@ def test_rollback_goes_back_step_by_step_and_moves_the_branch(three):
     # A push after a rollback is an ordinary deploy.
     work.push("-f", "main")
     assert host.live().name == releases[2] and history(host)[-1]["kind"] == "push"
+
+
+def test_rollback_answers_before_the_work_after_its_outcome(three):
+    """`shipyard rollback` ends with its outcome (its exit status the outcome's): what comes
+    after it (the lock's release, engine.tidy) goes on in a detached process that neither a
+    terminal nor `ssh host shipyard rollback` waits for."""
+    host, work, releases = three
+    run_dir = host.dir / "run"
+    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    try:
+        result = shipyard("--root", host.root, "rollback", "mysite", timeout=60)  # then paused
+        assert result.stdout.splitlines()[-1].startswith("shipyard ▸ live: ")
+        assert host.live().name == releases[1] and history(host)[-1]["outcome"] == "live"
+        wait_for((run_dir / fault_injection.PAUSED).exists, what="the detached rest's pause")
+        paused = json.loads((run_dir / fault_injection.PAUSED).read_text())
+        os.kill(paused["pid"], 0)  # the detached rest of the rollback, still there
+        assert os.getsid(paused["pid"]) == paused["pid"]  # in its own session
+    finally:
+        fault_injection.disarm(run_dir)
+        (run_dir / fault_injection.PAUSED).unlink(missing_ok=True)
+    wait_for(lambda: not lock.is_held(host.dir / "run" / "deploy.lock"), what="the lock's release")
+    assert (host.dir / "deploys" / "4.log").read_text() == result.stdout
+
+    fault_injection.arm(run_dir, {"at": "verify", "action": "fail"})  # a rollback that fails
+    failed = shipyard("--root", host.root, "rollback", "mysite", timeout=60, check=False)
+    assert failed.returncode == 1 and "failed at verify: injected failure" in failed.stdout
+    assert host.live().name == releases[1] and history(host)[-1]["outcome"] == "failed"
 
 
 def test_rollback_with_no_earlier_release(host: Host, work: Work):

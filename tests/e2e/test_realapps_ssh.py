@@ -23,7 +23,8 @@ def test_a_local_https_index_the_system_store_trusts_works_for_the_deploy_user(
     tmp_path,
     tls_index,  # noqa: F811
 ):
-    """The index's CA is in the system store only, the index in the deploy user's pip.conf."""
+    """The index's CA is in the system store only, the index in the deploy user's pip.conf;
+    the app names the Python it needs (read with a library the provisioned venv must hold)."""
     need_root_and_sshd()
     index, ca = tls_index
     bundle = tmp_path / "system-bundle.pem"
@@ -56,7 +57,13 @@ def test_a_local_https_index_the_system_store_trusts_works_for_the_deploy_user(
             work = Work(tmp_path / "app")
             work.path.mkdir()
             work.git("init", "-q", "-b", "main")
-            work.commit("needs greeting", **{"requirements.txt": "greeting==1.0\n", "main.py": ""})
+            project = '[project]\nname = "app"\nversion = "1"\nrequires-python = ">=3.9"\n'
+            files = {
+                "requirements.txt": "greeting==1.0\n",
+                "main.py": "",
+                "pyproject.toml": project,
+            }
+            work.commit("needs greeting", **files)  # and says which Python it runs on
             url = f"ssh://{user}@127.0.0.1:{port}/~/apps/mysite/repo.git"
             work.git("remote", "add", "production", url)
             ssh = (

@@ -566,6 +566,13 @@ def test_rollback_over_ssh_says_only_what_is_true(server: Server, work: Work, fi
     assert out.returncode == 0, out.stdout + out.stderr
     assert "skip-migrate" not in out.stdout
     assert "- migrate           -    a rollback runs no migrations" in out.stdout
+    # run in the forced command's own process, with the key's name as the pusher
+    assert out.stdout.splitlines()[0].endswith(" by alice")
+    entry = json.loads((server.app / "deploys" / "deploys.jsonl").read_text().splitlines()[-1])
+    assert (entry["kind"], entry["outcome"], entry["pusher"]) == ("rollback", "live", "alice")
+    assert (server.app / "current").resolve().name == entry["release"]
+    refused = server.ssh("shipyard", "rollback", "mysite", "--root=/tmp")
+    assert refused.returncode == 126 and "is not allowed" in refused.stderr
     push(server, work, "-f", "main")  # forward again
 
 

@@ -28,6 +28,9 @@ ALLOWED_LOCAL = {
     # and `shipyard log`, which follows a log with this module, never load them
     ("shipyard.hooks.worker", "shipyard.worker"): "start-up speed",
     ("shipyard.hooks.worker", "shipyard.operate"): "start-up speed",
+    # the forced SSH command sets safe_umask before it execs git-receive-pack: without
+    # loading the host config's parser (tomllib), which git's hooks load for themselves
+    ("shipyard.guard", "shipyard.config"): "start-up speed",
 }
 
 

@@ -136,3 +136,16 @@ def test_unfinished_deploys_are_running_waiting_or_interrupted(app):
     with history.open_log(app, number):
         assert history.deploys(app)[-1]["outcome"] == "waiting"
     assert history.deploys(app)[-1]["outcome"] == "interrupted"
+
+
+def test_a_deploys_own_history_line_is_read_from_the_end_of_the_file(app):
+    """What `answered` reads for the exit status: the newest line for the number, at any size."""
+    assert history.recorded(app, 1) is None  # no history yet
+    for n in range(1, 400):
+        record(app, n, A, message="x" * 300)
+    history.record(app, {"deploy": 400, "outcome": "failed", "release": B})
+    assert history.recorded(app, 400)["outcome"] == "failed"
+    assert history.recorded(app, 399)["release"] == A
+    assert history.recorded(app, 2) is None  # not in the last 64 KiB: the command ends as before
+    assert history.recorded(app, 2, tail=1 << 30)["deploy"] == 2
+    assert history.recorded(app, 401) is None

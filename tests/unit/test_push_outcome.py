@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from shipyard.app import App
 from shipyard.engine import bounded
 from shipyard.errors import ShipyardError
+from shipyard.hooks import worker as hook_worker
+from shipyard.hooks.proc_receive import PktLines, Reply, answer
 from shipyard.hooks.worker import Lines, PushLines, copy_log
 from shipyard.options import parse_options, refuse_push_only, waits
 
@@ -75,3 +78,61 @@ def test_log_lines_lose_colour_only_when_asked(tmp_path):
     copy_log(log, lambda: True, coloured, lines=Lines())
     assert plain.getvalue() == "shipyard ▸ deploy\n  ✓ ok\n".encode()
     assert coloured.getvalue() == log.read_bytes()
+
+
+def pkt(text: str) -> bytes:
+    """One pkt-line as git frames it: four hex digits of length, then the line."""
+    return f"{len(text) + 4:04x}{text}".encode()
+
+
+def test_proc_receive_reads_gits_pkt_lines_and_answers_in_them():
+    command = f"{'1' * 40} {'2' * 40} refs/heads/main\n"
+    wire = pkt("version=1\0push-options atomic\n") + b"0000" + pkt(command) + b"0000"
+    sent = io.BytesIO()
+    proto = PktLines(io.BytesIO(wire + pkt("message=hello\n") + b"0000").read, sent.write)
+    assert proto.read_seq() == [b"version=1\0push-options atomic\n"]
+    assert proto.read_seq() == [command.encode()]
+    assert proto.read_seq() == [b"message=hello\n"]
+    answer(proto, [Reply("refs/heads/main", options=["forced-update"]), Reply("refs/x", "no")])
+    assert sent.getvalue() == (
+        pkt("ok refs/heads/main") + pkt("option forced-update") + pkt("ng refs/x no") + b"0000"
+    )
+    assert pkt("ok refs/heads/main").startswith(b"0016")
+
+
+@pytest.mark.parametrize("wire", [b"", b"00", b"zzzz", b"0010short"])
+def test_proc_receive_stops_with_one_line_when_git_hangs_up(wire):
+    with pytest.raises(SystemExit, match="proc-receive: git sent a broken pkt-line"):
+        PktLines(io.BytesIO(wire).read, io.BytesIO().write).read_seq()
+
+
+def test_the_hook_wakes_when_the_worker_says_its_outcome_is_recorded(monkeypatch):
+    slept = []
+    monkeypatch.setattr(hook_worker.time, "sleep", slept.append)
+    ours, theirs = os.pipe()
+    os.set_blocking(ours, False)
+    pid = os.fork()
+    if pid == 0:  # the worker: says so, and is gone
+        os.write(theirs, b"1")
+        os._exit(0)
+    os.close(theirs)
+    w = hook_worker.Worker(pid, ours)
+    w.wait(60)  # readable: returns without sleeping the poll out
+    assert slept == [] and w.outcome_known()
+    w.wait(0.5)
+    assert slept == [0.5]  # said: nothing left to wake on
+    os.waitpid(pid, 0)
+    os.close(ours)
+
+
+def test_a_worker_gone_without_a_word_is_polled_not_selected(monkeypatch):
+    ours, theirs = os.pipe()
+    os.set_blocking(ours, False)
+    pid = os.fork()
+    if pid == 0:  # killed before it recorded anything
+        os._exit(9)
+    os.close(theirs)
+    w = hook_worker.Worker(pid, ours)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited; not reaped yet
+    assert w.outcome_known() and w.returncode == 9
+    assert w.reported is None  # the pipe's end was seen and closed: no busy select on it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from conftest import run
 
 from shipyard import repo
 from shipyard.app import App
+from shipyard.errors import ShipyardError
 from shipyard.provision.shell import NotAllowed, decide, main
 
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -226,3 +228,109 @@ def test_tls_files_are_not_given_over_ssh(home: Path):
         decide(
             "shipyard tls mysite --certificate /etc/shadow --key /k", home, home / "apps", SHIPYARD
         )
+
+
+def test_the_forced_command_runs_without_building_the_parser(monkeypatch, tmp_path):
+    from shipyard import cli
+    from shipyard.provision import shell
+
+    called = []
+    monkeypatch.setattr(cli, "build_parser", lambda *_: pytest.fail("the parser was built"))
+
+    def forced(name, root, run=None):
+        called.append((name, root))
+        return 126
+
+    monkeypatch.setattr(shell, "main", forced)
+    monkeypatch.setenv("SHIPYARD_ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["ssh-command", "alice"])
+    assert (stop.value.code, called) == (126, [("alice", tmp_path)])
+    assert cli.forced_command(["ssh-command", "--help"]) is None  # the parser's, as before
+    assert cli.forced_command(["ssh-command", "alice", "x"]) is None
+
+
+def test_an_allowed_shipyard_command_runs_in_the_forced_commands_process(home: Path, monkeypatch):
+    """No second interpreter: the command runs in `shipyard ssh-command`'s own process, with
+    the environment the exec would have had (no GIT_*/SHIPYARD_* of the client's, the pusher)
+    and the deploy root; its exit status is the session's."""
+    import atexit
+
+    from shipyard import cli
+
+    environ = {
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "SSH_ORIGINAL_COMMAND": "shipyard rollback mysite",
+        "SHIPYARD_NOTIFY": "http://elsewhere/",
+        "SHIPYARD_PUSHER": "mallory",
+        "GIT_DIR": "/tmp/other.git",
+        "GIT_PROTOCOL": "version=2",
+    }
+    monkeypatch.setattr(os, "environ", environ)  # a copy the forced command may rewrite
+
+    def no_exec(*args):
+        raise AssertionError(f"exec'd {args[1]}")
+
+    seen = {}
+
+    def rollback(args):
+        seen.update(env=dict(os.environ), root=args.root, app=args.app, release=args.release)
+        return 3
+
+    def exit_now(code):
+        raise SystemExit(code)  # the process would end here, the interpreter not torn down
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)  # pytest's own stay registered
+    monkeypatch.setattr(cli, "cmd_rollback", rollback)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["ssh-command", "alice"])
+    assert exit.value.code == 3
+    assert seen == {
+        "env": {
+            "HOME": str(home),
+            "PATH": "/usr/bin:/bin",
+            "SSH_ORIGINAL_COMMAND": "shipyard rollback mysite",
+            "GIT_PROTOCOL": "version=2",
+            "SHIPYARD_PUSHER": "alice",
+        },
+        "root": home / "apps",
+        "app": "mysite",
+        "release": None,
+    }
+    assert (
+        "key=alice from=- allowed: 'shipyard rollback mysite'"
+        in (home / ".shipyard" / "ssh.log").read_text()
+    )
+
+    def failing(args):
+        raise ShipyardError("nothing to roll back to")
+
+    monkeypatch.setattr(cli, "cmd_rollback", failing)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["ssh-command", "alice"])
+    assert exit.value.code == 1
+
+
+def test_the_in_process_command_ends_the_process_once_done(monkeypatch):
+    """Output flushed and exit handlers run, then os._exit; a normal exit while a thread runs."""
+    import atexit
+    import threading
+
+    from shipyard.provision.shell import exit_now
+
+    ended, handled = [], []
+    monkeypatch.setattr(os, "_exit", ended.append)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: handled.append("ran"))
+    exit_now(3)
+    assert ended == [3] and handled == ["ran"]
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        assert exit_now(4) == 4 and ended == [3]
+    finally:
+        release.set()
+        worker.join()
