@@ -218,14 +218,16 @@ def example_files(src: str, names: list[str]) -> set[str]:
     return skip & set(names)
 
 
-SIX = ("1.17.0", "1.16.0", "1.15.0", "1.14.0", "1.13.0", "1.12.0", "1.11.0", "1.10.0")
+ADDED = ("six", "idna", "attrs", "decorator", "iniconfig", "pluggy", "appdirs")
 
 
 def changed_requirement(i: int) -> str:
-    """The requirement of the i-th changed-requirement deploy: another release of six each
-    time, so every such deploy installs a package its previous venv does not hold (a range
-    like ``six>=1.1i`` resolves to the same six every time, which a deploy may rightly reuse)."""
-    return f"six=={SIX[i % len(SIX)]}"
+    """The requirement added by the i-th changed-requirement deploy: another small package
+    each time, which no earlier venv holds, so every such deploy installs something new (a
+    range like ``six>=1.1i`` resolved to the same package every time, and a deploy may
+    rightly reuse a venv that holds what the requirements resolve to; the host's index has
+    one version of most packages, so the change is another package, not another version)."""
+    return ADDED[i % len(ADDED)]
 
 
 def greeting_file(n: int | str) -> str:
