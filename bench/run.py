@@ -1204,7 +1204,7 @@ def goal_lines() -> list[tuple[str, str, str, str]]:
         if isinstance(value, str):
             lines.append((text, target, "–", f"not measured: {value}"))
             continue
-        figure = f"{value:.1f}×" if unit == "×" else f"{value:.3f} s"
+        figure = f"{value:.2f}×" if unit == "×" else f"{value:.3f} s"  # 19.96× is not 20×
         lines.append((text, target, figure, "met" if test(value) else "NOT MET"))
     return lines
 
