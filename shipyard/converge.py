@@ -170,20 +170,21 @@ def wait_running(sv: Supervisor, programs: list[Program], offsets: dict[str, dic
             time.sleep(0.05)
 
 
-def masters(sv: Supervisor, programs: list[Program]) -> list[int]:
-    """The pids supervisord started for the programs (gunicorn's masters)."""
+def pids(sv: Supervisor, programs: list[Program]) -> dict[str, int]:
+    """The pid supervisord started for each process of the programs (gunicorn's masters),
+    by namespec."""
     infos = sv.infos()
-    return [infos[ns]["pid"] for p in programs for ns in p.namespecs(sv.app) if ns in infos]
+    return {ns: infos[ns]["pid"] for p in programs for ns in p.namespecs(sv.app) if ns in infos}
 
 
-def stop_accepting(pids: list[int], sockets: set[str], wait: float = ACCEPT_WAIT) -> None:
+def stop_accepting(masters: list[int], sockets: set[str], wait: float = ACCEPT_WAIT) -> None:
     """Wait until gunicorn's masters, sent TERM, have closed the shared socket: a master
     closes it first, then signals its workers, which leave their accept loop as they wake (no
     request sent 20 ms after the TERM reached an old worker, measured), so the push's answer
     does not come before the old web has begun to stop. A worker busy with a request holds
     the socket until its exit (0.2–0.35 s) but accepts no other: that is not waited for."""
     deadline = time.monotonic() + wait
-    while sockets and any(holds(pid, sockets) for pid in pids if pid):
+    while sockets and any(holds(pid, sockets) for pid in masters if pid):
         if time.monotonic() > deadline:
             return
         time.sleep(0.002)
@@ -300,7 +301,7 @@ def _converge(
     retired = [p for p in leaving if retire and p.listener() is not None and p.listener() in shared]
     if retired:
         running = [p for p in running if p not in retired]
-        old = masters(sv, retired)
+        old = list(pids(sv, retired).values())
         sv.retire(running, retired)
         stop_accepting(old, listening_sockets(retired[0].port))
     stopping = [p for p in leaving if p not in retired]

@@ -56,7 +56,7 @@ def handover(
     try:
         running, summary = converge.converge(sv, wanted, restart_same=restart)
         d.processes.running = running
-        d.processes.pids = supervise._pids(sv, running)
+        d.processes.pids = converge.pids(sv, running)
         checked = supervise.verify(d)
     except ShipyardError as exc:
         try:

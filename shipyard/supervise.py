@@ -36,7 +36,7 @@ from supervisor.states import ProcessStates
 from . import fault_injection
 from . import programs as prov
 from .context import Deploy
-from .converge import converge, health_of
+from .converge import converge, health_of, pids
 from .counts import counts_for  # the host's counts (`shipyard scale`) win
 from .errors import ProcessFailed, ShipyardError
 from .health import public_status
@@ -62,11 +62,6 @@ def wanted_programs(d: Deploy) -> dict[str, Program]:
 
 def _previous_programs(d: Deploy) -> dict[str, Program]:
     return {p.type: replace(p, color=None) for p in d.processes.before or []}
-
-
-def _pids(sv: Supervisor, programs: list[Program]) -> dict[str, int]:
-    infos = sv.infos()
-    return {ns: infos[ns]["pid"] for p in programs for ns in p.namespecs(sv.app) if ns in infos}
 
 
 def restart(d: Deploy) -> str:
@@ -97,7 +92,7 @@ def restart(d: Deploy) -> str:
             exc.hint = f"{what}; {exc.hint}" if exc.hint else what
         raise
     d.processes.running = running
-    d.processes.pids = _pids(sv, running)
+    d.processes.pids = pids(sv, running)
     if how.startswith("started ("):
         summary.insert(0, f"supervisord {how}")
     return ", ".join(summary) if summary else "no processes"

@@ -240,10 +240,6 @@ class Supervisor:
 
     def stop(self, *programs: Program | Listener, grace: float | None = None) -> None:
         """TERM every process of the programs (KILL after stop_grace), wait, remove their groups."""
-        import xmlrpc.client
-
-        from supervisor.xmlrpc import Faults
-
         groups = self.term(*programs)
         longest = max((p.stop_grace for p in programs), default=0)
         deadline = time.monotonic() + (grace if grace is not None else longest) + 15
@@ -255,11 +251,7 @@ class Supervisor:
                 raise PhaseError(f"{', '.join(groups)} did not stop", "see `shipyard processes`")
             time.sleep(0.05)
         for group in groups:
-            try:
-                self.call("removeProcessGroup", group)
-            except xmlrpc.client.Fault as fault:
-                if fault.faultCode != Faults.BAD_NAME:
-                    raise PhaseError(f"could not remove {group}: {fault.faultString}") from None
+            self.group_call("removeProcessGroup", group, verb="remove")
         for program in programs:  # gunicorn leaves inherited sockets' paths behind
             if isinstance(program, Program):
                 for i in range(1, program.count + 1):
@@ -270,21 +262,22 @@ class Supervisor:
     def term(self, *programs: Program | Listener) -> list[str]:
         """Ask supervisord to stop the programs' groups (TERM, its KILL after stop_grace),
         without waiting; returns the groups it knows."""
+        groups = [program.group(self.app) for program in programs]
+        return [g for g in groups if self.group_call("stopProcessGroup", g, False, verb="stop")]
+
+    def group_call(self, method: str, group: str, *args: object, verb: str) -> bool:
+        """Call ``method`` on a process group; False when supervisord does not know the group."""
         import xmlrpc.client
 
         from supervisor.xmlrpc import Faults
 
-        groups = []
-        for program in programs:
-            group = program.group(self.app)
-            try:
-                self.call("stopProcessGroup", group, False)
-            except xmlrpc.client.Fault as fault:
-                if fault.faultCode == Faults.BAD_NAME:
-                    continue
-                raise PhaseError(f"could not stop {group}: {fault.faultString}") from None
-            groups.append(group)
-        return groups
+        try:
+            self.call(method, group, *args)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode == Faults.BAD_NAME:
+                return False
+            raise PhaseError(f"could not {verb} {group}: {fault.faultString}") from None
+        return True
 
     def retire(self, running: list[Program], leaving: list[Program]) -> None:
         """Stop ``leaving`` without waiting for it: written down as stopping first (whoever
