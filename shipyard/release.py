@@ -534,7 +534,8 @@ def disk_use(app: App) -> tuple[dict[str, int], int]:
     followed (venvs are in ``venvs/``).
     """
     spares = list(app.releases.glob(f"{SPARE}*")) if app.releases.is_dir() else []
-    in_spares = Counter((st.st_dev, st.st_ino) for st in files_under(spares))
+    in_spares_stats = list(files_under(spares))
+    in_spares = Counter((st.st_dev, st.st_ino) for st in in_spares_stats)
     own: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
     total = 0
@@ -551,7 +552,7 @@ def disk_use(app: App) -> tuple[dict[str, int], int]:
             total += st.st_size if first_time(st) else 0
             if st.st_nlink - in_spares[(st.st_dev, st.st_ino)] == 1:
                 own[rid] += st.st_size
-    total += sum(st.st_size for st in files_under(spares) if first_time(st))
+    total += sum(st.st_size for st in in_spares_stats if first_time(st))
     return own, total
 
 
@@ -748,17 +749,18 @@ def prune(
     next rollback.
     """
     live = app.live_release()
+    listed = releases(app)
     good = [
         rid
         for rid, m in sorted(
-            ((rid, m) for rid, m in releases(app) if m and m.state in GOOD_STATES),
+            ((rid, m) for rid, m in listed if m and m.state in GOOD_STATES),
             key=lambda item: (recency(item[1]), item[0]),
         )
     ]
     kept = set(good[-keep:]) | ({live} if live else set()) | set(protect)
     removed = []
     in_use = None
-    for rid, _ in releases(app):
+    for rid, _ in listed:
         if rid not in kept:
             in_use = running_from(app) if in_use is None else in_use
             if rid in in_use:  # e.g. after -o no-restart: its processes still need its files
@@ -768,7 +770,7 @@ def prune(
     for stray in app.releases.glob(".t*-*"):
         if stray not in (trash or ()) and not owner_alive(stray.name):
             shutil.rmtree(stray, ignore_errors=True)
-    live_sha = manifest.sha if live and (manifest := Manifest.load(app.release_dir(live))) else ""
+    live_sha = next((m.sha for rid, m in listed if rid == live and m and m.sha), "")
     drop_spares(app, spare_dir(app, live_sha) if live_sha else None, trash)  # of another commit
     return removed
 
