@@ -284,14 +284,6 @@ def copy_log(
                 wait(poll)
 
 
-def outcome(app: App, number: int) -> dict | None:
-    """Deploy ``number``'s history line: what became of it (None: no outcome recorded)."""
-    for entry in reversed(history.entries(app)):
-        if entry.get("deploy") == number:
-            return entry
-    return None
-
-
 def report_lost(app: App, number: int, code: int | None, out: BinaryIO) -> None:
     """A worker that died without recording an outcome (killed) must not end the push silently."""
     live = app.live_release()
@@ -321,10 +313,10 @@ def deploy(
     offset = copy_log(log, worker.outcome_known, out, lines=lines, wait=worker.wait)
     while not worker.outcome_known():  # the pusher went away: wait anyway
         worker.wait(0.1)
-    entry = outcome(app, number)
+    entry = history.recorded(app, number)
     while entry is None and worker.poll() is None:  # said so, yet not recorded: wait it out
         time.sleep(0.1)
-        entry = outcome(app, number)
+        entry = history.recorded(app, number)
     if entry is None:
         recovery = spawn(
             app,
@@ -342,5 +334,5 @@ def deploy(
                 lines=PushLines(app, number),
             )
         recovery.wait()
-        entry = outcome(app, number)
+        entry = history.recorded(app, number)
     return entry

@@ -344,7 +344,7 @@ def run_foreground(
                 move_branch(app, ref, sha, f"shipyard {kind} #{number} by {d.pusher}")
                 return worker.execute(d, (lambda: answered(d)) if detach else None)
             except ShipyardError as exc:  # outside the phases: moving the branch, the lock wait
-                if any(e.get("deploy") == number for e in history.entries(app)):
+                if history.recorded(app, number) is not None:
                     return False  # stopped after its outcome was recorded
                 engine.reset_branch(d)
                 engine.record(d, "failed", 0.0, error=exc.message)
