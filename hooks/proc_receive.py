@@ -109,7 +109,11 @@ def read_objects(names: list[str]) -> list[tuple[str, bytes] | None]:
 
 def read_blobs(commit: str, names: list[str]) -> dict[str, bytes]:
     """The content of each of ``names`` that is a file in ``commit``: one git process for all."""
-    objects = read_objects([f"{commit}:{name}" for name in names])
+    return blobs_of(names, read_objects([f"{commit}:{name}" for name in names]))
+
+
+def blobs_of(names: list[str], objects: list[tuple[str, bytes] | None]) -> dict[str, bytes]:
+    """Each of ``names`` whose object (``read_objects``, in the same order) is a file."""
     return {name: o[1] for name, o in zip(names, objects, strict=True) if o and o[0] == "blob"}
 
 
@@ -139,7 +143,7 @@ def read_pushed(new: str, names: list[str]) -> Pushed:
     """The pushed object and the files ``names`` of its commit, by one git process: a commit
     (every push of a branch) needs no other; a tag is peeled by ``peel``."""
     first, *files = read_objects([new, *(f"{new}:{name}" for name in names)])
-    blobs = {name: o[1] for name, o in zip(names, files, strict=True) if o and o[0] == "blob"}
+    blobs = blobs_of(names, files)
     if first is None or first[0] != "commit":
         commit, tag = peel(new, first[0] if first else "")
         return Pushed(commit, tag, None, blobs)
