@@ -341,6 +341,7 @@ def test_requirements_resolving_to_the_same_packages_reuse_the_venv(host: Host, 
     assert "0 ran, 1 reused (inputs unchanged)" in same.out
     assert (host.live() / css).stat().st_ino == (first / css).stat().st_ino
     assert manifest(host)["venv"] == venv.name
+    assert fetch(host.port)[0] == 200  # the site runs on the venv it shares
 
     work.commit("added", **{"requirements.txt": reqs + "sqlparse>=0.4\npython-dotenv>=1.0\n"})
     added = work.push()  # another package: a venv of its own, and the build runs with it
@@ -355,6 +356,8 @@ def test_requirements_resolving_to_the_same_packages_reuse_the_venv(host: Host, 
     code_only = work.push()
     assert "requirements unchanged" in code_only.out
     assert (host.live() / ".venv").resolve() == grown
+    status, body = fetch(host.port)
+    assert status == 200 and "code only" in body
 
 
 def test_queued_pushes_coalesce_to_the_newest(tmp_path, host: Host, work: Work):

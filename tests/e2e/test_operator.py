@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import BIN, Host, Work, shipyard
+from httpload import fetch
 
 from shipyard import fault_injection, lock
 
@@ -242,6 +243,7 @@ def test_rollback_answers_before_the_work_after_its_outcome(three):
         result = shipyard("--root", host.root, "rollback", "mysite", timeout=60)  # then paused
         assert result.stdout.splitlines()[-1].startswith("shipyard ▸ live: ")
         assert host.live().name == releases[1] and history(host)[-1]["outcome"] == "live"
+        assert fetch(host.port) == (200, "v2\n")  # the old code served, as it returned
         wait_for((run_dir / fault_injection.PAUSED).exists, what="the detached rest's pause")
         paused = json.loads((run_dir / fault_injection.PAUSED).read_text())
         os.kill(paused["pid"], 0)  # the detached rest of the rollback, still there
