@@ -36,6 +36,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +321,27 @@ def fingerprint(source: str) -> str:
         digest.update(path.read_bytes())
         return "file:" + digest.hexdigest()[:16]
     return "spec:" + source
+
+
+def staged(source: str, into: Path) -> str:
+    """A checkout's package sources alone, copied into ``into``: what gets built and installed.
+
+    setuptools builds in the checkout and packs whatever its ``build/lib`` holds, so a
+    checkout that was built before would ship modules since deleted or renamed (an old
+    test-only module, say). The copy holds what ``fingerprint`` hashes, and no build output.
+    A wheel or a requirement is returned as it is.
+    """
+    path = Path(source)
+    if not path.is_dir():
+        return source
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in ("pyproject.toml", "README.md"):
+        if (path / name).is_file():
+            shutil.copy2(path / name, into / name)
+    for package in SOURCE_PACKAGES:
+        if (path / package).is_dir():
+            shutil.copytree(path / package, into / package, ignore=skip, symlinks=True)
+    return str(into)
 
 
 def usable_by_others(path: Path) -> bool:
@@ -608,22 +630,24 @@ class Provisioner:
                 self.run(python, "-m", "venv", lay.venv)
         py = lay.venv / "bin" / "python"
         env = {**os.environ, "VIRTUAL_ENV": str(lay.venv)}
-        if uv:
-            self.run(
-                uv,
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                py,
-                "--compile-bytecode",
-                "--reinstall-package",
-                "shipyard",
-                source,
-                env=env,
-            )
-        else:
-            self.run(py, "-m", "pip", "install", "--quiet", "--force-reinstall", source, env=env)
+        with tempfile.TemporaryDirectory(prefix="shipyard-source-") as copy:
+            build = staged(source, Path(copy))
+            if uv:
+                self.run(
+                    uv,
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--python",
+                    py,
+                    "--compile-bytecode",
+                    "--reinstall-package",
+                    "shipyard",
+                    build,
+                    env=env,
+                )
+            else:
+                self.run(py, "-m", "pip", "install", "--quiet", "--force-reinstall", build, env=env)
         not_world_writable(lay.venv)  # uv's .lock is 0666: the venv must be root's alone
         lay.stamp.write_text(json.dumps(wanted, indent=1) + "\n")
         # the deploy user must be able to run it: fail here, not at the first push

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,41 @@ def test_provision_installs_cron_when_it_is_missing(monkeypatch):
     step.o.dry_run = False
     step.cron()
     assert ran == [("apt-get", "install", "-y", "-qq", "cron")]
+
+
+def installed_modules(source: str, venv: Path) -> set[str]:
+    """The modules a real build and install of ``source`` puts under site-packages/shipyard."""
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--no-deps", "--python", venv / "bin" / "python", source],
+        check=True,
+    )
+    (site,) = venv.glob("lib/python*/site-packages/shipyard")
+    return {str(p.relative_to(site)) for p in site.rglob("*.py")}
+
+
+def test_a_checkout_built_before_installs_only_its_own_sources(tmp_path: Path):
+    """setuptools packs whatever the checkout's build/lib holds: a module deleted since the
+    last build (an old test-only module) must not reach the deploy user's venv."""
+    top = Path(host.__file__).resolve().parent.parent
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "pyproject.toml").write_text((top / "pyproject.toml").read_text())
+    (checkout / "README.md").write_text("shipyard\n")
+    for package in host.SOURCE_PACKAGES:
+        shutil.copytree(
+            top / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    planted = checkout / "build" / "lib" / "shipyard" / "removed_long_ago.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("raise SystemExit('stale')\n")
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    modules = installed_modules(host.staged(str(checkout), copy), tmp_path / "venv")
+    assert "removed_long_ago.py" not in modules
+    assert {"cli.py", "hooks/proc_receive.py", "receiver/server.py", "provision/host.py"} <= modules
+    assert planted.exists()  # the checkout itself is left as it was
+    wheel = tmp_path / "x.whl"
+    assert host.staged(str(wheel), copy) == str(wheel)  # a wheel or a requirement: as given
