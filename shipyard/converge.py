@@ -23,8 +23,8 @@ STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
 STARTSECS = 1.0  # … and have run as itself this long (programs.conf's startsecs)
-# the launcher as programs.conf names it; the second, written before it moved, runs the shim
-LAUNCHERS = (prov.LAUNCHER.encode(), b"shipyard.provision.launch")
+# the launcher as programs.conf names it (its file), as it did before (-m …), and the shim's
+LAUNCHERS = (b"shipyard/launch.py", prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 ACCEPT_WAIT = 1.0  # seconds an old gunicorn master may take to close the shared socket on TERM
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
 
