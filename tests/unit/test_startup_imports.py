@@ -117,3 +117,12 @@ def test_the_launcher_loads_only_the_modules_it_uses(tmp_path):
     found = set(re.findall(r"import time:\s*\d+ \|\s*\d+ \|\s*(\S+)", ran.stderr + ran.stdout))
     assert {"shipyard.envfile", "shipyard.stamp", "_socket"} <= found
     assert sorted(m for m in LAUNCHER_HEAVY if m in found) == []
+
+
+def test_a_handover_talks_to_supervisord_without_supervisors_own_client():
+    found = loaded(
+        "from shipyard.supervisord import _transport_class\n"
+        "transport = _transport_class()('/nonexistent.sock', 1.0)"
+    )
+    assert "xmlrpc.client" in found
+    assert "supervisor.xmlrpc" not in found and "importlib.metadata" not in found
