@@ -126,3 +126,12 @@ def test_a_handover_talks_to_supervisord_without_supervisors_own_client():
     )
     assert "xmlrpc.client" in found
     assert "supervisor.xmlrpc" not in found and "importlib.metadata" not in found
+
+
+def test_a_plain_dotenv_is_read_without_python_dotenv():
+    found = loaded(
+        "from shipyard import envfile\n"
+        "assert envfile.parse('# the app\\nSECRET_KEY=x\\nDEBUG=0\\n', '.env') == "
+        "{'SECRET_KEY': 'x', 'DEBUG': '0'}"
+    )  # every push reads shared/.env (proc-receive's check, the deploy's checkout)
+    assert "dotenv" not in found and "logging" not in found
