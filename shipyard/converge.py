@@ -23,8 +23,8 @@ STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
 STARTSECS = 1.0  # … and have run as itself this long (programs.conf's startsecs)
-# the launcher as programs.conf names it; the second, written before it moved, runs the shim
-LAUNCHERS = (prov.LAUNCHER.encode(), b"shipyard.provision.launch")
+# the launcher as programs.conf names it (its file), as it did before (-m …), and the shim's
+LAUNCHERS = (b"shipyard/launch.py", prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 ACCEPT_WAIT = 1.0  # seconds an old gunicorn master may take to close the shared socket on TERM
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
 
@@ -241,10 +241,11 @@ def _converge(
     else:
         health = health_of(app, host, new_web.release)
         want = new_web.listener()  # None: not gunicorn, no handover
+        infos = sv.infos()  # one answer for what is up, until something is stopped
         # Whatever holds the new port otherwise (an old non-handover web, a socket on another
         # address, web instances whose socket holder died) must go first: a short
         # interruption, only when that setup changes or broke.
-        holder_lost = any(x == want and not sv.is_up(x) for x in sv.listeners)
+        holder_lost = any(x == want and not sv.is_up(x, infos) for x in sv.listeners)
         clash = [
             p
             for p in old_web
@@ -253,14 +254,15 @@ def _converge(
         clash_sockets = [
             x for x in sv.listeners if x.port == new_web.port and (x != want or holder_lost)
         ]
-        interrupted = bool(clash and any(sv.is_up(p) for p in clash))
+        interrupted = bool(clash and any(sv.is_up(p, infos) for p in clash))
         if clash or clash_sockets:
             sv.stop(*clash, *clash_sockets)
             running = [p for p in running if p not in clash]
             sv.apply(running, [x for x in sv.listeners if x not in clash_sockets])
-        serving = [p for p in running if p.type == "web" and sv.is_up(p)]
+            infos = sv.infos()
+        serving = [p for p in running if p.type == "web" and sv.is_up(p, infos)]
         if want is not None:
-            ensure_listener(sv, running, want)
+            ensure_listener(sv, running, want, infos)
         elif not any(p.port == new_web.port for p in serving):
             check_port_free(app, new_web.port)
         used = {p.color for p in running if p.type == "web"}
@@ -325,10 +327,12 @@ def _converge(
     return running, summary
 
 
-def ensure_listener(sv: Supervisor, running: list[Program], want: Listener) -> None:
+def ensure_listener(
+    sv: Supervisor, running: list[Program], want: Listener, infos: dict[str, dict] | None = None
+) -> None:
     """The holder of the web port's socket is up (started, after a port check, if not)."""
     existing = next((x for x in sv.listeners if x == want), None)
-    if existing is not None and sv.is_up(existing):
+    if existing is not None and sv.is_up(existing, infos):
         return
     if existing is not None:
         sv.stop(existing)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 
-from .app import App
 from .errors import RootRefused
 
 TYPE_CHECKING = False  # typing's, without importing typing: the forced SSH command's path
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # nor app's dataclasses and pathlib: the launcher of every process's
+    from .app import App
     from .config import HostConfig
 
 REFUSAL = "refusing to deploy as root: the pushed code would run as root"
@@ -45,6 +45,27 @@ def check_not_root(app: App, host: HostConfig | None = None) -> None:
     problem = root_problem(app, host)
     if problem:
         raise RootRefused(problem, root_hint(app))
+
+
+def config_stamp(path: str | os.PathLike) -> str:
+    """The host config file as it is now (device, inode, size, times; '' when it is not there).
+
+    ``programs.conf`` hands the launcher the stamp of the config that allowed root when it
+    was written: while the file is that very one, unchanged, the launcher need not parse it
+    again (tomllib and the config's parser) to know that root is still allowed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def allowed_root_stamp(app: App) -> str | None:
+    """The stamp of the host config for the launcher, running as root where it allows root."""
+    if os.geteuid() != 0:
+        return None
+    stamp = config_stamp(app.config_file)
+    return stamp if stamp and root_problem(app) is None else None
 
 
 def root_hint(app: App) -> str:

@@ -63,7 +63,8 @@ def health_for(app_health: dict, host: HostConfig) -> Health:
 
 
 @cache
-def _unix_http_connection() -> type:
+def unix_http_connection() -> type:
+    """http.client's connection over a unix socket (the probe's, supervisord's XML-RPC)."""
     import http.client
 
     class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -92,7 +93,7 @@ def probe(
     import http.client
 
     if isinstance(address, Path):
-        conn: http.client.HTTPConnection = _unix_http_connection()(address, timeout)
+        conn: http.client.HTTPConnection = unix_http_connection()(address, timeout)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
     try:

@@ -1,10 +1,17 @@
-"""What a supervisor program runs: ``python -m shipyard.launch APP_DIR RELEASE TYPE``.
+"""What a supervisor program runs: ``python -I -S …/shipyard/launch.py APP_DIR RELEASE TYPE``.
 
-It reads the command for TYPE from that release's Procfile and the app's
-``shared/.env`` (python-dotenv), puts the release's virtualenv first on PATH,
-changes into the release and execs ``/bin/sh -c 'exec <command>'``: the pid
-supervisord started becomes the program itself, running in the release it was
-started for, whatever ``current`` points at by then.
+It reads the app's ``shared/.env`` (as python-dotenv does), puts the release's virtualenv
+first on PATH, changes into the release and execs ``/bin/sh -c 'exec <command>'``: the pid
+supervisord started becomes the program itself, running in the release it was started
+for, whatever ``current`` points at by then.
+
+What it needs from the release (the Procfile's command as the script ``--run``, for web
+the socket paths) was decided when ``programs.conf`` was written (``programs.launch_options``:
+a release never changes). So on the path of every restart this is a Python without ``site``
+(``-S``: nor the editable install's finder) that imports the C modules it uses and three
+small modules of shipyard's; what is rare (a ``.env`` beyond plain ``NAME=value`` lines,
+root with a host config changed since, the options of a ``programs.conf`` written before
+there were any) loads what it needs when it needs it.
 
 A blue/green web instance (``--color``) also gets its sockets, the way systemd
 socket activation hands them over (``LISTEN_FDS=2``, fds 3 and 4, which
@@ -17,42 +24,114 @@ Its output (and the program's) goes through a stamper first (``shipyard/stamp.py
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
 import os
-import socket
 import sys
-import time
-from pathlib import Path
 
-from .app import App
-from .config import parse_procfile
-from .errors import ShipyardError
-from .programs import (
-    control_socket,
-    gunicorn_version,
-    is_compound,
-    is_gunicorn,
-    listen_socket,
-    logs_dir,
-    probe_socket,
-    shell_script,
-)
-from .release import command_env, shared_env
-from .stamp import start_stamper
+if __name__ == "__main__" and __package__ in (None, ""):  # run as a file: its package's dir
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _socket  # noqa: E402 socket's C half: the module costs enum and selectors (~5–10 ms)
+import fcntl  # noqa: E402
+import time  # noqa: E402
+
+from shipyard.envfile import read as read_env  # noqa: E402
+from shipyard.environment import for_release  # noqa: E402
+from shipyard.errors import ShipyardError  # noqa: E402
+from shipyard.guard import check_not_root, config_stamp  # noqa: E402
+from shipyard.stamp import start_stamper  # noqa: E402
 
 # Exit status for "cannot even start": supervisord retries a few times, then FATAL.
 EX_CONFIG = 78
 LISTEN_FDS_START = 3
 HOLDER_WAIT = 20.0
+OPTIONS = ("--index", "--color", "--port", "--log", "--run", "--listen", "--probe", "--control")
+OPTIONS += ("--root-ok",)
+DROPPED = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")
+DROPPED += ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_FD")
 
 
-def process_env(app: App, release: Path, kind: str, index: int, port: int | None) -> dict[str, str]:
-    env = command_env(app, release, shared_env(app))
-    for name in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__"):
-        env.pop(name, None)
-    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_FD"):
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``APP_DIR RELEASE TYPE`` and ``--name value`` options, as programs.conf writes them."""
+    words = list(argv)
+    args: dict[str, str] = {}
+    positional = []
+    while words:
+        word = words.pop(0)
+        name, equals, value = word.partition("=")
+        if name in OPTIONS:
+            if not equals:
+                if not words:
+                    raise SystemExit(f"shipyard.launch: {name} needs a value")
+                value = words.pop(0)
+            args[name[2:].replace("-", "_")] = value
+        elif word.startswith("--"):
+            raise SystemExit(f"shipyard.launch: unknown option {word}")
+        else:
+            positional.append(word)
+    if len(positional) != 3:
+        raise SystemExit("usage: shipyard.launch APP_DIR RELEASE TYPE [--index N] …")
+    args["app_dir"], args["release"], args["type"] = positional
+    args.setdefault("index", "1")
+    if not args["index"].isdigit() or args.get("color") not in (None, "blue", "green"):
+        raise SystemExit("shipyard.launch: --index takes a number, --color blue or green")
+    if "port" in args and not args["port"].isdigit():
+        raise SystemExit("shipyard.launch: --port takes a number")
+    return args
+
+
+def decided_at_start(args: dict[str, str]) -> None:
+    """The options of a program written before programs.conf carried them (its launcher was
+    ``-m shipyard.launch`` then): worked out from the release now, as the writer does."""
+    from shipyard.app import App
+    from shipyard.programs import launch_options
+
+    app_dir = os.path.abspath(args["app_dir"])
+    app = App.at(os.path.basename(app_dir), os.path.dirname(app_dir))
+    port = int(args["port"]) if "port" in args else None
+    options, script = launch_options(
+        app, args["release"], args["type"], args.get("color"), port, args["index"]
+    )
+    args.update(parse_args([args["app_dir"], args["release"], args["type"], *options]))
+    args["run"] = script
+
+
+def check_root(app_dir: str, root_ok: str | None) -> None:
+    """The root guard (guard.py), as every pushed command has it: as root, only where the
+    host config allows it; the stamp programs.conf carries spares parsing it while the file
+    is the very one that allowed it."""
+    if os.geteuid() != 0:
+        return
+    config = os.path.join(app_dir, "shipyard.toml")
+    if root_ok and config_stamp(config) == root_ok:
+        return
+    from shipyard.app import App
+
+    check_not_root(App.at(os.path.basename(app_dir), os.path.dirname(app_dir)))
+
+
+def shared_env(app_dir: str) -> dict[str, str]:
+    """``shared/.env``; python-dotenv (and so ``site``, which ``-S`` left out) only for a file
+    beyond plain lines."""
+    path = os.path.join(app_dir, "shared", ".env")
+    try:
+        return read_env(path)
+    except ImportError:
+        import site
+
+        site.main()
+        return read_env(path)
+
+
+def process_env(
+    app_dir: str, release: str, kind: str, index: int | str, port: int | str | None
+) -> dict[str, str]:
+    """What the program's environment is: release.command_env's, then the process's own."""
+    release_dir = os.path.join(app_dir, "releases", release)
+    shared = os.path.join(app_dir, "shared")
+    env = for_release(
+        os.environ, shared_env(app_dir), os.path.basename(app_dir), release_dir, shared
+    )
+    for name in DROPPED:
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     env["SHIPYARD_PROCESS"] = f"{kind}.{index}"
@@ -61,17 +140,32 @@ def process_env(app: App, release: Path, kind: str, index: int, port: int | None
     return env
 
 
-def fetch_listener(path: Path, wait: float = HOLDER_WAIT) -> int:
+def recv_fd(conn: _socket.socket) -> int | None:
+    """The first descriptor sent with one message (socket.recv_fds, without the module)."""
+    size = _socket.CMSG_LEN(4)
+    _, ancillary, _, _ = conn.recvmsg(64, size)
+    fds = [
+        int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
+        for level, kind, data in ancillary
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+        for i in range(0, len(data) - len(data) % 4, 4)
+    ]
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else None
+
+
+def fetch_listener(path: str, wait: float = HOLDER_WAIT) -> int:
     """The shared listening socket, from its holder (which may still be starting)."""
     deadline = time.monotonic() + wait
     while True:
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(5)
-                conn.connect(str(path))
-                _, fds, _, _ = socket.recv_fds(conn, 64, 1)
-            if fds:
-                return fds[0]
+            conn.settimeout(5)
+            conn.connect(str(path))
+            fd = recv_fd(conn)
+            if fd is not None:
+                return fd
             raise ConnectionError("the holder sent no socket")
         except (FileNotFoundError, ConnectionError) as exc:
             if time.monotonic() > deadline:
@@ -80,12 +174,16 @@ def fetch_listener(path: Path, wait: float = HOLDER_WAIT) -> int:
                     "is the listen program running? see `shipyard processes`",
                 ) from None
             time.sleep(0.1)
+        finally:
+            conn.close()
 
 
-def private_socket(path: Path) -> int:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def private_socket(path: str) -> int:
+    try:  # noqa: SIM105 (contextlib is ~2 ms of this start)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         sock.bind(str(path))
@@ -107,51 +205,33 @@ def hand_over(fds: list[int], env: dict[str, str]) -> None:
     env["LISTEN_PID"] = str(os.getpid())
 
 
-def web_extra(app: App, release: Path, color: str, index: int) -> str:
-    version = gunicorn_version(release / ".venv")
-    if version and version >= (25, 1):  # its own control socket, not the per-user default
-        return f" --control-socket {control_socket(app, color, index)}"
-    return ""
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="shipyard.launch")
-    parser.add_argument("app_dir", type=Path)
-    parser.add_argument("release")
-    parser.add_argument("type")
-    parser.add_argument("--index", type=int, default=1)
-    parser.add_argument("--color", choices=("blue", "green"))
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
-    where = f" ({args.color})" if args.color else ""
-    name = f"{args.type}-{args.color}" if args.color else args.type  # as render_program names it
-    log = logs_dir(App.at(args.app_dir.name, args.app_dir.parent)) / f"{name}.{args.index}.log"
-    start_stamper(args.release, log)  # every line supervisord captures gets a time and the release
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    kind, index, color, release = args["type"], args["index"], args.get("color"), args["release"]
+    where = f" ({color})" if color else ""
+    start_stamper(release, args.get("log"))  # every line supervisord captures: time, release
+    app_dir = os.path.abspath(args["app_dir"])
+    release_dir = os.path.join(app_dir, "releases", release)
     try:
-        app = App.at(args.app_dir.name, args.app_dir.parent)
-        release = app.release_dir(args.release)
-        procfile = parse_procfile((release / "Procfile").read_text(), "Procfile")
-        if args.type not in procfile:
-            raise ShipyardError(f"releases/{args.release}/Procfile has no `{args.type}:` entry")
-        command = procfile[args.type]
-        env = process_env(app, release, args.type, args.index, args.port)
-        extra = ""
-        if args.color and args.port and is_gunicorn(command) and not is_compound(command):
-            shared = fetch_listener(listen_socket(app, args.port))
-            private = private_socket(probe_socket(app, args.color, args.index))
+        if "/" in release or release.startswith("."):
+            raise ShipyardError(f"invalid release name {release!r}")
+        if "run" not in args:
+            decided_at_start(args)
+        check_root(app_dir, args.get("root_ok"))
+        env = process_env(app_dir, release, kind, index, args.get("port"))
+        script = args["run"]
+        if "listen" in args:
+            shared = fetch_listener(args["listen"])
+            private = private_socket(args["probe"])
             hand_over([shared, private], env)
-            extra = web_extra(app, release, args.color, args.index)
-        text = shell_script(command, extra)
-        os.chdir(release)
+            if "control" in args:  # gunicorn ≥ 25.1: its own, not the per-user default
+                script += f" --control-socket {args['control']}"
+        os.chdir(release_dir)
     except (ShipyardError, OSError) as exc:
-        print(f"shipyard: cannot start {args.type}.{args.index}{where}: {exc}", file=sys.stderr)
+        print(f"shipyard: cannot start {kind}.{index}{where}: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
-    print(
-        f"shipyard ▸ {args.type}.{args.index}{where} starting on releases/{args.release}: "
-        f"{command}",
-        flush=True,
-    )
-    os.execve("/bin/sh", ["/bin/sh", "-c", text], env)
+    print(f"shipyard ▸ {kind}.{index}{where} starting on releases/{release}: {script}", flush=True)
+    os.execve("/bin/sh", ["/bin/sh", "-c", script], env)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .app import App
-from .config import SUPERVISOR_MODES, HostConfig, load_host_config
-from .errors import ConfigError
+from .config import SUPERVISOR_MODES, HostConfig, load_host_config, parse_procfile
+from .errors import ConfigError, ShipyardError
+from .guard import allowed_root_stamp
 
 SYSTEM_SOCKET = "/var/run/supervisor.sock"
 COLORS = ("blue", "green")
 RELEASE_TYPE = "release"
-LAUNCHER = "shipyard.launch"  # python -m …: what every program runs (shipyard/launch.py)
+LAUNCHER = "shipyard.launch"  # what every program runs (shipyard/launch.py) …
+LAUNCH_SCRIPT = str(Path(__file__).with_name("launch.py"))  # … as a file: python -I -S
 LISTENER = "shipyard.listen"  # … and the port's socket holder (shipyard/listen.py)
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
@@ -426,30 +428,65 @@ def _value(text: str | Path) -> str:
     return str(text).replace("%", "%%")
 
 
-def _command(args: list[str]) -> str:
-    return _value(shlex.join(args)).replace("%%(process_num)d", "%(process_num)d")
+def _command(args: list[str], script: str | None = None) -> str:
+    """supervisord's ``command``: ``%(process_num)d`` in ``args`` expanded, every other % as
+    written; ``script`` (a Procfile command) last and never expanded, as ``--run SCRIPT``."""
+    text = _value(shlex.join(args)).replace("%%(process_num)d", "%(process_num)d")
+    return text if script is None else f"{text} --run {_value(shlex.quote(script))}"
 
 
-def render_program(app: App, program: Program, user: str | None = None) -> str:
+def launch_options(
+    app: App, release: str, kind: str, color: str | None, port: int | None, index: str
+) -> tuple[list[str], str]:
+    """What the launcher would work out from the release at each start: its options, and
+    the script ``sh -c`` runs (``--run``).
+
+    The release's Procfile and virtualenv never change, so this is decided once, when
+    ``programs.conf`` is written, and holds for every later start of the program (a crash
+    restarted by supervisord, a reboot): the log, and for a blue/green web instance the
+    socket paths (``index``: its number, or supervisord's ``%(process_num)d``).
+    """
+    release_dir = app.release_dir(release)
+    procfile = parse_procfile((release_dir / "Procfile").read_text(), "Procfile")
+    if kind not in procfile:
+        raise ConfigError(f"releases/{release}/Procfile has no `{kind}:` entry")
+    command = procfile[kind]
+    name = f"{kind}-{color}" if color else kind  # as Program.name
+    options = ["--log", str(logs_dir(app) / f"{name}.{index}.log")]
+    if color and port and is_gunicorn(command) and not is_compound(command):
+        options += ["--listen", str(listen_socket(app, port))]
+        options += ["--probe", str(probe_socket(app, color, index))]
+        version = gunicorn_version(release_dir / ".venv")
+        if version and version >= (25, 1):  # its own control socket, not the per-user default
+            options += ["--control", str(control_socket(app, color, index))]
+    return options, shell_script(command)
+
+
+def render_program(
+    app: App, program: Program, user: str | None = None, root_ok: str | None = None
+) -> str:
+    """``root_ok``: the host config's stamp when it allows root and this runs as root."""
     release = app.releases / program.release
-    args = [
-        sys.executable,
-        "-m",
-        LAUNCHER,
-        str(app.dir),
-        program.release,
-        program.type,
-        "--index",
-        "%(process_num)d",
-    ]
+    args = [sys.executable, "-I", "-S", LAUNCH_SCRIPT, str(app.dir), program.release, program.type]
+    args += ["--index", "%(process_num)d"]
     if program.color:
         args += ["--color", program.color]
     if program.port is not None:
         args += ["--port", str(program.port)]
+    if root_ok:
+        args += ["--root-ok", root_ok]
+    script = None
+    try:
+        options, script = launch_options(
+            app, program.release, program.type, program.color, program.port, "%(process_num)d"
+        )
+        args += options
+    except (ShipyardError, OSError):
+        pass  # the launcher tries again at start, and says why it cannot
     log = logs_dir(app) / f"{program.name}.%(process_num)d.log"
     lines = [
         f"[program:{program.group(app)}]",
-        f"command = {_command(args)}",
+        f"command = {_command(args, script)}",
         f"process_name = {program.type}.%(process_num)d",
         f"numprocs = {program.count}",
         "numprocs_start = 1",
@@ -508,7 +545,8 @@ def render_programs(
         f"; Each program is pinned to one release; see `shipyard processes {app.name}`.\n"
     )
     sections = [render_listener(app, listener, user) for listener in listeners]
-    sections += [render_program(app, p, user) for p in programs]
+    root_ok = allowed_root_stamp(app) if programs else None
+    sections += [render_program(app, p, user, root_ok) for p in programs]
     body = "\n".join(sections)
     return head + ("\n" + body if body else "")
 

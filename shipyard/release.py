@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import envfile, environment
 from .app import RELEASE_ID, App
-from .envfile import parse
-from .errors import ConfigError, PhaseError
+from .errors import PhaseError
 from .guard import check_not_root
 from .lock import owner_alive
 
@@ -806,23 +806,12 @@ def running_from(app: App) -> set[str]:
 
 def shared_env(app: App) -> dict[str, str]:
     """The app's ``shared/.env``, parsed by python-dotenv (values are never printed)."""
-    path = app.shared / ".env"
-    if not path.is_file():
-        return {}
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc}") from None
-    return parse(text, str(path))
+    return envfile.read(app.shared / ".env")
 
 
 def layout_env(app: App, release: Path) -> dict[str, str]:
     """Where things are, for the app's commands and processes: e.g. SQLite in SHIPYARD_SHARED."""
-    return {
-        "SHIPYARD_APP": app.name,
-        "SHIPYARD_RELEASE": release.name,
-        "SHIPYARD_SHARED": str(app.shared),
-    }
+    return environment.layout(app.name, str(release), str(app.shared))
 
 
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
@@ -831,11 +820,4 @@ def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
     Every pushed command runs in it, so it is also the root guard's last word.
     """
     check_not_root(app)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "VIRTUAL_ENV"))}
-    venv_dir = release / ".venv"
-    merged = {**base, **env}
-    merged.update(layout_env(app, release))
-    merged["VIRTUAL_ENV"] = str(venv_dir)
-    merged["PATH"] = f"{venv_dir / 'bin'}:{base.get('PATH', '/usr/bin:/bin')}"
-    merged.pop("PYTHONHOME", None)
-    return merged
+    return environment.for_release(os.environ, env, app.name, str(release), str(app.shared))

@@ -9,20 +9,33 @@ between the program and supervisord (``start_stamper``); ``shipyard logs``
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import select
-import signal
+import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
+TYPE_CHECKING = False  # typing's, without importing typing: the launcher imports this module
+if TYPE_CHECKING:
+    import re
+    from pathlib import Path
+
 IDLE_FLUSH = 0.5  # a partial line (no newline yet) is written after this long
 
 
+def __getattr__(name: str) -> re.Pattern:
+    """``STAMP``, compiled on first use: the launcher imports this module (``start_stamper``)
+    on every process's start, and ``re`` would be most of its imports."""
+    if name != "STAMP":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import re
+
+    global STAMP
+    STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+)\] ?")
+    return STAMP
+
+
 def stamp_line(text: str, release: str, now: float | None = None) -> str:
+    from datetime import UTC, datetime  # the stamper's child imports it, not the launcher
+
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     millis = f"{moment.microsecond // 1000:03d}"
     return f"[{moment.strftime('%Y-%m-%dT%H:%M:%S.')}{millis}Z {release}] {text}"
@@ -30,7 +43,8 @@ def stamp_line(text: str, release: str, now: float | None = None) -> str:
 
 def unstamp(text: str) -> str:
     """The lines as the program wrote them (for the excerpts a failed deploy shows)."""
-    return "\n".join(STAMP.sub("", line, count=1) for line in text.split("\n"))
+    pattern = sys.modules[__name__].STAMP  # through __getattr__ the first time
+    return "\n".join(pattern.sub("", line, count=1) for line in text.split("\n"))
 
 
 def stamp(source: int, out: int, release: str, fallback: Path | None = None) -> None:
@@ -40,6 +54,8 @@ def stamp(source: int, out: int, release: str, fallback: Path | None = None) -> 
     lines — a goodbye, a traceback — were still on their way), they are appended to
     ``fallback``, the program's log file, instead of being lost.
     """
+    import select
+
     pending = b""
 
     def write(data: bytes) -> None:
@@ -87,8 +103,11 @@ def start_stamper(release: str, log: Path | None = None) -> None:
     read, write = os.pipe()
     if os.fork() == 0:
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-                signal.signal(sig, signal.SIG_IGN)
+            # signal's C half: the module wraps it in enums (~3 ms of the launcher's start)
+            import _signal
+
+            for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT):
+                _signal.signal(sig, _signal.SIG_IGN)
             os.close(write)
             keep = os.dup2(read, 3)
             os.dup2(1, 4)
@@ -97,8 +116,10 @@ def start_stamper(release: str, log: Path | None = None) -> None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib: ~2 ms of the launcher's start)
                 stamp(keep, 4, release, log)
+            except OSError:
+                pass
         finally:
             os._exit(0)
     os.close(read)

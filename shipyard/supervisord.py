@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from . import programs as prov
 from .app import App
 from .config import HostConfig, load_host_config
 from .errors import AppError, PhaseError
+from .health import unix_http_connection
 from .orphans import alive, read_pid, stop_orphans
 from .programs import Listener, Program
 from .stamp import unstamp
@@ -38,31 +38,33 @@ LOG_TAIL = 20
 
 @cache
 def _transport_class() -> type:
-    """supervisor's own transport, with a timeout so a wedged supervisord cannot hang a deploy.
+    """xmlrpc.client's transport over supervisord's unix socket, with a timeout so a wedged
+    supervisord cannot hang a deploy.
 
-    Made on first use: supervisor.xmlrpc (with xmlrpc.client, http.client and supervisor's
-    medusa) is the slowest import of a deploy, and an app without processes never needs it.
+    Made on first use (an app without processes never needs it), and from the standard
+    library's client: supervisor's own transport (``supervisor.xmlrpc``) brings ~20 ms more
+    of imports (importlib.metadata, html.parser, configparser, medusa) to every handover's
+    first call, for the same request over the same socket.
     """
-    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
+    import xmlrpc.client
 
-    class _UnixConnection(UnixStreamHTTPConnection):
-        def connect(self) -> None:  # pragma: no cover - exercised by every e2e test
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(self.socketfile)
-
-    class _Transport(SupervisorTransport):
+    class _Transport(xmlrpc.client.Transport):
         def __init__(self, path: Path, timeout: float) -> None:
-            super().__init__(None, None, f"unix://{path}")
+            super().__init__()
+            self.path, self.timeout = path, timeout
 
-            def connect() -> _UnixConnection:
-                conn = _UnixConnection("localhost", timeout=timeout)
-                conn.socketfile = str(path)
-                return conn
-
-            self._get_connection = connect
+        def make_connection(self, host: str) -> object:  # one per call: ``call`` closes it
+            self._connection = host, unix_http_connection()(self.path, self.timeout)
+            return self._connection[1]
 
     return _Transport
+
+
+def _faults() -> type:
+    """supervisord's fault codes, imported when a call has failed with one."""
+    from supervisor.xmlrpc import Faults
+
+    return Faults
 
 
 class Supervisor:
@@ -192,12 +194,17 @@ class Supervisor:
             state["stopping"] = [p.to_dict() for p in self.stopping]
         prov.write_atomic(prov.state_file(self.app), json.dumps(state, indent=2) + "\n")
 
-    def apply(self, programs: list[Program], listeners: list[Listener] | None = None) -> None:
-        """Record what should run, write programs.conf and have supervisord re-read it."""
+    def apply(
+        self, programs: list[Program], listeners: list[Listener] | None = None, reread: bool = True
+    ) -> None:
+        """Record what should run, write programs.conf and have supervisord re-read it
+        (``reread``: only a group added next needs it; one removed goes by its own call)."""
         if listeners is not None:
             self.listeners = list(listeners)
         self.save_state(programs)
         prov.write_programs(self.app, self.settings, programs, self.listeners)
+        if not reread:
+            return
         import xmlrpc.client
 
         try:
@@ -222,17 +229,16 @@ class Supervisor:
                     path.unlink(missing_ok=True)
         import xmlrpc.client
 
-        from supervisor.xmlrpc import Faults
-
         try:
             self.call("addProcessGroup", group)
         except xmlrpc.client.Fault as fault:
-            if fault.faultCode == Faults.BAD_NAME:
+            faults = _faults()
+            if fault.faultCode == faults.BAD_NAME:
                 raise PhaseError(
                     f"supervisord does not know {group} after re-reading its config",
                     f"does its [include] list {self.settings.include}?",
                 ) from None
-            if fault.faultCode != Faults.ALREADY_ADDED:
+            if fault.faultCode != faults.ALREADY_ADDED:
                 raise PhaseError(f"supervisord refused {group}: {fault.faultString}") from None
             self.stop(program)
             self.call("addProcessGroup", group)
@@ -269,12 +275,10 @@ class Supervisor:
         """Call ``method`` on a process group; False when supervisord does not know the group."""
         import xmlrpc.client
 
-        from supervisor.xmlrpc import Faults
-
         try:
             self.call(method, group, *args)
         except xmlrpc.client.Fault as fault:
-            if fault.faultCode == Faults.BAD_NAME:
+            if fault.faultCode == _faults().BAD_NAME:
                 return False
             raise PhaseError(f"could not {verb} {group}: {fault.faultString}") from None
         return True
@@ -283,7 +287,7 @@ class Supervisor:
         """Stop ``leaving`` without waiting for it: written down as stopping first (whoever
         converges next waits for it, if ``reap`` never ran), then sent TERM."""
         self.stopping = [*self.stopping, *leaving]
-        self.apply(running)
+        self.apply(running, reread=False)  # supervisord keeps the group until it is removed
         self.term(*leaving)
 
     def reap(self) -> int:
@@ -297,8 +301,9 @@ class Supervisor:
         self.save_state(programs)
         return len(leaving)
 
-    def is_up(self, program: Program | Listener) -> bool:
-        infos = self.infos()
+    def is_up(self, program: Program | Listener, infos: dict[str, dict] | None = None) -> bool:
+        """Every process of ``program`` starting or running (``infos``: a fresh ``infos()``)."""
+        infos = self.infos() if infos is None else infos
         return all(
             infos.get(ns, {}).get("state") in (STARTING, RUNNING)
             for ns in program.namespecs(self.app)

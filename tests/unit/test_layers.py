@@ -31,6 +31,10 @@ ALLOWED_LOCAL = {
     # the forced SSH command sets safe_umask before it execs git-receive-pack: without
     # loading the host config's parser (tomllib), which git's hooks load for themselves
     ("shipyard.guard", "shipyard.config"): "start-up speed",
+    # the launcher of every process (python -S) loads app's dataclasses and pathlib, and
+    # programs' parsers, only for what programs.conf did not decide (shipyard/launch.py)
+    ("shipyard.launch", "shipyard.app"): "start-up speed",
+    ("shipyard.launch", "shipyard.programs"): "start-up speed",
 }
 
 

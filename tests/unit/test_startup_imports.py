@@ -4,6 +4,7 @@ the functions that need them import them)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -62,3 +63,75 @@ def test_the_forced_ssh_command_loads_no_parser_and_no_host_config():
     assert "argparse" in found  # cli's own import; the parsers are what is not built
     assert "tomllib" not in found and "shipyard.config" not in found
     assert "typing" not in found
+
+
+# what the launcher of every process (shipyard/launch.py) would load if its imports grew back:
+# ~0.08 s from supervisord's spawn to the program's exec, on every restart's critical path
+LAUNCHER_HEAVY = [
+    "site",  # -S: nor the editable install's finder (pathlib, re, importlib.util)
+    "re",
+    "enum",  # with socket's and signal's Python halves
+    "socket",
+    "signal",
+    "typing",
+    "collections",
+    "contextlib",
+    "dataclasses",
+    "pathlib",
+    "tomllib",  # the host config: parsed as root only when it changed since programs.conf
+    "argparse",
+    "json",
+    "logging",
+    "dotenv",  # only for a .env beyond plain NAME=value lines
+    "shipyard.app",
+    "shipyard.config",
+    "shipyard.programs",
+    "shipyard.release",
+]
+
+
+def test_the_launcher_loads_only_the_modules_it_uses(tmp_path):
+    from shipyard import guard
+    from shipyard import programs as prov
+    from shipyard.app import App
+
+    app = App(tmp_path, "mysite")
+    rid = "20260101T000000Z-aaaaaaa"
+    (app.dir / "logs").mkdir(parents=True)
+    (app.dir / "shared").mkdir()
+    (app.shared / ".env").write_text("# plain lines\nSECRET_KEY=s3cret\n")
+    app.config_file.write_text("allow_root = true\n")
+    app.release_dir(rid).mkdir(parents=True)
+    (app.release_dir(rid) / "Procfile").write_text("worker: echo started $SECRET_KEY\n")
+    options, script = prov.launch_options(app, rid, "worker", None, None, "1")
+    stamp = guard.allowed_root_stamp(app)  # as programs.conf carries it, run as root
+    ran = subprocess.run(
+        [sys.executable, "-X", "importtime", "-I", "-S", prov.LAUNCH_SCRIPT]
+        + [str(app.dir), rid, "worker", *options, *(["--root-ok", stamp] if stamp else [])]
+        + ["--run", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0 and "started s3cret" in ran.stdout, ran.stderr + ran.stdout
+    found = set(re.findall(r"import time:\s*\d+ \|\s*\d+ \|\s*(\S+)", ran.stderr + ran.stdout))
+    assert {"shipyard.envfile", "shipyard.stamp", "_socket"} <= found
+    assert sorted(m for m in LAUNCHER_HEAVY if m in found) == []
+
+
+def test_a_handover_talks_to_supervisord_without_supervisors_own_client():
+    found = loaded(
+        "from shipyard.supervisord import _transport_class\n"
+        "transport = _transport_class()('/nonexistent.sock', 1.0)"
+    )
+    assert "xmlrpc.client" in found
+    assert "supervisor.xmlrpc" not in found and "importlib.metadata" not in found
+
+
+def test_a_plain_dotenv_is_read_without_python_dotenv():
+    found = loaded(
+        "from shipyard import envfile\n"
+        "assert envfile.parse('# the app\\nSECRET_KEY=x\\nDEBUG=0\\n', '.env') == "
+        "{'SECRET_KEY': 'x', 'DEBUG': '0'}"
+    )  # every push reads shared/.env (proc-receive's check, the deploy's checkout)
+    assert "dotenv" not in found and "logging" not in found

@@ -104,9 +104,10 @@ def test_render_programs_pins_releases_and_keeps_secrets_out():
     assert "[program:mysite-web-green]" in text and "[program:mysite-worker]" in text
     assert f"directory = /srv/apps/mysite/releases/{RELEASE}" in text
     assert (
-        f"-m shipyard.launch /srv/apps/mysite {RELEASE} web --index "
+        f"-I -S {prov.LAUNCH_SCRIPT} /srv/apps/mysite {RELEASE} web --index "
         "'%(process_num)d' --color green --port 8123"
     ) in text
+    assert "--run" not in text  # no release there to decide from: the launcher does at start
     assert "numprocs = 2" in text and "stopwaitsecs = 45" in text
     assert "process_name = web.%(process_num)d" in text
     assert "stdout_logfile = /srv/apps/mysite/logs/web-green.%(process_num)d.log" in text
@@ -222,11 +223,16 @@ def test_process_env(tmp_path):
     (app.shared / ".env").write_text("SECRET_KEY=s3cret\n")
     app.config_file.write_text("allow_root = true\n")  # commands refuse root without it
     release = app.releases / RELEASE
-    env = launch.process_env(app, release, "web", 2, 8123)
+    env = launch.process_env(str(app.dir), RELEASE, "web", 2, 8123)
     assert env["PORT"] == "8123" and env["SECRET_KEY"] == "s3cret"
     assert env["SHIPYARD_PROCESS"] == "web.2" and env["SHIPYARD_RELEASE"] == RELEASE
     assert env["PATH"].startswith(f"{release}/.venv/bin:")
-    assert "PORT" not in launch.process_env(app, release, "worker", 1, None)
+    assert "PORT" not in launch.process_env(str(app.dir), RELEASE, "worker", 1, None)
+    from shipyard.release import command_env, shared_env  # what every pushed command gets
+
+    shipyard_env = command_env(app, release, shared_env(app))
+    shipyard_env.update(PYTHONUNBUFFERED="1", SHIPYARD_PROCESS="web.2", PORT="8123")
+    assert env == {k: v for k, v in shipyard_env.items() if k not in launch.DROPPED}
 
 
 def test_log_excerpt_keeps_the_cause_when_it_scrolled_out():
