@@ -40,6 +40,7 @@ from shipyard.programs import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
 from shipyard.report import escape
+from shipyard.teardown import exit_now
 from shipyard.venv import DETECTED
 
 from . import worker
@@ -455,6 +456,12 @@ def answer(proto: PktLines, replies: list[Reply]) -> None:
 
 
 def main() -> None:
+    """The hook's body, then its end: git reports the push once this process is gone."""
+    serve()
+    exit_now(0)
+
+
+def serve() -> None:
     proto = PktLines(sys.stdin.buffer.read, _write)
     proto.read_seq()
     proto.write_line(b"version=1\0push-options")

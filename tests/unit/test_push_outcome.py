@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +100,25 @@ def test_proc_receive_reads_gits_pkt_lines_and_answers_in_them():
         pkt("ok refs/heads/main") + pkt("option forced-update") + pkt("ng refs/x no") + b"0000"
     )
     assert pkt("ok refs/heads/main").startswith(b"0016")
+
+
+def test_proc_receive_ends_once_answered_without_tearing_the_interpreter_down():
+    """git reports the push only once the hook has exited: its answer and exit handlers are
+    out, the interpreter's teardown (freeing every module, 10-20 ms) is skipped."""
+    script = (
+        "import atexit, sys\n"
+        "from shipyard.hooks import proc_receive\n"
+        "class Module:\n"
+        "    def __del__(self):\n"
+        "        sys.stderr.write('torn down\\n')\n"
+        "proc_receive.held = Module()  # freed by a normal exit's teardown\n"
+        "atexit.register(lambda: sys.stderr.write('exit handler\\n'))\n"
+        "proc_receive.serve = lambda: sys.stdout.write('0000')  # left in the buffer\n"
+        "proc_receive.main()\n"
+        "sys.stderr.write('returned\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0000", "exit handler\n")
 
 
 @pytest.mark.parametrize("wire", [b"", b"00", b"zzzz", b"0010short"])
