@@ -171,6 +171,27 @@ def configure(app: App, host: HostConfig) -> list[str]:
     return changed
 
 
+OID_LENGTHS = (40, 64)  # SHA-1 and SHA-256 object ids, in hex
+HEX = frozenset(b"0123456789abcdef")
+
+
+def loose_ref(git_dir: Path, ref: str) -> str | None:
+    """The object id in ``ref``'s own file, as git reads a loose ref; None where git must be
+    asked instead: no such file (a packed ref, none at all, another ref storage), a symbolic
+    ref, anything but one id on one line. A ``git rev-parse`` is a process start, and a
+    rollback asked it twice before its answer."""
+    if not ref.startswith("refs/") or ".." in ref.split("/"):
+        return None
+    try:
+        data = (git_dir / ref).read_bytes()
+    except OSError:
+        return None
+    oid = data.removesuffix(b"\n")
+    if len(oid) not in OID_LENGTHS or not HEX.issuperset(oid):
+        return None
+    return oid.decode()
+
+
 def proc_receive_refs(host: HostConfig) -> list[str]:
     """What receive-pack hands to proc-receive: every tag, and the deploy branch."""
     return ["refs/tags", f"refs/heads/{host.branch}"]
