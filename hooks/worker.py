@@ -10,7 +10,6 @@ recorded it: that is what proc-receive reports to git.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import re
@@ -153,7 +152,7 @@ def run_deploy(
     Imported here, in the forked worker only: the deploy's modules are not loaded by a hook
     that refuses a push or by ``shipyard log`` (allowed in tests/unit/test_layers.py).
     """
-    from shipyard.operate import older_release_notes
+    from shipyard.operate import older_release_notes, pusher
     from shipyard.worker import execute
 
     def stop(signum: int, _frame: object) -> None:
@@ -173,7 +172,7 @@ def run_deploy(
         sha,
         ref,
         out,
-        pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
+        pusher=pusher(),
         tag=pushed_tag(app, sha),
         options=options,
         notes=older_release_notes(app, sha),

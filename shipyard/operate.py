@@ -11,7 +11,6 @@ the Procfile's ``release:`` command runs only when asked (``--run-release``).
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import re
 import signal
@@ -33,7 +32,12 @@ SHA_PREFIX = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 def pusher() -> str:
-    return os.environ.get("SHIPYARD_PUSHER") or getpass.getuser()
+    """Whose key ran the command (the forced SSH command sets it), else the local user."""
+    if os.environ.get("SHIPYARD_PUSHER"):
+        return os.environ["SHIPYARD_PUSHER"]
+    import getpass  # with termios: not for a command run over SSH
+
+    return getpass.getuser()
 
 
 # --- which commit, which release --------------------------------------------

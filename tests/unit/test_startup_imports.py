@@ -19,6 +19,7 @@ HEAVY = [
     "logging",
     "secrets",
     "configparser",  # alembic.ini
+    "getpass",  # with termios: who pushed is SHIPYARD_PUSHER over SSH, the user only locally
 ]
 
 
