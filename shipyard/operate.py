@@ -366,6 +366,7 @@ def answered(d: Deploy) -> None:
     Not without the record (a full disk: the deploy ends here, as before), nor with another
     thread running (a fork would not have it)."""
     entry = history.recorded(d.app, d.number)
+    d.out.quiet()  # the phases' heartbeat thread: a fork has no other thread
     if entry is None or threading.active_count() > 1:
         return
     for stream in (sys.stdout, sys.stderr):
