@@ -192,6 +192,23 @@ def loose_ref(git_dir: Path, ref: str) -> str | None:
     return oid.decode()
 
 
+def has_tags(git_dir: Path) -> bool:
+    """Whether the repo may hold a tag (False only when it surely holds none): a loose tag,
+    or a packed one, or a ref storage other than files, where git must be asked."""
+    if (git_dir / "reftable").exists():
+        return True
+    for _dirpath, _dirs, files in os.walk(git_dir / "refs" / "tags"):
+        if files:
+            return True
+    try:
+        with open(git_dir / "packed-refs", "rb") as packed:
+            return any(b" refs/tags/" in line for line in packed)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def proc_receive_refs(host: HostConfig) -> list[str]:
     """What receive-pack hands to proc-receive: every tag, and the deploy branch."""
     return ["refs/tags", f"refs/heads/{host.branch}"]

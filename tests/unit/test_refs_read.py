@@ -1,4 +1,4 @@
-"""The deploy branch's tip read from its loose ref file: what `git rev-parse` says, always."""
+"""Refs read from the bare repo's files where git keeps them there: what git says, always."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from shipyard import engine
 from shipyard.app import App
-from shipyard.repo import loose_ref
+from shipyard.release import tag_for
+from shipyard.repo import has_tags, loose_ref
 
 
 def git(repo, *args: str) -> str:
@@ -63,3 +64,15 @@ def test_only_refs_inside_the_repository_are_read(app, tmp_path):
     (tmp_path / "outside").write_text("a" * 40 + "\n")
     assert loose_ref(app.repo, "refs/../../outside") is None
     assert loose_ref(app.repo, "HEAD") is None
+
+
+def test_a_repo_without_tags_is_not_asked_for_them_and_one_with_tags_is(app):
+    head = git(app.repo, "rev-parse", "main")
+    assert not has_tags(app.repo) and tag_for(app, head) is None
+    git(app.repo, "tag", "v1", head)
+    assert has_tags(app.repo) and tag_for(app, head) == "v1"
+    git(app.repo, "pack-refs", "--all")
+    assert not list((app.repo / "refs" / "tags").iterdir())  # packed: only in packed-refs
+    assert has_tags(app.repo) and tag_for(app, head) == "v1"
+    git(app.repo, "tag", "-d", "v1")
+    assert not has_tags(app.repo)
