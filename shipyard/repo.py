@@ -27,18 +27,22 @@ port = {port}
 
 # post-receive has nothing to say about the deploy branch (proc-receive reported it), the
 # only ref of most pushes: a shell wrapper starts Python only for a tag or another branch.
+# The refs are read by the shell itself (no `cat`, no subshell): two process starts less.
 POST_RECEIVE = """#!/bin/sh
 # shipyard: {module} for tags and branches this app does not deploy
 python={python}
-input=$(cat)
 deploy=
 for r in $(git config --get-all receive.procReceiveRefs); do
   case "$r" in refs/heads/*) deploy=$r ;; esac
 done
-printf '%s\\n' "$input" | while read -r old new ref; do
-  case "$new" in *[!0]*) [ "$ref" = "$deploy" ] || exit 1 ;; esac
-done && exit 0
-printf '%s\\n' "$input" | exec "$python" -c 'from {module} import main; main()'
+input= other=
+while read -r old new ref || [ -n "$ref" ]; do
+  input="$input$old $new $ref
+"
+  case "$new" in *[!0]*) [ "$ref" = "$deploy" ] || other=1 ;; esac
+done
+[ -n "$other" ] || exit 0
+printf '%s' "$input" | exec "$python" -c 'from {module} import main; main()'
 """
 
 
