@@ -157,3 +157,46 @@ def test_a_worker_gone_without_a_word_is_polled_not_selected(monkeypatch):
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited; not reaped yet
     assert w.outcome_known() and w.returncode == 9
     assert w.reported is None  # the pipe's end was seen and closed: no busy select on it
+
+
+def fake_deploy(root, name, number, sha, ref, options):
+    os.write(1, f"deploy #{number} of {sha[:7]} by pid {os.getpid()}\n".encode())  # the log
+    hook_worker.say_reported()
+    return 0
+
+
+def deploy_with(app: App, spare) -> tuple[hook_worker.Worker, str]:
+    from shipyard import history
+
+    number = history.claim_number(app)
+    w = hook_worker.start(app, number, "a" * 40, "refs/heads/main", [], spare)
+    _, status = os.waitpid(w.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return w, history.log_path(app, number).read_text()
+
+
+def test_a_spare_worker_forked_before_the_checks_runs_the_deploy_it_is_handed(
+    tmp_path, monkeypatch
+):
+    app = App(tmp_path, "mysite")
+    app.dir.mkdir()
+    monkeypatch.setattr(hook_worker, "run_deploy", fake_deploy)
+    spare = hook_worker.prefork()
+    w, log = deploy_with(app, spare)
+    assert w.pid == spare.pid and log == f"deploy #1 of aaaaaaa by pid {spare.pid}\n"
+    assert w.outcome_known()
+
+
+def test_a_spare_closed_unused_exits_and_a_gone_one_is_replaced_by_a_fork(tmp_path, monkeypatch):
+    app = App(tmp_path, "mysite")
+    app.dir.mkdir()
+    monkeypatch.setattr(hook_worker, "run_deploy", fake_deploy)
+    unused = hook_worker.prefork()
+    unused.close()  # the push was refused: nothing to deploy
+    _, status = os.waitpid(unused.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    gone = hook_worker.prefork()
+    os.kill(gone.pid, 9)
+    os.waitpid(gone.pid, 0)
+    w, log = deploy_with(app, gone)
+    assert w.pid != gone.pid and log == f"deploy #1 of aaaaaaa by pid {w.pid}\n"
