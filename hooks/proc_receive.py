@@ -40,6 +40,7 @@ from shipyard.programs import check_counts, check_keeps_web
 from shipyard.release import shared_env
 from shipyard.repo import hook_app
 from shipyard.report import escape
+from shipyard.teardown import exit_now
 from shipyard.venv import DETECTED
 
 from . import worker
@@ -413,20 +414,22 @@ def ng_reason(app: App, number: int, entry: dict | None) -> str | None:
     return f"deploy #{number} {outcome}: {error or 'see ' + where}"
 
 
-def run_deploy(app: App, host: HostConfig, pending: Pending, raw: list[str]) -> None:
+def run_deploy(
+    app: App, host: HostConfig, pending: Pending, raw: list[str], spare: worker.Spare | None
+) -> None:
     """Deploy what the push moved the branch to; turn the reply into its outcome."""
     options = parse_options(raw)
     number = history.claim_number(app)
     err = sys.stderr.buffer
     if not waits(options, host):
-        worker.start(app, number, pending.commit, pending.ref, raw)
+        worker.start(app, number, pending.commit, pending.ref, raw, spare)
         say(
             err,
             f"shipyard ▸ deploy #{number} started; the push does not wait for it (no-wait): "
             f"`shipyard log {app.name} {number} --follow` on the host follows it",
         )
         return
-    entry = worker.deploy(app, number, pending.commit, pending.ref, raw, err)
+    entry = worker.deploy(app, number, pending.commit, pending.ref, raw, err, spare)
     reason = ng_reason(app, number, entry)
     if reason is not None:
         pending.reply.reason = reason
@@ -455,6 +458,12 @@ def answer(proto: PktLines, replies: list[Reply]) -> None:
 
 
 def main() -> None:
+    """The hook's body, then its end: git reports the push once this process is gone."""
+    serve()
+    exit_now(0)
+
+
+def serve() -> None:
     proto = PktLines(sys.stdin.buffer.read, _write)
     proto.read_seq()
     proto.write_line(b"version=1\0push-options")
@@ -470,9 +479,14 @@ def main() -> None:
     except ShipyardError as exc:
         answer(proto, [Reply(ref, str(exc)) for _old, _new, ref in commands])
         return
+    # the deploy's worker, forked now: its imports run while the push is checked
+    deploys = {f"refs/heads/{host.branch}", f"refs/tags/{host.branch}"}
+    spare = worker.prefork() if any(ref in deploys for *_, ref in commands) else None
     replies, pending = receive(app, host, commands)
     if pending is not None:
-        run_deploy(app, host, pending, raw_options)
+        run_deploy(app, host, pending, raw_options, spare)
+    elif spare is not None:
+        spare.close()
     answer(proto, replies)
 
 

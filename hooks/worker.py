@@ -10,12 +10,12 @@ recorded it: that is what proc-receive reports to git.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,11 +83,69 @@ def say_reported() -> None:
         os.close(REPORTED_FD)
 
 
-def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Worker:
+class Spare:
+    """A worker forked before the push is checked (``prefork``): it imports the deploy's
+    modules on the other core while the hook reads the pushed commit, checks it and moves
+    the branch, then runs the deploy it is handed; closed unused, it exits."""
+
+    def __init__(self, pid: int, channel: socket.socket) -> None:
+        self.pid = pid
+        self.channel = channel
+
+    def hand(self, job: dict, log: int, reported: int) -> bool:
+        """Give it the deploy, its log and the pipe it reports on; False if it is gone."""
+        try:
+            socket.send_fds(self.channel, [json.dumps(job).encode()], [log, reported])
+        except OSError:
+            return False
+        finally:
+            self.channel.close()
+        return True
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def prefork() -> Spare | None:
+    """A spare worker for the deploy this push is about to start (None: no fork here)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+    except OSError:  # no fork now: start() forks its worker then, as without a spare
+        return None
+    if pid:
+        theirs.close()
+        return Spare(pid, ours)
+    code = 0
+    try:
+        ours.close()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # off git's pipes at once: git reads the hook's stderr to its end
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        import shipyard.operate  # noqa: F401 - the point: loaded while the hook checks
+        import shipyard.worker  # noqa: F401
+
+        message, fds, _flags, _address = socket.recv_fds(theirs, 1 << 16, 2)
+        theirs.close()
+        if message and len(fds) == 2:
+            job = json.loads(message)
+            app = App(Path(job["root"]), job["name"])
+            code = become(app, job["number"], job["sha"], job["ref"], job["options"], *fds)
+    finally:
+        os._exit(code)
+
+
+def start(
+    app: App, number: int, sha: str, ref: str, options: list[str], spare: Spare | None = None
+) -> Worker:
     """Fork the deploy worker into a new session with the log as its only output.
 
     A fork, not a new interpreter: no second Python start per push, and the modules this
-    hook already imported are not imported again.
+    hook already imported are not imported again. With ``spare`` (forked earlier, the
+    deploy's modules loaded meanwhile) that one runs it, or a fork if it is gone.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -96,34 +154,46 @@ def start(app: App, number: int, sha: str, ref: str, options: list[str]) -> Work
     ours, theirs = os.pipe()
     os.set_blocking(ours, False)
     with history.open_log(app, number) as log:
+        job = {"root": str(app.root), "name": app.name, "number": number, "sha": sha}
+        job.update(ref=ref, options=options)
+        if spare is not None and spare.hand(job, log.fileno(), theirs):
+            os.close(theirs)
+            return Worker(spare.pid, ours)
         pid = os.fork()
         if pid:
             os.close(theirs)
             return Worker(pid, ours)
-        code = 1
-        try:
-            os.setsid()
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            os.dup2(theirs, REPORTED_FD)
-            os.closerange(REPORTED_FD + 1, 1 << 16)  # nothing of git's is kept (its pkt-lines)
-            os.chdir(app.dir)
-            for name in [k for k in os.environ if k.startswith("GIT_")]:
-                del os.environ[name]
-            try:
-                code = run_deploy(app.root, app.name, number, sha, ref, options)
-            except ShipyardError as exc:
-                print(f"shipyard: error: {exc}", file=sys.stderr)
-        except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
-            import traceback  # only for the log of a crash: not imported by every push
+        os._exit(become(app, number, sha, ref, options, log.fileno(), theirs))
 
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+
+def become(
+    app: App, number: int, sha: str, ref: str, options: list[str], log: int, reported: int
+) -> int:
+    """In the forked worker: its own session, the log as its output, then the deploy."""
+    code = 1
+    try:
+        os.setsid()
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.dup2(reported, REPORTED_FD)
+        os.closerange(REPORTED_FD + 1, 1 << 16)  # nothing of git's is kept (its pkt-lines)
+        os.chdir(app.dir)
+        for name in [k for k in os.environ if k.startswith("GIT_")]:
+            del os.environ[name]
+        try:
+            code = run_deploy(app.root, app.name, number, sha, ref, options)
+        except ShipyardError as exc:
+            print(f"shipyard: error: {exc}", file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - whatever happens, it goes to the log
+        import traceback  # only for the log of a crash: not imported by every push
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return code
 
 
 def pushed_tag(app: App, sha: str) -> str | None:
@@ -153,7 +223,7 @@ def run_deploy(
     Imported here, in the forked worker only: the deploy's modules are not loaded by a hook
     that refuses a push or by ``shipyard log`` (allowed in tests/unit/test_layers.py).
     """
-    from shipyard.operate import older_release_notes
+    from shipyard.operate import older_release_notes, pusher
     from shipyard.worker import execute
 
     def stop(signum: int, _frame: object) -> None:
@@ -173,7 +243,7 @@ def run_deploy(
         sha,
         ref,
         out,
-        pusher=os.environ.get("SHIPYARD_PUSHER") or getpass.getuser(),
+        pusher=pusher(),
         tag=pushed_tag(app, sha),
         options=options,
         notes=older_release_notes(app, sha),
@@ -298,7 +368,13 @@ def report_lost(app: App, number: int, code: int | None, out: BinaryIO) -> None:
 
 
 def deploy(
-    app: App, number: int, sha: str, ref: str, options: list[str], out: BinaryIO
+    app: App,
+    number: int,
+    sha: str,
+    ref: str,
+    options: list[str],
+    out: BinaryIO,
+    spare: Spare | None = None,
 ) -> dict | None:
     """Run deploy ``number`` detached, copy its log to ``out``, return its outcome.
 
@@ -307,7 +383,7 @@ def deploy(
     stop that either. ``out`` going away never stops anything: the hook then
     waits for the outcome without copying.
     """
-    worker = start(app, number, sha, ref, options)
+    worker = start(app, number, sha, ref, options, spare)
     log = history.log_path(app, number)
     lines = PushLines(app, number)
     offset = copy_log(log, worker.outcome_known, out, lines=lines, wait=worker.wait)

@@ -20,20 +20,16 @@ with. Anything else gets one line on stderr, a non-zero exit and a line in
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import re
 import shlex
-import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard.app import APP_NAME, App, default_root
+from shipyard.teardown import exit_now
 
 GIT_COMMANDS = {"git-receive-pack": "receive-pack", "git-upload-pack": "upload-pack"}
 # Read-only or deploy-shaped commands an operator may run over SSH; never init, provision
@@ -71,11 +67,24 @@ class NotAllowed(Exception):
     """The request is not allowed; the message says why, on one line."""
 
 
-@dataclass(frozen=True)
 class Decision:
-    argv: list[str]
-    what: str  # for the log: the app or command it was about
-    verb: str | None = None  # a shipyard command's (status, rollback, …)
+    """What to run for an allowed request (a plain class: ``dataclasses`` and its imports
+    were most of this command's time before it execs git-receive-pack)."""
+
+    def __init__(self, argv: list[str], what: str, verb: str | None = None) -> None:
+        self.argv = argv
+        self.what = what  # for the log: the app or command it was about
+        self.verb = verb  # a shipyard command's (status, rollback, …)
+
+
+def which_git() -> str:
+    """``git`` on PATH as ``shutil.which`` finds it (shutil, with bz2 and lzma, is not
+    imported for it), else /usr/bin/git."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or os.curdir, "git")
+        if os.access(path, os.F_OK | os.X_OK) and not os.path.isdir(path):
+            return path
+    return "/usr/bin/git"
 
 
 def log_path(home: Path) -> Path:
@@ -155,7 +164,7 @@ def decide(
         if len(args) != 1:
             raise NotAllowed(f"{head} takes exactly one repository path")
         app = resolve_repo(args[0], home, root)
-        git = shutil.which("git") or "/usr/bin/git"
+        git = which_git()
         return Decision([git, GIT_COMMANDS[head], str(app.repo)], f"{head} {app.name}")
     if head == "shipyard":
         if not args or args[0] not in OPERATOR_COMMANDS:
@@ -235,21 +244,3 @@ def main(
         return exit_now(run(decision.argv[len(SHIPYARD_ARGV) :], decision.verb))
     os.execve(decision.argv[0], decision.argv, env)
     return 0  # not reached
-
-
-def exit_now(code: int) -> int:
-    """End the process with ``code`` once the command is done, without tearing down the
-    interpreter: sshd ends the session only when the process is gone, and freeing every
-    module a deploy loaded costs the operator 10-20 ms for nothing. The exit handlers run and
-    the output is flushed as at a normal exit; with a thread still running (a normal exit
-    waits for it), or without ``atexit._run_exitfuncs``, it returns ``code`` instead."""
-    main = threading.main_thread()
-    busy = any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate())
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if busy or run_exit_handlers is None:
-        return code
-    run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # the client went away: nothing to tell
-            stream.flush()
-    os._exit(code)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AppError
@@ -39,10 +38,38 @@ def check_release_id(release_id: str) -> str:
     return release_id
 
 
-@dataclass(frozen=True)
 class App:
+    """An app by its deploy root and name; immutable, equal by both.
+
+    What ``@dataclass(frozen=True)`` would write, by hand: the forced SSH command resolves
+    a pushed repo to its App before it execs git-receive-pack, and ``dataclasses`` (with
+    ``inspect``) was a third of that command's imports.
+    """
+
+    __match_args__ = ("root", "name")
     root: Path
     name: str
+
+    def __init__(self, root: Path, name: str) -> None:
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "name", name)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {key!r}: an App does not change")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"cannot delete field {key!r}: an App does not change")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, App) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.root, self.name) == (other.root, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.root, self.name))
+
+    def __repr__(self) -> str:
+        return f"App(root={self.root!r}, name={self.name!r})"
 
     @classmethod
     def at(cls, name: str, root: Path | str | None = None) -> App:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from . import __version__
 from .app import App
 from .errors import ShipyardError
+
+# argparse, json, signal, threading: imported where used, off the forced SSH command's way
+# to git-receive-pack (tests/unit/test_startup_imports.py)
+TYPE_CHECKING = False  # typing's, without importing typing
+if TYPE_CHECKING:
+    import argparse
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -68,6 +70,8 @@ def existing_app(args: argparse.Namespace) -> App:
 
 def emit(data: object, text: str, as_json: bool) -> int:
     """Print a view; a message or tag from a push shows its control characters spelled out."""
+    import json
+
     from .report import escape
 
     safe = "\n".join(escape(line) for line in text.split("\n"))
@@ -99,6 +103,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 def deploy_number(text: str) -> int:
     digits = text.removeprefix("#")
     if not digits.isdigit() or int(digits) < 1:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"{text!r} is not a deploy number (e.g. 42 or #42)")
     return int(digits)
 
@@ -263,6 +269,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
     app = App.at(args.app, args.root).require()
     rows = peers_status(app, processes=True)
     if args.json:
+        import json
+
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
@@ -288,6 +296,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0 if sync(app, out) else 1
     if not args.every > 0:  # also NaN
         raise ShipyardError(f"--every {args.every:g}: not a number of seconds above 0")
+    import signal
+    import threading
+
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # a sync under way finishes first
         signal.signal(signum, lambda *_: stop.set())
@@ -364,6 +375,8 @@ class _OnlyOne:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; ``only``: with that command's sub-parser alone (it is known)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="shipyard", description="git push-to-deploy")
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
     parser.add_argument(
@@ -619,9 +632,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def forced_command(argv: list[str]) -> argparse.Namespace | None:
     """``ssh-command NAME``, the forced command of every push over SSH, read without the
-    parser: building every command's parser first cost each push more than deciding."""
+    parser: building every command's parser first (or importing argparse) cost each push
+    more than deciding."""
     if len(argv) == 2 and argv[0] == "ssh-command" and not argv[1].startswith("-"):
-        return argparse.Namespace(root=None, name=argv[1], func=cmd_ssh_command)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(root=None, name=argv[1], func=cmd_ssh_command)  # as parsed
     return None
 
 

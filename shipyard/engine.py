@@ -13,7 +13,7 @@ import errno
 import time
 from dataclasses import dataclass
 
-from . import fault_injection, history, notify, release
+from . import fault_injection, history, notify, release, repo
 from .app import App
 from .context import Deploy, Phase
 from .errors import ShipyardError
@@ -244,6 +244,10 @@ def _record(d: Deploy, outcome: str, seconds: float, extra: dict) -> None:
 
 
 def branch_tip(app: App, ref: str) -> str | None:
+    """The commit ``ref`` names (None: none), from its own file when git keeps it there."""
+    found = repo.loose_ref(app.repo, ref)
+    if found:
+        return found
     try:
         return release.git(app.repo, "rev-parse", "--verify", "--quiet", ref) or None
     except ShipyardError:

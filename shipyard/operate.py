@@ -11,7 +11,6 @@ the Procfile's ``release:`` command runs only when asked (``--run-release``).
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import re
 import signal
@@ -33,7 +32,12 @@ SHA_PREFIX = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 def pusher() -> str:
-    return os.environ.get("SHIPYARD_PUSHER") or getpass.getuser()
+    """Whose key ran the command (the forced SSH command sets it), else the local user."""
+    if os.environ.get("SHIPYARD_PUSHER"):
+        return os.environ["SHIPYARD_PUSHER"]
+    import getpass  # with termios: not for a command run over SSH
+
+    return getpass.getuser()
 
 
 # --- which commit, which release --------------------------------------------
@@ -362,6 +366,7 @@ def answered(d: Deploy) -> None:
     Not without the record (a full disk: the deploy ends here, as before), nor with another
     thread running (a fork would not have it)."""
     entry = history.recorded(d.app, d.number)
+    d.out.quiet()  # the phases' heartbeat thread: a fork has no other thread
     if entry is None or threading.active_count() > 1:
         return
     for stream in (sys.stdout, sys.stderr):

@@ -14,7 +14,6 @@ code, and maintenance on/off needs no reload.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -48,6 +47,8 @@ def settings(host: HostConfig) -> dict[str, Any]:
 
 def sites_dir(host: HostConfig) -> Path:
     """This deploy user's directory of sites: ``[proxy] sites``/<user> (provision makes it)."""
+    import getpass  # with termios: only where a proxy is configured
+
     return Path(settings(host)["sites"]) / getpass.getuser()
 
 

@@ -24,6 +24,7 @@ from .app import RELEASE_ID, App
 from .errors import PhaseError
 from .guard import check_not_root
 from .lock import owner_alive
+from .repo import has_tags
 
 MANIFEST = Path(".shipyard") / "release.json"
 GOOD_STATES = ("good",)
@@ -700,6 +701,8 @@ def recency(manifest: Manifest) -> float:
 
 def tag_for(app: App, sha: str) -> str | None:
     """A tag in the repo that points at ``sha`` (the highest version if several)."""
+    if not has_tags(app.repo):  # most repos: no `git tag` process per push
+        return None
     try:
         tags = git(app.repo, "tag", "--points-at", sha, "--sort=-v:refname").split()
     except PhaseError:

@@ -102,6 +102,10 @@ class Reporter:
         self.mask = Masker()
         self.lost = 0  # lines that could not be written
         self._lock = threading.Lock()
+        # the heartbeat: one thread for every phase this reporter ticks (see ticking)
+        self._tick = threading.Condition()
+        self._phase: list | None = None  # [name, started, lines said] of the phase under way
+        self._beating: threading.Thread | None = None
 
     def _paint(self, text: str, code: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
@@ -152,18 +156,48 @@ class Reporter:
 
     @contextmanager
     def ticking(self, phase: str) -> Iterator[None]:
-        """Print a heartbeat while a long step runs, so a quiet terminal never looks hung."""
-        stop = threading.Event()
-        started = time.monotonic()
+        """Print a heartbeat while a long step runs, so a quiet terminal never looks hung.
 
-        def beat() -> None:
-            while not stop.wait(self.heartbeat):
-                self.line(f"  … {phase:<14} {time.monotonic() - started:5.0f}s  still running")
-
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
+        One thread serves every phase in turn and ends once a heartbeat passes with none
+        under way (or at ``quiet``): a thread started and joined for each phase made every
+        phase wait twice for the scheduler, milliseconds each on a busy host."""
+        current = [phase, time.monotonic(), 0]
+        with self._tick:
+            self._phase = current
+            if self._beating is None:
+                self._beating = threading.Thread(target=self._beat, daemon=True)
+                self._beating.start()
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            with self._tick:  # held while a heartbeat is said: none comes after the phase
+                self._phase = None
+
+    def _beat(self) -> None:
+        me = threading.current_thread()
+        with self._tick:
+            while self._beating is me:
+                current = self._phase
+                if current is None:
+                    if not self._tick.wait(self.heartbeat) and self._phase is None:
+                        self._beating = (
+                            None  # idle for a whole heartbeat: the next phase starts one
+                        )
+                    continue
+                name, started, said = current
+                now = time.monotonic()
+                due = started + self.heartbeat * (said + 1)
+                if now < due:
+                    self._tick.wait(due - now)
+                    continue
+                current[2] += 1
+                self.line(f"  … {name:<14} {now - started:5.0f}s  still running")
+
+    def quiet(self) -> None:
+        """End the heartbeat's thread, if one runs (before a fork: the child would not have
+        it, and it could hold the output's lock)."""
+        with self._tick:
+            beating, self._beating = self._beating, None
+            self._tick.notify_all()
+        if beating is not None and beating is not threading.current_thread():
+            beating.join()

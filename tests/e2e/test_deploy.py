@@ -134,6 +134,9 @@ def test_the_push_returns_before_what_it_pruned_is_deleted(host: Host, work: Wor
         sha = work.commit("second", **{"mysite/version.py": 'GREETING = "v1"\n'})
         out = work.push().out  # with the worker paused after its outcome, before deleting
         assert f"shipyard ▸ live: {sha[:7]}" in out
+        deadline = time.monotonic() + 30  # bounded: the answer goes out before the pause
+        while not (run_dir / fault_injection.PAUSED).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert (run_dir / fault_injection.PAUSED).exists()
         assert host.releases() == [host.live().name]
         trash = list((host.dir / "releases").glob(".trash-*"))

@@ -1,5 +1,6 @@
 import pytest
 
+from shipyard import config
 from shipyard.config import parse_app_config, parse_host_config, parse_procfile
 from shipyard.errors import ConfigError
 
@@ -85,3 +86,17 @@ def test_host_web_is_zero_or_unset():
     assert parse_host_config("", "host.toml").web is None
     with pytest.raises(ConfigError, match="host.toml:2: web = 2: the only value is 0"):
         parse_host_config("port = 8001\nweb = 2\n", "host.toml")
+
+
+def test_a_keys_line_is_looked_for_only_when_an_error_names_it(monkeypatch):
+    text = (
+        'shared = [".env"]\nrequirements = "requirements.txt"\n'
+        'build = [{ run = "make", inputs = ["a"], outputs = ["b"] }]\n[processes]\nweb = 0\n'
+    )
+    found = []
+    monkeypatch.setattr(config, "_line_of", lambda *args: found.append(args) or 7)
+    config.parse_app_config(text)
+    config.parse_host_config("keep = 3\n", "shipyard.toml")
+    assert found == []  # a valid file: no line wanted
+    with pytest.raises(ConfigError, match=r"^shipyard.toml:7: '/abs' must be a relative path"):
+        config.parse_app_config('shared = ["/abs"]\n')

@@ -57,3 +57,8 @@ def test_a_tag_or_another_branch_is_handed_to_python_whole(hook):
 def test_the_installed_hook_names_its_interpreter():
     for module in repo.HOOKS.values():
         assert repo.hook_interpreter(repo.hook_script(module)) == sys.executable
+
+
+def test_a_last_line_without_its_newline_is_read_too(hook):
+    assert hook(f"{ZERO} {B} refs/tags/v1") == f"{ZERO} {B} refs/tags/v1\n"
+    assert hook(f"{A} {B} refs/heads/main") is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -100,6 +102,25 @@ def test_proc_receive_reads_gits_pkt_lines_and_answers_in_them():
     assert pkt("ok refs/heads/main").startswith(b"0016")
 
 
+def test_proc_receive_ends_once_answered_without_tearing_the_interpreter_down():
+    """git reports the push only once the hook has exited: its answer and exit handlers are
+    out, the interpreter's teardown (freeing every module, 10-20 ms) is skipped."""
+    script = (
+        "import atexit, sys\n"
+        "from shipyard.hooks import proc_receive\n"
+        "class Module:\n"
+        "    def __del__(self):\n"
+        "        sys.stderr.write('torn down\\n')\n"
+        "proc_receive.held = Module()  # freed by a normal exit's teardown\n"
+        "atexit.register(lambda: sys.stderr.write('exit handler\\n'))\n"
+        "proc_receive.serve = lambda: sys.stdout.write('0000')  # left in the buffer\n"
+        "proc_receive.main()\n"
+        "sys.stderr.write('returned\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0000", "exit handler\n")
+
+
 @pytest.mark.parametrize("wire", [b"", b"00", b"zzzz", b"0010short"])
 def test_proc_receive_stops_with_one_line_when_git_hangs_up(wire):
     with pytest.raises(SystemExit, match="proc-receive: git sent a broken pkt-line"):
@@ -136,3 +157,46 @@ def test_a_worker_gone_without_a_word_is_polled_not_selected(monkeypatch):
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited; not reaped yet
     assert w.outcome_known() and w.returncode == 9
     assert w.reported is None  # the pipe's end was seen and closed: no busy select on it
+
+
+def fake_deploy(root, name, number, sha, ref, options):
+    os.write(1, f"deploy #{number} of {sha[:7]} by pid {os.getpid()}\n".encode())  # the log
+    hook_worker.say_reported()
+    return 0
+
+
+def deploy_with(app: App, spare) -> tuple[hook_worker.Worker, str]:
+    from shipyard import history
+
+    number = history.claim_number(app)
+    w = hook_worker.start(app, number, "a" * 40, "refs/heads/main", [], spare)
+    _, status = os.waitpid(w.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return w, history.log_path(app, number).read_text()
+
+
+def test_a_spare_worker_forked_before_the_checks_runs_the_deploy_it_is_handed(
+    tmp_path, monkeypatch
+):
+    app = App(tmp_path, "mysite")
+    app.dir.mkdir()
+    monkeypatch.setattr(hook_worker, "run_deploy", fake_deploy)
+    spare = hook_worker.prefork()
+    w, log = deploy_with(app, spare)
+    assert w.pid == spare.pid and log == f"deploy #1 of aaaaaaa by pid {spare.pid}\n"
+    assert w.outcome_known()
+
+
+def test_a_spare_closed_unused_exits_and_a_gone_one_is_replaced_by_a_fork(tmp_path, monkeypatch):
+    app = App(tmp_path, "mysite")
+    app.dir.mkdir()
+    monkeypatch.setattr(hook_worker, "run_deploy", fake_deploy)
+    unused = hook_worker.prefork()
+    unused.close()  # the push was refused: nothing to deploy
+    _, status = os.waitpid(unused.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    gone = hook_worker.prefork()
+    os.kill(gone.pid, 9)
+    os.waitpid(gone.pid, 0)
+    w, log = deploy_with(app, gone)
+    assert w.pid != gone.pid and log == f"deploy #1 of aaaaaaa by pid {w.pid}\n"

@@ -115,3 +115,30 @@ def test_masker_leaves_urls_without_passwords_alone():
     mask = Masker({})
     for text in ("http://localhost:8000/healthz", "https://example.com:443/a@b", "PWD=/srv"):
         assert mask(text) == text
+
+
+def test_the_heartbeat_speaks_during_a_long_phase_only_and_one_thread_serves_them_all():
+    import threading
+    import time
+
+    out = io.StringIO()
+    r = Reporter(out, heartbeat=0.05)
+    before = threading.active_count()
+    for name in ("checkout", "link", "venv"):
+        with r.ticking(name):
+            pass  # quick: no heartbeat
+        assert threading.active_count() == before + 1  # the same thread, not one per phase
+    with r.ticking("build"):
+        time.sleep(0.18)
+    said = out.getvalue()
+    time.sleep(0.12)
+    assert out.getvalue() == said  # nothing after the phase ended
+    beats = [ln for ln in said.splitlines() if "still running" in ln]
+    assert 2 <= len(beats) <= 4 and all(ln.startswith("  … build ") for ln in beats)
+    assert not any(w in said for w in ("checkout", "link", "venv"))
+    r.quiet()
+    assert threading.active_count() == before  # before a fork: no other thread
+    with r.ticking("again"):
+        time.sleep(0.08)
+    assert "  … again " in out.getvalue()  # a phase after quiet() starts another
+    r.quiet()

@@ -319,7 +319,7 @@ def test_the_in_process_command_ends_the_process_once_done(monkeypatch):
     import atexit
     import threading
 
-    from shipyard.provision.shell import exit_now
+    from shipyard.teardown import exit_now
 
     ended, handled = [], []
     monkeypatch.setattr(os, "_exit", ended.append)

@@ -20,6 +20,7 @@ HEAVY = [
     "logging",
     "secrets",
     "configparser",  # alembic.ini
+    "getpass",  # with termios: who pushed is SHIPYARD_PUSHER over SSH, the user only locally
 ]
 
 
@@ -52,17 +53,39 @@ def test_a_supervisor_is_made_without_talking_xml_rpc(tmp_path):
     assert "xmlrpc.client" not in found and "supervisor.xmlrpc" not in found
 
 
-def test_the_forced_ssh_command_loads_no_parser_and_no_host_config():
+# what the forced SSH command does not load on its way to exec git-receive-pack: every push
+# waits for it (the parser, the host config's, dataclasses with inspect, shutil with bz2/lzma)
+FORCED_COMMAND_HEAVY = [
+    "argparse",
+    "tomllib",
+    "shipyard.config",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "json",
+    "shutil",
+    "threading",
+    "signal",
+]
+
+
+def test_the_forced_ssh_command_loads_no_parser_and_no_host_config(tmp_path):
     found = loaded(
-        "import sys\n"
+        "import os, sys\n"
+        "from pathlib import Path\n"
         "from shipyard import cli\n"
         "from shipyard.guard import safe_umask\n"
         "from shipyard.provision import shell\n"
-        "assert cli.forced_command(['ssh-command', 'alice']) is not None"
+        "assert cli.forced_command(['ssh-command', 'alice']) is not None\n"
+        f"home = Path({str(tmp_path)!r})\n"
+        "(home / 'apps' / 'mysite' / 'repo.git').mkdir(parents=True)\n"
+        "(home / 'apps' / 'mysite' / 'shipyard.toml').write_text('')\n"
+        "decision = shell.decide('git-receive-pack apps/mysite/repo.git', home, home / 'apps',"
+        " shell.SHIPYARD_ARGV)\n"
+        "assert decision.argv[1:] == ['receive-pack', str(home / 'apps/mysite/repo.git')]\n"
+        "shell.record(home, 'alice', 'git-receive-pack apps/mysite/repo.git', 'allowed')"
     )
-    assert "argparse" in found  # cli's own import; the parsers are what is not built
-    assert "tomllib" not in found and "shipyard.config" not in found
-    assert "typing" not in found
+    assert sorted(m for m in FORCED_COMMAND_HEAVY if m in found) == []
 
 
 # what the launcher of every process (shipyard/launch.py) would load if its imports grew back:

@@ -1,0 +1,31 @@
+"""How a short-lived entry point ends: its work done, without the interpreter's teardown.
+
+Whoever started us waits for the process to be gone, not for its answer: sshd closes the
+session, and git's receive-pack reports a push only once proc-receive has exited. Freeing
+every module a deploy loaded took 10-20 ms of that wait for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def exit_now(code: int) -> int:
+    """End the process with ``code``: the exit handlers run and the output is flushed as at
+    a normal exit, then ``os._exit``. With a thread still running (a normal exit waits for
+    it), or without ``atexit._run_exitfuncs``, it returns ``code`` instead."""
+    import atexit
+    import contextlib
+    import threading
+
+    main = threading.main_thread()
+    busy = any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate())
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if busy or run_exit_handlers is None:
+        return code
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # the reader went away: nothing to tell
+            stream.flush()
+    os._exit(code)
