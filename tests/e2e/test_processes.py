@@ -168,31 +168,6 @@ def test_redeploy_serves_the_change_and_moves_every_process(site: Site):
     assert f"worker worker.1 on {Path(live).name}" in log
 
 
-def test_a_web_that_dies_later_is_started_again_on_its_release_with_its_sockets(site: Site):
-    """supervisord starts a crashed web again with the command programs.conf gave it (the
-    launcher's options decided when it was written): same release, the shared socket, the
-    private probe socket; and the next deploy hands over from it as from any other."""
-    before = rows(site.host)["web.1"]
-    live = str(site.host.live())
-    probe = next((site.host.dir / "run").glob("web-*.1.sock"))
-    os.kill(before["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        now = rows(site.host).get("web.1", {})
-        if now.get("state") == "RUNNING" and now["pid"] != before["pid"] and probe.exists():
-            break
-        assert time.monotonic() < deadline, f"web.1 not started again: {now}"
-        time.sleep(0.1)
-    assert cwd(now["pid"]) == live and now["release"] == Path(live).name
-    version = (Path(live) / "mysite" / "version.py").read_text()
-    assert greeting(site.port) == version.split("=", 1)[1].strip().strip('"')  # the same port
-    log = (site.host.dir / "logs" / f"{probe.name.split('.')[0]}.1.log").read_text()
-    assert log.count(f"starting on releases/{Path(live).name}") >= 2
-    site.work.commit("after the crash", **{"mysite/version.py": 'GREETING = "Hello again"\n'})
-    site.work.push()
-    assert greeting(site.port) == "Hello again"
-
-
 def test_release_command_runs_once_before_the_switch(site: Site):
     procfile = (site.work.path / "Procfile").read_text()
     site.work.commit(
@@ -479,6 +454,36 @@ def test_a_worker_killed_before_the_old_web_stopped_leaves_it_to_the_next_deploy
     assert "shipyard ▸ live" in site.work.push().out
     assert greeting(site.port) == "Hello, next"
     assert settled(site.host) == ["RUNNING"] * 3
+
+
+def test_a_web_that_dies_later_is_started_again_on_its_release_with_its_sockets(site: Site):
+    """supervisord starts a crashed web again with the command programs.conf gave it (the
+    launcher's options decided when it was written): same release, the shared socket, the
+    private probe socket; and the next deploy hands over from it as from any other."""
+    before = rows(site.host)["web.1"]
+    live = str(site.host.live())
+    probe = next((site.host.dir / "run").glob("web-*.1.sock"))
+    # the whole instance dies (the OOM killer, say): a master killed alone leaves its workers
+    # serving from the inherited socket until they notice, which is gunicorn's to handle
+    workers = [int(c) for c in Path(f"/proc/{before['pid']}/task/{before['pid']}/children")
+               .read_text().split()]  # fmt: skip
+    for pid in [before["pid"], *workers]:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        now = rows(site.host).get("web.1", {})
+        if now.get("state") == "RUNNING" and now["pid"] != before["pid"] and probe.exists():
+            break
+        assert time.monotonic() < deadline, f"web.1 not started again: {now}"
+        time.sleep(0.1)
+    assert cwd(now["pid"]) == live and now["release"] == Path(live).name
+    version = (Path(live) / "mysite" / "version.py").read_text()
+    assert greeting(site.port) == version.split("=", 1)[1].strip().strip('"')  # the same port
+    log = (site.host.dir / "logs" / f"{probe.name.split('.')[0]}.1.log").read_text()
+    assert log.count(f"starting on releases/{Path(live).name}") >= 2
+    site.work.commit("after the crash", **{"mysite/version.py": 'GREETING = "Hello again"\n'})
+    site.work.push()
+    assert greeting(site.port) == "Hello again"
 
 
 def test_processes_stop_and_start(site: Site):
