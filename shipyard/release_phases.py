@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import build, command, cron, release, supervise, venv
+from . import build, command, cron, data, release, supervise, venv
 from . import programs as prov
 from .command import run_in_release
 from .config import load_app_config, load_procfile
@@ -93,6 +93,16 @@ def build_venv(d: Deploy) -> str:
 
 
 def build_steps(d: Deploy) -> str:
+    """The build steps; the data probe ran beside them (``data.link``): when its answer links
+    paths the steps did not see, they run again, as they would have after those links."""
+    detail = _build_steps(d)
+    again = data.settle(d)
+    if again:
+        detail = f"{_build_steps(d)} (again: {again})"
+    return detail
+
+
+def _build_steps(d: Deploy) -> str:
     if d.reused:
         return Skip("reused release")
     if not d.config.build:

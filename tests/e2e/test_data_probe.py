@@ -1,0 +1,94 @@
+"""A changed requirement runs the data probe beside the build steps: the release ends as it
+would with the probe first, also when the added package changes what the settings say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Host, Work, run
+from httpload import fetch
+
+pytestmark = pytest.mark.e2e
+
+# the settings name an upload directory only once python-dotenv is installed
+SETTINGS_TAIL = """
+try:
+    import dotenv  # noqa: F401
+except ImportError:
+    pass
+else:
+    MEDIA_ROOT = BASE_DIR / "uploads"
+"""
+# a build step that writes into MEDIA_ROOT when the settings name one
+WRITE_UPLOAD = """import os, pathlib
+import django
+from django.conf import settings
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+django.setup()
+if settings.MEDIA_ROOT:
+    root = pathlib.Path(settings.MEDIA_ROOT)
+    root.mkdir(exist_ok=True)
+    (root / "built.txt").write_text("built")
+"""
+COLLECTSTATIC = (
+    '{ run = "python manage.py collectstatic --noinput -v 0", '
+    'inputs = ["*/static/**", "mysite/settings.py"], outputs = ["static"] }'
+)
+TOML = f"""shared = [".env", "media/"]
+build = [
+  {COLLECTSTATIC},
+  "python write_upload.py",
+]
+"""
+
+
+def data_answer(host: Host) -> dict:
+    return json.loads((host.live() / ".shipyard" / "data.json").read_text())
+
+
+def test_an_added_package_that_names_a_data_dir_links_it_before_the_build_steps_count(
+    host: Host, work: Work
+):
+    settings = work.path / "mysite" / "settings.py"
+    reqs = (work.path / "requirements.txt").read_text()
+    work.commit(
+        "uploads when dotenv is there",
+        **{
+            "shipyard.toml": TOML,
+            "write_upload.py": WRITE_UPLOAD,
+            "mysite/settings.py": settings.read_text() + SETTINGS_TAIL,
+        },
+    )
+    work.push()
+    assert data_answer(host)["found"] == {}
+    assert not (host.live() / "uploads").exists()
+
+    # settings unchanged, another venv: the live answer stands in while the probe runs; its
+    # answer names uploads/, which is linked, and the build steps run again behind the link
+    work.commit("dotenv", **{"requirements.txt": reqs + "python-dotenv>=1.0\n"})
+    added = work.push()
+    build_line = added.out.split("✓ build")[1].splitlines()[0]
+    assert "again: data paths the app names now: uploads" in build_line, added.out
+    assert "uploads/ (Django MEDIA_ROOT) is inside the release" in added.out
+    live = host.live()
+    assert (live / "uploads").is_symlink()
+    assert (live / "uploads").resolve() == host.dir / "shared" / "uploads"
+    assert (host.dir / "shared" / "uploads" / "built.txt").read_text() == "built"
+    assert data_answer(host)["found"] == {"uploads": "dir"}
+    assert (live / "static" / "polls" / "style.css").is_file()  # collectstatic's output
+    assert fetch(host.port)[0] == 200
+
+    # one more package: the probe answers what the live release said, the steps run once
+    (host.dir / "shared" / "uploads" / "built.txt").unlink()
+    work.commit("six", **{"requirements.txt": reqs + "python-dotenv>=1.0\nsix\n"})
+    again = work.push()
+    build_line = again.out.split("✓ build")[1].splitlines()[0]
+    assert "again" not in build_line and "2 ran" in build_line, again.out
+    assert "is inside the release" not in again.out
+    assert (host.live() / "uploads").resolve() == host.dir / "shared" / "uploads"
+    assert (host.dir / "shared" / "uploads" / "built.txt").read_text() == "built"
+    assert data_answer(host)["found"] == {"uploads": "dir"}
+    run(host.live() / ".venv" / "bin" / "python", "-c", "import dotenv, six")
+    assert fetch(host.port)[0] == 200
