@@ -540,6 +540,7 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     if not reuse:
         env["UV_COMPILE_BYTECODE"] = "1"
     req, python = the_plan.requirements, str(tmp / "bin" / "python")
+    sweep = None
     try:
         if the_plan.installer == "uv":
             uv = uv_bin()
@@ -551,7 +552,8 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
             else:
                 install = [uv, "pip", "install", "--quiet", "--python", python, "-r", str(req)]
                 _run(install, release, env, "installing requirements")
-            if reuse:
+            if reuse:  # the o+w sweep (its own process) walks beside the bytecode's linking
+                sweep = world_writable_sweep(tmp)
                 compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
             packages = installed(tmp)
             if packages is not None and req.name == "uv.lock":
@@ -570,21 +572,43 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
                 "pip install",
             )
             _rewrite_shebangs(tmp, target)
-        not_world_writable(tmp)
+        if sweep is None or sweep.wait():
+            not_world_writable(tmp)
         os.rename(tmp, target)
     except BaseException:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sweep_command(tree: Path) -> list[str] | None:
+    find = shutil.which("find")
+    if not find:
+        return None
+    found = [find, str(tree), "-perm", "-0002", "!", "-type", "l"]
+    return [*found, "-exec", "chmod", "o-w", "{}", "+"]
+
+
+def world_writable_sweep(tree: Path) -> subprocess.Popen | None:
+    """``not_world_writable``'s find(1), started in the background (None: no find). What is
+    made in ``tree`` meanwhile is not o+w: the deploy's umask clears it (guard.safe_umask),
+    and the bytecode linked from a live venv was swept when that venv was built."""
+    cmd = sweep_command(tree)
+    if cmd is None:
+        return None
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdin=quiet, stdout=quiet, stderr=quiet)
 
 
 def not_world_writable(tree: Path) -> None:
     """Clear o+w everywhere (uv makes its ``.lock`` 0666 whatever the umask; files linked
     from uv's cache keep the modes they were written with). find(1) walks the venv's
     thousands of files several times faster than a walk in Python does."""
-    find = shutil.which("find")
-    if find:
-        cmd = [find, str(tree), "-perm", "-0002", "!", "-type", "l"]
-        result = subprocess.run([*cmd, "-exec", "chmod", "o-w", "{}", "+"], capture_output=True)
+    cmd = sweep_command(tree)
+    if cmd:
+        result = subprocess.run(cmd, capture_output=True)
         if not result.returncode:
             return
     for dirpath, dirnames, filenames in os.walk(tree):
