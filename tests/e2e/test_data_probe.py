@@ -4,6 +4,8 @@ would with the probe first, also when the added package changes what the setting
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from conftest import Host, Work, run
@@ -91,4 +93,51 @@ def test_an_added_package_that_names_a_data_dir_links_it_before_the_build_steps_
     assert (host.dir / "shared" / "uploads" / "built.txt").read_text() == "built"
     assert data_answer(host)["found"] == {"uploads": "dir"}
     run(host.live() / ".venv" / "bin" / "python", "-c", "import dotenv, six")
+    assert fetch(host.port)[0] == 200
+
+
+def probes_running(host: Host) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"data_probe.py" in cmdline and str(host.dir).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+# settings that keep the data probe (only it) busy once six is installed
+SLOW_PROBE = """
+import sys, time
+try:
+    import six  # noqa: F401
+except ImportError:
+    pass
+else:
+    if sys.argv[0].endswith("data_probe.py"):
+        time.sleep(30)
+"""
+
+
+def test_a_failing_build_step_stops_the_probe_running_beside_it(host: Host, work: Work):
+    reqs = (work.path / "requirements.txt").read_text()
+    settings = (work.path / "mysite" / "settings.py").read_text()
+    work.commit("a probe slow with six", **{"mysite/settings.py": settings + SLOW_PROBE})
+    work.push()
+    live = host.live()
+    toml = (work.path / "shipyard.toml").read_text()
+    work.commit(
+        "six, and a build step that fails",
+        **{
+            "requirements.txt": reqs + "six\n",
+            "shipyard.toml": toml.replace("build = [", 'build = [\n  "false",'),
+        },
+    )
+    failed = work.push(fails=True)
+    assert "failed at build" in failed.out, failed.out
+    assert host.live() == live
+    assert probes_running(host) == []  # stopped with the deploy, not left for 30 s
     assert fetch(host.port)[0] == 200
