@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Host, Work, run
+from conftest import BIN, Host, Work, run
 from httpload import fetch
+
+from shipyard import data
 
 pytestmark = pytest.mark.e2e
 
@@ -141,3 +144,55 @@ def test_a_failing_build_step_stops_the_probe_running_beside_it(host: Host, work
     assert host.live() == live
     assert probes_running(host) == []  # stopped with the deploy, not left for 30 s
     assert fetch(host.port)[0] == 200
+
+
+@pytest.fixture(scope="module")
+def django_python(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("django") / "venv"
+    run(BIN / "uv", "venv", "-q", "--python", sys.executable, venv)
+    run(BIN / "uv", "pip", "install", "-q", "--python", venv / "bin" / "python", "django>=5.1,<5.3")
+    return venv / "bin" / "python"
+
+
+SHAPES = {
+    "module": {
+        "mysite/settings.py": "from pathlib import Path\nBASE = Path(__file__).parent.parent\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': BASE / 'a.db'},"
+        " 'other': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': 'rel.db'},"
+        " 'mem': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "MEDIA_ROOT = BASE / 'up'\n",
+    },
+    "defaults": {"mysite/settings.py": "DEBUG = False\n"},
+    "package": {
+        "mysite/settings/__init__.py": "from .base import *  # noqa\n",
+        "mysite/settings/base.py": "import os\nMEDIA_ROOT = os.path.join(os.getcwd(), 'm')\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'x'}}\n",
+    },
+    "uses django.conf": {
+        "mysite/settings.py": "from django.conf import global_settings\n"
+        "MEDIA_ROOT = global_settings.MEDIA_ROOT or 'media'\n",
+    },
+}
+# the same probe, asking django.conf itself (its fallback), for what the answer must be
+BY_DJANGO_CONF = (
+    "import sys; sys.argv = ['data_probe.py']; import data_probe as p\n"
+    "def refuse(module): raise RuntimeError\n"
+    "p.django_settings = refuse; p.main()\n"
+)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_probe_reads_the_settings_as_django_conf_does(tmp_path, django_python, shape):
+    app = tmp_path / "app"
+    for rel, text in SHAPES[shape].items():
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(text)
+    (app / "mysite" / "__init__.py").write_text("")
+    (app / "manage.py").write_text(
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    direct = run(django_python, data.PROBE, cwd=app, env=env).stdout
+    reference = run(django_python, "-c", BY_DJANGO_CONF, cwd=app,
+                    env={**env, "PYTHONPATH": str(data.PROBE.parent)}).stdout  # fmt: skip
+    assert direct.startswith("SHIPYARD-PROBE ") and direct == reference
