@@ -234,12 +234,13 @@ def in_release(
     on_line: OnLine | None = None,
     extra_env: dict[str, str] | None = None,
     stderr_apart: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Result:
     """``run`` in the deploy's release, with its venv and the app's .env."""
     env = release.command_env(d.app, d.release, d.env)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra_env or {})
-    return run(command, d.release, env, timeout, on_line, stderr_apart)
+    return run(command, d.release, env, timeout, on_line, stderr_apart, cancelled=cancelled)
 
 
 def check(result: Result, what: str) -> Result:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .app import App
 from .cluster import Cluster
@@ -70,6 +71,7 @@ class Deploy:
     committed: bool = True  # False on a peer: the other hosts may still send it back
     peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
     trash: list[Path] | None = None  # a list: pruned dirs renamed aside, deleted after the outcome
+    data_probe: Any = None  # data.Pending: the data probe running beside the build steps
 
     @property
     def keep(self) -> int:

@@ -12,6 +12,11 @@ upload directory inside it is lost with it. Two steps guard against that:
     ``shared/`` (the live release is relinked to it: the same inode, nothing lost), and the
     push says so once. A path that cannot be linked (the release itself, its code, its venv)
     is refused before the switch.
+    When build steps follow and the live release recorded the framework's answer, the probe
+    runs beside them (``settle``, at the end of the build phase, waits for it): the links are
+    made from the live release's answer first, and only an answer that differs from it (new
+    settings, a package that changes them) links the new paths and runs the build steps
+    again, so the release ends as it would with the probe first.
 ``check`` (after migrate and the release command)
     Any SQLite file written inside the release since its checkout that is not a link: on a
     first deploy it is moved to ``shared/`` and remembered; if a live release already holds
@@ -25,7 +30,9 @@ import json
 import os
 import shutil
 import stat
+import threading
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import command, migration_cache, migration_tools, release
@@ -65,16 +72,18 @@ def remember(app: App, paths: dict[str, str]) -> None:
     os.rename(tmp, memory_file(app))
 
 
-def inputs_key(d: Deploy) -> str | None:
+def inputs_key(d: Deploy, venv: bool = True) -> str | None:
     """What decides a Django app's answer: its settings files, its venv, shared/.env's identity
-    (None when unknown: Flask apps, or settings not found). Unchanged: the answer is reused."""
+    (None when unknown: Flask apps, or settings not found). Unchanged: the answer is reused.
+    ``venv=False``: all of it but the venv (the same, with another venv: the probe may run
+    beside the build steps)."""
     if not (d.release / "manage.py").is_file():
         return None
     try:
         settings = migration_cache.settings_files(d)
         if settings is None:
             return None
-        digest = hashlib.sha256(f"data v1\0{d.venv_key}\0".encode())
+        digest = hashlib.sha256(f"data v1\0{d.venv_key if venv else '-'}\0".encode())
         migration_cache.files_digest(digest, d.release, settings)
     except (OSError, ValueError):
         return None
@@ -84,21 +93,36 @@ def inputs_key(d: Deploy) -> str | None:
     return digest.hexdigest()
 
 
-def ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
+Answer = tuple[dict[str, str], dict[str, str]]
+
+
+def ask_framework(d: Deploy) -> Answer | None:
     """{relative path: kind} and {relative path: the setting that names it}; None if unknown.
 
-    The live release's answer is reused while its inputs are the same (``inputs_key``)."""
+    The live release's answer is reused while its inputs are the same (``inputs_key``).
+    When they are not, build steps follow and the live release has an answer, the probe is
+    started beside them (``Pending``) and the live release's answer stands in until
+    ``settle``."""
     key = inputs_key(d)
+    settings = inputs_key(d, venv=False)
     live = d.app.live_release()
+    assumed = None
     if key and live:
-        with suppress(OSError, ValueError):
+        with suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             before = json.loads((d.app.release_dir(live) / STATE).read_text())
             if before.get("inputs") == key:
                 save_answer(d, before)
                 return before["found"], before["sources"]
+            if before.get("settings") == settings:  # only the venv is another one
+                assumed = (dict(before["found"]), dict(before["sources"]))
+    state = {"inputs": key, "settings": settings}
+    if assumed is not None and d.config.build and has_framework(d):
+        d.data_probe = Pending(state, assumed)
+        d.data_probe.start(d)
+        return assumed
     answer = _ask_framework(d)
     if answer is not None and key:
-        save_answer(d, {"inputs": key, "found": answer[0], "sources": answer[1]})
+        save_answer(d, {**state, "found": answer[0], "sources": answer[1]})
     return answer
 
 
@@ -111,14 +135,26 @@ def save_answer(d: Deploy, state: dict) -> None:
         os.rename(tmp, path)
 
 
-def _ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
+def has_framework(d: Deploy) -> bool:
     venv = d.release / ".venv"
     frameworks = ("django", "flask")
-    has = any(next(venv.glob(f"lib/python*/site-packages/{name}"), None) for name in frameworks)
-    if not has:
+    return any(next(venv.glob(f"lib/python*/site-packages/{name}"), None) for name in frameworks)
+
+
+def probe_command(d: Deploy) -> list[str]:
+    return [str(d.release / ".venv" / "bin" / "python"), str(PROBE)]
+
+
+def _ask_framework(d: Deploy) -> Answer | None:
+    if not has_framework(d):
         return {}, {}
-    python = str(venv / "bin" / "python")
-    ran = command.in_release(d, [python, str(PROBE)], PROBE_TIMEOUT, stderr_apart=True)
+    ran = command.in_release(d, probe_command(d), PROBE_TIMEOUT, stderr_apart=True)
+    return read_answer(d, ran)
+
+
+def read_answer(d: Deploy, ran: command.Result, ours: set[str] = frozenset()) -> Answer | None:
+    """The probe's answer, relative to the release (None, with a warning, when it gave none).
+    ``ours``: paths this deploy linked since the probe started, read as they were before."""
     answer = None
     for line in ran.output.splitlines():
         if line.startswith(migration_tools.PROBE_MARK):
@@ -132,17 +168,76 @@ def _ask_framework(d: Deploy) -> tuple[dict[str, str], dict[str, str]] | None:
     sources: dict[str, str] = {}
     for kind, key in (("file", "files"), ("dir", "dirs")):
         for path in answer.get(key, []):
-            rel = inside(d.release, Path(path), d.app)
+            rel = inside(d.release, Path(path), d.app, ours)
             if rel is not None:
                 found[rel] = kind
                 sources[rel] = answer.get("from", {}).get(path, "the app")
     return found, sources
 
 
-def inside(release: Path, path: Path, app: App) -> str | None:
+@dataclass
+class Pending:
+    """The data probe running in a thread beside the build steps, and what stood in for it."""
+
+    state: dict  # what the answer is saved with (``inputs_key``)
+    assumed: Answer  # the live release's answer, linked from before the build steps ran
+    linked: set[str] = field(default_factory=set)  # what ``link`` linked from ``assumed``
+    ran: command.Result | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self, d: Deploy) -> None:
+        def probe() -> None:
+            self.ran = command.in_release(
+                d, probe_command(d), PROBE_TIMEOUT, stderr_apart=True, cancelled=self.stop.is_set
+            )
+
+        self.thread = threading.Thread(target=probe, name="data-probe", daemon=True)
+        self.thread.start()
+
+    def result(self) -> command.Result | None:
+        if self.thread is not None:
+            self.thread.join()
+        return self.ran
+
+
+def settle(d: Deploy) -> str | None:
+    """Wait for the probe ``link`` left running beside the build steps; link what its answer
+    adds. Returns why the build steps must run again (None: the answer was the one assumed,
+    or the links it asks for are those made already)."""
+    pending, d.data_probe = d.data_probe, None
+    if pending is None:
+        return None
+    ran = pending.result()
+    answer = read_answer(d, ran, pending.linked) if ran is not None else None
+    if answer is not None:
+        save_answer(d, {**pending.state, "found": answer[0], "sources": answer[1]})
+    if answer == pending.assumed:
+        return None
+    linked = apply(d, answer)[1]
+    if linked <= pending.linked:
+        return None  # e.g. the probe failed (warned): the remembered paths, linked already
+    return "data paths the app names now: " + ", ".join(sorted(linked - pending.linked))
+
+
+def abandon(d: Deploy) -> None:
+    """The data phase's undo: a probe still running beside the build steps is stopped."""
+    pending, d.data_probe = d.data_probe, None
+    if pending is not None:
+        pending.stop.set()
+        pending.result()
+
+
+def inside(release: Path, path: Path, app: App, ours: set[str] = frozenset()) -> str | None:
     """``path`` relative to the release when it lies inside it (not through a link to
-    ``shared/`` or elsewhere), else None. ``"."`` for the release itself."""
+    ``shared/`` or elsewhere), else None. ``"."`` for the release itself. A path at or below
+    one of ``ours`` (linked by this deploy) is read as it was before: inside."""
     base = os.path.realpath(release)
+    if ours:
+        lexical = os.path.relpath(os.path.normpath(os.path.abspath(path)), base)
+        parts = Path(lexical).parts
+        if any(os.path.join(*parts[: i + 1]) in ours for i in range(len(parts))):
+            return lexical
     full = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), path.name)
     if full != base and not full.startswith(base + os.sep):
         return None
@@ -238,8 +333,17 @@ def link(d: Deploy) -> str:
     """The data phase: every data path inside the release is linked from shared/."""
     if d.reused:
         return Skip("reused release")
-    asked = ask_framework(d)
+    detail, linked = apply(d, ask_framework(d))
+    if d.data_probe is not None:
+        d.data_probe.linked = linked
+    return detail
+
+
+def apply(d: Deploy, asked: Answer | None) -> tuple[str, set[str]]:
+    """Link the data paths of the framework's answer and the remembered ones from shared/;
+    (the phase's detail, the paths linked)."""
     found, sources = asked if asked is not None else ({}, {})
+    found, sources = dict(found), dict(sources)
     for rel, kind in remembered(d.app).items():
         found.setdefault(rel, kind)
         sources.setdefault(rel, "found in an earlier deploy")
@@ -251,7 +355,7 @@ def link(d: Deploy) -> str:
             raise PhaseError(
                 f"data inside the release would be lost: {problem}", fix_hint(rel, kind)
             )
-    linked = []
+    linked, rels = [], set()
     # directories first: a file inside one that is linked now is in shared/ already
     for rel, kind in sorted(todo.items(), key=lambda item: (item[1] != "dir", item[0])):
         if kind == "file" and inside(d.release, d.release / rel, d.app) is None:
@@ -260,6 +364,7 @@ def link(d: Deploy) -> str:
         link_one(d, rel, kind)
         shown = f"{rel}/" if kind == "dir" else rel
         linked.append(shown)
+        rels.add(rel)
         if how is not None:
             d.out.warn(
                 f"{shown} ({sources[rel]}) is inside the release, lost at the next deploy: "
@@ -268,8 +373,8 @@ def link(d: Deploy) -> str:
             )
     remember(d.app, todo)
     if not linked:
-        return Skip("no data inside the release" if asked is not None else "not known")
-    return f"{', '.join(linked)} linked from shared/ (detected)"
+        return Skip("no data inside the release" if asked is not None else "not known"), rels
+    return f"{', '.join(linked)} linked from shared/ (detected)", rels
 
 
 def written(d: Deploy) -> list[str]:

@@ -23,7 +23,10 @@ def django(found: dict) -> None:
         if not match:
             return
         os.environ["DJANGO_SETTINGS_MODULE"] = module = match.group(1)
-    from django.conf import settings
+    try:
+        settings = django_settings(module)
+    except Exception:  # noqa: BLE001 - asked of django.conf, which says what is wrong
+        from django.conf import settings
 
     for alias, db in settings.DATABASES.items():
         name = str(db.get("NAME") or "")
@@ -32,6 +35,23 @@ def django(found: dict) -> None:
             add(found, "files", name, f"Django DATABASES[{alias!r}]['NAME']")
     if settings.MEDIA_ROOT:
         add(found, "dirs", str(settings.MEDIA_ROOT), "Django MEDIA_ROOT")
+
+
+class DjangoSettings:
+    """The two settings the probe reads, as django.conf's ``Settings`` makes them: the
+    module's upper-case names over Django's defaults (``DATABASES = {}``, ``MEDIA_ROOT = ""``
+    in global_settings), neither of them transformed. Imported directly, the module is read
+    without ``django.conf``'s own imports (asgiref, asyncio: ~50 ms of a ~80 ms probe)."""
+
+    def __init__(self, mod: object) -> None:
+        self.DATABASES = getattr(mod, "DATABASES", {})
+        self.MEDIA_ROOT = getattr(mod, "MEDIA_ROOT", "")
+
+
+def django_settings(module: str) -> DjangoSettings:
+    import importlib
+
+    return DjangoSettings(importlib.import_module(module))
 
 
 def flask(found: dict) -> None:

@@ -22,7 +22,7 @@ from .context import Deploy, Phase
 CHECKOUT = Phase("checkout", rp.checkout, rp.discard)
 LINK = Phase("link", rp.link)
 VENV = Phase("venv", rp.build_venv)
-DATA = Phase("data", data.link)
+DATA = Phase("data", data.link, data.abandon)
 BUILD = Phase("build", rp.build_steps)
 PREPARE_PEERS = Phase("prepare-peers", peers.prepare, peers.abort)
 MIGRATE = Phase("migrate", migrate.apply)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import build, command, cron, release, supervise, venv
+from . import build, command, cron, data, migration_cache, release, supervise, venv
 from . import programs as prov
 from .command import run_in_release
 from .config import load_app_config, load_procfile
@@ -93,6 +93,25 @@ def build_venv(d: Deploy) -> str:
 
 
 def build_steps(d: Deploy) -> str:
+    """The build steps; the data probe ran beside them (``data.link``): when its answer links
+    paths the steps did not see, they run again, as they would have after those links."""
+    if not d.reused and not d.peer and d.config.build and new_venv(d):
+        migration_cache.digest_beside(d)  # for migrate's fast path, while the steps run
+    detail = _build_steps(d)
+    again = data.settle(d)
+    if again:
+        detail = f"{_build_steps(d)} (again: {again})"
+    return detail
+
+
+def new_venv(d: Deploy) -> bool:
+    """Is the release's venv another than the live release's?"""
+    live = d.app.live_release()
+    before = release.Manifest.load(d.app.release_dir(live)) if live else None
+    return before is None or before.venv != d.venv_key
+
+
+def _build_steps(d: Deploy) -> str:
     if d.reused:
         return Skip("reused release")
     if not d.config.build:

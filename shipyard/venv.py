@@ -540,6 +540,7 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
     if not reuse:
         env["UV_COMPILE_BYTECODE"] = "1"
     req, python = the_plan.requirements, str(tmp / "bin" / "python")
+    sweep = None
     try:
         if the_plan.installer == "uv":
             uv = uv_bin()
@@ -551,7 +552,8 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
             else:
                 install = [uv, "pip", "install", "--quiet", "--python", python, "-r", str(req)]
                 _run(install, release, env, "installing requirements")
-            if reuse:
+            if reuse:  # the o+w sweep (its own process) walks beside the bytecode's linking
+                sweep = world_writable_sweep(tmp)
                 compile_bytecode(python, tmp, env, link_bytecode(bytecode_from, tmp))
             packages = installed(tmp)
             if packages is not None and req.name == "uv.lock":
@@ -570,21 +572,43 @@ def build(target: Path, release: Path, the_plan: Plan, bytecode_from: Path | Non
                 "pip install",
             )
             _rewrite_shebangs(tmp, target)
-        not_world_writable(tmp)
+        if sweep is None or sweep.wait():
+            not_world_writable(tmp)
         os.rename(tmp, target)
     except BaseException:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sweep_command(tree: Path) -> list[str] | None:
+    find = shutil.which("find")
+    if not find:
+        return None
+    found = [find, str(tree), "-perm", "-0002", "!", "-type", "l"]
+    return [*found, "-exec", "chmod", "o-w", "{}", "+"]
+
+
+def world_writable_sweep(tree: Path) -> subprocess.Popen | None:
+    """``not_world_writable``'s find(1), started in the background (None: no find). What is
+    made in ``tree`` meanwhile is not o+w: the deploy's umask clears it (guard.safe_umask),
+    and the bytecode linked from a live venv was swept when that venv was built."""
+    cmd = sweep_command(tree)
+    if cmd is None:
+        return None
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdin=quiet, stdout=quiet, stderr=quiet)
 
 
 def not_world_writable(tree: Path) -> None:
     """Clear o+w everywhere (uv makes its ``.lock`` 0666 whatever the umask; files linked
     from uv's cache keep the modes they were written with). find(1) walks the venv's
     thousands of files several times faster than a walk in Python does."""
-    find = shutil.which("find")
-    if find:
-        cmd = [find, str(tree), "-perm", "-0002", "!", "-type", "l"]
-        result = subprocess.run([*cmd, "-exec", "chmod", "o-w", "{}", "+"], capture_output=True)
+    cmd = sweep_command(tree)
+    if cmd:
+        result = subprocess.run(cmd, capture_output=True)
         if not result.returncode:
             return
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -601,9 +625,8 @@ def link_bytecode(source: Path, venv: Path) -> list[str]:
     as is. Python replaces a .pyc by renaming, never in place: sharing is safe.
     Returns the .py files left to compile.
 
-    Directory listings only (``scandir`` gives each entry's inode and type without a stat):
-    a venv holds thousands of files, and a stat or two for each was most of this step."""
-    tag = sys.implementation.cache_tag
+    By the distributions' RECORDs (``_link_by_record``) when every one has its RECORD, else
+    by directory listings (``_link_by_listing``)."""
     todo: list[str] = []
     for site in venv.glob("lib/python*/site-packages"):
         other_site = source / site.relative_to(venv)
@@ -611,35 +634,121 @@ def link_bytecode(source: Path, venv: Path) -> list[str]:
             same_device = os.stat(site).st_dev == os.stat(other_site).st_dev
         except OSError:
             same_device = False
-        pending = [""]
-        while pending:
-            rel = pending.pop()
-            here, there = os.path.join(site, rel), os.path.join(other_site, rel)
-            theirs = _py_inodes(there) if same_device else {}
-            compiled = _names(os.path.join(there, "__pycache__")) if theirs else set()
-            cache = os.path.join(here, "__pycache__")
-            made = False
-            with os.scandir(here) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        if entry.name != "__pycache__":
-                            pending.append(os.path.join(rel, entry.name))
+        found = _link_by_record(str(site), str(other_site), same_device)
+        todo.extend(found if found is not None else _link_by_listing(site, other_site, same_device))
+    return todo
+
+
+def _link_by_record(site: str, other_site: str, same_device: bool) -> list[str] | None:
+    """``link_bytecode`` for one site-packages by its distributions' RECORDs: a distribution
+    whose METADATA is the very same file in both venvs was linked by uv from one entry of its
+    cache (an unpacked wheel, never changed) in both, so each of its .py files is too, and
+    its bytecode is linked without a look at the files themselves. A .py file of no
+    distribution (uv's ``_virtualenv.py``) is compared by inode. None when a distribution
+    has no readable RECORD, or a directory is in no RECORD. The RECORDs are a few files to
+    read where the listings are thousands (a Django venv: ~2,700 directories, in both)."""
+    import csv
+
+    tag = sys.implementation.cache_tag
+    todo: list[str] = []
+    covered: set[str] = set()  # the top-level names the RECORDs list
+    try:
+        with os.scandir(site) as it:
+            entries = list(it)
+    except OSError:
+        return None
+    records: dict[str, list[str]] = {}  # a distribution: its .py files
+    for entry in entries:
+        if not entry.name.endswith(".dist-info"):
+            continue
+        try:
+            with open(os.path.join(entry.path, "RECORD"), newline="", encoding="utf-8") as f:
+                listed = [row[0] for row in csv.reader(f) if row]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+        # what a RECORD lists outside site-packages (its scripts) is not compiled
+        inside = [r for r in listed if not r.startswith("/") and ".." not in r.split("/")]
+        covered.update(r.split("/")[0] for r in inside)
+        records[entry.name] = [r for r in inside if r.endswith(".py")]
+    loose = [e for e in entries if e.name not in covered and not e.name.endswith(".dist-info")]
+    if any(e.is_dir(follow_symlinks=False) and e.name != "__pycache__" for e in loose):
+        return None  # a directory no RECORD lists: its files are known only by a listing
+    for dist, files in records.items():
+        same = same_device and _same_file(
+            os.path.join(site, dist, "METADATA"), os.path.join(other_site, dist, "METADATA")
+        )
+        made: set[str] = set()
+        for rel in files:
+            folder, name = os.path.split(rel)
+            if not (same and _link_pyc(site, other_site, folder, name, tag, made)):
+                todo.append(os.path.join(site, rel))
+    for entry in loose:
+        if not entry.name.endswith(".py") or not entry.is_file(follow_symlinks=False):
+            continue
+        there = os.path.join(other_site, entry.name)
+        try:
+            same = same_device and os.lstat(there).st_ino == entry.inode()
+        except OSError:
+            same = False
+        if not (same and _link_pyc(site, other_site, "", entry.name, tag, set())):
+            todo.append(entry.path)
+    return todo
+
+
+def _same_file(path: str, other: str) -> bool:
+    try:
+        return os.stat(path).st_ino == os.stat(other).st_ino
+    except OSError:
+        return False
+
+
+def _link_pyc(site: str, other_site: str, folder: str, name: str, tag: str, made: set) -> bool:
+    """Link ``other_site``'s bytecode of ``folder/name`` into ``site``; False if it has none."""
+    pyc = f"{name[:-3]}.{tag}.pyc"
+    cache = os.path.join(site, folder, "__pycache__")
+    try:
+        if cache not in made:
+            os.makedirs(cache, exist_ok=True)
+            made.add(cache)
+        os.link(os.path.join(other_site, folder, "__pycache__", pyc), os.path.join(cache, pyc))
+        return True
+    except OSError:
+        return False
+
+
+def _link_by_listing(site: Path, other_site: Path, same_device: bool) -> list[str]:
+    """``link_bytecode`` for one site-packages by directory listings only (``scandir`` gives
+    each entry's inode and type without a stat): a venv holds thousands of files, and a stat
+    or two for each was most of this step."""
+    tag = sys.implementation.cache_tag
+    todo: list[str] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        here, there = os.path.join(site, rel), os.path.join(other_site, rel)
+        theirs = _py_inodes(there) if same_device else {}
+        compiled = _names(os.path.join(there, "__pycache__")) if theirs else set()
+        cache = os.path.join(here, "__pycache__")
+        made = False
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        pending.append(os.path.join(rel, entry.name))
+                    continue
+                if not entry.name.endswith(".py"):
+                    continue
+                pyc = f"{entry.name[:-3]}.{tag}.pyc"
+                if theirs.get(entry.name) == entry.inode() and pyc in compiled:
+                    try:
+                        if not made:
+                            os.makedirs(cache, exist_ok=True)
+                            made = True
+                        os.link(os.path.join(there, "__pycache__", pyc), os.path.join(cache, pyc))
                         continue
-                    if not entry.name.endswith(".py"):
-                        continue
-                    pyc = f"{entry.name[:-3]}.{tag}.pyc"
-                    if theirs.get(entry.name) == entry.inode() and pyc in compiled:
-                        try:
-                            if not made:
-                                os.makedirs(cache, exist_ok=True)
-                                made = True
-                            os.link(
-                                os.path.join(there, "__pycache__", pyc), os.path.join(cache, pyc)
-                            )
-                            continue
-                        except OSError:
-                            pass  # compiled below
-                    todo.append(entry.path)
+                    except OSError:
+                        pass  # compiled below
+                todo.append(entry.path)
     return todo
 
 

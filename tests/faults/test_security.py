@@ -70,18 +70,25 @@ def test_nothing_world_writable_even_with_umask_000(site, observe):
     (work.path / "tool.sh").write_text("#!/bin/sh\n")
     (work.path / "tool.sh").chmod(0o777)
     sha = work.commit("executable")
-    result = subprocess.run(
-        ["git", "push", "production", "main"],
-        cwd=work.path,
-        capture_output=True,
-        text=True,
-        preexec_fn=lambda: os.umask(0),
-    )
-    out = result.stdout + result.stderr
-    assert last_line(out).startswith(f"shipyard ▸ live: {sha[:7]}"), out
-    check_invariants(host)
-    bad = world_writable(host.dir / "releases", host.dir / "venvs", host.dir / "run")
-    assert not bad, bad[:5]
+    requirements = (work.path / "requirements.txt").read_text()
+    # the first deploy builds a venv; the second adds a package: a venv built beside the
+    # live one, whose bytecode is linked while the o+w sweep runs
+    for n, commit in enumerate((sha, None)):
+        if commit is None:
+            commit = work.commit("added", **{"requirements.txt": requirements + "six\n"})
+        result = subprocess.run(
+            ["git", "push", "production", "main"],
+            cwd=work.path,
+            capture_output=True,
+            text=True,
+            preexec_fn=lambda: os.umask(0),
+        )
+        out = result.stdout + result.stderr
+        assert last_line(out).startswith(f"shipyard ▸ live: {commit[:7]}"), out
+        assert n == 0 or "built" in out.split("✓ venv")[1].splitlines()[0], out
+        check_invariants(host)
+        bad = world_writable(host.dir / "releases", host.dir / "venvs", host.dir / "run")
+        assert not bad, bad[:5]
     release = host.live()
     assert os.stat(release / "tool.sh").st_mode & 0o777 == 0o555  # releases are read-only
     row["outcome"] = (

@@ -97,6 +97,20 @@ def test_a_code_only_deploy_does_not_walk_the_venv(site: Site, monkeypatch):
     assert d.unchanged()
 
 
+@pytest.mark.parametrize("upgraded", [False, True])
+def test_the_digest_made_beside_the_build_steps_is_the_walks(site: Site, monkeypatch, upgraded):
+    """Hashed in a thread while the build steps run (``digest_beside``), then not again."""
+    if upgraded:  # a package upgrade that brings a migration is still noticed
+        auth = site.app.venvs / "v2" / SITE / "django" / "contrib" / "auth"
+        write(auth / "migrations" / "0002_alter.py", "# b\n")
+    d = site.deploy(site.new, "v2")
+    walked = migration_cache._venv_digest((site.new / ".venv").resolve())
+    migration_cache.digest_beside(d)
+    monkeypatch.setattr(migration_cache, "venv_files", lambda venv: pytest.fail("walked again"))
+    assert migration_cache.venv_digest(d) == walked
+    assert (d.unchanged() is None) == upgraded
+
+
 def test_another_process_migrated_the_database(site: Site):
     with sqlite3.connect(site.db) as conn:
         conn.execute("INSERT INTO django_migrations VALUES ('polls', '0002_choice')")

@@ -53,6 +53,78 @@ def test_bytecode_is_linked_for_the_very_same_source_files_only(tmp_path: Path):
     assert not (new / "pkg" / "__pycache__" / f"changed.{TAG}.pyc").exists()
 
 
+def installed_dist(site: Path, name: str, files: dict[str, str], record_extra: str = "") -> None:
+    """A distribution as an installer leaves it: its files, METADATA, and a RECORD."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Name: {name}\n")
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    listed = [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]
+    (info / "RECORD").write_text("".join(f"{r},,\n" for r in listed) + record_extra)
+
+
+def compiled(site: Path, rel: str) -> Path:
+    return site / Path(rel).parent / "__pycache__" / f"{Path(rel).stem}.{TAG}.pyc"
+
+
+def test_bytecode_is_linked_by_record_for_a_distribution_linked_from_one_cache_entry(
+    tmp_path: Path,
+):
+    """A distribution whose METADATA is the same file in both venvs came from one entry of
+    uv's cache: its files' bytecode is linked from its RECORD, without listing its folders."""
+    live, new = site(tmp_path / "live"), site(tmp_path / "new")
+    files = {"pkg/__init__.py": "", "pkg/sub/deep.py": "# deep\n", "pkg/data.txt": "x"}
+    installed_dist(live, "pkg", files, '"../../../bin/tool.py",,\n')
+    other = {"other/__init__.py": "# 1\n"}
+    installed_dist(live, "other", other)
+    for rel in [*files, "pkg-1.0.dist-info/METADATA"]:  # linked from uv's cache
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(live / rel, new / rel)
+    (new / "pkg-1.0.dist-info" / "RECORD").write_bytes(
+        (live / "pkg-1.0.dist-info" / "RECORD").read_bytes()  # uv writes its own RECORD
+    )
+    installed_dist(
+        new, "other", {"other/__init__.py": "# 2\n"}
+    )  # another version: another METADATA
+    installed_dist(new, "added", {"added.py": ""})
+    for rel in [*files, *other]:
+        if rel.endswith(".py"):
+            compiled(live, rel).parent.mkdir(exist_ok=True)
+            compiled(live, rel).write_bytes(b"compiled " + rel.encode())
+    (new / "loose.py").write_text("")  # in no RECORD: compared by inode, as a listing does
+
+    todo = venv.link_bytecode(tmp_path / "live", tmp_path / "new")
+
+    assert sorted(Path(p).relative_to(new).as_posix() for p in todo) == [
+        "added.py",
+        "loose.py",
+        "other/__init__.py",
+    ]
+    for rel in ("pkg/__init__.py", "pkg/sub/deep.py"):
+        assert compiled(new, rel).stat().st_ino == compiled(live, rel).stat().st_ino, rel
+    assert not compiled(new, "other/__init__.py").exists()
+    assert not (tmp_path / "new" / "bin").exists()  # a RECORD's script is not compiled
+
+
+def test_bytecode_by_listing_when_a_folder_is_in_no_record(tmp_path: Path):
+    live, new = site(tmp_path / "live"), site(tmp_path / "new")
+    installed_dist(live, "pkg", {"pkg/__init__.py": ""})
+    (live / "stray").mkdir()
+    (live / "stray" / "mod.py").write_text("")
+    compiled(live, "stray/mod.py").parent.mkdir()
+    compiled(live, "stray/mod.py").write_bytes(b"compiled")
+    installed_dist(new, "pkg", {"pkg/__init__.py": ""})
+    (new / "stray").mkdir()
+    os.link(live / "stray" / "mod.py", new / "stray" / "mod.py")
+    todo = venv.link_bytecode(tmp_path / "live", tmp_path / "new")
+    assert sorted(Path(p).relative_to(new).as_posix() for p in todo) == ["pkg/__init__.py"]
+    assert (
+        compiled(new, "stray/mod.py").stat().st_ino == compiled(live, "stray/mod.py").stat().st_ino
+    )
+
+
 def test_bytecode_without_a_live_site_compiles_everything(tmp_path: Path):
     new = site(tmp_path / "new")
     (new / "mod.py").write_text("")
