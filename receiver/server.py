@@ -60,13 +60,13 @@ from shipyard import (
     settings,
 )
 from shipyard.app import App, check_release_id, default_root
-from shipyard.config import load_host_config, parse_address, read_secret
+from shipyard.config import HostConfig, load_host_config, parse_address, read_secret, secret_path
 from shipyard.context import Deploy
 from shipyard.engine import attempt, revert
 from shipyard.errors import RootRefused, ShipyardError
 from shipyard.guard import check_not_root
 from shipyard.options import parse_options
-from shipyard.release_phases import discard, load_release, load_undo
+from shipyard.release_phases import discard, load_release, load_undo, prune
 from shipyard.report import Reporter
 
 from . import auth, objects, tls
@@ -84,6 +84,17 @@ LINGER = 64 * 1024  # of a refused request's body, at most this much is read (an
 BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
 WILDCARDS = ("0.0.0.0", "::")
 KINDS = ("push", "deploy", "rollback")
+
+
+def stat_key(path: Path | None) -> tuple | None:
+    """What changes when a file is written, replaced, chmod'ed or chown'ed."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
 
 
 def log(message: str) -> None:
@@ -177,6 +188,81 @@ class Stream:
         self._raw(b"R " + mac.encode() + b" " + body + b"\n")
 
 
+class Tidier:
+    """What a receiver prunes once it has been idle for ``IDLE`` seconds: the releases and
+    venvs beyond ``keep`` after a switch (``release_phases.finish_peer``), off the switch's
+    path; a burst of deploys prunes once, after the last. Under the app's deploy lock (a
+    deploy holding it: tried again at the next idle); a release prepared since is kept."""
+
+    IDLE = 1.0
+
+    def __init__(self, closing: threading.Event) -> None:
+        self.pending: dict[Path, tuple[App, int, set[str]]] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closing = closing
+        self.active = 0  # requests being served
+        self.last = time.monotonic()  # when the last one started or ended
+        threading.Thread(target=self._run, daemon=True, name="receiver-tidier").start()
+
+    def later(self, app: App, keep: int, protect: set[str]) -> None:
+        with self.lock:
+            self.pending[app.dir] = (app, keep, set(protect))
+        self.wake.set()
+
+    def protect(self, app: App, release_id: str) -> None:
+        """A release prepared (or to roll back to) since the prune was asked: kept."""
+        with self.lock:
+            if app.dir in self.pending:
+                self.pending[app.dir][2].add(release_id)
+
+    def busy(self, delta: int) -> None:
+        with self.lock:
+            self.active += delta
+            self.last = time.monotonic()
+
+    def _idle_for(self) -> float:
+        with self.lock:
+            return 0.0 if self.active else time.monotonic() - self.last
+
+    def _run(self) -> None:
+        while not self.closing.is_set():
+            self.wake.wait(0.5)
+            if not self.pending:
+                self.wake.clear()
+                continue
+            idle = self._idle_for()
+            if idle < self.IDLE:
+                self.closing.wait(self.IDLE - idle)
+                continue
+            with self.lock:
+                todo, self.pending = self.pending, {}
+                self.wake.clear()
+            for key, (app, keep, protect) in todo.items():
+                if not self.prune(app, keep, protect):
+                    with self.lock:
+                        self.pending.setdefault(key, (app, keep, protect))
+
+    def prune(self, app: App, keep: int, protect: set[str]) -> bool:
+        """Prune now; False when the deploy lock is taken (or a dead holder's note waits)."""
+        info = {"deploy": "receiver prune", "pusher": "primary", "since": time.time()}
+        try:
+            with lock.exclusive(app.deploy_lock, info, timeout=0) as held:
+                if held.stale:
+                    return False
+                if self._idle_for() < self.IDLE:  # a request came meanwhile
+                    return False
+                removed = prune(app, keep, protect)
+        except ShipyardError:
+            return False
+        except OSError as exc:
+            log(f"prune {app.name}: {exc}")
+            return True
+        if removed:
+            log(f"pruned {app.name}: {', '.join(removed)}")
+        return True
+
+
 class Handler(BaseHTTPRequestHandler):
     server: Receiver
     protocol_version = "HTTP/1.0"
@@ -229,6 +315,13 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(chunk)
 
     def dispatch(self, method: str) -> None:
+        self.server.tidier.busy(+1)
+        try:
+            self.serve(method)
+        finally:
+            self.server.tidier.busy(-1)
+
+    def serve(self, method: str) -> None:
         try:
             url = urlsplit(self.path)
             match = ROUTE.match(url.path)
@@ -242,8 +335,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest(404, f"no app {name!r} on this host")
             length = self.declared(action)
             self.server.verifier.check_fresh(self.headers)
-            host = load_host_config(app.config_file)
-            secret = read_secret(host, app.config_file)
+            host, secret = self.server.config_of(app)
             if not secret:
                 raise BadRequest(403, f"no cluster secret is configured for {name} on this host")
             me = self.server.me
@@ -408,6 +500,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.locked(app, "prepare") as held:
             d.journal = held
             self.server.aborted.discard(key)
+            self.server.tidier.protect(app, d.release_id)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
                 stream.write(f"  - prepare        -    {d.release_id} is prepared already\n")
@@ -441,6 +534,7 @@ class Handler(BaseHTTPRequestHandler):
                 }
             d.reused = manifest.state == "good"
             d.journal = held
+            d.prune_later = lambda keep, protect: self.server.tidier.later(app, keep, protect)
             d.committed = False  # until every host has verified, it may be sent back
             load_release(d)
             previous = app.live_release()
@@ -550,6 +644,9 @@ class Receiver(ThreadingHTTPServer):
         self.pending: dict[int, float] = {}  # fd of an unauthenticated connection: its deadline
         self.pending_lock = threading.Lock()
         self.closing = threading.Event()
+        self.tidier = Tidier(self.closing)
+        self.configs: dict[Path, tuple] = {}  # config file: (stat keys, secret file, host, secret)
+        self.configs_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -600,6 +697,23 @@ class Receiver(ThreadingHTTPServer):
             log(f"closed {client_address[0]}: {exc}")
         else:
             super().handle_error(request, client_address)
+
+    def config_of(self, app: App) -> tuple[HostConfig, bytes | None]:
+        """The app's host config and cluster secret, checked as ``load_host_config`` does;
+        read again only when the config or the secret file changed (or was chmod'ed)."""
+        path = app.config_file
+        with self.configs_lock:
+            cached = self.configs.get(path)
+        if cached and cached[0] == (stat_key(path), stat_key(cached[1])):
+            return cached[2], cached[3]
+        before = stat_key(path)  # taken before reading: a change meanwhile is read next time
+        host = load_host_config(path)
+        held = secret_path(host, path)
+        key = (before, stat_key(held))
+        secret = read_secret(host, path)
+        with self.configs_lock:
+            self.configs[path] = (key, held, host, secret)
+        return host, secret
 
     def trusted(self, connection: socket.socket) -> None:
         """The request is authenticated: no deadline any more (a build may take long)."""
