@@ -5,7 +5,8 @@ Endpoints (all under /v1/apps/<app>/, all signed with that app's cluster secret)
     GET  info?want=SHA   name, live release, refs (what this repo has), whether SHA is here
     GET  status          info plus the releases on disk and their states
     POST objects?want=SHA  body: a git pack (thin allowed) of the objects this host lacks
-    POST prepare         run checkout → link → venv → build for the primary's release id
+    POST prepare         store the pack after its JSON (if any), then run checkout → link →
+                         venv → build for the primary's release id ("lacks": send objects)
     POST switch          run switch → restart → verify → finish for a prepared release
     POST revert          go back to the previous release (after another host failed)
     POST abort           discard a prepared release that never went live
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -84,6 +86,7 @@ LINGER = 64 * 1024  # of a refused request's body, at most this much is read (an
 BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
 WILDCARDS = ("0.0.0.0", "::")
 KINDS = ("push", "deploy", "rollback")
+ABORTED_FOR = 60.0  # s: a prepare that arrives after its abort is refused this long
 
 
 def stat_key(path: Path | None) -> tuple | None:
@@ -170,6 +173,10 @@ class Stream:
     def _keepalive(self) -> None:
         while not self.stop.wait(KEEPALIVE):
             self._raw(b"H\n")
+
+    def named(self, name: str) -> None:
+        """``N <name>``: how the primary labels the lines that follow."""
+        self._raw(b"N " + " ".join(name.split())[:100].encode() + b"\n")
 
     def write(self, text: str) -> int:  # a Reporter writes whole lines here
         for line in text.splitlines():
@@ -376,7 +383,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def declared(self, action: str) -> int:
         """The body's declared length, refused (411, 400, 413) before anything is read."""
-        limit = self.server.max_pack if action == "objects" else MAX_JSON
+        limit = self.server.max_pack if action in ("objects", "prepare") else MAX_JSON
         raw = self.headers.get("Content-Length")
         if raw is None:
             if self.command == "GET":
@@ -495,31 +502,58 @@ class Handler(BaseHTTPRequestHandler):
             yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
-        d = self.deploy_for(app, host, self.body(spool), stream)
+        """Objects (when the body brings a pack), then checkout → link → venv → build.
+
+        The answer starts with this host's name (an ``N`` line, for the primary's labels) and
+        says which release was live here before (``live``). ``lacks``: the commit is not here
+        (nor the pack's ``base``): the primary sends info and objects, then asks again."""
+        data, pack = self.prepare_body(spool)
+        d = self.deploy_for(app, host, data, stream)
         key = (app.name, d.release_id)
+        stream.named(peers.local_name(host))
         with self.locked(app, "prepare") as held:
+            here = {"name": peers.local_name(host), "live": app.live_release()}
             d.journal = held
-            self.server.aborted.discard(key)
+            given_up = self.server.aborted.pop(key, 0) > time.monotonic() - ABORTED_FOR
+            if given_up and d.kind != "rollback":  # the abort came first; a rollback makes none
+                return {"ok": False, "error": "aborted by the primary", **here}
             self.server.tidier.protect(app, d.release_id)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
                 stream.write(f"  - prepare        -    {d.release_id} is prepared already\n")
-                return {"ok": True, "reused": False, "release": d.release_id}
+                return {"ok": True, "reused": False, "release": d.release_id, **here}
             if d.release.exists() and not (existing and existing.state == "good"):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
+            base = data.get("base") or []
+            if pack and not objects.has(app.repo, d.sha):
+                if not all(isinstance(b, str) and objects.is_sha(b) for b in base):
+                    raise ValueError("base must list full commit shas")
+                if all(objects.has(app.repo, b) for b in base):  # the pack is made against them
+                    objects.add_pack(app.repo, io.BytesIO(pack), d.sha)
             if not objects.has(app.repo, d.sha):
-                return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
+                error = f"commit {d.sha[:7]} is not in this host's repo"
+                return {"ok": False, "lacks": True, "error": error, **here}
             failure = attempt(d, deploy.peer_prepare(d))
             if failure:
-                return {"ok": False, "error": str(failure)}
+                return {"ok": False, "error": str(failure), **here}
             if not d.reused:
                 d.manifest.state = "prepared"
                 d.manifest.save(d.release)
             objects.set_ref(app.repo, objects.PREPARED_REF.decode(), d.sha)
-            if key in self.server.aborted:  # the primary gave up while we were building
+            if self.server.aborted.pop(key, None):  # the primary gave up while we were building
                 discard(d)
-                return {"ok": False, "error": "aborted by the primary"}
-        return {"ok": True, "reused": d.reused, "release": d.release_id}
+                return {"ok": False, "error": "aborted by the primary", **here}
+        return {"ok": True, "reused": d.reused, "release": d.release_id, **here}
+
+    def prepare_body(self, spool) -> tuple[dict, bytes]:
+        """A prepare's body: its JSON object, then (after a newline) a pack, if any."""
+        head, _, pack = spool.read().partition(b"\n")
+        if len(head) > MAX_JSON:
+            raise ValueError(f"the prepare's JSON is over {MAX_JSON} bytes")
+        data = json.loads(head or b"{}")
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return data, pack
 
     def on_switch(self, app, host, query, spool, stream) -> dict:
         data = self.body(spool)
@@ -588,10 +622,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with lock.exclusive(app.deploy_lock, {"deploy": "abort"}, timeout=2):
                 m = release.Manifest.load(app.release_dir(rid))
-                if app.live_release() != rid and (m is None or m.state != "good"):
+                if not app.release_dir(rid).exists():  # its prepare may be on its way still
+                    self.server.abort(app, rid)
+                elif app.live_release() != rid and (m is None or m.state != "good"):
                     release.remove(app, rid)
         except ShipyardError:  # still preparing: it discards itself when done
-            self.server.aborted.add((app.name, rid))
+            self.server.abort(app, rid)
         return {"ok": True}
 
     # --- operating commands (shipyard/hosts.py): config, scale, restart, run, logs ----
@@ -636,7 +672,8 @@ class Receiver(ThreadingHTTPServer):
         self.root = root
         self.max_pack = max_pack
         self.verifier = auth.Verifier()
-        self.aborted: set[tuple[str, str]] = set()
+        # (app, release) the primary gave up: when (monotonic); a prepare of it is refused
+        self.aborted: dict[tuple[str, str], float] = {}
         self.context = context
         self.max_connections = max_connections
         self.request_timeout = request_timeout
@@ -697,6 +734,16 @@ class Receiver(ThreadingHTTPServer):
             log(f"closed {client_address[0]}: {exc}")
         else:
             super().handle_error(request, client_address)
+
+    def abort(self, app: App, release_id: str) -> None:
+        """Note that the primary gave up ``release_id``: a prepare of it still under way
+        discards it when done, one that arrives after the abort (within ``ABORTED_FOR`` s)
+        is refused."""
+        now = time.monotonic()
+        for key, when in list(self.aborted.items()):
+            if when < now - ABORTED_FOR:
+                self.aborted.pop(key, None)
+        self.aborted[(app.name, release_id)] = now
 
     def config_of(self, app: App) -> tuple[HostConfig, bytes | None]:
         """The app's host config and cluster secret, checked as ``load_host_config`` does;
