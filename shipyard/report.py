@@ -10,6 +10,7 @@ and is never acted on, so the only colour and the only new lines are shipyard's.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -153,17 +154,57 @@ class Reporter:
     @contextmanager
     def ticking(self, phase: str) -> Iterator[None]:
         """Print a heartbeat while a long step runs, so a quiet terminal never looks hung."""
-        stop = threading.Event()
-        started = time.monotonic()
-
-        def beat() -> None:
-            while not stop.wait(self.heartbeat):
-                self.line(f"  … {phase:<14} {time.monotonic() - started:5.0f}s  still running")
-
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
+        token = TICKER.add(self, phase)
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            TICKER.remove(token)
+
+
+class Ticker:
+    """The heartbeats of every running step, from one thread per process (started at the
+    first step, asleep until a beat is due): a step costs no thread of its own, which a
+    receiver's eight per deploy and peer would pay."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked deploy worker has no thread yet
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.cond = threading.Condition()
+        self.steps: dict[int, list] = {}  # token: [reporter, phase, started, next beat]
+        self.count = 0
+        self.thread: threading.Thread | None = None
+
+    def add(self, reporter: Reporter, phase: str) -> int:
+        now = time.monotonic()
+        with self.cond:
+            self.count += 1
+            self.steps[self.count] = [reporter, phase, now, now + reporter.heartbeat]
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+                self.thread.start()
+            self.cond.notify()
+            return self.count
+
+    def remove(self, token: int) -> None:
+        with self.cond:
+            self.steps.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                now = time.monotonic()
+                due = [step for step in self.steps.values() if step[3] <= now]
+                for step in due:
+                    step[3] = now + step[0].heartbeat
+                if not due:
+                    soonest = min((step[3] for step in self.steps.values()), default=now + 60)
+                    self.cond.wait(max(0.01, soonest - now))
+                    continue
+            for reporter, phase, started, _ in due:
+                reporter.line(f"  … {phase:<14} {time.monotonic() - started:5.0f}s  still running")
+
+
+TICKER = Ticker()

@@ -115,3 +115,20 @@ def test_masker_leaves_urls_without_passwords_alone():
     mask = Masker({})
     for text in ("http://localhost:8000/healthz", "https://example.com:443/a@b", "PWD=/srv"):
         assert mask(text) == text
+
+
+def test_heartbeats_come_from_one_thread_while_a_step_runs_and_stop_with_it():
+    import threading
+    import time
+
+    out = io.StringIO()
+    slow, quick = Reporter(out, heartbeat=0.1), Reporter(out, heartbeat=0.1)
+    threads = threading.active_count()
+    with slow.ticking("build"):
+        with quick.ticking("link"), quick.ticking("venv"):
+            assert threading.active_count() <= threads + 1  # one thread for every step
+        time.sleep(0.35)
+    beats = out.getvalue().splitlines()
+    assert len(beats) >= 2 and all("… build" in b and "still running" in b for b in beats)
+    time.sleep(0.3)
+    assert out.getvalue().splitlines() == beats  # none once the step ended
