@@ -154,13 +154,28 @@ class Stream:
         self.handler, self.secret, self.nonce = handler, secret, nonce
         self.sent = b""
         self.gone = False
+        self.done = False  # the result is out: no keep-alive after it
         self.lock = threading.Lock()
+        self.started = time.monotonic()
         self.stop = threading.Event()
+        self.beat: threading.Thread | None = None  # its keep-alives, once it runs long
+        BEATS.add(self)
+
+    def keep_alive(self) -> None:
+        """Send ``H`` every ``KEEPALIVE`` s from a thread of its own (a write may block on a
+        primary that reads slowly: no other answer waits for it) until the result."""
         self.beat = threading.Thread(target=self._keepalive, daemon=True)
         self.beat.start()
 
-    def _raw(self, data: bytes) -> None:
+    def _keepalive(self) -> None:
+        self._raw(b"H\n", beat=True)
+        while not self.stop.wait(KEEPALIVE):
+            self._raw(b"H\n", beat=True)
+
+    def _raw(self, data: bytes, beat: bool = False) -> None:
         with self.lock:
+            if beat and self.done:
+                return
             self.sent += data
             if self.gone:
                 return
@@ -169,10 +184,6 @@ class Stream:
                 self.handler.wfile.flush()
             except OSError:
                 self.gone = True  # the primary went away; the work goes on and is undone later
-
-    def _keepalive(self) -> None:
-        while not self.stop.wait(KEEPALIVE):
-            self._raw(b"H\n")
 
     def named(self, name: str) -> None:
         """``N <name>``: how the primary labels the lines that follow."""
@@ -187,12 +198,48 @@ class Stream:
         pass
 
     def result(self, value: dict) -> None:
+        BEATS.remove(self)
         self.stop.set()
-        self.beat.join()
         body = json.dumps(value, sort_keys=True).encode()
         with self.lock:
+            self.done = True
             mac = auth.result_mac(self.secret, self.nonce, self.sent, body)
         self._raw(b"R " + mac.encode() + b" " + body + b"\n")
+
+
+class Beats:
+    """The answers under way, watched by one thread (started with the first answer): one
+    still running after ``KEEPALIVE`` s gets its keep-alive thread; the many short ones
+    (a deploy's prepare and switch take milliseconds) cost no thread of their own."""
+
+    def __init__(self) -> None:
+        self.streams: set[Stream] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, stream: Stream) -> None:
+        with self.lock:
+            self.streams.add(stream)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True, name="keepalive")
+                self.thread.start()
+
+    def remove(self, stream: Stream) -> None:
+        with self.lock:
+            self.streams.discard(stream)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(KEEPALIVE / 4)
+            now = time.monotonic()
+            with self.lock:
+                late = [s for s in self.streams if s.started < now - KEEPALIVE * 3 / 4]
+                self.streams.difference_update(late)
+            for stream in late:
+                stream.keep_alive()
+
+
+BEATS = Beats()
 
 
 class Tidier:
