@@ -86,7 +86,9 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> Prepared:
     r = Prepared()
     try:
         quick = d.cluster.base is not None
-        if not quick:
+        if quick:
+            quick_pack(d)  # made while the primary checks out
+        else:
             send_objects(d, p, r, out)
         d.cluster.ready.wait()  # the primary's checkout has chosen the release id
         if d.cluster.cancelled:
@@ -108,6 +110,15 @@ def prepare_one(d: Deploy, p: PeerState, out: Reporter) -> Prepared:
     return r
 
 
+def quick_pack(d: Deploy) -> tuple[int, bytes]:
+    """(count, pack) of what ``d.sha`` needs beyond ``cluster.base``: one for every peer."""
+    base = frozenset({d.cluster.base})
+    with d.cluster.packing:
+        if base not in d.cluster.packs:
+            d.cluster.packs[base] = objects.pack_missing(d.app.repo, d.sha, sorted(base))
+        return d.cluster.packs[base]
+
+
 def ask_prepare(d: Deploy, p: PeerState, r: Prepared, out: Reporter, quick: bool) -> dict:
     """POST prepare, with the pack against ``cluster.base`` when ``quick``; fills in the
     peer's name and the release live there before (from the answer)."""
@@ -124,12 +135,8 @@ def ask_prepare(d: Deploy, p: PeerState, r: Prepared, out: Reporter, quick: bool
     body: dict | bytes = request
     count, pack = 0, b""
     if quick:
-        base = frozenset({d.cluster.base})
-        with d.cluster.packing:  # one pack for every peer
-            if base not in d.cluster.packs:
-                d.cluster.packs[base] = objects.pack_missing(d.app.repo, d.sha, sorted(base))
-            count, pack = d.cluster.packs[base]
-        body = json.dumps({**request, "base": sorted(base)}).encode() + b"\n" + pack
+        count, pack = quick_pack(d)
+        body = json.dumps({**request, "base": [d.cluster.base]}).encode() + b"\n" + pack
         if d.cluster.cancelled:  # given up while the pack was made
             return {"ok": False, "error": "cancelled"}
     t0 = time.monotonic()
