@@ -561,7 +561,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.locked(app, "prepare") as held:
             here = {"name": peers.local_name(host), "live": app.live_release()}
             d.journal = held
-            given_up = self.server.aborted.pop(key, 0) > time.monotonic() - ABORTED_FOR
+            when = self.server.aborted.pop(key, None)
+            given_up = when is not None and when > time.monotonic() - ABORTED_FOR
             if given_up and d.kind != "rollback":  # the abort came first; a rollback makes none
                 return {"ok": False, "error": "aborted by the primary", **here}
             self.server.tidier.protect(app, d.release_id)

@@ -7,6 +7,8 @@ The plans that order them with the other modules' phases are in deploy.py.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import build, command, cron, release, supervise, venv
 from . import programs as prov
@@ -15,6 +17,9 @@ from .config import load_app_config, load_procfile
 from .context import Deploy
 from .errors import PhaseError
 from .report import Masker, Skip
+
+if TYPE_CHECKING:
+    from .app import App
 
 # --- the phases -------------------------------------------------------------
 
@@ -179,9 +184,9 @@ def finish(d: Deploy) -> str:
 def finish_peer(d: Deploy) -> str:
     """A peer's finish: sealed here; its receiver prunes later, once idle (``d.prune_later``),
     so that neither the switch's answer nor the next deploy waits for it."""
-    seal(d)
     if d.prune_later is None:
         return finish(d)
+    seal(d)
     d.prune_later(d.keep, protected(d))
     return f"kept {d.keep}, pruned when idle"
 
@@ -191,7 +196,7 @@ def protected(d: Deploy) -> set[str]:
     return {d.previous} if d.previous and not d.committed else set()
 
 
-def prune(app, keep: int, protect: set[str], trash=None) -> list[str]:
+def prune(app: App, keep: int, protect: set[str], trash: list[Path] | None = None) -> list[str]:
     """The releases beyond ``keep`` (but ``protect``) and the venvs none of the rest uses."""
     removed = release.prune(app, keep, protect, trash)
     used = {m.venv for _, m in release.releases(app) if m and m.venv}
