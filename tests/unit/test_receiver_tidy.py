@@ -150,3 +150,33 @@ def test_the_host_config_is_read_again_when_it_or_its_secret_changes(tmp_path: P
     secret.chmod(0o644)  # readable by others: refused, cached or not
     with pytest.raises(ConfigError, match="others can read it"):
         read()
+
+
+def test_releases_in_use_by_a_process_cwd_or_only_a_mapped_file(tmp_path: Path):
+    import sys
+
+    app = App(tmp_path, "mysite")
+    for rid in IDS[:3]:
+        app.release_dir(rid).mkdir(parents=True)
+    (app.release_dir(IDS[1]) / "data.bin").write_bytes(b"x" * 4096)
+    mapper = (
+        "import mmap, sys, time\n"
+        "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "f.close(); print('mapped', flush=True); time.sleep(60)\n"
+    )
+    by_cwd = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              cwd=app.release_dir(IDS[0]))  # fmt: skip
+    by_map = subprocess.Popen(
+        [sys.executable, "-c", mapper, app.release_dir(IDS[1]) / "data.bin"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert by_map.stdout.readline().strip() == "mapped"
+        assert release.running_from(app) == {IDS[0], IDS[1]}
+    finally:
+        for proc in (by_cwd, by_map):
+            proc.kill()
+            proc.wait()
+    assert release.running_from(app) == set()
