@@ -1,8 +1,9 @@
 """The primary's side of the conversation with a peer's receiver: signed calls with timeouts.
 
 Answers stream: ``L <text>`` progress lines, ``H`` keep-alives while a long step
-runs, and one final ``R <mac> <json>`` line signed over the request's nonce and
-everything before it. A call that could not be sent (connection refused, no
+runs, ``N <name>`` (how the peer names itself, first in a prepare's answer), and
+one final ``R <mac> <json>`` line signed over the request's nonce and everything
+before it. A call that could not be sent (connection refused, no
 route, connect timeout) is retried; one that was sent is retried only when it is
 idempotent.
 
@@ -79,6 +80,7 @@ class Peer:
         self.secret = secret
         self.timeout = timeout
         self.down = False  # the last call could not reach it: do not insist on the next ones
+        self.name = ""  # as it names itself (its answer's ``N`` line)
 
     def call(
         self,
@@ -197,6 +199,8 @@ class Peer:
                     raise PeerError(f"{self.address} sent an answer with a bad signature")
                 return json.loads(result)
             before += line
+            if line.startswith(b"N "):
+                self.name = line[2:].decode(errors="replace").strip()
             if line.startswith(b"L ") and on_line:
                 on_line(line[2:].decode(errors="replace").rstrip("\n"))
 

@@ -8,7 +8,11 @@ with ``add_thin_pack``, which also resolves deltas against objects it already ha
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import io
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -16,14 +20,37 @@ if TYPE_CHECKING:
     from dulwich.repo import Repo
 
 PREPARED_REF = b"refs/shipyard/prepared"
+_open: dict[str, tuple[threading.Lock, Repo]] = {}
+_opening = threading.Lock()
 
 
-def _repo(repo_path: Path) -> Repo:
-    """The repo, through dulwich: imported here, by the few calls that send or take a pack,
-    not by every deploy that imports this module (a single host's sends none)."""
+@contextlib.contextmanager
+def _repo(repo_path: Path) -> Iterator[Repo]:
+    """The repo, through dulwich, one call at a time; opened once per process and kept (a
+    receiver serves every deploy: its config and pack indexes are read once, not per call;
+    dulwich looks for new packs, and drops vanished ones, when an object is not found).
+    Imported here, by the few calls that send or take a pack, not by every deploy that
+    imports this module (a single host's sends none)."""
     from dulwich.repo import Repo
 
-    return Repo(str(repo_path))
+    key = str(repo_path)
+    with _opening:
+        entry = _open.get(key)
+        if entry is None:
+            if not _open:
+                atexit.register(close_all)
+            entry = _open[key] = (threading.Lock(), Repo(key))
+    with entry[0]:
+        yield entry[1]
+
+
+def close_all() -> None:
+    """Close the repos kept open (at exit: dulwich warns of packs left open)."""
+    with _opening:
+        for lock, repo in _open.values():
+            with lock:
+                repo.close()
+        _open.clear()
 
 
 def is_sha(value: str) -> bool:
@@ -62,9 +89,12 @@ def add_pack(repo_path: Path, pack: BinaryIO, want: str) -> None:
         repo.object_store.add_thin_pack(pack.read, None)
         if want.encode() not in repo.object_store:
             raise ValueError(f"the pack did not contain {want[:7]}")
-        repo.refs[PREPARED_REF] = want.encode()
+        if repo.refs.read_ref(PREPARED_REF) != want.encode():
+            repo.refs[PREPARED_REF] = want.encode()
 
 
 def set_ref(repo_path: Path, ref: str, sha: str) -> None:
+    """Point ``ref`` at ``sha`` (not rewritten, nor synced to disk again, when it does)."""
     with _repo(repo_path) as repo:
-        repo.refs[ref.encode()] = sha.encode()
+        if repo.refs.read_ref(ref.encode()) != sha.encode():
+            repo.refs[ref.encode()] = sha.encode()

@@ -5,7 +5,8 @@ Endpoints (all under /v1/apps/<app>/, all signed with that app's cluster secret)
     GET  info?want=SHA   name, live release, refs (what this repo has), whether SHA is here
     GET  status          info plus the releases on disk and their states
     POST objects?want=SHA  body: a git pack (thin allowed) of the objects this host lacks
-    POST prepare         run checkout → link → venv → build for the primary's release id
+    POST prepare         store the pack after its JSON (if any), then run checkout → link →
+                         venv → build for the primary's release id ("lacks": send objects)
     POST switch          run switch → restart → verify → finish for a prepared release
     POST revert          go back to the previous release (after another host failed)
     POST abort           discard a prepared release that never went live
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -60,13 +62,13 @@ from shipyard import (
     settings,
 )
 from shipyard.app import App, check_release_id, default_root
-from shipyard.config import load_host_config, parse_address, read_secret
+from shipyard.config import HostConfig, load_host_config, parse_address, read_secret, secret_path
 from shipyard.context import Deploy
 from shipyard.engine import attempt, revert
 from shipyard.errors import RootRefused, ShipyardError
 from shipyard.guard import check_not_root
 from shipyard.options import parse_options
-from shipyard.release_phases import discard, load_release, load_undo
+from shipyard.release_phases import discard, load_release, load_undo, prune
 from shipyard.report import Reporter
 
 from . import auth, objects, tls
@@ -84,6 +86,18 @@ LINGER = 64 * 1024  # of a refused request's body, at most this much is read (an
 BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
 WILDCARDS = ("0.0.0.0", "::")
 KINDS = ("push", "deploy", "rollback")
+ABORTED_FOR = 60.0  # s: a prepare that arrives after its abort is refused this long
+
+
+def stat_key(path: Path | None) -> tuple | None:
+    """What changes when a file is written, replaced, chmod'ed or chown'ed."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
 
 
 def log(message: str) -> None:
@@ -140,13 +154,28 @@ class Stream:
         self.handler, self.secret, self.nonce = handler, secret, nonce
         self.sent = b""
         self.gone = False
+        self.done = False  # the result is out: no keep-alive after it
         self.lock = threading.Lock()
+        self.started = time.monotonic()
         self.stop = threading.Event()
+        self.beat: threading.Thread | None = None  # its keep-alives, once it runs long
+        BEATS.add(self)
+
+    def keep_alive(self) -> None:
+        """Send ``H`` every ``KEEPALIVE`` s from a thread of its own (a write may block on a
+        primary that reads slowly: no other answer waits for it) until the result."""
         self.beat = threading.Thread(target=self._keepalive, daemon=True)
         self.beat.start()
 
-    def _raw(self, data: bytes) -> None:
+    def _keepalive(self) -> None:
+        self._raw(b"H\n", beat=True)
+        while not self.stop.wait(KEEPALIVE):
+            self._raw(b"H\n", beat=True)
+
+    def _raw(self, data: bytes, beat: bool = False) -> None:
         with self.lock:
+            if beat and self.done:
+                return
             self.sent += data
             if self.gone:
                 return
@@ -156,9 +185,9 @@ class Stream:
             except OSError:
                 self.gone = True  # the primary went away; the work goes on and is undone later
 
-    def _keepalive(self) -> None:
-        while not self.stop.wait(KEEPALIVE):
-            self._raw(b"H\n")
+    def named(self, name: str) -> None:
+        """``N <name>``: how the primary labels the lines that follow."""
+        self._raw(b"N " + " ".join(name.split())[:100].encode() + b"\n")
 
     def write(self, text: str) -> int:  # a Reporter writes whole lines here
         for line in text.splitlines():
@@ -169,12 +198,123 @@ class Stream:
         pass
 
     def result(self, value: dict) -> None:
+        BEATS.remove(self)
         self.stop.set()
-        self.beat.join()
         body = json.dumps(value, sort_keys=True).encode()
         with self.lock:
+            self.done = True
             mac = auth.result_mac(self.secret, self.nonce, self.sent, body)
         self._raw(b"R " + mac.encode() + b" " + body + b"\n")
+
+
+class Beats:
+    """The answers under way, watched by one thread (started with the first answer): one
+    still running after ``KEEPALIVE`` s gets its keep-alive thread; the many short ones
+    (a deploy's prepare and switch take milliseconds) cost no thread of their own."""
+
+    def __init__(self) -> None:
+        self.streams: set[Stream] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, stream: Stream) -> None:
+        with self.lock:
+            self.streams.add(stream)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True, name="keepalive")
+                self.thread.start()
+
+    def remove(self, stream: Stream) -> None:
+        with self.lock:
+            self.streams.discard(stream)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(KEEPALIVE / 4)
+            now = time.monotonic()
+            with self.lock:
+                late = [s for s in self.streams if s.started < now - KEEPALIVE * 3 / 4]
+                self.streams.difference_update(late)
+            for stream in late:
+                stream.keep_alive()
+
+
+BEATS = Beats()
+
+
+class Tidier:
+    """What a receiver prunes once it has been idle for ``IDLE`` seconds: the releases and
+    venvs beyond ``keep`` after a switch (``release_phases.finish_peer``), off the switch's
+    path; a burst of deploys prunes once, after the last. Under the app's deploy lock (a
+    deploy holding it: tried again at the next idle); a release prepared since is kept."""
+
+    IDLE = 1.0
+
+    def __init__(self, closing: threading.Event) -> None:
+        self.pending: dict[Path, tuple[App, int, set[str]]] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closing = closing
+        self.active = 0  # requests being served
+        self.last = time.monotonic()  # when the last one started or ended
+        threading.Thread(target=self._run, daemon=True, name="receiver-tidier").start()
+
+    def later(self, app: App, keep: int, protect: set[str]) -> None:
+        with self.lock:
+            self.pending[app.dir] = (app, keep, set(protect))
+        self.wake.set()
+
+    def protect(self, app: App, release_id: str) -> None:
+        """A release prepared (or to roll back to) since the prune was asked: kept."""
+        with self.lock:
+            if app.dir in self.pending:
+                self.pending[app.dir][2].add(release_id)
+
+    def busy(self, delta: int) -> None:
+        with self.lock:
+            self.active += delta
+            self.last = time.monotonic()
+
+    def _idle_for(self) -> float:
+        with self.lock:
+            return 0.0 if self.active else time.monotonic() - self.last
+
+    def _run(self) -> None:
+        while not self.closing.is_set():
+            self.wake.wait(0.5)
+            if not self.pending:
+                self.wake.clear()
+                continue
+            idle = self._idle_for()
+            if idle < self.IDLE:
+                self.closing.wait(self.IDLE - idle)
+                continue
+            with self.lock:
+                todo, self.pending = self.pending, {}
+                self.wake.clear()
+            for key, (app, keep, protect) in todo.items():
+                if not self.prune(app, keep, protect):
+                    with self.lock:
+                        self.pending.setdefault(key, (app, keep, protect))
+
+    def prune(self, app: App, keep: int, protect: set[str]) -> bool:
+        """Prune now; False when the deploy lock is taken (or a dead holder's note waits)."""
+        info = {"deploy": "receiver prune", "pusher": "primary", "since": time.time()}
+        try:
+            with lock.exclusive(app.deploy_lock, info, timeout=0) as held:
+                if held.stale:
+                    return False
+                if self._idle_for() < self.IDLE:  # a request came meanwhile
+                    return False
+                removed = prune(app, keep, protect)
+        except ShipyardError:
+            return False
+        except OSError as exc:
+            log(f"prune {app.name}: {exc}")
+            return True
+        if removed:
+            log(f"pruned {app.name}: {', '.join(removed)}")
+        return True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -229,6 +369,13 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(chunk)
 
     def dispatch(self, method: str) -> None:
+        self.server.tidier.busy(+1)
+        try:
+            self.serve(method)
+        finally:
+            self.server.tidier.busy(-1)
+
+    def serve(self, method: str) -> None:
         try:
             url = urlsplit(self.path)
             match = ROUTE.match(url.path)
@@ -242,8 +389,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest(404, f"no app {name!r} on this host")
             length = self.declared(action)
             self.server.verifier.check_fresh(self.headers)
-            host = load_host_config(app.config_file)
-            secret = read_secret(host, app.config_file)
+            host, secret = self.server.config_of(app)
             if not secret:
                 raise BadRequest(403, f"no cluster secret is configured for {name} on this host")
             me = self.server.me
@@ -284,7 +430,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def declared(self, action: str) -> int:
         """The body's declared length, refused (411, 400, 413) before anything is read."""
-        limit = self.server.max_pack if action == "objects" else MAX_JSON
+        limit = self.server.max_pack if action in ("objects", "prepare") else MAX_JSON
         raw = self.headers.get("Content-Length")
         if raw is None:
             if self.command == "GET":
@@ -403,30 +549,59 @@ class Handler(BaseHTTPRequestHandler):
             yield held
 
     def on_prepare(self, app, host, query, spool, stream) -> dict:
-        d = self.deploy_for(app, host, self.body(spool), stream)
+        """Objects (when the body brings a pack), then checkout → link → venv → build.
+
+        The answer starts with this host's name (an ``N`` line, for the primary's labels) and
+        says which release was live here before (``live``). ``lacks``: the commit is not here
+        (nor the pack's ``base``): the primary sends info and objects, then asks again."""
+        data, pack = self.prepare_body(spool)
+        d = self.deploy_for(app, host, data, stream)
         key = (app.name, d.release_id)
+        stream.named(peers.local_name(host))
         with self.locked(app, "prepare") as held:
+            here = {"name": peers.local_name(host), "live": app.live_release()}
             d.journal = held
-            self.server.aborted.discard(key)
+            when = self.server.aborted.pop(key, None)
+            given_up = when is not None and when > time.monotonic() - ABORTED_FOR
+            if given_up and d.kind != "rollback":  # the abort came first; a rollback makes none
+                return {"ok": False, "error": "aborted by the primary", **here}
+            self.server.tidier.protect(app, d.release_id)
             existing = release.Manifest.load(d.release) if d.release.exists() else None
             if existing and existing.sha == d.sha and existing.state == "prepared":
                 stream.write(f"  - prepare        -    {d.release_id} is prepared already\n")
-                return {"ok": True, "reused": False, "release": d.release_id}
+                return {"ok": True, "reused": False, "release": d.release_id, **here}
             if d.release.exists() and not (existing and existing.state == "good"):
                 release.remove(app, d.release_id)  # a half-made attempt: start again
+            base = data.get("base") or []
+            if pack and not objects.has(app.repo, d.sha):
+                if not all(isinstance(b, str) and objects.is_sha(b) for b in base):
+                    raise ValueError("base must list full commit shas")
+                if all(objects.has(app.repo, b) for b in base):  # the pack is made against them
+                    objects.add_pack(app.repo, io.BytesIO(pack), d.sha)
             if not objects.has(app.repo, d.sha):
-                return {"ok": False, "error": f"commit {d.sha[:7]} is not in this host's repo"}
+                error = f"commit {d.sha[:7]} is not in this host's repo"
+                return {"ok": False, "lacks": True, "error": error, **here}
             failure = attempt(d, deploy.peer_prepare(d))
             if failure:
-                return {"ok": False, "error": str(failure)}
+                return {"ok": False, "error": str(failure), **here}
             if not d.reused:
                 d.manifest.state = "prepared"
                 d.manifest.save(d.release)
             objects.set_ref(app.repo, objects.PREPARED_REF.decode(), d.sha)
-            if key in self.server.aborted:  # the primary gave up while we were building
+            if self.server.aborted.pop(key, None):  # the primary gave up while we were building
                 discard(d)
-                return {"ok": False, "error": "aborted by the primary"}
-        return {"ok": True, "reused": d.reused, "release": d.release_id}
+                return {"ok": False, "error": "aborted by the primary", **here}
+        return {"ok": True, "reused": d.reused, "release": d.release_id, **here}
+
+    def prepare_body(self, spool) -> tuple[dict, bytes]:
+        """A prepare's body: its JSON object, then (after a newline) a pack, if any."""
+        head, _, pack = spool.read().partition(b"\n")
+        if len(head) > MAX_JSON:
+            raise ValueError(f"the prepare's JSON is over {MAX_JSON} bytes")
+        data = json.loads(head or b"{}")
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return data, pack
 
     def on_switch(self, app, host, query, spool, stream) -> dict:
         data = self.body(spool)
@@ -441,6 +616,7 @@ class Handler(BaseHTTPRequestHandler):
                 }
             d.reused = manifest.state == "good"
             d.journal = held
+            d.prune_later = lambda keep, protect: self.server.tidier.later(app, keep, protect)
             d.committed = False  # until every host has verified, it may be sent back
             load_release(d)
             previous = app.live_release()
@@ -494,10 +670,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with lock.exclusive(app.deploy_lock, {"deploy": "abort"}, timeout=2):
                 m = release.Manifest.load(app.release_dir(rid))
-                if app.live_release() != rid and (m is None or m.state != "good"):
+                if not app.release_dir(rid).exists():  # its prepare may be on its way still
+                    self.server.abort(app, rid)
+                elif app.live_release() != rid and (m is None or m.state != "good"):
                     release.remove(app, rid)
         except ShipyardError:  # still preparing: it discards itself when done
-            self.server.aborted.add((app.name, rid))
+            self.server.abort(app, rid)
         return {"ok": True}
 
     # --- operating commands (shipyard/hosts.py): config, scale, restart, run, logs ----
@@ -542,7 +720,8 @@ class Receiver(ThreadingHTTPServer):
         self.root = root
         self.max_pack = max_pack
         self.verifier = auth.Verifier()
-        self.aborted: set[tuple[str, str]] = set()
+        # (app, release) the primary gave up: when (monotonic); a prepare of it is refused
+        self.aborted: dict[tuple[str, str], float] = {}
         self.context = context
         self.max_connections = max_connections
         self.request_timeout = request_timeout
@@ -550,6 +729,9 @@ class Receiver(ThreadingHTTPServer):
         self.pending: dict[int, float] = {}  # fd of an unauthenticated connection: its deadline
         self.pending_lock = threading.Lock()
         self.closing = threading.Event()
+        self.tidier = Tidier(self.closing)
+        self.configs: dict[Path, tuple] = {}  # config file: (stat keys, secret file, host, secret)
+        self.configs_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -600,6 +782,33 @@ class Receiver(ThreadingHTTPServer):
             log(f"closed {client_address[0]}: {exc}")
         else:
             super().handle_error(request, client_address)
+
+    def abort(self, app: App, release_id: str) -> None:
+        """Note that the primary gave up ``release_id``: a prepare of it still under way
+        discards it when done, one that arrives after the abort (within ``ABORTED_FOR`` s)
+        is refused."""
+        now = time.monotonic()
+        for key, when in list(self.aborted.items()):
+            if when < now - ABORTED_FOR:
+                self.aborted.pop(key, None)
+        self.aborted[(app.name, release_id)] = now
+
+    def config_of(self, app: App) -> tuple[HostConfig, bytes | None]:
+        """The app's host config and cluster secret, checked as ``load_host_config`` does;
+        read again only when the config or the secret file changed (or was chmod'ed)."""
+        path = app.config_file
+        with self.configs_lock:
+            cached = self.configs.get(path)
+        if cached and cached[0] == (stat_key(path), stat_key(cached[1])):
+            return cached[2], cached[3]
+        before = stat_key(path)  # taken before reading: a change meanwhile is read next time
+        host = load_host_config(path)
+        held = secret_path(host, path)
+        key = (before, stat_key(held))
+        secret = read_secret(host, path)
+        with self.configs_lock:
+            self.configs[path] = (key, held, host, secret)
+        return host, secret
 
     def trusted(self, connection: socket.socket) -> None:
         """The request is authenticated: no deadline any more (a build may take long)."""

@@ -118,6 +118,7 @@ class Cluster:
     cancelled: bool = False
     ready: threading.Event = field(default_factory=threading.Event)
     preparing: Running | None = None  # the peers' prepares, started with the checkout
+    base: str | None = None  # this host's live commit: the objects go with the prepare
 
     @classmethod
     def load(cls, app: App, host: HostConfig) -> Cluster:

@@ -72,6 +72,8 @@ class Deploy:
     peer: bool = False  # run by a receiver for its primary: only jobs naming this host (cron.py)
     trash: list[Path] | None = None  # a list: pruned dirs renamed aside, deleted after the outcome
     data_probe: Any = None  # data.Pending: the data probe running beside the build steps
+    # a receiver's: finish hands it (keep, protect) to prune once idle, not on the switch's path
+    prune_later: Callable[[int, set[str]], None] | None = None
 
     @property
     def keep(self) -> int:

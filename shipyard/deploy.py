@@ -33,6 +33,7 @@ RESTART = Phase("restart", supervise.restart, supervise.restart_previous)
 VERIFY = Phase("verify", supervise.verify)
 POST_MIGRATE = Phase("post-migrate", migrate.post_apply, fatal=False)
 FINISH = Phase("finish", rp.finish)
+PEER_FINISH = Phase("finish", rp.finish_peer)  # its receiver prunes once idle
 
 # a rollback makes a kept release live as it is: no checkout, build or migration
 KEPT = Phase("checkout", rp.checkout_kept)
@@ -68,7 +69,7 @@ ROLLBACK_MANY = [KEPT_WITH_PEERS, PREPARE_PEERS, NO_MIGRATE, RELEASE_IF_ASKED, R
 # a peer, asked by its primary's receiver calls (receiver/server.py)
 PEER_PREPARE = [CHECKOUT, LINK, VENV, BUILD]  # POST /prepare
 PEER_PREPARE_KEPT = [KEPT]  # POST /prepare of a rollback: the release must be there, good
-PEER_SWITCH = [SWITCH, RESTART, VERIFY, FINISH]  # POST /switch
+PEER_SWITCH = [SWITCH, RESTART, VERIFY, PEER_FINISH]  # POST /switch
 PEER_REVERT = [SWITCH, RESTART]  # POST /revert: the undos, as the switch wrote them down
 
 # recovery (recover.py) of a deploy killed after its switch: where it picks up again,

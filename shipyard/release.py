@@ -797,11 +797,13 @@ def running_from(app: App) -> set[str]:
         try:
             if note(os.readlink(f"/proc/{pid}/cwd")) | note(os.readlink(f"/proc/{pid}/exe")):
                 continue
-            with open(f"/proc/{pid}/maps", errors="replace") as maps:
-                for line in maps:
+            with open(f"/proc/{pid}/maps", "rb") as maps:
+                mapped = maps.read()
+            if os.fsencode(base) in mapped:  # one search; lines parsed only on a hit
+                for line in mapped.decode(errors="replace").splitlines():
                     fields = line.split(None, 5)
-                    if len(fields) == 6 and note(fields[5].strip()):
-                        break
+                    if len(fields) == 6:
+                        note(fields[5].strip())
         except OSError:
             continue
     return used

@@ -7,6 +7,8 @@ The plans that order them with the other modules' phases are in deploy.py.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import build, command, cron, data, migration_cache, release, supervise, venv
 from . import programs as prov
@@ -15,6 +17,9 @@ from .config import load_app_config, load_procfile
 from .context import Deploy
 from .errors import PhaseError
 from .report import Masker, Skip
+
+if TYPE_CHECKING:
+    from .app import App
 
 # --- the phases -------------------------------------------------------------
 
@@ -178,20 +183,44 @@ def switch_back(d: Deploy) -> None:
     cron.apply(d, d.previous)  # the jobs of what is live again
 
 
-def finish(d: Deploy) -> str:
+def seal(d: Deploy) -> None:
+    """The release is good: live, verified, kept."""
     d.manifest.state = "good"
     d.manifest.live_at = time.time()
     if d.manifest.migrations is None and not d.reused and d.migrations_known:
         d.manifest.migrations = list(d.migrations)  # None stays: unknown
     d.manifest.save(d.release)
+
+
+def finish(d: Deploy) -> str:
+    seal(d)
     keep = d.keep
-    # a peer keeps the release it would go back to until the cluster has committed
-    protect = {d.previous} if d.previous and not d.committed else set()
     # with d.trash, what is pruned is only renamed aside here: deleted once the outcome is out
-    removed = release.prune(d.app, keep, protect, d.trash)
-    used = {m.venv for _, m in release.releases(d.app) if m and m.venv}
-    venv.prune(d.app, used, d.trash)
+    removed = prune(d.app, keep, protected(d), d.trash)
     return f"kept {keep}, pruned {len(removed)}" if removed else f"kept {keep}"
+
+
+def finish_peer(d: Deploy) -> str:
+    """A peer's finish: sealed here; its receiver prunes later, once idle (``d.prune_later``),
+    so that neither the switch's answer nor the next deploy waits for it."""
+    if d.prune_later is None:
+        return finish(d)
+    seal(d)
+    d.prune_later(d.keep, protected(d))
+    return f"kept {d.keep}, pruned when idle"
+
+
+def protected(d: Deploy) -> set[str]:
+    # a peer keeps the release it would go back to until the cluster has committed
+    return {d.previous} if d.previous and not d.committed else set()
+
+
+def prune(app: App, keep: int, protect: set[str], trash: list[Path] | None = None) -> list[str]:
+    """The releases beyond ``keep`` (but ``protect``) and the venvs none of the rest uses."""
+    removed = release.prune(app, keep, protect, trash)
+    used = {m.venv for _, m in release.releases(app) if m and m.venv}
+    venv.prune(app, used, trash)
+    return removed
 
 
 def release_command(d: Deploy) -> str:

@@ -10,6 +10,7 @@ and is never acted on, so the only colour and the only new lines are shipyard's.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -102,10 +103,6 @@ class Reporter:
         self.mask = Masker()
         self.lost = 0  # lines that could not be written
         self._lock = threading.Lock()
-        # the heartbeat: one thread for every phase this reporter ticks (see ticking)
-        self._tick = threading.Condition()
-        self._phase: list | None = None  # [name, started, lines said] of the phase under way
-        self._beating: threading.Thread | None = None
 
     def _paint(self, text: str, code: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
@@ -156,48 +153,73 @@ class Reporter:
 
     @contextmanager
     def ticking(self, phase: str) -> Iterator[None]:
-        """Print a heartbeat while a long step runs, so a quiet terminal never looks hung.
-
-        One thread serves every phase in turn and ends once a heartbeat passes with none
-        under way (or at ``quiet``): a thread started and joined for each phase made every
-        phase wait twice for the scheduler, milliseconds each on a busy host."""
-        current = [phase, time.monotonic(), 0]
-        with self._tick:
-            self._phase = current
-            if self._beating is None:
-                self._beating = threading.Thread(target=self._beat, daemon=True)
-                self._beating.start()
+        """Print a heartbeat while a long step runs, so a quiet terminal never looks hung."""
+        token = TICKER.add(self, phase)
         try:
             yield
         finally:
-            with self._tick:  # held while a heartbeat is said: none comes after the phase
-                self._phase = None
-
-    def _beat(self) -> None:
-        me = threading.current_thread()
-        with self._tick:
-            while self._beating is me:
-                current = self._phase
-                if current is None:
-                    if not self._tick.wait(self.heartbeat) and self._phase is None:
-                        self._beating = (
-                            None  # idle for a whole heartbeat: the next phase starts one
-                        )
-                    continue
-                name, started, said = current
-                now = time.monotonic()
-                due = started + self.heartbeat * (said + 1)
-                if now < due:
-                    self._tick.wait(due - now)
-                    continue
-                current[2] += 1
-                self.line(f"  … {name:<14} {now - started:5.0f}s  still running")
+            TICKER.remove(token)
 
     def quiet(self) -> None:
-        """End the heartbeat's thread, if one runs (before a fork: the child would not have
-        it, and it could hold the output's lock)."""
-        with self._tick:
-            beating, self._beating = self._beating, None
-            self._tick.notify_all()
-        if beating is not None and beating is not threading.current_thread():
-            beating.join()
+        """End the heartbeats' thread before a fork: the child would not have it, and it
+        could hold an output's lock. The next step starts another."""
+        TICKER.stop()
+
+
+class Ticker:
+    """The heartbeats of every running step, from one thread per process (started at the
+    first step, asleep until a beat is due): a step costs no thread of its own, which a
+    receiver's eight per deploy and peer would pay."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked deploy worker has no thread yet
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.cond = threading.Condition()
+        self.steps: dict[int, list] = {}  # token: [reporter, phase, started, next beat]
+        self.count = 0
+        self.thread: threading.Thread | None = None
+
+    def add(self, reporter: Reporter, phase: str) -> int:
+        now = time.monotonic()
+        with self.cond:
+            self.count += 1
+            self.steps[self.count] = [reporter, phase, now, now + reporter.heartbeat]
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+                self.thread.start()
+            self.cond.notify()
+            return self.count
+
+    def remove(self, token: int) -> None:
+        with self.cond:
+            self.steps.pop(token, None)
+
+    def stop(self) -> None:
+        with self.cond:
+            thread, self.thread = self.thread, None
+            self.cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self.cond:
+                if self.thread is not me:
+                    return
+                now = time.monotonic()
+                due = [step for step in self.steps.values() if step[3] <= now]
+                for step in due:
+                    step[3] = now + step[0].heartbeat
+                if not due:
+                    soonest = min((step[3] for step in self.steps.values()), default=now + 60)
+                    self.cond.wait(max(0.01, soonest - now))
+                    continue
+            for reporter, phase, started, _ in due:
+                reporter.line(f"  … {phase:<14} {time.monotonic() - started:5.0f}s  still running")
+
+
+TICKER = Ticker()

@@ -100,6 +100,30 @@ def test_a_push_deploys_every_host_and_sends_only_new_objects(tmp_path, cluster)
     assert "hosts      web1 (primary)" in status and f"web2 ({peers[0].address})" in status
 
 
+def requests_in(peer: netns.PeerHost, since: int) -> list[str]:
+    """The endpoints its receiver served after the first ``since`` bytes of its log."""
+    lines = peer.log.read_text()[since:].splitlines()
+    return [ln.split("/v1/apps/mysite/")[1].split()[0] for ln in lines if "/v1/apps/mysite/" in ln]
+
+
+def test_objects_go_with_the_prepare_and_a_peer_that_lacks_them_is_asked(tmp_path, cluster):
+    web2 = cluster.add_peer()
+    work = work_for(tmp_path, cluster)
+    work.push()
+    web3 = cluster.add_peer()  # a new host: its repo lacks the live commit the pack is made on
+    work.commit("v2", **{"mysite/version.py": 'GREETING = "v2"\n'})
+    seen = {p.name: len(p.log.read_text()) for p in (web2, web3)}
+    result = work.push()
+    objects = {p.name: next(ln for ln in result.out.splitlines() if f"[{p.name}] ✓ objects" in ln)
+               for p in (web2, web3)}  # fmt: skip
+    assert "sent with the prepare" in objects["web2"], result.out
+    assert "sent with the prepare" not in objects["web3"], result.out
+    assert requests_in(web2, seen["web2"]) == ["prepare", "switch"]  # no info, no objects
+    assert requests_in(web3, seen["web3"]) == ["prepare", "info", "objects", "prepare", "switch"]
+    assert f"[{web2.name}] ✓ venv" in result.out and f"[{web3.name}] ✓ switch" in result.out
+    cluster.assert_serving(V2, cluster.live(), result.out)
+
+
 def test_a_peer_whose_build_fails_aborts_the_deploy_everywhere(tmp_path, cluster):
     peers = [cluster.add_peer(), cluster.add_peer()]
     work = work_for(tmp_path, cluster, [FAIL_IF_MARKED])

@@ -123,6 +123,7 @@ def test_the_heartbeat_speaks_during_a_long_phase_only_and_one_thread_serves_the
 
     out = io.StringIO()
     r = Reporter(out, heartbeat=0.05)
+    r.quiet()  # one thread per process: none from an earlier test
     before = threading.active_count()
     for name in ("checkout", "link", "venv"):
         with r.ticking(name):
@@ -142,3 +143,20 @@ def test_the_heartbeat_speaks_during_a_long_phase_only_and_one_thread_serves_the
         time.sleep(0.08)
     assert "  … again " in out.getvalue()  # a phase after quiet() starts another
     r.quiet()
+
+
+def test_heartbeats_come_from_one_thread_while_a_step_runs_and_stop_with_it():
+    import threading
+    import time
+
+    out = io.StringIO()
+    slow, quick = Reporter(out, heartbeat=0.1), Reporter(out, heartbeat=0.1)
+    threads = threading.active_count()
+    with slow.ticking("build"):
+        with quick.ticking("link"), quick.ticking("venv"):
+            assert threading.active_count() <= threads + 1  # one thread for every step
+        time.sleep(0.35)
+    beats = out.getvalue().splitlines()
+    assert len(beats) >= 2 and all("… build" in b and "still running" in b for b in beats)
+    time.sleep(0.3)
+    assert out.getvalue().splitlines() == beats  # none once the step ended
