@@ -102,8 +102,9 @@ class Hosts:
         for pid in self.app_pids(name):
             with contextlib.suppress(OSError):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"gunicorn" not in cmdline and b"worker.py" not in cmdline:
-                    continue  # the log stamper: the launcher's environment, before .env
+                launcher = b"shipyard/launch.py" in cmdline or b"shipyard.launch" in cmdline
+                if launcher or (b"gunicorn" not in cmdline and b"worker.py" not in cmdline):
+                    continue  # the log stamper: the launcher's environment (and argv), before .env
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 values = [
                     e.split(b"=", 1)[1].decode() for e in env if e.startswith(f"{key}=".encode())
