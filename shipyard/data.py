@@ -104,17 +104,19 @@ def ask_framework(d: Deploy) -> Answer | None:
     started beside them (``Pending``) and the live release's answer stands in until
     ``settle``."""
     key = inputs_key(d)
-    settings = inputs_key(d, venv=False)
     live = d.app.live_release()
-    assumed = None
+    assumed, before = None, None
     if key and live:
         with suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             before = json.loads((d.app.release_dir(live) / STATE).read_text())
             if before.get("inputs") == key:
                 save_answer(d, before)
                 return before["found"], before["sources"]
-            if before.get("settings") == settings:  # only the venv is another one
-                assumed = (dict(before["found"]), dict(before["sources"]))
+    # the same inputs but for the venv: read only when the answer is not reused as it is
+    settings = inputs_key(d, venv=False) if key else None
+    if isinstance(before, dict) and before.get("settings") == settings:
+        with suppress(KeyError, TypeError, ValueError):  # only the venv is another one
+            assumed = (dict(before["found"]), dict(before["sources"]))
     state = {"inputs": key, "settings": settings}
     if assumed is not None and d.config.build and has_framework(d):
         d.data_probe = Pending(state, assumed)

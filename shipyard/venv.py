@@ -728,8 +728,7 @@ def _link_by_listing(site: Path, other_site: Path, same_device: bool) -> list[st
         here, there = os.path.join(site, rel), os.path.join(other_site, rel)
         theirs = _py_inodes(there) if same_device else {}
         compiled = _names(os.path.join(there, "__pycache__")) if theirs else set()
-        cache = os.path.join(here, "__pycache__")
-        made = False
+        made: set[str] = set()
         with os.scandir(here) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
@@ -739,16 +738,13 @@ def _link_by_listing(site: Path, other_site: Path, same_device: bool) -> list[st
                 if not entry.name.endswith(".py"):
                     continue
                 pyc = f"{entry.name[:-3]}.{tag}.pyc"
-                if theirs.get(entry.name) == entry.inode() and pyc in compiled:
-                    try:
-                        if not made:
-                            os.makedirs(cache, exist_ok=True)
-                            made = True
-                        os.link(os.path.join(there, "__pycache__", pyc), os.path.join(cache, pyc))
-                        continue
-                    except OSError:
-                        pass  # compiled below
-                todo.append(entry.path)
+                if (
+                    theirs.get(entry.name) == entry.inode()
+                    and pyc in compiled
+                    and _link_pyc(str(site), str(other_site), rel, entry.name, tag, made)
+                ):
+                    continue
+                todo.append(entry.path)  # compiled below
     return todo
 
 
