@@ -171,17 +171,17 @@ def peel(new: str, kind: str | None = None) -> tuple[str, str | None]:
     return new, tag
 
 
-CHECKED = ["shipyard.toml", "Procfile", *DETECTED]  # the files check_commit reads
+PARSERS = {"shipyard.toml": parse_app_config, "Procfile": parse_procfile}
+CHECKED = [*PARSERS, *DETECTED]  # the files check_commit reads
 
 
 def check_commit(app: App, commit: str, blobs: dict[str, bytes]) -> None:
     """Refuse a commit whose deploy would fail anyway, or take the app down by mistake.
 
     ``blobs``: the commit's files named in CHECKED that it has."""
-    parsers = {"shipyard.toml": parse_app_config, "Procfile": parse_procfile}
     parsed = {
         name: parse(as_text(name, blobs[name]), name)
-        for name, parse in parsers.items()
+        for name, parse in PARSERS.items()
         if name in blobs
     }
     config = parsed.get("shipyard.toml")
@@ -353,13 +353,21 @@ def pushed_tags(commands: list[list[str]], skip: str) -> dict[str, str]:
     return names
 
 
+def deploy_refs(host: HostConfig) -> tuple[str, str]:
+    """The refs a push deploys through: the deploy branch, and a tag of the same name."""
+    return f"refs/heads/{host.branch}", f"refs/tags/{host.branch}"
+
+
+def deploys(host: HostConfig, commands: list[list[str]]) -> bool:
+    return any(ref in deploy_refs(host) for _old, _new, ref in commands)
+
+
 def receive(
     app: App, host: HostConfig, commands: list[list[str]]
 ) -> tuple[list[Reply], Pending | None]:
     """Check and apply each ref of the push; other tags and refs go on to git itself."""
-    deploy_ref, tag_ref = f"refs/heads/{host.branch}", f"refs/tags/{host.branch}"
-    refs = {ref for _old, _new, ref in commands}
-    tags = pushed_tags(commands, tag_ref) if refs & {deploy_ref, tag_ref} else {}
+    deploy_ref, tag_ref = deploy_refs(host)
+    tags = pushed_tags(commands, tag_ref) if deploys(host, commands) else {}
     replies, pending = [], None
     for old, new, ref in commands:
         try:
@@ -368,7 +376,7 @@ def receive(
                 replies.append(pending.reply)
             elif ref == tag_ref:
                 reply, moved = tag_named_like_the_branch(
-                    app, old, new, ref, deploy_ref, deploy_ref in refs, tags
+                    app, old, new, ref, deploy_ref, any(r == deploy_ref for *_, r in commands), tags
                 )
                 pending = moved or pending
                 replies.append(reply)
@@ -480,8 +488,7 @@ def serve() -> None:
         answer(proto, [Reply(ref, str(exc)) for _old, _new, ref in commands])
         return
     # the deploy's worker, forked now: its imports run while the push is checked
-    deploys = {f"refs/heads/{host.branch}", f"refs/tags/{host.branch}"}
-    spare = worker.prefork() if any(ref in deploys for *_, ref in commands) else None
+    spare = worker.prefork() if deploys(host, commands) else None
     replies, pending = receive(app, host, commands)
     if pending is not None:
         run_deploy(app, host, pending, raw_options, spare)
