@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from shipyard import history
+from shipyard import history, teardown
 from shipyard.app import App
 from shipyard.config import load_host_config
 from shipyard.context import Deploy
@@ -121,10 +121,7 @@ def prefork() -> Spare | None:
     code = 0
     try:
         ours.close()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # off git's pipes at once: git reads the hook's stderr to its end
-            os.dup2(devnull, fd)
-        os.close(devnull)
+        teardown.stdio_to_devnull()  # off git's pipes now: git reads the hook's stderr to its end
         import shipyard.operate  # noqa: F401 - the point: loaded while the hook checks
         import shipyard.worker  # noqa: F401
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import IO, TextIO
 
-from . import engine, history, migrate, release, worker
+from . import engine, history, migrate, release, teardown, worker
 from .app import RELEASE_ID, App
 from .config import load_host_config
 from .context import Deploy
@@ -369,16 +369,11 @@ def answered(d: Deploy) -> None:
     d.out.quiet()  # the phases' heartbeat thread: a fork has no other thread
     if entry is None or threading.active_count() > 1:
         return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    teardown.flush_output()
     if os.fork():
         os._exit(0 if entry.get("outcome") == "live" else 1)  # nothing else of ours to run
     os.setsid()  # the terminal's hang-up, Ctrl-C or a closed ssh session spare it
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+    teardown.stdio_to_devnull()
     if d.journal is not None:  # the lock's holder is this process now (a recovery reads it)
         d.journal.update(pid=os.getpid(), session=True)
 

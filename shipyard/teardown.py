@@ -16,7 +16,6 @@ def exit_now(code: int) -> int:
     a normal exit, then ``os._exit``. With a thread still running (a normal exit waits for
     it), or without ``atexit._run_exitfuncs``, it returns ``code`` instead."""
     import atexit
-    import contextlib
     import threading
 
     main = threading.main_thread()
@@ -25,7 +24,22 @@ def exit_now(code: int) -> int:
     if busy or run_exit_handlers is None:
         return code
     run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # the reader went away: nothing to tell
-            stream.flush()
+    flush_output()
     os._exit(code)
+
+
+def flush_output() -> None:
+    """Flush stdout and stderr; a reader that went away has nothing more to be told."""
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def stdio_to_devnull() -> None:
+    """Point fds 0–2 at /dev/null: a detached child off its parent's pipes and terminal."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
