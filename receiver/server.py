@@ -66,7 +66,7 @@ from shipyard.config import HostConfig, load_host_config, parse_address, read_se
 from shipyard.context import Deploy
 from shipyard.engine import attempt, revert
 from shipyard.errors import RootRefused, ShipyardError
-from shipyard.guard import check_not_root
+from shipyard.guard import check_not_root, config_stamp
 from shipyard.options import parse_options
 from shipyard.release_phases import discard, load_release, load_undo, prune
 from shipyard.report import Reporter
@@ -89,15 +89,9 @@ KINDS = ("push", "deploy", "rollback")
 ABORTED_FOR = 60.0  # s: a prepare that arrives after its abort is refused this long
 
 
-def stat_key(path: Path | None) -> tuple | None:
-    """What changes when a file is written, replaced, chmod'ed or chown'ed."""
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+def stat_key(path: Path | None) -> str | None:
+    """What changes when a file is written, replaced, chmod'ed or chown'ed (its ctime)."""
+    return None if path is None else config_stamp(path)
 
 
 def log(message: str) -> None:
@@ -154,18 +148,15 @@ class Stream:
         self.handler, self.secret, self.nonce = handler, secret, nonce
         self.sent = b""
         self.gone = False
-        self.done = False  # the result is out: no keep-alive after it
         self.lock = threading.Lock()
         self.started = time.monotonic()
-        self.stop = threading.Event()
-        self.beat: threading.Thread | None = None  # its keep-alives, once it runs long
+        self.stop = threading.Event()  # set before the result is signed: no keep-alive after it
         BEATS.add(self)
 
     def keep_alive(self) -> None:
         """Send ``H`` every ``KEEPALIVE`` s from a thread of its own (a write may block on a
         primary that reads slowly: no other answer waits for it) until the result."""
-        self.beat = threading.Thread(target=self._keepalive, daemon=True)
-        self.beat.start()
+        threading.Thread(target=self._keepalive, daemon=True).start()
 
     def _keepalive(self) -> None:
         self._raw(b"H\n", beat=True)
@@ -174,7 +165,7 @@ class Stream:
 
     def _raw(self, data: bytes, beat: bool = False) -> None:
         with self.lock:
-            if beat and self.done:
+            if beat and self.stop.is_set():
                 return
             self.sent += data
             if self.gone:
@@ -202,7 +193,6 @@ class Stream:
         self.stop.set()
         body = json.dumps(value, sort_keys=True).encode()
         with self.lock:
-            self.done = True
             mac = auth.result_mac(self.secret, self.nonce, self.sent, body)
         self._raw(b"R " + mac.encode() + b" " + body + b"\n")
 
