@@ -22,7 +22,7 @@ from .supervisord import Supervisor, handover_lock, tail
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 CRASHED = (ProcessStates.BACKOFF, ProcessStates.EXITED, ProcessStates.FATAL)
 START_TIMEOUT = 30.0  # a non-web process must reach RUNNING (startsecs=1) within this
-STARTSECS = 1.0  # … and have run as itself this long (programs.conf's startsecs)
+STARTSECS = float(prov.STARTSECS)  # … and have run as itself this long (programs.conf's)
 # the launcher as programs.conf names it (its file), as it did before (-m …), and the shim's
 LAUNCHERS = (b"shipyard/launch.py", prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 ACCEPT_WAIT = 1.0  # seconds an old gunicorn master may take to close the shared socket on TERM

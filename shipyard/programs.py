@@ -53,6 +53,7 @@ LISTENER = "shipyard.listen"  # … and the port's socket holder (shipyard/liste
 MAX_SOCKET_PATH = 107
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 3
+STARTSECS = 1  # supervisord's: up this long before RUNNING (converge counts it from the exec)
 
 
 @dataclass(frozen=True)
@@ -494,7 +495,7 @@ def render_program(
         "priority = 200",
         "autostart = true",
         "autorestart = true",
-        "startsecs = 1",
+        f"startsecs = {STARTSECS}",
         "startretries = 3",
         f"stopsignal = {program.stop_signal}",
         f"stopwaitsecs = {max(1, round(program.stop_grace))}",
@@ -521,7 +522,7 @@ def render_listener(app: App, listener: Listener, user: str | None = None) -> st
         "priority = 100",  # before the web instances that ask it for the socket
         "autostart = true",
         "autorestart = true",
-        "startsecs = 1",
+        f"startsecs = {STARTSECS}",
         "stopsignal = TERM",
         f"stopwaitsecs = {max(1, round(listener.stop_grace))}",
         "redirect_stderr = true",

@@ -814,11 +814,6 @@ def shared_env(app: App) -> dict[str, str]:
     return envfile.read(app.shared / ".env")
 
 
-def layout_env(app: App, release: Path) -> dict[str, str]:
-    """Where things are, for the app's commands and processes: e.g. SQLite in SHIPYARD_SHARED."""
-    return environment.layout(app.name, str(release), str(app.shared))
-
-
 def command_env(app: App, release: Path, env: dict[str, str]) -> dict[str, str]:
     """Environment for commands run in a release: its venv first on PATH, the app's .env loaded.
 
