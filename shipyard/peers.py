@@ -170,7 +170,8 @@ def begin(d: Deploy, ready: bool = True) -> None:
         return
     if ready:
         cluster.ready.set()
-    if d.kind != "rollback":  # the objects go with the prepare, against this host's live commit
+    # the objects go with the prepare, against this host's live commit
+    if cluster.peers and d.kind != "rollback":
         live = d.app.live_release()
         m = release.Manifest.load(d.app.release_dir(live)) if live else None
         cluster.base = m.sha if m and objects.is_sha(m.sha) else None

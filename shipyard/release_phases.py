@@ -100,29 +100,24 @@ def build_venv(d: Deploy) -> str:
 def build_steps(d: Deploy) -> str:
     """The build steps; the data probe ran beside them (``data.link``): when its answer links
     paths the steps did not see, they run again, as they would have after those links."""
-    if not d.reused and not d.peer and d.config.build and new_venv(d):
-        migration_cache.digest_beside(d)  # for migrate's fast path, while the steps run
-    detail = _build_steps(d)
+    live, before = None, None
+    if not d.reused and d.config.build:  # the live release's manifest, read once for both
+        live = d.app.live_release()
+        before = release.Manifest.load(d.app.release_dir(live)) if live else None
+        if not d.peer and (before is None or before.venv != d.venv_key):  # another venv
+            migration_cache.digest_beside(d)  # for migrate's fast path, while the steps run
+    detail = _build_steps(d, live, before)
     again = data.settle(d)
     if again:
-        detail = f"{_build_steps(d)} (again: {again})"
+        detail = f"{_build_steps(d, live, before)} (again: {again})"
     return detail
 
 
-def new_venv(d: Deploy) -> bool:
-    """Is the release's venv another than the live release's?"""
-    live = d.app.live_release()
-    before = release.Manifest.load(d.app.release_dir(live)) if live else None
-    return before is None or before.venv != d.venv_key
-
-
-def _build_steps(d: Deploy) -> str:
+def _build_steps(d: Deploy, live: str | None, before: release.Manifest | None) -> str:
     if d.reused:
         return Skip("reused release")
     if not d.config.build:
         return Skip("no build steps")
-    live = d.app.live_release()
-    before = release.Manifest.load(d.app.release_dir(live)) if live else None
     ran, reused = 0, 0
     d.manifest.builds = {}
     for step in d.config.build:
