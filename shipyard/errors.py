@@ -71,3 +71,12 @@ class CronError(ShipyardError):
 
 class HostFailed(ShipyardError):
     """One host of several could not take a change (config, scale, restart): named in it."""
+
+
+class Fault(Exception):
+    """supervisord answered a call with an XML-RPC fault (codes: ``supervisor.xmlrpc.Faults``);
+    not a ShipyardError: the caller decides what a fault means (a group not there, or worse)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code}: {text}")
+        self.faultCode, self.faultString = code, text

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .app import App
-from .errors import AppError, ShipyardError
+from .errors import AppError, Fault, ShipyardError
 from .supervisord import Supervisor, host_of
 
 # --- `shipyard processes` -------------------------------------------------------
@@ -85,11 +85,9 @@ def release_of(app: App, cwd: str) -> str:
 
 def serving(app: App) -> list[str] | None:
     """The releases the app's processes run in (their /proc/<pid>/cwd); None if unknown."""
-    import xmlrpc.client  # as supervisord.py does: only once there is a supervisord to ask
-
     try:
         rows = status(app)
-    except (ShipyardError, OSError, xmlrpc.client.Error):
+    except (ShipyardError, OSError, Fault):
         return None
     return sorted({r["release"] for r in rows if r["release"] is not None and r["pid"]})
 

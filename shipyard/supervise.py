@@ -1,7 +1,7 @@
 """The app's processes under supervisord: restart onto the new release, verify, switch back.
 
 Everything goes through supervisord's XML-RPC interface on its unix socket
-(``supervisor.xmlrpc.SupervisorTransport``), never through ``supervisorctl``.
+(``supervisord.rpc``), never through ``supervisorctl``.
 
 restart
     The web process is handed over blue/green: the new release starts as the

@@ -1,18 +1,18 @@
-"""One app's supervisord, through its XML-RPC interface on the unix socket
-(``supervisor.xmlrpc.SupervisorTransport``), never through ``supervisorctl``: the
-programs, the state file, the calls; starting and stopping it; its logs' tails.
+"""One app's supervisord, through its XML-RPC interface on the unix socket (a call a
+connection, ``rpc``), never through ``supervisorctl``: the programs, the state file, the
+calls; starting and stopping it; its logs' tails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 from supervisor.states import STOPPED_STATES, ProcessStates
@@ -21,8 +21,7 @@ from . import lock
 from . import programs as prov
 from .app import App
 from .config import HostConfig, load_host_config
-from .errors import AppError, PhaseError
-from .health import unix_http_connection
+from .errors import AppError, Fault, PhaseError
 from .orphans import alive, read_pid, stop_orphans
 from .programs import Listener, Program
 from .stamp import unstamp
@@ -36,28 +35,100 @@ LOG_TAIL = 20
 # --- talking to supervisord ---------------------------------------------------
 
 
-@cache
-def _transport_class() -> type:
-    """xmlrpc.client's transport over supervisord's unix socket, with a timeout so a wedged
-    supervisord cannot hang a deploy.
+def _marshal(value: object) -> str:
+    """One argument of a call (supervisord's take strings, booleans and integers)."""
+    if isinstance(value, bool):
+        return f"<boolean>{int(value)}</boolean>"
+    if isinstance(value, int):
+        return f"<int>{value}</int>"
+    if isinstance(value, str):
+        text = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return f"<string>{text}</string>"
+    raise TypeError(f"no XML-RPC form for {type(value).__name__} here")
 
-    Made on first use (an app without processes never needs it), and from the standard
-    library's client: supervisor's own transport (``supervisor.xmlrpc``) brings ~20 ms more
-    of imports (importlib.metadata, html.parser, configparser, medusa) to every handover's
-    first call, for the same request over the same socket.
+
+def request(method: str, args: tuple) -> bytes:
+    """The HTTP/1.0 POST of ``supervisor.<method>(*args)``: supervisord closes after the
+    answer, so the answer is everything read until the end."""
+    params = "".join(f"<param><value>{_marshal(a)}</value></param>" for a in args)
+    body = (
+        f"<?xml version='1.0'?><methodCall><methodName>supervisor.{method}</methodName>"
+        f"<params>{params}</params></methodCall>"
+    ).encode()
+    head = f"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+SCALARS = {
+    "int": int, "i4": int, "i8": int, "boolean": lambda t: t.strip() == "1",
+    "string": str, "name": str, "double": float, "nil": lambda _t: None,
+}  # fmt: skip
+
+
+def answer(raw: bytes) -> object:
+    """The value of supervisord's HTTP answer to ``request``; a fault raises ``Fault``,
+    anything else unexpected ``ValueError`` (``call`` says supervisord is not reachable)."""
+    from xml.parsers import expat
+
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"HTTP answer {b' '.join(status[1:]).decode(errors='replace') or '?'}")
+    values: list = []
+    marks: list[int] = []  # where each open <value>, <array> or <struct> began in ``values``
+    text: list[str] = []
+    fault = False
+
+    def start(tag: str, _attrs: dict) -> None:
+        text.clear()
+        if tag in ("value", "array", "struct"):
+            marks.append(len(values))
+
+    def end(tag: str) -> None:
+        nonlocal fault
+        if tag in SCALARS:
+            values.append(SCALARS[tag]("".join(text)))
+        elif tag == "value":
+            if marks.pop() == len(values):  # a bare <value>text</value> is a string
+                values.append("".join(text))
+        elif tag in ("array", "struct"):
+            at = marks.pop()
+            items, values[at:] = values[at:], []
+            pairs = zip(items[::2], items[1::2], strict=True)  # a struct: name, value, …
+            values.append(items if tag == "array" else dict(pairs))
+        elif tag == "fault":
+            fault = True
+        text.clear()
+
+    parser = expat.ParserCreate("UTF-8")
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = text.append
+    try:
+        parser.Parse(body, True)
+    except expat.ExpatError as exc:
+        raise ValueError(f"an answer that is not XML-RPC ({exc})") from None
+    if len(values) != 1:
+        raise ValueError("an answer that is not XML-RPC (no single value)")
+    if fault:
+        raise Fault(values[0].get("faultCode", 0), values[0].get("faultString", ""))
+    return values[0]
+
+
+def rpc(path: Path, method: str, args: tuple, timeout: float) -> object:
+    """One XML-RPC call over supervisord's unix socket, a connection each.
+
+    Written here rather than taken from ``xmlrpc.client``: its imports (http.client, email,
+    ssl, decimal: ~15 ms) came before every handover's first call, i.e. before the new web
+    could start; this needs ``socket`` and expat. Raises ``Fault``, ``OSError``, ``ValueError``.
     """
-    import xmlrpc.client
-
-    class _Transport(xmlrpc.client.Transport):
-        def __init__(self, path: Path, timeout: float) -> None:
-            super().__init__()
-            self.path, self.timeout = path, timeout
-
-        def make_connection(self, host: str) -> object:  # one per call: ``call`` closes it
-            self._connection = host, unix_http_connection()(self.path, self.timeout)
-            return self._connection[1]
-
-    return _Transport
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(request(method, args))
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return answer(b"".join(chunks))
 
 
 def _faults() -> type:
@@ -77,25 +148,14 @@ class Supervisor:
         self.listeners: list[Listener] = []
         self.stopping: list[Program] = []  # sent TERM, not yet waited for (``reap``)
         self.timeout = timeout
-        self.transport = self.proxy = None  # made by the first call: many deploys make none
 
     # RPC
 
     def call(self, method: str, *args: object) -> object:
-        import http.client
-        import xmlrpc.client
-
-        if self.proxy is None:
-            self.transport = _transport_class()(self.settings.socket, self.timeout)
-            self.proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self.transport)
         try:
-            return getattr(self.proxy.supervisor, method)(*args)
-        except xmlrpc.client.Fault:
-            raise
-        except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as exc:
+            return rpc(self.settings.socket, method, args, self.timeout)
+        except (OSError, ValueError) as exc:
             raise self.unreachable(exc) from None
-        finally:
-            self.transport.close()
 
     def unreachable(self, exc: BaseException) -> PhaseError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -205,11 +265,9 @@ class Supervisor:
         prov.write_programs(self.app, self.settings, programs, self.listeners)
         if not reread:
             return
-        import xmlrpc.client
-
         try:
             self.call("reloadConfig")
-        except xmlrpc.client.Fault as fault:
+        except Fault as fault:
             raise PhaseError(
                 f"supervisord could not read its config: {fault.faultString}",
                 f"check {self.settings.include}",
@@ -227,11 +285,9 @@ class Supervisor:
                 path = program.socket(self.app, i)
                 if path is not None:
                     path.unlink(missing_ok=True)
-        import xmlrpc.client
-
         try:
             self.call("addProcessGroup", group)
-        except xmlrpc.client.Fault as fault:
+        except Fault as fault:
             faults = _faults()
             if fault.faultCode == faults.BAD_NAME:
                 raise PhaseError(
@@ -273,11 +329,9 @@ class Supervisor:
 
     def group_call(self, method: str, group: str, *args: object, verb: str) -> bool:
         """Call ``method`` on a process group; False when supervisord does not know the group."""
-        import xmlrpc.client
-
         try:
             self.call(method, group, *args)
-        except xmlrpc.client.Fault as fault:
+        except Fault as fault:
             if fault.faultCode == _faults().BAD_NAME:
                 return False
             raise PhaseError(f"could not {verb} {group}: {fault.faultString}") from None

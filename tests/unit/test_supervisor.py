@@ -7,15 +7,16 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from shipyard import launch, listen, process_views
+from shipyard import launch, listen, process_views, supervisord
 from shipyard import programs as prov
 from shipyard.app import App
 from shipyard.config import HostConfig, parse_app_config, parse_host_config
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, Fault
 from shipyard.health import Answer, Health, final_answer, health_for, health_hint
 from shipyard.ports import holds, listening_sockets, port_owner
 from shipyard.supervise import check_process
@@ -344,3 +345,83 @@ def test_who_holds_a_listening_socket():
     listener.close()
     assert listening_sockets(port) == set() and not holds(os.getpid(), sockets)
     assert not holds(2**22 + 1, sockets)  # no such process
+
+
+# --- the XML-RPC client ---------------------------------------------------------------
+
+
+def http_answer(body: str, status: str = "200 OK") -> bytes:
+    return f"HTTP/1.0 {status}\r\nContent-Type: text/xml\r\n\r\n{body}".encode()
+
+
+def test_rpc_answers_read_as_xmlrpc_client_reads_them():
+    import xmlrpc.client
+
+    infos = [
+        {"name": "web.1", "group": "mysite-web-blue", "pid": 4242, "state": 20,
+         "statename": "RUNNING", "description": "pid 4242, uptime 0:00:03", "exitstatus": 0,
+         "spawnerr": "", "stdout_logfile": "/srv/a & b/<web>.log", "now": 1764547200,
+         "ratio": 0.5, "flag": True, "none": False},
+        {"name": "wörker.1", "group": "g", "pid": 0, "state": -1, "statename": "",
+         "description": "", "nested": [[1, "two"], {"k": []}]},
+    ]  # fmt: skip
+    for value in (infos, True, 7, "", "<&>", [], {}):
+        body = xmlrpc.client.dumps((value,), methodresponse=True)
+        assert supervisord.answer(http_answer(body)) == value
+    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(10, "BAD_NAME: mysite-web"))
+    with pytest.raises(Fault) as caught:
+        supervisord.answer(http_answer(fault))
+    assert (caught.value.faultCode, caught.value.faultString) == (10, "BAD_NAME: mysite-web")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        http_answer("", "500 Internal Server Error"),
+        b"",
+        http_answer("<methodResponse><params>"),
+        http_answer("not xml at all"),
+        http_answer("<methodResponse><params></params></methodResponse>"),
+    ],
+)
+def test_rpc_answers_that_are_not_xmlrpc_say_so(raw):
+    with pytest.raises(ValueError):
+        supervisord.answer(raw)
+
+
+def test_rpc_requests_read_as_xmlrpc_client_reads_them():
+    import xmlrpc.client
+
+    raw = supervisord.request("stopProcessGroup", ("a&b <c>", False, 3))
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /RPC2 HTTP/1.0\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert xmlrpc.client.loads(body) == (("a&b <c>", False, 3), "supervisor.stopProcessGroup")
+    with pytest.raises(TypeError):
+        supervisord.request("addProcessGroup", (1.5,))
+
+
+def test_rpc_against_a_real_supervisord(tmp_path):
+    sock = tmp_path / "s.sock"
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        f"[unix_http_server]\nfile={sock}\n[supervisord]\nlogfile={tmp_path / 'log'}\n"
+        f"pidfile={tmp_path / 'pid'}\nnodaemon=true\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
+        f"[program:sleeper]\ncommand=sleep 60\nstartsecs=0\n"
+    )
+    daemon = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)])
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert supervisord.rpc(sock, "getState", (), 5) == {"statecode": 1, "statename": "RUNNING"}
+        (info,) = supervisord.rpc(sock, "getAllProcessInfo", (), 5)
+        assert (info["name"], info["group"]) == ("sleeper", "sleeper")
+        with pytest.raises(Fault) as caught:
+            supervisord.rpc(sock, "stopProcessGroup", ("no-such-group", False), 5)
+        assert caught.value.faultCode == 10  # supervisor.xmlrpc.Faults.BAD_NAME
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
