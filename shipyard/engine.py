@@ -107,6 +107,14 @@ def tidy(d: Deploy) -> None:
     release.make_spare(d.app)
 
 
+def collect_garbage(d: Deploy) -> None:
+    """The last thing after the outcome: ``git gc --auto`` on the repo (receive-pack's own
+    came before the pusher's answer); nothing waits for it, however long it packs."""
+    problem = repo.collect_garbage(d.app)
+    if problem:
+        d.out.line(f"  note: git gc --auto in {d.app.repo} failed: {problem}")
+
+
 def report(d: Deploy, phase: Phase, detail: str | Skip) -> None:
     """A phase's ✓ line (or its - line when it had nothing to do)."""
     if isinstance(detail, Skip):

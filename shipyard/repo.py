@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .app import App
 from .config import HostConfig, load_host_config
 from .errors import AppError
 
+GC_TIMEOUT = 3600.0  # seconds for ``git gc --auto`` after a deploy (nothing waits for it)
 HOOKS = {
     "proc-receive": "shipyard.hooks.proc_receive",
     "post-receive": "shipyard.hooks.post_receive",
@@ -160,6 +162,9 @@ def configure(app: App, host: HostConfig) -> list[str]:
         ("receive", "denyDeletes"): "false",
         ("receive", "denyNonFastForwards"): "false",
         ("core", "logAllRefUpdates"): "true",
+        # receive-pack's `gc --auto` comes before the pusher's answer: ``collect_garbage``
+        # runs it after the answer instead
+        ("receive", "autogc"): "false",
     }
     repo = git.Repo(app.repo)
     changed = []
@@ -173,6 +178,21 @@ def configure(app: App, host: HostConfig) -> list[str]:
                 changed.append(f"set {section}.{option} = {value}")
     changed += guard_branch_name(app, host)
     return changed
+
+
+def collect_garbage(app: App) -> str:
+    """``git gc --auto`` on the bare repo, once a deploy's answer is out (receive.autogc is
+    off: receive-pack would run it before): packs the loose objects pushes leave when there
+    are enough of them, else returns at once. What it said, if it failed; '' otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        ran = subprocess.run(
+            ["git", "--git-dir", str(app.repo), "gc", "--auto", "--quiet"],
+            capture_output=True, env=env, timeout=GC_TIMEOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return "" if ran.returncode == 0 else ran.stderr.decode(errors="replace").strip()
 
 
 OID_LENGTHS = (40, 64)  # SHA-1 and SHA-256 object ids, in hex

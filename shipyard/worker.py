@@ -100,4 +100,5 @@ def execute(d: Deploy, reported: Callable[[], None] | None = None) -> bool:
     # while we live, and the next prune sweeps them if we are killed.
     engine.tidy(d)
     supervise.settle(d)  # the old web's group, once it stopped (or the next handover does)
+    engine.collect_garbage(d)
     return ok

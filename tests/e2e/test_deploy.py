@@ -156,6 +156,46 @@ def test_the_push_returns_before_what_it_pruned_is_deleted(host: Host, work: Wor
     assert history(host)[-1]["outcome"] == "live"
 
 
+def test_the_repo_is_packed_after_the_answer_not_before_it(host: Host, work: Work):
+    """receive-pack's own `git gc --auto` ran before the pusher had an answer; the worker runs
+    it once the outcome is out. Every push kept as a pack, and two packs too many: the gc
+    after the second push's answer leaves one."""
+    repo = host.dir / "repo.git"
+    config = ["git", "--git-dir", str(repo), "config"]
+    assert run(*config, "receive.autogc").stdout.strip() == "false"
+    run(*config, "transfer.unpackLimit", "1")
+    run(*config, "gc.autoPackLimit", "1")
+    work.write("shipyard.toml", "")  # no build step: faster pushes
+    work.commit("first", **{"mysite/version.py": 'GREETING = "v0"\n'})
+    work.push()
+
+    def packs() -> int:
+        return len(list((repo / "objects" / "pack").glob("*.pack")))
+
+    deadline = time.monotonic() + 30  # bounded: the first push's worker ends
+    while packs() != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert packs() == 1
+    run_dir = host.dir / "run"
+    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    try:
+        sha = work.commit("second", **{"mysite/version.py": 'GREETING = "v1"\n'})
+        assert f"shipyard ▸ live: {sha[:7]}" in work.push().out
+        deadline = time.monotonic() + 30
+        while not (run_dir / fault_injection.PAUSED).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (run_dir / fault_injection.PAUSED).exists()
+        assert packs() == 2  # answered, not yet collected
+    finally:
+        fault_injection.disarm(run_dir)
+        (run_dir / fault_injection.PAUSED).unlink(missing_ok=True)
+    deadline = time.monotonic() + 60  # bounded: the worker packs once it is let go
+    while packs() != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert packs() == 1
+    assert run("git", "--git-dir", repo, "cat-file", "-e", sha).returncode == 0
+
+
 def test_failing_build_step_leaves_live_release_and_retry_works(host: Host, work: Work):
     work.push()
     live, good_sha = host.live(), host.branch()
