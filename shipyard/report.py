@@ -181,16 +181,23 @@ class Ticker:
         self.steps: dict[int, list] = {}  # token: [reporter, phase, started, next beat]
         self.count = 0
         self.thread: threading.Thread | None = None
+        self.wakes = 0.0  # when the thread wakes next by itself (it sleeps until then)
+        self.idle = 10.0  # how long it sleeps with no step: the newest step's heartbeat
 
     def add(self, reporter: Reporter, phase: str) -> int:
+        """A step begins; the thread is woken only if it would sleep past the step's first
+        beat (a wake-up per step was a thread switch per phase, each peer's eight too)."""
         now = time.monotonic()
+        due = now + reporter.heartbeat
         with self.cond:
             self.count += 1
-            self.steps[self.count] = [reporter, phase, now, now + reporter.heartbeat]
+            self.steps[self.count] = [reporter, phase, now, due]
+            self.idle = reporter.heartbeat
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
                 self.thread.start()
-            self.cond.notify()
+            elif due < self.wakes:
+                self.cond.notify()
             return self.count
 
     def remove(self, token: int) -> None:
@@ -200,6 +207,7 @@ class Ticker:
     def stop(self) -> None:
         with self.cond:
             thread, self.thread = self.thread, None
+            self.wakes = 0.0
             self.cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -215,8 +223,11 @@ class Ticker:
                 for step in due:
                     step[3] = now + step[0].heartbeat
                 if not due:
-                    soonest = min((step[3] for step in self.steps.values()), default=now + 60)
-                    self.cond.wait(max(0.01, soonest - now))
+                    soonest = min(
+                        (step[3] for step in self.steps.values()), default=now + self.idle
+                    )
+                    self.wakes = max(now + 0.01, soonest)
+                    self.cond.wait(self.wakes - now)
                     continue
             for reporter, phase, started, _ in due:
                 reporter.line(f"  … {phase:<14} {time.monotonic() - started:5.0f}s  still running")

@@ -160,3 +160,34 @@ def test_heartbeats_come_from_one_thread_while_a_step_runs_and_stop_with_it():
     assert len(beats) >= 2 and all("… build" in b and "still running" in b for b in beats)
     time.sleep(0.3)
     assert out.getvalue().splitlines() == beats  # none once the step ended
+
+
+def test_quick_steps_do_not_wake_the_heartbeat_thread_yet_a_shorter_beat_comes_on_time():
+    import time
+
+    from shipyard.report import TICKER
+
+    out = io.StringIO()
+    calm, eager = Reporter(out, heartbeat=10), Reporter(out, heartbeat=0.1)
+    calm.quiet()
+    with calm.ticking("checkout"):
+        time.sleep(0.05)  # the thread is started, and asleep until the beat is due
+    woken = []
+    notify = TICKER.cond.notify
+    TICKER.cond.notify = lambda n=1: (woken.append(n), notify(n))  # type: ignore[method-assign]
+    try:
+        for phase in ("link", "venv", "data", "build", "migrate", "switch", "finish"):
+            with calm.ticking(phase):
+                pass  # each step's first beat is due after the thread wakes anyway
+        assert woken == []  # a thread switch per phase, before
+        with calm.ticking("restart"):
+            started = time.monotonic()
+            with eager.ticking("verify"):  # due before the thread's wake-up: it is woken
+                while "… verify" not in out.getvalue() and time.monotonic() - started < 5:
+                    time.sleep(0.01)
+        assert woken == [1]
+        assert "… verify" in out.getvalue() and time.monotonic() - started < 1
+        assert "… restart" not in out.getvalue()
+    finally:
+        TICKER.cond.notify = notify  # type: ignore[method-assign]
+        calm.quiet()
