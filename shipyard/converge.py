@@ -27,9 +27,6 @@ STARTSECS = float(prov.STARTSECS)  # … and have run as itself this long (progr
 LAUNCHERS = (b"shipyard/launch.py", prov.LAUNCHER.encode(), b"shipyard.provision.launch")
 ACCEPT_WAIT = 1.0  # seconds an old gunicorn master may take to close the shared socket on TERM
 SAME_ANSWERS = 3  # the same unwanted final answer this many times in a row fails at once
-BOOT_POLL = 0.01  # seconds between looks for a booting instance's socket: each look is a cheap
-# connect, and the time from its bind to the next look is time the new code is not served yet
-STATE_EVERY = 0.1  # seconds between asking supervisord whether an instance crashed meanwhile
 
 
 # --- the handover ---------------------------------------------------------------
@@ -72,18 +69,15 @@ def wait_healthy(
     deadline = started + health.timeout
     wrong, last = 0, "no answer yet"
     final, same = None, 0  # the last answer and how many times in a row it came
-    asked = started - STATE_EVERY
     while pending:
-        if time.monotonic() - asked >= STATE_EVERY:
-            asked = time.monotonic()
-            infos = sv.infos()
-            for ns in program.namespecs(app):
-                info = infos.get(ns)
-                if info is None:
-                    raise ProcessFailed(f"{ns} is not in supervisord any more")
-                if info["state"] in CRASHED:
-                    raise _crashed(sv, program, info, offsets)
-        pause = BOOT_POLL
+        infos = sv.infos()
+        for ns in program.namespecs(app):
+            info = infos.get(ns)
+            if info is None:
+                raise ProcessFailed(f"{ns} is not in supervisord any more")
+            if info["state"] in CRASHED:
+                raise _crashed(sv, program, info, offsets)
+        pause = 0.1
         for index in sorted(pending):
             address = probe_address(sv, program, index, tcp)
             if address is None:
