@@ -47,16 +47,22 @@ def orphans(app: App) -> list[int]:
 
 
 def stop_orphans(app: App, grace: float = 5.0) -> int:
-    """TERM (gunicorn drains), then KILL, what a dead supervisord left; how many there were."""
-    found = orphans(app)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """TERM (gunicorn drains), then KILL, what a dead supervisord left; how many there were.
+
+    Looked for again before every signal: a gunicorn master that has not acted on its TERM
+    yet forks new workers, in the same session, for those the TERM ended, and a list made
+    once would leave those running after the master's KILL."""
+    seen: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
+        found = orphans(app)
+        seen.update(found)
         for pid in found:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(alive(p) for p in found):
             time.sleep(0.05)
-    return len(found)
+    return len(seen)
 
 
 def read_pid(path: Path) -> int | None:
