@@ -72,6 +72,16 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
+def is_supervisord(pid: int) -> bool:
+    """Is ``pid`` a supervisord, or a process on its way out (its memory, and with it its
+    command line, goes before its open files), rather than a pid file's number reused?"""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return (not command or b"supervisord" in command) and alive(pid)
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -22,13 +22,14 @@ from . import programs as prov
 from .app import App
 from .config import HostConfig, load_host_config
 from .errors import AppError, Fault, PhaseError
-from .orphans import alive, read_pid, stop_orphans
+from .orphans import alive, is_supervisord, read_pid, stop_orphans
 from .programs import Listener, Program
 from .stamp import unstamp
 
 STARTING, RUNNING = ProcessStates.STARTING, ProcessStates.RUNNING
 DOWN = STOPPED_STATES  # STOPPED, EXITED, FATAL, UNKNOWN
 RPC_TIMEOUT = 30.0
+SETTLE_WAIT = 5.0  # seconds a supervisord that does not answer may take to answer or go
 LOG_TAIL = 20
 
 
@@ -185,11 +186,26 @@ class Supervisor:
             return "running"
         if not self.settings.embedded:
             self.call("getState")  # raises the unreachable error with its reason
+        if self.answers_once_settled():
+            return "running"
         orphans = stop_orphans(self.app)
         self.start_embedded()
         if orphans:
             return f"started (the previous one had died; stopped {orphans} process(es) it left)"
         return "started"
+
+    def answers_once_settled(self, wait: float = SETTLE_WAIT) -> bool:
+        """The embedded supervisord did not answer, yet its process is still there: one being
+        killed (its socket already closed, the process not yet gone) or still starting. Wait,
+        bounded, until it answers or is gone: until then its session is not yet told apart as
+        orphans, and a new supervisord would start beside what it left running."""
+        pid = read_pid(prov.pid_file(self.app))
+        deadline = time.monotonic() + wait
+        while pid and is_supervisord(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self.reachable():
+                return True
+        return False
 
     def start_embedded(self) -> None:
         app = self.app

@@ -57,3 +57,28 @@ def test_what_a_master_forks_while_it_is_stopped_is_stopped_too(tmp_path: Path):
     finally:
         for pid in orphans(app):
             os.kill(pid, 9)
+
+
+def test_a_supervisord_that_does_not_answer_is_waited_for_until_it_is_gone(tmp_path: Path):
+    from shipyard.config import HostConfig
+    from shipyard.supervisord import Supervisor
+
+    app = App(tmp_path, "mysite")
+    app.run.mkdir(parents=True)
+    sv = Supervisor(app, HostConfig())
+    stranger = subprocess.Popen(["sleep", "30"])  # a pid file's number, reused: no wait
+    try:
+        prov.pid_file(app).write_text(f"{stranger.pid}\n")
+        started = time.monotonic()
+        assert not sv.answers_once_settled(wait=5)
+        assert time.monotonic() - started < 1
+    finally:
+        stranger.kill()
+        stranger.wait()
+    # one on its way out (here: named supervisord, gone after 0.3 s): waited for, then not
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)", "supervisord"])
+    prov.pid_file(app).write_text(f"{dying.pid}\n")
+    started = time.monotonic()
+    assert not sv.answers_once_settled(wait=5)  # its exit (a zombie here) ends the wait
+    assert 0.2 < time.monotonic() - started < 4
+    dying.wait()
