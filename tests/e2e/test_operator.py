@@ -449,6 +449,8 @@ def test_a_killed_deploy_shows_as_interrupted_and_can_be_retried(host: Host, wor
     wait_for(lambda: holder(host).get("deploy") == 2, what="deploy #2 to take the lock")
     running = json.loads(sy(host, "status", "mysite", "--json").stdout)
     assert running["deploying"]["deploy"] == 2 and running["last"]["outcome"] == "running"
+    log = host.dir / "deploys" / "2.log"
+    wait_for(lambda: "✓ checkout" in log.read_text(), what="deploy #2 in its slow build")
     os.kill(holder(host)["pid"], signal.SIGKILL)
     out = push.communicate(timeout=60)[0]
     assert "deploy #2 stopped without an outcome" in out
