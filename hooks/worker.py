@@ -30,6 +30,7 @@ from shipyard.context import Deploy
 from shipyard.errors import ShipyardError
 from shipyard.options import parse_options, wants_color
 from shipyard.release import tag_for
+from shipyard.repo import git_env
 from shipyard.report import Reporter
 
 ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
@@ -250,7 +251,7 @@ def run_deploy(
 
 def spawn(app: App, number: int, command: list[str]) -> subprocess.Popen:
     """``shipyard COMMAND`` detached (its own session), appending to deploy ``number``'s log."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = git_env()
     args = [sys.executable, "-m", "shipyard", "--root", str(app.root), *command]
     with history.open_log(app, number) as log:
         return subprocess.Popen(

@@ -24,7 +24,7 @@ from .app import RELEASE_ID, App
 from .errors import PhaseError
 from .guard import check_not_root
 from .lock import owner_alive
-from .repo import has_tags
+from .repo import git_env, has_tags
 
 MANIFEST = Path(".shipyard") / "release.json"
 GOOD_STATES = ("good",)
@@ -38,10 +38,6 @@ def new_release_id(sha: str, now: float | None = None) -> str:
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
     """Run git against the bare repo; a clean environment so hook variables never leak in."""
     return git_bytes(repo, *args, input=input).decode().strip()
-
-
-def git_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
 
 def git_bytes(repo: Path, *args: str, input: bytes | None = None) -> bytes:

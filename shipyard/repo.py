@@ -180,15 +180,20 @@ def configure(app: App, host: HostConfig) -> list[str]:
     return changed
 
 
+def git_env() -> dict[str, str]:
+    """This process's environment without git's variables (a hook's GIT_DIR, GIT_QUARANTINE_PATH,
+    …): a git command run from a hook acts on the repo it names, not on the push's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+
 def collect_garbage(app: App) -> str:
     """``git gc --auto`` on the bare repo, once a deploy's answer is out (receive.autogc is
     off: receive-pack would run it before): packs the loose objects pushes leave when there
     are enough of them, else returns at once. What it said, if it failed; '' otherwise."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         ran = subprocess.run(
             ["git", "--git-dir", str(app.repo), "gc", "--auto", "--quiet"],
-            capture_output=True, env=env, timeout=GC_TIMEOUT, stdin=subprocess.DEVNULL,
+            capture_output=True, env=git_env(), timeout=GC_TIMEOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
