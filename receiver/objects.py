@@ -1,20 +1,23 @@
-"""Git objects from the primary's bare repo to a peer's, with dulwich: only what it lacks.
+"""Git objects from the primary's bare repo to a peer's: only what it lacks.
 
 The peer tells what it has (the tips of its refs); the primary packs the objects
-reachable from the wanted commit and not from those (dulwich's
-MissingObjectFinder, via ``generate_pack_data``), and the peer stores the pack
-with ``add_thin_pack``, which also resolves deltas against objects it already has.
+reachable from the wanted commit and not from those (``git pack-objects --thin``),
+and the peer stores the pack through dulwich's ``add_thin_pack``, which also
+resolves deltas against objects it already has, in the receiver's own process.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import io
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+from shipyard.errors import ShipyardError
+from shipyard.repo import git_env
 
 if TYPE_CHECKING:
     from dulwich.repo import Repo
@@ -69,18 +72,34 @@ def has(repo_path: Path, sha: str) -> bool:
 
 
 def pack_missing(repo_path: Path, want: str, haves: list[str]) -> tuple[int, bytes]:
-    """(object count, pack bytes) for ``want`` and what it needs beyond ``haves``."""
-    with _repo(repo_path) as repo:
-        store = repo.object_store
-        known = [h.encode() for h in haves if is_sha(h) and h.encode() in store]
-        count, records = store.generate_pack_data(known, [want.encode()], ofs_delta=True)
-        if not count:
-            return 0, b""
-        from dulwich.pack import write_pack_data
+    """(object count, pack bytes) for ``want`` and what it needs beyond ``haves``: a thin
+    pack by ``git pack-objects`` (its deltas may name objects the peer has, which
+    ``add_thin_pack`` resolves there). The primary's side runs git, which its push already
+    runs, rather than importing dulwich (~35 ms of CPU each deploy for one pack)."""
+    known = present(repo_path, [h for h in haves if is_sha(h)])
+    revs = "".join([f"{want}\n", *(f"^{h}\n" for h in known)]).encode()
+    pack = _git(repo_path, "pack-objects", "--revs", "--thin", "--stdout", "-q", input=revs)
+    count = int.from_bytes(pack[8:12], "big") if pack[:4] == b"PACK" else 0
+    return (count, pack) if count else (0, b"")
 
-        buf = io.BytesIO()
-        write_pack_data(buf.write, records, num_records=count, object_format=repo.object_format)
-        return count, buf.getvalue()
+
+def present(repo_path: Path, shas: list[str]) -> list[str]:
+    """Those of ``shas`` whose objects this repo has (a peer's tips may be unknown here)."""
+    if not shas:
+        return []
+    found = _git(
+        repo_path, "cat-file", "--batch-check=%(objectname)", input="\n".join(shas).encode()
+    )
+    return [line for line in found.decode().splitlines() if is_sha(line)]  # not "<sha> missing"
+
+
+def _git(repo_path: Path, *args: str, input: bytes) -> bytes:  # noqa: A002
+    ran = subprocess.run(
+        ["git", "--git-dir", str(repo_path), *args], input=input, capture_output=True, env=git_env()
+    )
+    if ran.returncode:
+        raise ShipyardError(f"git {args[0]} failed: {ran.stderr.decode(errors='replace').strip()}")
+    return ran.stdout
 
 
 def add_pack(repo_path: Path, pack: BinaryIO, want: str) -> None:

@@ -142,6 +142,9 @@ def test_only_missing_objects_travel(tmp_path: Path):
     second = git(src, "rev-parse", "HEAD")
     count, small = objects.pack_missing(src / ".git", second, list(objects.tips(dst).values()))
     assert count == 4 and len(small) < len(pack) / 3  # commit, root tree, pkg1 tree, one blob
+    unknown = "f" * 40  # a peer's tip the primary never had
+    assert objects.pack_missing(src / ".git", second, [unknown, first])[0] == 4
+    assert objects.pack_missing(src / ".git", second, [unknown])[0] == 57 + 4  # both commits, whole
     objects.add_pack(dst, io.BytesIO(small), second)
     assert objects.has(dst, second)
     assert objects.pack_missing(src / ".git", second, [second]) == (0, b"")
