@@ -58,6 +58,7 @@ from shipyard import (
     peers,
     process_views,
     release,
+    repo,
     scale,
     settings,
 )
@@ -236,7 +237,10 @@ class Tidier:
     """What a receiver prunes once it has been idle for ``IDLE`` seconds: the releases and
     venvs beyond ``keep`` after a switch (``release_phases.finish_peer``), off the switch's
     path; a burst of deploys prunes once, after the last. Under the app's deploy lock (a
-    deploy holding it: tried again at the next idle); a release prepared since is kept."""
+    deploy holding it: tried again at the next idle); a release prepared since is kept.
+    Then ``git gc --auto`` on the app's repo, as the primary runs after each deploy: every
+    deploy's objects arrive as a pack of their own, and a lookup of an object not there
+    reads every pack's index."""
 
     IDLE = 1.0
 
@@ -286,6 +290,10 @@ class Tidier:
                 if not self.prune(app, keep, protect):
                     with self.lock:
                         self.pending.setdefault(key, (app, keep, protect))
+                    continue
+                problem = repo.collect_garbage(app)  # each pack stored is one more pack
+                if problem:
+                    log(f"git gc --auto in {app.repo} failed: {problem}")
 
     def prune(self, app: App, keep: int, protect: set[str]) -> bool:
         """Prune now; False when the deploy lock is taken (or a dead holder's note waits)."""

@@ -180,3 +180,25 @@ def test_releases_in_use_by_a_process_cwd_or_only_a_mapped_file(tmp_path: Path):
             proc.kill()
             proc.wait()
     assert release.running_from(app) == set()
+
+
+def test_the_receiver_packs_its_repo_once_idle(app: App, tidier: Tidier, tmp_path: Path):
+    """Each deploy's objects arrive as a pack of their own: after a prune, git gc --auto."""
+    work = tmp_path / "work"
+    git("init", "-q", "--bare", app.repo)
+    git("--git-dir", app.repo, "config", "gc.autoPackLimit", "2")
+    git("init", "-q", "-b", "main", work)
+    before: list[str] = []
+    for n in range(3):
+        (work / "f").write_text(f"{n}\n")
+        git("add", "f", cwd=work)
+        git("commit", "-qm", str(n), cwd=work)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        _, pack = objects.pack_missing(work / ".git", sha, before)
+        objects.add_pack(app.repo, io.BytesIO(pack), sha)
+        before = [sha]
+    packs = lambda: list((app.repo / "objects" / "pack").glob("*.pack"))  # noqa: E731
+    assert len(packs()) == 3
+    tidier.later(app, 1, set())
+    assert wait_for(lambda: len(packs()) == 1)
+    assert objects.has(app.repo, before[0])  # the repo kept open finds the new pack
