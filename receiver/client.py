@@ -20,21 +20,23 @@ import errno
 import io
 import json
 import socket
+import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlencode
 
-from shipyard.errors import ShipyardError
+from shipyard import exchange
+from shipyard.errors import NoAnswer, ShipyardError
 
 from . import auth, tls
 
-if TYPE_CHECKING:  # imported where a call is made: a single host's deploy makes none
-    import http.client
+if TYPE_CHECKING:  # imported where TLS is pinned
     import ssl
 
 API = f"/{auth.VERSION}/apps"
 CONNECT_TIMEOUT = 3.0
+CONTINUE = {"Expect": "100-continue"}  # the body goes once the signed headers are accepted
 
 
 class PeerError(ShipyardError):
@@ -45,16 +47,6 @@ class PeerError(ShipyardError):
     def __init__(self, message: str, hint: str = "", sent: bool = True) -> None:
         super().__init__(message, hint)
         self.sent = sent
-
-
-class _Received:
-    """Bytes already read off the connection, for http.client to parse as an answer."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def makefile(self, mode: str) -> io.BytesIO:
-        return io.BytesIO(self.data)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -76,6 +68,8 @@ class Peer:
         self.address = address
         self.pin = pin  # peer_tls: a sha256 fingerprint or a certificate file; None: plain HTTP
         self.host, self.port = split_address(address)
+        # as bytes, an ASCII name or address skips the idna codec (and its import) per call
+        self.where: str | bytes = self.host.encode() if self.host.isascii() else self.host
         self.app = app
         self.secret = secret
         self.timeout = timeout
@@ -93,8 +87,6 @@ class Peer:
         idempotent: bool = True,
     ) -> dict:
         """One signed call; returns the verified result. Raises PeerError."""
-        import http.client
-
         body = payload if isinstance(payload, bytes) else json.dumps(payload or {}).encode()
         path = f"{API}/{self.app}/{action}" + (f"?{urlencode(query)}" if query else "")
         attempt = 0
@@ -102,36 +94,34 @@ class Peer:
         while True:
             sent = False
             try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT)
+                conn = socket.create_connection((self.where, self.port), CONNECT_TIMEOUT)
                 try:
-                    conn.connect()
                     if self.pin:
-                        conn.sock = self._tls(conn.sock)
-                    conn.sock.settimeout(self.timeout)
+                        conn = self._tls(conn)
+                    conn.settimeout(self.timeout)
                     headers = auth.sign(self.secret, method, path, body, to=self.address)
                     headers["Content-Type"] = (
                         "application/octet-stream"
                         if isinstance(payload, bytes)
                         else "application/json"
                     )
+                    headers = {"Host": self.address, "Accept-Encoding": "identity", **headers}
                     sent = True
                     if body:
-                        conn.putrequest(method, path, skip_accept_encoding=True)
-                        for name, value in {**headers, "Expect": "100-continue"}.items():
-                            conn.putheader(name, value)
-                        conn.endheaders()
+                        conn.sendall(exchange.head(method, path, {**headers, **CONTINUE}))
                         self._go_ahead(conn, headers[auth.H_NONCE], action)
-                        conn.send(body)
+                        conn.sendall(body)
                     else:
-                        conn.request(method, path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    self.down = False
-                    return self._answer(resp, headers[auth.H_NONCE], on_line, action)
+                        conn.sendall(exchange.head(method, path, headers))
+                    with conn.makefile("rb") as stream:
+                        answer = exchange.read_answer(stream)
+                        self.down = False
+                        return self._answer(stream, answer, headers[auth.H_NONCE], on_line, action)
                 finally:
                     conn.close()
             except PeerError:
                 raise
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:
                 attempt += 1
                 if attempt > retries or (sent and not idempotent):
                     self.down = True
@@ -157,37 +147,36 @@ class Peer:
             )
         return wrapped
 
-    def _go_ahead(self, conn: http.client.HTTPConnection, nonce: str, action: str) -> None:
+    def _go_ahead(self, sock: socket.socket, nonce: str, action: str) -> None:
         """Wait for the receiver's 100 Continue; anything else is its refusal, raised."""
-        import http.client
-
         got = b""
         while len(got) < len(auth.CONTINUE):
-            chunk = conn.sock.recv(len(auth.CONTINUE) - len(got))
+            chunk = sock.recv(len(auth.CONTINUE) - len(got))
             if not chunk:
                 break
             got += chunk
         if got == auth.CONTINUE:
             return
         while chunk and len(got) < 64 * 1024:  # a refusal: the receiver closes after it
-            chunk = conn.sock.recv(64 * 1024)
+            chunk = sock.recv(64 * 1024)
             got += chunk
-        refusal = http.client.HTTPResponse(_Received(got))
-        refusal.begin()
-        self._answer(refusal, nonce, None, action)
+        stream = io.BytesIO(got)
+        self._answer(stream, exchange.read_answer(stream), nonce, None, action)
         raise PeerError(f"{self.address} answered {action} before taking its body")
 
-    def _answer(self, resp: http.client.HTTPResponse, nonce: str, on_line, action: str) -> dict:
-        if resp.status != 200:
-            raw = resp.read(64 * 1024)
+    def _answer(
+        self, stream: BinaryIO, answer: exchange.Answer, nonce: str, on_line, action: str
+    ) -> dict:
+        if answer.status != 200:
+            raw = exchange.read_body(stream, answer, 64 * 1024)
             try:
                 error = json.loads(raw)["error"]
             except (ValueError, KeyError, TypeError):
-                error = raw.decode(errors="replace").strip()[:200] or resp.reason
-            raise PeerError(f"{self.address} refused the call ({resp.status}): {error}")
+                error = raw.decode(errors="replace").strip()[:200] or answer.reason
+            raise PeerError(f"{self.address} refused the call ({answer.status}): {error}")
         before = b""
         while True:
-            line = resp.readline(1024 * 1024)
+            line = stream.readline(1024 * 1024)
             if not line:
                 raise PeerError(
                     f"{self.address}: connection lost during {action} (receiver stopped?)"
@@ -205,8 +194,7 @@ class Peer:
                 on_line(line[2:].decode(errors="replace").rstrip("\n"))
 
     def describe(self, exc: BaseException, action: str, sent: bool) -> str:
-        import http.client
-        import ssl
+        ssl = sys.modules.get("ssl")  # not loaded: no TLS was spoken, so no TLS error
 
         where = f"{self.address} unreachable"
         if isinstance(exc, ConnectionRefusedError):
@@ -215,13 +203,13 @@ class Peer:
             if not sent:
                 return f"{where}: no answer to connect within {CONNECT_TIMEOUT:.0f}s (host down?)"
             return f"{self.address}: no word for {self.timeout:.0f}s during {action} (network cut?)"
-        if isinstance(exc, ssl.SSLError):
+        if ssl and isinstance(exc, ssl.SSLError):
             return f"{where}: TLS failed: {exc.reason or exc} (does it serve TLS?)"
         if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{where}: no route to host"
         if sent:
             lost = f"{self.address}: connection lost during {action} ({exc or type(exc).__name__})"
-            if isinstance(exc, http.client.RemoteDisconnected) and not self.pin:
+            if isinstance(exc, NoAnswer) and not self.pin:
                 lost += "; if it serves TLS, pin its certificate in peer_tls"  # closed unanswered
             return lost
         return f"{where}: {exc or type(exc).__name__}"

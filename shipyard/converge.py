@@ -61,8 +61,6 @@ def wait_healthy(
     sv: Supervisor, program: Program, health: Health, offsets: dict[int, int], tcp: bool
 ) -> None:
     """Probe each instance (its private socket, or the public port) until it answers ``health``."""
-    import http.client  # as health.probe does: only an app with processes probes
-
     app = sv.app
     pending = set(range(1, program.count + 1))
     started = time.monotonic()
@@ -87,7 +85,7 @@ def wait_healthy(
                 answer = probe(address, health.path, min(5.0, remaining), health.headers())
             except (ConnectionRefusedError, FileNotFoundError):
                 continue  # still booting: not listening yet
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:
                 wrong, last = wrong + 1, f"{type(exc).__name__}: {exc}"
                 pause = health.interval
                 continue

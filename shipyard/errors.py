@@ -80,3 +80,13 @@ class Fault(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"{code}: {text}")
         self.faultCode, self.faultString = code, text
+
+
+class BadAnswer(ConnectionError):
+    """What came back over HTTP was not an HTTP answer (``shipyard.exchange``); an OSError,
+    so that a caller handles it as it handles a connection that failed."""
+
+
+class NoAnswer(BadAnswer):
+    """The other side closed the connection before its status line: e.g. a TLS server
+    spoken to in plain HTTP, or a server that stopped."""

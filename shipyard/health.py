@@ -3,17 +3,12 @@ private socket or the public port, and what an answer says."""
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from . import exchange
 from .config import HEALTH_SCHEMA, HostConfig
-
-if TYPE_CHECKING:  # imported by the first probe: an app without processes sends none
-    import http.client
 
 # --- health -------------------------------------------------------------------
 
@@ -62,24 +57,6 @@ def health_for(app_health: dict, host: HostConfig) -> Health:
     return Health(**merged)
 
 
-@cache
-def unix_http_connection() -> type:
-    """http.client's connection over a unix socket (the probe's, supervisord's XML-RPC)."""
-    import http.client
-
-    class _UnixHTTPConnection(http.client.HTTPConnection):
-        def __init__(self, path: Path, timeout: float) -> None:
-            super().__init__("localhost", timeout=timeout)
-            self.unix_path = str(path)
-
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(self.unix_path)
-
-    return _UnixHTTPConnection
-
-
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -90,20 +67,10 @@ def probe(
     address: Path | int, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> Answer:
     """GET ``path`` from a unix socket or 127.0.0.1:port, as the health check sends it."""
-    import http.client
-
-    if isinstance(address, Path):
-        conn: http.client.HTTPConnection = unix_http_connection()(address, timeout)
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
-    try:
-        sent = {"Host": "localhost", "User-Agent": "shipyard-health", **(headers or {})}
-        conn.request("GET", path, headers={**sent, "Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return Answer(response.status, response.getheader("Location") or "")
-    finally:
-        conn.close()
+    where = str(address) if isinstance(address, Path) else address
+    sent = {"Host": "localhost", "User-Agent": "shipyard-health", **(headers or {})}
+    answer = exchange.get(where, path, sent, timeout)
+    return Answer(answer.status, answer.header("Location"))
 
 
 def final_answer(answer: Answer, health: Health) -> bool:
@@ -154,13 +121,11 @@ def health_hint(answer: Answer, health: Health, where: str) -> str:
 
 
 def public_status(port: int, health: Health, attempts: int = 3) -> int | str:
-    import http.client
-
     last: int | str = "no answer"
     for attempt in range(attempts):
         try:
             last = probe(port, health.path, min(5.0, health.timeout), health.headers()).status
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             last = f"{type(exc).__name__}: {exc}"
         if last in health.accepts:
             return last

@@ -37,3 +37,24 @@ def test_the_calls_run_at_once_and_in_the_background():
 def test_rolling_batches_keep_the_order():
     assert [g.hosts for g in Group(range(5)).batches(2)] == [[0, 1], [2, 3], [4]]
     assert [g.hosts for g in Group(range(3)).batches(None)] == [[0, 1, 2]]
+
+
+def test_a_large_group_runs_at_most_max_threads_calls_at_once():
+    from shipyard.group import MAX_THREADS
+
+    lock, now, most = threading.Lock(), [0], [0]
+    barrier = threading.Barrier(MAX_THREADS, timeout=10)  # the first MAX_THREADS meet
+
+    def call(h: int) -> int:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        if h < MAX_THREADS:
+            barrier.wait()
+        with lock:
+            now[0] -= 1
+        return h
+
+    hosts = list(range(MAX_THREADS + 8))
+    assert Group(hosts).run(call).values() == hosts
+    assert most[0] == MAX_THREADS

@@ -16,7 +16,7 @@ HEAVY = [
     "ssl",
     "urllib.request",
     "email.parser",
-    "concurrent.futures",  # a group of hosts
+    "concurrent.futures",  # with logging; a group of hosts runs threads of its own
     "logging",
     "secrets",
     "configparser",  # alembic.ini
@@ -163,3 +163,23 @@ def test_a_plain_dotenv_is_read_without_python_dotenv():
         "{'SECRET_KEY': 'x', 'DEBUG': '0'}"
     )  # every push reads shared/.env (proc-receive's check, the deploy's checkout)
     assert "dotenv" not in found and "logging" not in found
+
+
+def test_peer_calls_and_a_health_probe_load_no_http_or_pool_library(tmp_path):
+    found = loaded(
+        "import socket\n"
+        "from pathlib import Path\n"
+        "from shipyard import health\n"
+        "from shipyard.receiver.client import Peer, PeerError\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]\n"
+        "from shipyard.group import Group\n"
+        "peer = Peer(f'127.0.0.1:{port}', 'mysite', b'k' * 32)\n"
+        "Group([peer, peer]).run(lambda p: p.call('POST', 'switch', {}, retries=0))\n"
+        "try:\n"
+        f"    health.probe(Path({str(tmp_path / 'none.sock')!r}), '/')\n"
+        "except OSError:\n"
+        "    pass\n"
+    )  # every deploy with peers calls them; every one with processes probes its web
+    assert "shipyard.exchange" in found
+    unwanted = {"http.client", "email.parser", "ssl", "concurrent.futures", "logging"}
+    assert not (unwanted | {"encodings.idna"}) & found
