@@ -627,11 +627,13 @@ def pushed(clone: Clone) -> str:
 
 
 def by_host_count(
-    cluster, peers: list, clone: Clone, counts: tuple[int, ...]
+    cluster, peers: list, clone: Clone, counts: tuple[int, ...], cpu: dict | None = None
 ) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
     """Code-only deploys to the first ``n`` hosts for each count: seconds and switch skews.
 
-    Round-robin over the counts, so load drifting over the run hits every count alike.
+    Round-robin over the counts, so load drifting over the run hits every count alike. With
+    ``cpu`` (a dict), also the CPU each deploy took, once its worker has finished too:
+    ``cpu[n]`` lists (the rest of the machine, every receiver) in seconds per deploy.
     """
     import netns
 
@@ -643,15 +645,45 @@ def by_host_count(
         for hosts in counts:
             netns.set_config(cluster.config, peers=[p.address for p in peers[: hosts - 1]])
             clone.change()
+            before = machine_cpu(), sum(map(process_cpu, peers))
             t0 = time.perf_counter()
             out = pushed(clone)
             samples[hosts].append(time.perf_counter() - t0)
+            if cpu is not None:
+                settled()
+                receivers = sum(map(process_cpu, peers)) - before[1]
+                cpu.setdefault(hosts, []).append((machine_cpu() - before[0] - receivers, receivers))
             skews[hosts] += [
                 float(line.split("switch skew")[1].split()[0])
                 for line in out.splitlines()
                 if "switch skew" in line
             ]
     return samples, skews
+
+
+def machine_cpu() -> float:
+    """Seconds of CPU the whole machine has been busy (every core: not idle, not waiting)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(peer) -> float:
+    """Seconds of CPU a peer's receiver has used, with the children it waited for (git)."""
+    with open(f"/proc/{peer.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def settled(limit: float = 5.0) -> None:
+    """Until the machine is quiet (under a tenth of a core for 50 ms): the push's worker has
+    finished what it does after the answer (the spare, git gc), and its CPU is counted."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        start = machine_cpu()
+        time.sleep(0.05)
+        if machine_cpu() - start < 0.005:
+            return
 
 
 def hosts_of(cluster, peers: list, clone: Clone, label: str) -> None:
@@ -920,13 +952,25 @@ def bench_coordination(work: Path) -> float | None:
     peers = [cluster.add_peer(join=False) for _ in range(counts[-1] - 1)]
     clone = Clone(work / "coord-clone", cluster.dir / "repo.git", source)
 
-    samples, skews = by_host_count(cluster, peers, clone, counts)
+    cpu: dict[int, list[tuple[float, float]]] = {}
+    samples, skews = by_host_count(cluster, peers, clone, counts, cpu)
     group = "coordination, no processes"
     base = row(group, "code-only deploy, 1 host", samples[1])["median"]
     for hosts in counts[1:]:
         row(group, f"code-only deploy, {hosts} hosts", samples[hosts], base, base_name="1 host")
     for hosts in counts[1:]:
         row(group, f"switch skew, {hosts} hosts (first to last)", skews[hosts], unit="ms")
+    # What this machine can show of 32 separate hosts: its 31 receivers share these cores
+    # here, so the wall above adds up their CPU; on separate hosts each peer's prepare and
+    # switch runs on its own cores, in parallel, and the primary's side is what grows.
+    primary = {n: [round(rest * 1000) for rest, _ in cpu[n]] for n in counts}
+    one = row(group, "CPU per deploy but the receivers', 1 host", primary[1], unit="ms")["median"]
+    for hosts in counts[1:]:
+        label = f"CPU per deploy but the receivers', {hosts} hosts"
+        row(group, label, primary[hosts], one, base_name="1 host", unit="ms")
+    for hosts in counts[1:]:
+        each = [round(mine * 1000 / (hosts - 1), 1) for _, mine in cpu[hosts]]
+        row(group, f"receiver CPU per peer and deploy, {hosts} hosts", each, unit="ms")
     return statistics.median(samples[counts[-1]]) / base
 
 
