@@ -68,8 +68,6 @@ class Peer:
         self.address = address
         self.pin = pin  # peer_tls: a sha256 fingerprint or a certificate file; None: plain HTTP
         self.host, self.port = split_address(address)
-        # as bytes, an ASCII name or address skips the idna codec (and its import) per call
-        self.where: str | bytes = self.host.encode() if self.host.isascii() else self.host
         self.app = app
         self.secret = secret
         self.timeout = timeout
@@ -89,12 +87,14 @@ class Peer:
         """One signed call; returns the verified result. Raises PeerError."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload or {}).encode()
         path = f"{API}/{self.app}/{action}" + (f"?{urlencode(query)}" if query else "")
+        # as bytes, an ASCII name or address skips the idna codec (and its import)
+        where = self.host.encode() if self.host.isascii() else self.host
         attempt = 0
         retries = 0 if self.down else retries
         while True:
             sent = False
             try:
-                conn = socket.create_connection((self.where, self.port), CONNECT_TIMEOUT)
+                conn = socket.create_connection((where, self.port), CONNECT_TIMEOUT)
                 try:
                     if self.pin:
                         conn = self._tls(conn)

@@ -291,7 +291,7 @@ class Tidier:
                     with self.lock:
                         self.pending.setdefault(key, (app, keep, protect))
                     continue
-                problem = repo.collect_garbage(app)  # each pack stored is one more pack
+                problem = app.repo.is_dir() and repo.collect_garbage(app)  # a pack each deploy
                 if problem:
                     log(f"git gc --auto in {app.repo} failed: {problem}")
 
