@@ -129,7 +129,9 @@ def test_the_push_returns_before_what_it_pruned_is_deleted(host: Host, work: Wor
     work.commit("first", **{"mysite/version.py": 'GREETING = "v0"\n'})
     work.push()
     run_dir = host.dir / "run"
-    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    fault_injection.arm(
+        run_dir, {"at": "tidy", "action": "pause", "timeout": 120, "deploy": 2}
+    )  # the second push's: the first one's worker may still be on its way out
     try:
         sha = work.commit("second", **{"mysite/version.py": 'GREETING = "v1"\n'})
         out = work.push().out  # with the worker paused after its outcome, before deleting
@@ -177,7 +179,7 @@ def test_the_repo_is_packed_after_the_answer_not_before_it(host: Host, work: Wor
         time.sleep(0.05)
     assert packs() == 1
     run_dir = host.dir / "run"
-    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120, "deploy": 2})
     try:
         sha = work.commit("second", **{"mysite/version.py": 'GREETING = "v1"\n'})
         assert f"shipyard ▸ live: {sha[:7]}" in work.push().out
