@@ -12,7 +12,6 @@ keep-alive, no chunked decoding (a probe reads no body it needs), no proxies.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import BadAnswer, NoAnswer
@@ -28,11 +27,14 @@ def head(method: str, path: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-@dataclass(frozen=True)
 class Answer:
-    status: int
-    reason: str
-    headers: dict[str, str]  # names in lower case; a repeated header's last value
+    """An answer's status line and headers (names in lower case; a repeated header's last
+    value). A plain class: a dataclass writes its methods with an ``exec`` each at import."""
+
+    __slots__ = ("status", "reason", "headers")
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        self.status, self.reason, self.headers = status, reason, headers
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -89,11 +91,12 @@ def connect(address: str | int, timeout: float) -> socket.socket:
 
 
 def get(address: str | int, path: str, headers: dict[str, str], timeout: float) -> Answer:
-    """GET ``path`` once (``Connection: close``); its body read (≤ 64 KiB) and dropped."""
+    """GET ``path`` once (``Connection: close``); its body read and dropped (up to 1 MiB: a
+    socket closed on what it has not read resets the connection, which a server may log)."""
     with connect(address, timeout) as sock:
         sent = {"Accept-Encoding": "identity", **headers, "Connection": "close"}
         sock.sendall(head("GET", path, sent))
         with sock.makefile("rb") as stream:
             answer = read_answer(stream)
-            read_body(stream, answer, 64 * 1024)
+            read_body(stream, answer, 1 << 20)
     return answer
