@@ -3,6 +3,9 @@ behind the health check, the other types stopped and started, the port's socket 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import time
 from dataclasses import replace
@@ -176,16 +179,36 @@ def pids(sv: Supervisor, programs: list[Program]) -> dict[str, int]:
 
 
 def stop_accepting(masters: list[int], sockets: set[str], wait: float = ACCEPT_WAIT) -> None:
-    """Wait until gunicorn's masters, sent TERM, have closed the shared socket: a master
-    closes it first, then signals its workers, which leave their accept loop as they wake (no
-    request sent 20 ms after the TERM reached an old worker, measured), so the push's answer
-    does not come before the old web has begun to stop. A worker busy with a request holds
-    the socket until its exit (0.2–0.35 s) but accepts no other: that is not waited for."""
+    """Wait until gunicorn's masters, sent TERM, have closed the shared socket, then send
+    their workers the TERM a master sends them, so the answer comes once no old process
+    takes a new request.
+
+    A master closes the socket first and signals its workers after; a worker still accepts
+    until it has that signal, so a request sent just after the answer could reach the old
+    release while the master was not yet scheduled again (seen on a loaded machine: a
+    rollback's answer, then the code it went back from). Signalled here, a worker leaves its
+    accept loop as soon as it runs (a pending signal is handled before it returns from its
+    wait); one busy with a request finishes it and accepts no other, as on its master's
+    TERM, which follows (a second TERM changes nothing). Its exit (tens of ms, an
+    interpreter's teardown) is not waited for."""
+    workers = [child for pid in masters if pid for child in children(pid)]
     deadline = time.monotonic() + wait
     while sockets and any(holds(pid, sockets) for pid in masters if pid):
         if time.monotonic() > deadline:
             return
         time.sleep(0.002)
+    for pid in workers:
+        with contextlib.suppress(OSError):  # gone already
+            os.kill(pid, signal.SIGTERM)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` has forked and not yet reaped (a gunicorn master's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def health_of(app: App, host: HostConfig, release: str) -> Health:

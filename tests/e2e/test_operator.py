@@ -238,7 +238,7 @@ def test_rollback_answers_before_the_work_after_its_outcome(three):
     terminal nor `ssh host shipyard rollback` waits for."""
     host, work, releases = three
     run_dir = host.dir / "run"
-    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120})
+    fault_injection.arm(run_dir, {"at": "tidy", "action": "pause", "timeout": 120, "deploy": 4})
     try:
         result = shipyard("--root", host.root, "rollback", "mysite", timeout=60)  # then paused
         assert result.stdout.splitlines()[-1].startswith("shipyard ▸ live: ")
