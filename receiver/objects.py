@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from shipyard.errors import ShipyardError
-from shipyard.repo import git_env
+from shipyard.release import git_bytes
 
 if TYPE_CHECKING:
     from dulwich.repo import Repo
@@ -78,7 +76,7 @@ def pack_missing(repo_path: Path, want: str, haves: list[str]) -> tuple[int, byt
     runs, rather than importing dulwich (~35 ms of CPU each deploy for one pack)."""
     known = present(repo_path, [h for h in haves if is_sha(h)])
     revs = "".join([f"{want}\n", *(f"^{h}\n" for h in known)]).encode()
-    pack = _git(repo_path, "pack-objects", "--revs", "--thin", "--stdout", "-q", input=revs)
+    pack = git_bytes(repo_path, "pack-objects", "--revs", "--thin", "--stdout", "-q", input=revs)
     count = int.from_bytes(pack[8:12], "big") if pack[:4] == b"PACK" else 0
     return (count, pack) if count else (0, b"")
 
@@ -87,19 +85,10 @@ def present(repo_path: Path, shas: list[str]) -> list[str]:
     """Those of ``shas`` whose objects this repo has (a peer's tips may be unknown here)."""
     if not shas:
         return []
-    found = _git(
+    found = git_bytes(
         repo_path, "cat-file", "--batch-check=%(objectname)", input="\n".join(shas).encode()
     )
     return [line for line in found.decode().splitlines() if is_sha(line)]  # not "<sha> missing"
-
-
-def _git(repo_path: Path, *args: str, input: bytes) -> bytes:  # noqa: A002
-    ran = subprocess.run(
-        ["git", "--git-dir", str(repo_path), *args], input=input, capture_output=True, env=git_env()
-    )
-    if ran.returncode:
-        raise ShipyardError(f"git {args[0]} failed: {ran.stderr.decode(errors='replace').strip()}")
-    return ran.stdout
 
 
 def add_pack(repo_path: Path, pack: BinaryIO, want: str) -> None:
