@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from supervisor.states import ProcessStates
 
+from . import exchange
 from . import programs as prov
 from .app import App
 from .config import HostConfig, load_app_config
@@ -363,9 +363,7 @@ def ensure_listener(
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(5)
-                probe.connect(str(want.socket(sv.app)))
+            exchange.connect(str(want.socket(sv.app)), 5).close()
             return
         except OSError:
             pass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from supervisor.states import STOPPED_STATES, ProcessStates
 
-from . import lock
+from . import exchange, lock
 from . import programs as prov
 from .app import App
 from .config import HostConfig, load_host_config
@@ -122,9 +121,7 @@ def rpc(path: Path, method: str, args: tuple, timeout: float) -> object:
     ssl, decimal: ~15 ms) came before every handover's first call, i.e. before the new web
     could start; this needs ``socket`` and expat. Raises ``Fault``, ``OSError``, ``ValueError``.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
+    with exchange.connect(str(path), timeout) as sock:
         sock.sendall(request(method, args))
         chunks = []
         while chunk := sock.recv(1 << 16):
