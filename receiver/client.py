@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # imported where TLS is pinned
 
 API = f"/{auth.VERSION}/apps"
 CONNECT_TIMEOUT = 3.0
-CONTINUE = {"Expect": "100-continue"}  # the body goes once the signed headers are accepted
+EXPECT = {"Expect": "100-continue"}  # the body goes once the signed headers are accepted
 
 
 class PeerError(ShipyardError):
@@ -108,7 +108,7 @@ class Peer:
                     headers = {"Host": self.address, "Accept-Encoding": "identity", **headers}
                     sent = True
                     if body:
-                        conn.sendall(exchange.head(method, path, {**headers, **CONTINUE}))
+                        conn.sendall(exchange.head(method, path, {**headers, **EXPECT}))
                         self._go_ahead(conn, headers[auth.H_NONCE], action)
                         conn.sendall(body)
                     else:

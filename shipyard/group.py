@@ -131,9 +131,10 @@ class Group(Generic[H]):
         try:
             for t in threads:
                 t.join()
-        finally:
+        except BaseException:  # a signal's error: raised once every call has returned
             for t in threads:
                 t.join()
+            raise
         return GroupResult(r for r in results if r is not None)
 
     def start(self, call: Callable[[H], Any]) -> Running[H]:
